@@ -1,0 +1,1201 @@
+//! The broker: one epoll loop that accepts clients on a `SOCK_SEQPACKET`
+//! listener, creates and caches bound sockets, counts references, enforces
+//! share modes and hands sockets out with `SCM_RIGHTS`.
+//!
+//! A client's connection is its lease: when it closes, every reference it
+//! holds is dropped. The loop never blocks on a client: replies that do not
+//! fit in a client's socket buffer wait in a bounded per-client queue, and a
+//! client whose queue is full is not read from until it drains.
+
+use crate::create::create_socket;
+use crate::error::{Error, Kind, Result};
+use crate::fdpass::{recv_fds, send_fds, RecvError};
+use crate::policy::Policy;
+use crate::proto::{self, ty, Header, Request, SocketRequest};
+use crate::share::{compatible, ShareMode};
+use crate::spec::SocketSpec;
+use crate::sys::{self, Creds};
+use crate::token::{Token, TokenSource};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Bounds on what clients can make the broker hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// References (tokens) one connection may hold.
+    pub max_refs_per_client: usize,
+    /// Replies queued for a client that is not reading.
+    pub max_queued_replies: usize,
+    /// Distinct sockets the broker holds open.
+    pub max_sockets: usize,
+    /// Reservations awaiting pick-up, over all clients.
+    pub max_reservations: usize,
+    /// How long a reservation waits for its pick-up.
+    pub reservation_ttl: Duration,
+    /// Requests handled per readable event, for fairness between clients.
+    pub batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 8192,
+            max_refs_per_client: 16384,
+            max_queued_replies: 32,
+            max_sockets: 65536,
+            max_reservations: 1024,
+            reservation_ttl: Duration::from_secs(30),
+            batch: 32,
+        }
+    }
+}
+
+impl Limits {
+    /// Clamp the limits so the broker's fds stay below `nofile` with headroom:
+    /// every connection and every cached socket is one fd.
+    pub fn fit_fd_limit(&mut self, nofile: u64) {
+        let budget = nofile.saturating_sub(FD_HEADROOM as u64) as usize;
+        self.max_connections = self.max_connections.min(budget / 2).max(1);
+        self.max_sockets = self.max_sockets.min(budget - self.max_connections).max(1);
+    }
+}
+
+/// fds kept free for the broker's own use (epoll, logs, memfds, accept races).
+pub const FD_HEADROOM: usize = 64;
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+/// How the broker is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub limits: Limits,
+    pub policy: Policy,
+    /// Mode of the listening socket file.
+    pub socket_mode: u32,
+    /// Write one line per event that matters to stderr.
+    pub log: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            limits: Limits::default(),
+            policy: Policy::builtin(),
+            socket_mode: 0o666,
+            log: true,
+        }
+    }
+}
+
+/// The default broker socket path: `$SOCKPASS_SOCKET`, else
+/// `/run/sockpass/sockpassd.sock` for root and
+/// `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` for others.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SOCKPASS_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/sockpass/sockpassd.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(d) => Path::new(&d).join("sockpass/sockpassd.sock"),
+        // SAFETY: getuid cannot fail.
+        None => PathBuf::from(format!("/run/user/{}/sockpass/sockpassd.sock", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
+/// Bind the broker's listening socket at `path`: create the directory,
+/// refuse if a live broker answers there, replace a stale socket file.
+pub fn bind_listener(path: &Path, mode: u32) -> Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    let bytes = path.as_os_str().as_bytes();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| {
+                Error::os(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("cannot create socket directory {}", dir.display()),
+                )
+            })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            let probe = sys::unix_socket(libc::SOCK_SEQPACKET, false)
+                .map_err(|e| Error::os(e, "socket"))?;
+            match sys::connect_unix(&probe, bytes) {
+                Ok(()) => {
+                    return Err(Error::with_errno(
+                        Kind::AddressInUse,
+                        libc::EADDRINUSE,
+                        format!("a live broker already answers at {}", path.display()),
+                    ))
+                }
+                Err(libc::ECONNREFUSED) | Err(libc::ENOENT) => {
+                    // Stale: nothing listens. Replace it.
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e) => {
+                    return Err(Error::os(
+                        e,
+                        format!("cannot probe existing socket {}", path.display()),
+                    ))
+                }
+            }
+        }
+        Ok(_) => {
+            return Err(Error::with_errno(
+                Kind::AddressInUse,
+                libc::EEXIST,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ))
+        }
+        Err(_) => {}
+    }
+    let fd = sys::unix_socket(libc::SOCK_SEQPACKET, true).map_err(|e| Error::os(e, "socket"))?;
+    sys::bind_unix(&fd, bytes)
+        .map_err(|e| Error::os(e, format!("cannot bind {}", path.display())))?;
+    let c = std::ffi::CString::new(bytes)
+        .map_err(|_| Error::bad_request("socket path contains NUL"))?;
+    // SAFETY: c is a valid C string.
+    if unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) } != 0 {
+        let e = Error::last_os(format!("chmod {}", path.display()));
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    // SAFETY: plain syscall on our fd.
+    if unsafe { libc::listen(fd.as_raw_fd(), 1024) } != 0 {
+        let e = Error::last_os(format!("listen {}", path.display()));
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// Who holds a reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// A live connection, by slot.
+    Conn(usize),
+    /// A reservation awaiting pick-up, until the deadline.
+    Reserved(Instant),
+}
+
+#[derive(Debug)]
+struct Holder {
+    token: Token,
+    owner: Owner,
+    share: ShareMode,
+    app: Rc<str>,
+    /// Credentials of the client that made the reference (for status).
+    creds: Creds,
+    conn_id: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    spec: SocketSpec,
+    fd: OwnedFd,
+    port: u16,
+    /// One per reference.
+    holders: Vec<Holder>,
+    /// In the cache map (shareable); false for ephemeral and per-worker ones.
+    keyed: bool,
+}
+
+/// The fd a reply carries.
+enum Attach {
+    /// A cached socket, by entry slot and id. The entry outlives a queued
+    /// reply because the reply's token keeps a reference, so no dup is needed.
+    Entry(usize, u64),
+    /// An fd made for this reply (the status memfd).
+    Owned(OwnedFd),
+}
+
+/// A reply waiting for the client to read.
+struct Outgoing {
+    bytes: Vec<u8>,
+    attach: Option<Attach>,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    id: u64,
+    creds: Creds,
+    default_app: Option<Rc<str>>,
+    last_app: Rc<str>,
+    tokens: HashSet<Token>,
+    outq: VecDeque<Outgoing>,
+    /// EPOLLIN is off because the queue is full.
+    paused: bool,
+}
+
+/// A token's place: its entry slot.
+#[derive(Clone, Copy, Debug)]
+struct TokenInfo {
+    entry: usize,
+}
+
+/// How many expired reservation tokens are remembered.
+const EXPIRED_MEMORY: usize = 1024;
+
+const EV_LISTENER: u64 = 0;
+const EV_STOP: u64 = 1;
+const EV_CONN_BASE: u64 = 16;
+
+/// A slab: stable indexes, reused after removal.
+struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Slab<T> {
+        Slab {
+            items: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+    fn insert(&mut self, v: T) -> usize {
+        self.len += 1;
+        if let Some(i) = self.free.pop() {
+            self.items[i] = Some(v);
+            i
+        } else {
+            self.items.push(Some(v));
+            self.items.len() - 1
+        }
+    }
+    fn remove(&mut self, i: usize) -> Option<T> {
+        let v = self.items.get_mut(i)?.take();
+        if v.is_some() {
+            self.len -= 1;
+            self.free.push(i);
+        }
+        v
+    }
+    fn get(&self, i: usize) -> Option<&T> {
+        self.items.get(i)?.as_ref()
+    }
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.items.get_mut(i)?.as_mut()
+    }
+    fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
+    }
+}
+
+/// The broker state and its event loop.
+pub struct Broker {
+    cfg: Config,
+    listener: OwnedFd,
+    epoll: OwnedFd,
+    conns: Slab<Conn>,
+    entries: Slab<Entry>,
+    cache: HashMap<SocketSpec, usize>,
+    tokens: HashMap<Token, TokenInfo>,
+    token_src: TokenSource,
+    next_conn_id: u64,
+    next_entry_id: u64,
+    reservations: usize,
+    /// Recently expired reservation tokens, so a late pick-up is told
+    /// "expired" rather than "unknown" (bounded).
+    expired: VecDeque<Token>,
+    /// Scratch buffers reused on the hot path.
+    rbuf: Box<[u8; proto::MAX_MSG]>,
+    wbuf: Vec<u8>,
+    /// Connections refused since the last log line about it.
+    refused_conns: u64,
+    last_refusal_log: Option<Instant>,
+}
+
+/// The result of handling one request: the reply is in `wbuf`; this says
+/// which fd goes with it.
+struct Reply {
+    attach: Option<Attach>,
+}
+
+impl Broker {
+    /// A broker serving on an already-listening `SOCK_SEQPACKET` socket (from
+    /// [`bind_listener`] or socket activation).
+    pub fn new(listener: OwnedFd, cfg: Config) -> Result<Broker> {
+        set_nonblock(&listener)?;
+        // SAFETY: plain syscall.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(Error::last_os("epoll_create1"));
+        }
+        // SAFETY: ep is a new fd.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        let b = Broker {
+            cfg,
+            listener,
+            epoll,
+            conns: Slab::new(),
+            entries: Slab::new(),
+            cache: HashMap::new(),
+            tokens: HashMap::new(),
+            token_src: TokenSource::new(),
+            next_conn_id: 1,
+            next_entry_id: 1,
+            reservations: 0,
+            expired: VecDeque::new(),
+            rbuf: Box::new([0u8; proto::MAX_MSG]),
+            wbuf: Vec::with_capacity(proto::MAX_MSG),
+            refused_conns: 0,
+            last_refusal_log: None,
+        };
+        b.ep_ctl(
+            libc::EPOLL_CTL_ADD,
+            b.listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            EV_LISTENER,
+        )?;
+        Ok(b)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn log(&self, msg: std::fmt::Arguments<'_>) {
+        if self.cfg.log {
+            eprintln!("sockpassd[{}]: {}", std::process::id(), msg);
+        }
+    }
+
+    fn ep_ctl(&self, op: i32, fd: i32, events: u32, data: u64) -> Result<()> {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY: valid epoll fd and event struct.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) } < 0 {
+            return Err(Error::last_os("epoll_ctl"));
+        }
+        Ok(())
+    }
+
+    /// Counters for status and tests.
+    pub fn counters(&self) -> proto::Counters {
+        proto::Counters {
+            sockets: self.entries.len as u32,
+            references: self.tokens.len() as u32,
+            connections: self.conns.len as u32,
+            reservations: self.reservations as u32,
+            broker_fds: sys::count_open_fds() as u32,
+        }
+    }
+
+    /// Serve until `stop` polls readable (a signalfd, an eventfd, a pipe).
+    pub fn run(&mut self, stop: Option<BorrowedFd<'_>>) -> Result<()> {
+        if let Some(s) = stop {
+            self.ep_ctl(
+                libc::EPOLL_CTL_ADD,
+                s.as_raw_fd(),
+                libc::EPOLLIN as u32,
+                EV_STOP,
+            )?;
+        }
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            let timeout = self.next_timeout_ms();
+            // SAFETY: events has room for its length.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    timeout,
+                )
+            };
+            if n < 0 {
+                let e = sys::errno();
+                if e == libc::EINTR {
+                    continue;
+                }
+                return Err(Error::os(e, "epoll_wait"));
+            }
+            for ev in &events[..n as usize] {
+                let (data, flags) = (ev.u64, ev.events);
+                match data {
+                    EV_STOP => {
+                        if let Some(s) = stop {
+                            let _ = self.ep_ctl(libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
+                        }
+                        return Ok(());
+                    }
+                    EV_LISTENER => self.accept_all(),
+                    d => self.conn_event((d - EV_CONN_BASE) as usize, flags),
+                }
+            }
+            self.expire_reservations();
+        }
+    }
+
+    fn next_timeout_ms(&self) -> i32 {
+        if self.reservations == 0 {
+            return -1;
+        }
+        let now = Instant::now();
+        let mut best: Option<Duration> = None;
+        for (_, e) in self.entries.iter() {
+            for h in &e.holders {
+                if let Owner::Reserved(d) = h.owner {
+                    let left = d.saturating_duration_since(now);
+                    best = Some(best.map_or(left, |b| b.min(left)));
+                }
+            }
+        }
+        best.map_or(-1, |d| (d.as_millis() as i32).saturating_add(1))
+    }
+
+    fn expire_reservations(&mut self) {
+        if self.reservations == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (_, e) in self.entries.iter() {
+            for h in &e.holders {
+                if let Owner::Reserved(d) = h.owner {
+                    if d <= now {
+                        expired.push(h.token);
+                    }
+                }
+            }
+        }
+        for t in expired {
+            self.drop_reference(&t);
+            if self.expired.len() >= EXPIRED_MEMORY {
+                self.expired.pop_front();
+            }
+            self.expired.push_back(t);
+            self.log(format_args!(
+                "reservation {} expired uncollected; reference dropped",
+                short(&t)
+            ));
+        }
+    }
+
+    fn accept_all(&mut self) {
+        for _ in 0..64 {
+            // SAFETY: accept4 returns a new fd we own, or -1.
+            let r = unsafe {
+                libc::accept4(
+                    self.listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                )
+            };
+            if r < 0 {
+                let e = sys::errno();
+                match e {
+                    libc::EAGAIN | libc::EINTR | libc::ECONNABORTED => return,
+                    libc::EMFILE | libc::ENFILE => {
+                        self.note_refusal("out of file descriptors");
+                        return;
+                    }
+                    _ => {
+                        self.log(format_args!("accept failed: {}", crate::error::strerror(e)));
+                        return;
+                    }
+                }
+            }
+            // SAFETY: r is a new fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(r) };
+            if self.conns.len >= self.cfg.limits.max_connections {
+                // Closing at once keeps the backlog from filling with clients
+                // that would only wait.
+                drop(fd);
+                self.note_refusal("connection limit reached");
+                continue;
+            }
+            let creds = sys::peer_creds(&fd).unwrap_or_default();
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            let slot = self.conns.insert(Conn {
+                fd,
+                id,
+                creds,
+                default_app: None,
+                last_app: Rc::from(""),
+                tokens: HashSet::new(),
+                outq: VecDeque::new(),
+                paused: false,
+            });
+            let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
+            if self
+                .ep_ctl(
+                    libc::EPOLL_CTL_ADD,
+                    raw,
+                    (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                    EV_CONN_BASE + slot as u64,
+                )
+                .is_err()
+            {
+                self.conns.remove(slot);
+            }
+        }
+    }
+
+    fn note_refusal(&mut self, why: &str) {
+        self.refused_conns += 1;
+        let now = Instant::now();
+        if self
+            .last_refusal_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.log(format_args!(
+                "refused {} connection(s): {why} ({} connections open)",
+                self.refused_conns, self.conns.len
+            ));
+            self.refused_conns = 0;
+            self.last_refusal_log = Some(now);
+        }
+    }
+
+    fn conn_event(&mut self, slot: usize, flags: u32) {
+        if self.conns.get(slot).is_none() {
+            return;
+        }
+        if flags & libc::EPOLLOUT as u32 != 0 && !self.flush(slot) {
+            return;
+        }
+        if flags & libc::EPOLLIN as u32 != 0 {
+            self.read_requests(slot);
+        } else if flags & (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32 != 0 {
+            // Nothing left to read and the peer is gone.
+            self.drop_conn(slot, "hung up");
+        }
+    }
+
+    fn read_requests(&mut self, slot: usize) {
+        for _ in 0..self.cfg.limits.batch {
+            let Some(c) = self.conns.get(slot) else {
+                return;
+            };
+            if c.paused {
+                return;
+            }
+            let res = recv_fds(
+                c.fd.as_fd(),
+                &mut self.rbuf[..],
+                crate::fdpass::MAX_FDS,
+                libc::MSG_DONTWAIT,
+            );
+            let (len, unexpected_fds) = match res {
+                Ok(r) if r.len == 0 && r.fds.is_empty() => {
+                    self.drop_conn(slot, "disconnected");
+                    return;
+                }
+                Ok(r) => (r.len, r.fds.len()),
+                Err(RecvError::Os(libc::EAGAIN)) => return,
+                Err(RecvError::Os(e)) => {
+                    let why = format!("receive failed: {}", crate::error::strerror(e));
+                    self.drop_conn(slot, &why);
+                    return;
+                }
+                Err(RecvError::TruncatedPayload) => {
+                    let id = Header::parse(&self.rbuf[..]).map(|h| h.id).unwrap_or(0);
+                    let e =
+                        Error::protocol(format!("message larger than {} bytes", proto::MAX_MSG));
+                    self.reply_error(slot, id, &e);
+                    continue;
+                }
+                Err(RecvError::TruncatedFds) => {
+                    let id = Header::parse(&self.rbuf[..]).map(|h| h.id).unwrap_or(0);
+                    let e = Error::bad_request("file descriptors attached to a request are not accepted (closed; some were lost to MSG_CTRUNC)");
+                    self.reply_error(slot, id, &e);
+                    continue;
+                }
+            };
+            // Any fds that came with the request were closed when `res` was
+            // consumed above; the request is refused as a whole.
+            let msg_len = len;
+            let header = match Header::parse(&self.rbuf[..msg_len]) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Not even a header: this peer does not speak the protocol.
+                    self.reply_error(slot, 0, &e);
+                    self.drop_conn(slot, "sent a message without a valid header");
+                    return;
+                }
+            };
+            if unexpected_fds > 0 {
+                let e = Error::bad_request(format!(
+                    "{unexpected_fds} file descriptor(s) attached to a request are not accepted (closed)"
+                ));
+                self.reply_error(slot, header.id, &e);
+                continue;
+            }
+            if header.version != proto::VERSION {
+                let e = Error::protocol(format!(
+                    "unsupported protocol version {} (this broker speaks version {})",
+                    header.version,
+                    proto::VERSION
+                ));
+                self.reply_error(slot, header.id, &e);
+                continue;
+            }
+            // Copy out so the request can borrow it while self is mutated.
+            let mut msg = [0u8; proto::MAX_MSG];
+            msg[..msg_len].copy_from_slice(&self.rbuf[..msg_len]);
+            let payload = &msg[proto::HEADER_LEN..msg_len];
+            match proto::decode_request(&header, payload) {
+                Ok(req) => self.handle(slot, header.id, req),
+                Err(e) => self.reply_error(slot, header.id, &e),
+            }
+        }
+    }
+
+    fn handle(&mut self, slot: usize, id: u32, req: Request<'_>) {
+        let res = match req {
+            Request::Hello {
+                min_version,
+                max_version,
+            } => {
+                if min_version > proto::VERSION || max_version < proto::VERSION {
+                    Err(Error::protocol(format!(
+                        "client speaks versions {min_version}..={max_version}; this broker speaks {}",
+                        proto::VERSION
+                    )))
+                } else {
+                    proto::begin(&mut self.wbuf, ty::HELLO_OK, id);
+                    self.wbuf.extend_from_slice(&[proto::VERSION, 0, 0, 0]);
+                    self.wbuf
+                        .extend_from_slice(&(proto::MAX_MSG as u32).to_le_bytes());
+                    self.wbuf
+                        .extend_from_slice(&std::process::id().to_le_bytes());
+                    Ok(Reply { attach: None })
+                }
+            }
+            Request::Socket(r) => self.request_socket(slot, id, r),
+            Request::Release(t) => self.release(slot, id, &t),
+            Request::Pickup(t) => self.pickup(slot, id, &t),
+            Request::Status => self.status(id),
+        };
+        match res {
+            Ok(reply) => {
+                let bytes = std::mem::take(&mut self.wbuf);
+                self.send(slot, bytes, reply.attach);
+            }
+            Err(e) => {
+                if matches!(e.kind(), Kind::NotAllowed) {
+                    let c = self.conns.get(slot).unwrap();
+                    self.log(format_args!(
+                        "refused request from pid {} uid {}: {}",
+                        c.creds.pid, c.creds.uid, e
+                    ));
+                }
+                self.reply_error(slot, id, &e);
+            }
+        }
+    }
+
+    fn app_for(&mut self, slot: usize, app: &str) -> Rc<str> {
+        let c = self.conns.get_mut(slot).unwrap();
+        if app.is_empty() {
+            if let Some(d) = &c.default_app {
+                return d.clone();
+            }
+            let name = std::fs::read_to_string(format!("/proc/{}/comm", c.creds.pid))
+                .map(|s| s.trim_end().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| format!("pid{}", c.creds.pid));
+            let rc: Rc<str> = Rc::from(name.as_str());
+            c.default_app = Some(rc.clone());
+            return rc;
+        }
+        if &*c.last_app != app {
+            c.last_app = Rc::from(app);
+        }
+        c.last_app.clone()
+    }
+
+    fn request_socket(&mut self, slot: usize, id: u32, r: SocketRequest<'_>) -> Result<Reply> {
+        let creds = self.conns.get(slot).unwrap().creds;
+        self.cfg.policy.check(&creds, &r.spec, r.share)?;
+        let reserve = r.flags & proto::REQ_RESERVE != 0;
+        let per_worker = r.flags & proto::REQ_PER_WORKER != 0;
+        if per_worker {
+            return Err(Error::bad_request(
+                "per-worker sockets are not supported by this broker yet",
+            ));
+        }
+        if reserve && self.reservations >= self.cfg.limits.max_reservations {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!("{} reservations are pending, the limit", self.reservations),
+            ));
+        }
+        let c = self.conns.get(slot).unwrap();
+        if !reserve && c.tokens.len() >= self.cfg.limits.max_refs_per_client {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!(
+                    "this client already holds {} references (limit {})",
+                    c.tokens.len(),
+                    self.cfg.limits.max_refs_per_client
+                ),
+            ));
+        }
+        let app = self.app_for(slot, r.app);
+        let spec = r.spec.canonical();
+        let conn_id = self.conns.get(slot).unwrap().id;
+        let owner = if reserve {
+            Owner::Reserved(Instant::now() + self.cfg.limits.reservation_ttl)
+        } else {
+            Owner::Conn(slot)
+        };
+        let holder = |token| Holder {
+            token,
+            owner,
+            share: r.share,
+            app: app.clone(),
+            creds,
+            conn_id,
+        };
+        // A cached socket with the same identity?
+        let cached = if spec.is_ephemeral() {
+            None
+        } else {
+            self.cache.get(&spec).copied()
+        };
+        let (entry_slot, cached_hit) = match cached {
+            Some(es) => {
+                let e = self.entries.get(es).unwrap();
+                if let Some(h) = e
+                    .holders
+                    .iter()
+                    .find(|h| !compatible(r.share, &app, h.share, &h.app))
+                {
+                    return Err(Error::with_errno(
+                        Kind::ShareConflict,
+                        libc::EADDRINUSE,
+                        format!(
+                            "{} is held by {:?} with share mode {}; a request by {:?} with share mode {} may not share it",
+                            e.spec, &*h.app, h.share, &*app, r.share
+                        ),
+                    ));
+                }
+                (es, true)
+            }
+            None => {
+                if !spec.is_ephemeral() {
+                    if let Some(other) = self.same_address_entry(&spec) {
+                        let opt = other.spec.differing_option(&spec).unwrap_or("options");
+                        return Err(Error::with_errno(
+                            Kind::ShareConflict,
+                            libc::EADDRINUSE,
+                            format!(
+                                "{} is held with a different {opt} than requested ({spec})",
+                                other.spec
+                            ),
+                        ));
+                    }
+                }
+                if self.entries.len >= self.cfg.limits.max_sockets {
+                    return Err(Error::with_errno(
+                        Kind::LimitReached,
+                        libc::EMFILE,
+                        format!("the broker holds {} sockets, its limit", self.entries.len),
+                    ));
+                }
+                let created = create_socket(&spec)?;
+                let eid = self.next_entry_id;
+                self.next_entry_id += 1;
+                let mut stored = spec.clone();
+                stored.port = created.port;
+                let keyed = !spec.is_ephemeral();
+                let es = self.entries.insert(Entry {
+                    id: eid,
+                    spec: stored,
+                    fd: created.fd,
+                    port: created.port,
+                    holders: Vec::with_capacity(1),
+                    keyed,
+                });
+                if keyed {
+                    self.cache.insert(spec, es);
+                }
+                (es, false)
+            }
+        };
+        let token = match self.token_src.make() {
+            Ok(t) => t,
+            Err(e) => {
+                self.close_if_unheld(entry_slot);
+                return Err(e);
+            }
+        };
+        let e = self.entries.get_mut(entry_slot).unwrap();
+        e.holders.push(holder(token));
+        let (eid, port) = (e.id, e.port);
+        self.tokens.insert(token, TokenInfo { entry: entry_slot });
+        if reserve {
+            // Held by nobody until picked up; the broker keeps the reference.
+            self.reservations += 1;
+            proto::encode_socket_reply(&mut self.wbuf, ty::RESERVED, id, &token, port, cached_hit);
+            return Ok(Reply { attach: None });
+        }
+        self.conns.get_mut(slot).unwrap().tokens.insert(token);
+        proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, &token, port, cached_hit);
+        Ok(Reply {
+            attach: Some(Attach::Entry(entry_slot, eid)),
+        })
+    }
+
+    fn same_address_entry(&self, spec: &SocketSpec) -> Option<&Entry> {
+        // Only reached on a cache miss for a specific port; the scan is over
+        // entries, so keep it cheap by checking the port first.
+        self.entries
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| e.keyed && e.port == spec.port && e.spec.same_address(spec))
+    }
+
+    fn close_if_unheld(&mut self, entry_slot: usize) {
+        if self
+            .entries
+            .get(entry_slot)
+            .is_some_and(|e| e.holders.is_empty())
+        {
+            let e = self.entries.remove(entry_slot).unwrap();
+            if e.keyed {
+                self.cache.remove(&e.spec_key());
+            }
+        }
+    }
+
+    fn release(&mut self, slot: usize, id: u32, t: &Token) -> Result<Reply> {
+        let c = self.conns.get(slot).unwrap();
+        if !c.tokens.contains(t) {
+            return Err(if self.tokens.contains_key(t) {
+                Error::with_errno(
+                    Kind::UnknownToken,
+                    libc::ENOENT,
+                    "that token belongs to another client; only its holder may release it",
+                )
+            } else {
+                Error::with_errno(
+                    Kind::UnknownToken,
+                    libc::ENOENT,
+                    format!("unknown token {}", short(t)),
+                )
+            });
+        }
+        self.conns.get_mut(slot).unwrap().tokens.remove(t);
+        let remaining = self.drop_reference(t);
+        proto::begin(&mut self.wbuf, ty::RELEASED, id);
+        self.wbuf.extend_from_slice(&remaining.to_le_bytes());
+        Ok(Reply { attach: None })
+    }
+
+    /// Collect a reservation: the reference moves to this connection, once.
+    fn pickup(&mut self, slot: usize, id: u32, t: &Token) -> Result<Reply> {
+        let unknown = || {
+            Error::with_errno(
+                Kind::UnknownToken,
+                libc::ENOENT,
+                format!("unknown token {}", short(t)),
+            )
+        };
+        let expired = || {
+            Error::with_errno(
+                Kind::TokenExpired,
+                libc::ETIME,
+                format!("reservation {} expired before it was picked up", short(t)),
+            )
+        };
+        let Some(info) = self.tokens.get(t).copied() else {
+            return Err(if self.expired.contains(t) {
+                expired()
+            } else {
+                unknown()
+            });
+        };
+        let c = self.conns.get(slot).unwrap();
+        if c.tokens.len() >= self.cfg.limits.max_refs_per_client {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!("this client already holds {} references", c.tokens.len()),
+            ));
+        }
+        let (conn_creds, conn_id) = (c.creds, c.id);
+        let e = self.entries.get_mut(info.entry).unwrap();
+        let h = e.holders.iter_mut().find(|h| h.token == *t).unwrap();
+        match h.owner {
+            Owner::Reserved(d) if d > Instant::now() => {}
+            Owner::Reserved(_) => {
+                self.expire_reservations();
+                return Err(expired());
+            }
+            // Already picked up (pick-up is one use only) or a plain reference.
+            Owner::Conn(_) => return Err(unknown()),
+        }
+        h.owner = Owner::Conn(slot);
+        h.creds = conn_creds;
+        h.conn_id = conn_id;
+        let (eid, port) = (e.id, e.port);
+        self.reservations -= 1;
+        self.conns.get_mut(slot).unwrap().tokens.insert(*t);
+        proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, t, port, true);
+        Ok(Reply {
+            attach: Some(Attach::Entry(info.entry, eid)),
+        })
+    }
+
+    /// Drop one reference; close the socket when it was the last. Returns the
+    /// references left on that socket.
+    fn drop_reference(&mut self, t: &Token) -> u32 {
+        let Some(info) = self.tokens.remove(t) else {
+            return 0;
+        };
+        let Some(e) = self.entries.get_mut(info.entry) else {
+            return 0;
+        };
+        if let Some(i) = e.holders.iter().position(|h| h.token == *t) {
+            let h = e.holders.swap_remove(i);
+            if matches!(h.owner, Owner::Reserved(_)) {
+                self.reservations -= 1;
+            }
+        }
+        let left = e.holders.len() as u32;
+        if left == 0 {
+            let e = self.entries.remove(info.entry).unwrap();
+            if e.keyed {
+                self.cache.remove(&e.spec_key());
+            }
+            // Dropping `e` closes the broker's copy; the port is free once
+            // the clients close theirs.
+        }
+        left
+    }
+
+    fn status(&mut self, id: u32) -> Result<Reply> {
+        let mut table = Vec::new();
+        let mut rows = 0u32;
+        table.extend_from_slice(&0u32.to_le_bytes());
+        for (_, e) in self.entries.iter() {
+            for h in &e.holders {
+                proto::StatusRow {
+                    socket_id: e.id,
+                    spec: e.spec.clone(),
+                    port: e.port,
+                    refs: e.holders.len() as u32,
+                    conn_id: h.conn_id,
+                    pid: h.creds.pid,
+                    uid: h.creds.uid,
+                    gid: h.creds.gid,
+                    share: h.share,
+                    reserved: matches!(h.owner, Owner::Reserved(_)),
+                    app: h.app.to_string(),
+                }
+                .encode(&mut table);
+                rows += 1;
+            }
+        }
+        table[..4].copy_from_slice(&rows.to_le_bytes());
+        // The table can be far larger than a packet, so it travels as a
+        // sealed memfd: one atomic snapshot, nothing kept in the broker.
+        let memfd = crate::memfd::from_bytes("sockpass-status", &table)?;
+        proto::begin(&mut self.wbuf, ty::STATUS_OK, id);
+        self.counters().encode(&mut self.wbuf);
+        Ok(Reply {
+            attach: Some(Attach::Owned(memfd)),
+        })
+    }
+
+    fn reply_error(&mut self, slot: usize, id: u32, e: &Error) {
+        let mut out = std::mem::take(&mut self.wbuf);
+        proto::encode_error(&mut out, id, e);
+        self.send(slot, out, None);
+    }
+
+    /// Send a reply now, or queue it if the client's buffer is full.
+    fn attached_fd<'a>(&'a self, a: &'a Option<Attach>) -> Option<BorrowedFd<'a>> {
+        match a {
+            Some(Attach::Entry(es, eid)) => self
+                .entries
+                .get(*es)
+                .filter(|e| e.id == *eid)
+                .map(|e| e.fd.as_fd()),
+            Some(Attach::Owned(fd)) => Some(fd.as_fd()),
+            None => None,
+        }
+    }
+
+    fn send(&mut self, slot: usize, bytes: Vec<u8>, attach: Option<Attach>) {
+        let Some(c) = self.conns.get(slot) else {
+            self.wbuf = bytes;
+            return;
+        };
+        if c.outq.is_empty() {
+            let fd = self.attached_fd(&attach);
+            let fds: &[BorrowedFd<'_>] = match &fd {
+                Some(f) => std::slice::from_ref(f),
+                None => &[],
+            };
+            match send_fds(c.fd.as_fd(), &bytes, fds, libc::MSG_DONTWAIT) {
+                Ok(_) => {
+                    self.wbuf = bytes;
+                    self.wbuf.clear();
+                    return;
+                }
+                Err(libc::EAGAIN) => {}
+                Err(e) => {
+                    self.wbuf = Vec::with_capacity(proto::MAX_MSG);
+                    let why = format!("send failed: {}", crate::error::strerror(e));
+                    self.drop_conn(slot, &why);
+                    return;
+                }
+            }
+        }
+        self.wbuf = Vec::with_capacity(proto::MAX_MSG);
+        let max = self.cfg.limits.max_queued_replies;
+        let c = self.conns.get_mut(slot).unwrap();
+        c.outq.push_back(Outgoing { bytes, attach });
+        let raw = c.fd.as_raw_fd();
+        let mut ev = libc::EPOLLOUT | libc::EPOLLRDHUP;
+        if c.outq.len() >= max {
+            c.paused = true;
+        } else {
+            ev |= libc::EPOLLIN;
+        }
+        let _ = self.ep_ctl(
+            libc::EPOLL_CTL_MOD,
+            raw,
+            ev as u32,
+            EV_CONN_BASE + slot as u64,
+        );
+    }
+
+    /// Send queued replies; returns false if the connection was dropped.
+    fn flush(&mut self, slot: usize) -> bool {
+        loop {
+            let Some(c) = self.conns.get(slot) else {
+                return false;
+            };
+            let Some(o) = c.outq.front() else { break };
+            let fd = self.attached_fd(&o.attach);
+            let fds: &[BorrowedFd<'_>] = match &fd {
+                Some(f) => std::slice::from_ref(f),
+                None => &[],
+            };
+            match send_fds(c.fd.as_fd(), &o.bytes, fds, libc::MSG_DONTWAIT) {
+                Ok(_) => {
+                    self.conns.get_mut(slot).unwrap().outq.pop_front();
+                }
+                Err(libc::EAGAIN) => return true,
+                Err(e) => {
+                    let why = format!("send failed: {}", crate::error::strerror(e));
+                    self.drop_conn(slot, &why);
+                    return false;
+                }
+            }
+        }
+        let c = self.conns.get_mut(slot).unwrap();
+        let was_paused = c.paused;
+        c.paused = false;
+        let raw = c.fd.as_raw_fd();
+        let _ = self.ep_ctl(
+            libc::EPOLL_CTL_MOD,
+            raw,
+            (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            EV_CONN_BASE + slot as u64,
+        );
+        if was_paused {
+            // Requests may be waiting that no new EPOLLIN edge will announce.
+            self.read_requests(slot);
+        }
+        self.conns.get(slot).is_some()
+    }
+
+    fn drop_conn(&mut self, slot: usize, why: &str) {
+        let Some(c) = self.conns.remove(slot) else {
+            return;
+        };
+        let _ = self.ep_ctl(libc::EPOLL_CTL_DEL, c.fd.as_raw_fd(), 0, 0);
+        let n = c.tokens.len();
+        for t in &c.tokens {
+            self.drop_reference(t);
+        }
+        if n > 0 || why != "disconnected" {
+            self.log(format_args!(
+                "client {} (pid {} uid {}) gone ({why}), {n} reference(s) dropped",
+                c.id, c.creds.pid, c.creds.uid
+            ));
+        }
+    }
+
+    /// Close every client and socket (on shutdown).
+    pub fn shutdown(&mut self) {
+        let slots: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for s in slots {
+            self.drop_conn(s, "broker shutting down");
+        }
+    }
+}
+
+impl Entry {
+    fn spec_key(&self) -> SocketSpec {
+        // The cache key is the canonical spec as requested (port as asked).
+        self.spec.clone()
+    }
+}
+
+fn short(t: &Token) -> String {
+    t.to_string()[..12].to_string()
+}
+
+fn set_nonblock(fd: &OwnedFd) -> Result<()> {
+    // SAFETY: fcntl on our fd.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(Error::last_os("fcntl O_NONBLOCK"));
+        }
+    }
+    Ok(())
+}

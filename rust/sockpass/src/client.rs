@@ -1,0 +1,473 @@
+//! The blocking broker client.
+//!
+//! One [`Client`] is one connection, and the connection is the lease: when it
+//! closes, the broker drops every reference the client held. A client never
+//! reconnects by itself; after [`Kind::BrokerUnavailable`] the caller decides.
+
+use crate::error::{Error, Kind, Result};
+use crate::fdpass::{recv_fds, send_fds, RecvError};
+use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
+use crate::share::ShareMode;
+use crate::spec::SocketSpec;
+use crate::sys;
+use crate::token::Token;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// A socket handed out by the broker.
+#[derive(Debug)]
+pub struct Grant {
+    /// The socket; owned by the caller, CLOEXEC.
+    pub fd: OwnedFd,
+    /// Names this reference for release.
+    pub token: Token,
+    /// The port the socket is bound to (the kernel's pick for port 0).
+    pub port: u16,
+    /// Served from the broker's cache rather than created for this request.
+    pub cached: bool,
+}
+
+/// A reservation made for someone else to pick up.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation {
+    pub token: Token,
+    pub port: u16,
+}
+
+/// One holder of a cached socket, as `status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderStatus {
+    pub conn_id: u64,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub share: ShareMode,
+    pub reserved: bool,
+    pub app: String,
+}
+
+/// A socket the broker holds, with all its references.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketStatus {
+    pub id: u64,
+    pub spec: SocketSpec,
+    pub port: u16,
+    pub refs: u32,
+    pub holders: Vec<HolderStatus>,
+}
+
+/// A snapshot of the broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub counters: Counters,
+    pub sockets: Vec<SocketStatus>,
+}
+
+/// Largest status table a client accepts.
+const MAX_STATUS: usize = 64 << 20;
+
+pub struct Client {
+    fd: OwnedFd,
+    path: PathBuf,
+    next_id: u32,
+    broker_pid: u32,
+    fd_tokens: HashMap<RawFd, Token>,
+    buf: Vec<u8>,
+    rbuf: Box<[u8; proto::MAX_MSG]>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("path", &self.path)
+            .field("fd", &self.fd.as_raw_fd())
+            .field("held", &self.fd_tokens.len())
+            .finish()
+    }
+}
+
+fn unavailable(errno: i32, what: impl std::fmt::Display) -> Error {
+    Error::with_errno(
+        Kind::BrokerUnavailable,
+        errno,
+        format!("{what}: {}", crate::error::strerror(errno)),
+    )
+}
+
+impl Client {
+    /// Connect to the broker at the default path (see
+    /// [`crate::broker::default_socket_path`]).
+    pub fn connect_default() -> Result<Client> {
+        Client::connect(crate::broker::default_socket_path())
+    }
+
+    /// Connect to the broker at `path` and do the version handshake.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        let path = path.as_ref();
+        let fd =
+            sys::unix_socket(libc::SOCK_SEQPACKET, false).map_err(|e| Error::os(e, "socket"))?;
+        sys::connect_unix(&fd, path.as_os_str().as_bytes()).map_err(|e| {
+            unavailable(
+                e,
+                format_args!("cannot connect to sockpassd at {}", path.display()),
+            )
+        })?;
+        let mut c = Client {
+            fd,
+            path: path.to_path_buf(),
+            next_id: 1,
+            broker_pid: 0,
+            fd_tokens: HashMap::new(),
+            buf: Vec::with_capacity(proto::MAX_MSG),
+            rbuf: Box::new([0u8; proto::MAX_MSG]),
+        };
+        let id = c.take_id();
+        proto::encode_hello(&mut c.buf, id);
+        c.send()?;
+        let (h, n, _) = c.recv_reply(id, 0)?;
+        if h.ty != ty::HELLO_OK {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to HELLO",
+                h.ty
+            )));
+        }
+        let mut r = Reader::new(&c.rbuf[proto::HEADER_LEN..n]);
+        let _version = r.u8()?;
+        r.bytes(3)?;
+        let _max = r.u32()?;
+        c.broker_pid = r.u32()?;
+        Ok(c)
+    }
+
+    /// The broker's socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The broker's pid, as it reported in the handshake.
+    pub fn broker_pid(&self) -> u32 {
+        self.broker_pid
+    }
+
+    /// The connection's fd (for callers that poll it to notice the broker going away).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Time out replies after `t` (None waits forever, the default).
+    pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<()> {
+        let tv = match t {
+            Some(d) => libc::timeval {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_usec: d.subsec_micros().max(if d.is_zero() { 0 } else { 1 })
+                    as libc::suseconds_t,
+            },
+            None => libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+        };
+        // SAFETY: tv is a valid timeval.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(Error::last_os("setsockopt SO_RCVTIMEO"));
+        }
+        Ok(())
+    }
+
+    fn take_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn send(&mut self) -> Result<()> {
+        match send_fds(self.fd.as_fd(), &self.buf, &[], 0) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(unavailable(e, "sending to sockpassd")),
+        }
+    }
+
+    /// Receive the reply to `id`; returns its header, length and fds (at most
+    /// `max_fds`; more is a protocol error and they are closed). An ERROR
+    /// reply becomes `Err`.
+    fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Vec<OwnedFd>)> {
+        let r = match recv_fds(self.fd.as_fd(), &mut self.rbuf[..], max_fds, 0) {
+            Ok(r) => r,
+            Err(RecvError::Os(e)) if e == libc::EAGAIN => {
+                return Err(Error::with_errno(
+                    Kind::Timeout,
+                    libc::ETIMEDOUT,
+                    "sockpassd did not reply in time",
+                ))
+            }
+            Err(RecvError::Os(e)) => return Err(unavailable(e, "receiving from sockpassd")),
+            Err(e) => return Err(e.into_error("reply from sockpassd")),
+        };
+        if r.len == 0 && r.fds.is_empty() {
+            return Err(unavailable(
+                libc::ECONNRESET,
+                "sockpassd closed the connection",
+            ));
+        }
+        let h = Header::parse(&self.rbuf[..r.len])?;
+        if h.id != id {
+            return Err(Error::protocol(format!(
+                "reply for request {} while waiting for {id}",
+                h.id
+            )));
+        }
+        if h.ty == ty::ERROR {
+            return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len])?);
+        }
+        Ok((h, r.len, r.fds))
+    }
+
+    /// Ask for a socket. `app` empty means "my executable name".
+    pub fn request_socket(
+        &mut self,
+        spec: &SocketSpec,
+        share: ShareMode,
+        app: &str,
+    ) -> Result<Grant> {
+        self.request_with_flags(spec, share, app, 0)
+    }
+
+    /// [`Client::request_socket`] with request flags (`proto::REQ_*`).
+    pub fn request_with_flags(
+        &mut self,
+        spec: &SocketSpec,
+        share: ShareMode,
+        app: &str,
+        flags: u8,
+    ) -> Result<Grant> {
+        let id = self.take_id();
+        proto::encode_request(&mut self.buf, id, spec, share, app, flags)?;
+        self.send()?;
+        let (h, n, mut fds) = self.recv_reply(id, 1)?;
+        if h.ty != ty::SOCKET {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to a socket request",
+                h.ty
+            )));
+        }
+        let mut r = Reader::new(&self.rbuf[proto::HEADER_LEN..n]);
+        let token = r.token()?;
+        let port = r.u16()?;
+        let cached = r.u8()? != 0;
+        let fd = fds
+            .pop()
+            .ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
+        self.fd_tokens.insert(fd.as_raw_fd(), token);
+        Ok(Grant {
+            fd,
+            token,
+            port,
+            cached,
+        })
+    }
+
+    /// Reserve a socket for another process to pick up by token.
+    pub fn reserve_socket(
+        &mut self,
+        spec: &SocketSpec,
+        share: ShareMode,
+        app: &str,
+    ) -> Result<Reservation> {
+        let id = self.take_id();
+        proto::encode_request(&mut self.buf, id, spec, share, app, proto::REQ_RESERVE)?;
+        self.send()?;
+        let (h, n, _) = self.recv_reply(id, 0)?;
+        if h.ty != ty::RESERVED {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to a reservation",
+                h.ty
+            )));
+        }
+        let mut r = Reader::new(&self.rbuf[proto::HEADER_LEN..n]);
+        let token = r.token()?;
+        let port = r.u16()?;
+        Ok(Reservation { token, port })
+    }
+
+    /// Pick up a socket reserved for us; the token becomes ours.
+    pub fn pickup(&mut self, token: &Token) -> Result<Grant> {
+        let id = self.take_id();
+        proto::encode_token_msg(&mut self.buf, ty::PICKUP, id, token);
+        self.send()?;
+        let (h, n, mut fds) = self.recv_reply(id, 1)?;
+        if h.ty != ty::SOCKET {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to a pick-up",
+                h.ty
+            )));
+        }
+        let mut r = Reader::new(&self.rbuf[proto::HEADER_LEN..n]);
+        let token = r.token()?;
+        let port = r.u16()?;
+        let cached = r.u8()? != 0;
+        let fd = fds
+            .pop()
+            .ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
+        self.fd_tokens.insert(fd.as_raw_fd(), token);
+        Ok(Grant {
+            fd,
+            token,
+            port,
+            cached,
+        })
+    }
+
+    /// Release one reference by token; returns the references left on that
+    /// socket (0: the broker closed it).
+    pub fn release(&mut self, token: &Token) -> Result<u32> {
+        let id = self.take_id();
+        proto::encode_token_msg(&mut self.buf, ty::RELEASE, id, token);
+        self.send()?;
+        let (h, n, _) = self.recv_reply(id, 0)?;
+        if h.ty != ty::RELEASED {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to a release",
+                h.ty
+            )));
+        }
+        self.fd_tokens.retain(|_, t| t != token);
+        Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32()
+    }
+
+    /// Release many references with one write burst: every request is sent
+    /// before the first reply is read. Returns one result per token.
+    pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
+        let first = self.next_id;
+        for t in tokens {
+            let id = self.take_id();
+            proto::encode_token_msg(&mut self.buf, ty::RELEASE, id, t);
+            self.send()?;
+        }
+        let mut out = Vec::with_capacity(tokens.len());
+        let mut id = first;
+        for t in tokens {
+            match self.recv_reply(id, 0) {
+                Ok((_, n, _)) => {
+                    self.fd_tokens.retain(|_, x| x != t);
+                    out.push(Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32());
+                }
+                Err(e) if e.kind() == Kind::BrokerUnavailable || e.kind() == Kind::Protocol => {
+                    return Err(e)
+                }
+                Err(e) => out.push(Err(e)),
+            }
+            id = id.wrapping_add(1).max(1);
+        }
+        Ok(out)
+    }
+
+    /// Release the reference that came with the socket `fd` from this client.
+    pub fn release_fd(&mut self, fd: RawFd) -> Result<u32> {
+        if fd < 0 {
+            return Err(Error::bad_request(format!("invalid file descriptor {fd}")));
+        }
+        let token = *self.fd_tokens.get(&fd).ok_or_else(|| {
+            Error::with_errno(
+                Kind::UnknownToken,
+                libc::ENOENT,
+                format!("fd {fd} did not come from this client, or was already released"),
+            )
+        })?;
+        self.release(&token)
+    }
+
+    /// The token of a socket fd this client received and has not released.
+    pub fn token_of(&self, fd: RawFd) -> Option<Token> {
+        self.fd_tokens.get(&fd).copied()
+    }
+
+    /// The tokens this client holds (by fd it received them with).
+    pub fn held(&self) -> impl Iterator<Item = (RawFd, Token)> + '_ {
+        self.fd_tokens.iter().map(|(f, t)| (*f, *t))
+    }
+
+    /// Release everything this client holds; returns how many were released.
+    pub fn release_all(&mut self) -> Result<usize> {
+        let tokens: Vec<Token> = self.fd_tokens.values().copied().collect();
+        let res = self.release_many(&tokens)?;
+        Ok(res.iter().filter(|r| r.is_ok()).count())
+    }
+
+    /// A snapshot of every socket the broker holds and who holds it.
+    pub fn status(&mut self) -> Result<Status> {
+        let id = self.take_id();
+        proto::encode_status(&mut self.buf, id);
+        self.send()?;
+        let (h, n, mut fds) = self.recv_reply(id, 1)?;
+        if h.ty != ty::STATUS_OK {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to status",
+                h.ty
+            )));
+        }
+        let counters = Counters::decode(&mut Reader::new(&self.rbuf[proto::HEADER_LEN..n]))?;
+        let table = fds
+            .pop()
+            .ok_or_else(|| Error::protocol("STATUS reply carried no table"))?;
+        let bytes = crate::memfd::read_all(table, MAX_STATUS)?;
+        let mut r = Reader::new(&bytes);
+        let rows = r.u32()?;
+        let mut sockets: Vec<SocketStatus> = Vec::new();
+        let mut index: HashMap<u64, usize> = HashMap::new();
+        for _ in 0..rows {
+            let row = StatusRow::decode(&mut r)?;
+            let i = *index.entry(row.socket_id).or_insert_with(|| {
+                sockets.push(SocketStatus {
+                    id: row.socket_id,
+                    spec: row.spec.clone(),
+                    port: row.port,
+                    refs: row.refs,
+                    holders: Vec::new(),
+                });
+                sockets.len() - 1
+            });
+            sockets[i].holders.push(HolderStatus {
+                conn_id: row.conn_id,
+                pid: row.pid,
+                uid: row.uid,
+                gid: row.gid,
+                share: row.share,
+                reserved: row.reserved,
+                app: row.app,
+            });
+        }
+        sockets.sort_by_key(|s| s.id);
+        Ok(Status { counters, sockets })
+    }
+}
+
+/// The process-wide default client (BIND10's library style): connected
+/// lazily to the default path on first use. After a `BrokerUnavailable`
+/// error it is discarded, and the next call connects anew (a new lease: the
+/// old connection's references were dropped by the broker).
+pub fn with_default<R>(f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
+    static DEFAULT: OnceLock<Mutex<Option<Client>>> = OnceLock::new();
+    let m = DEFAULT.get_or_init(|| Mutex::new(None));
+    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+    if g.is_none() {
+        *g = Some(Client::connect_default()?);
+    }
+    let res = f(g.as_mut().unwrap());
+    if matches!(&res, Err(e) if e.kind() == Kind::BrokerUnavailable) {
+        *g = None;
+    }
+    res
+}

@@ -1,0 +1,239 @@
+//! Send and receive file descriptors over unix sockets with `SCM_RIGHTS`.
+//!
+//! Receiving always uses `MSG_CMSG_CLOEXEC`; a truncated control message
+//! (`MSG_CTRUNC`) or a truncated payload (`MSG_TRUNC`) is an error, and every
+//! fd that did arrive is owned, so it is closed if the caller does not keep it.
+
+use crate::error::{Error, Kind, Result};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Most fds one message may carry in either direction (the kernel's SCM_MAX_FD
+/// is 253).
+pub const MAX_FDS: usize = 253;
+
+/// Control-buffer room for `n` fds, 8-byte aligned as cmsg requires.
+const fn cmsg_words(n: usize) -> usize {
+    // CMSG_SPACE(n * 4) = header (16) + data rounded up to 8.
+    (16 + (n * 4).div_ceil(8) * 8) / 8
+}
+
+/// What one `recv_fds` call got.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes of payload; 0 means the peer closed the connection.
+    pub len: usize,
+    /// The fds that came with the message, each owned and CLOEXEC.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Why a receive failed. `Truncated*` still consumed the message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecvError {
+    /// The payload did not fit in the buffer (MSG_TRUNC).
+    TruncatedPayload,
+    /// More fds arrived than the control buffer could hold (MSG_CTRUNC); the
+    /// kernel closed the excess, and those that fit were closed here.
+    TruncatedFds,
+    /// A syscall error (EAGAIN included, for nonblocking sockets).
+    Os(i32),
+}
+
+impl RecvError {
+    pub fn into_error(self, what: &str) -> Error {
+        match self {
+            RecvError::TruncatedPayload => Error::protocol(format!("{what}: message too large")),
+            RecvError::TruncatedFds => Error::with_errno(
+                Kind::Protocol,
+                libc::EPROTO,
+                format!("{what}: control message truncated (MSG_CTRUNC): file descriptors lost, is RLIMIT_NOFILE exhausted?"),
+            ),
+            RecvError::Os(e) => Error::os(e, what),
+        }
+    }
+}
+
+/// Send `data` with `fds` attached, as one message. Never raises SIGPIPE.
+/// `flags` is or-ed in (e.g. `MSG_DONTWAIT`). Returns the errno on failure.
+pub fn send_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: i32,
+) -> std::result::Result<usize, i32> {
+    assert!(fds.len() <= MAX_FDS);
+    let mut cbuf = [0u64; cmsg_words(MAX_FDS)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: zeroed msghdr, then pointers to live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let space = unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) } as usize;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer is large enough for one SCM_RIGHTS cmsg
+        // with fds.len() ints; CMSG_FIRSTHDR is non-null for it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+            let p = libc::CMSG_DATA(c) as *mut RawFd;
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(p.add(i), fd.as_raw_fd());
+            }
+        }
+    }
+    loop {
+        // SAFETY: msg points at live buffers.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = crate::sys::errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// Receive one message into `buf`, accepting at most `max_fds` fds (more is
+/// `TruncatedFds`). `flags` is or-ed in (e.g. `MSG_DONTWAIT`).
+pub fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+    flags: i32,
+) -> std::result::Result<Received, RecvError> {
+    let max_fds = max_fds.min(MAX_FDS);
+    let mut cbuf = [0u64; cmsg_words(MAX_FDS)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: zeroed msghdr, then pointers to live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // Room for max_fds, or the smallest buffer if none are expected, so that
+    // unexpected fds still arrive here (and are closed) rather than being
+    // silently dropped by the kernel without our knowing.
+    let room = max_fds.max(1);
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE((room * 4) as u32) } as usize;
+    let n = loop {
+        // SAFETY: msg points at live buffers of the stated sizes.
+        let r =
+            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = crate::sys::errno();
+        if e != libc::EINTR {
+            return Err(RecvError::Os(e));
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walk the control messages the kernel wrote within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let bytes = (*c).cmsg_len - (data as usize - c as usize);
+                for i in 0..bytes / 4 {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
+        // Dropping `fds` closes every fd that did arrive.
+        return Err(RecvError::TruncatedFds);
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(RecvError::TruncatedPayload);
+    }
+    Ok(Received { len: n, fds })
+}
+
+/// A connected pair of unix sockets of type `ty`, both CLOEXEC.
+pub fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd)> {
+    let mut sv = [-1; 2];
+    // SAFETY: sv has room for two fds.
+    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } < 0 {
+        return Err(Error::last_os("socketpair"));
+    }
+    // SAFETY: both are new fds we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+}
+
+/// Send one fd with a payload on a blocking socket (convenience).
+pub fn send_fd(sock: &impl AsFd, data: &[u8], fd: &impl AsFd) -> Result<()> {
+    send_fds(sock.as_fd(), data, &[fd.as_fd()], 0)
+        .map(|_| ())
+        .map_err(|e| Error::os(e, "sendmsg"))
+}
+
+/// Receive exactly one fd with its payload on a blocking socket (convenience).
+/// A message without an fd, or with more than one, is a protocol error.
+pub fn recv_fd(sock: &impl AsFd, buf: &mut [u8]) -> Result<(usize, OwnedFd)> {
+    let r = recv_fds(sock.as_fd(), buf, 1, 0).map_err(|e| e.into_error("recvmsg"))?;
+    if r.len == 0 && r.fds.is_empty() {
+        return Err(Error::with_errno(
+            Kind::BrokerUnavailable,
+            libc::ECONNRESET,
+            "peer closed the connection",
+        ));
+    }
+    let mut fds = r.fds;
+    match fds.pop() {
+        Some(fd) => Ok((r.len, fd)),
+        None => Err(Error::protocol("expected a file descriptor, none arrived")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_fds_cloexec() {
+        let (a, b) = socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let (x, _y) = socketpair(libc::SOCK_STREAM).unwrap();
+        send_fd(&a, b"hi", &x).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, fd) = recv_fd(&b, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        assert!(crate::sys::is_cloexec(fd.as_raw_fd()));
+    }
+
+    #[test]
+    fn too_many_fds_is_ctrunc_and_closes() {
+        let (a, b) = socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let (x, _y) = socketpair(libc::SOCK_STREAM).unwrap();
+        let before = crate::sys::count_open_fds();
+        let many: Vec<BorrowedFd> = (0..5).map(|_| x.as_fd()).collect();
+        send_fds(a.as_fd(), b"m", &many, 0).unwrap();
+        let mut buf = [0u8; 16];
+        let e = recv_fds(b.as_fd(), &mut buf, 2, 0).unwrap_err();
+        assert_eq!(e, RecvError::TruncatedFds);
+        assert_eq!(crate::sys::count_open_fds(), before);
+    }
+
+    #[test]
+    fn oversized_payload_is_trunc() {
+        let (a, b) = socketpair(libc::SOCK_SEQPACKET).unwrap();
+        send_fds(a.as_fd(), &[1u8; 64], &[], 0).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            recv_fds(b.as_fd(), &mut buf, 0, 0).unwrap_err(),
+            RecvError::TruncatedPayload
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! sockpass: get sockets and other file descriptors to the processes that
+//! need them, on one Linux host.
+//!
+//! The crate is organised one concept a module:
+//! - [`spec`]: what socket is wanted, and its string form;
+//! - [`create`]: turn a spec into a bound socket;
+//! - [`fdpass`]: send and receive fds with `SCM_RIGHTS`;
+//! - [`proto`]: the broker wire format;
+//! - [`share`]: share modes and their compatibility;
+//! - [`token`]: the tokens that name references;
+//! - [`policy`]: who may ask for what;
+//! - [`broker`]: the cache, references and connections, in one epoll loop;
+//! - [`client`]: the blocking client;
+//! - [`error`]: typed errors shared by every layer.
+
+pub mod broker;
+pub mod client;
+pub mod create;
+pub mod error;
+pub mod fdpass;
+pub mod memfd;
+pub mod policy;
+pub mod proto;
+pub mod share;
+pub mod spec;
+pub mod sys;
+pub mod token;
+
+pub use client::{Client, Grant, Status};
+pub use error::{Error, Kind, Result};
+pub use share::ShareMode;
+pub use spec::{Proto, SocketSpec};
+pub use token::Token;

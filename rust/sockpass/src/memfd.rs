@@ -1,0 +1,43 @@
+//! Anonymous in-memory files, for payloads too large for one packet.
+
+use crate::error::{Error, Result};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A CLOEXEC memfd holding `data`, sealed against writes and resizing.
+pub fn from_bytes(name: &str, data: &[u8]) -> Result<OwnedFd> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| Error::bad_request("memfd name contains NUL"))?;
+    // SAFETY: valid C string; the result is checked.
+    let r =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if r < 0 {
+        return Err(Error::last_os("memfd_create"));
+    }
+    // SAFETY: r is a new fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(r) };
+    let mut f = std::fs::File::from(fd);
+    f.write_all(data)
+        .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "write memfd"))?;
+    let fd = OwnedFd::from(f);
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our fd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(Error::last_os("seal memfd"));
+    }
+    Ok(fd)
+}
+
+/// Read a whole received memfd (or any file), at most `max` bytes.
+pub fn read_all(fd: OwnedFd, max: usize) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::from(fd);
+    f.seek(SeekFrom::Start(0)).map_err(Error::from)?;
+    let mut out = Vec::new();
+    f.take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(Error::from)?;
+    if out.len() > max {
+        return Err(Error::protocol(format!("payload larger than {max} bytes")));
+    }
+    Ok(out)
+}

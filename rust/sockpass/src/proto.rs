@@ -1,0 +1,416 @@
+//! The broker wire format (documented byte by byte in docs/PROTOCOL.md).
+//!
+//! Every message is one `SOCK_SEQPACKET` packet: an 8-byte header followed
+//! by a payload. Integers are little-endian. fds travel only as `SCM_RIGHTS`
+//! on the packet they belong to.
+
+use crate::error::{Error, Kind, Result};
+use crate::share::ShareMode;
+use crate::spec::SocketSpec;
+use crate::token::Token;
+
+pub const VERSION: u8 = 1;
+pub const MAGIC: [u8; 4] = *b"SPAS";
+/// Largest packet either side sends or accepts.
+pub const MAX_MSG: usize = 1024;
+pub const HEADER_LEN: usize = 8;
+/// Longest application name.
+pub const MAX_APP: usize = 255;
+
+/// Message types. Requests have the high bit clear, replies set. Never reuse.
+pub mod ty {
+    pub const HELLO: u8 = 0x01;
+    pub const REQUEST: u8 = 0x02;
+    pub const RELEASE: u8 = 0x03;
+    pub const STATUS: u8 = 0x04;
+    pub const PICKUP: u8 = 0x05;
+    pub const HELLO_OK: u8 = 0x81;
+    pub const SOCKET: u8 = 0x82;
+    pub const RELEASED: u8 = 0x83;
+    pub const STATUS_OK: u8 = 0x84;
+    pub const RESERVED: u8 = 0x85;
+    pub const ERROR: u8 = 0xFF;
+}
+
+/// REQUEST flag: reserve the socket for a later PICKUP instead of sending it.
+pub const REQ_RESERVE: u8 = 0x01;
+/// REQUEST flag: with reuseport, give this requester its own socket in the
+/// port's reuseport group instead of sharing one.
+pub const REQ_PER_WORKER: u8 = 0x02;
+const REQ_KNOWN: u8 = REQ_RESERVE | REQ_PER_WORKER;
+
+/// The fixed header of every message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub ty: u8,
+    pub id: u32,
+}
+
+impl Header {
+    pub fn parse(buf: &[u8]) -> Result<Header> {
+        if buf.len() < HEADER_LEN {
+            return Err(Error::protocol(format!(
+                "message of {} bytes is shorter than the {HEADER_LEN}-byte header",
+                buf.len()
+            )));
+        }
+        let h = Header {
+            version: buf[0],
+            ty: buf[1],
+            id: u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        };
+        if buf[2] != 0 || buf[3] != 0 {
+            return Err(Error::protocol("reserved header bytes are not zero"));
+        }
+        Ok(h)
+    }
+}
+
+/// Start a message in `out` (cleared first).
+pub fn begin(out: &mut Vec<u8>, ty: u8, id: u32) {
+    out.clear();
+    out.extend_from_slice(&[VERSION, ty, 0, 0]);
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+/// A bounds-checked little-endian reader.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() - self.pos < n {
+            return Err(Error::bad_request("message truncated"));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16> {
+        let b = self.bytes(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn i32(&mut self) -> Result<i32> {
+        Ok(self.u32()? as i32)
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        let b = self.bytes(8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    pub fn token(&mut self) -> Result<Token> {
+        let b = self.bytes(Token::LEN)?;
+        Ok(Token::from_bytes(b.try_into().unwrap()))
+    }
+    pub fn end(&self) -> Result<()> {
+        if self.pos != self.buf.len() {
+            return Err(Error::bad_request(format!(
+                "{} trailing bytes after the message",
+                self.buf.len() - self.pos
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A decoded request (client → broker).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Hello { min_version: u8, max_version: u8 },
+    Socket(SocketRequest<'a>),
+    Release(Token),
+    Status,
+    Pickup(Token),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct SocketRequest<'a> {
+    pub spec: SocketSpec,
+    pub share: ShareMode,
+    pub app: &'a str,
+    pub flags: u8,
+}
+
+pub fn encode_hello(out: &mut Vec<u8>, id: u32) {
+    begin(out, ty::HELLO, id);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[VERSION, VERSION, 0, 0]);
+}
+
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    id: u32,
+    spec: &SocketSpec,
+    share: ShareMode,
+    app: &str,
+    flags: u8,
+) -> Result<()> {
+    if app.len() > MAX_APP {
+        return Err(Error::bad_request(format!(
+            "application name is {} bytes, the limit is {MAX_APP}",
+            app.len()
+        )));
+    }
+    spec.validate()?;
+    begin(out, ty::REQUEST, id);
+    out.extend_from_slice(&[share.wire(), flags, app.len() as u8]);
+    out.extend_from_slice(app.as_bytes());
+    spec.encode(out);
+    Ok(())
+}
+
+pub fn encode_token_msg(out: &mut Vec<u8>, ty: u8, id: u32, token: &Token) {
+    begin(out, ty, id);
+    out.extend_from_slice(token.as_bytes());
+}
+
+pub fn encode_status(out: &mut Vec<u8>, id: u32) {
+    begin(out, ty::STATUS, id);
+}
+
+/// Decode a request; the header has been parsed and its version checked.
+pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> {
+    let mut r = Reader::new(payload);
+    let req = match h.ty {
+        ty::HELLO => {
+            if r.bytes(4)? != MAGIC {
+                return Err(Error::protocol("bad HELLO magic"));
+            }
+            let min_version = r.u8()?;
+            let max_version = r.u8()?;
+            r.u16()?;
+            Request::Hello {
+                min_version,
+                max_version,
+            }
+        }
+        ty::REQUEST => {
+            let share = ShareMode::from_wire(r.u8()?)?;
+            let flags = r.u8()?;
+            if flags & !REQ_KNOWN != 0 {
+                return Err(Error::bad_request(format!(
+                    "unknown request flags {flags:#x}"
+                )));
+            }
+            let n = r.u8()? as usize;
+            let app = std::str::from_utf8(r.bytes(n)?)
+                .map_err(|_| Error::bad_request("application name is not valid UTF-8"))?;
+            if app.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                return Err(Error::bad_request(
+                    "application name contains control characters",
+                ));
+            }
+            let (spec, used) = SocketSpec::decode(r.rest())?;
+            r.bytes(used)?;
+            Request::Socket(SocketRequest {
+                spec,
+                share,
+                app,
+                flags,
+            })
+        }
+        ty::RELEASE => Request::Release(r.token()?),
+        ty::PICKUP => Request::Pickup(r.token()?),
+        ty::STATUS => Request::Status,
+        t => return Err(Error::bad_request(format!("unknown message type {t:#04x}"))),
+    };
+    r.end()?;
+    Ok(req)
+}
+
+/// Append an ERROR reply for `e`.
+pub fn encode_error(out: &mut Vec<u8>, id: u32, e: &Error) {
+    begin(out, ty::ERROR, id);
+    out.extend_from_slice(&e.kind().wire().to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&e.errno().to_le_bytes());
+    // Keep the message within the packet limit, on a char boundary.
+    let mut m = e.message();
+    let room = MAX_MSG - out.len() - 2;
+    if m.len() > room {
+        let mut cut = room;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m = &m[..cut];
+    }
+    out.extend_from_slice(&(m.len() as u16).to_le_bytes());
+    out.extend_from_slice(m.as_bytes());
+}
+
+pub fn decode_error(payload: &[u8]) -> Result<Error> {
+    let mut r = Reader::new(payload);
+    let kind = r.u16()?;
+    r.u16()?;
+    let errno = r.i32()?;
+    let n = r.u16()? as usize;
+    let msg = String::from_utf8_lossy(r.bytes(n)?).into_owned();
+    let kind = Kind::from_wire(kind).unwrap_or(Kind::Os);
+    Ok(Error::with_errno(kind, errno, msg))
+}
+
+/// The SOCKET reply: token, bound port, whether it came from the cache.
+pub fn encode_socket_reply(
+    out: &mut Vec<u8>,
+    ty_: u8,
+    id: u32,
+    token: &Token,
+    port: u16,
+    cached: bool,
+) {
+    begin(out, ty_, id);
+    out.extend_from_slice(token.as_bytes());
+    out.extend_from_slice(&port.to_le_bytes());
+    out.extend_from_slice(&[cached as u8, 0]);
+}
+
+/// Counters sent with STATUS_OK (the table itself travels in a memfd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub sockets: u32,
+    pub references: u32,
+    pub connections: u32,
+    pub reservations: u32,
+    pub broker_fds: u32,
+}
+
+impl Counters {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for v in [
+            self.sockets,
+            self.references,
+            self.connections,
+            self.reservations,
+            self.broker_fds,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    pub fn decode(r: &mut Reader<'_>) -> Result<Counters> {
+        Ok(Counters {
+            sockets: r.u32()?,
+            references: r.u32()?,
+            connections: r.u32()?,
+            reservations: r.u32()?,
+            broker_fds: r.u32()?,
+        })
+    }
+}
+
+/// One reference in the status table: a socket and one holder of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRow {
+    pub socket_id: u64,
+    pub spec: SocketSpec,
+    pub port: u16,
+    pub refs: u32,
+    pub conn_id: u64,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub share: ShareMode,
+    /// The reference is a reservation awaiting pick-up.
+    pub reserved: bool,
+    pub app: String,
+}
+
+impl StatusRow {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.socket_id.to_le_bytes());
+        self.spec.encode(out);
+        out.extend_from_slice(&self.port.to_le_bytes());
+        out.extend_from_slice(&self.refs.to_le_bytes());
+        out.extend_from_slice(&self.conn_id.to_le_bytes());
+        out.extend_from_slice(&self.pid.to_le_bytes());
+        out.extend_from_slice(&self.uid.to_le_bytes());
+        out.extend_from_slice(&self.gid.to_le_bytes());
+        out.extend_from_slice(&[self.share.wire(), self.reserved as u8, self.app.len() as u8]);
+        out.extend_from_slice(self.app.as_bytes());
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<StatusRow> {
+        let socket_id = r.u64()?;
+        let (spec, used) = SocketSpec::decode(r.rest())?;
+        r.bytes(used)?;
+        let port = r.u16()?;
+        let refs = r.u32()?;
+        let conn_id = r.u64()?;
+        let pid = r.i32()?;
+        let uid = r.u32()?;
+        let gid = r.u32()?;
+        let share = ShareMode::from_wire(r.u8()?)?;
+        let reserved = r.u8()? != 0;
+        let n = r.u8()? as usize;
+        let app = String::from_utf8_lossy(r.bytes(n)?).into_owned();
+        Ok(StatusRow {
+            socket_id,
+            spec,
+            port,
+            refs,
+            conn_id,
+            pid,
+            uid,
+            gid,
+            share,
+            reserved,
+            app,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_and_truncation() {
+        let spec: SocketSpec = "udp:127.0.0.1:53".parse().unwrap();
+        let mut out = Vec::new();
+        encode_request(&mut out, 7, &spec, ShareMode::SameApp, "app", 0).unwrap();
+        let h = Header::parse(&out).unwrap();
+        assert_eq!(h.id, 7);
+        match decode_request(&h, &out[HEADER_LEN..]).unwrap() {
+            Request::Socket(r) => {
+                assert_eq!(r.spec, spec);
+                assert_eq!(r.app, "app");
+                assert_eq!(r.share, ShareMode::SameApp);
+            }
+            other => panic!("{other:?}"),
+        }
+        for cut in HEADER_LEN..out.len() {
+            assert!(decode_request(&h, &out[HEADER_LEN..cut]).is_err());
+        }
+        let mut longer = out.clone();
+        longer.push(0);
+        assert!(decode_request(&h, &longer[HEADER_LEN..]).is_err());
+    }
+
+    #[test]
+    fn error_round_trip_is_bounded() {
+        let e = Error::with_errno(Kind::AddressInUse, libc::EADDRINUSE, "é".repeat(2000));
+        let mut out = Vec::new();
+        encode_error(&mut out, 1, &e);
+        assert!(out.len() <= MAX_MSG);
+        let back = decode_error(&out[HEADER_LEN..]).unwrap();
+        assert_eq!(back.kind(), Kind::AddressInUse);
+        assert_eq!(back.errno(), libc::EADDRINUSE);
+    }
+}

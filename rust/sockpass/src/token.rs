@@ -1,0 +1,133 @@
+//! Tokens name one reference to a socket held by the broker.
+//!
+//! A token is 24 bytes: 16 from the kernel's random source (getrandom) and an
+//! 8-byte sequence number that the broker never repeats while it runs, so a
+//! token is unguessable and never reused. Its text form is 48 lowercase hex
+//! digits.
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token([u8; Token::LEN]);
+
+impl Token {
+    pub const LEN: usize = 24;
+
+    pub fn from_bytes(b: [u8; Token::LEN]) -> Token {
+        Token(b)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; Token::LEN] {
+        &self.0
+    }
+
+    /// The broker-assigned sequence number inside the token.
+    pub fn sequence(&self) -> u64 {
+        u64::from_le_bytes(self.0[16..].try_into().unwrap())
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({self})")
+    }
+}
+
+impl FromStr for Token {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Token> {
+        let bad = || {
+            Error::bad_request(format!(
+                "invalid token {s:?} (expected {} hex digits)",
+                Token::LEN * 2
+            ))
+        };
+        if s.len() != Token::LEN * 2 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut b = [0u8; Token::LEN];
+        for (i, out) in b.iter_mut().enumerate() {
+            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Token(b))
+    }
+}
+
+/// Makes tokens: random bytes from getrandom, read in batches so that the
+/// hot path does not make a syscall per token, plus a sequence number.
+pub struct TokenSource {
+    pool: Box<[u8; 4096]>,
+    used: usize,
+    next_seq: u64,
+}
+
+impl TokenSource {
+    pub fn new() -> TokenSource {
+        TokenSource {
+            pool: Box::new([0u8; 4096]),
+            used: 4096,
+            next_seq: 1,
+        }
+    }
+
+    /// Continue a sequence (used when a broker takes over from another).
+    pub fn with_next_sequence(seq: u64) -> TokenSource {
+        let mut t = TokenSource::new();
+        t.next_seq = seq.max(1);
+        t
+    }
+
+    pub fn next_sequence(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn make(&mut self) -> Result<Token> {
+        if self.used + 16 > self.pool.len() {
+            crate::sys::fill_random(&mut self.pool[..]).map_err(|e| Error::os(e, "getrandom"))?;
+            self.used = 0;
+        }
+        let mut b = [0u8; Token::LEN];
+        b[..16].copy_from_slice(&self.pool[self.used..self.used + 16]);
+        // Random bytes are used once: wipe them from the pool.
+        self.pool[self.used..self.used + 16].fill(0);
+        self.used += 16;
+        b[16..].copy_from_slice(&self.next_seq.to_le_bytes());
+        self.next_seq += 1;
+        Ok(Token(b))
+    }
+}
+
+impl Default for TokenSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_and_round_trip() {
+        let mut src = TokenSource::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let t = src.make().unwrap();
+            assert!(seen.insert(t));
+            assert_eq!(t.to_string().parse::<Token>().unwrap(), t);
+        }
+        assert!("zz".parse::<Token>().is_err());
+        assert!("é".repeat(24).parse::<Token>().is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! `sockpass`: the command-line tool. One module a subcommand.
+
+use crate::args::Args;
+use std::ffi::OsString;
+
+pub mod json;
+pub mod status;
+
+const USAGE: &str = "\
+usage: sockpass COMMAND [options]
+
+commands:
+  status [--json] [--socket PATH]   list the broker's sockets, holders and references
+  help                              this text
+  version                           print the version
+
+The broker socket is --socket PATH, else $SOCKPASS_SOCKET, else the default
+path sockpassd uses.
+";
+
+pub fn main(args: Vec<OsString>) -> i32 {
+    let mut a = Args::new(args);
+    let cmd = match a.next_raw() {
+        Some(c) => c.to_string_lossy().into_owned(),
+        None => {
+            eprint!("{USAGE}");
+            return 2;
+        }
+    };
+    let res = match cmd.as_str() {
+        "status" => status::run(a),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        "version" | "-V" | "--version" => {
+            println!("sockpass {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        other => Err(format!("unknown command {other:?} (see sockpass help)")),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sockpass: {e}");
+            2
+        }
+    }
+}
+
+/// Report a library error and pick the exit code: 1 for failures of the
+/// operation, so scripts can tell them from usage errors (2).
+pub fn fail(what: &str, e: &sockpass::Error) -> i32 {
+    eprintln!("sockpass: {what}: {e}");
+    1
+}

@@ -1,0 +1,7 @@
+//! Argument handling for the `sockpassd` and `sockpass` binaries. All logic
+//! lives in the `sockpass` crate; this crate parses arguments, calls it, and
+//! prints.
+
+pub mod args;
+pub mod cli;
+pub mod daemon;

@@ -1,0 +1,807 @@
+//! The broker end to end: a real sockpassd, real client processes, real
+//! sockets and traffic.
+
+mod common;
+
+use common::*;
+use sockpass::client::Client;
+use sockpass::fdpass::{recv_fds, send_fds};
+use sockpass::proto;
+use sockpass::{Kind, ShareMode, SocketSpec};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::process::Command;
+
+fn spec(s: &str) -> SocketSpec {
+    s.parse().unwrap()
+}
+
+#[test]
+fn udp_socket_carries_traffic() {
+    let b = Broker::start("udp");
+    let mut c = b.client();
+    let g = c
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "t")
+        .unwrap();
+    assert_ne!(g.port, 0);
+    assert!(sockpass::sys::is_cloexec(g.fd.as_raw_fd()));
+    let s = UdpSocket::from(g.fd);
+    assert_eq!(s.local_addr().unwrap().port(), g.port);
+    s.send_to(b"ping", s.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 8];
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let (n, _) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping");
+}
+
+#[test]
+fn tcp_socket_is_bound_not_listening_and_accepts_after_listen() {
+    let b = Broker::start("tcp");
+    let mut c = b.client();
+    let g = c
+        .request_socket(&spec("tcp:[::1]:0"), ShareMode::None, "t")
+        .unwrap();
+    // BIND10 defaults: SO_REUSEADDR, IPV6_V6ONLY, bound, not listening.
+    assert_eq!(
+        sockpass::sys::getsockopt_int(&g.fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap(),
+        0
+    );
+    assert_eq!(
+        sockpass::sys::getsockopt_int(&g.fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap(),
+        1
+    );
+    assert_eq!(
+        sockpass::sys::getsockopt_int(&g.fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap(),
+        1
+    );
+    // SAFETY: listen on the received socket.
+    assert_eq!(unsafe { libc::listen(g.fd.as_raw_fd(), 8) }, 0);
+    let l = TcpListener::from(g.fd);
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("::1", port)).unwrap();
+        std::io::Write::write_all(&mut s, b"hello").unwrap();
+    });
+    let (mut conn, _) = l.accept().unwrap();
+    let mut buf = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut buf).unwrap();
+    assert_eq!(buf, "hello");
+    t.join().unwrap();
+}
+
+#[test]
+fn cache_hit_returns_the_same_socket_and_counts_references() {
+    let b = Broker::start("cache");
+    let port = free_port(true);
+    let sp = spec(&format!("udp:127.0.0.1:{port}"));
+    let mut c1 = b.client();
+    let mut c2 = b.client();
+    let g1 = c1.request_socket(&sp, ShareMode::Any, "a").unwrap();
+    let g2 = c2.request_socket(&sp, ShareMode::Any, "b").unwrap();
+    assert!(!g1.cached);
+    assert!(g2.cached);
+    assert_eq!(inode(&g1.fd), inode(&g2.fd));
+    assert_ne!(g1.token, g2.token);
+    let st = b.status();
+    assert_eq!(st.sockets.len(), 1);
+    assert_eq!(st.sockets[0].refs, 2);
+    assert_eq!(st.counters.references, 2);
+    // Releasing one keeps the socket; releasing the last closes it.
+    assert_eq!(c1.release(&g1.token).unwrap(), 1);
+    drop(g1.fd);
+    assert_eq!(b.status().sockets.len(), 1);
+    assert_eq!(c2.release_fd(g2.fd.as_raw_fd()).unwrap(), 0);
+    drop(g2.fd);
+    assert_eq!(b.status().sockets.len(), 0);
+    assert!(
+        can_bind(true, port),
+        "port {port} must be free after the last release"
+    );
+}
+
+#[test]
+fn ephemeral_port_zero_is_never_shared() {
+    let b = Broker::start("eph");
+    let mut c = b.client();
+    let a = c
+        .request_socket(&spec("tcp:127.0.0.1:0"), ShareMode::Any, "x")
+        .unwrap();
+    let d = c
+        .request_socket(&spec("tcp:127.0.0.1:0"), ShareMode::Any, "x")
+        .unwrap();
+    assert_ne!(a.port, d.port);
+    assert_ne!(inode(&a.fd), inode(&d.fd));
+    assert!(!d.cached);
+    assert_eq!(b.status().sockets.len(), 2);
+}
+
+#[test]
+fn share_mode_matrix_in_full() {
+    use ShareMode::*;
+    let b = Broker::start("matrix");
+    let modes = [None, SameApp, Any];
+    let apps = ["a", "b"];
+    let mut checked = 0;
+    for m1 in modes {
+        for m2 in modes {
+            for a2 in apps {
+                let port = free_port(false);
+                let sp = spec(&format!("tcp:127.0.0.1:{port}"));
+                let mut c1 = b.client();
+                let mut c2 = b.client();
+                let g1 = c1.request_socket(&sp, m1, "a").unwrap();
+                let before = b.status();
+                let expect = sockpass::share::compatible(m2, a2, m1, "a");
+                // Independent statement of BIND10's rule, to check the code against.
+                let manual = match (m1, m2) {
+                    (None, _) | (_, None) => false,
+                    (Any, Any) => true,
+                    _ => a2 == "a",
+                };
+                assert_eq!(expect, manual, "{m1:?}(a) then {m2:?}({a2})");
+                match c2.request_socket(&sp, m2, a2) {
+                    Ok(g2) => {
+                        assert!(expect, "{m1:?}(a) then {m2:?}({a2}) should be refused");
+                        assert_eq!(inode(&g1.fd), inode(&g2.fd));
+                        assert_eq!(b.status().sockets[0].refs, 2);
+                    }
+                    Err(e) => {
+                        assert!(!expect, "{m1:?}(a) then {m2:?}({a2}) should share: {e}");
+                        assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+                        assert_eq!(e.code(), sockpass::error::CODE_SHARE_CONFLICT);
+                        // A refusal changes no state.
+                        let after = b.status();
+                        assert_eq!(after.sockets, before.sockets);
+                        assert_eq!(after.counters.references, before.counters.references);
+                    }
+                }
+                drop(c1);
+                drop(c2);
+                wait_for("references dropped", || {
+                    (b.status().counters.references == 0).then_some(())
+                });
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 18);
+    // The three-holder case: SAMEAPP(a) then ANY(a) then ANY(b) is refused by the first.
+    let port = free_port(true);
+    let sp = spec(&format!("udp:127.0.0.1:{port}"));
+    let mut c = b.client();
+    c.request_socket(&sp, SameApp, "a").unwrap();
+    c.request_socket(&sp, Any, "a").unwrap();
+    assert_eq!(
+        c.request_socket(&sp, Any, "b").unwrap_err().kind(),
+        Kind::ShareConflict
+    );
+}
+
+#[test]
+fn differing_options_are_a_named_sharing_conflict() {
+    let b = Broker::start("opts");
+    let port = free_port(true);
+    let mut c = b.client();
+    c.request_socket(&spec(&format!("udp:127.0.0.1:{port}")), ShareMode::Any, "a")
+        .unwrap();
+    let e = c
+        .request_socket(
+            &spec(&format!("udp:127.0.0.1:{port}?rcvbuf=65536")),
+            ShareMode::Any,
+            "a",
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::ShareConflict);
+    assert!(e.message().contains("rcvbuf"), "{e}");
+}
+
+#[test]
+fn release_errors_are_clear() {
+    let b = Broker::start("release");
+    let mut c1 = b.client();
+    let mut c2 = b.client();
+    let g = c1
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "a")
+        .unwrap();
+    let e = c2.release(&g.token).unwrap_err();
+    assert_eq!(e.kind(), Kind::UnknownToken);
+    assert!(e.message().contains("another client"), "{e}");
+    assert_eq!(
+        b.status().counters.references,
+        1,
+        "a foreign release must not drop the reference"
+    );
+    c1.release(&g.token).unwrap();
+    let e = c1.release(&g.token).unwrap_err();
+    assert_eq!(e.kind(), Kind::UnknownToken);
+    assert_eq!(e.code(), sockpass::error::CODE_UNKNOWN_TOKEN);
+    assert_eq!(c1.release_fd(9999).unwrap_err().kind(), Kind::UnknownToken);
+    assert_eq!(c1.release_fd(-1).unwrap_err().kind(), Kind::BadRequest);
+}
+
+#[test]
+fn address_in_use_outside_the_broker_is_reported_with_errno() {
+    let b = Broker::start("inuse");
+    let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let e = b
+        .client()
+        .request_socket(
+            &spec(&format!("udp:127.0.0.1:{port}")),
+            ShareMode::None,
+            "a",
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::AddressInUse);
+    assert_eq!(e.errno(), libc::EADDRINUSE);
+    assert_eq!(b.status().sockets.len(), 0);
+}
+
+#[test]
+fn empty_app_name_means_the_executable_name() {
+    let b = Broker::start("appname");
+    let mut c = b.client();
+    c.request_socket(&spec("udp:127.0.0.1:0"), ShareMode::SameApp, "")
+        .unwrap();
+    let st = b.status();
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(st.sockets[0].holders[0].app, comm.trim_end());
+}
+
+/// Child: request the socket named in SOCKPASS_SPEC, print the port, hold it.
+#[test]
+#[ignore]
+fn child_holds_a_socket() {
+    if !is_child() {
+        return;
+    }
+    let path = std::env::var("SOCKPASS_SOCKET").unwrap();
+    let sp: SocketSpec = std::env::var("SOCKPASS_SPEC").unwrap().parse().unwrap();
+    let mut c = Client::connect(path).unwrap();
+    let g = c.request_socket(&sp, ShareMode::Any, "child").unwrap();
+    println!("@@ port {}", g.port);
+    std::thread::sleep(WAIT * 2);
+    drop(g);
+}
+
+#[test]
+fn sigkill_of_a_client_drops_its_references() {
+    let b = Broker::start("sigkill");
+    let port = free_port(true);
+    let sp = format!("udp:127.0.0.1:{port}");
+    let env = [
+        ("SOCKPASS_SOCKET", path_str(&b.path)),
+        ("SOCKPASS_SPEC", sp.clone()),
+    ];
+    let mut kids: Vec<_> = (0..3)
+        .map(|_| spawn_self("child_holds_a_socket", &env))
+        .collect();
+    for k in kids.iter_mut() {
+        assert_eq!(read_line(k), format!("port {port}"));
+    }
+    let st = b.status();
+    assert_eq!(st.sockets.len(), 1);
+    assert_eq!(st.sockets[0].refs, 3);
+    let pids: Vec<i32> = kids.iter().map(|k| k.id() as i32).collect();
+    for h in &st.sockets[0].holders {
+        assert!(
+            pids.contains(&h.pid),
+            "holder pid {} is one of the children",
+            h.pid
+        );
+    }
+    assert!(!can_bind(true, port));
+    for k in kids.iter_mut() {
+        k.kill().unwrap();
+        k.wait().unwrap();
+    }
+    wait_for("the killed clients' references to drop", || {
+        (b.status().counters.references == 0).then_some(())
+    });
+    assert_eq!(b.status().sockets.len(), 0);
+    assert!(
+        can_bind(true, port),
+        "port must be rebindable once its holders died"
+    );
+    assert!(
+        b.log_text().contains("1 reference(s) dropped"),
+        "log: {}",
+        b.log_text()
+    );
+}
+
+/// A raw protocol connection for bad-input tests.
+fn raw_conn(b: &Broker) -> OwnedFd {
+    let fd = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::connect_unix(&fd, path_str(&b.path).as_bytes()).unwrap();
+    let tv = libc::timeval {
+        tv_sec: 30,
+        tv_usec: 0,
+    };
+    // SAFETY: valid timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    fd
+}
+
+/// What the broker did with one bad message.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Error(Kind),
+    /// An error reply, then the broker closes the connection.
+    ErrorThenDisconnect(Kind),
+}
+
+/// Send one message; read the error reply; then tell whether the broker
+/// kept the connection (it answers a HELLO) or closed it.
+fn send_raw(fd: &OwnedFd, msg: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Outcome {
+    send_fds(fd.as_fd(), msg, fds, 0).unwrap();
+    let mut buf = [0u8; proto::MAX_MSG];
+    let r = recv_fds(fd.as_fd(), &mut buf, 1, 0).expect("a reply");
+    assert!(r.len > 0, "the broker replies before anything else");
+    assert!(r.fds.is_empty(), "an error reply carries no fd");
+    let h = proto::Header::parse(&buf[..r.len]).unwrap();
+    assert_eq!(h.ty, proto::ty::ERROR, "expected an error reply");
+    let kind = proto::decode_error(&buf[proto::HEADER_LEN..r.len])
+        .unwrap()
+        .kind();
+    let mut hello = Vec::new();
+    proto::encode_hello(&mut hello, 99);
+    if send_fds(fd.as_fd(), &hello, &[], 0).is_err() {
+        return Outcome::ErrorThenDisconnect(kind);
+    }
+    match recv_fds(fd.as_fd(), &mut buf, 1, 0) {
+        Ok(r) if r.len > 0 => {
+            assert_eq!(
+                proto::Header::parse(&buf[..r.len]).unwrap().ty,
+                proto::ty::HELLO_OK
+            );
+            Outcome::Error(kind)
+        }
+        _ => Outcome::ErrorThenDisconnect(kind),
+    }
+}
+
+fn request_bytes(spec_s: &str, share: u8, app: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    proto::begin(&mut out, proto::ty::REQUEST, 5);
+    out.extend_from_slice(&[share, 0, app.len() as u8]);
+    out.extend_from_slice(app);
+    spec(spec_s).encode(&mut out);
+    out
+}
+
+#[test]
+fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
+    let b = Broker::start("badinput");
+    // A well-behaved client holds a socket throughout.
+    let mut good = b.client();
+    let held = good
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::Any, "good")
+        .unwrap();
+    let fds_before = b.fd_count();
+
+    let valid = request_bytes("udp:127.0.0.1:0", 2, b"app");
+    let mut cases: Vec<(&str, Vec<u8>, Outcome)> = vec![
+        (
+            "garbage",
+            b"\xde\xad\xbe\xef garbage that is not a message".to_vec(),
+            Outcome::ErrorThenDisconnect(Kind::Protocol),
+        ),
+        (
+            "short header",
+            vec![1, 2, 0],
+            Outcome::ErrorThenDisconnect(Kind::Protocol),
+        ),
+        (
+            "unknown version",
+            {
+                let mut v = valid.clone();
+                v[0] = 9;
+                v
+            },
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "unknown type",
+            {
+                let mut v = valid.clone();
+                v[1] = 0x77;
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "truncated request",
+            valid[..valid.len() - 3].to_vec(),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "trailing bytes",
+            {
+                let mut v = valid.clone();
+                v.push(0);
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "oversized",
+            vec![1u8; proto::MAX_MSG * 4],
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "unknown share mode",
+            request_bytes("udp:127.0.0.1:0", 9, b"app"),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "non-UTF-8 app name",
+            request_bytes("udp:127.0.0.1:0", 2, b"\xff\xfe"),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "control chars in app name",
+            request_bytes("udp:127.0.0.1:0", 2, b"a\nb"),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "unknown protocol",
+            {
+                let mut v = valid.clone();
+                v[proto::HEADER_LEN + 3 + 3] = 17;
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "unknown family",
+            {
+                let mut v = valid.clone();
+                v[proto::HEADER_LEN + 3 + 3 + 1] = 5;
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "bad HELLO magic",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::HELLO, 1);
+                v.extend_from_slice(b"NOPE\x01\x01\0\0");
+                v
+            },
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "HELLO for version 2 only",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::HELLO, 1);
+                v.extend_from_slice(b"SPAS\x02\x02\0\0");
+                v
+            },
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "release with a short token",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::RELEASE, 1);
+                v.extend_from_slice(&[0; 10]);
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "release of an unknown token",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::RELEASE, 1);
+                v.extend_from_slice(&[7; 24]);
+                v
+            },
+            Outcome::Error(Kind::UnknownToken),
+        ),
+        (
+            "nonzero reserved header bytes",
+            {
+                let mut v = valid.clone();
+                v[2] = 1;
+                v
+            },
+            Outcome::ErrorThenDisconnect(Kind::Protocol),
+        ),
+        (
+            "unknown option tag",
+            {
+                let mut v = valid.clone();
+                let n = v.len();
+                v[n - 1] = 1;
+                v.extend_from_slice(&[99, 1, 1]);
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+    ];
+    // An over-long app name cannot be built by the encoder; build it by hand.
+    let mut long = Vec::new();
+    proto::begin(&mut long, proto::ty::REQUEST, 5);
+    long.extend_from_slice(&[2, 0, 255]);
+    long.extend_from_slice(&[b'x'; 200]);
+    cases.push((
+        "app name longer than its bytes",
+        long,
+        Outcome::Error(Kind::BadRequest),
+    ));
+    // Port > 65535 cannot be expressed on the wire (u16); the client layer refuses it.
+    assert_eq!(
+        SocketSpec::from_parts("udp", "127.0.0.1", 65536)
+            .unwrap_err()
+            .kind(),
+        Kind::BadRequest
+    );
+    assert_eq!(
+        SocketSpec::from_parts("udp", "300.1.1.1", 53)
+            .unwrap_err()
+            .kind(),
+        Kind::BadRequest
+    );
+    assert_eq!(
+        proto::encode_request(
+            &mut Vec::new(),
+            1,
+            &spec("udp:127.0.0.1:0"),
+            ShareMode::Any,
+            &"x".repeat(256),
+            0
+        )
+        .unwrap_err()
+        .kind(),
+        Kind::BadRequest
+    );
+
+    for (name, msg, want) in cases {
+        let fd = raw_conn(&b);
+        let got = send_raw(&fd, &msg, &[]);
+        assert_eq!(got, want, "case {name}");
+        // The well-behaved client is served after every case.
+        let g = good
+            .request_socket(&spec("tcp:127.0.0.1:0"), ShareMode::None, "good")
+            .unwrap();
+        good.release(&g.token).unwrap();
+    }
+
+    // Requests carrying 1 and 250 fds: refused, and every fd closed.
+    let (x, _y) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
+    for n in [1usize, 250] {
+        let fd = raw_conn(&b);
+        let many: Vec<_> = (0..n).map(|_| x.as_fd()).collect();
+        assert_eq!(
+            send_raw(&fd, &valid, &many),
+            Outcome::Error(Kind::BadRequest),
+            "{n} fds"
+        );
+    }
+
+    // Connections from the cases above are gone; nothing leaked in the broker.
+    wait_for("broker fds back to baseline", || {
+        (b.fd_count() == fds_before).then_some(())
+    });
+    let st = b.status();
+    assert_eq!(st.counters.references, 1);
+    assert_eq!(st.sockets[0].holders[0].app, "good");
+    good.release(&held.token).unwrap();
+}
+
+#[test]
+fn flood_without_reading_is_bounded_and_others_are_served() {
+    let b = Broker::start("flood");
+    let fd = raw_conn(&b);
+    // SAFETY: make the flooder's sends nonblocking so the test cannot hang.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut status = Vec::new();
+    proto::encode_status(&mut status, 1);
+    let mut sent = 0;
+    for _ in 0..100_000 {
+        match send_fds(fd.as_fd(), &status, &[], libc::MSG_DONTWAIT) {
+            Ok(_) => sent += 1,
+            Err(_) => break,
+        }
+    }
+    assert!(sent > 10);
+    // The broker stops reading the flooder but serves everyone else.
+    let mut good = b.client();
+    for _ in 0..50 {
+        let g = good
+            .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "good")
+            .unwrap();
+        good.release(&g.token).unwrap();
+    }
+    let fds = b.fd_count();
+    assert!(fds < 200, "broker holds {fds} fds for one flooding client");
+    drop(fd);
+    // Left: `good` and the status query's own connection.
+    wait_for("flooder dropped", || {
+        (b.status().counters.connections == 2).then_some(())
+    });
+}
+
+#[test]
+fn refuses_a_second_broker_and_replaces_a_stale_socket() {
+    let mut b = Broker::start("twice");
+    let out = Command::new(sockpassd_bin())
+        .arg("--socket")
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a live broker already answers"), "{err}");
+    // Kill -9 leaves a stale socket file behind; a new broker replaces it.
+    let mut c = b.child.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert!(b.path.exists());
+    let b2 = Broker::start_at(b.dir.clone(), b.path.clone(), &[]);
+    b2.client()
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "x")
+        .unwrap();
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut b = Broker::start("sigterm");
+    let _c = b.client();
+    let st = b.stop();
+    assert!(st.success(), "exit status {st}");
+    assert!(!b.path.exists(), "socket file removed on shutdown");
+    let log = b.log_text();
+    assert!(log.contains("listening on"), "{log}");
+    assert!(log.contains("SIGTERM received, shutting down"), "{log}");
+}
+
+#[test]
+fn default_path_comes_from_the_environment() {
+    let dir = temp_dir("envpath");
+    let path = dir.join("via-env.sock");
+    let mut child = Command::new(sockpassd_bin())
+        .env("SOCKPASS_SOCKET", &path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("broker at $SOCKPASS_SOCKET", || Client::connect(&path).ok());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn status_cli_prints_a_table_and_json() {
+    let b = Broker::start("cli");
+    let mut c = b.client();
+    let g = c
+        .request_socket(
+            &spec("udp:127.0.0.1:0"),
+            ShareMode::SameApp,
+            "dns \"quoted\"",
+        )
+        .unwrap();
+    let out = Command::new(sockpass_bin())
+        .args(["status", "--socket"])
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("1 socket(s), 1 reference(s)"), "{text}");
+    assert!(
+        text.contains(&format!("udp:127.0.0.1:{}", g.port)),
+        "{text}"
+    );
+    assert!(text.contains("sameapp"), "{text}");
+    let out = Command::new(sockpass_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert!(json.contains("\"refs\":1"), "{json}");
+    assert!(json.contains("\"app\":\"dns \\\"quoted\\\"\""), "{json}");
+    assert!(json.contains(&format!("\"port\":{}", g.port)), "{json}");
+    // No broker: a clear error and exit status 1.
+    let out = Command::new(sockpass_bin())
+        .args(["status", "--socket", "/nonexistent/x.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to sockpassd"));
+}
+
+#[test]
+fn broker_gone_is_broker_unavailable() {
+    let mut b = Broker::start("gone");
+    let mut c = b.client();
+    let g = c
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "x")
+        .unwrap();
+    let mut child = b.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let e = c
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "x")
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::BrokerUnavailable, "{e}");
+    // The client keeps the socket it already had.
+    let s = UdpSocket::from(g.fd);
+    s.send_to(b"x", s.local_addr().unwrap()).unwrap();
+    assert_eq!(
+        Client::connect(&b.path).unwrap_err().kind(),
+        Kind::BrokerUnavailable
+    );
+}
+
+#[test]
+fn reservation_is_picked_up_once_by_another_client() {
+    let b = Broker::start("reserve");
+    let mut manager = b.client();
+    let port = free_port(false);
+    let r = manager
+        .reserve_socket(
+            &spec(&format!("tcp:127.0.0.1:{port}")),
+            ShareMode::None,
+            "svc",
+        )
+        .unwrap();
+    assert_eq!(r.port, port);
+    let st = b.status();
+    assert_eq!(st.counters.reservations, 1);
+    assert!(st.sockets[0].holders[0].reserved);
+    // The reservation outlives the manager's connection.
+    drop(manager);
+    let mut worker = b.client();
+    let g = worker.pickup(&r.token).unwrap();
+    assert_eq!(g.token, r.token);
+    assert_eq!(sockpass::sys::local_port(&g.fd).unwrap(), port);
+    assert_eq!(b.status().counters.reservations, 0);
+    // One use only.
+    assert_eq!(
+        b.client().pickup(&r.token).unwrap_err().kind(),
+        Kind::UnknownToken
+    );
+    // The picker now owns the reference: it can release it.
+    assert_eq!(worker.release(&g.token).unwrap(), 0);
+}
+
+#[test]
+fn an_uncollected_reservation_expires_and_frees_the_port() {
+    let b = Broker::start_with("expire", &["--reservation-ttl", "0.3"]);
+    let port = free_port(true);
+    let r = b
+        .client()
+        .reserve_socket(
+            &spec(&format!("udp:127.0.0.1:{port}")),
+            ShareMode::None,
+            "svc",
+        )
+        .unwrap();
+    assert!(!can_bind(true, port));
+    wait_for("the reservation to expire", || {
+        (b.status().counters.reservations == 0).then_some(())
+    });
+    assert_eq!(b.status().sockets.len(), 0);
+    assert!(can_bind(true, port));
+    let e = b.client().pickup(&r.token).unwrap_err();
+    assert_eq!(e.kind(), Kind::TokenExpired, "{e}");
+    assert!(b.log_text().contains("expired uncollected"));
+}

@@ -1,0 +1,252 @@
+//! Shared test harness: a real `sockpassd` in a temp directory, bounded waits,
+//! free ports, and child client processes (this test binary re-executed).
+#![allow(dead_code)]
+
+use sockpass::client::{Client, Status};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous bound for any wait on a condition in these tests.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
+    let d = base.join(format!(
+        "sockpass-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        n
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Poll `f` until it returns Some, or panic after `WAIT`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if t0.elapsed() > WAIT {
+            panic!("timed out after {WAIT:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn sockpassd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sockpassd"))
+}
+
+pub fn sockpass_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sockpass"))
+}
+
+/// A running broker, killed and reaped on drop.
+pub struct Broker {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub path: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Broker {
+    pub fn start(tag: &str) -> Broker {
+        Broker::start_with(tag, &[])
+    }
+
+    pub fn start_with(tag: &str, extra: &[&str]) -> Broker {
+        let dir = temp_dir(tag);
+        let path = dir.join("sockpassd.sock");
+        Broker::start_at(dir, path, extra)
+    }
+
+    pub fn start_at(dir: PathBuf, path: PathBuf, extra: &[&str]) -> Broker {
+        let log = dir.join("sockpassd.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(sockpassd_bin())
+            .arg("--socket")
+            .arg(&path)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start sockpassd");
+        let mut b = Broker {
+            child: Some(child),
+            dir,
+            path,
+            log,
+        };
+        b.wait_ready();
+        b
+    }
+
+    fn wait_ready(&mut self) {
+        let path = self.path.clone();
+        let child = self.child.as_mut().unwrap();
+        wait_for("sockpassd to accept connections", || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("sockpassd exited early with {st}");
+            }
+            Client::connect(&path).ok().map(|_| ())
+        });
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.path).expect("connect to broker")
+    }
+
+    pub fn status(&self) -> Status {
+        self.client().status().expect("status")
+    }
+
+    /// Open fds of the broker process, from /proc.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        wait_child(&mut c)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Wait for a child with a bound; kill it if it overstays.
+pub fn wait_child(c: &mut Child) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > WAIT {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("child {} did not exit within {WAIT:?}", c.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port that was free a moment ago for `proto` on 127.0.0.1.
+pub fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+/// Can this port be bound right now (with SO_REUSEADDR off, as a fresh
+/// process would without the broker's socket)?
+pub fn can_bind(udp: bool, port: u16) -> bool {
+    if udp {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    } else {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    }
+}
+
+/// Inode of a socket fd, to tell whether two fds are the same socket.
+pub fn inode(fd: &OwnedFd) -> u64 {
+    // SAFETY: fstat into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    st.st_ino
+}
+
+/// Re-run this test binary as a child process that runs only `test_name`
+/// (an #[ignore]d test that acts on the env var SOCKPASS_CHILD).
+pub fn spawn_self(test_name: &str, env: &[(&str, String)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        test_name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("SOCKPASS_CHILD", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+pub fn is_child() -> bool {
+    std::env::var_os("SOCKPASS_CHILD").is_some()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Read the first line a child writes to stdout holding "@@ " (the test
+/// harness prints text of its own around it), bounded. Takes the pipe: children
+/// in these tests report one such line.
+pub fn read_line(c: &mut Child) -> String {
+    use std::io::BufRead;
+    let out = c.stdout.take().expect("child stdout is piped and unread");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read on a thread so the wait is bounded even if the child hangs.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.find("@@ ") {
+                let _ = tx.send(line[i + 3..].to_string());
+                return;
+            }
+        }
+        let _ = tx.send(String::new());
+    });
+    rx.recv_timeout(WAIT).expect("child wrote no line in time")
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
