@@ -4,6 +4,7 @@ use crate::args::Args;
 use std::ffi::OsString;
 
 pub mod json;
+pub mod request;
 pub mod status;
 
 const USAGE: &str = "\
@@ -11,6 +12,9 @@ usage: sockpass COMMAND [options]
 
 commands:
   status [--json] [--socket PATH]   list the broker's sockets, holders and references
+  request [--share MODE] [--app NAME] [--reserve] [--no-hold] [--socket PATH] SPEC...
+                                    request sockets, print PORT TOKEN SPEC per socket, and
+                                    hold them until stdin closes (the connection is the lease)
   help                              this text
   version                           print the version
 
@@ -29,6 +33,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     let res = match cmd.as_str() {
         "status" => status::run(a),
+        "request" => request::run(a),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)

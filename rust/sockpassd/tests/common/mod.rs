@@ -177,13 +177,34 @@ pub fn free_port(udp: bool) -> u16 {
     }
 }
 
-/// Can this port be bound right now (with SO_REUSEADDR off, as a fresh
-/// process would without the broker's socket)?
+/// Can this port be bound on 127.0.0.1 right now, by a socket without
+/// SO_REUSEADDR (std's TcpListener sets it, which lets it coexist with a
+/// bound, non-listening socket and so proves nothing)?
 pub fn can_bind(udp: bool, port: u16) -> bool {
-    if udp {
-        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    let ty = if udp {
+        libc::SOCK_DGRAM
     } else {
-        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        libc::SOCK_STREAM
+    };
+    // SAFETY: a fresh socket, bound once, closed on return.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::bind(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        libc::close(fd);
+        r == 0
     }
 }
 
@@ -235,14 +256,18 @@ pub fn read_line(c: &mut Child) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     // Read on a thread so the wait is bounded even if the child hangs.
     std::thread::spawn(move || {
+        let mut sent = false;
+        // Keep draining after the marked line so the child never hits EPIPE.
         for line in std::io::BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if let Some(i) = line.find("@@ ") {
+            if let (false, Some(i)) = (sent, line.find("@@ ")) {
                 let _ = tx.send(line[i + 3..].to_string());
-                return;
+                sent = true;
             }
         }
-        let _ = tx.send(String::new());
+        if !sent {
+            let _ = tx.send(String::new());
+        }
     });
     rx.recv_timeout(WAIT).expect("child wrote no line in time")
 }

@@ -1,0 +1,74 @@
+//! `sockpass request SPEC...`: ask the broker for sockets, print one line per
+//! socket (`PORT TOKEN SPEC`), and hold them until stdin closes or a signal
+//! ends the process. The connection is the lease, so exiting releases them.
+//! Useful from the shell, and as a real client process in tests.
+
+use crate::args::Args;
+use sockpass::client::Client;
+use sockpass::{ShareMode, SocketSpec};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+pub fn run(mut a: Args) -> Result<i32, String> {
+    let mut socket: Option<PathBuf> = None;
+    let mut share = ShareMode::None;
+    let mut app = String::new();
+    let mut hold = true;
+    let mut reserve = false;
+    while let Some((k, v)) = a.next_option() {
+        match k.as_str() {
+            "--socket" => socket = Some(a.value_os(&k, v)?.into()),
+            "--share" => share = a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?,
+            "--app" => app = a.value(&k, v)?,
+            "--no-hold" => hold = false,
+            "--reserve" => reserve = true,
+            _ => return Err(format!("request: unknown option {k}")),
+        }
+    }
+    a.skip_separator();
+    let specs: Vec<SocketSpec> = a
+        .rest()
+        .iter()
+        .map(|s| {
+            let s = s.to_str().ok_or("request: spec is not UTF-8")?;
+            s.parse::<SocketSpec>().map_err(|e| format!("request: {e}"))
+        })
+        .collect::<Result<_, String>>()?;
+    if specs.is_empty() {
+        return Err("request: give at least one socket spec, e.g. udp:127.0.0.1:5353".into());
+    }
+    let path = socket.unwrap_or_else(sockpass::broker::default_socket_path);
+    let mut c = match Client::connect(&path) {
+        Ok(c) => c,
+        Err(e) => return Ok(super::fail("request", &e)),
+    };
+    let mut held = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for spec in &specs {
+        if reserve {
+            match c.reserve_socket(spec, share, &app) {
+                Ok(r) => {
+                    let _ = writeln!(out, "{} {} {}", r.port, r.token, spec);
+                }
+                Err(e) => return Ok(super::fail(&format!("reserve {spec}"), &e)),
+            }
+            continue;
+        }
+        match c.request_socket(spec, share, &app) {
+            Ok(g) => {
+                let _ = writeln!(out, "{} {} {}", g.port, g.token, spec);
+                held.push(g);
+            }
+            Err(e) => return Ok(super::fail(&format!("request {spec}"), &e)),
+        }
+    }
+    let _ = out.flush();
+    drop(out);
+    if hold {
+        // Hold until stdin reaches EOF (or the process is killed).
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    }
+    Ok(0)
+}
