@@ -253,7 +253,7 @@ fn concurrent_clients_keep_exact_reference_counts() {
             let got = st
                 .sockets
                 .iter()
-                .find(|s| &s.spec.canonical() == &sp.canonical())
+                .find(|s| s.spec.canonical() == sp.canonical())
                 .map(|s| s.refs);
             assert_eq!(got, Some(want as u32), "exact references on {sp}");
         }
