@@ -1,0 +1,27 @@
+//! Everything the broker and the client decode from the wire: headers,
+//! requests, error replies and status rows. Must never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sockpass::proto::{self, Header, Reader, StatusRow};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(h) = Header::parse(data) {
+        let payload = &data[proto::HEADER_LEN..];
+        if let Ok(req) = proto::decode_request(&h, payload) {
+            // A decoded request re-encodes to a request that decodes the same.
+            if let proto::Request::Socket(r) = req {
+                let mut out = Vec::new();
+                proto::encode_request(&mut out, h.id, &r.spec, r.share, r.app, r.flags).unwrap();
+                let h2 = Header::parse(&out).unwrap();
+                match proto::decode_request(&h2, &out[proto::HEADER_LEN..]).unwrap() {
+                    proto::Request::Socket(r2) => assert_eq!(r2, r),
+                    other => panic!("re-encoded request decoded as {other:?}"),
+                }
+            }
+        }
+        let _ = proto::decode_error(payload);
+    }
+    let mut r = Reader::new(data);
+    while StatusRow::decode(&mut r).is_ok() {}
+});
