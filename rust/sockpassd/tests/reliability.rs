@@ -425,8 +425,10 @@ fn broker_killed_under_load_then_replaced() {
     let mut b = Broker::start("kill9");
     let path = b.path.clone();
     let mut handles = Vec::new();
+    let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
     for _ in 0..4 {
         let path = path.clone();
+        let loaded = loaded_tx.clone();
         handles.push(std::thread::spawn(move || {
             let mut c = Client::connect(&path).unwrap();
             let kept = c
@@ -437,6 +439,9 @@ fn broker_killed_under_load_then_replaced() {
                 match c.request_socket(&"udp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "k") {
                     Ok(g) => {
                         ok += 1;
+                        if ok == 10 {
+                            let _ = loaded.send(());
+                        }
                         let _ = c.release(&g.token);
                     }
                     Err(e) => break e,
@@ -448,10 +453,12 @@ fn broker_killed_under_load_then_replaced() {
             (ok, err.kind())
         }));
     }
-    // Let the load run, then kill -9.
-    wait_for("load on the broker", || {
-        (b.status().counters.connections >= 5).then_some(())
-    });
+    // Every client is under load; then kill -9.
+    for _ in 0..4 {
+        loaded_rx
+            .recv_timeout(WAIT)
+            .expect("a load thread got going");
+    }
     let mut child = b.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
