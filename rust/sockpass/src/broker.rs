@@ -12,7 +12,8 @@ use crate::error::{Error, Kind, Result};
 use crate::fdpass::{recv_fds, send_fds, RecvError};
 use crate::policy::Policy;
 use crate::proto::{self, ty, Header, Request, SocketRequest};
-use crate::share::{compatible, ShareMode};
+use crate::holders::{Holder, Holders, Owner};
+use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys::{self, Creds};
 use crate::token::{Token, TokenSource};
@@ -204,26 +205,6 @@ pub fn bind_listener(path: &Path, mode: u32) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Who holds a reference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Owner {
-    /// A live connection, by slot.
-    Conn(usize),
-    /// A reservation awaiting pick-up, until the deadline.
-    Reserved(Instant),
-}
-
-#[derive(Debug)]
-struct Holder {
-    token: Token,
-    owner: Owner,
-    share: ShareMode,
-    app: Rc<str>,
-    /// Credentials of the client that made the reference (for status).
-    creds: Creds,
-    conn_id: u64,
-}
-
 #[derive(Debug)]
 struct Entry {
     id: u64,
@@ -231,9 +212,11 @@ struct Entry {
     fd: OwnedFd,
     port: u16,
     /// One per reference.
-    holders: Vec<Holder>,
+    holders: Holders,
     /// In the cache map (shareable); false for ephemeral and per-worker ones.
     keyed: bool,
+    /// One member of a reuseport group, made for one requester.
+    per_worker: bool,
 }
 
 /// The fd a reply carries.
@@ -336,6 +319,8 @@ pub struct Broker {
     next_conn_id: u64,
     next_entry_id: u64,
     reservations: usize,
+    /// Live per-worker (reuseport group member) entries.
+    per_worker_entries: usize,
     /// Recently expired reservation tokens, so a late pick-up is told
     /// "expired" rather than "unknown" (bounded).
     expired: VecDeque<Token>,
@@ -377,6 +362,7 @@ impl Broker {
             next_conn_id: 1,
             next_entry_id: 1,
             reservations: 0,
+            per_worker_entries: 0,
             expired: VecDeque::new(),
             rbuf: Box::new([0u8; proto::MAX_MSG]),
             wbuf: Vec::with_capacity(proto::MAX_MSG),
@@ -755,11 +741,6 @@ impl Broker {
         self.cfg.policy.check(&creds, &r.spec, r.share)?;
         let reserve = r.flags & proto::REQ_RESERVE != 0;
         let per_worker = r.flags & proto::REQ_PER_WORKER != 0;
-        if per_worker {
-            return Err(Error::bad_request(
-                "per-worker sockets are not supported by this broker yet",
-            ));
-        }
         if reserve && self.reservations >= self.cfg.limits.max_reservations {
             return Err(Error::with_errno(
                 Kind::LimitReached,
@@ -795,32 +776,30 @@ impl Broker {
             creds,
             conn_id,
         };
+        if per_worker {
+            if spec.options.reuseport != Some(true) {
+                return Err(Error::bad_request(format!(
+                    "per-worker sockets need reuseport=1 ({spec} has reuseport off)"
+                )));
+            }
+            if spec.is_ephemeral() {
+                return Err(Error::bad_request(
+                    "per-worker sockets need a fixed port: a reuseport group is one port",
+                ));
+            }
+        }
         // A cached socket with the same identity?
         let cached = if spec.is_ephemeral() {
             None
         } else {
             self.cache.get(&spec).copied()
         };
+        if !spec.is_ephemeral() {
+            self.check_sharing(&spec, r.share, &app, cached)?;
+        }
         let (entry_slot, cached_hit) = match cached {
-            Some(es) => {
-                let e = self.entries.get(es).unwrap();
-                if let Some(h) = e
-                    .holders
-                    .iter()
-                    .find(|h| !compatible(r.share, &app, h.share, &h.app))
-                {
-                    return Err(Error::with_errno(
-                        Kind::ShareConflict,
-                        libc::EADDRINUSE,
-                        format!(
-                            "{} is held by {:?} with share mode {}; a request by {:?} with share mode {} may not share it",
-                            e.spec, &*h.app, h.share, &*app, r.share
-                        ),
-                    ));
-                }
-                (es, true)
-            }
-            None => {
+            Some(es) if !per_worker => (es, true),
+            _ => {
                 if !spec.is_ephemeral() {
                     if let Some(other) = self.same_address_entry(&spec) {
                         let opt = other.spec.differing_option(&spec).unwrap_or("options");
@@ -846,17 +825,21 @@ impl Broker {
                 self.next_entry_id += 1;
                 let mut stored = spec.clone();
                 stored.port = created.port;
-                let keyed = !spec.is_ephemeral();
+                let keyed = !spec.is_ephemeral() && !per_worker;
                 let es = self.entries.insert(Entry {
                     id: eid,
                     spec: stored,
                     fd: created.fd,
                     port: created.port,
-                    holders: Vec::with_capacity(1),
+                    holders: Holders::with_capacity(1),
                     keyed,
+                    per_worker,
                 });
                 if keyed {
                     self.cache.insert(spec, es);
+                }
+                if per_worker {
+                    self.per_worker_entries += 1;
                 }
                 (es, false)
             }
@@ -885,13 +868,60 @@ impl Broker {
         })
     }
 
+    /// Does a request `(share, app)` for `spec` agree with every holder of
+    /// the socket (or reuseport group) it would join? Both directions.
+    fn check_sharing(
+        &self,
+        spec: &SocketSpec,
+        share: ShareMode,
+        app: &str,
+        cached: Option<usize>,
+    ) -> Result<()> {
+        let keyed = cached.and_then(|es| self.entries.get(es));
+        // Per-worker members are scanned only while some exist, so the plain
+        // cached path stays one hash lookup.
+        let scan = self.per_worker_entries > 0;
+        let group = self
+            .entries
+            .iter()
+            .take_while(|_| scan)
+            .map(|(_, e)| e)
+            .filter(|e| e.per_worker && e.spec == *spec);
+        for e in keyed.into_iter().chain(group) {
+            if let Some(h) = e.holders.find_incompatible(share, app) {
+                return Err(Error::with_errno(
+                    Kind::ShareConflict,
+                    libc::EADDRINUSE,
+                    format!(
+                        "{} is held by {:?} with share mode {}; a request by {:?} with share mode {} may not share it",
+                        e.spec, &*h.app, h.share, app, share
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A socket the broker holds at the same address with other options.
     fn same_address_entry(&self, spec: &SocketSpec) -> Option<&Entry> {
         // Only reached on a cache miss for a specific port; the scan is over
         // entries, so keep it cheap by checking the port first.
-        self.entries
-            .iter()
-            .map(|(_, e)| e)
-            .find(|e| e.keyed && e.port == spec.port && e.spec.same_address(spec))
+        self.entries.iter().map(|(_, e)| e).find(|e| {
+            (e.keyed || e.per_worker)
+                && e.port == spec.port
+                && e.spec.same_address(spec)
+                && e.spec != *spec
+        })
+    }
+
+    /// Drop a removed entry from the indexes.
+    fn forget_entry(&mut self, e: &Entry) {
+        if e.keyed {
+            self.cache.remove(&e.spec_key());
+        }
+        if e.per_worker {
+            self.per_worker_entries -= 1;
+        }
     }
 
     fn close_if_unheld(&mut self, entry_slot: usize) {
@@ -901,9 +931,7 @@ impl Broker {
             .is_some_and(|e| e.holders.is_empty())
         {
             let e = self.entries.remove(entry_slot).unwrap();
-            if e.keyed {
-                self.cache.remove(&e.spec_key());
-            }
+            self.forget_entry(&e);
         }
     }
 
@@ -964,7 +992,7 @@ impl Broker {
         }
         let (conn_creds, conn_id) = (c.creds, c.id);
         let e = self.entries.get_mut(info.entry).unwrap();
-        let h = e.holders.iter_mut().find(|h| h.token == *t).unwrap();
+        let h = e.holders.get_mut(t).unwrap();
         match h.owner {
             Owner::Reserved(d) if d > Instant::now() => {}
             Owner::Reserved(_) => {
@@ -995,8 +1023,7 @@ impl Broker {
         let Some(e) = self.entries.get_mut(info.entry) else {
             return 0;
         };
-        if let Some(i) = e.holders.iter().position(|h| h.token == *t) {
-            let h = e.holders.swap_remove(i);
+        if let Some(h) = e.holders.remove(t) {
             if matches!(h.owner, Owner::Reserved(_)) {
                 self.reservations -= 1;
             }
@@ -1004,9 +1031,7 @@ impl Broker {
         let left = e.holders.len() as u32;
         if left == 0 {
             let e = self.entries.remove(info.entry).unwrap();
-            if e.keyed {
-                self.cache.remove(&e.spec_key());
-            }
+            self.forget_entry(&e);
             // Dropping `e` closes the broker's copy; the port is free once
             // the clients close theirs.
         }
