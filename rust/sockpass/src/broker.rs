@@ -10,9 +10,9 @@
 use crate::create::create_socket;
 use crate::error::{Error, Kind, Result};
 use crate::fdpass::{recv_fds, send_fds, RecvError};
+use crate::holders::{Holder, Holders, Owner};
 use crate::policy::Policy;
 use crate::proto::{self, ty, Header, Request, SocketRequest};
-use crate::holders::{Holder, Holders, Owner};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys::{self, Creds};
@@ -244,6 +244,9 @@ struct Conn {
     outq: VecDeque<Outgoing>,
     /// EPOLLIN is off because the queue is full.
     paused: bool,
+    /// Seen to send requests without waiting for replies: read in batches.
+    pipelining: bool,
+    wakeups: u32,
 }
 
 /// A token's place: its entry slot.
@@ -254,6 +257,9 @@ struct TokenInfo {
 
 /// How many expired reservation tokens are remembered.
 const EXPIRED_MEMORY: usize = 1024;
+
+/// A client not known to pipeline gets a batch read every this many wakeups.
+const PIPELINE_PROBE_EVERY: u32 = 16;
 
 const EV_LISTENER: u64 = 0;
 const EV_STOP: u64 = 1;
@@ -545,6 +551,8 @@ impl Broker {
                 tokens: HashSet::new(),
                 outq: VecDeque::new(),
                 paused: false,
+                pipelining: false,
+                wakeups: 0,
             });
             let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
             if self
@@ -593,7 +601,24 @@ impl Broker {
     }
 
     fn read_requests(&mut self, slot: usize) {
-        for _ in 0..self.cfg.limits.batch {
+        // A synchronous client cannot send its next request before reading
+        // this reply, so reading on after one message mostly buys a recvmsg
+        // that returns EAGAIN. Read one per wakeup (level-triggered epoll
+        // wakes again if more wait) unless the client pipelines; probe now
+        // and then to notice when it starts.
+        let limit = match self.conns.get_mut(slot) {
+            Some(c) => {
+                c.wakeups = c.wakeups.wrapping_add(1);
+                if c.pipelining || c.wakeups % PIPELINE_PROBE_EVERY == 0 {
+                    self.cfg.limits.batch
+                } else {
+                    1
+                }
+            }
+            None => return,
+        };
+        let mut got = 0;
+        for _ in 0..limit {
             let Some(c) = self.conns.get(slot) else {
                 return;
             };
@@ -612,7 +637,12 @@ impl Broker {
                     return;
                 }
                 Ok(r) => (r.len, r.fds.len()),
-                Err(RecvError::Os(libc::EAGAIN)) => return,
+                Err(RecvError::Os(libc::EAGAIN)) => {
+                    if let Some(c) = self.conns.get_mut(slot) {
+                        c.pipelining = got > 1;
+                    }
+                    return;
+                }
                 Err(RecvError::Os(e)) => {
                     let why = format!("receive failed: {}", crate::error::strerror(e));
                     self.drop_conn(slot, &why);
@@ -632,6 +662,7 @@ impl Broker {
                     continue;
                 }
             };
+            got += 1;
             // Any fds that came with the request were closed when `res` was
             // consumed above; the request is refused as a whole.
             let msg_len = len;
@@ -667,6 +698,12 @@ impl Broker {
             match proto::decode_request(&header, payload) {
                 Ok(req) => self.handle(slot, header.id, req),
                 Err(e) => self.reply_error(slot, header.id, &e),
+            }
+        }
+        // A full batch without running dry: the client pipelines.
+        if limit > 1 {
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.pipelining = true;
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod client;
 pub mod create;
 pub mod error;
 pub mod fdpass;
+mod holders;
 pub mod memfd;
 pub mod policy;
 pub mod proto;

@@ -1,0 +1,254 @@
+//! The references to one cached socket, and what they allow together.
+//!
+//! Every holder was checked against every other when it joined, so the set is
+//! pairwise compatible, and a new request can be judged from a summary instead
+//! of a scan: a `none` holder excludes everyone, a `sameapp` holder means every
+//! holder has that one application name, and otherwise only the distinct
+//! application names matter. Judging is O(distinct names) and removing a
+//! reference is O(1), however many references a socket has.
+
+use crate::share::ShareMode;
+use crate::sys::Creds;
+use crate::token::Token;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Who holds a reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// A live connection, by slot.
+    Conn(usize),
+    /// A reservation awaiting pick-up, until the deadline.
+    Reserved(Instant),
+}
+
+#[derive(Debug)]
+pub(crate) struct Holder {
+    pub token: Token,
+    pub owner: Owner,
+    pub share: ShareMode,
+    pub app: Rc<str>,
+    /// Credentials of the client that made the reference (for status).
+    pub creds: Creds,
+    pub conn_id: u64,
+}
+
+/// Below this many references a linear scan beats a hash lookup, and no
+/// index is kept (so a socket with one holder allocates no map).
+const INDEX_FROM: usize = 8;
+
+#[derive(Debug, Default)]
+pub(crate) struct Holders {
+    list: Vec<Holder>,
+    /// token -> position in `list`, kept once the list is long.
+    index: HashMap<Token, usize>,
+    nones: u32,
+    sameapps: u32,
+    /// Distinct application names with their reference counts.
+    apps: Vec<(Rc<str>, u32)>,
+}
+
+impl Holders {
+    pub fn with_capacity(n: usize) -> Holders {
+        Holders {
+            list: Vec::with_capacity(n),
+            ..Holders::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Holder> {
+        self.list.iter()
+    }
+
+    /// A holder that would refuse to share with `(share, app)`, or that
+    /// `(share, app)` would refuse; None when the request may join.
+    pub fn find_incompatible(&self, share: ShareMode, app: &str) -> Option<&Holder> {
+        let first = self.list.first()?;
+        let ok = match share {
+            ShareMode::None => false,
+            _ if self.nones > 0 => false,
+            // Every holder must carry this name.
+            ShareMode::SameApp => self.apps.len() == 1 && &*self.apps[0].0 == app,
+            // A sameapp holder means one name for all; it must be ours.
+            ShareMode::Any => self.sameapps == 0 || &*self.apps[0].0 == app,
+        };
+        if ok {
+            return None;
+        }
+        // Refused: name a witness (the error path may scan).
+        self.list
+            .iter()
+            .find(|h| !crate::share::compatible(share, app, h.share, &h.app))
+            .or(Some(first))
+    }
+
+    pub fn push(&mut self, h: Holder) {
+        match h.share {
+            ShareMode::None => self.nones += 1,
+            ShareMode::SameApp => self.sameapps += 1,
+            ShareMode::Any => {}
+        }
+        match self.apps.iter_mut().find(|(a, _)| *a == h.app) {
+            Some((_, n)) => *n += 1,
+            None => self.apps.push((h.app.clone(), 1)),
+        }
+        if !self.index.is_empty() {
+            self.index.insert(h.token, self.list.len());
+        }
+        self.list.push(h);
+        if self.index.is_empty() && self.list.len() >= INDEX_FROM {
+            self.index = self
+                .list
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.token, i))
+                .collect();
+        }
+    }
+
+    fn position(&self, t: &Token) -> Option<usize> {
+        if self.index.is_empty() {
+            self.list.iter().position(|h| h.token == *t)
+        } else {
+            self.index.get(t).copied()
+        }
+    }
+
+    pub fn get_mut(&mut self, t: &Token) -> Option<&mut Holder> {
+        let i = self.position(t)?;
+        self.list.get_mut(i)
+    }
+
+    pub fn remove(&mut self, t: &Token) -> Option<Holder> {
+        let i = self.position(t)?;
+        let h = self.list.swap_remove(i);
+        if !self.index.is_empty() {
+            self.index.remove(t);
+            if let Some(moved) = self.list.get(i) {
+                self.index.insert(moved.token, i);
+            }
+            if self.list.len() < INDEX_FROM / 2 {
+                self.index = HashMap::new();
+            }
+        }
+        match h.share {
+            ShareMode::None => self.nones -= 1,
+            ShareMode::SameApp => self.sameapps -= 1,
+            ShareMode::Any => {}
+        }
+        if let Some(p) = self.apps.iter().position(|(a, _)| *a == h.app) {
+            self.apps[p].1 -= 1;
+            if self.apps[p].1 == 0 {
+                self.apps.swap_remove(p);
+            }
+        }
+        Some(h)
+    }
+}
+
+impl<'a> IntoIterator for &'a Holders {
+    type Item = &'a Holder;
+    type IntoIter = std::slice::Iter<'a, Holder>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::share::{compatible, ShareMode::*};
+
+    fn holder(n: u8, share: ShareMode, app: &str) -> Holder {
+        let mut b = [0u8; Token::LEN];
+        b[0] = n;
+        Holder {
+            token: Token::from_bytes(b),
+            owner: Owner::Conn(0),
+            share,
+            app: Rc::from(app),
+            creds: Creds::default(),
+            conn_id: 0,
+        }
+    }
+
+    /// The summary must judge exactly as checking every holder would.
+    #[test]
+    fn summary_agrees_with_a_full_scan() {
+        let modes = [None, SameApp, Any];
+        let apps = ["a", "b"];
+        // Build every reachable holder set of up to 3 joins, then judge
+        // every possible next request both ways.
+        let mut sets: Vec<Vec<(ShareMode, &str)>> = vec![vec![]];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for s in &sets {
+                for m in modes {
+                    for a in apps {
+                        if s.iter().all(|(hm, ha)| compatible(m, a, *hm, ha)) {
+                            let mut t = s.clone();
+                            t.push((m, a));
+                            next.push(t);
+                        }
+                    }
+                }
+            }
+            sets.extend(next);
+        }
+        for s in &sets {
+            let mut hs = Holders::default();
+            for (i, (m, a)) in s.iter().enumerate() {
+                hs.push(holder(i as u8, *m, a));
+            }
+            for m in modes {
+                for a in apps {
+                    let scan = s.iter().all(|(hm, ha)| compatible(m, a, *hm, ha));
+                    assert_eq!(
+                        hs.find_incompatible(m, a).is_none(),
+                        scan,
+                        "{s:?} + {m:?}({a})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn index_survives_pushes_and_removals() {
+        let mut hs = Holders::default();
+        for i in 0..40u8 {
+            hs.push(holder(i, Any, if i % 2 == 0 { "a" } else { "b" }));
+        }
+        for i in (0..40u8).step_by(3) {
+            let mut b = [0u8; Token::LEN];
+            b[0] = i;
+            assert_eq!(
+                hs.remove(&Token::from_bytes(b)).unwrap().token.as_bytes()[0],
+                i
+            );
+        }
+        for i in 0..40u8 {
+            let mut b = [0u8; Token::LEN];
+            b[0] = i;
+            assert_eq!(
+                hs.get_mut(&Token::from_bytes(b)).is_some(),
+                i % 3 != 0,
+                "{i}"
+            );
+        }
+        while let Some(t) = hs.iter().next().map(|h| h.token) {
+            hs.remove(&t).unwrap();
+        }
+        assert!(hs.is_empty() && hs.apps.is_empty() && hs.index.is_empty());
+        assert!(hs.find_incompatible(None, "x").is_none());
+    }
+}
