@@ -11,7 +11,7 @@ use crate::create::create_socket;
 use crate::error::{Error, Kind, Result};
 use crate::fdpass::{recv_fds, send_fds, RecvError};
 use crate::holders::{Holder, Holders, Owner};
-use crate::policy::Policy;
+use crate::policy::{Op, Policy};
 use crate::proto::{self, ty, Header, Request, SocketRequest};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
@@ -96,6 +96,8 @@ pub struct Config {
     pub policy: Policy,
     /// Mode of the listening socket file.
     pub socket_mode: u32,
+    /// Group of the listening socket file (None: the broker's own).
+    pub socket_group: Option<u32>,
     /// Write one line per event that matters to stderr.
     pub log: bool,
 }
@@ -106,6 +108,7 @@ impl Default for Config {
             limits: Limits::default(),
             policy: Policy::builtin(),
             socket_mode: 0o666,
+            socket_group: None,
             log: true,
         }
     }
@@ -134,6 +137,12 @@ pub fn default_socket_path() -> PathBuf {
 /// Bind the broker's listening socket at `path`: create the directory,
 /// refuse if a live broker answers there, replace a stale socket file.
 pub fn bind_listener(path: &Path, mode: u32) -> Result<OwnedFd> {
+    bind_listener_as(path, mode, None)
+}
+
+/// [`bind_listener`], and give the socket file to `group` (its mode then
+/// decides what that group may do).
+pub fn bind_listener_as(path: &Path, mode: u32, group: Option<u32>) -> Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let bytes = path.as_os_str().as_bytes();
@@ -190,6 +199,14 @@ pub fn bind_listener(path: &Path, mode: u32) -> Result<OwnedFd> {
         .map_err(|e| Error::os(e, format!("cannot bind {}", path.display())))?;
     let c = std::ffi::CString::new(bytes)
         .map_err(|_| Error::bad_request("socket path contains NUL"))?;
+    if let Some(g) = group {
+        // SAFETY: c is a valid C string; uid -1 leaves the owner as it is.
+        if unsafe { libc::chown(c.as_ptr(), u32::MAX, g) } != 0 {
+            let e = Error::last_os(format!("chown {} to group {g}", path.display()));
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    }
     // SAFETY: c is a valid C string.
     if unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) } != 0 {
         let e = Error::last_os(format!("chmod {}", path.display()));
@@ -975,21 +992,40 @@ impl Broker {
     fn release(&mut self, slot: usize, id: u32, t: &Token) -> Result<Reply> {
         let c = self.conns.get(slot).unwrap();
         if !c.tokens.contains(t) {
-            return Err(if self.tokens.contains_key(t) {
-                Error::with_errno(
-                    Kind::UnknownToken,
-                    libc::ENOENT,
-                    "that token belongs to another client; only its holder may release it",
-                )
-            } else {
-                Error::with_errno(
+            let (creds, my_id) = (c.creds, c.id);
+            let Some(info) = self.tokens.get(t).copied() else {
+                return Err(Error::with_errno(
                     Kind::UnknownToken,
                     libc::ENOENT,
                     format!("unknown token {}", short(t)),
-                )
-            });
+                ));
+            };
+            let e = self.entries.get(info.entry).unwrap();
+            let h = e.holders.iter().find(|h| h.token == *t).unwrap();
+            let own_reservation = matches!(h.owner, Owner::Reserved(_)) && h.conn_id == my_id;
+            // Another client's token: only if the policy lets this client
+            // release others' references (an operator, a container manager).
+            if !own_reservation
+                && self
+                    .cfg
+                    .policy
+                    .check_op(Op::ReleaseOther, &creds, &e.spec, h.share)
+                    .is_err()
+            {
+                return Err(Error::with_errno(
+                    Kind::UnknownToken,
+                    libc::ENOENT,
+                    "that token belongs to another client; only its holder may release it",
+                ));
+            }
+            if let Owner::Conn(other) = h.owner {
+                if let Some(oc) = self.conns.get_mut(other) {
+                    oc.tokens.remove(t);
+                }
+            }
+        } else {
+            self.conns.get_mut(slot).unwrap().tokens.remove(t);
         }
-        self.conns.get_mut(slot).unwrap().tokens.remove(t);
         let remaining = self.drop_reference(t);
         proto::begin(&mut self.wbuf, ty::RELEASED, id);
         self.wbuf.extend_from_slice(&remaining.to_le_bytes());
@@ -1030,6 +1066,11 @@ impl Broker {
         let (conn_creds, conn_id) = (c.creds, c.id);
         let e = self.entries.get_mut(info.entry).unwrap();
         let h = e.holders.get_mut(t).unwrap();
+        if matches!(h.owner, Owner::Reserved(_)) {
+            self.cfg
+                .policy
+                .check_op(Op::Pickup, &conn_creds, &e.spec, h.share)?;
+        }
         match h.owner {
             Owner::Reserved(d) if d > Instant::now() => {}
             Owner::Reserved(_) => {

@@ -1,15 +1,21 @@
-//! Who may ask for what. The broker asks [`Policy::check`] before it creates
-//! or shares a socket; the first rule that matches the client and the request
-//! decides, and a request no rule matches is denied (deny by default).
+//! Who may ask for what. The broker asks the policy before it creates or
+//! shares a socket, before a pick-up, and before a client releases a token
+//! it does not hold. The first rule that matches the client, the operation
+//! and the request decides; what no rule matches is denied (deny by default).
 //!
-//! The built-in default suits a first run: root may request anything, others
-//! may request port 0 (ephemeral) and ports from 1024 up.
+//! The built-in default suits a first run: root may request anything; others
+//! may request port 0 (ephemeral) and ports from 1024 up; anyone holding a
+//! reservation token may pick it up; nobody may release another client's
+//! token. The file format is in docs/POLICY.md and
+//! `contrib/policy.conf`.
 
 use crate::error::{Error, Kind, Result};
 use crate::share::ShareMode;
 use crate::spec::{Proto, SocketSpec};
 use crate::sys::Creds;
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
+use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Who {
@@ -24,6 +30,37 @@ pub enum Action {
     Deny,
 }
 
+/// What a client asks to do with a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create or share a socket (also: reserve one for someone else).
+    Request,
+    /// Pick up a reservation by token.
+    Pickup,
+    /// Release a token that another connection holds.
+    ReleaseOther,
+}
+
+impl Op {
+    const ALL: [Op; 3] = [Op::Request, Op::Pickup, Op::ReleaseOther];
+
+    fn bit(self) -> u8 {
+        match self {
+            Op::Request => 1,
+            Op::Pickup => 2,
+            Op::ReleaseOther => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Request => "request",
+            Op::Pickup => "pickup",
+            Op::ReleaseOther => "release",
+        }
+    }
+}
+
 /// One rule: who it applies to, what it matches, and what it decides.
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -31,10 +68,12 @@ pub struct Rule {
     pub origin: String,
     pub action: Action,
     pub who: Who,
+    /// Operations the rule covers (bits of [`Op`]).
+    pub ops: u8,
     /// None matches every protocol.
     pub protos: Option<Vec<Proto>>,
     /// Empty matches every address; else (network, prefix length).
-    pub nets: Vec<(std::net::IpAddr, u8)>,
+    pub nets: Vec<(IpAddr, u8)>,
     /// Empty matches every port.
     pub ports: Vec<RangeInclusive<u16>>,
     /// None matches every share mode.
@@ -42,7 +81,10 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn applies_to(&self, c: &Creds) -> bool {
+    fn applies_to(&self, c: &Creds, op: Op) -> bool {
+        if self.ops & op.bit() == 0 {
+            return false;
+        }
         match self.who {
             Who::Anyone => true,
             Who::Uid(u) => c.uid == u,
@@ -72,7 +114,7 @@ impl Rule {
 }
 
 /// Is `a` inside `net/len`?
-pub fn in_net(a: &std::net::IpAddr, net: &std::net::IpAddr, len: u8) -> bool {
+pub fn in_net(a: &IpAddr, net: &IpAddr, len: u8) -> bool {
     use std::net::IpAddr::*;
     match (a, net) {
         (V4(a), V4(n)) => {
@@ -100,43 +142,73 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
+const ALL_OPS: u8 = 7;
+
 impl Policy {
-    /// Root may request anything; everyone may request port 0 and 1024–65535.
+    /// Root may request anything; everyone may request port 0 and
+    /// 1024–65535, and pick up a reservation whose token they hold. Nobody
+    /// may release another client's token (that takes an `ops=release` rule).
     pub fn builtin() -> Policy {
+        let rule = |origin: &str, who, ops, ports| Rule {
+            origin: origin.into(),
+            action: Action::Allow,
+            who,
+            ops,
+            protos: None,
+            nets: vec![],
+            ports,
+            shares: None,
+        };
         Policy {
             rules: vec![
-                Rule {
-                    origin: "built-in default rule 1 (root may request anything)".into(),
-                    action: Action::Allow,
-                    who: Who::Uid(0),
-                    protos: None,
-                    nets: vec![],
-                    ports: vec![],
-                    shares: None,
-                },
-                Rule {
-                    origin: "built-in default rule 2 (others: port 0 or 1024-65535)".into(),
-                    action: Action::Allow,
-                    who: Who::Anyone,
-                    protos: None,
-                    nets: vec![],
-                    ports: vec![0..=0, 1024..=65535],
-                    shares: None,
-                },
+                rule(
+                    "built-in default rule 1 (root may request anything)",
+                    Who::Uid(0),
+                    Op::Request.bit(),
+                    vec![],
+                ),
+                rule(
+                    "built-in default rule 2 (others may request port 0 or 1024-65535)",
+                    Who::Anyone,
+                    Op::Request.bit(),
+                    vec![0..=0, 1024..=65535],
+                ),
+                rule(
+                    "built-in default rule 3 (anyone holding a reservation token may pick it up)",
+                    Who::Anyone,
+                    Op::Pickup.bit(),
+                    vec![],
+                ),
             ],
         }
     }
 
     /// Allow or deny a socket request from `creds`. A denial names its rule.
     pub fn check(&self, creds: &Creds, spec: &SocketSpec, share: ShareMode) -> Result<()> {
+        self.check_op(Op::Request, creds, spec, share)
+    }
+
+    /// Allow or deny `op` on a socket `spec` (held with `share`) by `creds`.
+    pub fn check_op(
+        &self,
+        op: Op,
+        creds: &Creds,
+        spec: &SocketSpec,
+        share: ShareMode,
+    ) -> Result<()> {
         for r in &self.rules {
-            if r.applies_to(creds) && r.matches(spec, share) {
+            if r.applies_to(creds, op) && r.matches(spec, share) {
                 return match r.action {
                     Action::Allow => Ok(()),
                     Action::Deny => Err(Error::with_errno(
                         Kind::NotAllowed,
                         libc::EACCES,
-                        format!("{spec} denied for uid {} by {}", creds.uid, r.origin),
+                        format!(
+                            "{} of {spec} denied for uid {} by {}",
+                            op.as_str(),
+                            creds.uid,
+                            r.origin
+                        ),
                     )),
                 };
             }
@@ -145,10 +217,223 @@ impl Policy {
             Kind::NotAllowed,
             libc::EACCES,
             format!(
-                "{spec} denied for uid {}: no policy rule allows it (deny by default)",
+                "{} of {spec} denied for uid {}: no policy rule allows it (deny by default)",
+                op.as_str(),
                 creds.uid
             ),
         ))
+    }
+
+    /// Read a policy file. Errors name the file and line.
+    pub fn load(path: &Path) -> Result<Policy> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::os(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("cannot read policy file {}", path.display()),
+            )
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Policy::parse(&text, &name)
+    }
+
+    /// Parse the text of a policy file; `name` is used in rule origins and
+    /// error messages (`name:LINE`).
+    pub fn parse(text: &str, name: &str) -> Result<Policy> {
+        let mut rules = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let at = format!("{name}:{}", i + 1);
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let rule = parse_rule(line, &at)
+                .map_err(|e| Error::bad_request(format!("{at}: {}", e.message())))?;
+            rules.push(rule);
+        }
+        Ok(Policy { rules })
+    }
+}
+
+fn parse_rule(line: &str, at: &str) -> Result<Rule> {
+    let mut words = line.split_whitespace();
+    let action = match words.next() {
+        Some("allow") => Action::Allow,
+        Some("deny") => Action::Deny,
+        Some(w) => {
+            return Err(Error::bad_request(format!(
+                "expected allow or deny, got {w:?}"
+            )))
+        }
+        None => unreachable!("empty lines are skipped"),
+    };
+    let who = match words.next() {
+        Some("*") | Some("anyone") => Who::Anyone,
+        Some(w) => {
+            let (k, v) = w.split_once('=').ok_or_else(|| {
+                Error::bad_request(format!(
+                    "expected who the rule is for (*, uid=N, gid=N, user=NAME, group=NAME), got {w:?}"
+                ))
+            })?;
+            match k {
+                "uid" => Who::Uid(number(k, v)?),
+                "gid" => Who::Gid(number(k, v)?),
+                "user" => Who::Uid(lookup_user(v)?),
+                "group" => Who::Gid(lookup_group(v)?),
+                _ => {
+                    return Err(Error::bad_request(format!(
+                        "expected uid=, gid=, user= or group=, got {k:?}"
+                    )))
+                }
+            }
+        }
+        None => {
+            return Err(Error::bad_request(
+                "missing who the rule is for (*, uid=N, gid=N, user=NAME, group=NAME)",
+            ))
+        }
+    };
+    let mut rule = Rule {
+        origin: format!("rule at {at}"),
+        action,
+        who,
+        ops: Op::Request.bit(),
+        protos: None,
+        nets: vec![],
+        ports: vec![],
+        shares: None,
+    };
+    let mut seen = Vec::new();
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .ok_or_else(|| Error::bad_request(format!("expected KEY=VALUE, got {w:?}")))?;
+        if seen.contains(&k) {
+            return Err(Error::bad_request(format!("{k}= given twice")));
+        }
+        seen.push(k);
+        let items = v.split(',').map(str::trim);
+        if v.is_empty() {
+            return Err(Error::bad_request(format!("{k}= has no value")));
+        }
+        match k {
+            "proto" => {
+                rule.protos = Some(items.map(str::parse).collect::<Result<Vec<Proto>>>()?);
+            }
+            "share" => {
+                rule.shares = Some(items.map(str::parse).collect::<Result<Vec<ShareMode>>>()?);
+            }
+            "addr" => {
+                for a in items {
+                    rule.nets.push(parse_net(a)?);
+                }
+            }
+            "port" => {
+                for p in items {
+                    rule.ports.push(parse_port_range(p)?);
+                }
+            }
+            "ops" => {
+                rule.ops = 0;
+                for o in items {
+                    rule.ops |= match o {
+                        "all" => ALL_OPS,
+                        _ => Op::ALL
+                            .iter()
+                            .find(|x| x.as_str() == o)
+                            .ok_or_else(|| {
+                                Error::bad_request(format!(
+                                    "unknown operation {o:?} (expected request, pickup, release or all)"
+                                ))
+                            })?
+                            .bit(),
+                    };
+                }
+            }
+            _ => {
+                return Err(Error::bad_request(format!(
+                    "unknown key {k:?} (expected proto, addr, port, share or ops)"
+                )))
+            }
+        }
+    }
+    Ok(rule)
+}
+
+fn number(k: &str, v: &str) -> Result<u32> {
+    v.parse()
+        .map_err(|_| Error::bad_request(format!("{k}={v}: not a number")))
+}
+
+fn parse_net(s: &str) -> Result<(IpAddr, u8)> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr = crate::spec::parse_addr(a)
+        .map_err(|_| Error::bad_request(format!("invalid address range {s:?}")))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| Error::bad_request(format!("invalid prefix length in {s:?}")))?,
+    };
+    Ok((addr, len))
+}
+
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>> {
+    let p = |x: &str| {
+        x.parse::<u16>()
+            .map_err(|_| Error::bad_request(format!("invalid port {x:?} (0..=65535)")))
+    };
+    let r = match s.split_once('-') {
+        Some((a, b)) => p(a)?..=p(b)?,
+        None => p(s)?..=p(s)?,
+    };
+    if r.is_empty() {
+        return Err(Error::bad_request(format!("empty port range {s:?}")));
+    }
+    Ok(r)
+}
+
+fn lookup_user(name: &str) -> Result<u32> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| Error::bad_request("user name contains NUL"))?;
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the result is copied out.
+    let r = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() {
+        return Err(Error::bad_request(format!("unknown user {name:?}")));
+    }
+    Ok(pw.pw_uid)
+}
+
+fn lookup_group(name: &str) -> Result<u32> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| Error::bad_request("group name contains NUL"))?;
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the result is copied out.
+    let r = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() {
+        return Err(Error::bad_request(format!("unknown group {name:?}")));
+    }
+    Ok(gr.gr_gid)
+}
+
+/// The gid of a group name, for `--socket-group`.
+pub fn group_id(name: &str) -> Result<u32> {
+    match name.parse::<u32>() {
+        Ok(g) => Ok(g),
+        Err(_) => lookup_group(name),
     }
 }
 
@@ -162,19 +447,15 @@ impl Default for Policy {
 mod tests {
     use super::*;
 
+    fn creds(uid: u32, gid: u32) -> Creds {
+        Creds { pid: 1, uid, gid }
+    }
+
     #[test]
     fn builtin_default() {
         let p = Policy::builtin();
-        let root = Creds {
-            pid: 1,
-            uid: 0,
-            gid: 0,
-        };
-        let user = Creds {
-            pid: 1,
-            uid: 1000,
-            gid: 1000,
-        };
+        let root = creds(0, 0);
+        let user = creds(1000, 1000);
         let low: SocketSpec = "udp:0.0.0.0:53".parse().unwrap();
         let high: SocketSpec = "udp:0.0.0.0:5353".parse().unwrap();
         assert!(p.check(&root, &low, ShareMode::None).is_ok());
@@ -182,6 +463,94 @@ mod tests {
         assert_eq!(e.kind(), Kind::NotAllowed);
         assert!(e.message().contains("deny by default"), "{e}");
         assert!(p.check(&user, &high, ShareMode::Any).is_ok());
+        assert!(p.check_op(Op::Pickup, &user, &low, ShareMode::Any).is_ok());
+        assert!(p
+            .check_op(Op::ReleaseOther, &user, &high, ShareMode::Any)
+            .is_err());
+        assert!(p
+            .check_op(Op::ReleaseOther, &root, &high, ShareMode::Any)
+            .is_err());
+    }
+
+    #[test]
+    fn file_rules_first_match_decides() {
+        let text = "\
+# comment
+deny  uid=1001 port=8000-8999      # a trailing comment
+allow gid=50 proto=tcp addr=10.0.0.0/8,::1 port=80,443 share=any,sameapp
+allow * port=1024-65535 ops=request,pickup
+allow user=root ops=all
+";
+        let p = Policy::parse(text, "p.conf").unwrap();
+        assert_eq!(p.rules.len(), 4);
+        let s = |x: &str| x.parse::<SocketSpec>().unwrap();
+        let e = p
+            .check(&creds(1001, 1), &s("udp:0.0.0.0:8080"), ShareMode::Any)
+            .unwrap_err();
+        assert!(e.message().contains("rule at p.conf:2"), "{e}");
+        assert!(p
+            .check(&creds(7, 50), &s("tcp:10.1.2.3:443"), ShareMode::Any)
+            .is_ok());
+        assert!(p
+            .check(&creds(7, 50), &s("tcp:[::1]:80"), ShareMode::SameApp)
+            .is_ok());
+        // Share mode none is not in rule 3's list, port 80 not in rule 4's.
+        assert!(p
+            .check(&creds(7, 50), &s("tcp:10.1.2.3:80"), ShareMode::None)
+            .is_err());
+        assert!(p
+            .check(&creds(7, 50), &s("udp:10.1.2.3:80"), ShareMode::Any)
+            .is_err());
+        assert!(p
+            .check_op(
+                Op::Pickup,
+                &creds(7, 7),
+                &s("udp:1.2.3.4:2000"),
+                ShareMode::Any
+            )
+            .is_ok());
+        assert!(p
+            .check_op(
+                Op::ReleaseOther,
+                &creds(7, 7),
+                &s("udp:1.2.3.4:2000"),
+                ShareMode::Any
+            )
+            .is_err());
+        assert!(p
+            .check_op(
+                Op::ReleaseOther,
+                &creds(0, 0),
+                &s("udp:1.2.3.4:2000"),
+                ShareMode::Any
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn malformed_files_name_the_line() {
+        for (text, line, what) in [
+            ("allow *\npermit *\n", 2, "expected allow or deny"),
+            ("allow\n", 1, "missing who"),
+            ("\n\nallow uid=x\n", 3, "not a number"),
+            ("allow * port=70000\n", 1, "invalid port"),
+            ("allow * port=9-3\n", 1, "empty port range"),
+            ("allow * addr=10.0.0.0/33\n", 1, "prefix length"),
+            ("allow * addr=example.com\n", 1, "invalid address"),
+            ("allow * proto=sctp\n", 1, "unknown protocol"),
+            ("allow * share=some\n", 1, "unknown share mode"),
+            ("allow * ops=steal\n", 1, "unknown operation"),
+            ("allow * colour=red\n", 1, "unknown key"),
+            ("allow * port=1 port=2\n", 1, "given twice"),
+            ("allow user=no-such-user-xyz\n", 1, "unknown user"),
+            ("allow group=no-such-group-xyz\n", 1, "unknown group"),
+            ("allow * port\n", 1, "expected KEY=VALUE"),
+        ] {
+            let e = Policy::parse(text, "f").unwrap_err();
+            assert_eq!(e.kind(), Kind::BadRequest);
+            assert!(e.message().starts_with(&format!("f:{line}: ")), "{e}");
+            assert!(e.message().contains(what), "{what}: {e}");
+        }
     }
 
     #[test]

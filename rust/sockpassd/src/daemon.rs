@@ -19,6 +19,9 @@ options:
                              $XDG_RUNTIME_DIR/sockpass/sockpassd.sock otherwise)
   --socket-mode MODE         octal mode of the socket file (default 0666;
                              the policy decides what each client may ask for)
+  --socket-group GROUP       group (name or gid) of the socket file
+  --policy FILE              policy file (docs/POLICY.md); default: the built-in
+                             policy (root anything, others ports 0 and 1024-65535)
   --max-connections N        concurrent clients (default 8192, fitted to RLIMIT_NOFILE)
   --max-refs-per-client N    references one client may hold (default 16384)
   --max-sockets N            sockets the broker holds (default 65536, fitted)
@@ -49,6 +52,16 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
                     .ok()
                     .filter(|m| *m <= 0o7777)
                     .ok_or_else(|| format!("--socket-mode: {m:?} is not an octal mode"))?;
+            }
+            "--socket-group" => {
+                let g = a.value(&k, v)?;
+                o.cfg.socket_group =
+                    Some(sockpass::policy::group_id(&g).map_err(|e| format!("{k}: {e}"))?);
+            }
+            "--policy" => {
+                let f = PathBuf::from(a.value_os(&k, v)?);
+                o.cfg.policy = sockpass::policy::Policy::load(&f)
+                    .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
             }
             "--max-connections" => o.cfg.limits.max_connections = positive(&k, a.number(&k, v)?)?,
             "--max-refs-per-client" => {
@@ -147,7 +160,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     let path = o.socket.clone().unwrap_or_else(broker::default_socket_path);
-    let listener = match broker::bind_listener(&path, o.cfg.socket_mode) {
+    let listener = match broker::bind_listener_as(&path, o.cfg.socket_mode, o.cfg.socket_group) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("sockpassd: cannot start: {e}");

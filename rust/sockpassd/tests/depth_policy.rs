@@ -1,0 +1,345 @@
+//! The access policy with real uids: a policy file allowing and denying,
+//! denials naming the rule and logged, a malformed file refusing start-up,
+//! pick-up and release of others' tokens under the policy, and the socket
+//! file's mode and group. Client processes run as `nobody` (uid 65534).
+
+mod common;
+
+use common::*;
+use sockpass::client::Client;
+use sockpass::{Kind, ShareMode, SocketSpec};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+const NOBODY: u32 = 65534;
+
+fn spec(s: &str) -> SocketSpec {
+    s.parse().unwrap()
+}
+
+/// Run the child test `name` as uid/gid `NOBODY` with `env`; return its "@@ " line.
+fn run_as_nobody(name: &str, env: &[(&str, String)]) -> String {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("SOCKPASS_CHILD", "1")
+    .uid(NOBODY)
+    .gid(NOBODY)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut c = cmd.spawn().unwrap();
+    let line = read_line(&mut c);
+    let st = wait_child(&mut c);
+    assert!(st.success(), "child {name} failed: {st}");
+    line
+}
+
+fn describe(r: sockpass::Result<impl Sized>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("{:?}: {}", e.kind(), e.message()),
+    }
+}
+
+/// Child: connect to $SOCK and request each `SPEC SHARE` in $REQS (`;`
+/// separated); print one result per request, `|` separated.
+#[test]
+#[ignore]
+fn child_requests() {
+    if !is_child() {
+        return;
+    }
+    let mut c = Client::connect(std::env::var("SOCK").unwrap());
+    let reqs = std::env::var("REQS").unwrap();
+    let mut out = Vec::new();
+    for r in reqs.split(';') {
+        let (s, share) = r.split_once(' ').unwrap();
+        let res = match &mut c {
+            Ok(c) => describe(c.request_socket(&spec(s), share.parse().unwrap(), "child")),
+            Err(e) => format!("{:?}: {}", e.kind(), e.message()),
+        };
+        out.push(res);
+    }
+    println!("@@ {}", out.join("|"));
+}
+
+/// Child: pick up $TOKEN from the broker at $SOCK.
+#[test]
+#[ignore]
+fn child_pickup() {
+    if !is_child() {
+        return;
+    }
+    let mut c = Client::connect(std::env::var("SOCK").unwrap()).unwrap();
+    let t = std::env::var("TOKEN").unwrap().parse().unwrap();
+    println!("@@ {}", describe(c.pickup(&t)));
+}
+
+fn need_root(what: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipping {what}: needs root to run clients as nobody");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn policy_file_allows_and_denies_by_uid_and_names_the_rule() {
+    if !need_root("policy_file_allows_and_denies_by_uid_and_names_the_rule") {
+        return;
+    }
+    let dir = temp_dir("policy");
+    let pol = dir.join("policy.conf");
+    std::fs::write(
+        &pol,
+        "# test policy\n\
+         allow uid=0 ops=all\n\
+         deny user=nobody port=6000-6999\n\
+         allow user=nobody proto=udp addr=127.0.0.0/8 port=1024-65535 share=any,sameapp\n",
+    )
+    .unwrap();
+    let path = dir.join("sockpassd.sock");
+    let b = Broker::start_at(dir.clone(), path.clone(), &["--policy", &path_str(&pol)]);
+    let hi = free_port(true);
+    let hi = if (6000..7000).contains(&hi) {
+        hi + 1000
+    } else {
+        hi
+    };
+    let reqs = [
+        format!("udp:127.0.0.1:{hi} any"),
+        "udp:127.0.0.1:6500 any".to_string(),
+        format!("udp:127.0.0.1:{} none", hi),
+        format!("tcp:127.0.0.1:{hi} any"),
+        "udp:127.0.0.1:80 any".to_string(),
+    ];
+    let line = run_as_nobody(
+        "child_requests",
+        &[("SOCK", path_str(&path)), ("REQS", reqs.join(";"))],
+    );
+    let res: Vec<&str> = line.split('|').collect();
+    assert_eq!(res.len(), 5, "{line}");
+    assert_eq!(res[0], "ok");
+    assert!(
+        res[1].starts_with("NotAllowed") && res[1].contains("rule at policy.conf:3"),
+        "{}",
+        res[1]
+    );
+    for r in &res[2..] {
+        assert!(
+            r.starts_with("NotAllowed") && r.contains("deny by default"),
+            "{r}"
+        );
+    }
+    // Root, under rule 2, may request the low port.
+    let mut root = b.client();
+    root.request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "r")
+        .unwrap();
+    let log = b.log_text();
+    assert!(log.contains("refused request from pid"), "{log}");
+    assert!(
+        log.contains(&format!("uid {NOBODY}")) && log.contains("policy.conf:3"),
+        "{log}"
+    );
+}
+
+#[test]
+fn builtin_default_denies_privileged_ports_to_others() {
+    if !need_root("builtin_default_denies_privileged_ports_to_others") {
+        return;
+    }
+    let b = Broker::start("policydefault");
+    let hi = free_port(true);
+    let line = run_as_nobody(
+        "child_requests",
+        &[
+            ("SOCK", path_str(&b.path)),
+            (
+                "REQS",
+                format!("udp:127.0.0.1:{hi} any;udp:127.0.0.1:0 any;udp:127.0.0.1:53 any"),
+            ),
+        ],
+    );
+    let res: Vec<&str> = line.split('|').collect();
+    assert_eq!(&res[..2], ["ok", "ok"], "{line}");
+    assert!(res[2].starts_with("NotAllowed"), "{line}");
+}
+
+#[test]
+fn malformed_policy_refuses_start_naming_the_line() {
+    let dir = temp_dir("policybad");
+    let pol = dir.join("bad.conf");
+    std::fs::write(&pol, "allow uid=0\n# fine so far\nallow * port=99999\n").unwrap();
+    let out = Command::new(sockpassd_bin())
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .arg("--policy")
+        .arg(&pol)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.conf:3") && err.contains("invalid port"),
+        "{err}"
+    );
+    assert!(!dir.join("s.sock").exists(), "no socket was bound");
+    let missing = Command::new(sockpassd_bin())
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .arg("--policy")
+        .arg(dir.join("nonexistent.conf"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read policy file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn pickup_follows_the_policy() {
+    if !need_root("pickup_follows_the_policy") {
+        return;
+    }
+    let dir = temp_dir("policypickup");
+    let pol = dir.join("policy.conf");
+    std::fs::write(
+        &pol,
+        "allow uid=0 ops=all\nallow user=nobody ops=pickup proto=udp\n",
+    )
+    .unwrap();
+    let path = dir.join("sockpassd.sock");
+    let b = Broker::start_at(dir.clone(), path.clone(), &["--policy", &path_str(&pol)]);
+    let mut mgr = b.client();
+    // Privileged ports are fine: root reserved them, the token is the grant.
+    let ok = mgr
+        .reserve_socket(&spec("udp:127.0.0.1:0"), ShareMode::Any, "c")
+        .unwrap();
+    let denied = mgr
+        .reserve_socket(&spec("tcp:127.0.0.1:0"), ShareMode::Any, "c")
+        .unwrap();
+    let line = run_as_nobody(
+        "child_pickup",
+        &[("SOCK", path_str(&path)), ("TOKEN", ok.token.to_string())],
+    );
+    assert_eq!(line, "ok");
+    let line = run_as_nobody(
+        "child_pickup",
+        &[
+            ("SOCK", path_str(&path)),
+            ("TOKEN", denied.token.to_string()),
+        ],
+    );
+    assert!(
+        line.starts_with("NotAllowed") && line.contains("pickup of tcp:127.0.0.1:"),
+        "{line}\n{}",
+        b.log_text()
+    );
+    // The denied reservation is untouched: still pending, and root may collect it.
+    let st = b.status();
+    assert_eq!(st.counters.reservations, 1);
+    let g = mgr.pickup(&denied.token).unwrap();
+    assert_eq!(g.port, denied.port);
+    assert!(b.log_text().contains("refused request"), "{}", b.log_text());
+}
+
+#[test]
+fn releasing_others_tokens_needs_the_release_operation() {
+    let dir = temp_dir("policyrelease");
+    let strict = dir.join("strict.conf");
+    let open = dir.join("open.conf");
+    std::fs::write(&strict, "allow * ops=request,pickup\n").unwrap();
+    std::fs::write(&open, "allow * ops=request,pickup,release\n").unwrap();
+    for (pol, may) in [(&strict, false), (&open, true)] {
+        let b = Broker::start_at(
+            temp_dir("policyrelease-b"),
+            dir.join(format!("s{may}.sock")),
+            &["--policy", &path_str(pol)],
+        );
+        let mut holder = b.client();
+        let mut other = b.client();
+        let g = holder
+            .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::Any, "h")
+            .unwrap();
+        let r = other.release(&g.token);
+        if may {
+            assert_eq!(r.unwrap(), 0);
+            let e = holder.release(&g.token).unwrap_err();
+            assert_eq!(e.kind(), Kind::UnknownToken);
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), Kind::UnknownToken);
+            assert!(e.message().contains("another client"), "{e}");
+            assert_eq!(b.status().counters.references, 1);
+            assert_eq!(holder.release(&g.token).unwrap(), 0);
+        }
+    }
+    // A reserver may always cancel its own reservation.
+    let b = Broker::start_at(
+        temp_dir("policycancel"),
+        dir.join("c.sock"),
+        &["--policy", &path_str(&strict)],
+    );
+    let mut mgr = b.client();
+    let r = mgr
+        .reserve_socket(&spec("udp:127.0.0.1:0"), ShareMode::Any, "m")
+        .unwrap();
+    assert_eq!(mgr.release(&r.token).unwrap(), 0);
+    assert_eq!(b.status().counters.reservations, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn socket_file_mode_and_group() {
+    if !need_root("socket_file_mode_and_group") {
+        return;
+    }
+    let b = Broker::start_with(
+        "policymode",
+        &["--socket-mode", "0660", "--socket-group", "nogroup"],
+    );
+    let m = std::fs::metadata(&b.path).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o660);
+    assert_eq!(m.gid(), NOBODY);
+    // nobody is in group nogroup: it may connect.
+    let hi = free_port(true);
+    let line = run_as_nobody(
+        "child_requests",
+        &[
+            ("SOCK", path_str(&b.path)),
+            ("REQS", format!("udp:127.0.0.1:{hi} any")),
+        ],
+    );
+    assert_eq!(line, "ok");
+
+    let b = Broker::start_with("policymode2", &["--socket-mode", "0600"]);
+    let line = run_as_nobody(
+        "child_requests",
+        &[
+            ("SOCK", path_str(&b.path)),
+            ("REQS", format!("udp:127.0.0.1:{hi} any")),
+        ],
+    );
+    assert!(
+        line.starts_with("BrokerUnavailable") && line.contains("ermission denied"),
+        "{line}"
+    );
+}
+
+#[test]
+fn shipped_example_policy_parses() {
+    let f = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/policy.conf");
+    let p = sockpass::policy::Policy::load(&f).unwrap();
+    assert!(p.rules.len() >= 4);
+}
