@@ -234,6 +234,9 @@ struct Entry {
     keyed: bool,
     /// One member of a reuseport group, made for one requester.
     per_worker: bool,
+    /// Unix sockets: the inode of the socket file the broker made, removed
+    /// with the socket if it is still that file.
+    unix_ino: Option<u64>,
 }
 
 /// The fd a reply carries.
@@ -888,6 +891,11 @@ impl Broker {
                     holders: Holders::with_capacity(1),
                     keyed,
                     per_worker,
+                    unix_ino: spec
+                        .proto
+                        .is_unix()
+                        .then(|| crate::unixsock::path_ino(&spec.path))
+                        .flatten(),
                 });
                 if keyed {
                     self.cache.insert(spec, es);
@@ -970,6 +978,11 @@ impl Broker {
 
     /// Drop a removed entry from the indexes.
     fn forget_entry(&mut self, e: &Entry) {
+        if let Some(ino) = e.unix_ino {
+            // The path is free again once the last reference goes, as a
+            // port is.
+            crate::unixsock::unlink_if_ours(&e.spec.path, ino);
+        }
         if e.keyed {
             self.cache.remove(&e.spec_key());
         }

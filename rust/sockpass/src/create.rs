@@ -19,17 +19,22 @@ pub struct Created {
 pub fn create_socket(spec: &SocketSpec) -> Result<Created> {
     spec.validate()?;
     let spec = spec.canonical();
+    if spec.proto.is_unix() {
+        return crate::unixsock::create_unix(&spec);
+    }
     let family = if spec.is_ipv6() {
         libc::AF_INET6
     } else {
         libc::AF_INET
     };
-    let ty = match spec.proto {
-        Proto::Udp => libc::SOCK_DGRAM,
-        Proto::Tcp => libc::SOCK_STREAM,
+    let ty = spec.proto.sock_type();
+    let protocol = if spec.proto == Proto::Raw {
+        spec.ipproto as i32
+    } else {
+        0
     };
     // SAFETY: plain syscall; the result is checked before it is owned.
-    let raw = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+    let raw = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) };
     if raw < 0 {
         return Err(Error::last_os(format!("socket() for {spec}")));
     }
@@ -126,7 +131,8 @@ pub fn create_socket(spec: &SocketSpec) -> Result<Created> {
     if r < 0 {
         return Err(Error::last_os(format!("bind {spec}")));
     }
-    let port = if spec.port == 0 {
+    // A raw socket has no port (getsockname reports its protocol there).
+    let port = if spec.is_ephemeral() {
         sys::local_port(&fd).map_err(|e| Error::os(e, "getsockname"))?
     } else {
         spec.port

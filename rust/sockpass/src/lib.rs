@@ -26,6 +26,7 @@ pub mod share;
 pub mod spec;
 pub mod sys;
 pub mod token;
+pub mod unixsock;
 
 pub use client::{Client, Grant, Status};
 pub use error::{Error, Kind, Result};

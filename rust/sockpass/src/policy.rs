@@ -78,6 +78,9 @@ pub struct Rule {
     pub ports: Vec<RangeInclusive<u16>>,
     /// None matches every share mode.
     pub shares: Option<Vec<ShareMode>>,
+    /// Empty matches every socket; else Unix sockets under one of these
+    /// directories (or at one of these paths).
+    pub paths: Vec<String>,
 }
 
 impl Rule {
@@ -98,10 +101,22 @@ impl Rule {
                 return false;
             }
         }
-        if !self.nets.is_empty() && !self.nets.iter().any(|(n, l)| in_net(&spec.addr, n, *l)) {
+        let unix = spec.proto.is_unix();
+        // Address ranges match IP sockets only, port ranges UDP and TCP only,
+        // paths Unix sockets only: a rule never matches a socket its keys
+        // cannot describe.
+        if !self.nets.is_empty()
+            && (unix || !self.nets.iter().any(|(n, l)| in_net(&spec.addr, n, *l)))
+        {
             return false;
         }
-        if !self.ports.is_empty() && !self.ports.iter().any(|r| r.contains(&spec.port)) {
+        if !self.ports.is_empty()
+            && (!matches!(spec.proto, Proto::Udp | Proto::Tcp)
+                || !self.ports.iter().any(|r| r.contains(&spec.port)))
+        {
+            return false;
+        }
+        if !self.paths.is_empty() && (!unix || !self.paths.iter().any(|p| under(&spec.path, p))) {
             return false;
         }
         if let Some(s) = &self.shares {
@@ -111,6 +126,12 @@ impl Rule {
         }
         true
     }
+}
+
+/// Is `path` the directory or file `prefix`, or inside it?
+fn under(path: &str, prefix: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    path == p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/'))
 }
 
 /// Is `a` inside `net/len`?
@@ -158,6 +179,7 @@ impl Policy {
             nets: vec![],
             ports,
             shares: None,
+            paths: vec![],
         };
         Policy {
             rules: vec![
@@ -168,7 +190,7 @@ impl Policy {
                     vec![],
                 ),
                 rule(
-                    "built-in default rule 2 (others may request port 0 or 1024-65535)",
+                    "built-in default rule 2 (others may request UDP or TCP port 0 or 1024-65535)",
                     Who::Anyone,
                     Op::Request.bit(),
                     vec![0..=0, 1024..=65535],
@@ -304,6 +326,7 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
         nets: vec![],
         ports: vec![],
         shares: None,
+        paths: vec![],
     };
     let mut seen = Vec::new();
     for w in words {
@@ -335,6 +358,16 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
                     rule.ports.push(parse_port_range(p)?);
                 }
             }
+            "path" => {
+                for p in items {
+                    if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                        return Err(Error::bad_request(format!(
+                            "path {p:?} must be absolute, without '..'"
+                        )));
+                    }
+                    rule.paths.push(p.to_string());
+                }
+            }
             "ops" => {
                 rule.ops = 0;
                 for o in items {
@@ -354,7 +387,7 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
             }
             _ => {
                 return Err(Error::bad_request(format!(
-                    "unknown key {k:?} (expected proto, addr, port, share or ops)"
+                    "unknown key {k:?} (expected proto, addr, port, path, share or ops)"
                 )))
             }
         }
@@ -463,6 +496,12 @@ mod tests {
         assert_eq!(e.kind(), Kind::NotAllowed);
         assert!(e.message().contains("deny by default"), "{e}");
         assert!(p.check(&user, &high, ShareMode::Any).is_ok());
+        // Raw and Unix sockets are root's unless a policy file says otherwise.
+        for s in ["raw:icmp:127.0.0.1", "unix:/tmp/x.sock"] {
+            let s: SocketSpec = s.parse().unwrap();
+            assert!(p.check(&user, &s, ShareMode::Any).is_err(), "{s}");
+            assert!(p.check(&root, &s, ShareMode::Any).is_ok(), "{s}");
+        }
         assert!(p.check_op(Op::Pickup, &user, &low, ShareMode::Any).is_ok());
         assert!(p
             .check_op(Op::ReleaseOther, &user, &high, ShareMode::Any)
@@ -480,9 +519,25 @@ deny  uid=1001 port=8000-8999      # a trailing comment
 allow gid=50 proto=tcp addr=10.0.0.0/8,::1 port=80,443 share=any,sameapp
 allow * port=1024-65535 ops=request,pickup
 allow user=root ops=all
+allow * path=/run/app/,/tmp/one.sock proto=unix
 ";
         let p = Policy::parse(text, "p.conf").unwrap();
-        assert_eq!(p.rules.len(), 4);
+        assert_eq!(p.rules.len(), 5);
+        let u = |x: &str| SocketSpec::unix(Proto::UnixStream, x);
+        assert!(p
+            .check(&creds(7, 7), &u("/run/app/s"), ShareMode::Any)
+            .is_ok());
+        assert!(p
+            .check(&creds(7, 7), &u("/tmp/one.sock"), ShareMode::Any)
+            .is_ok());
+        assert!(p
+            .check(&creds(7, 7), &u("/run/apple"), ShareMode::Any)
+            .is_err());
+        assert!(p
+            .check(&creds(7, 7), &u("/tmp/one.sockx"), ShareMode::Any)
+            .is_err());
+        let raw: SocketSpec = "raw:icmp:127.0.0.1".parse().unwrap();
+        assert!(p.check(&creds(7, 7), &raw, ShareMode::Any).is_err());
         let s = |x: &str| x.parse::<SocketSpec>().unwrap();
         let e = p
             .check(&creds(1001, 1), &s("udp:0.0.0.0:8080"), ShareMode::Any)

@@ -11,11 +11,17 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-/// Transport protocol of an internet socket.
+/// The kind of socket: an internet transport, a raw IP socket, or a
+/// Unix-domain socket of one of three types. Wire numbers are never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Udp,
     Tcp,
+    /// SOCK_RAW with an IP protocol number ([`SocketSpec::ipproto`]).
+    Raw,
+    UnixStream,
+    UnixDgram,
+    UnixSeqpacket,
 }
 
 impl Proto {
@@ -23,6 +29,10 @@ impl Proto {
         match self {
             Proto::Udp => 1,
             Proto::Tcp => 2,
+            Proto::Raw => 3,
+            Proto::UnixStream => 4,
+            Proto::UnixDgram => 5,
+            Proto::UnixSeqpacket => 6,
         }
     }
 
@@ -30,6 +40,10 @@ impl Proto {
         match v {
             1 => Ok(Proto::Udp),
             2 => Ok(Proto::Tcp),
+            3 => Ok(Proto::Raw),
+            4 => Ok(Proto::UnixStream),
+            5 => Ok(Proto::UnixDgram),
+            6 => Ok(Proto::UnixSeqpacket),
             _ => Err(Error::bad_request(format!("unknown protocol number {v}"))),
         }
     }
@@ -38,24 +52,57 @@ impl Proto {
         match self {
             Proto::Udp => "udp",
             Proto::Tcp => "tcp",
+            Proto::Raw => "raw",
+            Proto::UnixStream => "unix",
+            Proto::UnixDgram => "unix-dgram",
+            Proto::UnixSeqpacket => "unix-seqpacket",
         }
+    }
+
+    pub fn is_unix(self) -> bool {
+        matches!(
+            self,
+            Proto::UnixStream | Proto::UnixDgram | Proto::UnixSeqpacket
+        )
+    }
+
+    /// The socket(2) type.
+    pub fn sock_type(self) -> i32 {
+        match self {
+            Proto::Udp | Proto::UnixDgram => libc::SOCK_DGRAM,
+            Proto::Tcp | Proto::UnixStream => libc::SOCK_STREAM,
+            Proto::Raw => libc::SOCK_RAW,
+            Proto::UnixSeqpacket => libc::SOCK_SEQPACKET,
+        }
+    }
+
+    /// Can this kind of socket listen()?
+    pub fn listens(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::UnixStream | Proto::UnixSeqpacket)
     }
 }
 
 impl FromStr for Proto {
     type Err = Error;
     fn from_str(s: &str) -> Result<Proto> {
-        if s.eq_ignore_ascii_case("udp") {
-            Ok(Proto::Udp)
-        } else if s.eq_ignore_ascii_case("tcp") {
-            Ok(Proto::Tcp)
-        } else {
-            Err(Error::bad_request(format!(
-                "unknown protocol {s:?} (expected UDP or TCP)"
-            )))
-        }
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "udp" => Proto::Udp,
+            "tcp" => Proto::Tcp,
+            "raw" => Proto::Raw,
+            "unix" | "unix-stream" => Proto::UnixStream,
+            "unix-dgram" => Proto::UnixDgram,
+            "unix-seqpacket" => Proto::UnixSeqpacket,
+            _ => {
+                return Err(Error::bad_request(format!(
+                    "unknown protocol {s:?} (expected udp, tcp, raw, unix, unix-dgram or unix-seqpacket)"
+                )))
+            }
+        })
     }
 }
+
+/// Longest Unix socket path (sun_path less its terminating NUL).
+pub const MAX_PATH: usize = 107;
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -73,8 +120,12 @@ pub struct SocketOptions {
     pub rcvbuf: Option<u32>,
     pub sndbuf: Option<u32>,
     pub mark: Option<u32>,
-    /// TCP only: `listen()` with this backlog after binding.
+    /// TCP and Unix stream/seqpacket: `listen()` with this backlog after binding.
     pub backlog: Option<u32>,
+    /// Unix only: the socket file's mode (default 0666).
+    pub mode: Option<u32>,
+    /// Unix only: the socket file's owner, uid and gid (default the broker's).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Upper bound on SO_RCVBUF/SO_SNDBUF requests (the kernel doubles them).
@@ -94,14 +145,26 @@ mod tag {
     pub const SNDBUF: u8 = 8;
     pub const MARK: u8 = 9;
     pub const BACKLOG: u8 = 10;
+    pub const MODE: u8 = 11;
+    pub const OWNER: u8 = 12;
 }
+
+/// Address family bytes on the wire (AF_UNIX is new in the spec encoding;
+/// IPv4 and IPv6 keep 4 and 6).
+const FAM_UNIX: u8 = 1;
 
 /// A wanted socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SocketSpec {
     pub proto: Proto,
+    /// IP address (unused, 0.0.0.0, for Unix sockets).
     pub addr: IpAddr,
+    /// Port (0 for raw and Unix sockets).
     pub port: u16,
+    /// Raw sockets: the IP protocol number (1 ICMP, 58 ICMPv6, …); else 0.
+    pub ipproto: u8,
+    /// Unix sockets: the socket file's absolute path; else empty.
+    pub path: String,
     pub options: SocketOptions,
 }
 
@@ -111,36 +174,146 @@ impl SocketSpec {
             proto,
             addr,
             port,
+            ipproto: 0,
+            path: String::new(),
             options: SocketOptions::default(),
         }
     }
 
+    /// A raw IP socket for protocol `ipproto` bound to `addr`.
+    pub fn raw(addr: IpAddr, ipproto: u8) -> SocketSpec {
+        let mut s = SocketSpec::new(Proto::Raw, addr, 0);
+        s.ipproto = ipproto;
+        s
+    }
+
+    /// A Unix-domain socket (`proto` one of the Unix kinds) at `path`.
+    pub fn unix(proto: Proto, path: &str) -> SocketSpec {
+        let mut s = SocketSpec::new(proto, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+        s.path = path.to_string();
+        s
+    }
+
     /// Build from the pieces a C or Python caller passes: a protocol name,
     /// an address literal and a port.
+    /// For raw sockets `port` is the IP protocol number; for Unix sockets
+    /// `addr` is the path and `port` must be 0.
     pub fn from_parts(proto: &str, addr: &str, port: i64) -> Result<SocketSpec> {
         let proto: Proto = proto.parse()?;
-        let addr = parse_addr(addr)?;
-        let port = check_port(port)?;
-        Ok(SocketSpec::new(proto, addr, port))
+        let spec = if proto.is_unix() {
+            if port != 0 {
+                return Err(Error::bad_request("Unix sockets have no port (pass 0)"));
+            }
+            SocketSpec::unix(proto, addr)
+        } else if proto == Proto::Raw {
+            let n = u8::try_from(port).map_err(|_| {
+                Error::bad_request(format!("IP protocol {port} out of range (1..=255)"))
+            })?;
+            SocketSpec::raw(parse_addr(addr)?, n)
+        } else {
+            SocketSpec::new(proto, parse_addr(addr)?, check_port(port)?)
+        };
+        spec.validate()?;
+        Ok(spec)
     }
 
     pub fn is_ipv6(&self) -> bool {
         self.addr.is_ipv6()
     }
 
-    /// Port 0 asks for a fresh ephemeral port: never cached, never shared.
+    /// Port 0 of UDP or TCP asks for a fresh ephemeral port: never cached,
+    /// never shared.
     pub fn is_ephemeral(&self) -> bool {
-        self.port == 0
+        self.port == 0 && matches!(self.proto, Proto::Udp | Proto::Tcp)
     }
 
     /// Reject option combinations that make no sense, before anything is made.
     pub fn validate(&self) -> Result<()> {
         let o = &self.options;
-        if o.v6only.is_some() && !self.is_ipv6() {
+        let p = self.proto;
+        let not_for = |name: &str| {
+            Err(Error::bad_request(format!(
+                "option {name} makes no sense for {} sockets",
+                p.as_str()
+            )))
+        };
+        if p.is_unix() {
+            validate_path(&self.path)?;
+            if self.port != 0 || self.ipproto != 0 {
+                return Err(Error::bad_request(
+                    "Unix sockets have no port or IP protocol",
+                ));
+            }
+            for (name, set) in [
+                ("reuseaddr", o.reuseaddr.is_some()),
+                ("reuseport", o.reuseport.is_some()),
+                ("v6only", o.v6only.is_some()),
+                ("freebind", o.freebind.is_some()),
+                ("transparent", o.transparent.is_some()),
+                ("bindtodevice", o.bindtodevice.is_some()),
+                ("mark", o.mark.is_some()),
+            ] {
+                if set {
+                    return not_for(name);
+                }
+            }
+            if let Some(m) = o.mode {
+                if m > 0o777 {
+                    return Err(Error::bad_request(format!(
+                        "mode {m:o} out of range (0..=0777)"
+                    )));
+                }
+            }
+        } else {
+            if !self.path.is_empty() {
+                return Err(Error::bad_request("only Unix sockets have a path"));
+            }
+            if o.mode.is_some() {
+                return not_for("mode");
+            }
+            if o.owner.is_some() {
+                return not_for("owner");
+            }
+        }
+        if p == Proto::Raw {
+            if self.port != 0 {
+                return Err(Error::bad_request("raw sockets have no port"));
+            }
+            match (self.ipproto, self.is_ipv6()) {
+                (0, _) => {
+                    return Err(Error::bad_request(
+                        "raw sockets need an IP protocol (icmp, icmpv6 or 1..=255)",
+                    ))
+                }
+                (IPPROTO_ICMP, true) => {
+                    return Err(Error::bad_request("icmp is IPv4; use icmpv6 with IPv6"))
+                }
+                (IPPROTO_ICMPV6, false) => {
+                    return Err(Error::bad_request("icmpv6 is IPv6; use icmp with IPv4"))
+                }
+                _ => {}
+            }
+            if o.reuseport.is_some() {
+                return not_for("reuseport");
+            }
+            if o.v6only.is_some() {
+                return not_for("v6only");
+            }
+        } else if self.ipproto != 0 {
+            return Err(Error::bad_request("only raw sockets have an IP protocol"));
+        }
+        if o.v6only.is_some() && (p.is_unix() || !self.is_ipv6()) {
             return Err(Error::bad_request("option v6only applies to IPv6 only"));
         }
-        if o.backlog.is_some() && self.proto != Proto::Tcp {
-            return Err(Error::bad_request("option backlog applies to TCP only"));
+        if o.backlog.is_some() && !p.listens() {
+            return Err(Error::bad_request(if p == Proto::Udp {
+                "option backlog applies to TCP only".to_string()
+            } else {
+                format!(
+                    "option backlog applies to TCP, unix and unix-seqpacket only, not {}",
+                    p.as_str()
+                )
+            }));
         }
         if let Some(b) = o.backlog {
             if b > MAX_BACKLOG {
@@ -176,9 +349,18 @@ impl SocketSpec {
     pub fn canonical(&self) -> SocketSpec {
         let mut c = self.clone();
         let o = &mut c.options;
+        if self.proto.is_unix() {
+            o.mode = Some(o.mode.unwrap_or(0o666));
+            return c;
+        }
         o.reuseaddr = Some(o.reuseaddr.unwrap_or(true));
-        o.reuseport = Some(o.reuseport.unwrap_or(false));
-        o.v6only = if self.is_ipv6() {
+        // SO_REUSEPORT has no meaning for raw sockets (validate refuses it).
+        if self.proto != Proto::Raw {
+            o.reuseport = Some(o.reuseport.unwrap_or(false));
+        }
+        // The kernel refuses IPV6_V6ONLY on a raw socket (it is already
+        // bound to its protocol), so it is not part of a raw socket's identity.
+        o.v6only = if self.is_ipv6() && self.proto != Proto::Raw {
             Some(o.v6only.unwrap_or(true))
         } else {
             None
@@ -204,28 +386,45 @@ impl SocketSpec {
             rcvbuf,
             sndbuf,
             mark,
-            backlog
+            backlog,
+            mode,
+            owner
         );
         None
     }
 
     /// Same socket address (protocol, address, port), options aside.
     pub fn same_address(&self, other: &SocketSpec) -> bool {
-        self.proto == other.proto && self.addr == other.addr && self.port == other.port
+        self.proto == other.proto
+            && self.addr == other.addr
+            && self.port == other.port
+            && self.ipproto == other.ipproto
+            && self.path == other.path
     }
 
     /// Append the wire encoding (docs/PROTOCOL.md, "socket spec").
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.proto.wire());
+        // Raw sockets carry their IP protocol number in the port field.
+        let port = if self.proto == Proto::Raw {
+            self.ipproto as u16
+        } else {
+            self.port
+        };
         match self.addr {
+            _ if self.proto.is_unix() => {
+                out.push(FAM_UNIX);
+                out.extend_from_slice(&(self.path.len() as u16).to_le_bytes());
+                out.extend_from_slice(self.path.as_bytes());
+            }
             IpAddr::V4(a) => {
                 out.push(4);
-                out.extend_from_slice(&self.port.to_le_bytes());
+                out.extend_from_slice(&port.to_le_bytes());
                 out.extend_from_slice(&a.octets());
             }
             IpAddr::V6(a) => {
                 out.push(6);
-                out.extend_from_slice(&self.port.to_le_bytes());
+                out.extend_from_slice(&port.to_le_bytes());
                 out.extend_from_slice(&a.octets());
             }
         }
@@ -255,12 +454,19 @@ impl SocketSpec {
             (tag::SNDBUF, o.sndbuf),
             (tag::MARK, o.mark),
             (tag::BACKLOG, o.backlog),
+            (tag::MODE, o.mode),
         ] {
             if let Some(v) = v {
                 out.extend_from_slice(&[t, 4]);
                 out.extend_from_slice(&v.to_le_bytes());
                 n += 1;
             }
+        }
+        if let Some((u, g)) = o.owner {
+            out.extend_from_slice(&[tag::OWNER, 8]);
+            out.extend_from_slice(&u.to_le_bytes());
+            out.extend_from_slice(&g.to_le_bytes());
+            n += 1;
         }
         out[n_at] = n;
     }
@@ -270,20 +476,46 @@ impl SocketSpec {
         let mut r = crate::proto::Reader::new(buf);
         let proto = Proto::from_wire(r.u8()?)?;
         let fam = r.u8()?;
-        let port = r.u16()?;
-        let addr = match fam {
-            4 => {
-                let b = r.bytes(4)?;
-                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        let mut spec = if fam == FAM_UNIX {
+            if !proto.is_unix() {
+                return Err(Error::bad_request(format!(
+                    "a {} socket cannot have a Unix path",
+                    proto.as_str()
+                )));
             }
-            6 => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(r.bytes(16)?);
-                IpAddr::V6(Ipv6Addr::from(a))
+            let n = r.u16()? as usize;
+            let path = std::str::from_utf8(r.bytes(n)?)
+                .map_err(|_| Error::bad_request("Unix socket path is not UTF-8"))?;
+            SocketSpec::unix(proto, path)
+        } else {
+            if proto.is_unix() {
+                return Err(Error::bad_request(format!(
+                    "a {} socket needs the Unix family",
+                    proto.as_str()
+                )));
             }
-            f => return Err(Error::bad_request(format!("unknown address family {f}"))),
+            let port = r.u16()?;
+            let addr = match fam {
+                4 => {
+                    let b = r.bytes(4)?;
+                    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                }
+                6 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(r.bytes(16)?);
+                    IpAddr::V6(Ipv6Addr::from(a))
+                }
+                f => return Err(Error::bad_request(format!("unknown address family {f}"))),
+            };
+            if proto == Proto::Raw {
+                let n = u8::try_from(port).map_err(|_| {
+                    Error::bad_request(format!("IP protocol {port} out of range (1..=255)"))
+                })?;
+                SocketSpec::raw(addr, n)
+            } else {
+                SocketSpec::new(proto, addr, port)
+            }
         };
-        let mut spec = SocketSpec::new(proto, addr, port);
         let n = r.u8()?;
         let mut seen = 0u32;
         for _ in 0..n {
@@ -327,11 +559,71 @@ impl SocketSpec {
                 tag::SNDBUF => o.sndbuf = Some(num(v)?),
                 tag::MARK => o.mark = Some(num(v)?),
                 tag::BACKLOG => o.backlog = Some(num(v)?),
+                tag::MODE => o.mode = Some(num(v)?),
+                tag::OWNER => {
+                    let a: [u8; 8] = v
+                        .try_into()
+                        .map_err(|_| Error::bad_request(format!("option {t}: expected 8 bytes")))?;
+                    o.owner = Some((
+                        u32::from_le_bytes(a[..4].try_into().unwrap()),
+                        u32::from_le_bytes(a[4..].try_into().unwrap()),
+                    ));
+                }
                 _ => return Err(Error::bad_request(format!("unknown option tag {t}"))),
             }
         }
         spec.validate()?;
         Ok((spec, r.pos()))
+    }
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+fn ipproto_name(n: u8) -> String {
+    match n {
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+/// A Unix socket path: absolute, normalised enough to be one identity, fits
+/// sun_path.
+fn validate_path(p: &str) -> Result<()> {
+    if !p.starts_with('/') {
+        return Err(Error::bad_request(format!(
+            "Unix socket path {p:?} must be absolute"
+        )));
+    }
+    if p.len() > MAX_PATH {
+        return Err(Error::bad_request(format!(
+            "Unix socket path is {} bytes, the limit is {MAX_PATH}",
+            p.len()
+        )));
+    }
+    if p.ends_with('/')
+        || p.contains("//")
+        || p.split('/').any(|c| c == "." || c == "..")
+        || p.bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b == b'?' || b == b'&')
+    {
+        return Err(Error::bad_request(format!(
+            "invalid Unix socket path {p:?} (no '.', '..', '//', trailing '/', '?', '&' or control characters)"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_owner(v: &str) -> Result<(u32, u32)> {
+    let (u, g) = v
+        .split_once(':')
+        .ok_or_else(|| Error::bad_request(format!("option owner: expected UID:GID, got {v:?}")))?;
+    match (u.parse::<u32>(), g.parse::<u32>()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(Error::bad_request(format!(
+            "option owner: expected numeric UID:GID, got {v:?}"
+        ))),
     }
 }
 
@@ -380,28 +672,55 @@ impl FromStr for SocketSpec {
         };
         let (proto, rest) = main.split_once(':').ok_or_else(|| {
             Error::bad_request(format!(
-                "invalid socket spec {s:?} (expected PROTO:ADDRESS:PORT)"
+                "invalid socket spec {s:?} (expected PROTO:ADDRESS:PORT, raw:PROTO:ADDRESS or unix:/PATH)"
             ))
         })?;
         let proto: Proto = proto.parse()?;
-        let (addr, port) = rest.rsplit_once(':').ok_or_else(|| {
-            Error::bad_request(format!("invalid socket spec {s:?}: missing port"))
-        })?;
-        let addr = if addr.contains(':') {
-            if !(addr.starts_with('[') && addr.ends_with(']')) {
+        let mut spec = if proto.is_unix() {
+            SocketSpec::unix(proto, rest)
+        } else {
+            let (addr, last) = rest.rsplit_once(':').ok_or_else(|| {
+                Error::bad_request(format!("invalid socket spec {s:?}: missing port"))
+            })?;
+            // raw:PROTO:ADDRESS puts the protocol first; udp/tcp end with the port.
+            let (addr, last) = if proto == Proto::Raw {
+                rest.split_once(':').ok_or_else(|| {
+                    Error::bad_request(format!(
+                        "invalid socket spec {s:?} (expected raw:icmp|icmpv6|N:ADDRESS)"
+                    ))
+                })?
+            } else {
+                (addr, last)
+            };
+            if addr.contains(':') && !(addr.starts_with('[') && addr.ends_with(']')) {
                 return Err(Error::bad_request(format!(
                     "invalid socket spec {s:?}: write IPv6 addresses in brackets, [::1]"
                 )));
             }
-            parse_addr(addr)?
-        } else {
-            parse_addr(addr)?
+            if proto == Proto::Raw {
+                let (ipproto, addr) = (addr, last);
+                let n = match ipproto.to_ascii_lowercase().as_str() {
+                    "icmp" => IPPROTO_ICMP,
+                    "icmpv6" | "ipv6-icmp" => IPPROTO_ICMPV6,
+                    x => x.parse::<u8>().map_err(|_| {
+                        Error::bad_request(format!(
+                            "invalid IP protocol {ipproto:?} (expected icmp, icmpv6 or 1..=255)"
+                        ))
+                    })?,
+                };
+                if addr.contains(':') && !(addr.starts_with('[') && addr.ends_with(']')) {
+                    return Err(Error::bad_request(format!(
+                        "invalid socket spec {s:?}: write IPv6 addresses in brackets, [::1]"
+                    )));
+                }
+                SocketSpec::raw(parse_addr(addr)?, n)
+            } else {
+                let port = last
+                    .parse::<i64>()
+                    .map_err(|_| Error::bad_request(format!("invalid port {last:?}")))?;
+                SocketSpec::new(proto, parse_addr(addr)?, check_port(port)?)
+            }
         };
-        let port = port
-            .parse::<i64>()
-            .map_err(|_| Error::bad_request(format!("invalid port {port:?}")))?;
-        let port = check_port(port)?;
-        let mut spec = SocketSpec::new(proto, addr, port);
         if let Some(q) = query {
             for kv in q.split('&').filter(|x| !x.is_empty()) {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
@@ -417,9 +736,16 @@ impl FromStr for SocketSpec {
                     "sndbuf" => o.sndbuf.replace(parse_u32(k, v)?).is_some(),
                     "mark" => o.mark.replace(parse_u32(k, v)?).is_some(),
                     "backlog" | "listen" => o.backlog.replace(parse_u32(k, v)?).is_some(),
+                    "mode" => o
+                        .mode
+                        .replace(u32::from_str_radix(v, 8).map_err(|_| {
+                            Error::bad_request(format!("option mode: expected an octal mode, got {v:?}"))
+                        })?)
+                        .is_some(),
+                    "owner" => o.owner.replace(parse_owner(v)?).is_some(),
                     _ => {
                         return Err(Error::bad_request(format!(
-                            "unknown socket option {k:?} (known: reuseaddr, reuseport, v6only, freebind, transparent, bindtodevice, rcvbuf, sndbuf, mark, backlog)"
+                            "unknown socket option {k:?} (known: reuseaddr, reuseport, v6only, freebind, transparent, bindtodevice, rcvbuf, sndbuf, mark, backlog, mode, owner)"
                         )))
                     }
                 };
@@ -435,9 +761,17 @@ impl FromStr for SocketSpec {
 
 impl fmt::Display for SocketSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.proto.as_str();
         match self.addr {
-            IpAddr::V4(a) => write!(f, "{}:{}:{}", self.proto.as_str(), a, self.port)?,
-            IpAddr::V6(a) => write!(f, "{}:[{}]:{}", self.proto.as_str(), a, self.port)?,
+            _ if self.proto.is_unix() => write!(f, "{p}:{}", self.path)?,
+            IpAddr::V4(a) if self.proto == Proto::Raw => {
+                write!(f, "{p}:{}:{a}", ipproto_name(self.ipproto))?
+            }
+            IpAddr::V6(a) if self.proto == Proto::Raw => {
+                write!(f, "{p}:{}:[{a}]", ipproto_name(self.ipproto))?
+            }
+            IpAddr::V4(a) => write!(f, "{p}:{a}:{}", self.port)?,
+            IpAddr::V6(a) => write!(f, "{p}:[{a}]:{}", self.port)?,
         }
         let o = &self.options;
         let mut sep = '?';
@@ -477,6 +811,12 @@ impl fmt::Display for SocketSpec {
         if let Some(v) = o.backlog {
             put(f, "backlog", v.to_string())?;
         }
+        if let Some(v) = o.mode {
+            put(f, "mode", format!("{v:04o}"))?;
+        }
+        if let Some((u, g)) = o.owner {
+            put(f, "owner", format!("{u}:{g}"))?;
+        }
         Ok(())
     }
 }
@@ -514,6 +854,91 @@ mod tests {
         for cut in 0..buf.len() {
             assert!(SocketSpec::decode(&buf[..cut]).is_err(), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn raw_and_unix_round_trip() {
+        for s in [
+            "raw:icmp:127.0.0.1",
+            "raw:icmpv6:[::1]?bindtodevice=lo",
+            "raw:17:0.0.0.0",
+            "unix:/run/app/s.sock?backlog=16&mode=0660&owner=65534:65534",
+            "unix-dgram:/tmp/d.sock",
+            "unix-seqpacket:/tmp/q.sock?mode=0600",
+        ] {
+            let spec: SocketSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+            let mut buf = Vec::new();
+            spec.encode(&mut buf);
+            let (back, used) = SocketSpec::decode(&buf).unwrap();
+            assert_eq!((&back, used), (&spec, buf.len()));
+            for cut in 0..buf.len() {
+                assert!(SocketSpec::decode(&buf[..cut]).is_err(), "{s} cut {cut}");
+            }
+        }
+        let r: SocketSpec = "raw:icmp:127.0.0.1".parse().unwrap();
+        assert_eq!((r.proto, r.ipproto, r.port), (Proto::Raw, 1, 0));
+        assert!(!r.is_ephemeral());
+        let u: SocketSpec = "unix:/a/b".parse().unwrap();
+        assert_eq!(u.canonical().options.mode, Some(0o666));
+        assert!(!u.is_ephemeral());
+        assert_eq!(
+            SocketSpec::from_parts("unix-dgram", "/x/y", 0)
+                .unwrap()
+                .path,
+            "/x/y"
+        );
+        assert_eq!(
+            SocketSpec::from_parts("raw", "::1", 58).unwrap().ipproto,
+            58
+        );
+    }
+
+    #[test]
+    fn bad_raw_and_unix_specs() {
+        for s in [
+            "raw:icmp:[::1]",
+            "raw:icmpv6:127.0.0.1",
+            "raw:0:127.0.0.1",
+            "raw:256:127.0.0.1",
+            "raw:tcp:127.0.0.1",
+            "raw:127.0.0.1",
+            "raw:icmp:127.0.0.1?reuseport=1",
+            "raw:icmp:127.0.0.1?backlog=1",
+            "raw:icmp:127.0.0.1?mode=0600",
+            "raw:icmpv6:[::1]?v6only=1",
+            "unix:relative.sock",
+            "unix:/a/../b",
+            "unix:/a//b",
+            "unix:/a/",
+            "unix:",
+            "unix:/a?reuseport=1",
+            "unix:/a?bindtodevice=lo",
+            "unix:/a?mode=1777",
+            "unix:/a?mode=9",
+            "unix:/a?owner=1",
+            "unix:/a?owner=root:root",
+            "unix-dgram:/a?backlog=4",
+            "udp:127.0.0.1:53?mode=0600",
+            "tcp:127.0.0.1:53?owner=1:1",
+        ] {
+            assert!(s.parse::<SocketSpec>().is_err(), "{s:?} should fail");
+        }
+        let long = format!("unix:/{}", "x".repeat(MAX_PATH));
+        assert!(long.parse::<SocketSpec>().is_err());
+        assert!(SocketSpec::from_parts("unix", "/a", 1).is_err());
+        // A Unix kind with an IP family (and the reverse) is refused on the wire.
+        let mut buf = Vec::new();
+        "udp:127.0.0.1:5"
+            .parse::<SocketSpec>()
+            .unwrap()
+            .encode(&mut buf);
+        buf[0] = Proto::UnixStream.wire();
+        assert!(SocketSpec::decode(&buf).is_err());
+        let mut buf = Vec::new();
+        "unix:/a".parse::<SocketSpec>().unwrap().encode(&mut buf);
+        buf[0] = Proto::Udp.wire();
+        assert!(SocketSpec::decode(&buf).is_err());
     }
 
     #[test]
