@@ -880,8 +880,10 @@ impl Broker {
                 let created = create_socket(&spec)?;
                 let eid = self.next_entry_id;
                 self.next_entry_id += 1;
-                let mut stored = spec.clone();
-                stored.port = created.port;
+                // The spec stays as requested (port 0 for an ephemeral
+                // socket), so status never shows an ephemeral socket under
+                // the identity of a cached one the kernel's pick collides with.
+                let stored = spec.clone();
                 let keyed = !spec.is_ephemeral() && !per_worker;
                 let es = self.entries.insert(Entry {
                     id: eid,
