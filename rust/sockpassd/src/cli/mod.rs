@@ -4,7 +4,9 @@ use crate::args::Args;
 use std::ffi::OsString;
 
 pub mod json;
+pub mod pickup;
 pub mod request;
+pub mod reserve;
 pub mod status;
 
 const USAGE: &str = "\
@@ -15,6 +17,13 @@ commands:
   request [--share MODE] [--app NAME] [--reserve] [--no-hold] [--socket PATH] SPEC...
                                     request sockets, print PORT TOKEN SPEC per socket, and
                                     hold them until stdin closes (the connection is the lease)
+  reserve [--share MODE] [--app NAME] [--socket PATH] SPEC...
+                                    reserve sockets for another process: print PORT TOKEN SPEC
+                                    per socket and exit (the broker holds each until it is
+                                    picked up or expires)
+  pickup [--no-hold] [--socket PATH] TOKEN...
+                                    collect reserved sockets, print PORT TOKEN, hold them
+                                    until stdin closes
   help                              this text
   version                           print the version
 
@@ -34,6 +43,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let res = match cmd.as_str() {
         "status" => status::run(a),
         "request" => request::run(a),
+        "reserve" => reserve::run(a),
+        "pickup" => pickup::run(a),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)
