@@ -1,0 +1,269 @@
+"""sockpass for Python: get bound sockets from the sockpass broker.
+
+    import socket, sockpass
+    fd, token = sockpass.request_socket("127.0.0.1", 5353, "UDP",
+                                        sockpass.SHARE_SAMEAPP, "my-app")
+    sock = socket.socket(fileno=fd)
+    ...
+    sock.close()
+    sockpass.release_socket(token)   # or release_socket(fd)
+
+The module functions use one process-wide client, connected lazily (to
+``$SOCKPASS_SOCKET`` or the default path), or with ``socket_path=`` one
+client per broker path. ``Client`` is for explicit paths and lifetimes. All
+logic lives in the Rust core (the private module ``sockpass._sockpass``);
+this package only gives it Python shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _socket
+import threading
+from types import TracebackType
+from typing import Final, Self, TypeAlias
+
+from . import _sockpass
+from ._errors import BadRequestError, BrokerUnavailableError, ShareError, TokenError
+from ._share import Proto, Share
+from ._status import Counters, HolderStatus, SocketStatus, _from_rows
+
+__all__ = [
+    "SHARE_ANY",
+    "SHARE_NONE",
+    "SHARE_SAMEAPP",
+    "SHARE_SAMENAME",
+    "BadRequestError",
+    "BrokerSocket",
+    "BrokerUnavailableError",
+    "Client",
+    "Counters",
+    "HolderStatus",
+    "Proto",
+    "Share",
+    "ShareError",
+    "SocketStatus",
+    "TokenError",
+    "default_socket_path",
+    "release_socket",
+    "request_socket",
+    "status",
+]
+
+__version__: Final = "0.1.0"
+
+SHARE_NONE: Final = Share.NONE
+SHARE_SAMEAPP: Final = Share.SAMEAPP
+SHARE_SAMENAME: Final = Share.SAMENAME
+SHARE_ANY: Final = Share.ANY
+
+_Path: TypeAlias = str | os.PathLike[str]
+
+
+def default_socket_path() -> str:
+    """The broker path the default client connects to."""
+    return os.fspath(_sockpass.default_socket_path())
+
+
+class Client:
+    """One connection to sockpassd. The connection is the lease: when the
+    client is closed (or the process dies) the broker drops every reference
+    it held. Use it as a context manager to release everything on exit.
+    Thread-safe: calls from several threads are serialized."""
+
+    def __init__(self, path: _Path | None = None) -> None:
+        self._native = _sockpass.Client(path)
+
+    @property
+    def path(self) -> str:
+        return os.fspath(self._native.path)
+
+    @property
+    def broker_pid(self) -> int:
+        return self._native.broker_pid
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def request_socket(
+        self,
+        address: str,
+        port: int,
+        proto: Proto | str,
+        share_mode: Share | int = Share.NONE,
+        app_name: str | None = None,
+    ) -> tuple[int, str]:
+        """Ask for a bound socket; returns ``(fd, token)``. The fd is the
+        caller's to close (it is not inheritable)."""
+        return self._native.request_socket(address, port, proto, share_mode, app_name)
+
+    def socket(
+        self,
+        address: str,
+        port: int,
+        proto: Proto | str,
+        share_mode: Share | int = Share.NONE,
+        app_name: str | None = None,
+    ) -> BrokerSocket:
+        """Like ``request_socket`` but returns a ``socket.socket`` whose
+        ``close()`` also releases its reference."""
+        fd, token = self.request_socket(address, port, proto, share_mode, app_name)
+        try:
+            return BrokerSocket(self, fd, token)
+        except BaseException:
+            os.close(fd)
+            self._native.release(token)
+            raise
+
+    def release(self, fd_or_token: int | str) -> int:
+        """Release one reference, by the fd it came with or by its token.
+        Returns the references left on that socket (0: the broker closed it)."""
+        return self._native.release(fd_or_token)
+
+    def release_all(self) -> int:
+        """Release every reference this client holds; returns how many."""
+        return self._native.release_all()
+
+    def held(self) -> list[tuple[int, str]]:
+        """The ``(fd, token)`` pairs this client holds."""
+        return self._native.held()
+
+    def status(self) -> list[SocketStatus]:
+        """Every socket the broker holds, and who holds it."""
+        rows, _ = self._native.status()
+        return _from_rows(rows)
+
+    def counters(self) -> Counters:
+        """The broker's totals (sockets, references, connections, ...)."""
+        _, c = self._native.status()
+        return Counters(*c)
+
+    def close(self) -> None:
+        """Release everything and disconnect. Closing twice is a no-op."""
+        if self._native.closed:
+            return
+        try:
+            # Explicitly, so the broker has dropped the references when
+            # close() returns (a bare disconnect is noticed asynchronously).
+            self._native.release_all()
+        except BrokerUnavailableError:
+            pass  # The broker is gone, and with it every reference.
+        finally:
+            self._native.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"broker pid {self.broker_pid}"
+        return f"<sockpass.Client {self.path!r} {state}>"
+
+
+class BrokerSocket(_socket.socket):
+    """A ``socket.socket`` made from a broker's fd; ``close()`` also releases
+    its reference (once, and not if its client is already closed)."""
+
+    token: str
+    client: Client
+
+    def __init__(self, client: Client, fd: int, token: str) -> None:
+        super().__init__(fileno=fd)
+        self.client = client
+        self.token = token
+        self._released = False
+
+    def release(self) -> None:
+        """Release the reference and keep the socket open."""
+        if self._released or self.client.closed:
+            return
+        self._released = True
+        try:
+            self.client.release(self.token)
+        except (TokenError, BrokerUnavailableError):
+            # Already released through the client, or the lease ended with
+            # the broker connection: either way the reference is gone.
+            pass
+
+    def close(self) -> None:
+        try:
+            self.release()
+        finally:
+            super().close()
+
+
+_path_clients: dict[str, Client] = {}
+_path_lock = threading.Lock()
+
+
+def _client_for(socket_path: _Path) -> Client:
+    # One client (one lease) per broker path, kept for the process's life,
+    # as the default client is.
+    key = os.fspath(socket_path)
+    with _path_lock:
+        c = _path_clients.get(key)
+        if c is None or c.closed:
+            c = _path_clients[key] = Client(key)
+        return c
+
+
+def _drop_client(socket_path: _Path, c: Client) -> None:
+    # After BrokerUnavailableError the next call connects anew, as the
+    # core's default client does.
+    with _path_lock:
+        if _path_clients.get(os.fspath(socket_path)) is c:
+            del _path_clients[os.fspath(socket_path)]
+    c._native.close()
+
+
+def request_socket(
+    address: str,
+    port: int,
+    proto: Proto | str,
+    share_mode: Share | int = Share.NONE,
+    app_name: str | None = None,
+    *,
+    socket_path: _Path | None = None,
+) -> tuple[int, str]:
+    """Ask the broker for a socket bound to ``address``:``port``.
+
+    ``proto`` is "UDP"/"TCP" (any case) or a ``Proto``. Returns ``(fd, token)``;
+    the fd is the caller's (not inheritable). Release with
+    ``release_socket(token)`` or ``release_socket(fd)``."""
+    if socket_path is None:
+        return _sockpass.request_socket(address, port, proto, share_mode, app_name)
+    c = _client_for(socket_path)
+    try:
+        return c.request_socket(address, port, proto, share_mode, app_name)
+    except BrokerUnavailableError:
+        _drop_client(socket_path, c)
+        raise
+
+
+def release_socket(fd_or_token: int | str, *, socket_path: _Path | None = None) -> int:
+    """Release one reference by fd or token; returns the references left on
+    that socket (0: the broker closed it)."""
+    if socket_path is None:
+        return _sockpass.release_socket(fd_or_token)
+    c = _client_for(socket_path)
+    try:
+        return c.release(fd_or_token)
+    except BrokerUnavailableError:
+        _drop_client(socket_path, c)
+        raise
+
+
+def status(*, socket_path: _Path | None = None) -> list[SocketStatus]:
+    """Every socket the broker holds, and who holds it."""
+    if socket_path is None:
+        rows, _ = _sockpass.status()
+        return _from_rows(rows)
+    return _client_for(socket_path).status()

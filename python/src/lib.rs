@@ -1,0 +1,356 @@
+//! `sockpass._sockpass`: the native half of the `sockpass` Python package.
+//!
+//! It translates Python arguments into the core crate's types, calls the
+//! core's blocking client with the GIL released, and translates results and
+//! errors back. It decides nothing: every check and every number (including
+//! `OSError.errno`, which is `sockpass::Error::code()`) comes from the core.
+//! The friendly surface (enums, context managers, `socket.socket` objects)
+//! lives in the Python package around this module.
+
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyString};
+use sockpass::client::{with_default, Client, Status};
+use sockpass::error::{Error, Kind};
+use sockpass::{ShareMode, SocketSpec, Token};
+use std::os::fd::IntoRawFd;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The Python exception for a core error: `errno` is `Error::code()`,
+/// `strerror` the core's message. Classes for sockpass's own kinds live in
+/// `sockpass._errors`; the rest are plain `OSError(code, msg)`, which Python
+/// itself turns into `PermissionError`, `TimeoutError`, ... by errno.
+fn to_pyerr(e: Error) -> PyErr {
+    let class = match e.kind() {
+        Kind::ShareConflict => "ShareError",
+        Kind::UnknownToken | Kind::TokenExpired => "TokenError",
+        Kind::BrokerUnavailable => "BrokerUnavailableError",
+        Kind::BadRequest => "BadRequestError",
+        _ => return PyOSError::new_err((e.code(), e.message().to_string())),
+    };
+    Python::attach(|py| {
+        let ty = match py
+            .import("sockpass._errors")
+            .and_then(|m| m.getattr(class))
+            .and_then(|c| c.cast_into::<pyo3::types::PyType>().map_err(PyErr::from))
+        {
+            Ok(t) => t,
+            Err(err) => return err,
+        };
+        PyErr::from_type(ty, (e.code(), e.message().to_string()))
+    })
+}
+
+fn closed_err() -> PyErr {
+    PyValueError::new_err("operation on a closed sockpass client")
+}
+
+/// A port or share mode: an `int` (subclasses such as `IntEnum` members
+/// included); a value too wide for i64 is out of range like any other.
+fn int_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i64>> {
+    if !obj.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, not {}",
+            obj.get_type().name()?
+        )));
+    }
+    match obj.extract::<i64>() {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The core's request, from Python's arguments.
+struct Request {
+    spec: SocketSpec,
+    share: ShareMode,
+    app: String,
+}
+
+fn request_args(
+    address: &Bound<'_, PyAny>,
+    port: &Bound<'_, PyAny>,
+    proto: &Bound<'_, PyAny>,
+    share_mode: &Bound<'_, PyAny>,
+    app_name: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Request> {
+    let address: String = str_arg(address, "address")?;
+    let proto: String = str_arg(proto, "proto")?;
+    let port = match int_arg(port, "port")? {
+        Some(p) => p,
+        None => {
+            return Err(to_pyerr(Error::bad_request(format!(
+                "port {} out of range (0..=65535)",
+                port.repr()?
+            ))))
+        }
+    };
+    let share = match int_arg(share_mode, "share_mode")? {
+        Some(v) => ShareMode::from_int(v).map_err(to_pyerr)?,
+        None => {
+            return Err(to_pyerr(Error::bad_request(format!(
+                "unknown share mode {}",
+                share_mode.repr()?
+            ))))
+        }
+    };
+    let app = match app_name {
+        None => String::new(),
+        Some(a) if a.is_none() => String::new(),
+        Some(a) => str_arg(a, "app_name")?,
+    };
+    let spec = SocketSpec::from_parts(&proto, &address, port).map_err(to_pyerr)?;
+    Ok(Request { spec, share, app })
+}
+
+fn str_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+    match obj.cast::<PyString>() {
+        Ok(s) => Ok(s.to_str()?.to_owned()),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{name} must be a str, not {}",
+            obj.get_type().name()?
+        ))),
+    }
+}
+
+/// What `release` is given: the fd the socket came with, or its token.
+enum Release {
+    Fd(i32),
+    Token(Token),
+}
+
+fn release_arg(obj: &Bound<'_, PyAny>) -> PyResult<Release> {
+    if obj.is_instance_of::<PyInt>() {
+        return match obj.extract::<i32>() {
+            Ok(fd) => Ok(Release::Fd(fd)),
+            Err(_) => Err(to_pyerr(Error::bad_request(format!(
+                "invalid file descriptor {}",
+                obj.repr()?
+            )))),
+        };
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        let t: Token = s.to_str()?.parse().map_err(to_pyerr)?;
+        return Ok(Release::Token(t));
+    }
+    Err(PyTypeError::new_err(format!(
+        "fd_or_token must be an int (a file descriptor) or a str (a token), not {}",
+        obj.get_type().name()?
+    )))
+}
+
+fn do_request(c: &mut Client, r: &Request) -> sockpass::Result<(i32, String)> {
+    let g = c.request_socket(&r.spec, r.share, &r.app)?;
+    // The caller owns the fd from here on (it is CLOEXEC, so Python sees it
+    // as non-inheritable); the client keeps fd -> token for release by fd.
+    Ok((g.fd.into_raw_fd(), g.token.to_string()))
+}
+
+fn do_release(c: &mut Client, r: &Release) -> sockpass::Result<u32> {
+    match r {
+        Release::Fd(fd) => c.release_fd(*fd),
+        Release::Token(t) => c.release(t),
+    }
+}
+
+/// One holder: (conn_id, pid, uid, gid, share, reserved, app).
+type HolderRow = (u64, i32, u32, u32, u8, bool, String);
+/// One socket: (id, spec, port, refs, holders).
+type SocketRow = (u64, String, u16, u32, Vec<HolderRow>);
+/// (sockets, references, connections, reservations, broker_fds).
+type CountersRow = (u32, u32, u32, u32, u32);
+
+fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow) {
+    let sockets = s
+        .sockets
+        .into_iter()
+        .map(|k| {
+            let holders = k
+                .holders
+                .into_iter()
+                .map(|h| {
+                    (
+                        h.conn_id,
+                        h.pid,
+                        h.uid,
+                        h.gid,
+                        h.share.wire(),
+                        h.reserved,
+                        h.app,
+                    )
+                })
+                .collect();
+            (k.id, k.spec.to_string(), k.port, k.refs, holders)
+        })
+        .collect();
+    let c = s.counters;
+    (
+        sockets,
+        (
+            c.sockets,
+            c.references,
+            c.connections,
+            c.reservations,
+            c.broker_fds,
+        ),
+    )
+}
+
+/// Ask the process-wide default client for a socket.
+#[pyfunction]
+#[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
+fn request_socket(
+    py: Python<'_>,
+    address: &Bound<'_, PyAny>,
+    port: &Bound<'_, PyAny>,
+    proto: &Bound<'_, PyAny>,
+    share_mode: &Bound<'_, PyAny>,
+    app_name: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(i32, String)> {
+    let r = request_args(address, port, proto, share_mode, app_name)?;
+    py.detach(|| with_default(|c| do_request(c, &r)))
+        .map_err(to_pyerr)
+}
+
+/// Release through the process-wide default client; returns the references
+/// left on that socket.
+#[pyfunction]
+fn release_socket(py: Python<'_>, fd_or_token: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let r = release_arg(fd_or_token)?;
+    py.detach(|| with_default(|c| do_release(c, &r)))
+        .map_err(to_pyerr)
+}
+
+/// The broker's status through the process-wide default client.
+#[pyfunction]
+fn status(py: Python<'_>) -> PyResult<(Vec<SocketRow>, CountersRow)> {
+    py.detach(|| with_default(|c| c.status()))
+        .map(status_rows)
+        .map_err(to_pyerr)
+}
+
+/// The path the default client connects to.
+#[pyfunction]
+fn default_socket_path() -> PathBuf {
+    sockpass::broker::default_socket_path()
+}
+
+/// One connection to the broker; the connection is the lease.
+#[pyclass(module = "sockpass._sockpass", name = "Client", frozen)]
+struct PyClient {
+    // None once closed. Locked only with the GIL released, so a thread
+    // waiting for the broker never holds up the interpreter.
+    inner: Mutex<Option<Client>>,
+    path: PathBuf,
+    broker_pid: u32,
+}
+
+impl PyClient {
+    fn with<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Client) -> sockpass::Result<R> + Send,
+    ) -> PyResult<R>
+    where
+        R: Send,
+    {
+        let res = py.detach(|| {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.as_mut().map(f)
+        });
+        match res {
+            None => Err(closed_err()),
+            Some(r) => r.map_err(to_pyerr),
+        }
+    }
+}
+
+#[pymethods]
+impl PyClient {
+    #[new]
+    #[pyo3(signature = (path=None))]
+    fn new(py: Python<'_>, path: Option<PathBuf>) -> PyResult<Self> {
+        let path = path.unwrap_or_else(sockpass::broker::default_socket_path);
+        let c = py.detach(|| Client::connect(&path)).map_err(to_pyerr)?;
+        Ok(PyClient {
+            broker_pid: c.broker_pid(),
+            inner: Mutex::new(Some(c)),
+            path,
+        })
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    #[getter]
+    fn broker_pid(&self) -> u32 {
+        self.broker_pid
+    }
+
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| {
+            self.inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+        })
+    }
+
+    #[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
+    fn request_socket(
+        &self,
+        py: Python<'_>,
+        address: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        proto: &Bound<'_, PyAny>,
+        share_mode: &Bound<'_, PyAny>,
+        app_name: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(i32, String)> {
+        let r = request_args(address, port, proto, share_mode, app_name)?;
+        self.with(py, |c| do_request(c, &r))
+    }
+
+    fn release(&self, py: Python<'_>, fd_or_token: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let r = release_arg(fd_or_token)?;
+        self.with(py, |c| do_release(c, &r))
+    }
+
+    fn release_all(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(py, |c| c.release_all())
+    }
+
+    /// The (fd, token) pairs this client holds.
+    fn held(&self, py: Python<'_>) -> PyResult<Vec<(i32, String)>> {
+        self.with(py, |c| {
+            Ok(c.held()
+                .map(|(fd, t)| (fd, t.to_string()))
+                .collect::<Vec<_>>())
+        })
+    }
+
+    fn status(&self, py: Python<'_>) -> PyResult<(Vec<SocketRow>, CountersRow)> {
+        self.with(py, |c| c.status()).map(status_rows)
+    }
+
+    /// Drop the connection, and with it every reference still held.
+    /// Closing twice is a no-op.
+    fn close(&self, py: Python<'_>) {
+        let c = py.detach(|| self.inner.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(c);
+    }
+}
+
+#[pymodule]
+fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(request_socket, m)?)?;
+    m.add_function(wrap_pyfunction!(release_socket, m)?)?;
+    m.add_function(wrap_pyfunction!(status, m)?)?;
+    m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
+    m.add_class::<PyClient>()?;
+    Ok(())
+}
