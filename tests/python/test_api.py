@@ -1,0 +1,170 @@
+"""The package's surface: the issue's first call, enums, Client, BrokerSocket, status."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+import pytest
+
+import sockpass
+from conftest import Broker, free_port, open_fds
+
+
+def test_bind10_first_call(default_broker: Broker, no_fd_leak: None) -> None:
+    port = free_port()
+    fd, token = sockpass.request_socket("127.0.0.1", port, "UDP", sockpass.SHARE_SAMEAPP, "test-application")
+    assert isinstance(fd, int) and re.fullmatch(r"[0-9a-f]{48}", token)
+    assert not os.get_inheritable(fd)
+    sock = socket.socket(fileno=fd)
+    assert sock.getsockname() == ("127.0.0.1", port)
+    assert sock.type == socket.SOCK_DGRAM
+    [row] = [s for s in sockpass.status() if s.port == port]
+    assert row.refs == 1
+    [h] = row.holders
+    assert (h.pid, h.app, h.share) == (os.getpid(), "test-application", sockpass.Share.SAMEAPP)
+    sock.close()
+    assert sockpass.release_socket(token) == 0
+    assert not [s for s in sockpass.status() if s.port == port]
+
+
+def test_share_constants() -> None:
+    assert sockpass.SHARE_NONE is sockpass.Share.NONE == 0
+    assert sockpass.SHARE_SAMEAPP is sockpass.Share.SAMEAPP == 1
+    assert sockpass.SHARE_ANY is sockpass.Share.ANY == 2
+    # SAMENAME is the original design's name for SAMEAPP: an alias, not a fourth mode.
+    assert sockpass.SHARE_SAMENAME is sockpass.Share.SAMEAPP
+    assert [m.name for m in sockpass.Share] == ["NONE", "SAMEAPP", "ANY"]
+
+
+@pytest.mark.parametrize("proto", ["UDP", "udp", "Udp", sockpass.Proto.UDP, "TCP", "tcp", "tCp", sockpass.Proto.TCP])
+def test_proto_names_any_case(broker: Broker, proto: str, no_fd_leak: None) -> None:
+    with broker.client() as c, c.socket("127.0.0.1", 0, proto) as s:
+        want = socket.SOCK_DGRAM if str(proto).lower() == "udp" else socket.SOCK_STREAM
+        assert s.type == want
+        assert s.getsockname()[1] != 0
+
+
+def test_release_by_fd_and_by_token(broker: Broker, no_fd_leak: None) -> None:
+    port = free_port()
+    with broker.client() as c:
+        fds, tokens = zip(*[c.request_socket("127.0.0.1", port, "udp", sockpass.SHARE_ANY, "r") for _ in range(3)])
+        assert broker.refs() == 3
+        assert c.release(fds[0]) == 2  # by fd
+        assert c.release(tokens[1]) == 1  # by token
+        assert sorted(c.held()) == [(fds[2], tokens[2])]
+        assert c.release(fds[2]) == 0
+        assert broker.status() == []
+        for fd in fds:
+            os.close(fd)
+
+
+def test_module_release_by_fd_and_token(default_broker: Broker, no_fd_leak: None) -> None:
+    port = free_port()
+    a_fd, a_tok = sockpass.request_socket("127.0.0.1", port, "tcp", sockpass.SHARE_ANY, "m")
+    b_fd, b_tok = sockpass.request_socket("127.0.0.1", port, "tcp", sockpass.SHARE_ANY, "m")
+    assert os.fstat(a_fd).st_ino == os.fstat(b_fd).st_ino  # one cached socket, two references
+    assert sockpass.release_socket(a_fd) == 1
+    assert sockpass.release_socket(b_tok) == 0
+    os.close(a_fd)
+    os.close(b_fd)
+
+
+def test_socket_path_keyword(broker: Broker) -> None:
+    sockpass.status(socket_path=broker.path)  # connects that path's client (kept for the process)
+    before = open_fds()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SOCKPASS_SOCKET", raising=False)
+        fd, tok = sockpass.request_socket("127.0.0.1", 0, "udp", socket_path=broker.path)
+        assert [s.refs for s in sockpass.status(socket_path=broker.path)] == [1]
+        assert sockpass.release_socket(tok, socket_path=broker.path) == 0
+        os.close(fd)
+    assert open_fds() == before
+
+
+def test_client_socket_close_releases(broker: Broker, no_fd_leak: None) -> None:
+    with broker.client() as c:
+        s = c.socket("127.0.0.1", 0, sockpass.Proto.UDP, sockpass.SHARE_NONE, "bs")
+        assert isinstance(s, socket.socket) and isinstance(s, sockpass.BrokerSocket)
+        assert not s.get_inheritable()
+        assert c.held() == [(s.fileno(), s.token)]
+        assert broker.refs() == 1
+        s.close()
+        assert broker.status() == []
+        assert c.held() == []
+        s.close()  # twice: a no-op, as for any socket
+
+
+def test_broker_socket_released_elsewhere_then_closed(broker: Broker, no_fd_leak: None) -> None:
+    with broker.client() as c:
+        s = c.socket("127.0.0.1", 0, "tcp")
+        assert c.release(s.token) == 0
+        s.close()  # the reference is already gone; closing still closes the fd
+        assert s.fileno() == -1
+
+
+def test_context_manager_releases_everything(broker: Broker, no_fd_leak: None) -> None:
+    port = free_port()
+    with broker.client() as c:
+        fds = [c.request_socket("127.0.0.1", port, "udp", sockpass.SHARE_ANY, "cm")[0] for _ in range(4)]
+        s = c.socket("127.0.0.1", 0, "tcp")
+        assert broker.refs() == 5
+    # Released by the time the with block is left, not eventually.
+    assert broker.status() == []
+    assert c.closed
+    with pytest.raises(ValueError, match="closed"):
+        c.request_socket("127.0.0.1", 0, "udp")
+    s.close()  # its client is closed: nothing to release, the fd still closes
+    for fd in fds:
+        os.close(fd)
+    c.close()  # twice: a no-op
+
+
+def test_client_close_drops_lease(broker: Broker, no_fd_leak: None) -> None:
+    c = broker.client()
+    fd, _ = c.request_socket("127.0.0.1", 0, "udp")
+    c.close()
+    assert broker.status() == []
+    os.close(fd)
+
+
+def test_status_rows(broker: Broker) -> None:
+    port = free_port()
+    with broker.client() as a, broker.client() as b:
+        fa, _ = a.request_socket("127.0.0.1", port, "udp", sockpass.SHARE_SAMEAPP, "dns")
+        fb, _ = b.request_socket("127.0.0.1", port, "udp", sockpass.SHARE_SAMEAPP, "dns")
+        [row] = a.status()
+        assert isinstance(row, sockpass.SocketStatus)
+        assert row.port == port and row.refs == 2 and row.spec.startswith(f"udp:127.0.0.1:{port}")
+        assert len({h.conn_id for h in row.holders}) == 2
+        for h in row.holders:
+            assert isinstance(h, sockpass.HolderStatus)
+            assert (h.pid, h.uid, h.gid, h.app, h.reserved) == (os.getpid(), os.getuid(), os.getgid(), "dns", False)
+            assert h.share is sockpass.Share.SAMEAPP
+        counters = a.counters()
+        assert (counters.sockets, counters.references) == (1, 2)
+        assert counters.connections >= 2
+        os.close(fa)
+        os.close(fb)
+
+
+def test_client_properties(broker: Broker) -> None:
+    with broker.client() as c:
+        assert c.path == broker.path
+        assert c.broker_pid == broker.pid
+        assert not c.closed
+        assert broker.path in repr(c)
+
+
+def test_default_socket_path_follows_env(default_broker: Broker) -> None:
+    assert sockpass.default_socket_path() == default_broker.path
+
+
+def test_unix_datagram_socket(broker: Broker, no_fd_leak: None) -> None:
+    path = str(broker.dir / "svc.sock")
+    with broker.client() as c, c.socket(path, 0, sockpass.Proto.UNIX_DGRAM) as s:
+        assert s.family == socket.AF_UNIX and s.type == socket.SOCK_DGRAM
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"hi", path)
+        assert s.recv(16) == b"hi"
