@@ -183,7 +183,7 @@ def read_marked_line(proc: subprocess.Popen[str], timeout: float = TIMEOUT) -> s
                 return line[3:].strip()
 
 
-def run_python(code: str, env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
+def run_python(code: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """Start `python -c code` with the given extra environment."""
     return subprocess.Popen(
         [sys.executable, "-c", code],
@@ -191,5 +191,4 @@ def run_python(code: str, env: dict[str, str], **kw: object) -> subprocess.Popen
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        **kw,  # type: ignore[call-overload]
     )

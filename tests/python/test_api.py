@@ -30,11 +30,13 @@ def test_bind10_first_call(default_broker: Broker, no_fd_leak: None) -> None:
 
 
 def test_share_constants() -> None:
-    assert sockpass.SHARE_NONE is sockpass.Share.NONE == 0
-    assert sockpass.SHARE_SAMEAPP is sockpass.Share.SAMEAPP == 1
-    assert sockpass.SHARE_ANY is sockpass.Share.ANY == 2
+    # The wire numbers, as the C API's constants.
+    assert [int(sockpass.SHARE_NONE), int(sockpass.SHARE_SAMEAPP), int(sockpass.SHARE_ANY)] == [0, 1, 2]
+    assert sockpass.SHARE_NONE is sockpass.Share.NONE
+    assert sockpass.SHARE_ANY is sockpass.Share.ANY
     # SAMENAME is the original design's name for SAMEAPP: an alias, not a fourth mode.
-    assert sockpass.SHARE_SAMENAME is sockpass.Share.SAMEAPP
+    assert sockpass.Share["SAMENAME"] is sockpass.Share["SAMEAPP"] is sockpass.SHARE_SAMEAPP
+    assert sockpass.Share(1) is sockpass.SHARE_SAMENAME
     assert [m.name for m in sockpass.Share] == ["NONE", "SAMEAPP", "ANY"]
 
 
