@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Python: the extension crate's fmt and clippy, `pip install ./python` into
+# .venv (as the README says), stubtest and mypy on the stubs, and the pytest
+# suite against real sockpassd brokers with warnings as errors.
+set -euo pipefail
+. "$(dirname "$0")/../lib/env.sh"
+cd "$ROOT"
+
+manifest=python/Cargo.toml
+cargo fmt --check --manifest-path "$manifest"
+# Own target dir: python/ has its own Cargo.lock, so it must not churn the workspace's.
+export CARGO_TARGET_DIR_PY="$CARGO_TARGET_DIR/python"
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PY" cargo clippy --quiet --manifest-path "$manifest" --all-targets -- -D warnings
+
+cargo build --quiet -p sockpassd
+export SOCKPASSD_BIN="$CARGO_TARGET_DIR/debug/sockpassd"
+
+# Maturin comes from .venv (tests/requirements.txt), so no build isolation and
+# no download; pip rebuilds and reinstalls a local directory every time.
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PY" python -m pip install --quiet --disable-pip-version-check \
+  --no-build-isolation --no-deps ./python
+
+mypy_cache=$(mktemp -d)
+trap 'rm -rf "$mypy_cache"' EXIT
+export MYPY_CACHE_DIR="$mypy_cache"
+# From a directory without a sockpass/ in it, so the installed package is checked.
+(cd tests && python -m mypy.stubtest sockpass)
+python -m mypy --strict --no-error-summary tests/python
+
+python -m pytest -W error -q tests/python
