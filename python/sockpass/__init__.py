@@ -199,6 +199,13 @@ class BrokerSocket(_socket.socket):
         finally:
             super().close()
 
+    def dup(self) -> Self:
+        """The same socket on a duplicate fd. The reference stays with this
+        object: closing the duplicate releases nothing."""
+        d = type(self)(self.client, _socket.dup(self.fileno()), self.token)
+        d._released = True
+        return d
+
 
 _path_clients: dict[str, Client] = {}
 _path_lock = threading.Lock()
@@ -266,4 +273,9 @@ def status(*, socket_path: _Path | None = None) -> list[SocketStatus]:
     if socket_path is None:
         rows, _ = _sockpass.status()
         return _from_rows(rows)
-    return _client_for(socket_path).status()
+    c = _client_for(socket_path)
+    try:
+        return c.status()
+    except BrokerUnavailableError:
+        _drop_client(socket_path, c)
+        raise

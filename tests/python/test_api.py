@@ -98,6 +98,16 @@ def test_client_socket_close_releases(broker: Broker, no_fd_leak: None) -> None:
         s.close()  # twice: a no-op, as for any socket
 
 
+def test_broker_socket_dup_holds_no_reference(broker: Broker, no_fd_leak: None) -> None:
+    with broker.client() as c, c.socket("127.0.0.1", 0, "udp") as s:
+        d = s.dup()
+        assert isinstance(d, sockpass.BrokerSocket) and not d.get_inheritable()
+        assert os.fstat(d.fileno()).st_ino == os.fstat(s.fileno()).st_ino
+        d.close()  # releases nothing: the reference belongs to s
+        assert broker.refs() == 1
+    assert broker.status() == []
+
+
 def test_broker_socket_released_elsewhere_then_closed(broker: Broker, no_fd_leak: None) -> None:
     with broker.client() as c:
         s = c.socket("127.0.0.1", 0, "tcp")
