@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import socket
 
@@ -173,10 +174,17 @@ def test_default_socket_path_follows_env(default_broker: Broker) -> None:
     assert sockpass.default_socket_path() == default_broker.path
 
 
-def test_unix_datagram_socket(broker: Broker, no_fd_leak: None) -> None:
-    path = str(broker.dir / "svc.sock")
-    with broker.client() as c, c.socket(path, 0, sockpass.Proto.UNIX_DGRAM) as s:
-        assert s.family == socket.AF_UNIX and s.type == socket.SOCK_DGRAM
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
-            tx.sendto(b"hi", path)
-        assert s.recv(16) == b"hi"
+def test_unix_datagram_socket(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    # Unix sockets are not in the built-in policy for non-root: allow them here.
+    policy = tmp_path / "policy.conf"
+    policy.write_text(f"allow * proto=unix-dgram path={tmp_path}/\n")
+    broker = Broker(tmp_path, "--policy", str(policy))
+    try:
+        path = str(tmp_path / "svc.sock")
+        with broker.client() as c, c.socket(path, 0, sockpass.Proto.UNIX_DGRAM) as s:
+            assert s.family == socket.AF_UNIX and s.type == socket.SOCK_DGRAM
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
+                tx.sendto(b"hi", path)
+            assert s.recv(16) == b"hi"
+    finally:
+        broker.stop()
