@@ -21,7 +21,7 @@ import os
 import socket as _socket
 import threading
 from types import TracebackType
-from typing import Final, Self, TypeAlias
+from typing import Final, NamedTuple, Self, TypeAlias
 
 from . import _sockpass
 from ._errors import BadRequestError, BrokerUnavailableError, ShareError, TokenError
@@ -44,9 +44,12 @@ __all__ = [
     "ShareError",
     "SocketStatus",
     "TokenError",
+    "Reservation",
     "default_socket_path",
+    "pickup_socket",
     "release_socket",
     "request_socket",
+    "reserve_socket",
     "status",
 ]
 
@@ -58,6 +61,13 @@ SHARE_SAMENAME: Final = Share.SAMENAME
 SHARE_ANY: Final = Share.ANY
 
 _Path: TypeAlias = str | os.PathLike[str]
+
+
+class Reservation(NamedTuple):
+    """A socket the broker holds for someone else to pick up by ``token``."""
+
+    token: str
+    port: int
 
 
 def default_socket_path() -> str:
@@ -115,6 +125,24 @@ class Client:
             os.close(fd)
             self._native.release(token)
             raise
+
+    def reserve_socket(
+        self,
+        address: str,
+        port: int,
+        proto: Proto | str,
+        share_mode: Share | int = Share.NONE,
+        app_name: str | None = None,
+    ) -> Reservation:
+        """Have the broker create and hold a socket for another process,
+        which collects it with ``pickup(token)`` before the reservation
+        expires. ``port`` in the result is the bound port."""
+        return Reservation(*self._native.reserve_socket(address, port, proto, share_mode, app_name))
+
+    def pickup(self, token: str) -> tuple[int, str]:
+        """Collect a reserved socket; returns ``(fd, token)``, the reference
+        now this client's."""
+        return self._native.pickup(token)
 
     def release(self, fd_or_token: int | str) -> int:
         """Release one reference, by the fd it came with or by its token.
@@ -250,6 +278,38 @@ def request_socket(
     c = _client_for(socket_path)
     try:
         return c.request_socket(address, port, proto, share_mode, app_name)
+    except BrokerUnavailableError:
+        _drop_client(socket_path, c)
+        raise
+
+
+def reserve_socket(
+    address: str,
+    port: int,
+    proto: Proto | str,
+    share_mode: Share | int = Share.NONE,
+    app_name: str | None = None,
+    *,
+    socket_path: _Path | None = None,
+) -> Reservation:
+    """Reserve a socket for another process to ``pickup_socket(token)``."""
+    if socket_path is None:
+        return Reservation(*_sockpass.reserve_socket(address, port, proto, share_mode, app_name))
+    c = _client_for(socket_path)
+    try:
+        return c.reserve_socket(address, port, proto, share_mode, app_name)
+    except BrokerUnavailableError:
+        _drop_client(socket_path, c)
+        raise
+
+
+def pickup_socket(token: str, *, socket_path: _Path | None = None) -> tuple[int, str]:
+    """Collect a reserved socket by its token; returns ``(fd, token)``."""
+    if socket_path is None:
+        return _sockpass.pickup_socket(token)
+    c = _client_for(socket_path)
+    try:
+        return c.pickup(token)
     except BrokerUnavailableError:
         _drop_client(socket_path, c)
         raise

@@ -148,6 +148,21 @@ fn do_request(c: &mut Client, r: &Request) -> sockpass::Result<(i32, String)> {
     Ok((g.fd.into_raw_fd(), g.token.to_string()))
 }
 
+fn do_reserve(c: &mut Client, r: &Request) -> sockpass::Result<(String, u16)> {
+    let v = c.reserve_socket(&r.spec, r.share, &r.app)?;
+    Ok((v.token.to_string(), v.port))
+}
+
+fn do_pickup(c: &mut Client, token: &Token) -> sockpass::Result<(i32, String)> {
+    let g = c.pickup(token)?;
+    Ok((g.fd.into_raw_fd(), g.token.to_string()))
+}
+
+fn token_arg(obj: &Bound<'_, PyAny>) -> PyResult<Token> {
+    let s = str_arg(obj, "token")?;
+    s.parse().map_err(to_pyerr)
+}
+
 fn do_release(c: &mut Client, r: &Release) -> sockpass::Result<u32> {
     match r {
         Release::Fd(fd) => c.release_fd(*fd),
@@ -211,6 +226,30 @@ fn request_socket(
 ) -> PyResult<(i32, String)> {
     let r = request_args(address, port, proto, share_mode, app_name)?;
     py.detach(|| with_default(|c| do_request(c, &r)))
+        .map_err(to_pyerr)
+}
+
+/// Reserve a socket for someone else to pick up, through the default client.
+#[pyfunction]
+#[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
+fn reserve_socket(
+    py: Python<'_>,
+    address: &Bound<'_, PyAny>,
+    port: &Bound<'_, PyAny>,
+    proto: &Bound<'_, PyAny>,
+    share_mode: &Bound<'_, PyAny>,
+    app_name: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(String, u16)> {
+    let r = request_args(address, port, proto, share_mode, app_name)?;
+    py.detach(|| with_default(|c| do_reserve(c, &r)))
+        .map_err(to_pyerr)
+}
+
+/// Pick up a reserved socket through the default client.
+#[pyfunction]
+fn pickup_socket(py: Python<'_>, token: &Bound<'_, PyAny>) -> PyResult<(i32, String)> {
+    let t = token_arg(token)?;
+    py.detach(|| with_default(|c| do_pickup(c, &t)))
         .map_err(to_pyerr)
 }
 
@@ -315,6 +354,25 @@ impl PyClient {
         self.with(py, |c| do_request(c, &r))
     }
 
+    #[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
+    fn reserve_socket(
+        &self,
+        py: Python<'_>,
+        address: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        proto: &Bound<'_, PyAny>,
+        share_mode: &Bound<'_, PyAny>,
+        app_name: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(String, u16)> {
+        let r = request_args(address, port, proto, share_mode, app_name)?;
+        self.with(py, |c| do_reserve(c, &r))
+    }
+
+    fn pickup(&self, py: Python<'_>, token: &Bound<'_, PyAny>) -> PyResult<(i32, String)> {
+        let t = token_arg(token)?;
+        self.with(py, |c| do_pickup(c, &t))
+    }
+
     fn release(&self, py: Python<'_>, fd_or_token: &Bound<'_, PyAny>) -> PyResult<u32> {
         let r = release_arg(fd_or_token)?;
         self.with(py, |c| do_release(c, &r))
@@ -349,6 +407,8 @@ impl PyClient {
 fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(request_socket, m)?)?;
     m.add_function(wrap_pyfunction!(release_socket, m)?)?;
+    m.add_function(wrap_pyfunction!(reserve_socket, m)?)?;
+    m.add_function(wrap_pyfunction!(pickup_socket, m)?)?;
     m.add_function(wrap_pyfunction!(status, m)?)?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add_class::<PyClient>()?;
