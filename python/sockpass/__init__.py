@@ -49,6 +49,7 @@ __all__ = [
     "pickup_socket",
     "release_socket",
     "request_socket",
+    "request_spec",
     "reserve_socket",
     "status",
 ]
@@ -107,6 +108,20 @@ class Client:
         """Ask for a bound socket; returns ``(fd, token)``. The fd is the
         caller's to close (it is not inheritable)."""
         return self._native.request_socket(address, port, proto, share_mode, app_name)
+
+    def request_spec(
+        self,
+        spec: str,
+        share_mode: Share | int = Share.NONE,
+        app_name: str | None = None,
+        *,
+        per_worker: bool = False,
+    ) -> tuple[int, str]:
+        """``request_socket`` with the socket given as a spec string, which can
+        carry options: ``"udp:0.0.0.0:53?reuseport=1"`` (docs/PROTOCOL.md).
+        ``per_worker`` (with reuseport) gives this requester its own socket in
+        the port's reuseport group instead of a shared one."""
+        return self._native.request_spec(spec, share_mode, app_name, per_worker)
 
     def socket(
         self,
@@ -278,6 +293,26 @@ def request_socket(
     c = _client_for(socket_path)
     try:
         return c.request_socket(address, port, proto, share_mode, app_name)
+    except BrokerUnavailableError:
+        _drop_client(socket_path, c)
+        raise
+
+
+def request_spec(
+    spec: str,
+    share_mode: Share | int = Share.NONE,
+    app_name: str | None = None,
+    *,
+    per_worker: bool = False,
+    socket_path: _Path | None = None,
+) -> tuple[int, str]:
+    """``request_socket`` with a spec string that can carry socket options,
+    e.g. ``"tcp:0.0.0.0:8080?reuseport=1"``; see ``Client.request_spec``."""
+    if socket_path is None:
+        return _sockpass.request_spec(spec, share_mode, app_name, per_worker)
+    c = _client_for(socket_path)
+    try:
+        return c.request_spec(spec, share_mode, app_name, per_worker=per_worker)
     except BrokerUnavailableError:
         _drop_client(socket_path, c)
         raise

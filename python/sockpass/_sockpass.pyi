@@ -6,6 +6,7 @@ from typing import final
 __all__ = [
     "request_socket",
     "release_socket",
+    "request_spec",
     "reserve_socket",
     "pickup_socket",
     "status",
@@ -21,6 +22,9 @@ def request_socket(
     address: str, port: int, proto: str, share_mode: int, app_name: str | None = None
 ) -> tuple[int, str]: ...
 def release_socket(fd_or_token: int | str) -> int: ...
+def request_spec(
+    spec: str, share_mode: int, app_name: str | None = None, per_worker: bool = False
+) -> tuple[int, str]: ...
 def reserve_socket(
     address: str, port: int, proto: str, share_mode: int, app_name: str | None = None
 ) -> tuple[str, int]: ...
@@ -38,6 +42,9 @@ class Client:
     def closed(self) -> bool: ...
     def request_socket(
         self, address: str, port: int, proto: str, share_mode: int, app_name: str | None = None
+    ) -> tuple[int, str]: ...
+    def request_spec(
+        self, spec: str, share_mode: int, app_name: str | None = None, per_worker: bool = False
     ) -> tuple[int, str]: ...
     def reserve_socket(
         self, address: str, port: int, proto: str, share_mode: int, app_name: str | None = None

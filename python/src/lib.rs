@@ -87,22 +87,47 @@ fn request_args(
             ))))
         }
     };
-    let share = match int_arg(share_mode, "share_mode")? {
-        Some(v) => ShareMode::from_int(v).map_err(to_pyerr)?,
-        None => {
-            return Err(to_pyerr(Error::bad_request(format!(
-                "unknown share mode {}",
-                share_mode.repr()?
-            ))))
-        }
-    };
-    let app = match app_name {
-        None => String::new(),
-        Some(a) if a.is_none() => String::new(),
-        Some(a) => str_arg(a, "app_name")?,
-    };
+    let share = share_arg(share_mode)?;
+    let app = app_arg(app_name)?;
     let spec = SocketSpec::from_parts(&proto, &address, port).map_err(to_pyerr)?;
     Ok(Request { spec, share, app })
+}
+
+/// A request given as a spec string (`udp:0.0.0.0:53?reuseport=1`), the
+/// form that carries socket options.
+fn spec_request_args(
+    spec: &Bound<'_, PyAny>,
+    share_mode: &Bound<'_, PyAny>,
+    app_name: Option<&Bound<'_, PyAny>>,
+    per_worker: bool,
+) -> PyResult<(Request, u8)> {
+    let spec: SocketSpec = str_arg(spec, "spec")?.parse().map_err(to_pyerr)?;
+    let share = share_arg(share_mode)?;
+    let app = app_arg(app_name)?;
+    let flags = if per_worker {
+        sockpass::proto::REQ_PER_WORKER
+    } else {
+        0
+    };
+    Ok((Request { spec, share, app }, flags))
+}
+
+fn share_arg(share_mode: &Bound<'_, PyAny>) -> PyResult<ShareMode> {
+    match int_arg(share_mode, "share_mode")? {
+        Some(v) => ShareMode::from_int(v).map_err(to_pyerr),
+        None => Err(to_pyerr(Error::bad_request(format!(
+            "unknown share mode {}",
+            share_mode.repr()?
+        )))),
+    }
+}
+
+fn app_arg(app_name: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+    match app_name {
+        None => Ok(String::new()),
+        Some(a) if a.is_none() => Ok(String::new()),
+        Some(a) => str_arg(a, "app_name"),
+    }
 }
 
 fn str_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
@@ -142,7 +167,11 @@ fn release_arg(obj: &Bound<'_, PyAny>) -> PyResult<Release> {
 }
 
 fn do_request(c: &mut Client, r: &Request) -> sockpass::Result<(i32, String)> {
-    let g = c.request_socket(&r.spec, r.share, &r.app)?;
+    do_request_flags(c, r, 0)
+}
+
+fn do_request_flags(c: &mut Client, r: &Request, flags: u8) -> sockpass::Result<(i32, String)> {
+    let g = c.request_with_flags(&r.spec, r.share, &r.app, flags)?;
     // The caller owns the fd from here on (it is CLOEXEC, so Python sees it
     // as non-inheritable); the client keeps fd -> token for release by fd.
     Ok((g.fd.into_raw_fd(), g.token.to_string()))
@@ -226,6 +255,21 @@ fn request_socket(
 ) -> PyResult<(i32, String)> {
     let r = request_args(address, port, proto, share_mode, app_name)?;
     py.detach(|| with_default(|c| do_request(c, &r)))
+        .map_err(to_pyerr)
+}
+
+/// Ask the default client for a socket by spec string.
+#[pyfunction]
+#[pyo3(signature = (spec, share_mode, app_name=None, per_worker=false))]
+fn request_spec(
+    py: Python<'_>,
+    spec: &Bound<'_, PyAny>,
+    share_mode: &Bound<'_, PyAny>,
+    app_name: Option<&Bound<'_, PyAny>>,
+    per_worker: bool,
+) -> PyResult<(i32, String)> {
+    let (r, flags) = spec_request_args(spec, share_mode, app_name, per_worker)?;
+    py.detach(|| with_default(|c| do_request_flags(c, &r, flags)))
         .map_err(to_pyerr)
 }
 
@@ -354,6 +398,19 @@ impl PyClient {
         self.with(py, |c| do_request(c, &r))
     }
 
+    #[pyo3(signature = (spec, share_mode, app_name=None, per_worker=false))]
+    fn request_spec(
+        &self,
+        py: Python<'_>,
+        spec: &Bound<'_, PyAny>,
+        share_mode: &Bound<'_, PyAny>,
+        app_name: Option<&Bound<'_, PyAny>>,
+        per_worker: bool,
+    ) -> PyResult<(i32, String)> {
+        let (r, flags) = spec_request_args(spec, share_mode, app_name, per_worker)?;
+        self.with(py, |c| do_request_flags(c, &r, flags))
+    }
+
     #[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
     fn reserve_socket(
         &self,
@@ -407,6 +464,7 @@ impl PyClient {
 fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(request_socket, m)?)?;
     m.add_function(wrap_pyfunction!(release_socket, m)?)?;
+    m.add_function(wrap_pyfunction!(request_spec, m)?)?;
     m.add_function(wrap_pyfunction!(reserve_socket, m)?)?;
     m.add_function(wrap_pyfunction!(pickup_socket, m)?)?;
     m.add_function(wrap_pyfunction!(status, m)?)?;
