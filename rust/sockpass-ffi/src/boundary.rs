@@ -1,0 +1,68 @@
+//! The panic boundary and argument translation shared by every exported
+//! function: C strings and pointers in, `int` results out.
+
+use crate::errors::{set_last_error, SOCKPASS_E_PANIC};
+use sockpass::{Error, Kind};
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Run `f`, turning its error into `-code` (and this thread's last error)
+/// and a panic into `-SOCKPASS_E_PANIC`.
+pub(crate) fn call(f: impl FnOnce() -> sockpass::Result<c_int>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => {
+            set_last_error(None);
+            v
+        }
+        Ok(Err(e)) => {
+            let code = e.code();
+            set_last_error(Some(e.message()));
+            -code
+        }
+        Err(_) => {
+            set_last_error(Some("internal error: a panic was caught at the C boundary"));
+            -SOCKPASS_E_PANIC
+        }
+    }
+}
+
+pub(crate) fn fault(what: &str) -> Error {
+    Error::with_errno(Kind::Os, libc::EFAULT, format!("{what} is NULL"))
+}
+
+/// A NUL-terminated string of at most `max` bytes, as UTF-8.
+pub(crate) unsafe fn c_str<'a>(
+    p: *const c_char,
+    what: &str,
+    max: usize,
+) -> sockpass::Result<&'a str> {
+    if p.is_null() {
+        return Err(fault(what));
+    }
+    // Look no further than max + 1 bytes for the NUL.
+    let n = libc::strnlen(p, max + 1);
+    if n > max {
+        return Err(Error::with_errno(
+            Kind::Os,
+            libc::ENAMETOOLONG,
+            format!("{what} is longer than {max} bytes (or not NUL-terminated)"),
+        ));
+    }
+    CStr::from_ptr(p)
+        .to_str()
+        .map_err(|_| Error::bad_request(format!("{what} is not UTF-8")))
+}
+
+/// Like [`c_str`], with NULL meaning "none".
+pub(crate) unsafe fn opt_c_str<'a>(
+    p: *const c_char,
+    what: &str,
+    max: usize,
+) -> sockpass::Result<Option<&'a str>> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        c_str(p, what, max).map(Some)
+    }
+}

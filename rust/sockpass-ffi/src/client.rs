@@ -1,0 +1,321 @@
+//! The broker client: an opaque `sockpass_client` handle, and the
+//! process-wide default client behind two calls (BIND10's library style).
+
+use crate::boundary::{c_str, call, fault, opt_c_str};
+use sockpass::client::{self, Client};
+use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
+use std::os::fd::IntoRawFd;
+use std::os::raw::{c_char, c_int};
+use std::sync::Mutex;
+
+/// UDP (`SOCK_DGRAM`).
+pub const SOCKPASS_PROTO_UDP: c_int = 1;
+/// TCP (`SOCK_STREAM`), bound and not listening unless the spec asks.
+pub const SOCKPASS_PROTO_TCP: c_int = 2;
+
+/// Nobody else may share the socket.
+pub const SOCKPASS_SHARE_NONE: c_int = 0;
+/// Only requests with the same application name may share it.
+pub const SOCKPASS_SHARE_SAMEAPP: c_int = 1;
+/// Anyone may share it.
+pub const SOCKPASS_SHARE_ANY: c_int = 2;
+
+/// Bytes a token needs as text: 48 hex digits and the NUL.
+pub const SOCKPASS_TOKEN_SIZE: usize = 49;
+
+/// Longest address, spec, path or application name accepted, in bytes.
+pub const SOCKPASS_MAX_STRING: usize = 4095;
+
+/// A connection to the broker. It holds the references to every socket it
+/// received until they are released or the client is freed. Thread-safe:
+/// calls on one client from several threads are serialised.
+pub struct sockpass_client {
+    inner: Mutex<Client>,
+}
+
+impl sockpass_client {
+    fn with<R>(&self, f: impl FnOnce(&mut Client) -> sockpass::Result<R>) -> sockpass::Result<R> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
+}
+
+unsafe fn client_ref<'a>(c: *mut sockpass_client) -> sockpass::Result<&'a sockpass_client> {
+    c.as_ref().ok_or_else(|| fault("client"))
+}
+
+fn share_mode(share: c_int) -> sockpass::Result<ShareMode> {
+    ShareMode::from_int(share.into())
+}
+
+unsafe fn spec_of(
+    proto: c_int,
+    address: *const c_char,
+    port: c_int,
+) -> sockpass::Result<SocketSpec> {
+    let address = c_str(address, "address", crate::SOCKPASS_MAX_STRING)?;
+    let proto = u8::try_from(proto)
+        .map_err(|_| Error::bad_request(format!("unknown protocol number {proto}")))
+        .and_then(sockpass::Proto::from_wire)?;
+    SocketSpec::from_parts(proto.as_str(), address, port.into())
+}
+
+fn token_of(p: *const c_char) -> sockpass::Result<Token> {
+    // SAFETY: checked for NULL and bounded by c_str.
+    let s = unsafe { c_str(p, "token", crate::SOCKPASS_MAX_STRING)? };
+    s.parse()
+}
+
+/// Check the caller's token buffer before anything changes, so a too-small
+/// one fails without side effects.
+fn check_token_buf(buf: *mut c_char, size: usize) -> sockpass::Result<()> {
+    if !buf.is_null() && size < SOCKPASS_TOKEN_SIZE {
+        return Err(Error::with_errno(
+            Kind::Os,
+            libc::ENOBUFS,
+            format!("token buffer is {size} bytes, {SOCKPASS_TOKEN_SIZE} are needed"),
+        ));
+    }
+    Ok(())
+}
+
+unsafe fn write_token(buf: *mut c_char, t: &Token) {
+    if buf.is_null() {
+        return;
+    }
+    let s = t.to_string();
+    std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
+    *buf.add(s.len()) = 0;
+}
+
+/// Connect to the broker at `path`, or, if `path` is NULL, at the default
+/// path (`$SOCKPASS_SOCKET`, else `/run/sockpass/sockpassd.sock` for root,
+/// else `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock`).
+///
+/// On success writes a new client to `*client_out` (free it with
+/// `sockpass_client_free`) and returns 0. `path` is borrowed for the call.
+/// Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG`,
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE`, `-SOCKPASS_E_PROTOCOL`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_new(
+    path: *const c_char,
+    client_out: *mut *mut sockpass_client,
+) -> c_int {
+    call(|| {
+        if client_out.is_null() {
+            return Err(fault("client_out"));
+        }
+        let c = match opt_c_str(path, "path", crate::SOCKPASS_MAX_STRING)? {
+            Some(p) => Client::connect(p)?,
+            None => Client::connect_default()?,
+        };
+        let b = Box::new(sockpass_client {
+            inner: Mutex::new(c),
+        });
+        *client_out = Box::into_raw(b);
+        Ok(0)
+    })
+}
+
+/// Close the connection and free the client. The broker drops every
+/// reference the client still holds; the fds the caller received stay open
+/// and remain the caller's. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_free(client: *mut sockpass_client) {
+    if client.is_null() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(Box::from_raw(client));
+    }));
+}
+
+/// Request a socket: `proto` (`SOCKPASS_PROTO_*`), an IPv4 or IPv6 literal
+/// `address`, a `port` (0..65535; 0: a fresh ephemeral port, never shared),
+/// a `share` mode (`SOCKPASS_SHARE_*`) and an application name `app` (NULL
+/// or "": this program's name).
+///
+/// Returns the socket fd (`O_CLOEXEC`; the caller owns it and closes it) and,
+/// if `token_out` is not NULL, writes the token (48 hex digits and a NUL)
+/// into it; `token_size` must then be at least `SOCKPASS_TOKEN_SIZE`.
+/// Errors: `-EFAULT`, `-EINVAL` (bad protocol, share mode, address or port),
+/// `-ENOBUFS` (token buffer too small), `-ENAMETOOLONG`,
+/// `-SOCKPASS_E_SHARE_CONFLICT`, `-EACCES` (policy), `-EADDRINUSE`,
+/// `-SOCKPASS_E_LIMIT_REACHED`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_request_socket(
+    client: *mut sockpass_client,
+    proto: c_int,
+    address: *const c_char,
+    port: c_int,
+    share: c_int,
+    app: *const c_char,
+    token_out: *mut c_char,
+    token_size: usize,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let spec = spec_of(proto, address, port)?;
+        request(c, &spec, share, app, token_out, token_size)
+    })
+}
+
+/// Like `sockpass_client_request_socket`, with the socket given as a spec
+/// string, which can also carry pre-bind options and other kinds of socket:
+/// `udp:127.0.0.1:53`, `tcp:[::1]:8080?reuseport=1&backlog=128`,
+/// `unix:/run/app.sock?mode=0660`. See docs/PROTOCOL.md for the options.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_request_spec(
+    client: *mut sockpass_client,
+    spec: *const c_char,
+    share: c_int,
+    app: *const c_char,
+    token_out: *mut c_char,
+    token_size: usize,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let spec: SocketSpec = c_str(spec, "spec", crate::SOCKPASS_MAX_STRING)?.parse()?;
+        request(c, &spec, share, app, token_out, token_size)
+    })
+}
+
+unsafe fn request(
+    c: &sockpass_client,
+    spec: &SocketSpec,
+    share: c_int,
+    app: *const c_char,
+    token_out: *mut c_char,
+    token_size: usize,
+) -> sockpass::Result<c_int> {
+    let share = share_mode(share)?;
+    let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+    check_token_buf(token_out, token_size)?;
+    let g = c.with(|c| c.request_socket(spec, share, app))?;
+    write_token(token_out, &g.token);
+    Ok(g.fd.into_raw_fd())
+}
+
+/// Release one reference by its token (borrowed). Returns the references
+/// left on that socket (0: the broker closed its copy). The caller still
+/// closes its own fd. Errors: `-EFAULT`, `-EINVAL` (malformed token),
+/// `-SOCKPASS_E_UNKNOWN_TOKEN` (unknown, already released, or another
+/// client's), `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_release(
+    client: *mut sockpass_client,
+    token: *const c_char,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let t = token_of(token)?;
+        Ok(c.with(|c| c.release(&t))? as c_int)
+    })
+}
+
+/// Release the reference that came with socket `fd` from this client. The
+/// fd is not closed (the caller owns it). Returns the references left.
+/// Errors: `-EINVAL` (negative fd), `-SOCKPASS_E_UNKNOWN_TOKEN` (the fd did
+/// not come from this client or was already released).
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_release_fd(
+    client: *mut sockpass_client,
+    fd: c_int,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        Ok(c.with(|c| c.release_fd(fd))? as c_int)
+    })
+}
+
+/// Release every reference this client holds. Returns how many.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_release_all(client: *mut sockpass_client) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        Ok(c.with(|c| c.release_all())? as c_int)
+    })
+}
+
+/// Reserve a socket (given as a spec string) for another process to pick up
+/// by token within the broker's reservation expiry. Writes the token into
+/// `token_out` (required, at least `SOCKPASS_TOKEN_SIZE` bytes) and returns
+/// the bound port. No fd is handed out.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_reserve_spec(
+    client: *mut sockpass_client,
+    spec: *const c_char,
+    share: c_int,
+    app: *const c_char,
+    token_out: *mut c_char,
+    token_size: usize,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let spec: SocketSpec = c_str(spec, "spec", crate::SOCKPASS_MAX_STRING)?.parse()?;
+        let share = share_mode(share)?;
+        let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+        if token_out.is_null() {
+            return Err(fault("token_out"));
+        }
+        check_token_buf(token_out, token_size)?;
+        let r = c.with(|c| c.reserve_socket(&spec, share, app))?;
+        write_token(token_out, &r.token);
+        Ok(c_int::from(r.port))
+    })
+}
+
+/// Pick up a reserved socket by its token (borrowed; it becomes this
+/// client's reference, released by the same token). Returns the fd (owned by
+/// the caller, `O_CLOEXEC`). Errors: `-SOCKPASS_E_UNKNOWN_TOKEN`,
+/// `-SOCKPASS_E_TOKEN_EXPIRED`, `-EACCES`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_pickup(
+    client: *mut sockpass_client,
+    token: *const c_char,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let t = token_of(token)?;
+        Ok(c.with(|c| c.pickup(&t))?.fd.into_raw_fd())
+    })
+}
+
+/// `sockpass_client_request_socket` on the process-wide default client,
+/// connected to the default path on first use. If the broker went away, the
+/// next call connects anew. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_request_socket_default(
+    proto: c_int,
+    address: *const c_char,
+    port: c_int,
+    share: c_int,
+    app: *const c_char,
+    token_out: *mut c_char,
+    token_size: usize,
+) -> c_int {
+    call(|| {
+        let spec = spec_of(proto, address, port)?;
+        let share = share_mode(share)?;
+        let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+        check_token_buf(token_out, token_size)?;
+        let g = client::with_default(|c| c.request_socket(&spec, share, app))?;
+        write_token(token_out, &g.token);
+        Ok(g.fd.into_raw_fd())
+    })
+}
+
+/// Release, on the default client, the reference named by `token`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_release_socket_default(token: *const c_char) -> c_int {
+    call(|| {
+        let t = token_of(token)?;
+        Ok(client::with_default(|c| c.release(&t))? as c_int)
+    })
+}
+
+/// Release, on the default client, the reference that came with `fd`.
+#[no_mangle]
+pub extern "C" fn sockpass_release_fd_default(fd: c_int) -> c_int {
+    call(|| Ok(client::with_default(|c| c.release_fd(fd))? as c_int))
+}
