@@ -54,7 +54,7 @@ __all__ = [
     "status",
 ]
 
-__version__: Final = "0.1.0"
+__version__: Final = _sockpass.__version__
 
 SHARE_NONE: Final = Share.NONE
 SHARE_SAMEAPP: Final = Share.SAMEAPP

@@ -3,6 +3,8 @@ import os
 from pathlib import Path
 from typing import final
 
+__version__: str
+
 __all__ = [
     "request_socket",
     "release_socket",

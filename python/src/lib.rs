@@ -470,5 +470,6 @@ fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(status, m)?)?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add_class::<PyClient>()?;
+    m.setattr("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

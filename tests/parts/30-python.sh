@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$ROOT"
 
 manifest=python/Cargo.toml
+# python/ is outside the Rust workspace, so its version is checked here.
+project=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+ext=$(sed -n '/^\[package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$manifest")
+[ -n "$project" ] && [ "$project" = "$ext" ] || { echo "python/Cargo.toml version $ext != project version $project" >&2; exit 1; }
 cargo fmt --check --manifest-path "$manifest"
 # Own target dir: python/ has its own Cargo.lock, so it must not churn the workspace's.
 export CARGO_TARGET_DIR_PY="$CARGO_TARGET_DIR/python"
@@ -27,4 +31,5 @@ export MYPY_CACHE_DIR="$mypy_cache"
 (cd tests && python -m mypy.stubtest sockpass)
 python -m mypy --strict --no-error-summary tests/python
 
+[ "$(python -c 'import sockpass; print(sockpass.__version__)')" = "$project" ]
 python -m pytest -W error -q tests/python
