@@ -11,17 +11,23 @@
 //! - [`policy`]: who may ask for what;
 //! - [`broker`]: the cache, references and connections, in one epoll loop;
 //! - [`client`]: the blocking client;
+//! - [`notify`]: server sockets handed into daemons, with a notifier;
+//! - [`readiness`]: waiting for a child to be ready (pipe, sd_notify, s6 fd);
+//! - [`dbus_address`]: D-Bus addresses of unix sockets;
 //! - [`error`]: typed errors shared by every layer.
 
 pub mod broker;
 pub mod client;
 pub mod create;
+pub mod dbus_address;
 pub mod error;
 pub mod fdpass;
 mod holders;
 pub mod memfd;
+pub mod notify;
 pub mod policy;
 pub mod proto;
+pub mod readiness;
 pub mod share;
 pub mod spec;
 pub mod sys;

@@ -1,0 +1,401 @@
+//! The manager side: a notifier pair, and unix stream sockets bound inside
+//! another process's mount namespace (a path) or network namespace (an
+//! abstract name), eagerly (bind, then hand over a listening socket) or
+//! lazily (hand over an unbound socket and a notifier now, bind later).
+//!
+//! Namespaces are joined only in a short-lived helper child, which does its
+//! few syscalls and sends the socket (or an errno) back over `SCM_RIGHTS`; the
+//! caller's threads never change namespace. Between fork and the child's
+//! `_exit` only async-signal-safe calls run, on data prepared before.
+
+use crate::error::{Error, Kind, Result};
+use crate::fdpass;
+use crate::sys;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// The notifier pair: `(read end for the daemon, write end for the
+/// manager)`. Closing the write end, once the socket listens, is the signal.
+pub fn notifier_pair() -> Result<(OwnedFd, OwnedFd)> {
+    crate::readiness::pipe()
+}
+
+/// How to make the socket file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindOptions {
+    /// Mode of the socket file (default 0666); ignored for abstract names.
+    pub mode: u32,
+    /// Owner and group of the socket file; ignored for abstract names.
+    pub owner: Option<(u32, u32)>,
+    /// listen() backlog.
+    pub backlog: i32,
+}
+
+impl Default for BindOptions {
+    fn default() -> Self {
+        BindOptions {
+            mode: 0o666,
+            owner: None,
+            backlog: 128,
+        }
+    }
+}
+
+/// Whose namespaces: `None` is the caller's own. A path is bound in the
+/// target's mount namespace, an abstract name (leading NUL byte) in its
+/// network namespace.
+pub type Target = Option<i32>;
+
+/// Eager: bind `path` inside `target`'s namespace and listen; returns the
+/// listening socket, ready to hand over.
+pub fn bind_in_namespace(target: Target, path: &[u8], opts: &BindOptions) -> Result<OwnedFd> {
+    let plan = Plan::new(target, Some(path), opts)?;
+    plan.run(None)
+        .and_then(|fd| fd.ok_or_else(|| Error::protocol("bind helper sent no socket")))
+}
+
+/// Lazy, step one: an unbound unix stream socket made in the namespace its
+/// future abstract name needs (abstract names belong to the network
+/// namespace the socket was created in), plus the notifier pair. Hand the
+/// daemon `LazyServer::daemon_socket` and `daemon_notifier`, then call
+/// [`LazyServer::bind_and_notify`].
+pub fn prepare_lazy(target: Target, abstract_name: bool) -> Result<LazyServer> {
+    let sock = if abstract_name && target.is_some() {
+        let mut plan = Plan::new(target, None, &BindOptions::default())?;
+        plan.join_net = true;
+        plan.run(None)?
+            .ok_or_else(|| Error::protocol("bind helper sent no socket"))?
+    } else {
+        sys::unix_socket(libc::SOCK_STREAM, false).map_err(|e| Error::os(e, "socket"))?
+    };
+    let daemon_socket =
+        sys::dup_cloexec(sock.as_fd()).map_err(|e| Error::os(e, "dup server socket"))?;
+    let (daemon_notifier, notifier) = notifier_pair()?;
+    Ok(LazyServer {
+        sock,
+        notifier,
+        daemon_socket: Some(daemon_socket),
+        daemon_notifier: Some(daemon_notifier),
+    })
+}
+
+/// A socket handed over before it is bound. Dropping it without
+/// [`bind_and_notify`](Self::bind_and_notify) fires the notifier on a socket
+/// that does not listen, which the daemon reports as such.
+#[derive(Debug)]
+pub struct LazyServer {
+    sock: OwnedFd,
+    notifier: OwnedFd,
+    /// The daemon's copy of the socket; take it to hand over.
+    pub daemon_socket: Option<OwnedFd>,
+    /// The notifier's read end; take it to hand over.
+    pub daemon_notifier: Option<OwnedFd>,
+}
+
+impl LazyServer {
+    /// Bind `path` inside `target`'s namespace, listen, then close the
+    /// notifier: the daemon sees it fire. On error the notifier is closed
+    /// too (the daemon learns the socket does not listen).
+    pub fn bind_and_notify(self, target: Target, path: &[u8], opts: &BindOptions) -> Result<()> {
+        let plan = Plan::new(target, Some(path), opts)?;
+        let r = plan.run(Some(self.sock.as_fd())).map(|_| ());
+        drop(self.notifier);
+        r
+    }
+
+    /// The manager's copy of the socket.
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+/// Everything the helper child needs, prepared before fork.
+struct Plan {
+    ns_fds: Vec<(OwnedFd, i32)>,
+    join_net: bool,
+    target: Target,
+    addr: Option<(libc::sockaddr_un, libc::socklen_t)>,
+    cpath: Option<std::ffi::CString>,
+    opts: BindOptions,
+}
+
+// Steps the helper child reports a failure at.
+const STEP_SETNS: u8 = 1;
+const STEP_SOCKET: u8 = 2;
+const STEP_BIND: u8 = 3;
+const STEP_CHOWN: u8 = 4;
+const STEP_CHMOD: u8 = 5;
+const STEP_LISTEN: u8 = 6;
+const STEP_SEND: u8 = 7;
+
+impl Plan {
+    fn new(target: Target, path: Option<&[u8]>, opts: &BindOptions) -> Result<Plan> {
+        let abstract_ = path.is_some_and(|p| p.first() == Some(&0));
+        if let Some(p) = path {
+            if !abstract_ && p.first() != Some(&b'/') {
+                return Err(Error::bad_request(format!(
+                    "socket path {:?} must be absolute (or a NUL-led abstract name)",
+                    String::from_utf8_lossy(p)
+                )));
+            }
+        }
+        let addr = match path {
+            Some(p) => Some(sys::sockaddr_un(p).map_err(|e| {
+                Error::with_errno(
+                    Kind::BadRequest,
+                    e,
+                    format!(
+                        "socket path {:?}: {}",
+                        String::from_utf8_lossy(p),
+                        crate::error::strerror(e)
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let cpath = match path {
+            Some(p) if !abstract_ => Some(
+                std::ffi::CString::new(p)
+                    .map_err(|_| Error::bad_request("socket path contains a NUL byte"))?,
+            ),
+            _ => None,
+        };
+        Ok(Plan {
+            ns_fds: Vec::new(),
+            join_net: abstract_,
+            target,
+            addr,
+            cpath,
+            opts: *opts,
+        })
+    }
+
+    fn open_namespaces(&mut self) -> Result<()> {
+        let Some(pid) = self.target else {
+            return Ok(());
+        };
+        let mut want = Vec::new();
+        if self.join_net {
+            want.push(("net", libc::CLONE_NEWNET));
+        }
+        if self.cpath.is_some() {
+            want.push(("mnt", libc::CLONE_NEWNS));
+        }
+        for (name, flag) in want {
+            self.ns_fds.push((open_ns(pid, name)?, flag));
+        }
+        Ok(())
+    }
+
+    /// Fork the helper; with `existing`, bind that socket instead of making
+    /// one. Returns the socket the helper made, if it made one.
+    fn run(mut self, existing: Option<BorrowedFd<'_>>) -> Result<Option<OwnedFd>> {
+        self.open_namespaces()?;
+        let (parent, child) = fdpass::socketpair(libc::SOCK_SEQPACKET)?;
+        let existing_raw: RawFd = existing.map_or(-1, |f| f.as_raw_fd());
+        // SAFETY: the child runs only async-signal-safe calls (helper_main)
+        // on data prepared above, then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(Error::last_os("fork"));
+        }
+        if pid == 0 {
+            // SAFETY: in the child; never returns.
+            unsafe { self.helper_main(child.as_raw_fd(), existing_raw) }
+        }
+        drop(child);
+        let mut buf = [0u8; 8];
+        let got = fdpass::recv_fds(parent.as_fd(), &mut buf, 1, 0);
+        let status = reap(pid);
+        let r = got.map_err(|e| e.into_error("bind helper"))?;
+        if r.len < 5 {
+            return Err(Error::new(
+                Kind::ChildFailed,
+                format!("the bind helper died without a report ({status})"),
+            ));
+        }
+        let step = buf[0];
+        let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        if step != 0 {
+            return Err(self.step_error(step, errno));
+        }
+        let mut fds = r.fds;
+        Ok(fds.pop())
+    }
+
+    fn step_error(&self, step: u8, errno: i32) -> Error {
+        let what = match &self.cpath {
+            Some(c) => c.to_string_lossy().into_owned(),
+            None => "abstract socket".into(),
+        };
+        let ns = match self.target {
+            Some(pid) => format!(" in the namespaces of pid {pid}"),
+            None => String::new(),
+        };
+        let op = match step {
+            STEP_SETNS => "setns".to_string(),
+            STEP_SOCKET => "socket".into(),
+            STEP_BIND => format!("bind {what}"),
+            STEP_CHOWN => format!("chown {what}"),
+            STEP_CHMOD => format!("chmod {what}"),
+            STEP_LISTEN => format!("listen on {what}"),
+            _ => "send the socket back".into(),
+        };
+        Error::os(errno, format!("{op}{ns}"))
+    }
+
+    /// The helper child. Async-signal-safe only.
+    unsafe fn helper_main(&self, report: RawFd, existing: RawFd) -> ! {
+        let fail = |step: u8| -> ! {
+            let e = sys::errno();
+            let mut m = [0u8; 5];
+            m[0] = step;
+            m[1..5].copy_from_slice(&e.to_ne_bytes());
+            libc::send(report, m.as_ptr().cast(), 5, libc::MSG_NOSIGNAL);
+            libc::_exit(1)
+        };
+        for (fd, flag) in &self.ns_fds {
+            if libc::setns(fd.as_raw_fd(), *flag) != 0 {
+                fail(STEP_SETNS);
+            }
+        }
+        let sock = if existing >= 0 {
+            existing
+        } else {
+            let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if s < 0 {
+                fail(STEP_SOCKET);
+            }
+            s
+        };
+        if let Some((sun, len)) = &self.addr {
+            // No permissions until chmod: the file is never reachable wider
+            // than asked. Only this child's umask changes.
+            libc::umask(0o777);
+            if libc::bind(sock, (sun as *const libc::sockaddr_un).cast(), *len) != 0 {
+                fail(STEP_BIND);
+            }
+            if let Some(c) = &self.cpath {
+                if let Some((uid, gid)) = self.opts.owner {
+                    if libc::lchown(c.as_ptr(), uid, gid) != 0 {
+                        let e = sys::errno();
+                        libc::unlink(c.as_ptr());
+                        *libc::__errno_location() = e;
+                        fail(STEP_CHOWN);
+                    }
+                }
+                if libc::chmod(c.as_ptr(), self.opts.mode as libc::mode_t) != 0 {
+                    let e = sys::errno();
+                    libc::unlink(c.as_ptr());
+                    *libc::__errno_location() = e;
+                    fail(STEP_CHMOD);
+                }
+            }
+            if libc::listen(sock, self.opts.backlog) != 0 {
+                fail(STEP_LISTEN);
+            }
+        }
+        let m = [0u8; 5];
+        let mut cbuf = [0u64; 4];
+        let mut iov = libc::iovec {
+            iov_base: m.as_ptr() as *mut libc::c_void,
+            iov_len: 5,
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if existing < 0 {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, sock);
+        }
+        if libc::sendmsg(report, &msg, libc::MSG_NOSIGNAL) < 0 {
+            fail(STEP_SEND);
+        }
+        libc::_exit(0)
+    }
+}
+
+fn open_ns(pid: i32, name: &str) -> Result<OwnedFd> {
+    let p = std::ffi::CString::new(format!("/proc/{pid}/ns/{name}")).unwrap();
+    // SAFETY: p is a valid C string; the result is checked.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = sys::errno();
+        let kind_msg = if e == libc::ENOENT {
+            format!("no process {pid}")
+        } else {
+            format!("open /proc/{pid}/ns/{name}")
+        };
+        return Err(Error::os(e, kind_msg));
+    }
+    // SAFETY: fd is new and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Wait for the helper child; a short description of how it ended.
+fn reap(pid: i32) -> String {
+    let mut st = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && sys::errno() != libc::EINTR {
+            return "not waitable".into();
+        }
+    }
+    if libc::WIFEXITED(st) {
+        format!("exit status {}", libc::WEXITSTATUS(st))
+    } else {
+        format!("signal {}", libc::WTERMSIG(st))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn eager_bind_sets_mode_and_owner() {
+        let d = std::env::temp_dir().join(format!("sockpass-mgr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        let p = d.join("s");
+        let opts = BindOptions {
+            mode: 0o640,
+            // Our own ids: chown to them works as any user.
+            owner: Some(unsafe { (libc::getuid(), libc::getgid()) }),
+            ..BindOptions::default()
+        };
+        let fd = bind_in_namespace(None, p.as_os_str().as_encoded_bytes(), &opts).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(m.uid(), unsafe { libc::getuid() });
+        assert!(crate::notify::server::is_listening(fd.as_fd()).unwrap());
+        // Binding again at the same path fails with the bind step named.
+        let e = bind_in_namespace(None, p.as_os_str().as_encoded_bytes(), &opts).unwrap_err();
+        assert_eq!(e.errno(), libc::EADDRINUSE, "{e}");
+        assert!(e.message().contains("bind"), "{e}");
+        let e = bind_in_namespace(None, b"relative", &opts).unwrap_err();
+        assert_eq!(e.kind(), Kind::BadRequest);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn abstract_names_and_missing_targets() {
+        let name = format!("\0sockpass-mgr-test-{}", std::process::id());
+        let fd = bind_in_namespace(None, name.as_bytes(), &BindOptions::default()).unwrap();
+        let s = crate::notify::ServerSocket::adopt(fd, None).unwrap();
+        assert!(s
+            .dbus_address()
+            .starts_with("unix:abstract=sockpass-mgr-test-"));
+        let e = bind_in_namespace(Some(i32::MAX), b"/tmp/x", &BindOptions::default()).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    }
+}

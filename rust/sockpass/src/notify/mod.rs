@@ -1,0 +1,12 @@
+//! Server sockets handed into daemons (the D-Bus containers design:
+//! `ServerSocket` plus `ServerSocketReadyNotifier`):
+//! - [`server`]: the receiving side, which adopts a socket, waits for the
+//!   notifier, then accepts;
+//! - [`manager`]: the handing side, which binds inside another process's
+//!   namespaces and makes the notifier pair.
+
+pub mod manager;
+pub mod server;
+
+pub use manager::{bind_in_namespace, notifier_pair, prepare_lazy, BindOptions, LazyServer};
+pub use server::ServerSocket;
