@@ -24,7 +24,8 @@ pub fn notifier_pair() -> Result<(OwnedFd, OwnedFd)> {
 pub struct BindOptions {
     /// Mode of the socket file (default 0666); ignored for abstract names.
     pub mode: u32,
-    /// Owner and group of the socket file; ignored for abstract names.
+    /// Owner and group of the socket file (`u32::MAX` leaves one as it
+    /// is); ignored for abstract names.
     pub owner: Option<(u32, u32)>,
     /// listen() backlog.
     pub backlog: i32,
@@ -38,6 +39,42 @@ impl Default for BindOptions {
             backlog: 128,
         }
     }
+}
+
+impl BindOptions {
+    /// Parse an owner as `USER[:GROUP]`, each a name or a number; a user
+    /// name alone also sets its primary group, a number alone leaves the
+    /// group as it is.
+    pub fn parse_owner(s: &str) -> Result<(u32, u32)> {
+        let (u, g) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let (uid, primary) = match u.parse::<u32>() {
+            Ok(n) => (n, u32::MAX),
+            Err(_) => lookup_user(u)?,
+        };
+        let gid = match g {
+            Some(g) => crate::policy::group_id(g)?,
+            None => primary,
+        };
+        Ok((uid, gid))
+    }
+}
+
+/// A user's uid and primary gid.
+fn lookup_user(name: &str) -> Result<(u32, u32)> {
+    let bad = || Error::bad_request(format!("unknown user {name:?}"));
+    let c = std::ffi::CString::new(name).map_err(|_| bad())?;
+    // SAFETY: zeroed passwd; every pointer is valid for the call.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let r = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() {
+        return Err(bad());
+    }
+    Ok((pw.pw_uid, pw.pw_gid))
 }
 
 /// Whose namespaces: `None` is the caller's own. A path is bound in the
@@ -385,6 +422,20 @@ mod tests {
         let e = bind_in_namespace(None, b"relative", &opts).unwrap_err();
         assert_eq!(e.kind(), Kind::BadRequest);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn parses_owners() {
+        assert_eq!(BindOptions::parse_owner("12").unwrap(), (12, u32::MAX));
+        assert_eq!(BindOptions::parse_owner("12:34").unwrap(), (12, 34));
+        assert_eq!(BindOptions::parse_owner("root").unwrap(), (0, 0));
+        assert_eq!(BindOptions::parse_owner("0:root").unwrap(), (0, 0));
+        for bad in ["no-such-user-xyz", "1:no-such-group-xyz", ""] {
+            assert_eq!(
+                BindOptions::parse_owner(bad).unwrap_err().kind(),
+                Kind::BadRequest
+            );
+        }
     }
 
     #[test]

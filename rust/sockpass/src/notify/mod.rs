@@ -3,8 +3,10 @@
 //! - [`server`]: the receiving side, which adopts a socket, waits for the
 //!   notifier, then accepts;
 //! - [`manager`]: the handing side, which binds inside another process's
-//!   namespaces and makes the notifier pair.
+//!   namespaces and makes the notifier pair;
+//! - [`activation`]: systemd socket activation (`LISTEN_FDS`).
 
+pub mod activation;
 pub mod manager;
 pub mod server;
 

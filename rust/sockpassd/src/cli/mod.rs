@@ -7,6 +7,7 @@ pub mod json;
 pub mod pickup;
 pub mod request;
 pub mod reserve;
+pub mod serve_in;
 pub mod status;
 
 const USAGE: &str = "\
@@ -24,6 +25,12 @@ commands:
   pickup [--no-hold] [--socket PATH] TOKEN...
                                     collect reserved sockets, print PORT TOKEN, hold them
                                     until stdin closes
+  serve-in PID PATH [--mode M] [--owner U[:G]] [--lazy] -- PROGRAM [ARGS...]
+                                    bind a unix socket at PATH inside PID's mount namespace
+                                    (@NAME: abstract, in its network namespace) and run
+                                    PROGRAM with it as fd 3 (LISTEN_FDS=1); --lazy hands it
+                                    over unbound with a notifier as fd 4
+                                    (SOCKPASS_NOTIFIER_FD) that fires once it listens
   help                              this text
   version                           print the version
 
@@ -45,6 +52,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "request" => request::run(a),
         "reserve" => reserve::run(a),
         "pickup" => pickup::run(a),
+        "serve-in" => serve_in::run(a),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)
