@@ -5,6 +5,7 @@ use crate::args::Args;
 use sockpass::broker::{self, Broker, Config};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 const USAGE: &str = "\
@@ -27,7 +28,14 @@ options:
   --max-sockets N            sockets the broker holds (default 65536, fitted)
   --max-reservations N       reservations pending pick-up (default 1024)
   --reservation-ttl SECONDS  how long a reservation waits (default 30; fractions allowed)
+  --notify                   send READY=1 to $NOTIFY_SOCKET once listening (an
+                             error if it is unset; when set, it is used anyway)
+  --ready-fd N               write a newline to fd N and close it once listening
+                             (s6 notification-fd; closing also fires a pipe notifier)
   -q, --quiet                log nothing but fatal errors
+
+Socket activation: with LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a
+listening unix seqpacket socket) is used instead of binding --socket.
   -h, --help                 this text
   -V, --version              print the version
 ";
@@ -35,6 +43,8 @@ options:
 struct Opts {
     socket: Option<PathBuf>,
     cfg: Config,
+    notify: bool,
+    ready_fd: Option<OwnedFd>,
 }
 
 fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
@@ -42,6 +52,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         socket: None,
         cfg: Config::default(),
+        notify: false,
+        ready_fd: None,
     };
     while let Some((k, v)) = a.next_option() {
         match k.as_str() {
@@ -75,6 +87,12 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
                     return Err(format!("{k} must be between 0 and 86400 seconds"));
                 }
                 o.cfg.limits.reservation_ttl = std::time::Duration::from_secs_f64(secs);
+            }
+            "--notify" => o.notify = true,
+            "--ready-fd" => {
+                let n = a.number(&k, v)?;
+                o.ready_fd =
+                    Some(sockpass::readiness::inherited_fd(n).map_err(|e| format!("{k}: {e}"))?);
             }
             "-q" | "--quiet" => o.cfg.log = false,
             "-h" | "--help" => {
@@ -159,8 +177,30 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    let path = o.socket.clone().unwrap_or_else(broker::default_socket_path);
-    let listener = match broker::bind_listener_as(&path, o.cfg.socket_mode, o.cfg.socket_group) {
+    if o.notify && std::env::var_os("NOTIFY_SOCKET").is_none() {
+        eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
+        return 2;
+    }
+    let mut path = o.socket.clone().unwrap_or_else(broker::default_socket_path);
+    // Socket activation: the socket file is the activator's, never removed here.
+    let activated =
+        match sockpass::notify::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
+            Ok(Some(s)) => {
+                path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
+                Some(s.into_fd())
+            }
+            Ok(None) => None,
+            Err(e) => {
+                eprintln!("sockpassd: socket activation: {e}");
+                return 1;
+            }
+        };
+    let is_activated = activated.is_some();
+    let bound = match activated {
+        Some(l) => Ok(l),
+        None => broker::bind_listener_as(&path, o.cfg.socket_mode, o.cfg.socket_group),
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             eprintln!("sockpassd: cannot start: {e}");
@@ -173,7 +213,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(b) => b,
         Err(e) => {
             eprintln!("sockpassd: cannot start: {e}");
-            let _ = std::fs::remove_file(&path);
+            if !is_activated {
+                let _ = std::fs::remove_file(&path);
+            }
             return 1;
         }
     };
@@ -187,6 +229,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
             limits.max_sockets,
             limits.max_refs_per_client
         );
+    }
+    if let Err(e) = report_ready(o.ready_fd.take()) {
+        eprintln!("sockpassd: reporting readiness: {e}");
     }
     let res = b.run(Some(stop.as_fd()));
     let code = match res {
@@ -206,6 +251,21 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     b.shutdown();
-    let _ = std::fs::remove_file(&path);
+    if !is_activated {
+        let _ = std::fs::remove_file(&path);
+    }
     code
+}
+
+/// Tell whoever started us that the listener is up: sd_notify (when
+/// `$NOTIFY_SOCKET` is set, as systemd services do, or `--notify`) and the
+/// `--ready-fd`.
+fn report_ready(fd: Option<OwnedFd>) -> sockpass::Result<()> {
+    sockpass::readiness::notify_ready_from_env()?;
+    // The variable is for us, not for anything we might start.
+    std::env::remove_var("NOTIFY_SOCKET");
+    if let Some(fd) = fd {
+        sockpass::readiness::report_ready_fd(fd)?;
+    }
+    Ok(())
 }

@@ -57,14 +57,15 @@ pub fn listen_fds(unset: bool) -> Result<Vec<OwnedFd>> {
     Ok(out)
 }
 
-/// The one unix stream server socket socket activation passed, checked as
+/// The one listening unix socket of type `ty` (`SOCK_STREAM`,
+/// `SOCK_SEQPACKET`) socket activation passed, checked as
 /// [`ServerSocket::adopt`] does; `None` without socket activation. More
 /// than one fd is an error (and all of them are closed).
-pub fn adopt_listen_socket(unset: bool) -> Result<Option<ServerSocket>> {
+pub fn adopt_listen_socket(unset: bool, ty: i32) -> Result<Option<ServerSocket>> {
     let mut fds = listen_fds(unset)?;
     match fds.len() {
         0 => Ok(None),
-        1 => ServerSocket::adopt(fds.remove(0), None).map(Some),
+        1 => ServerSocket::adopt_type(fds.remove(0), None, ty).map(Some),
         n => Err(bad(format!(
             "socket activation passed {n} fds; exactly one listening unix socket is expected"
         ))),

@@ -143,7 +143,13 @@ impl ServerSocket {
     /// the read end of a pipe or FIFO, and the socket may not be bound yet.
     /// On error both fds are closed.
     pub fn adopt(fd: OwnedFd, notifier: Option<OwnedFd>) -> Result<ServerSocket> {
-        check_socket(fd.as_fd(), libc::SOCK_STREAM, "the server socket")?;
+        ServerSocket::adopt_type(fd, notifier, libc::SOCK_STREAM)
+    }
+
+    /// [`adopt`](Self::adopt) for a unix socket of type `ty`
+    /// (`SOCK_STREAM` or `SOCK_SEQPACKET`).
+    pub fn adopt_type(fd: OwnedFd, notifier: Option<OwnedFd>, ty: i32) -> Result<ServerSocket> {
+        check_socket(fd.as_fd(), ty, "the server socket")?;
         if peer_connected(fd.as_fd()) {
             return Err(bad(
                 libc::EISCONN,
