@@ -23,7 +23,7 @@ import threading
 from types import TracebackType
 from typing import Final, NamedTuple, Self, TypeAlias
 
-from . import _sockpass
+from . import _sockpass, notify, readiness
 from ._errors import BadRequestError, BrokerUnavailableError, ShareError, TokenError
 from ._share import Proto, Share
 from ._status import Counters, HolderStatus, SocketStatus, _from_rows
@@ -46,7 +46,9 @@ __all__ = [
     "TokenError",
     "Reservation",
     "default_socket_path",
+    "notify",
     "pickup_socket",
+    "readiness",
     "release_socket",
     "request_socket",
     "request_spec",

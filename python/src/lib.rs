@@ -16,12 +16,16 @@ use sockpass::{ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
+
+mod notify;
+mod readiness;
 
 /// The Python exception for a core error: `errno` is `Error::code()`,
 /// `strerror` the core's message. Classes for sockpass's own kinds live in
 /// `sockpass._errors`; the rest are plain `OSError(code, msg)`, which Python
 /// itself turns into `PermissionError`, `TimeoutError`, ... by errno.
-fn to_pyerr(e: Error) -> PyErr {
+pub(crate) fn to_pyerr(e: Error) -> PyErr {
     let class = match e.kind() {
         Kind::ShareConflict => "ShareError",
         Kind::UnknownToken | Kind::TokenExpired => "TokenError",
@@ -43,7 +47,33 @@ fn to_pyerr(e: Error) -> PyErr {
 }
 
 fn closed_err() -> PyErr {
-    PyValueError::new_err("operation on a closed sockpass client")
+    closed("client")
+}
+
+/// Using an object after close(): a ValueError, as for closed Python files.
+pub(crate) fn closed(what: &str) -> PyErr {
+    PyValueError::new_err(format!("operation on a closed sockpass {what}"))
+}
+
+/// A timeout in seconds (int or float; None: no limit).
+pub(crate) fn timeout_arg(t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    let Some(t) = t.filter(|t| !t.is_none()) else {
+        return Ok(None);
+    };
+    let secs: f64 = t.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "timeout must be a number of seconds or None, not {}",
+            t.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    Duration::try_from_secs_f64(secs).map(Some).map_err(|_| {
+        to_pyerr(Error::bad_request(format!(
+            "timeout {secs} is not a number of seconds >= 0"
+        )))
+    })
 }
 
 /// A port or share mode: an `int` (subclasses such as `IntEnum` members
@@ -130,7 +160,7 @@ fn app_arg(app_name: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
     }
 }
 
-fn str_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+pub(crate) fn str_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
     match obj.cast::<PyString>() {
         Ok(s) => Ok(s.to_str()?.to_owned()),
         Err(_) => Err(PyTypeError::new_err(format!(
@@ -470,6 +500,14 @@ fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(status, m)?)?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add_class::<PyClient>()?;
+    m.add_class::<readiness::PyReadiness>()?;
+    m.add_function(wrap_pyfunction!(readiness::send_notify, m)?)?;
+    m.add_function(wrap_pyfunction!(readiness::notify_ready, m)?)?;
+    m.add_function(wrap_pyfunction!(readiness::report_ready_fd, m)?)?;
+    m.add_class::<notify::PyServerSocket>()?;
+    m.add_class::<notify::PyLazyServer>()?;
+    m.add_function(wrap_pyfunction!(notify::notifier_pair, m)?)?;
+    m.add_function(wrap_pyfunction!(notify::bind_in_namespace, m)?)?;
     m.setattr("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
