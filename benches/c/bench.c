@@ -1,0 +1,392 @@
+/* sockpass benchmark client. Every sockpass measurement goes through the
+ * public C API (sockpass.h); the s6 ones through s6_fdholder_* (libs6).
+ * Each latency mode prints one line:
+ *   RESULT <name> median_ns=<m> p99_ns=<p> n=<n>
+ * and throughput mode prints: RESULT <name> ops_per_s=<x> clients=<k>
+ * Usage: bench MODE ARGS... (see main). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sockpass.h>
+#include <s6/fdholder.h>
+#include <skalibs/tai.h>
+
+static uint64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void die(const char *what, int code) {
+  fprintf(stderr, "bench: %s: %d (%s) %s\n", what, code,
+          code < 0 ? sockpass_strerror(code) : strerror(code),
+          code < 0 ? sockpass_last_error_message() : "");
+  exit(1);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void report(const char *name, uint64_t *s, size_t n) {
+  qsort(s, n, sizeof *s, cmp_u64);
+  size_t p99 = n * 99 / 100;
+  if (p99 >= n) p99 = n - 1;
+  printf("RESULT %s median_ns=%llu p99_ns=%llu n=%zu\n", name,
+         (unsigned long long)s[n / 2], (unsigned long long)s[p99], n);
+  fflush(stdout);
+}
+
+static void raise_nofile(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) == 0) {
+    r.rlim_cur = r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+  }
+}
+
+/* ---- B1: the floor. A forked server answers each 1-byte request with one
+ * fd by SCM_RIGHTS over a SEQPACKET socketpair; the client closes it. */
+static int send_fd(int s, int fd) {
+  char b = 'x';
+  struct iovec iov = {&b, 1};
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+  struct msghdr m = {0};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = u.buf;
+  m.msg_controllen = sizeof u.buf;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  return sendmsg(s, &m, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+static int recv_fd(int s) {
+  char b;
+  struct iovec iov = {&b, 1};
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+  struct msghdr m = {0};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = u.buf;
+  m.msg_controllen = sizeof u.buf;
+  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1) return -1;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  if (!c || c->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  return fd;
+}
+
+static void floor_bench(size_t n) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    char b;
+    while (recv(sv[1], &b, 1, 0) == 1)
+      if (send_fd(sv[1], u)) break;
+    _exit(0);
+  }
+  close(sv[1]);
+  uint64_t *s = malloc(n * sizeof *s);
+  for (size_t i = 0; i < n + n / 10; i++) {
+    uint64_t t0 = now_ns();
+    char b = 'r';
+    if (send(sv[0], &b, 1, 0) != 1) die("send", errno);
+    int fd = recv_fd(sv[0]);
+    if (fd < 0) die("recv_fd", errno);
+    close(fd);
+    uint64_t t1 = now_ns();
+    if (i >= n / 10) s[i - n / 10] = t1 - t0; /* first 10% warm up */
+  }
+  close(sv[0]);
+  waitpid(pid, NULL, 0);
+  report("B1_floor", s, n);
+}
+
+/* ---- in-process socket()+setsockopt()+bind() (B4's comparison) */
+static void inproc_bench(size_t n) {
+  uint64_t *s = malloc(n * sizeof *s);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t t0 = now_ns();
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a)) die("bind", errno);
+    uint64_t t1 = now_ns();
+    close(fd);
+    s[i] = t1 - t0;
+  }
+  report("inproc_socket_bind", s, n);
+}
+
+/* ---- sockpass */
+static sockpass_client *sp_connect(const char *path) {
+  sockpass_client *c;
+  int r = sockpass_client_new(path, &c);
+  if (r) die("sockpass_client_new", r);
+  return c;
+}
+
+/* Populate `count` cached sockets on 127.0.0.1 from `base` (ports already in
+ * use by others are skipped); the fds are closed, the references kept. */
+static int populate(sockpass_client *c, int base, int count) {
+  int got = 0;
+  for (int p = base; got < count && p < 65536; p++) {
+    int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", p,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+    if (fd == -EADDRINUSE) continue;
+    if (fd < 0) die("populate", fd);
+    close(fd);
+    got++;
+  }
+  return got;
+}
+
+#define BATCH 1000
+/* B2 (and B6): cached request over a kept connection, client closes the fd.
+ * References are released in batches, timed separately as B2r. */
+static void sp_kept(const char *path, int port, size_t n, int cached, const char *name) {
+  raise_nofile();
+  sockpass_client *c = sp_connect(path);
+  if (cached > 0) populate(c, port + 1, cached);
+  static char tok[BATCH][SOCKPASS_TOKEN_SIZE];
+  uint64_t *s = malloc(n * sizeof *s), *r = malloc(n * sizeof *r);
+  size_t done = 0, rdone = 0;
+  /* the socket itself stays cached while this reference lives */
+  int keep = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+  if (keep < 0) die("request", keep);
+  close(keep);
+  while (done < n) {
+    size_t b = n - done < BATCH ? n - done : BATCH;
+    for (size_t i = 0; i < b; i++) {
+      uint64_t t0 = now_ns();
+      int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                              SOCKPASS_SHARE_ANY, "bench", tok[i],
+                                              SOCKPASS_TOKEN_SIZE);
+      if (fd < 0) die("request", fd);
+      close(fd);
+      s[done++] = now_ns() - t0;
+    }
+    for (size_t i = 0; i < b; i++) {
+      uint64_t t0 = now_ns();
+      int x = sockpass_client_release(c, tok[i]);
+      if (x < 0) die("release", x);
+      r[rdone++] = now_ns() - t0;
+    }
+  }
+  report(name, s, n);
+  if (cached == 0) report("B2r_release", r, rdone);
+  sockpass_client_free(c);
+}
+
+/* B3: connect + request + close (the broker drops the reference). */
+static void sp_connect_bench(const char *path, int port, size_t n) {
+  sockpass_client *holder = sp_connect(path); /* keeps the socket cached */
+  int keep = sockpass_client_request_socket(holder, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+  if (keep < 0) die("request", keep);
+  close(keep);
+  uint64_t *s = malloc(n * sizeof *s);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t t0 = now_ns();
+    sockpass_client *c = sp_connect(path);
+    int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+    if (fd < 0) die("request", fd);
+    close(fd);
+    sockpass_client_free(c);
+    s[i] = now_ns() - t0;
+  }
+  report("B3_connect_request_close", s, n);
+  sockpass_client_free(holder);
+}
+
+/* B4 (and B6u): uncached request: a fresh socket on 127.0.0.1 port 0 is
+ * created, bound and handed over; released untimed. */
+static void sp_uncached(const char *path, int base, size_t n, int cached, const char *name) {
+  raise_nofile();
+  sockpass_client *c = sp_connect(path);
+  if (cached > 0) populate(c, base, cached);
+  uint64_t *s = malloc(n * sizeof *s);
+  char tok[SOCKPASS_TOKEN_SIZE];
+  for (size_t i = 0; i < n; i++) {
+    uint64_t t0 = now_ns();
+    int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", 0,
+                                            SOCKPASS_SHARE_NONE, "bench", tok, sizeof tok);
+    if (fd < 0) die("request", fd);
+    close(fd);
+    s[i] = now_ns() - t0;
+    int x = sockpass_client_release(c, tok);
+    if (x < 0) die("release", x);
+  }
+  report(name, s, n);
+  sockpass_client_free(c);
+}
+
+/* B7 helper: hold `sockets` cached sockets and `conns` idle connections,
+ * print READY, then wait for stdin to close. */
+static void hold(const char *path, int base, int sockets, int conns) {
+  raise_nofile();
+  sockpass_client *c = sp_connect(path);
+  int got = populate(c, base, sockets);
+  for (int i = 0; i < conns; i++) sp_connect(path);
+  printf("READY %d %d\n", got, conns);
+  fflush(stdout);
+  char b;
+  while (read(0, &b, 1) > 0) {}
+}
+
+/* ---- s6-fdholder */
+static tain deadline;
+
+static void s6_start(s6_fdholder_t *a, const char *path) {
+  if (!s6_fdholder_start_g(a, path, &deadline)) die("s6_fdholder_start", errno);
+}
+
+static void s6_store(const char *path, const char *id) {
+  s6_fdholder_t a = S6_FDHOLDER_ZERO;
+  s6_start(&a, path);
+  int u = socket(AF_INET, SOCK_DGRAM, 0);
+  if (!s6_fdholder_store_g(&a, u, id, &tain_infinite, &deadline)) die("s6_fdholder_store", errno);
+  s6_fdholder_end(&a);
+}
+
+static void s6_kept(const char *path, const char *id, size_t n) {
+  s6_fdholder_t a = S6_FDHOLDER_ZERO;
+  s6_start(&a, path);
+  uint64_t *s = malloc(n * sizeof *s);
+  for (size_t i = 0; i < n + n / 10; i++) {
+    uint64_t t0 = now_ns();
+    int fd = s6_fdholder_retrieve_g(&a, id, &deadline);
+    if (fd < 0) die("s6_fdholder_retrieve", errno);
+    close(fd);
+    if (i >= n / 10) s[i - n / 10] = now_ns() - t0;
+  }
+  s6_fdholder_end(&a);
+  report("s6_retrieve_kept", s, n);
+}
+
+static void s6_connect_bench(const char *path, const char *id, size_t n) {
+  uint64_t *s = malloc(n * sizeof *s);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t t0 = now_ns();
+    s6_fdholder_t a = S6_FDHOLDER_ZERO;
+    s6_start(&a, path);
+    int fd = s6_fdholder_retrieve_g(&a, id, &deadline);
+    if (fd < 0) die("s6_fdholder_retrieve", errno);
+    close(fd);
+    s6_fdholder_end(&a);
+    s[i] = now_ns() - t0;
+  }
+  report("s6_connect_retrieve_end", s, n);
+}
+
+/* ---- B5: K client processes, each on its own kept connection, requesting
+ * for `secs` seconds after a common start; total completed requests/s. */
+static void tput(const char *kind, const char *path, const char *arg, int k, double secs) {
+  raise_nofile();
+  int port = atoi(arg);
+  int go[2], res[2];
+  if (pipe(go) || pipe(res)) die("pipe", errno);
+  for (int i = 0; i < k; i++) {
+    pid_t pid = fork();
+    if (pid < 0) die("fork", errno);
+    if (pid) continue;
+    close(go[1]);
+    close(res[0]);
+    sockpass_client *c = NULL;
+    s6_fdholder_t a = S6_FDHOLDER_ZERO;
+    int s6 = !strcmp(kind, "s6");
+    if (s6) s6_start(&a, path); else c = sp_connect(path);
+    char b;
+    if (read(go[0], &b, 1) < 0) _exit(1); /* start: the pipe closes */
+    uint64_t end = now_ns() + (uint64_t)(secs * 1e9), ops = 0;
+    char tok[SOCKPASS_TOKEN_SIZE];
+    while (now_ns() < end) {
+      int fd;
+      if (s6) {
+        fd = s6_fdholder_retrieve_g(&a, arg, &deadline);
+        if (fd < 0) die("s6_fdholder_retrieve", errno);
+        close(fd);
+      } else {
+        fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                            SOCKPASS_SHARE_ANY, "bench", tok, sizeof tok);
+        if (fd < 0) die("request", fd);
+        close(fd);
+        /* keep the per-client reference count bounded: release untimed
+         * work is part of the throughput here (one more round trip) only
+         * every 1000 requests */
+        if (ops % 1000 == 999) sockpass_client_release_all(c);
+      }
+      ops++;
+    }
+    if (write(res[1], &ops, sizeof ops) != sizeof ops) _exit(1);
+    _exit(0);
+  }
+  close(go[0]);
+  close(res[1]);
+  usleep(200000 + k * 500); /* let every child connect */
+  close(go[1]);
+  uint64_t total = 0, ops;
+  int got = 0;
+  while (read(res[0], &ops, sizeof ops) == sizeof ops) { total += ops; got++; }
+  int st, bad = 0;
+  while (wait(&st) > 0) if (!WIFEXITED(st) || WEXITSTATUS(st)) bad++;
+  if (bad || got != k) { fprintf(stderr, "bench: %d clients failed\n", bad + (k - got)); exit(1); }
+  printf("RESULT B5_%s_c%d ops_per_s=%.0f clients=%d\n", kind, k, total / secs, k);
+  fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+  tain_now_set_stopwatch_g();
+  tain_addsec_g(&deadline, 30);
+  signal(SIGPIPE, SIG_IGN);
+  if (argc < 3) {
+    fprintf(stderr,
+            "usage: bench floor N | inproc N | kept SOCK PORT N [CACHED NAME] |\n"
+            "  connect SOCK PORT N | uncached SOCK BASE N [CACHED NAME] |\n"
+            "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N |\n"
+            "  s6connect S6SOCK ID N | tput sp|s6 SOCK PORT|ID K SECS\n");
+    return 2;
+  }
+  const char *m = argv[1];
+  if (!strcmp(m, "floor")) floor_bench(atol(argv[2]));
+  else if (!strcmp(m, "inproc")) inproc_bench(atol(argv[2]));
+  else if (!strcmp(m, "kept") && argc >= 5)
+    sp_kept(argv[2], atoi(argv[3]), atol(argv[4]), argc > 5 ? atoi(argv[5]) : 0,
+            argc > 6 ? argv[6] : "B2_cached_kept");
+  else if (!strcmp(m, "connect") && argc == 5) sp_connect_bench(argv[2], atoi(argv[3]), atol(argv[4]));
+  else if (!strcmp(m, "uncached") && argc >= 5)
+    sp_uncached(argv[2], atoi(argv[3]), atol(argv[4]), argc > 5 ? atoi(argv[5]) : 0,
+                argc > 6 ? argv[6] : "B4_uncached");
+  else if (!strcmp(m, "hold") && argc == 6) hold(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+  else if (!strcmp(m, "s6store") && argc == 4) s6_store(argv[2], argv[3]);
+  else if (!strcmp(m, "s6kept") && argc == 5) s6_kept(argv[2], argv[3], atol(argv[4]));
+  else if (!strcmp(m, "s6connect") && argc == 5) s6_connect_bench(argv[2], argv[3], atol(argv[4]));
+  else if (!strcmp(m, "tput") && argc == 7) tput(argv[2], argv[3], argv[4], atoi(argv[5]), atof(argv[6]));
+  else { fprintf(stderr, "bench: bad arguments\n"); return 2; }
+  return 0;
+}

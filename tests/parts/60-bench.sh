@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The benchmarks cannot rot: benches/run --quick runs every benchmark (into a
+# temp dir, never over docs/BENCHMARKS.md) and each must produce numbers.
+# No speed is asserted here.
+set -euo pipefail
+. "$(dirname "$0")/../lib/env.sh"
+cd "$ROOT"
+if ! is_root; then echo "60-bench: skipped: needs root (installs peers, raises RLIMIT_NOFILE)"; exit 77; fi
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+timeout 300 benches/run --quick --out "$work/BENCHMARKS.md" --plots "$work/plots" --results "$work/results.txt" \
+  >"$work/log" 2>&1 || { cat "$work/log"; echo "60-bench: benches/run --quick failed"; exit 1; }
+fail=0
+expect() { # expect MODE NAME KEY
+  grep -Eq "^$1 $2 (.* )?$3=[0-9.]+( |\$)" "$work/results.txt" || { echo "60-bench: no number for $1 $2 ($3)"; fail=1; }
+}
+for m in pinned unpinned; do
+  for b in B1_floor B2_cached_kept B2r_release s6_retrieve_kept B3_connect_request_close \
+    s6_connect_retrieve_end B4_uncached inproc_socket_bind B6_cached_10 B6_cached_1000 \
+    B6_cached_10000 B6u_uncached_10 B6u_uncached_1000 B6u_uncached_10000 B9_python_kept; do
+    expect $m $b median_ns
+  done
+  for k in 1 8 64 1000; do expect $m B5_sp_c$k ops_per_s; done
+  for k in 1 8 64; do expect $m B5_s6_c$k ops_per_s; done
+done
+for r in rsssock_idle rsssock_loaded rssconn_idle rssconn_loaded; do expect rss $r kb; done
+for n in 1 64 1000; do expect unpinned B8_sockpass_$n median_ns; expect unpinned B8_systemd_$n median_ns; done
+for f in "$work/plots/latency-vs-cached.png" "$work/plots/latency-vs-clients.png"; do
+  [ -s "$f" ] || { echo "60-bench: plot $f missing"; fail=1; }
+done
+grep -q '^| B2 ' "$work/BENCHMARKS.md" || { echo "60-bench: report has no bar table"; fail=1; }
+[ $fail = 0 ] && echo "60-bench: every benchmark produced numbers"
+exit $fail
