@@ -224,17 +224,18 @@ static void sp_connect_bench(const char *path, int port, size_t n) {
   sockpass_client_free(holder);
 }
 
-/* B4 (and B6u): uncached request: a fresh socket on 127.0.0.1 port 0 is
- * created, bound and handed over; released untimed. */
-static void sp_uncached(const char *path, int base, size_t n, int cached, const char *name) {
+/* B4 (and B6u): uncached request: a socket on 127.0.0.1:PORT that the
+ * broker does not hold is created, bound and handed over; released untimed,
+ * which closes it, so the next request misses the cache again. */
+static void sp_uncached(const char *path, int port, size_t n, int cached, const char *name) {
   raise_nofile();
   sockpass_client *c = sp_connect(path);
-  if (cached > 0) populate(c, base, cached);
+  if (cached > 0) populate(c, port + 1, cached);
   uint64_t *s = malloc(n * sizeof *s);
   char tok[SOCKPASS_TOKEN_SIZE];
   for (size_t i = 0; i < n; i++) {
     uint64_t t0 = now_ns();
-    int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", 0,
+    int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
                                             SOCKPASS_SHARE_NONE, "bench", tok, sizeof tok);
     if (fd < 0) die("request", fd);
     close(fd);
@@ -367,7 +368,7 @@ int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr,
             "usage: bench floor N | inproc N | kept SOCK PORT N [CACHED NAME] |\n"
-            "  connect SOCK PORT N | uncached SOCK BASE N [CACHED NAME] |\n"
+            "  connect SOCK PORT N | uncached SOCK PORT N [CACHED NAME] |\n"
             "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N |\n"
             "  s6connect S6SOCK ID N | tput sp|s6 SOCK PORT|ID K SECS\n");
     return 2;

@@ -347,6 +347,9 @@ pub struct Broker {
     reservations: usize,
     /// Live per-worker (reuseport group member) entries.
     per_worker_entries: usize,
+    /// Keyed and per-worker entries by bound port, so a cache miss on a
+    /// port nobody holds skips the scan in `same_address_entry`.
+    held_ports: HashMap<u16, u32>,
     /// Recently expired reservation tokens, so a late pick-up is told
     /// "expired" rather than "unknown" (bounded).
     expired: VecDeque<Token>,
@@ -389,6 +392,7 @@ impl Broker {
             next_entry_id: 1,
             reservations: 0,
             per_worker_entries: 0,
+            held_ports: HashMap::new(),
             expired: VecDeque::new(),
             rbuf: Box::new([0u8; proto::MAX_MSG]),
             wbuf: Vec::with_capacity(proto::MAX_MSG),
@@ -905,6 +909,9 @@ impl Broker {
                 if per_worker {
                     self.per_worker_entries += 1;
                 }
+                if keyed || per_worker {
+                    *self.held_ports.entry(created.port).or_insert(0) += 1;
+                }
                 (es, false)
             }
         };
@@ -968,8 +975,11 @@ impl Broker {
 
     /// A socket the broker holds at the same address with other options.
     fn same_address_entry(&self, spec: &SocketSpec) -> Option<&Entry> {
-        // Only reached on a cache miss for a specific port; the scan is over
-        // entries, so keep it cheap by checking the port first.
+        // Only reached on a cache miss for a specific port. Most misses are
+        // for a port nobody holds: O(1); otherwise scan, port first.
+        if !self.held_ports.contains_key(&spec.port) {
+            return None;
+        }
         self.entries.iter().map(|(_, e)| e).find(|e| {
             (e.keyed || e.per_worker)
                 && e.port == spec.port
@@ -990,6 +1000,14 @@ impl Broker {
         }
         if e.per_worker {
             self.per_worker_entries -= 1;
+        }
+        if e.keyed || e.per_worker {
+            if let Some(n) = self.held_ports.get_mut(&e.port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held_ports.remove(&e.port);
+                }
+            }
         }
     }
 
