@@ -71,10 +71,34 @@
 // A panic inside the library was caught at the C boundary (a bug).
 #define SOCKPASS_E_PANIC 2099
 
+// Longest socket path or abstract name (with its leading NUL), in bytes:
+// the size of `sun_path` less its terminating NUL.
+#define SOCKPASS_MAX_UNIX_PATH 107
+
+// `uid` or `gid` argument: leave the socket file's owner or group as it is.
+#define SOCKPASS_OWNER_KEEP UINT32_MAX
+
 // A connection to the broker. It holds the references to every socket it
 // received until they are released or the client is freed. Thread-safe:
 // calls on one client from several threads are serialised.
 typedef struct sockpass_client sockpass_client;
+
+// A unix stream or seqpacket server socket handed into this daemon, with
+// its optional notifier. Accepting is allowed only once the socket is
+// known to listen. Thread-safe: calls on one server from several threads
+// are serialised (a blocking wait or accept holds the others back).
+typedef struct sockpass_server sockpass_server;
+
+// A peer's credentials (`SO_PEERCRED`), as the kernel recorded them when
+// the peer connected.
+typedef struct {
+  // The peer's process id (0 if it is in another pid namespace).
+  int32_t pid;
+  // The peer's effective user id.
+  uint32_t uid;
+  // The peer's effective group id.
+  uint32_t gid;
+} sockpass_creds;
 
 #ifdef __cplusplus
 extern "C" {
@@ -193,6 +217,117 @@ const char *sockpass_last_error_message(void);
 // positive: the sign is ignored). The string is static: never free it, it
 // stays valid for the life of the process. Thread-safe.
 const char *sockpass_strerror(int code);
+
+// Adopt a unix server socket handed to this daemon.
+//
+// `fd` is the socket and `notifier_fd` the read end of its notifier pipe,
+// or -1 for none. Both are borrowed: the server keeps its own `O_CLOEXEC`
+// duplicates, and the caller may close its fds right after the call.
+// `type` is `SOCK_STREAM` (or 0) or `SOCK_SEQPACKET`. Without a notifier
+// the socket must already listen and have an address; with one it may
+// still be unbound, and becomes usable once `sockpass_server_check` or
+// `sockpass_server_wait` report it ready.
+//
+// On success writes a new server to `*server_out` (free it with
+// `sockpass_server_free`) and returns 0. Errors: `-EFAULT` (`server_out`
+// NULL), `-EBADF` (`fd` or `notifier_fd` negative or not open), `-EINVAL`
+// (bad `type`; not a unix socket of that type; connected to a peer; not
+// listening or unbound without a notifier; the notifier is not a pipe's
+// read end; `sockpass_last_error_message` says which).
+int sockpass_server_adopt(int fd,
+                          int notifier_fd,
+                          int type,
+                          sockpass_server **server_out);
+
+// Adopt the one listening unix socket of `type` (`SOCK_STREAM` or 0, or
+// `SOCK_SEQPACKET`) that systemd socket activation passed on fd 3
+// (`LISTEN_PID` is this process, `LISTEN_FDS=1`).
+//
+// Returns 1 and writes a new server to `*server_out` (free it with
+// `sockpass_server_free`; the server now owns fd 3), or 0 without socket
+// activation (`*server_out` untouched). If `unset_env` is non-zero the
+// `LISTEN_*` variables are removed; as any change of the environment, do
+// that only while no other thread reads it. Errors: `-EFAULT`, `-EINVAL`
+// (bad `type`, malformed variables, more than one fd, or not a listening
+// unix socket of that type: the passed fds are then closed), `-EBADF`
+// (`LISTEN_FDS` names an fd that is not open).
+int sockpass_server_adopt_activation(int type,
+                                     int unset_env,
+                                     sockpass_server **server_out);
+
+// Close the server's socket and its pending notifier, and free it. Fds
+// already accepted stay open and remain the caller's. NULL is a no-op.
+void sockpass_server_free(sockpass_server *server);
+
+// The server's listening socket, for an event loop (set it nonblocking
+// there if you like). The fd belongs to the server: do not close it; it is
+// valid until `sockpass_server_free`. Errors: `-EFAULT`.
+int sockpass_server_fd(sockpass_server *server);
+
+// The pending notifier, for an event loop: when it is readable or hung
+// up, call `sockpass_server_check`. The fd belongs to the server: do not
+// close it; it is closed once the server is ready. Errors: `-EFAULT`,
+// `-ENOENT` (no notifier pending: the server is ready, or had none).
+int sockpass_server_notifier_fd(sockpass_server *server);
+
+// Without blocking: 1 once the server is ready (its notifier fired and
+// the socket listens), 0 if not yet. Errors: `-EFAULT`,
+// `-SOCKPASS_E_NOT_READY` (the notifier fired on a socket that does not
+// listen: the manager gave up or died; the server stays unusable).
+int sockpass_server_check(sockpass_server *server);
+
+// Block until the server is ready, at most `timeout_ms` milliseconds
+// (negative: no limit). Returns 0. Errors: `-EFAULT`, `-ETIMEDOUT` (the
+// notifier stays pending; wait again later), `-SOCKPASS_E_NOT_READY` (as
+// for `sockpass_server_check`).
+int sockpass_server_wait(sockpass_server *server,
+                         int timeout_ms);
+
+// Accept one connection (blocking unless the caller made the socket
+// nonblocking). Returns the connection's fd (`O_CLOEXEC`; the caller owns
+// it) and, if `creds_out` is not NULL, writes the peer's credentials.
+// Errors: `-EFAULT`, `-SOCKPASS_E_NOT_READY` (not known to listen yet:
+// wait first; never a call blocked on a socket that may never listen),
+// `-EAGAIN` (nonblocking, nobody waiting), other `accept4` errnos.
+int sockpass_server_accept(sockpass_server *server,
+                           sockpass_creds *creds_out);
+
+// The server's D-Bus address (`unix:path=…` or `unix:abstract=…`, ""
+// while a notifier is pending), written NUL-terminated into `buf` of
+// `size` bytes. Returns its length without the NUL. Errors: `-EFAULT`,
+// `-ENOBUFS` (`buf` too small: nothing written).
+int sockpass_server_dbus_address(sockpass_server *server,
+                                 char *buf,
+                                 size_t size);
+
+// Make a notifier pair: `fds_out[0]` is the read end for the daemon
+// (`sockpass_server_adopt`), `fds_out[1]` the write end for the manager,
+// which closes it once the socket listens. Both are `O_CLOEXEC` and owned
+// by the caller. Returns 0. Errors: `-EFAULT`, `-EMFILE`.
+int sockpass_notifier_pair(int *fds_out);
+
+// Bind a unix stream socket and listen, inside the namespaces of process
+// `pid` (0: this process): a path (`path` starts with '/') in its mount
+// namespace, an abstract name (`path` starts with a NUL byte) in its
+// network namespace. `path` is `path_len` bytes (no terminating NUL
+// needed; at most `SOCKPASS_MAX_UNIX_PATH`), borrowed for the call.
+// `mode` is the socket file's mode (-1: 0666), `uid`/`gid` its owner
+// (`SOCKPASS_OWNER_KEEP` leaves one as it is), `backlog` the listen
+// backlog (-1: 128). Mode and owner are ignored for abstract names.
+//
+// Returns the listening socket's fd (`O_CLOEXEC`; the caller owns it).
+// Other namespaces are joined only in a short-lived helper child.
+// Errors: `-EFAULT`, `-EINVAL` (relative path, empty or too long, bad
+// `mode` or `backlog`, negative `pid`), `-ESRCH`, `-EPERM`, `-EADDRINUSE`,
+// and the errno of the step that failed (`sockpass_last_error_message`
+// names it).
+int sockpass_bind_in_namespace(int pid,
+                               const char *path,
+                               size_t path_len,
+                               int mode,
+                               uint32_t uid,
+                               uint32_t gid,
+                               int backlog);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -68,5 +68,6 @@ vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=de
 python3 tests/c/run-example.py "$work/build/sockpassd" udp-echo "$work/build/c-examples/udp-echo" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" tcp-shared "$work/build/c-examples/tcp-shared" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/bad_input" "${vg[@]}"
+python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/server_notify" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/consumer/consumer" "${vg[@]}"
 echo "c: all passed"

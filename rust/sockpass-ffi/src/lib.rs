@@ -18,9 +18,11 @@
 mod boundary;
 mod client;
 mod errors;
+mod notify;
 
 pub use client::*;
 pub use errors::*;
+pub use notify::*;
 
 /// The library version, as the three parts of the project version.
 pub const SOCKPASS_VERSION_MAJOR: u32 = 0;
