@@ -10,6 +10,7 @@
 use crate::create::create_socket;
 use crate::error::{Error, Kind, Result};
 use crate::fdpass::{recv_fds, send_fds, RecvError};
+use crate::handoff;
 use crate::holders::{Holder, Holders, Owner};
 use crate::policy::{Op, Policy};
 use crate::proto::{self, ty, Header, Request, SocketRequest};
@@ -321,6 +322,22 @@ impl<T> Slab<T> {
     fn get(&self, i: usize) -> Option<&T> {
         self.items.get(i)?.as_ref()
     }
+    /// Put `v` at index `i` (rebuilding a handed-over broker); `i` is free.
+    /// Call `rebuild_free` after the last one.
+    fn insert_at(&mut self, i: usize, v: T) {
+        if self.items.len() <= i {
+            self.items.resize_with(i + 1, || None);
+        }
+        debug_assert!(self.items[i].is_none());
+        self.items[i] = Some(v);
+        self.len += 1;
+    }
+    /// Recompute the free list after a run of `insert_at`.
+    fn rebuild_free(&mut self) {
+        self.free.clear();
+        self.free
+            .extend((0..self.items.len()).filter(|&j| self.items[j].is_none()));
+    }
     fn get_mut(&mut self, i: usize) -> Option<&mut T> {
         self.items.get_mut(i)?.as_mut()
     }
@@ -359,6 +376,17 @@ pub struct Broker {
     /// Connections refused since the last log line about it.
     refused_conns: u64,
     last_refusal_log: Option<Instant>,
+    /// An upgrade asked for (by SIGHUP through the daemon, or UPGRADE).
+    upgrade: Option<PendingUpgrade>,
+}
+
+/// An upgrade waiting for the daemon to carry it out.
+#[derive(Clone, Debug)]
+struct PendingUpgrade {
+    /// The requester's connection slot and request id (None: a signal).
+    from: Option<(usize, u32)>,
+    /// The binary to execute (None: the daemon's default).
+    exe: Option<PathBuf>,
 }
 
 /// The result of handling one request: the reply is in `wbuf`; this says
@@ -398,6 +426,7 @@ impl Broker {
             wbuf: Vec::with_capacity(proto::MAX_MSG),
             refused_conns: 0,
             last_refusal_log: None,
+            upgrade: None,
         };
         b.ep_ctl(
             libc::EPOLL_CTL_ADD,
@@ -481,6 +510,15 @@ impl Broker {
                 }
             }
             self.expire_reservations();
+            if self.upgrade.is_some() {
+                // Hand over between events: every request read so far is
+                // answered or queued; the rest wait in the kernel for the
+                // new image.
+                if let Some(s) = stop {
+                    let _ = self.ep_ctl(libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
+                }
+                return Ok(());
+            }
         }
     }
 
@@ -757,8 +795,15 @@ impl Broker {
             Request::Release(t) => self.release(slot, id, &t),
             Request::Pickup(t) => self.pickup(slot, id, &t),
             Request::Status => self.status(id),
+            Request::Upgrade(exe) => self.ask_upgrade(slot, id, exe),
         };
         match res {
+            // An accepted UPGRADE is answered once the upgrade is done.
+            Ok(_)
+                if self
+                    .upgrade
+                    .as_ref()
+                    .is_some_and(|u| u.from == Some((slot, id))) => {}
             Ok(reply) => {
                 let bytes = std::mem::take(&mut self.wbuf);
                 self.send(slot, bytes, reply.attach);
@@ -774,6 +819,287 @@ impl Broker {
                 self.reply_error(slot, id, &e);
             }
         }
+    }
+
+    fn ask_upgrade(&mut self, slot: usize, id: u32, exe: &str) -> Result<Reply> {
+        let uid = self.conns.get(slot).unwrap().creds.uid;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if uid != 0 && uid != me {
+            return Err(Error::with_errno(
+                Kind::NotAllowed,
+                libc::EPERM,
+                format!("only root or uid {me} may upgrade the broker"),
+            ));
+        }
+        if self.upgrade.is_some() {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EBUSY,
+                "an upgrade is already under way",
+            ));
+        }
+        if !exe.is_empty() && !exe.starts_with('/') {
+            return Err(Error::bad_request(format!(
+                "upgrade binary {exe:?} must be an absolute path"
+            )));
+        }
+        self.upgrade = Some(PendingUpgrade {
+            from: Some((slot, id)),
+            exe: (!exe.is_empty()).then(|| PathBuf::from(exe)),
+        });
+        Ok(Reply { attach: None })
+    }
+
+    /// Ask for an upgrade (on SIGHUP); false if one is already pending.
+    pub fn request_upgrade(&mut self) -> bool {
+        if self.upgrade.is_some() {
+            return false;
+        }
+        self.upgrade = Some(PendingUpgrade {
+            from: None,
+            exe: None,
+        });
+        true
+    }
+
+    /// The pending upgrade, if any: `Some(binary asked for)`, where an inner
+    /// None means the daemon's default.
+    pub fn pending_upgrade(&self) -> Option<Option<PathBuf>> {
+        self.upgrade.as_ref().map(|u| u.exe.clone())
+    }
+
+    /// End the pending upgrade: answer its requester with UPGRADED (this is
+    /// the new image) or the error (the upgrade was refused or failed).
+    pub fn finish_upgrade(&mut self, res: Result<()>) {
+        let Some(u) = self.upgrade.take() else {
+            return;
+        };
+        match &res {
+            Ok(()) => self.log(format_args!(
+                "upgraded in place (version {}): {} connections, {} sockets, {} references kept",
+                env!("CARGO_PKG_VERSION"),
+                self.conns.len,
+                self.entries.len,
+                self.tokens.len()
+            )),
+            Err(e) => self.log(format_args!("upgrade refused: {e}")),
+        }
+        let Some((slot, id)) = u.from else { return };
+        if self.conns.get(slot).is_none() {
+            return;
+        }
+        match res {
+            Ok(()) => {
+                self.wbuf.clear();
+                proto::begin(&mut self.wbuf, ty::UPGRADED, id);
+                self.wbuf
+                    .extend_from_slice(&std::process::id().to_le_bytes());
+                let bytes = std::mem::take(&mut self.wbuf);
+                self.send(slot, bytes, None);
+            }
+            Err(e) => self.reply_error(slot, id, &e),
+        }
+    }
+
+    /// Flatten the broker for [`handoff::exec`] (or a rebuild in place).
+    pub fn into_state(self, activated: bool) -> (handoff::State, Config) {
+        let upgrade_from = self
+            .upgrade
+            .as_ref()
+            .and_then(|u| u.from)
+            .map(|(s, id)| (s as u64, id));
+        let now = Instant::now();
+        let mut entries = Vec::new();
+        let mut ent_slab = self.entries;
+        let mut slots: Vec<usize> = ent_slab.iter().map(|(i, _)| i).collect();
+        slots.sort_unstable();
+        for slot in slots {
+            let e = ent_slab.remove(slot).unwrap();
+            let holders = e
+                .holders
+                .iter()
+                .map(|h| handoff::HolderState {
+                    token: h.token,
+                    conn_slot: match h.owner {
+                        Owner::Conn(c) => Some(c as u64),
+                        Owner::Reserved(_) => None,
+                    },
+                    reserved_ms: match h.owner {
+                        Owner::Conn(_) => 0,
+                        Owner::Reserved(d) => d.saturating_duration_since(now).as_millis() as u64,
+                    },
+                    share: h.share.wire(),
+                    app: h.app.to_string(),
+                    creds: h.creds,
+                    conn_id: h.conn_id,
+                })
+                .collect();
+            entries.push(handoff::EntryState {
+                slot: slot as u64,
+                id: e.id,
+                spec: e.spec.to_string(),
+                fd: e.fd,
+                port: e.port,
+                keyed: e.keyed,
+                per_worker: e.per_worker,
+                unix_ino: e.unix_ino,
+                holders,
+            });
+        }
+        let mut conns = Vec::new();
+        let mut conn_slab = self.conns;
+        let mut slots: Vec<usize> = conn_slab.iter().map(|(i, _)| i).collect();
+        slots.sort_unstable();
+        for slot in slots {
+            let c = conn_slab.remove(slot).unwrap();
+            let outq = c
+                .outq
+                .into_iter()
+                .map(|o| {
+                    let a = match o.attach {
+                        None => handoff::AttachState::None,
+                        Some(Attach::Entry(s, id)) => handoff::AttachState::Entry(s as u64, id),
+                        Some(Attach::Owned(fd)) => handoff::AttachState::Owned(fd),
+                    };
+                    (o.bytes, a)
+                })
+                .collect();
+            conns.push(handoff::ConnState {
+                slot: slot as u64,
+                fd: c.fd,
+                id: c.id,
+                creds: c.creds,
+                default_app: c.default_app.map(|a| a.to_string()),
+                last_app: c.last_app.to_string(),
+                tokens: c.tokens.into_iter().collect(),
+                outq,
+                pipelining: c.pipelining,
+            });
+        }
+        let st = handoff::State {
+            listener: self.listener,
+            activated,
+            next_conn_id: self.next_conn_id,
+            next_entry_id: self.next_entry_id,
+            next_token_seq: self.token_src.next_sequence(),
+            conns,
+            entries,
+            expired: self.expired.into_iter().collect(),
+            upgrade_from,
+        };
+        (st, self.cfg)
+    }
+
+    /// Rebuild a broker from handed-over state. A pending upgrade stays
+    /// pending: answer it with [`Broker::finish_upgrade`].
+    pub fn from_state(st: handoff::State, cfg: Config) -> Result<Broker> {
+        let mut b = Broker::new(st.listener, cfg)?;
+        b.next_conn_id = st.next_conn_id;
+        b.next_entry_id = st.next_entry_id;
+        b.token_src = TokenSource::with_next_sequence(st.next_token_seq);
+        b.expired = st.expired.into_iter().collect();
+        let now = Instant::now();
+        for e in st.entries {
+            let spec: SocketSpec = e.spec.parse()?;
+            let mut holders = Holders::default();
+            for h in e.holders {
+                let owner = match h.conn_slot {
+                    Some(c) => Owner::Conn(c as usize),
+                    None => {
+                        b.reservations += 1;
+                        Owner::Reserved(now + Duration::from_millis(h.reserved_ms))
+                    }
+                };
+                b.tokens.insert(
+                    h.token,
+                    TokenInfo {
+                        entry: e.slot as usize,
+                    },
+                );
+                holders.push(Holder {
+                    token: h.token,
+                    owner,
+                    share: ShareMode::from_wire(h.share)?,
+                    app: Rc::from(h.app.as_str()),
+                    creds: h.creds,
+                    conn_id: h.conn_id,
+                });
+            }
+            if e.keyed {
+                b.cache.insert(spec.clone(), e.slot as usize);
+            }
+            if e.per_worker {
+                b.per_worker_entries += 1;
+            }
+            b.entries.insert_at(
+                e.slot as usize,
+                Entry {
+                    id: e.id,
+                    spec,
+                    fd: e.fd,
+                    port: e.port,
+                    holders,
+                    keyed: e.keyed,
+                    per_worker: e.per_worker,
+                    unix_ino: e.unix_ino,
+                },
+            );
+        }
+        for c in st.conns {
+            let slot = c.slot as usize;
+            set_nonblock(&c.fd)?;
+            let outq: VecDeque<Outgoing> = c
+                .outq
+                .into_iter()
+                .map(|(bytes, a)| Outgoing {
+                    bytes,
+                    attach: match a {
+                        handoff::AttachState::None => None,
+                        handoff::AttachState::Entry(s, id) => Some(Attach::Entry(s as usize, id)),
+                        handoff::AttachState::Owned(fd) => Some(Attach::Owned(fd)),
+                    },
+                })
+                .collect();
+            let paused = outq.len() >= b.cfg.limits.max_queued_replies;
+            let mut ev = libc::EPOLLRDHUP;
+            if !outq.is_empty() {
+                ev |= libc::EPOLLOUT;
+            }
+            if !paused {
+                ev |= libc::EPOLLIN;
+            }
+            let raw = c.fd.as_raw_fd();
+            b.conns.insert_at(
+                slot,
+                Conn {
+                    fd: c.fd,
+                    id: c.id,
+                    creds: c.creds,
+                    default_app: c.default_app.map(|a| Rc::from(a.as_str())),
+                    last_app: Rc::from(c.last_app.as_str()),
+                    tokens: c.tokens.into_iter().collect(),
+                    outq,
+                    paused,
+                    pipelining: c.pipelining,
+                    wakeups: 0,
+                },
+            );
+            b.ep_ctl(
+                libc::EPOLL_CTL_ADD,
+                raw,
+                ev as u32,
+                EV_CONN_BASE + slot as u64,
+            )?;
+        }
+        b.entries.rebuild_free();
+        b.conns.rebuild_free();
+        // Pending even for a signal, so finish_upgrade logs the outcome.
+        b.upgrade = Some(PendingUpgrade {
+            from: st.upgrade_from.map(|(slot, id)| (slot as usize, id)),
+            exe: None,
+        });
+        Ok(b)
     }
 
     fn app_for(&mut self, slot: usize, app: &str) -> Rc<str> {

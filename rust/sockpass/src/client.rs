@@ -406,6 +406,31 @@ impl Client {
         Ok(res.iter().filter(|r| r.is_ok()).count())
     }
 
+    /// Replace the broker's program in place (same pid) with `exe`, or with
+    /// the binary it was started from. Every connection, this one included,
+    /// stays open and keeps its references; returns the broker's pid once
+    /// the new image answers.
+    pub fn upgrade(&mut self, exe: Option<&Path>) -> Result<u32> {
+        let exe = match exe {
+            Some(p) => p
+                .to_str()
+                .ok_or_else(|| Error::bad_request("upgrade binary path is not UTF-8"))?,
+            None => "",
+        };
+        let id = self.take_id();
+        self.buf.clear();
+        proto::encode_upgrade(&mut self.buf, id, exe)?;
+        self.send()?;
+        let (h, n, _) = self.recv_reply(id, 0)?;
+        if h.ty != ty::UPGRADED {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to upgrade",
+                h.ty
+            )));
+        }
+        Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32()
+    }
+
     /// A snapshot of every socket the broker holds and who holds it.
     pub fn status(&mut self) -> Result<Status> {
         let id = self.take_id();

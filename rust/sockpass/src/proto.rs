@@ -24,11 +24,13 @@ pub mod ty {
     pub const RELEASE: u8 = 0x03;
     pub const STATUS: u8 = 0x04;
     pub const PICKUP: u8 = 0x05;
+    pub const UPGRADE: u8 = 0x06;
     pub const HELLO_OK: u8 = 0x81;
     pub const SOCKET: u8 = 0x82;
     pub const RELEASED: u8 = 0x83;
     pub const STATUS_OK: u8 = 0x84;
     pub const RESERVED: u8 = 0x85;
+    pub const UPGRADED: u8 = 0x86;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -134,11 +136,17 @@ impl<'a> Reader<'a> {
 /// A decoded request (client → broker).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    Hello { min_version: u8, max_version: u8 },
+    Hello {
+        min_version: u8,
+        max_version: u8,
+    },
     Socket(SocketRequest<'a>),
     Release(Token),
     Status,
     Pickup(Token),
+    /// Replace the broker's program, keeping every socket and connection;
+    /// the path of the new binary, or empty for the configured one.
+    Upgrade(&'a str),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -180,6 +188,16 @@ pub fn encode_request(
 pub fn encode_token_msg(out: &mut Vec<u8>, ty: u8, id: u32, token: &Token) {
     begin(out, ty, id);
     out.extend_from_slice(token.as_bytes());
+}
+
+pub fn encode_upgrade(out: &mut Vec<u8>, id: u32, exe: &str) -> Result<()> {
+    if exe.len() > MAX_MSG - HEADER_LEN - 2 {
+        return Err(Error::bad_request("upgrade binary path too long"));
+    }
+    begin(out, ty::UPGRADE, id);
+    out.extend_from_slice(&(exe.len() as u16).to_le_bytes());
+    out.extend_from_slice(exe.as_bytes());
+    Ok(())
 }
 
 pub fn encode_status(out: &mut Vec<u8>, id: u32) {
@@ -230,6 +248,12 @@ pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> 
         ty::RELEASE => Request::Release(r.token()?),
         ty::PICKUP => Request::Pickup(r.token()?),
         ty::STATUS => Request::Status,
+        ty::UPGRADE => {
+            let n = r.u16()? as usize;
+            let p = std::str::from_utf8(r.bytes(n)?)
+                .map_err(|_| Error::bad_request("upgrade binary path is not UTF-8"))?;
+            Request::Upgrade(p)
+        }
         t => return Err(Error::bad_request(format!("unknown message type {t:#04x}"))),
     };
     r.end()?;

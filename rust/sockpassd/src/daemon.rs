@@ -34,6 +34,9 @@ options:
                              (s6 notification-fd; closing also fires a pipe notifier)
   -q, --quiet                log nothing but fatal errors
 
+SIGHUP (or `sockpass upgrade`) re-executes the binary in place (same pid),
+handing over every socket, reference, reservation and client connection.
+
 Socket activation: with LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a
 listening unix seqpacket socket) is used instead of binding --socket.
   -h, --help                 this text
@@ -45,6 +48,7 @@ struct Opts {
     cfg: Config,
     notify: bool,
     ready_fd: Option<OwnedFd>,
+    policy_file: Option<PathBuf>,
 }
 
 fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
@@ -54,6 +58,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
         cfg: Config::default(),
         notify: false,
         ready_fd: None,
+        policy_file: None,
     };
     while let Some((k, v)) = a.next_option() {
         match k.as_str() {
@@ -74,6 +79,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
                 let f = PathBuf::from(a.value_os(&k, v)?);
                 o.cfg.policy = sockpass::policy::Policy::load(&f)
                     .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
+                o.policy_file = Some(f);
             }
             "--max-connections" => o.cfg.limits.max_connections = positive(&k, a.number(&k, v)?)?,
             "--max-refs-per-client" => {
@@ -120,7 +126,8 @@ fn positive(name: &str, v: usize) -> Result<usize, String> {
     }
 }
 
-/// A signalfd for SIGTERM and SIGINT (blocked so they arrive only there).
+/// A signalfd for SIGTERM, SIGINT and SIGHUP (upgrade), blocked so they
+/// arrive only there; the mask survives the upgrade's execve.
 fn stop_signals() -> std::io::Result<OwnedFd> {
     // SAFETY: sigset manipulation on a local set; signalfd returns a new fd.
     unsafe {
@@ -128,6 +135,7 @@ fn stop_signals() -> std::io::Result<OwnedFd> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -155,11 +163,21 @@ fn which_signal(fd: &OwnedFd) -> &'static str {
     match (n > 0).then_some(info.ssi_signo as i32) {
         Some(libc::SIGTERM) => "SIGTERM",
         Some(libc::SIGINT) => "SIGINT",
+        Some(libc::SIGHUP) => "SIGHUP",
         _ => "a signal",
     }
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
+    // Before anything else: the fds of a handed-over state must be CLOEXEC.
+    let handed = match sockpass::handoff::take_from_env() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("sockpassd: cannot take over from the previous image: {e}");
+            return 1;
+        }
+    };
+    let mut up = Upgrade::new(&args);
     let mut o = match parse(args) {
         Ok(Some(o)) => o,
         Ok(None) => return 0,
@@ -168,6 +186,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
+    up.policy_file = o.policy_file.clone();
     let nofile = broker::raise_fd_limit();
     o.cfg.limits.fit_fd_limit(nofile);
     let stop = match stop_signals() {
@@ -182,6 +201,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         return 2;
     }
     let mut path = o.socket.clone().unwrap_or_else(broker::default_socket_path);
+    if let Some(st) = handed {
+        return serve_handed_over(st, o, path, stop, up);
+    }
     // Socket activation: the socket file is the activator's, never removed here.
     let activated =
         match sockpass::notify::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
@@ -209,7 +231,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     let log = o.cfg.log;
     let limits = o.cfg.limits.clone();
-    let mut b = match Broker::new(listener, o.cfg) {
+    let b = match Broker::new(listener, o.cfg) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("sockpassd: cannot start: {e}");
@@ -233,28 +255,149 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if let Err(e) = report_ready(o.ready_fd.take()) {
         eprintln!("sockpassd: reporting readiness: {e}");
     }
-    let res = b.run(Some(stop.as_fd()));
-    let code = match res {
-        Ok(()) => {
-            if log {
-                eprintln!(
-                    "sockpassd[{}]: {} received, shutting down",
-                    std::process::id(),
-                    which_signal(&stop)
-                );
-            }
-            0
-        }
-        Err(e) => {
-            eprintln!("sockpassd: event loop failed: {e}");
-            1
-        }
-    };
-    b.shutdown();
+    let code = serve(b, &stop, &up, is_activated, log);
     if !is_activated {
         let _ = std::fs::remove_file(&path);
     }
     code
+}
+
+/// The new image after an upgrade: carry on with the handed-over broker.
+fn serve_handed_over(
+    st: sockpass::handoff::State,
+    o: Opts,
+    path: PathBuf,
+    stop: OwnedFd,
+    up: Upgrade,
+) -> i32 {
+    let log = o.cfg.log;
+    let is_activated = st.activated;
+    let mut b = match Broker::from_state(st, o.cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("sockpassd: cannot rebuild the handed-over broker: {e}");
+            return 1;
+        }
+    };
+    b.finish_upgrade(Ok(()));
+    let _ = report_ready(None);
+    let code = serve(b, &stop, &up, is_activated, log);
+    if !is_activated {
+        let _ = std::fs::remove_file(&path);
+    }
+    code
+}
+
+/// What an upgrade executes: the binary we were started from and our
+/// arguments, minus `--ready-fd` (that fd is used up).
+struct Upgrade {
+    exe: Option<PathBuf>,
+    args: Vec<OsString>,
+    notify_socket: Option<OsString>,
+    /// Re-read before an upgrade, so a broken file stops it here.
+    policy_file: Option<PathBuf>,
+}
+
+impl Upgrade {
+    fn new(args: &[OsString]) -> Upgrade {
+        let mut kept = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a == "--" {
+                kept.push(a.clone());
+                kept.extend(it.cloned());
+                break;
+            }
+            if a == "--ready-fd" {
+                it.next();
+                continue;
+            }
+            if a.as_bytes().starts_with(b"--ready-fd=") {
+                continue;
+            }
+            kept.push(a.clone());
+        }
+        Upgrade {
+            exe: std::env::current_exe().ok(),
+            args: kept,
+            notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+            policy_file: None,
+        }
+    }
+}
+
+/// Run the loop; carry out upgrades (SIGHUP or UPGRADE) until a stop signal.
+fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool) -> i32 {
+    loop {
+        if let Err(e) = b.run(Some(stop.as_fd())) {
+            eprintln!("sockpassd: event loop failed: {e}");
+            b.shutdown();
+            return 1;
+        }
+        if b.pending_upgrade().is_none() {
+            let sig = which_signal(stop);
+            if sig != "SIGHUP" {
+                if log {
+                    eprintln!(
+                        "sockpassd[{}]: {sig} received, shutting down",
+                        std::process::id()
+                    );
+                }
+                b.shutdown();
+                return 0;
+            }
+            b.request_upgrade();
+        }
+        b = match upgrade(b, up, activated, log) {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
+    }
+}
+
+/// Check the new binary and the policy file, then re-exec with the state.
+/// Returns only if the upgrade was refused or failed (the broker keeps
+/// serving), or with an exit code if the broker could not be rebuilt.
+fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Broker, i32> {
+    let exe = b.pending_upgrade().flatten().or_else(|| up.exe.clone());
+    let checked = match &exe {
+        None => Err(sockpass::Error::bad_request(
+            "no upgrade binary given and the running one is unknown",
+        )),
+        Some(exe) => {
+            sockpass::handoff::check_executable(exe).and_then(|()| match &up.policy_file {
+                Some(f) => sockpass::policy::Policy::load(f).map(|_| ()),
+                None => Ok(()),
+            })
+        }
+    };
+    let Some(exe) = exe.filter(|_| checked.is_ok()) else {
+        b.finish_upgrade(checked);
+        return Ok(b);
+    };
+    if log {
+        eprintln!(
+            "sockpassd[{}]: upgrading: executing {}",
+            std::process::id(),
+            exe.display()
+        );
+    }
+    if let Some(n) = &up.notify_socket {
+        std::env::set_var("NOTIFY_SOCKET", n);
+    }
+    let (st, cfg) = b.into_state(activated);
+    let (st, err) = sockpass::handoff::exec(st, &exe, &up.args);
+    std::env::remove_var("NOTIFY_SOCKET");
+    match Broker::from_state(st, cfg) {
+        Ok(mut b) => {
+            b.finish_upgrade(Err(err));
+            Ok(b)
+        }
+        Err(e) => {
+            eprintln!("sockpassd: upgrade failed ({err}) and the broker could not be rebuilt: {e}");
+            Err(1)
+        }
+    }
 }
 
 /// Tell whoever started us that the listener is up: sd_notify (when

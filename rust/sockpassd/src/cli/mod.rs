@@ -9,6 +9,7 @@ pub mod request;
 pub mod reserve;
 pub mod serve_in;
 pub mod status;
+pub mod upgrade;
 
 const USAGE: &str = "\
 usage: sockpass COMMAND [options]
@@ -31,6 +32,10 @@ commands:
                                     PROGRAM with it as fd 3 (LISTEN_FDS=1); --lazy hands it
                                     over unbound with a notifier as fd 4
                                     (SOCKPASS_NOTIFIER_FD) that fires once it listens
+  upgrade [--exe PATH] [--socket PATH]
+                                    replace the broker's program in place (same pid; default:
+                                    the binary it runs), keeping every socket, reference and
+                                    connection (root or the broker's uid; SIGHUP does the same)
   help                              this text
   version                           print the version
 
@@ -53,6 +58,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "reserve" => reserve::run(a),
         "pickup" => pickup::run(a),
         "serve-in" => serve_in::run(a),
+        "upgrade" => upgrade::run(a),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)

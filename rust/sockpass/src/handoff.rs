@@ -1,0 +1,531 @@
+//! Handing the broker's state to a new program image (upgrade by re-exec).
+//!
+//! The broker's state is flattened into a [`State`]: plain data plus the fds
+//! it owns. [`exec`] writes it into a sealed memfd, clears `FD_CLOEXEC` on
+//! exactly the fds being handed over and `execve`s the new binary with
+//! [`STATE_ENV`] naming the memfd. The pid stays, so supervisors see no
+//! change, and client connections survive because their fds do. The new
+//! image calls [`take_from_env`], which marks every handed-over fd CLOEXEC
+//! again before anything else can start a process.
+
+use crate::error::{Error, Result};
+use crate::sys::Creds;
+use crate::token::Token;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The environment variable naming the state memfd in the new image.
+pub const STATE_ENV: &str = "SOCKPASS_STATE_FD";
+
+const MAGIC: &[u8; 8] = b"SPHANDv1";
+/// The state memfd is read whole; this bounds a corrupt or hostile one.
+const MAX_STATE: usize = 1 << 30;
+
+/// Everything the broker needs to carry on in a new image.
+#[derive(Debug)]
+pub struct State {
+    pub listener: OwnedFd,
+    /// The listener belongs to a socket activator (its file is not ours).
+    pub activated: bool,
+    pub next_conn_id: u64,
+    pub next_entry_id: u64,
+    pub next_token_seq: u64,
+    pub conns: Vec<ConnState>,
+    pub entries: Vec<EntryState>,
+    pub expired: Vec<Token>,
+    /// The UPGRADE request to answer: connection slot and request id.
+    pub upgrade_from: Option<(u64, u32)>,
+}
+
+#[derive(Debug)]
+pub struct ConnState {
+    pub slot: u64,
+    pub fd: OwnedFd,
+    pub id: u64,
+    pub creds: Creds,
+    pub default_app: Option<String>,
+    pub last_app: String,
+    pub tokens: Vec<Token>,
+    pub outq: Vec<(Vec<u8>, AttachState)>,
+    pub pipelining: bool,
+}
+
+/// The fd a queued reply carries.
+#[derive(Debug)]
+pub enum AttachState {
+    None,
+    /// A cached socket: entry slot and entry id.
+    Entry(u64, u64),
+    Owned(OwnedFd),
+}
+
+#[derive(Debug)]
+pub struct EntryState {
+    pub slot: u64,
+    pub id: u64,
+    /// The canonical spec string (round-trips through `SocketSpec`).
+    pub spec: String,
+    pub fd: OwnedFd,
+    pub port: u16,
+    pub keyed: bool,
+    pub per_worker: bool,
+    pub unix_ino: Option<u64>,
+    pub holders: Vec<HolderState>,
+}
+
+#[derive(Debug)]
+pub struct HolderState {
+    pub token: Token,
+    /// The holding connection's slot, or None for a reservation.
+    pub conn_slot: Option<u64>,
+    /// A reservation's time left, in milliseconds.
+    pub reserved_ms: u64,
+    pub share: u8,
+    pub app: String,
+    pub creds: Creds,
+    pub conn_id: u64,
+}
+
+struct Writer {
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+    fn fd(&mut self, fd: OwnedFd) {
+        self.u32(self.fds.len() as u32);
+        self.fds.push(fd);
+    }
+    fn creds(&mut self, c: &Creds) {
+        self.u32(c.pid as u32);
+        self.u32(c.uid);
+        self.u32(c.gid);
+    }
+    fn token(&mut self, t: &Token) {
+        self.buf.extend_from_slice(t.as_bytes());
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    fds: Vec<Option<OwnedFd>>,
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::protocol(format!("handed-over state is corrupt: {what}"))
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.buf.len() < n {
+            return Err(corrupt("truncated"));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn bool(&mut self) -> Result<bool> {
+        Ok(self.u8()? != 0)
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>> {
+        let n = self.u64()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn string(&mut self) -> Result<String> {
+        String::from_utf8(self.bytes()?).map_err(|_| corrupt("string is not UTF-8"))
+    }
+    fn fd(&mut self) -> Result<OwnedFd> {
+        let i = self.u32()? as usize;
+        self.fds
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| corrupt("fd index"))
+    }
+    fn creds(&mut self) -> Result<Creds> {
+        Ok(Creds {
+            pid: self.u32()? as i32,
+            uid: self.u32()?,
+            gid: self.u32()?,
+        })
+    }
+    fn token(&mut self) -> Result<Token> {
+        Ok(Token::from_bytes(
+            self.take(Token::LEN)?.try_into().unwrap(),
+        ))
+    }
+    fn count(&mut self) -> Result<usize> {
+        let n = self.u64()? as usize;
+        // Every element takes at least one byte: no huge preallocation.
+        if n > self.buf.len() {
+            return Err(corrupt("count"));
+        }
+        Ok(n)
+    }
+}
+
+impl State {
+    /// Flatten into bytes and the fds they refer to by index.
+    pub fn encode(self) -> (Vec<u8>, Vec<OwnedFd>) {
+        let mut w = Writer {
+            buf: Vec::new(),
+            fds: Vec::new(),
+        };
+        w.fd(self.listener);
+        w.u8(self.activated as u8);
+        w.u64(self.next_conn_id);
+        w.u64(self.next_entry_id);
+        w.u64(self.next_token_seq);
+        match self.upgrade_from {
+            Some((s, id)) => {
+                w.u8(1);
+                w.u64(s);
+                w.u32(id);
+            }
+            None => w.u8(0),
+        }
+        w.u64(self.expired.len() as u64);
+        for t in &self.expired {
+            w.token(t);
+        }
+        // Entries first: queued replies refer to them.
+        w.u64(self.entries.len() as u64);
+        for e in self.entries {
+            w.u64(e.slot);
+            w.u64(e.id);
+            w.bytes(e.spec.as_bytes());
+            w.fd(e.fd);
+            w.u32(e.port as u32);
+            w.u8(e.keyed as u8);
+            w.u8(e.per_worker as u8);
+            w.u8(e.unix_ino.is_some() as u8);
+            w.u64(e.unix_ino.unwrap_or(0));
+            w.u64(e.holders.len() as u64);
+            for h in &e.holders {
+                w.token(&h.token);
+                w.u8(h.conn_slot.is_some() as u8);
+                w.u64(h.conn_slot.unwrap_or(0));
+                w.u64(h.reserved_ms);
+                w.u8(h.share);
+                w.bytes(h.app.as_bytes());
+                w.creds(&h.creds);
+                w.u64(h.conn_id);
+            }
+        }
+        w.u64(self.conns.len() as u64);
+        for c in self.conns {
+            w.u64(c.slot);
+            w.fd(c.fd);
+            w.u64(c.id);
+            w.creds(&c.creds);
+            w.u8(c.default_app.is_some() as u8);
+            w.bytes(c.default_app.unwrap_or_default().as_bytes());
+            w.bytes(c.last_app.as_bytes());
+            w.u8(c.pipelining as u8);
+            w.u64(c.tokens.len() as u64);
+            for t in &c.tokens {
+                w.token(t);
+            }
+            w.u64(c.outq.len() as u64);
+            for (bytes, a) in c.outq {
+                w.bytes(&bytes);
+                match a {
+                    AttachState::None => w.u8(0),
+                    AttachState::Entry(s, id) => {
+                        w.u8(1);
+                        w.u64(s);
+                        w.u64(id);
+                    }
+                    AttachState::Owned(fd) => {
+                        w.u8(2);
+                        w.fd(fd);
+                    }
+                }
+            }
+        }
+        (w.buf, w.fds)
+    }
+
+    /// Rebuild from [`State::encode`]'s output. Every fd is consumed: those
+    /// the bytes do not name are closed.
+    pub fn decode(buf: &[u8], fds: Vec<OwnedFd>) -> Result<State> {
+        let mut r = Reader {
+            buf,
+            fds: fds.into_iter().map(Some).collect(),
+        };
+        let listener = r.fd()?;
+        let activated = r.bool()?;
+        let next_conn_id = r.u64()?;
+        let next_entry_id = r.u64()?;
+        let next_token_seq = r.u64()?;
+        let upgrade_from = if r.bool()? {
+            Some((r.u64()?, r.u32()?))
+        } else {
+            None
+        };
+        let n = r.count()?;
+        let expired = (0..n).map(|_| r.token()).collect::<Result<_>>()?;
+        let n = r.count()?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let slot = r.u64()?;
+            let id = r.u64()?;
+            let spec = r.string()?;
+            let fd = r.fd()?;
+            let port = r.u32()? as u16;
+            let keyed = r.bool()?;
+            let per_worker = r.bool()?;
+            let has_ino = r.bool()?;
+            let ino = r.u64()?;
+            let nh = r.count()?;
+            let mut holders = Vec::with_capacity(nh);
+            for _ in 0..nh {
+                let token = r.token()?;
+                let has_conn = r.bool()?;
+                let cs = r.u64()?;
+                holders.push(HolderState {
+                    token,
+                    conn_slot: has_conn.then_some(cs),
+                    reserved_ms: r.u64()?,
+                    share: r.u8()?,
+                    app: r.string()?,
+                    creds: r.creds()?,
+                    conn_id: r.u64()?,
+                });
+            }
+            entries.push(EntryState {
+                slot,
+                id,
+                spec,
+                fd,
+                port,
+                keyed,
+                per_worker,
+                unix_ino: has_ino.then_some(ino),
+                holders,
+            });
+        }
+        let n = r.count()?;
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let slot = r.u64()?;
+            let fd = r.fd()?;
+            let id = r.u64()?;
+            let creds = r.creds()?;
+            let has_default = r.bool()?;
+            let default_app = r.string()?;
+            let last_app = r.string()?;
+            let pipelining = r.bool()?;
+            let nt = r.count()?;
+            let tokens = (0..nt).map(|_| r.token()).collect::<Result<_>>()?;
+            let nq = r.count()?;
+            let mut outq = Vec::with_capacity(nq);
+            for _ in 0..nq {
+                let bytes = r.bytes()?;
+                let a = match r.u8()? {
+                    0 => AttachState::None,
+                    1 => AttachState::Entry(r.u64()?, r.u64()?),
+                    2 => AttachState::Owned(r.fd()?),
+                    _ => return Err(corrupt("attachment kind")),
+                };
+                outq.push((bytes, a));
+            }
+            conns.push(ConnState {
+                slot,
+                fd,
+                id,
+                creds,
+                default_app: has_default.then_some(default_app),
+                last_app,
+                tokens,
+                outq,
+                pipelining,
+            });
+        }
+        if !r.buf.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(State {
+            listener,
+            activated,
+            next_conn_id,
+            next_entry_id,
+            next_token_seq,
+            conns,
+            entries,
+            expired,
+            upgrade_from,
+        })
+    }
+}
+
+fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFD);
+        if fl < 0 {
+            return Err(Error::last_os("fcntl F_GETFD"));
+        }
+        let want = if on {
+            fl | libc::FD_CLOEXEC
+        } else {
+            fl & !libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, want) < 0 {
+            return Err(Error::last_os("fcntl F_SETFD"));
+        }
+    }
+    Ok(())
+}
+
+/// Check that `exe` is a regular file this process may execute.
+pub fn check_executable(exe: &Path) -> Result<()> {
+    let meta = std::fs::metadata(exe).map_err(|e| {
+        Error::with_errno(
+            crate::error::Kind::BadRequest,
+            e.raw_os_error().unwrap_or(libc::ENOENT),
+            format!("upgrade binary {}: {e}", exe.display()),
+        )
+    })?;
+    let c = CString::new(exe.as_os_str().as_bytes())
+        .map_err(|_| Error::bad_request("upgrade binary path contains NUL"))?;
+    // SAFETY: valid C string.
+    if !meta.is_file() || unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+        return Err(Error::with_errno(
+            crate::error::Kind::BadRequest,
+            libc::EACCES,
+            format!("upgrade binary {} is not an executable file", exe.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Replace this process's image with `exe argv[1..]`, handing `state` over.
+/// Returns only on failure, with the state back (every fd CLOEXEC again) so
+/// the caller can carry on serving.
+pub fn exec(state: State, exe: &Path, args: &[OsString]) -> (State, Error) {
+    let (bytes, fds) = state.encode();
+    match exec_encoded(&bytes, &fds, exe, args) {
+        Err(e) => {
+            for fd in &fds {
+                let _ = set_cloexec(fd.as_raw_fd(), true);
+            }
+            let st = State::decode(&bytes, fds).expect("state just encoded decodes");
+            (st, e)
+        }
+        Ok(never) => match never {},
+    }
+}
+
+enum Never {}
+
+fn exec_encoded(bytes: &[u8], fds: &[OwnedFd], exe: &Path, args: &[OsString]) -> Result<Never> {
+    let mut blob = Vec::with_capacity(bytes.len() + 16 + fds.len() * 4);
+    blob.extend_from_slice(MAGIC);
+    blob.extend_from_slice(&(fds.len() as u32).to_le_bytes());
+    for fd in fds {
+        blob.extend_from_slice(&fd.as_raw_fd().to_le_bytes());
+    }
+    blob.extend_from_slice(bytes);
+    let memfd = crate::memfd::from_bytes("sockpassd-state", &blob)?;
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::bad_request("argument contains NUL"));
+    let cexe = cstr(exe.as_os_str().as_bytes())?;
+    let mut argv = vec![cexe.clone()];
+    for a in args {
+        argv.push(cstr(a.as_bytes())?);
+    }
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k == STATE_ENV {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp.push(cstr(&kv)?);
+    }
+    envp.push(cstr(
+        format!("{STATE_ENV}={}", memfd.as_raw_fd()).as_bytes(),
+    )?);
+    let argp: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envpp: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    set_cloexec(memfd.as_raw_fd(), false)?;
+    for fd in fds {
+        set_cloexec(fd.as_raw_fd(), false)?;
+    }
+    // SAFETY: NUL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(cexe.as_ptr(), argp.as_ptr(), envpp.as_ptr()) };
+    Err(Error::last_os(format!("execve {}", exe.display())))
+}
+
+/// In a new image: take the state handed over by [`exec`], if any. Every
+/// handed-over fd is marked CLOEXEC again, and the variable is removed.
+pub fn take_from_env() -> Result<Option<State>> {
+    let Some(v) = std::env::var_os(STATE_ENV) else {
+        return Ok(None);
+    };
+    std::env::remove_var(STATE_ENV);
+    let n: RawFd = v
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| corrupt(&format!("{STATE_ENV}={v:?}")))?;
+    if !crate::sys::fd_is_open(n) {
+        return Err(corrupt(&format!("{STATE_ENV}={n} is not open")));
+    }
+    set_cloexec(n, true)?;
+    // SAFETY: the previous image left this fd for us; nothing else owns it.
+    let memfd = unsafe { OwnedFd::from_raw_fd(n) };
+    let blob = crate::memfd::read_all(memfd, MAX_STATE)?;
+    if blob.len() < 12 || &blob[..8] != MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let nfds = u32::from_le_bytes(blob[8..12].try_into().unwrap()) as usize;
+    let body = 12 + nfds * 4;
+    if blob.len() < body {
+        return Err(corrupt("fd table"));
+    }
+    let mut fds = Vec::with_capacity(nfds);
+    for i in 0..nfds {
+        let o = 12 + i * 4;
+        let raw = RawFd::from_le_bytes(blob[o..o + 4].try_into().unwrap());
+        if raw < 0 || !crate::sys::fd_is_open(raw) {
+            return Err(corrupt(&format!("fd {raw} is not open")));
+        }
+        set_cloexec(raw, true)?;
+        // SAFETY: handed over to this image; each number appears once.
+        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    State::decode(&blob[body..], fds).map(Some)
+}

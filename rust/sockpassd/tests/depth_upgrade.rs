@@ -1,0 +1,306 @@
+//! Upgrades that lose nothing: `sockpassd` re-executes itself in place (same
+//! pid) on SIGHUP or `sockpass upgrade`, handing over every socket, reference,
+//! reservation and client connection, while clients keep sending requests.
+
+mod common;
+
+use common::*;
+use sockpass::client::Client;
+use sockpass::{Kind, ShareMode, SocketSpec};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn spec(s: &str) -> SocketSpec {
+    s.parse().unwrap()
+}
+
+/// Inodes of the sockets the broker process has open.
+fn broker_socket_inodes(pid: i32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(t) = std::fs::read_link(e.path()) {
+            let t = t.to_string_lossy().into_owned();
+            if let Some(n) = t.strip_prefix("socket:[") {
+                out.push(n.trim_end_matches(']').parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn upgrades_logged(b: &Broker) -> usize {
+    b.log_text().matches("upgraded in place").count()
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Several clients in request/release loops: some on one long connection,
+/// one connecting afresh for every request (so accepts race the exec too).
+fn start_load(b: &Broker, shared: &SocketSpec) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for i in 0..4 {
+        let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+        let path = b.path.clone();
+        let shared = shared.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut c = Client::connect(&path).unwrap();
+            let eph = spec("udp:127.0.0.1:0");
+            while !stop.load(Ordering::SeqCst) {
+                let res = (|| -> sockpass::Result<()> {
+                    if i == 3 {
+                        c = Client::connect(&path)?;
+                    }
+                    let g1 = c.request_socket(&eph, ShareMode::None, "load")?;
+                    let g2 = c.request_socket(&shared, ShareMode::Any, "load")?;
+                    c.release(&g1.token)?;
+                    c.release(&g2.token)?;
+                    Ok(())
+                })();
+                match res {
+                    Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        errors.lock().unwrap().push(e.to_string());
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        }));
+    }
+    Load {
+        stop,
+        ok,
+        failed,
+        errors,
+        threads,
+    }
+}
+
+impl Load {
+    fn wait_more(&self, n: u64) {
+        let start = self.ok.load(Ordering::SeqCst);
+        wait_for("the load clients to make progress", || {
+            (self.ok.load(Ordering::SeqCst) >= start + n).then_some(())
+        });
+    }
+    fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let errs = self.errors.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            errs,
+        )
+    }
+}
+
+#[test]
+fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
+    let b = Broker::start("upgrade-load");
+    let pid = b.pid();
+    // Sockets held across the upgrades by a client that stays connected.
+    let mut holder = b.client();
+    let held: Vec<sockpass::client::Grant> = [
+        "udp:127.0.0.1:0",
+        "tcp:127.0.0.1:0?listen=16",
+        "udp:127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| {
+        holder
+            .request_socket(&spec(s), ShareMode::None, "holder")
+            .unwrap()
+    })
+    .collect();
+    let held_inodes: Vec<u64> = held.iter().map(|g| inode(&g.fd)).collect();
+    let mut manager = b.client();
+    let resv = manager
+        .reserve_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "resv")
+        .unwrap();
+    let shared = spec(&format!("tcp:127.0.0.1:{}", free_port(false)));
+    let before = b.status();
+
+    let load = start_load(&b, &shared);
+    load.wait_more(50);
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    wait_for("the SIGHUP upgrade", || {
+        (upgrades_logged(&b) == 1).then_some(())
+    });
+    load.wait_more(50);
+
+    let out = Command::new(sockpass_bin())
+        .args(["upgrade", "--socket"])
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sockpass upgrade failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("upgraded sockpassd (pid {pid})")
+    );
+    assert_eq!(upgrades_logged(&b), 2);
+    load.wait_more(50);
+    let (ok, failed, errs) = load.finish();
+    assert_eq!(failed, 0, "failed requests across the upgrades: {errs:?}");
+    assert!(ok >= 150);
+
+    // Same process, same sockets, same references.
+    assert_eq!(b.pid(), pid);
+    assert_eq!(holder.broker_pid() as i32, pid);
+    let inodes = broker_socket_inodes(pid);
+    for ino in &held_inodes {
+        assert!(inodes.contains(ino), "held socket {ino} was not kept");
+    }
+    let after = b.status();
+    assert_eq!(after.counters.sockets, before.counters.sockets);
+    assert_eq!(after.counters.references, before.counters.references);
+    assert_eq!(after.counters.reservations, 1);
+    assert_eq!(after.counters.connections, before.counters.connections);
+
+    // Tokens still name their references: releasing works, and closes the
+    // sockets (no other holder).
+    for g in &held {
+        assert_eq!(holder.release(&g.token).unwrap(), 0);
+    }
+    // The reservation survived with its remaining time and is picked up.
+    let mut taker = b.client();
+    let g = taker.pickup(&resv.token).unwrap();
+    assert_eq!(g.port, resv.port);
+    let st = b.status();
+    assert_eq!(st.counters.reservations, 0);
+    assert_eq!(st.counters.references, 1);
+    drop(g);
+    // A fresh request is served by the upgraded image, on a CLOEXEC fd.
+    let g = taker
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
+        .unwrap();
+    assert!(sockpass::sys::is_cloexec(g.fd.as_raw_fd()));
+    // The broker leaks nothing across the handover: every fd it holds is
+    // CLOEXEC again (nothing would leak into a further exec).
+    assert!(b.log_text().matches("upgrading: executing").count() == 2);
+}
+
+#[test]
+fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
+    let b = Broker::start("upgrade-refused");
+    let mut c = b.client();
+    let g = c
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "keep")
+        .unwrap();
+    let before = b.status().counters;
+
+    let e = c
+        .upgrade(Some(std::path::Path::new("/nonexistent/sockpassd")))
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::BadRequest, "{e}");
+    assert!(e.message().contains("/nonexistent/sockpassd"), "{e}");
+
+    let e = c
+        .upgrade(Some(std::path::Path::new("relative/sockpassd")))
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::BadRequest, "{e}");
+
+    // An executable file execve refuses (no ELF header, no #!): the exec
+    // itself fails after the state was written, and the old image rebuilds
+    // its broker from it and carries on.
+    let bad = b.dir.join("not-a-binary");
+    std::fs::write(&bad, b"\0\0\0\0garbage").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = c.upgrade(Some(&bad)).unwrap_err();
+    assert!(e.message().contains("execve"), "{e}");
+
+    let out = Command::new(sockpass_bin())
+        .args(["upgrade", "--exe", "/nonexistent/sockpassd", "--socket"])
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sockpassd"));
+
+    // Nothing changed, and the reference still works.
+    let after = b.status().counters;
+    assert_eq!(after.sockets, before.sockets);
+    assert_eq!(after.references, before.references);
+    assert_eq!(after.connections, before.connections);
+    assert_eq!(c.release(&g.token).unwrap(), 0);
+    assert_eq!(upgrades_logged(&b), 0);
+    // The relative path is refused when the request arrives; the other
+    // three by the daemon's checks or the failed exec.
+    assert_eq!(b.log_text().matches("upgrade refused").count(), 3);
+    let g2 = c
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
+        .unwrap();
+    drop::<OwnedFd>(g2.fd);
+}
+
+#[test]
+fn upgrade_refused_when_the_policy_file_no_longer_parses() {
+    let dir = temp_dir("upgrade-policy");
+    let policy = dir.join("policy");
+    std::fs::write(&policy, "allow * ops=request\nallow * ops=pickup\n").unwrap();
+    let path = dir.join("sockpassd.sock");
+    let b = Broker::start_at(dir.clone(), path, &["--policy", policy.to_str().unwrap()]);
+    std::fs::write(&policy, "this is not a rule\n").unwrap();
+    let mut c = b.client();
+    let e = c.upgrade(None).unwrap_err();
+    assert!(e.message().contains("policy:1"), "{e}");
+    // Still serving, on the old policy.
+    c.request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
+        .unwrap();
+    std::fs::write(&policy, "allow * ops=request\nallow * ops=pickup\n").unwrap();
+    assert_eq!(c.upgrade(None).unwrap() as i32, b.pid());
+    assert_eq!(upgrades_logged(&b), 1);
+}
+
+#[test]
+fn upgrade_needs_root_or_the_brokers_uid() {
+    if !is_root() {
+        eprintln!("skipping: running a client as another uid needs root");
+        return;
+    }
+    let b = Broker::start("upgrade-perm");
+    // A client as nobody (uid 65534), through the CLI.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(sockpass_bin())
+        .args(["upgrade", "--socket"])
+        .arg(&b.path)
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipping: setpriv is not available");
+        return;
+    };
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only root or uid"),
+        "{out:?}"
+    );
+    assert_eq!(upgrades_logged(&b), 0);
+    b.client()
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
+        .unwrap();
+}
