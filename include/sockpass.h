@@ -83,6 +83,11 @@
 // calls on one client from several threads are serialised.
 typedef struct sockpass_client sockpass_client;
 
+// The parent's side of one readiness protocol, made before the child is
+// spawned. Thread-safe: calls on one handle from several threads are
+// serialised (a blocking wait holds the others back).
+typedef struct sockpass_readiness sockpass_readiness;
+
 // A unix stream or seqpacket server socket handed into this daemon, with
 // its optional notifier. Accepting is allowed only once the socket is
 // known to listen. Thread-safe: calls on one server from several threads
@@ -328,6 +333,80 @@ int sockpass_bind_in_namespace(int pid,
                                uint32_t uid,
                                uint32_t gid,
                                int backlog);
+
+// Make the parent's side of readiness `method`: `"pipe"` (the child closes
+// or writes to its fd), `"notify"` (sd_notify: the child gets
+// `NOTIFY_SOCKET`, see `sockpass_readiness_notify_socket`) or `"fd:N"`
+// (s6: the child writes a newline to its fd N).
+//
+// On success writes a new handle to `*readiness_out` (free it with
+// `sockpass_readiness_free`) and the fd the child must get to
+// `*child_fd_out` (`O_CLOEXEC`, owned by the caller: hand it to the child,
+// for `fd:N` as fd N, then close it in the parent; -1 for `notify`), and
+// returns 0. `method` is borrowed. Errors: `-EFAULT`, `-EINVAL` (unknown
+// method), `-ENAMETOOLONG`, `-EMFILE`.
+int sockpass_readiness_new(const char *method,
+                           sockpass_readiness **readiness_out,
+                           int *child_fd_out);
+
+// Free the handle and close its fds (for `notify`, the socket and its
+// private directory are removed). NULL is a no-op.
+void sockpass_readiness_free(sockpass_readiness *readiness);
+
+// The fd to watch in an event loop: readable or hung up means call
+// `sockpass_readiness_check`. It belongs to the handle: do not close it.
+// Errors: `-EFAULT`.
+int sockpass_readiness_fd(sockpass_readiness *readiness);
+
+// For `notify`: the value to put in the child's `NOTIFY_SOCKET`, written
+// NUL-terminated into `buf` of `size` bytes. Returns its length without
+// the NUL. Errors: `-EFAULT`, `-ENOENT` (not the `notify` method),
+// `-ENOBUFS` (`buf` too small: nothing written).
+int sockpass_readiness_notify_socket(sockpass_readiness *readiness,
+                                     char *buf,
+                                     size_t size);
+
+// Without blocking, take in what the child sent: 1 once ready, 0 if not
+// yet. Errors: `-EFAULT`, `-SOCKPASS_E_NOT_READY` (the child closed its
+// `fd:N` without the newline), `-SOCKPASS_E_PROTOCOL` (a malformed
+// notify message).
+int sockpass_readiness_check(sockpass_readiness *readiness);
+
+// Block until ready, at most `timeout_ms` milliseconds (negative: no
+// limit). Returns 0. Errors: as `sockpass_readiness_check`, and
+// `-ETIMEDOUT` (wait again later).
+int sockpass_readiness_wait(sockpass_readiness *readiness,
+                            int timeout_ms);
+
+// As `sockpass_readiness_wait`, while watching child `pid` (not reaped
+// here: the caller still waits for it): if it exits first, that is
+// `-SOCKPASS_E_CHILD_FAILED` and `sockpass_last_error_message` gives its
+// status. Errors also: `-EINVAL` (`pid` not positive).
+int sockpass_readiness_wait_child(sockpass_readiness *readiness,
+                                  int pid,
+                                  int timeout_ms);
+
+// For a daemon: if `NOTIFY_SOCKET` is set, send `READY=1` and `MAINPID`
+// there and return 1; return 0 if it is not set. Errors: the errno of the
+// failed connect or send (e.g. `-ENOENT`, `-ECONNREFUSED`), `-EINVAL`
+// (malformed address).
+int sockpass_notify_ready(void);
+
+// Send one sd_notify message of `len` bytes (borrowed; e.g.
+// `"STATUS=loading"`) to `address` as `NOTIFY_SOCKET` spells it (`/path`
+// or `@abstract`; NUL-terminated, borrowed). Returns 0. Errors: `-EFAULT`,
+// `-EINVAL` (malformed address, or `len` above 4096), `-ENAMETOOLONG`,
+// and the errno of the failed connect or send.
+int sockpass_notify_send(const char *address,
+                         const char *msg,
+                         size_t len);
+
+// For a daemon started with a readiness fd (s6's notification-fd, or the
+// write end of a `pipe`): write a newline to `fd` and close it. The fd is
+// taken over and closed whatever the outcome, unless it is negative or not
+// open (`-EBADF`, nothing closed). Returns 0. Errors: `-EBADF`, `-EPIPE`
+// (the reader is gone).
+int sockpass_report_ready_fd(int fd);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -19,10 +19,12 @@ mod boundary;
 mod client;
 mod errors;
 mod notify;
+mod readiness;
 
 pub use client::*;
 pub use errors::*;
 pub use notify::*;
+pub use readiness::*;
 
 /// The library version, as the three parts of the project version.
 pub const SOCKPASS_VERSION_MAJOR: u32 = 0;
