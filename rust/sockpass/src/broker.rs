@@ -596,7 +596,19 @@ impl Broker {
             let fd = unsafe { OwnedFd::from_raw_fd(r) };
             if self.conns.len >= self.cfg.limits.max_connections {
                 // Closing at once keeps the backlog from filling with clients
-                // that would only wait.
+                // that would only wait. The ERROR with id 0 (best effort)
+                // tells the client why instead of a bare hang-up.
+                let e = Error::with_errno(
+                    Kind::LimitReached,
+                    libc::EUSERS,
+                    format!(
+                        "the broker serves {} connections, its limit",
+                        self.conns.len
+                    ),
+                );
+                let mut msg = Vec::new();
+                proto::encode_error(&mut msg, 0, &e);
+                let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
                 drop(fd);
                 self.note_refusal("connection limit reached");
                 continue;

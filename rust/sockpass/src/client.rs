@@ -127,8 +127,10 @@ impl Client {
         };
         let id = c.take_id();
         proto::encode_hello(&mut c.buf, id);
-        c.send()?;
-        let (h, n, _) = c.recv_reply(id, 0)?;
+        let (h, n, _) = match c.send().and_then(|()| c.recv_reply(id, 0)) {
+            Ok(r) => r,
+            Err(e) => return Err(c.refusal().unwrap_or(e)),
+        };
         if h.ty != ty::HELLO_OK {
             return Err(Error::protocol(format!(
                 "unexpected reply {:#04x} to HELLO",
@@ -203,6 +205,17 @@ impl Client {
     /// Receive the reply to `id`; returns its header, length and fds (at most
     /// `max_fds`; more is a protocol error and they are closed). An ERROR
     /// reply becomes `Err`.
+    /// After a failed handshake: the ERROR with id 0 a broker at its
+    /// connection limit sends before closing. Closing with our HELLO unread
+    /// resets the connection, and the reset is reported before that message.
+    fn refusal(&mut self) -> Option<Error> {
+        let r = recv_fds(self.fd.as_fd(), &mut self.rbuf[..], 0, libc::MSG_DONTWAIT).ok()?;
+        let h = Header::parse(&self.rbuf[..r.len]).ok()?;
+        (h.ty == ty::ERROR && h.id == 0)
+            .then(|| proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len]).ok())
+            .flatten()
+    }
+
     fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Vec<OwnedFd>)> {
         let r = match recv_fds(self.fd.as_fd(), &mut self.rbuf[..], max_fds, 0) {
             Ok(r) => r,
@@ -223,6 +236,11 @@ impl Client {
             ));
         }
         let h = Header::parse(&self.rbuf[..r.len])?;
+        // An ERROR with id 0 is about the connection (e.g. the broker's
+        // connection limit): the broker closes it after.
+        if h.ty == ty::ERROR && h.id == 0 {
+            return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len])?);
+        }
         if h.id != id {
             return Err(Error::protocol(format!(
                 "reply for request {} while waiting for {id}",

@@ -1,0 +1,195 @@
+//! Configurable limits: references per client, pending reservations,
+//! connections, sockets held, and the fit under RLIMIT_NOFILE. Each refusal
+//! is LimitReached (code 2003) with a message naming the limit, changes no
+//! state, and disturbs no other client.
+
+mod common;
+
+use common::*;
+use sockpass::client::Client;
+use sockpass::{Kind, ShareMode, SocketSpec};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+fn spec(s: &str) -> SocketSpec {
+    s.parse().unwrap()
+}
+
+fn eph() -> SocketSpec {
+    spec("udp:127.0.0.1:0")
+}
+
+fn assert_limit(e: &sockpass::Error, words: &str) {
+    assert_eq!(e.kind(), Kind::LimitReached, "{e}");
+    assert_eq!(e.code(), 2003, "{e}");
+    assert!(
+        e.message().contains(words),
+        "{e:?} should mention {words:?}"
+    );
+}
+
+/// (sockets, references, connections, reservations)
+fn counts(b: &Broker, c: &mut Client) -> (u32, u32, u32, u32) {
+    let _ = b;
+    let k = c.status().unwrap().counters;
+    (k.sockets, k.references, k.connections, k.reservations)
+}
+
+#[test]
+fn references_per_client() {
+    let b = Broker::start_with("limit-refs", &["--max-refs-per-client", "3"]);
+    let mut c = b.client();
+    let shared = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let mut held: Vec<_> = (0..2)
+        .map(|_| c.request_socket(&eph(), ShareMode::None, "a").unwrap())
+        .collect();
+    held.push(c.request_socket(&shared, ShareMode::Any, "a").unwrap());
+    let before = counts(&b, &mut c);
+    // A new socket and a second reference to a cached one are both refused.
+    let e = c.request_socket(&eph(), ShareMode::None, "a").unwrap_err();
+    assert_limit(&e, "limit 3");
+    let e = c.request_socket(&shared, ShareMode::Any, "a").unwrap_err();
+    assert_limit(&e, "limit 3");
+    assert_eq!(counts(&b, &mut c), before);
+    // Another client is not affected, and shares the cached socket.
+    let mut other = b.client();
+    let g = other.request_socket(&shared, ShareMode::Any, "a").unwrap();
+    assert!(g.cached);
+    // Releasing one makes room again.
+    let g0 = held.remove(0);
+    c.release(&g0.token).unwrap();
+    c.request_socket(&eph(), ShareMode::None, "a").unwrap();
+    // A pick-up counts against the picker's references too.
+    let mut mgr = b.client();
+    let r = mgr.reserve_socket(&eph(), ShareMode::None, "r").unwrap();
+    let before = counts(&b, &mut c);
+    let e = c.pickup(&r.token).unwrap_err();
+    assert_limit(&e, "references");
+    assert_eq!(counts(&b, &mut c), before);
+    // The reservation is still there for someone with room.
+    other.pickup(&r.token).unwrap();
+}
+
+#[test]
+fn pending_reservations() {
+    let b = Broker::start_with("limit-resv", &["--max-reservations", "2"]);
+    let mut mgr = b.client();
+    let r1 = mgr.reserve_socket(&eph(), ShareMode::None, "r").unwrap();
+    let _r2 = mgr.reserve_socket(&eph(), ShareMode::None, "r").unwrap();
+    // Any client: the bound is over all of them.
+    let mut other = b.client();
+    let before = counts(&b, &mut mgr);
+    assert_eq!(before.3, 2);
+    let e = other
+        .reserve_socket(&eph(), ShareMode::None, "r")
+        .unwrap_err();
+    assert_limit(&e, "reservations");
+    assert_eq!(counts(&b, &mut mgr), before);
+    // Ordinary requests are not reservations and still work.
+    other.request_socket(&eph(), ShareMode::None, "x").unwrap();
+    // Collecting one frees its place.
+    other.pickup(&r1.token).unwrap();
+    mgr.reserve_socket(&eph(), ShareMode::None, "r").unwrap();
+    assert_eq!(counts(&b, &mut mgr).3, 2);
+}
+
+#[test]
+fn sockets_held() {
+    let b = Broker::start_with("limit-socks", &["--max-sockets", "3"]);
+    let mut a = b.client();
+    let shared = spec(&format!("tcp:127.0.0.1:{}", free_port(false)));
+    a.request_socket(&shared, ShareMode::Any, "a").unwrap();
+    a.request_socket(&eph(), ShareMode::None, "a").unwrap();
+    let mut c = b.client();
+    c.request_socket(&eph(), ShareMode::None, "c").unwrap();
+    let before = counts(&b, &mut c);
+    assert_eq!(before.0, 3);
+    let e = c.request_socket(&eph(), ShareMode::None, "c").unwrap_err();
+    assert_limit(&e, "sockets");
+    let e = c.reserve_socket(&eph(), ShareMode::None, "c").unwrap_err();
+    assert_limit(&e, "sockets");
+    assert_eq!(counts(&b, &mut c), before);
+    // A cached socket needs no new one: sharing still works at the limit.
+    let g = c.request_socket(&shared, ShareMode::Any, "c").unwrap();
+    assert!(g.cached);
+    // When a client goes, its sockets close and make room.
+    drop(a);
+    wait_for("the first client's sockets to close", || {
+        (b.status().counters.sockets == 2).then_some(())
+    });
+    c.request_socket(&eph(), ShareMode::None, "c").unwrap();
+}
+
+#[test]
+fn connections() {
+    let b = Broker::start_with("limit-conns", &["--max-connections", "2"]);
+    let mut c1 = b.client();
+    let g = c1.request_socket(&eph(), ShareMode::None, "a").unwrap();
+    let _c2 = b.client();
+    let before = counts(&b, &mut c1);
+    for _ in 0..3 {
+        let e = Client::connect(&b.path).expect_err("third connection refused");
+        assert_limit(&e, "connections");
+    }
+    assert_eq!(counts(&b, &mut c1), before);
+    assert!(b.log_text().contains("connection limit reached"));
+    // Existing clients are served as before; a place frees when one leaves.
+    c1.release(&g.token).unwrap();
+    drop(_c2);
+    wait_for("a free connection place", || Client::connect(&b.path).ok());
+}
+
+#[test]
+fn limits_fit_under_rlimit_nofile_with_headroom() {
+    // A broker allowed 200 fds caps connections plus sockets below that,
+    // keeping the headroom (64) for its own use, and refuses with
+    // LimitReached rather than failing on EMFILE.
+    let dir = temp_dir("limit-nofile");
+    let path = dir.join("sockpassd.sock");
+    let log = dir.join("log");
+    let mut cmd = Command::new(sockpassd_bin());
+    cmd.arg("--socket")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe and uses a local struct.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 200,
+                rlim_max: 200,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut c = wait_for("broker with 200 fds", || Client::connect(&path).ok());
+    let text = std::fs::read_to_string(&log).unwrap();
+    // (200 - 64) / 2 = 68 connections, 136 - 68 = 68 sockets.
+    assert!(
+        text.contains("max 68 connections, 68 sockets"),
+        "limits not fitted: {text}"
+    );
+    let mut got = Vec::new();
+    let err = loop {
+        match c.request_socket(&eph(), ShareMode::None, "x") {
+            Ok(g) => got.push(g),
+            Err(e) => break e,
+        }
+        assert!(got.len() <= 68, "more sockets than the fitted limit");
+    };
+    assert_limit(&err, "sockets");
+    assert_eq!(got.len(), 68);
+    let st = c.status().unwrap().counters;
+    assert!(
+        st.broker_fds < 200 - 32,
+        "broker holds {} fds",
+        st.broker_fds
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
