@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use sockpass::ns::{Namespaces, NsSet};
 use sockpass::spawn::{exit_code, EnvBase, Slot, Spawn};
-use sockpass::{Kind, SocketSpec};
+use sockpass::Kind;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -506,15 +506,4 @@ fn a_namespace_that_cannot_be_joined_names_it() {
     assert_eq!(e.kind(), Kind::ChildFailed);
     assert_eq!(e.errno(), libc::EINVAL);
     assert!(e.message().contains("user namespace"), "{e}");
-}
-
-#[test]
-fn unused_imports_guard() {
-    let _serial = serial();
-    // Keep helpers referenced when some tests skip.
-    let _ = (
-        SocketSpec::new as fn(_, _, _) -> _,
-        std::io::stdout().flush(),
-    );
-    let _ = udp().as_fd();
 }

@@ -7,6 +7,7 @@ pub mod json;
 pub mod pickup;
 pub mod request;
 pub mod reserve;
+pub mod run;
 pub mod serve_in;
 pub mod status;
 pub mod upgrade;
@@ -36,6 +37,16 @@ commands:
                                     replace the broker's program in place (same pid; default:
                                     the binary it runs), keeping every socket, reference and
                                     connection (root or the broker's uid; SIGHUP does the same)
+  run [-l ADDRESS] [--datagram] [--request SPEC [--share MODE] [--app NAME]] [--fd N[:NAME]]
+      [--fdname NAME[:NAME...]] [--start N] [-E VAR[=VAL]] [--clear-env] [--join PID [--ns LIST]]
+      -- PROGRAM [ARGS...]
+                                    start PROGRAM with sockets by systemd socket activation
+                                    (LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES, from fd 3 or --start;
+                                    LISTEN_FDS_FIRST_FD when not 3): -l makes one (a path, PORT,
+                                    HOST:PORT, tcp:/udp: spec), --request gets one from the
+                                    broker (held while PROGRAM runs), --fd passes an inherited
+                                    fd; --join enters PID's namespaces (--ns net,mnt,...);
+                                    exits with PROGRAM's status, forwards SIGTERM/SIGINT
   help                              this text
   version                           print the version
 
@@ -56,6 +67,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "status" => status::run(a),
         "request" => request::run(a),
         "reserve" => reserve::run(a),
+        "run" => run::run(a),
         "pickup" => pickup::run(a),
         "serve-in" => serve_in::run(a),
         "upgrade" => upgrade::run(a),

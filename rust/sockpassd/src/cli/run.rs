@@ -1,0 +1,264 @@
+//! `sockpass run [options] -- PROGRAM [ARGS...]`: start PROGRAM with sockets
+//! as systemd socket activation does (`LISTEN_FDS`, `LISTEN_PID`,
+//! `LISTEN_FDNAMES`), through [`sockpass::spawn`]. The sockets come from
+//! `-l` (made here), `--request` (from the broker; the connection, and so
+//! the lease, is held while PROGRAM runs) or `--fd` (inherited), in the
+//! order given. Exits with PROGRAM's status (128 + signal), and forwards
+//! SIGTERM and SIGINT to it.
+
+use crate::args::Args;
+use sockpass::client::Client;
+use sockpass::ns::{Namespaces, NsSet};
+use sockpass::spawn::{exit_code, EnvBase, Spawn};
+use sockpass::{ShareMode, SocketSpec};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One fd source, in command-line order.
+enum Source {
+    Listen(String),
+    Request(String),
+    Fd(i32, Option<String>),
+}
+
+/// Turn a `systemd-socket-activate -l` style address into a spec: a path
+/// (or `@name`) is a unix socket, a bare port or HOST:PORT is TCP (UDP with
+/// `--datagram`), `tcp:`/`udp:`/`unix:` specs are taken as they are.
+pub fn listen_spec(addr: &str, datagram: bool) -> Result<SocketSpec, String> {
+    let parsed = if addr.starts_with('/') || addr.starts_with('@') || addr.starts_with("./") {
+        let proto = if datagram { "unix-dgram" } else { "unix" };
+        format!("{proto}:{addr}").parse::<SocketSpec>()
+    } else if addr
+        .split_once(':')
+        .is_some_and(|(p, _)| p.parse::<sockpass::Proto>().is_ok())
+    {
+        addr.parse::<SocketSpec>()
+    } else {
+        let proto = if datagram { "udp" } else { "tcp" };
+        if addr.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{proto}:0.0.0.0:{addr}").parse::<SocketSpec>()
+        } else {
+            format!("{proto}:{addr}").parse::<SocketSpec>()
+        }
+    };
+    let mut spec = parsed.map_err(|e| format!("--listen {addr:?}: {e}"))?;
+    // -l means listening, as systemd-socket-activate.
+    if spec.proto.listens() && spec.options.backlog.is_none() {
+        spec.options.backlog = Some(libc::SOMAXCONN as u32);
+    }
+    Ok(spec)
+}
+
+fn parse_fd(v: &str) -> Result<(i32, Option<String>), String> {
+    let (n, name) = match v.split_once(':') {
+        Some((n, name)) => (n, Some(name.to_string())),
+        None => (v, None),
+    };
+    let n: i32 = n
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| format!("--fd {v:?}: expected N or N:NAME"))?;
+    Ok((n, name))
+}
+
+pub fn run(mut a: Args) -> Result<i32, String> {
+    let mut sources = Vec::new();
+    let mut datagram = false;
+    let mut socket: Option<PathBuf> = None;
+    let mut share = ShareMode::None;
+    let mut app = String::new();
+    let mut fdnames: Vec<String> = Vec::new();
+    let mut start: i32 = 3;
+    let mut env: Vec<(OsString, Option<OsString>)> = Vec::new();
+    let mut clear_env = false;
+    let mut join: Option<i32> = None;
+    let mut ns_list: Option<String> = None;
+    while let Some((k, v)) = a.next_option() {
+        match k.as_str() {
+            "-l" | "--listen" => sources.push(Source::Listen(a.value(&k, v)?)),
+            "-d" | "--datagram" => datagram = true,
+            "--request" => sources.push(Source::Request(a.value(&k, v)?)),
+            "--fd" => {
+                let (n, name) = parse_fd(&a.value(&k, v)?)?;
+                sources.push(Source::Fd(n, name));
+            }
+            "--fdname" => fdnames.extend(a.value(&k, v)?.split(':').map(str::to_string)),
+            "--socket" => socket = Some(a.value_os(&k, v)?.into()),
+            "--share" => share = a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?,
+            "--app" => app = a.value(&k, v)?,
+            "--start" => start = a.number(&k, v)?,
+            "-E" | "--setenv" => {
+                let kv = a.value_os(&k, v)?;
+                let b = kv.as_bytes();
+                match b.iter().position(|&c| c == b'=') {
+                    Some(i) => env.push((
+                        OsStr::from_bytes(&b[..i]).into(),
+                        Some(OsStr::from_bytes(&b[i + 1..]).into()),
+                    )),
+                    // VAR alone passes on our own value, as systemd-socket-activate.
+                    None => {
+                        let val = std::env::var_os(&kv);
+                        env.push((kv, val));
+                    }
+                }
+            }
+            "--clear-env" => clear_env = true,
+            "--join" => join = Some(a.number(&k, v)?),
+            "--ns" => ns_list = Some(a.value(&k, v)?),
+            _ => return Err(format!("run: unknown option {k}")),
+        }
+    }
+    a.skip_separator();
+    let argv = a.rest();
+    let Some(program) = argv.first() else {
+        return Err("run: give a program after --, e.g. sockpass run -l 8080 -- myserver".into());
+    };
+    if ns_list.is_some() && join.is_none() {
+        return Err("run: --ns needs --join PID".into());
+    }
+
+    // Fds, in order. The broker client stays open while the child runs:
+    // its connection is the lease on requested sockets.
+    let mut client: Option<Client> = None;
+    let mut fds: Vec<(OwnedFd, Option<String>)> = Vec::new();
+    for s in &sources {
+        match s {
+            Source::Listen(addr) => {
+                let spec = listen_spec(addr, datagram)?;
+                match sockpass::create::create_socket(&spec) {
+                    Ok(c) => fds.push((c.fd, None)),
+                    Err(e) => return Ok(super::fail(&format!("listen on {addr}"), &e)),
+                }
+            }
+            Source::Request(spec) => {
+                let spec: SocketSpec = spec.parse().map_err(|e| format!("--request: {e}"))?;
+                if client.is_none() {
+                    let path = socket
+                        .clone()
+                        .unwrap_or_else(sockpass::broker::default_socket_path);
+                    match Client::connect(&path) {
+                        Ok(c) => client = Some(c),
+                        Err(e) => return Ok(super::fail("connect to the broker", &e)),
+                    }
+                }
+                match client.as_mut().unwrap().request_socket(&spec, share, &app) {
+                    Ok(g) => fds.push((g.fd, None)),
+                    Err(e) => return Ok(super::fail(&format!("request {spec}"), &e)),
+                }
+            }
+            Source::Fd(n, name) => {
+                // SAFETY: borrowed only to duplicate it; a closed number
+                // fails the dup with EBADF.
+                let b = unsafe { BorrowedFd::borrow_raw(*n) };
+                match sockpass::sys::dup_cloexec(b) {
+                    Ok(d) => fds.push((d, name.clone())),
+                    Err(e) => {
+                        let e = sockpass::Error::os(e, format!("--fd {n}"));
+                        return Ok(super::fail("pass an inherited fd", &e));
+                    }
+                }
+            }
+        }
+    }
+    if fdnames.len() > fds.len() {
+        return Err(format!(
+            "run: --fdname gives {} names for {} fds",
+            fdnames.len(),
+            fds.len()
+        ));
+    }
+
+    let mut sp = Spawn::new(program);
+    sp.args(&argv[1..]).start(start);
+    if clear_env {
+        sp.env_base(EnvBase::Clear);
+    }
+    for (k, v) in &env {
+        match v {
+            Some(v) => sp.setenv(k, v),
+            None => sp.unsetenv(k),
+        };
+    }
+    for (i, (fd, name)) in fds.into_iter().enumerate() {
+        let name = fdnames.get(i).cloned().or(name);
+        sp.fd(fd, name.as_deref());
+    }
+    if let Some(pid) = join {
+        let set = match &ns_list {
+            Some(l) => l.parse::<NsSet>().map_err(|e| format!("--ns: {e}"))?,
+            None => NsSet::default_join(),
+        };
+        match Namespaces::open(pid, set) {
+            Ok(ns) => sp.join(ns),
+            Err(e) => return Ok(super::fail(&format!("join process {pid}"), &e)),
+        };
+    }
+
+    // SIGTERM and SIGINT are blocked here and forwarded; SIGCHLD is blocked
+    // too so the wait below wakes on it without a race. The child starts
+    // with an empty mask (spawn resets it).
+    let set = blocked_signals();
+    let mut child = match sp.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            unblock(&set);
+            return Ok(super::fail("run", &e));
+        }
+    };
+    let status = loop {
+        match child.wait_timeout(Duration::ZERO) {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => return Ok(super::fail("wait", &e)),
+        }
+        // SAFETY: sigwaitinfo on a set we blocked.
+        let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        if sig == libc::SIGTERM || sig == libc::SIGINT {
+            let _ = child.kill(sig);
+        }
+    };
+    drop(client);
+    unblock(&set);
+    Ok(exit_code(status))
+}
+
+fn blocked_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; sigprocmask on this
+    // single-threaded process.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn unblock(set: &libc::sigset_t) {
+    // SAFETY: restores what blocked_signals blocked.
+    unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_spellings() {
+        let s = |a: &str, d: bool| listen_spec(a, d).unwrap().to_string();
+        assert!(s("8080", false).starts_with("tcp:0.0.0.0:8080?backlog="));
+        assert_eq!(s("127.0.0.1:53", true), "udp:127.0.0.1:53");
+        assert_eq!(s("udp:127.0.0.1:53", false), "udp:127.0.0.1:53");
+        assert!(s("/run/x.sock", false).starts_with("unix:/run/x.sock"));
+        assert!(s("/run/x.sock", true).starts_with("unix-dgram:"));
+        assert!(listen_spec("nonsense", false).is_err());
+        assert_eq!(parse_fd("7:web").unwrap(), (7, Some("web".into())));
+        assert!(parse_fd("-1").is_err());
+    }
+}

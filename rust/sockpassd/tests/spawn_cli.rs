@@ -1,0 +1,186 @@
+//! `sockpass run`: real child processes, a real broker for --request, exit
+//! status propagation and signal forwarding.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+
+fn run(args: &[&str]) -> Child {
+    Command::new(sockpass_bin())
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sockpass run")
+}
+
+fn finish(mut c: Child) -> (i32, String) {
+    let st = wait_child(&mut c);
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (st.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn exit_status_is_propagated() {
+    let (code, _) = finish(run(&["--", "sh", "-c", "exit 7"]));
+    assert_eq!(code, 7);
+    let (code, _) = finish(run(&["--", "sh", "-c", "kill -KILL $$"]));
+    assert_eq!(code, 128 + 9);
+}
+
+#[test]
+fn listen_serves_a_tcp_connection() {
+    let mut c = run(&[
+        "-l",
+        "tcp:127.0.0.1:0",
+        "--fdname",
+        "web",
+        "--",
+        "python3",
+        "-S",
+        "-c",
+        "import socket,os\n\
+         l = socket.socket(fileno=3)\n\
+         print('@@ %d %s %s' % (l.getsockname()[1], os.environ['LISTEN_FDNAMES'], os.environ['LISTEN_PID'] == str(os.getpid())), flush=True)\n\
+         c, _ = l.accept()\n\
+         c.sendall(b'hello')\n\
+         c.close()",
+    ]);
+    let line = read_line(&mut c);
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&w[1..], ["web", "True"], "{line}");
+    let port: u16 = w[0].parse().unwrap();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hello");
+    let (code, err) = finish(c);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn request_through_the_broker_is_held_while_the_child_runs() {
+    let b = Broker::start("run-request");
+    let mut c = run(&[
+        "--socket",
+        &path_str(&b.path),
+        "--request",
+        "udp:127.0.0.1:0",
+        "--app",
+        "runtest",
+        "--",
+        "python3",
+        "-S",
+        "-c",
+        "import socket,os,sys\n\
+         s = socket.socket(fileno=3)\n\
+         print('@@ %d %s' % (s.getsockname()[1], os.environ['LISTEN_FDS']), flush=True)\n\
+         sys.stdin.read()",
+    ]);
+    let line = read_line(&mut c);
+    let (port, n) = line.split_once(' ').unwrap();
+    assert_eq!(n, "1");
+    let port: u16 = port.parse().unwrap();
+    let st = b.status();
+    assert!(
+        st.sockets.iter().any(|s| s.port == port && s.refs >= 1),
+        "the broker holds the socket while the child runs: {st:?}"
+    );
+    drop(c.stdin.take());
+    let (code, err) = finish(c);
+    assert_eq!(code, 0, "{err}");
+    wait_for("the reference to be released", || {
+        let st = b.status();
+        (!st.sockets.iter().any(|s| s.port == port && s.refs > 0)).then_some(())
+    });
+}
+
+#[test]
+fn sigterm_is_forwarded() {
+    let mut c = run(&[
+        "--",
+        "python3",
+        "-S",
+        "-c",
+        "import sys\nprint('@@ up', flush=True)\nsys.stdin.read()",
+    ]);
+    assert_eq!(read_line(&mut c), "up");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(c.id() as i32, libc::SIGTERM) }, 0);
+    let (code, _) = finish(c);
+    assert_eq!(
+        code,
+        128 + libc::SIGTERM,
+        "the child died of the forwarded SIGTERM"
+    );
+}
+
+#[test]
+fn inherited_fd_start_and_setenv() {
+    let dir = temp_dir("run-fd");
+    let f = dir.join("data");
+    std::fs::write(&f, "payload").unwrap();
+    let script = format!(
+        "exec 5<{} && exec {} run --fd 5:data --start 10 -E GREETING=hi -- \
+         bash -c 'cat <&10; echo \" $LISTEN_FDS_FIRST_FD $LISTEN_FDNAMES $GREETING\"; \
+         ls /proc/self/fd | sort -n | tr \"\\n\" \" \"'",
+        f.display(),
+        sockpass_bin().display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("payload 10 data hi"));
+    // 0-2, the fd at 10, and the one ls opens to list the directory.
+    let fds: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(fds.len(), 5, "{fds:?}");
+    assert!(fds.contains(&"10") && !fds.contains(&"5"), "{fds:?}");
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let (code, err) = finish(run(&["--fd", "987", "--", "true"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("987"), "{err}");
+    let (code, err) = finish(run(&[
+        "-l",
+        "tcp:127.0.0.1:0",
+        "--fdname",
+        "a:b",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code, 2, "more names than fds");
+    assert!(err.contains("fdname"), "{err}");
+    let (code, err) = finish(run(&[
+        "-l",
+        "tcp:127.0.0.1:0",
+        "--fdname",
+        "bad name\u{7f}",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("fd name"), "{err}");
+    let (code, err) = finish(run(&["--join", "2147483000", "--", "true"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+    let (code, err) = finish(run(&["--", "/nonexistent/prog"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("exec") && err.contains("No such file"),
+        "{err}"
+    );
+    let (code, _) = finish(run(&["--bogus", "--", "true"]));
+    assert_eq!(code, 2);
+    let mut c = run(&["--", "true"]);
+    let _ = c.stdin.take().unwrap().write_all(b"");
+    assert_eq!(finish(c).0, 0);
+}
