@@ -78,6 +78,13 @@
 // `uid` or `gid` argument: leave the socket file's owner or group as it is.
 #define SOCKPASS_OWNER_KEEP UINT32_MAX
 
+// Longest fd name (`LISTEN_FDNAMES` entry), as systemd: 255 bytes.
+#define SOCKPASS_MAX_FD_NAME 255
+
+// A started process. Thread-safe: calls on one child from several threads
+// are serialised (a blocking wait holds the others back).
+typedef struct sockpass_child sockpass_child;
+
 // A connection to the broker. It holds the references to every socket it
 // received until they are released or the client is freed. Thread-safe:
 // calls on one client from several threads are serialised.
@@ -93,6 +100,14 @@ typedef struct sockpass_readiness sockpass_readiness;
 // known to listen. Thread-safe: calls on one server from several threads
 // are serialised (a blocking wait or accept holds the others back).
 typedef struct sockpass_server sockpass_server;
+
+// A process to start: program, arguments, environment and an ordered fd
+// plan whose slots are numbered from 3 (see `sockpass_spawn_set_start`),
+// with `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` set as systemd socket
+// activation does. Everything is copied in; nothing runs until
+// `sockpass_spawn_start`. Thread-safe (calls are serialised), though a
+// builder is normally filled by one thread.
+typedef struct sockpass_spawn sockpass_spawn;
 
 // A peer's credentials (`SO_PEERCRED`), as the kernel recorded them when
 // the peer connected.
@@ -407,6 +422,128 @@ int sockpass_notify_send(const char *address,
 // open (`-EBADF`, nothing closed). Returns 0. Errors: `-EBADF`, `-EPIPE`
 // (the reader is gone).
 int sockpass_report_ready_fd(int fd);
+
+// Start describing a process running `program` (a path, or a name looked
+// up in `PATH` before the fork; argv[0] is `program` as given; borrowed).
+//
+// On success writes a new builder to `*spawn_out` (pass it to
+// `sockpass_spawn_start` or free it with `sockpass_spawn_free`) and returns
+// 0. Errors: `-EFAULT`, `-ENAMETOOLONG`.
+int sockpass_spawn_new(const char *program,
+                       sockpass_spawn **spawn_out);
+
+// Free a builder that was not started, closing the fds it copied. NULL is
+// a no-op.
+void sockpass_spawn_free(sockpass_spawn *spawn);
+
+// Append an argument (borrowed, copied). Returns 0. Errors: `-EFAULT`,
+// `-ENAMETOOLONG`.
+int sockpass_spawn_arg(sockpass_spawn *spawn,
+                       const char *arg);
+
+// Start the child's environment empty instead of from this process's.
+// Returns 0. Errors: `-EFAULT`.
+int sockpass_spawn_clear_env(sockpass_spawn *spawn);
+
+// Set `key`=`value` in the child's environment (both borrowed, copied).
+// Returns 0. Errors: `-EFAULT`, `-ENAMETOOLONG`, `-EINVAL` (an empty key
+// or one containing '=').
+int sockpass_spawn_setenv(sockpass_spawn *spawn,
+                          const char *key,
+                          const char *value);
+
+// Remove `key` (borrowed) from the child's environment. Returns 0.
+// Errors: as `sockpass_spawn_setenv`.
+int sockpass_spawn_unsetenv(sockpass_spawn *spawn,
+                            const char *key);
+
+// Append a slot passing a copy of `fd` (borrowed: duplicated now,
+// `O_CLOEXEC`, so the caller may close its fd at once), named `name`
+// (borrowed; NULL: "unknown"). Returns the slot's index (0 for the first).
+// Errors: `-EFAULT`, `-EBADF` (`fd` negative or not open), `-EINVAL` (a
+// name that is empty or not printable ASCII without ':'),
+// `-ENAMETOOLONG` (a name over `SOCKPASS_MAX_FD_NAME`).
+int sockpass_spawn_add_fd(sockpass_spawn *spawn,
+                          int fd,
+                          const char *name);
+
+// Append a slot whose number stays closed in the child, named `name`
+// (borrowed; NULL: "empty"). Returns the slot's index. Errors: as
+// `sockpass_spawn_add_fd` for the name.
+int sockpass_spawn_add_empty(sockpass_spawn *spawn,
+                             const char *name);
+
+// Append a slot that keeps whatever this process has open at the slot's
+// number (named "unknown"). Returns the slot's index. Errors: `-EFAULT`.
+int sockpass_spawn_add_inherit(sockpass_spawn *spawn);
+
+// The number the first slot gets (default 3; 0 is inetd style). Returns
+// 0. Errors: `-EFAULT`, `-EINVAL` (negative).
+int sockpass_spawn_set_start(sockpass_spawn *spawn,
+                             int first_fd);
+
+// Whether to set `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` (non-zero:
+// yes, the default when there are slots). Returns 0. Errors: `-EFAULT`.
+int sockpass_spawn_set_listen_env(sockpass_spawn *spawn,
+                                  int on);
+
+// Whether the child stops before `exec` until `sockpass_child_resume`
+// (non-zero: yes). Returns 0. Errors: `-EFAULT`.
+int sockpass_spawn_set_paused(sockpass_spawn *spawn,
+                              int on);
+
+// Start the child inside the namespaces of process `pid`, as named by
+// `namespaces` (borrowed): a comma-separated list of `user`, `ipc`, `uts`,
+// `net`, `pid`, `cgroup`, `mnt` (or `all`); NULL: all but `user`. They are
+// opened now, so a dead `pid` fails here. Returns 0. Errors: `-EFAULT`,
+// `-EINVAL` (unknown name, `pid` not positive), `-ESRCH`, `-EACCES`/
+// `-EPERM` (not allowed to open them).
+int sockpass_spawn_join(sockpass_spawn *spawn,
+                        int pid,
+                        const char *namespaces);
+
+// Start the process. The builder is consumed (freed, with the fds it
+// copied) whether or not this succeeds: do not use or free it again.
+//
+// On success writes a new child to `*child_out` and returns its pid. An
+// error leaves no process behind. Errors: `-EFAULT` (`spawn` or
+// `child_out` NULL; a NULL `child_out` still consumes the builder),
+// `-SOCKPASS_E_CHILD_FAILED` (the child failed before `exec`;
+// `sockpass_last_error_message` names the step and errno), `-EINVAL`
+// (a NUL in an environment entry, too many slots), `-EAGAIN`/`-ENOMEM`.
+int sockpass_spawn_start(sockpass_spawn *spawn,
+                         sockpass_child **child_out);
+
+// Free the handle. It neither kills nor reaps the process: wait for it
+// first (`sockpass_child_wait`), or reap it later with `waitpid(pid)`. A
+// child still paused is let go to `exec`. NULL is a no-op.
+void sockpass_child_free(sockpass_child *child);
+
+// The child's pid as this process sees it. Errors: `-EFAULT`.
+int sockpass_child_pid(sockpass_child *child);
+
+// The child's pid as it sees itself (differs inside a pid namespace; its
+// `LISTEN_PID`). Errors: `-EFAULT`.
+int sockpass_child_ns_pid(sockpass_child *child);
+
+// Let a paused child go on to `exec` and wait until it has. Returns 0 (also
+// for a child not paused). Errors: `-EFAULT`, `-SOCKPASS_E_CHILD_FAILED`
+// (exec failed; the child is reaped).
+int sockpass_child_resume(sockpass_child *child);
+
+// Wait for the child to exit, at most `timeout_ms` milliseconds (negative:
+// no limit; a paused child is let go first). Returns 1 and writes the raw
+// wait status (`WIFEXITED`, ...) to `*status_out` if it is not NULL, or 0
+// if the child still runs (`*status_out` untouched). Waiting again after
+// the exit gives the same status. Errors: `-EFAULT`, `-ECHILD`.
+int sockpass_child_wait(sockpass_child *child,
+                        int timeout_ms,
+                        int *status_out);
+
+// Send signal `sig` to the child (a no-op once it was reaped). Returns 0.
+// Errors: `-EFAULT`, `-EINVAL` (bad signal).
+int sockpass_child_kill(sockpass_child *child,
+                        int sig);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -69,6 +69,7 @@ python3 tests/c/run-example.py "$work/build/sockpassd" udp-echo "$work/build/c-e
 python3 tests/c/run-example.py "$work/build/sockpassd" tcp-shared "$work/build/c-examples/tcp-shared" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/bad_input" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/server_notify" "${vg[@]}"
+python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/spawn" "${vg[@]}"
 # valgrind has no pidfd_open: the test then skips only its wait_child checks (run above under ASan).
 SOCKPASS_TEST_NO_PIDFD=1 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/readiness" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/consumer/consumer" "${vg[@]}"

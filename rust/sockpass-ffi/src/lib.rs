@@ -20,11 +20,13 @@ mod client;
 mod errors;
 mod notify;
 mod readiness;
+mod spawn;
 
 pub use client::*;
 pub use errors::*;
 pub use notify::*;
 pub use readiness::*;
+pub use spawn::*;
 
 /// The library version, as the three parts of the project version.
 pub const SOCKPASS_VERSION_MAJOR: u32 = 0;
