@@ -255,8 +255,20 @@ impl Readiness {
     ) -> Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if self.check()? {
-                return Ok(());
+            match self.check() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // A notification fd closed without a newline usually means
+                // the child is exiting: report its status if it comes soon.
+                Err(e) => match child {
+                    Some((pid, pidfd))
+                        if e.kind() == Kind::NotReady
+                            && sys::poll_one(pidfd, libc::POLLIN, 1000).unwrap_or(0) != 0 =>
+                    {
+                        return Err(child_failed(pid));
+                    }
+                    _ => return Err(e),
+                },
             }
             let mut p = [
                 libc::pollfd {
@@ -277,17 +289,10 @@ impl Readiness {
             }
             if p[1].revents != 0 {
                 // Readiness sent just before exiting still counts.
-                if self.check()? {
+                if self.check().unwrap_or(false) {
                     return Ok(());
                 }
-                let (pid, _) = child.unwrap_or((0, self.fd()));
-                return Err(Error::new(
-                    Kind::ChildFailed,
-                    format!(
-                        "child {pid} {} before it was ready",
-                        describe_exit(child_status(pid))
-                    ),
-                ));
+                return Err(child_failed(child.map_or(0, |c| c.0)));
             }
             if n == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::with_errno(
@@ -437,6 +442,16 @@ fn notify_sockaddr(addr: &OsStr) -> Result<Vec<u8>> {
             addr.to_string_lossy()
         ))),
     }
+}
+
+fn child_failed(pid: i32) -> Error {
+    Error::new(
+        Kind::ChildFailed,
+        format!(
+            "child {pid} {} before it was ready",
+            describe_exit(child_status(pid))
+        ),
+    )
 }
 
 /// The exit status of `pid` without reaping it.
