@@ -26,6 +26,7 @@ from typing import Final, NamedTuple, Self, TypeAlias
 from . import _sockpass, notify, readiness
 from ._errors import BadRequestError, BrokerUnavailableError, ShareError, TokenError
 from ._share import Proto, Share
+from ._spawn import Child, spawn
 from ._status import Counters, HolderStatus, SocketStatus, _from_rows
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "BadRequestError",
     "BrokerSocket",
     "BrokerUnavailableError",
+    "Child",
     "Client",
     "Counters",
     "HolderStatus",
@@ -53,6 +55,7 @@ __all__ = [
     "request_socket",
     "request_spec",
     "reserve_socket",
+    "spawn",
     "status",
 ]
 

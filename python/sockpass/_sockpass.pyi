@@ -23,6 +23,8 @@ __all__ = [
     "LazyServer",
     "notifier_pair",
     "bind_in_namespace",
+    "spawn",
+    "Child",
 ]
 
 _HolderRow = tuple[int, int, int, int, int, bool, str]
@@ -121,3 +123,24 @@ class LazyServer:
         self, path: bytes, target: int | None, mode: int, owner: tuple[int, int] | None, backlog: int
     ) -> None: ...
     def close(self) -> None: ...
+def spawn(
+    argv: list[str],
+    slots: list[tuple[int | None, str | None]],
+    env: list[tuple[str, str]] | None,
+    start: int,
+    listen_env: bool,
+    join_pid: int | None,
+    namespaces: str | None,
+    paused: bool,
+) -> Child: ...
+@final
+class Child:
+    @property
+    def pid(self) -> int: ...
+    @property
+    def ns_pid(self) -> int: ...
+    @property
+    def paused(self) -> bool: ...
+    def resume(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int | None: ...
+    def kill(self, sig: int) -> None: ...

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 mod notify;
 mod readiness;
+mod spawn;
 
 /// The Python exception for a core error: `errno` is `Error::code()`,
 /// `strerror` the core's message. Classes for sockpass's own kinds live in
@@ -504,6 +505,8 @@ fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(readiness::send_notify, m)?)?;
     m.add_function(wrap_pyfunction!(readiness::notify_ready, m)?)?;
     m.add_function(wrap_pyfunction!(readiness::report_ready_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn::spawn, m)?)?;
+    m.add_class::<spawn::PyChild>()?;
     m.add_class::<notify::PyServerSocket>()?;
     m.add_class::<notify::PyLazyServer>()?;
     m.add_function(wrap_pyfunction!(notify::notifier_pair, m)?)?;

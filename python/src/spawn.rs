@@ -1,0 +1,154 @@
+//! `sockpass.spawn`: start a process with a planned set of fds (socket
+//! activation), optionally in another process's namespaces and paused until
+//! resumed. A translation of `sockpass::spawn` only.
+
+use crate::{closed, timeout_arg, to_pyerr};
+use pyo3::prelude::*;
+use sockpass::error::Error;
+use sockpass::ns::{Namespaces, NsSet};
+use sockpass::spawn::{Child, EnvBase, Slot, Spawn};
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
+use std::sync::Mutex;
+
+/// Build the plan: each slot is (fd or None for an empty slot, name). The
+/// fds are duplicated now, so the caller keeps its own.
+#[allow(clippy::too_many_arguments)]
+fn plan(
+    argv: Vec<OsString>,
+    slots: Vec<(Option<i32>, Option<String>)>,
+    env: Option<Vec<(OsString, OsString)>>,
+    start: i32,
+    listen_env: bool,
+    join_pid: Option<i32>,
+    namespaces: Option<String>,
+    paused: bool,
+) -> sockpass::Result<Spawn> {
+    let mut it = argv.into_iter();
+    let program = it
+        .next()
+        .ok_or_else(|| Error::bad_request("argv is empty: it needs at least the program"))?;
+    let mut s = Spawn::new(program);
+    s.args(it);
+    if let Some(env) = env {
+        s.env_base(EnvBase::Clear);
+        for (k, v) in env {
+            s.setenv(k, v);
+        }
+    }
+    for (fd, name) in slots {
+        match fd {
+            None => {
+                s.slot(Slot::Empty { name });
+            }
+            Some(fd) if fd < 0 => {
+                return Err(Error::bad_request(format!("invalid file descriptor {fd}")))
+            }
+            Some(fd) => {
+                // SAFETY: only duplicated (F_DUPFD_CLOEXEC) at once; a closed
+                // fd makes that fail with EBADF, which is reported.
+                let b = unsafe { BorrowedFd::borrow_raw(fd) };
+                s.dup_fd(b, name.as_deref())?;
+            }
+        }
+    }
+    s.start(start).listen_env(listen_env).paused(paused);
+    if let Some(pid) = join_pid {
+        let set = match namespaces {
+            Some(n) => n.parse()?,
+            None => NsSet::default_join(),
+        };
+        s.join(Namespaces::open(pid, set)?);
+    }
+    Ok(s)
+}
+
+/// Start a process; see `sockpass.spawn` for the arguments.
+#[pyfunction]
+#[pyo3(signature = (argv, slots, env, start, listen_env, join_pid, namespaces, paused))]
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    py: Python<'_>,
+    argv: Vec<OsString>,
+    slots: Vec<(Option<i32>, Option<String>)>,
+    env: Option<Vec<(OsString, OsString)>>,
+    start: i32,
+    listen_env: bool,
+    join_pid: Option<i32>,
+    namespaces: Option<String>,
+    paused: bool,
+) -> PyResult<PyChild> {
+    let child = py
+        .detach(|| {
+            plan(
+                argv, slots, env, start, listen_env, join_pid, namespaces, paused,
+            )?
+            .spawn()
+        })
+        .map_err(to_pyerr)?;
+    Ok(PyChild {
+        pid: child.pid(),
+        ns_pid: child.ns_pid(),
+        inner: Mutex::new(Some(child)),
+    })
+}
+
+/// A started process.
+#[pyclass(module = "sockpass._sockpass", name = "Child", frozen)]
+pub struct PyChild {
+    pid: i32,
+    ns_pid: i32,
+    // Locked only with the GIL released (wait blocks).
+    inner: Mutex<Option<Child>>,
+}
+
+impl PyChild {
+    fn with<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Child) -> sockpass::Result<R> + Send,
+    ) -> PyResult<R> {
+        let r = py.detach(|| {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.as_mut().map(f)
+        });
+        r.ok_or_else(|| closed("child"))?.map_err(to_pyerr)
+    }
+}
+
+#[pymethods]
+impl PyChild {
+    #[getter]
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The pid as the child sees itself (its LISTEN_PID).
+    #[getter]
+    fn ns_pid(&self) -> i32 {
+        self.ns_pid
+    }
+
+    #[getter]
+    fn paused(&self, py: Python<'_>) -> PyResult<bool> {
+        self.with(py, |c| Ok(c.is_paused()))
+    }
+
+    /// Let a paused child exec; an exec failure is raised here.
+    fn resume(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |c| c.resume())
+    }
+
+    /// The raw wait status, or None if still running after `timeout` seconds.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<i32>> {
+        match timeout_arg(timeout)? {
+            None => self.with(py, |c| c.wait().map(Some)),
+            Some(t) => self.with(py, |c| c.wait_timeout(t)),
+        }
+    }
+
+    fn kill(&self, py: Python<'_>, sig: i32) -> PyResult<()> {
+        self.with(py, |c| c.kill(sig))
+    }
+}

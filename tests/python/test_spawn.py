@@ -1,0 +1,134 @@
+"""sockpass.spawn with real processes: broker sockets passed by socket
+activation, empty slots, paused children, exec failures, bad input."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import sockpass
+from conftest import TIMEOUT, Broker
+
+# Reports what it got, one line each, as socket activation describes it;
+# written to argv[1] only at the end, so no file takes an empty slot's number.
+ACTIVATED = textwrap.dedent(
+    """
+    import os, socket, sys
+    n = int(os.environ["LISTEN_FDS"])
+    out = [f"{n} {os.environ['LISTEN_FDNAMES']} {os.environ['LISTEN_PID'] == str(os.getpid())}"]
+    for fd in range(3, 3 + n):
+        try:
+            s = socket.socket(fileno=fd)
+            out.append(f"{fd} {s.type.name} {s.getsockname()[1]} {os.get_inheritable(fd)}")
+            s.detach()
+        except OSError as e:
+            out.append(f"{fd} closed {e.errno}")
+    with open(sys.argv[1], "w") as f:
+        f.write("\\n".join(out))
+    """
+)
+
+
+def children() -> set[int]:
+    """This process's child processes (zombies included), from /proc."""
+    out: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            out |= {int(p) for p in f.read().split()}
+    return out
+
+
+def test_activation_report(broker: Broker, tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    out = os.path.join(tmp_path, "out")
+    with broker.client() as c:
+        with c.socket("127.0.0.1", 0, "udp") as udp, c.socket("127.0.0.1", 0, "tcp") as tcp:
+            child = sockpass.spawn(
+                [sys.executable, "-c", ACTIVATED, out], fds=[(udp, "dns"), (None, "gap"), (tcp, "web")]
+            )
+            assert child.pid > 0 and child.ns_pid == child.pid and not child.paused
+            assert child.wait(TIMEOUT) == 0 and child.returncode == 0
+            lines = pathlib.Path(out).read_text().splitlines()
+            assert lines == [
+                "3 dns:gap:web True",
+                f"3 SOCK_DGRAM {udp.getsockname()[1]} True",
+                f"4 closed {errno.EBADF}",
+                f"5 SOCK_STREAM {tcp.getsockname()[1]} True",
+            ]
+            # The caller's own sockets are untouched (the plan used copies).
+            assert udp.fileno() >= 0 and tcp.fileno() >= 0
+
+
+def test_paused_then_resumed(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    mark = os.path.join(tmp_path, "ran")
+    child = sockpass.spawn(["/bin/sh", "-c", f"touch {mark}; exit 7"], paused=True)
+    assert child.paused
+    assert not os.path.exists(mark)  # stopped before exec
+    child.resume()
+    assert not child.paused
+    assert child.wait(TIMEOUT) == 7 and os.path.exists(mark)
+
+
+def test_wait_timeout_and_kill(no_fd_leak: None) -> None:
+    child = sockpass.spawn(["/bin/sleep", "300"])
+    assert child.wait(timeout=0.05) is None
+    child.kill()
+    assert child.wait(TIMEOUT) == -signal.SIGTERM
+    child.kill()  # after wait: a no-op
+
+
+def test_exec_failure_leaves_nothing(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    before = children()
+    with pytest.raises(OSError) as ei:
+        sockpass.spawn([os.path.join(tmp_path, "no-such-program")])
+    assert ei.value.errno == 2008 and "exec" in str(ei.value)
+    assert children() == before  # no child left, not even a zombie
+
+
+def test_exec_failure_when_resumed(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    child = sockpass.spawn([os.path.join(tmp_path, "nothing")], paused=True)
+    with pytest.raises(OSError) as ei:
+        child.resume()
+    assert ei.value.errno == 2008 and "exec" in str(ei.value)
+
+
+def test_bad_input(no_fd_leak: None) -> None:
+    before = children()
+    closed = os.open("/dev/null", os.O_RDONLY)
+    os.close(closed)
+    cases: list[tuple[dict[str, object], type[BaseException], str]] = [
+        ({"argv": []}, ValueError, "argv is empty"),
+        ({"argv": ["/bin/true", "a\0b"]}, ValueError, "NUL"),
+        ({"argv": ["/bin/true"], "fds": [(0, "a:b")]}, ValueError, "fd name"),
+        ({"argv": ["/bin/true"], "fds": [(0, "")]}, ValueError, "fd name"),
+        ({"argv": ["/bin/true"], "fds": [closed]}, OSError, "not usable"),
+        ({"argv": ["/bin/true"], "fds": [-5]}, ValueError, "invalid file descriptor"),
+        ({"argv": ["/bin/true"], "fds": ["3"]}, AttributeError, "fileno"),
+        ({"argv": ["/bin/true"], "join_pid": os.getpid(), "namespaces": "bogus"}, ValueError, "unknown namespace"),
+        ({"argv": ["/bin/true"], "join_pid": -1}, ValueError, "invalid target pid"),
+        ({"argv": [5]}, TypeError, "expected str, bytes or os.PathLike"),
+        ({"argv": ["/bin/true"], "env": {"A": 5}}, TypeError, "env"),
+        ({"argv": ["/bin/true"], "start": "3"}, TypeError, "start"),
+    ]
+    for kw, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            sockpass.spawn(**kw)  # type: ignore[arg-type]
+    assert children() == before  # and no process was left behind
+
+
+def test_env_replaced() -> None:
+    # In a fresh process, so the child's stdout is one we capture.
+    p = subprocess.run(
+        [sys.executable, "-c", "import sockpass,sys; c=sockpass.spawn(['/usr/bin/env'], env={'ONLY':'this'}); sys.exit(c.wait())"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert p.returncode == 0 and p.stdout == "ONLY=this\n"
