@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 import sockpass
-from conftest import TIMEOUT, Broker
+from conftest import TIMEOUT, Broker, wait_for
 
 # Reports what it got, one line each, as socket activation describes it;
 # written to argv[1] only at the end, so no file takes an empty slot's number.
@@ -132,3 +132,22 @@ def test_env_replaced() -> None:
         timeout=TIMEOUT,
     )
     assert p.returncode == 0 and p.stdout == "ONLY=this\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="joining another process's namespaces needs root")
+def test_join_another_processes_network_namespace(tmp_path: pathlib.Path) -> None:
+    with subprocess.Popen(["unshare", "--net", "sleep", "300"]) as target:
+        try:
+            ours = os.readlink("/proc/self/ns/net")
+            theirs = wait_for(
+                "unshare to enter its namespace",
+                lambda: (n := os.readlink(f"/proc/{target.pid}/ns/net")) != ours and n,
+            )
+            out = tmp_path / "ns"
+            child = sockpass.spawn(
+                ["/bin/sh", "-c", f"readlink /proc/self/ns/net > {out}"], join_pid=target.pid, namespaces="net"
+            )
+            assert child.wait(TIMEOUT) == 0
+            assert out.read_text().strip() == theirs
+        finally:
+            target.kill()
