@@ -371,6 +371,142 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
   fflush(stdout);
 }
 
+/* ---- Interleaved: the benchmarks whose ratios are bars run in turns, in
+ * blocks of 500 iterations, so that a busy spell of a shared machine hits
+ * them all alike. Same operations as floor/kept/s6kept/inproc/uncached. */
+#define BLOCK 500
+enum { M_FLOOR, M_KEPT, M_S6, M_INPROC, M_UNCACHED, M_COUNT };
+static const char *mixed_names[M_COUNT] = {"B1_floor", "B2_cached_kept", "s6_retrieve_kept",
+                                           "inproc_socket_bind", "B4_uncached"};
+
+static void mixed(const char *path, int port, int uport, const char *s6path, const char *id,
+                  size_t n) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    char b;
+    while (recv(sv[1], &b, 1, 0) == 1)
+      if (send_fd(sv[1], u)) break;
+    _exit(0);
+  }
+  close(sv[1]);
+  sockpass_client *c = sp_connect(path), *cu = sp_connect(path);
+  int keep = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+  if (keep < 0) die("request", keep);
+  close(keep);
+  s6_fdholder_t a = S6_FDHOLDER_ZERO;
+  s6_start(&a, s6path);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  uint64_t *smp[M_COUNT], *rel = malloc((n + BLOCK) * sizeof *rel);
+  for (int m = 0; m < M_COUNT; m++) smp[m] = malloc((n + BLOCK) * sizeof(uint64_t));
+  static char tok[BLOCK][SOCKPASS_TOKEN_SIZE];
+  size_t done = 0, nrel = 0;
+  for (int block = 0; done < n; block++) {
+    for (int m = 0; m < M_COUNT; m++) {
+      for (size_t i = 0; i < BLOCK; i++) {
+        int fd, x;
+        char b = 'r', utok[SOCKPASS_TOKEN_SIZE];
+        uint64_t t0 = now_ns(), t1;
+        switch (m) {
+          case M_FLOOR:
+            if (send(sv[0], &b, 1, 0) != 1) die("send", errno);
+            if ((fd = recv_fd(sv[0])) < 0) die("recv_fd", errno);
+            close(fd);
+            t1 = now_ns();
+            break;
+          case M_KEPT:
+            fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                                SOCKPASS_SHARE_ANY, "bench", tok[i],
+                                                SOCKPASS_TOKEN_SIZE);
+            if (fd < 0) die("request", fd);
+            close(fd);
+            t1 = now_ns();
+            break;
+          case M_S6:
+            if ((fd = s6_fdholder_retrieve_g(&a, id, &deadline)) < 0) die("s6_fdholder_retrieve", errno);
+            close(fd);
+            t1 = now_ns();
+            break;
+          case M_INPROC: {
+            fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            int one = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (bind(fd, (struct sockaddr *)&sa, sizeof sa)) die("bind", errno);
+            t1 = now_ns();
+            close(fd);
+            break;
+          }
+          default:
+            fd = sockpass_client_request_socket(cu, SOCKPASS_PROTO_UDP, "127.0.0.1", uport,
+                                                SOCKPASS_SHARE_NONE, "bench", utok, sizeof utok);
+            if (fd < 0) die("request", fd);
+            close(fd);
+            t1 = now_ns();
+            if ((x = sockpass_client_release(cu, utok)) < 0) die("release", x);
+        }
+        if (block > 0) smp[m][done + i] = t1 - t0; /* block 0 warms up */
+      }
+      if (m == M_KEPT) /* this block's references, released off the clock */
+        for (size_t i = 0; i < BLOCK; i++) {
+          uint64_t t0 = now_ns();
+          int x = sockpass_client_release(c, tok[i]);
+          if (x < 0) die("release", x);
+          if (block > 0) rel[nrel++] = now_ns() - t0;
+        }
+    }
+    if (block > 0) done += BLOCK;
+  }
+  for (int m = 0; m < M_COUNT; m++) report(mixed_names[m], smp[m], done);
+  report("B2r_release", rel, nrel);
+  close(sv[0]);
+  waitpid(pid, NULL, 0);
+  s6_fdholder_end(&a);
+  sockpass_client_free(c);
+  sockpass_client_free(cu);
+}
+
+/* B3 and s6's connect + retrieve + end, interleaved in blocks of 50. */
+static void mixed_connect(const char *path, int port, const char *s6path, const char *id, size_t n) {
+  sockpass_client *holder = sp_connect(path); /* keeps the socket cached */
+  int keep = sockpass_client_request_socket(holder, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+  if (keep < 0) die("request", keep);
+  close(keep);
+  uint64_t *s = malloc((n + 50) * sizeof *s), *q = malloc((n + 50) * sizeof *q);
+  size_t done = 0;
+  for (int block = 0; done < n; block++) {
+    for (size_t i = 0; i < 50; i++) {
+      uint64_t t0 = now_ns();
+      sockpass_client *c = sp_connect(path);
+      int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                              SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+      if (fd < 0) die("request", fd);
+      close(fd);
+      sockpass_client_free(c);
+      if (block > 0) s[done + i] = now_ns() - t0;
+    }
+    for (size_t i = 0; i < 50; i++) {
+      uint64_t t0 = now_ns();
+      s6_fdholder_t a = S6_FDHOLDER_ZERO;
+      s6_start(&a, s6path);
+      int fd = s6_fdholder_retrieve_g(&a, id, &deadline);
+      if (fd < 0) die("s6_fdholder_retrieve", errno);
+      close(fd);
+      s6_fdholder_end(&a);
+      if (block > 0) q[done + i] = now_ns() - t0;
+    }
+    if (block > 0) done += 50;
+  }
+  report("B3_connect_request_close", s, done);
+  report("s6_connect_retrieve_end", q, done);
+  sockpass_client_free(holder);
+}
+
 int main(int argc, char **argv) {
   tain_now_set_stopwatch_g();
   tain_addsec_g(&deadline, 30);
@@ -380,7 +516,8 @@ int main(int argc, char **argv) {
             "usage: bench floor N | inproc N | kept SOCK PORT N [CACHED NAME] |\n"
             "  connect SOCK PORT N | uncached SOCK PORT N [CACHED NAME] |\n"
             "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N |\n"
-            "  s6connect S6SOCK ID N | tput sp|s6 SOCK PORT|ID K SECS\n");
+            "  s6connect S6SOCK ID N | tput sp|s6 SOCK PORT|ID K SECS |\n"
+            "  mixed SOCK PORT UPORT S6SOCK ID N | mixedconnect SOCK PORT S6SOCK ID N\n");
     return 2;
   }
   const char *m = argv[1];
@@ -397,6 +534,10 @@ int main(int argc, char **argv) {
   else if (!strcmp(m, "s6store") && argc == 4) s6_store(argv[2], argv[3]);
   else if (!strcmp(m, "s6kept") && argc == 5) s6_kept(argv[2], argv[3], atol(argv[4]));
   else if (!strcmp(m, "s6connect") && argc == 5) s6_connect_bench(argv[2], argv[3], atol(argv[4]));
+  else if (!strcmp(m, "mixed") && argc == 8)
+    mixed(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], argv[6], atol(argv[7]));
+  else if (!strcmp(m, "mixedconnect") && argc == 7)
+    mixed_connect(argv[2], atoi(argv[3]), argv[4], argv[5], atol(argv[6]));
   else if (!strcmp(m, "tput") && argc == 7) tput(argv[2], argv[3], argv[4], atoi(argv[5]), atof(argv[6]));
   else { fprintf(stderr, "bench: bad arguments\n"); return 2; }
   return 0;
