@@ -90,6 +90,11 @@ typedef struct sockpass_child sockpass_child;
 // calls on one client from several threads are serialised.
 typedef struct sockpass_client sockpass_client;
 
+// The manager's side of a lazy handover: a unix stream socket handed to
+// the daemon before it is bound, with the notifier that tells the daemon
+// when it listens. Thread-safe (calls are serialised).
+typedef struct sockpass_lazy_server sockpass_lazy_server;
+
 // The parent's side of one readiness protocol, made before the child is
 // spawned. Thread-safe: calls on one handle from several threads are
 // serialised (a blocking wait holds the others back).
@@ -348,6 +353,46 @@ int sockpass_bind_in_namespace(int pid,
                                uint32_t uid,
                                uint32_t gid,
                                int backlog);
+
+// Lazy handover, step one: make an unbound unix stream socket (in the
+// network namespace of process `pid` if `abstract_name` is non-zero and
+// `pid` is not 0, since abstract names belong to the namespace the socket
+// was made in; else here) and a notifier pair.
+//
+// On success writes a new handle to `*lazy_out`, and the daemon's copy of
+// the socket and the notifier's read end to `*socket_out` and
+// `*notifier_out` (both `O_CLOEXEC` and owned by the caller: hand them to
+// the daemon, which passes them to `sockpass_server_adopt`, then close
+// them here), and returns 0. Then call `sockpass_lazy_server_bind`.
+// Errors: `-EFAULT`, `-EINVAL` (negative `pid`), `-ESRCH`, `-EPERM`.
+int sockpass_lazy_server_new(int pid,
+                             int abstract_name,
+                             sockpass_lazy_server **lazy_out,
+                             int *socket_out,
+                             int *notifier_out);
+
+// Lazy handover, step two: bind `path` (as for
+// `sockpass_bind_in_namespace`: `path_len` bytes, '/' or a NUL byte
+// first) inside the namespaces of process `pid` (0: this process), listen,
+// then close the notifier so that the daemon sees it fire. The handle is
+// consumed (freed) whatever the outcome; on error the notifier is closed
+// too, and the daemon learns that the socket does not listen
+// (`-SOCKPASS_E_NOT_READY` there). Returns 0. Errors: `-EFAULT`, `-EINVAL`
+// (bad path, `mode` or `backlog`; negative `pid`), `-EADDRINUSE`,
+// `-ESRCH`, `-EPERM`, and the errno of the failed step.
+int sockpass_lazy_server_bind(sockpass_lazy_server *lazy,
+                              int pid,
+                              const char *path,
+                              size_t path_len,
+                              int mode,
+                              uint32_t uid,
+                              uint32_t gid,
+                              int backlog);
+
+// Give up a lazy handover without binding: the notifier fires on a socket
+// that does not listen, which the daemon reports as
+// `-SOCKPASS_E_NOT_READY`. NULL is a no-op.
+void sockpass_lazy_server_free(sockpass_lazy_server *lazy);
 
 // Make the parent's side of readiness `method`: `"pipe"` (the child closes
 // or writes to its fd), `"notify"` (sd_notify: the child gets

@@ -3,7 +3,9 @@
  * adopts both and may not accept until the manager binds, listens and
  * closes its end; an eagerly bound socket (sockpass_bind_in_namespace) is
  * adopted and accepts with the peer's credentials; every bad input gets its
- * documented code, writes no out-parameter and leaks no fd. Needs no
+ * documented code, writes no out-parameter and leaks no fd; the lazy
+ * manager side (sockpass_lazy_server_*) binds after the daemon adopted, or
+ * gives up, and the daemon is told either way. Needs no
  * broker. Run by meson test, under ASan/UBSan and under valgrind by
  * tests/parts/20-c.sh. */
 #define _GNU_SOURCE
@@ -159,6 +161,64 @@ static void eager(const char *path) {
     unlink(path);
 }
 
+/* Lazy handover through the library's manager side: the daemon gets the
+ * socket and notifier first, then the manager binds; or gives up. */
+static void lazy_manager(const char *path) {
+    sockpass_server *s = NULL;
+    sockpass_lazy_server *l = NULL;
+    int sock = -1, notifier = -1, peer, conn;
+
+    EXPECT(sockpass_lazy_server_new(0, 0, &l, &sock, &notifier), 0);
+    EXPECT(sockpass_server_adopt(sock, notifier, 0, &s), 0);
+    close(sock);
+    close(notifier);
+    EXPECT(sockpass_server_check(s), 0);
+    EXPECT(sockpass_lazy_server_bind(l, 0, path, strlen(path), 0600, SOCKPASS_OWNER_KEEP,
+                                     SOCKPASS_OWNER_KEEP, -1),
+           0);
+    EXPECT(sockpass_server_wait(s, 30000), 0);
+    peer = connect_to(path);
+    EXPECT(peer >= 0, 1);
+    conn = sockpass_server_accept(s, NULL);
+    EXPECT(conn >= 0, 1);
+    close(peer);
+    close(conn);
+    sockpass_server_free(s);
+    unlink(path);
+
+    /* The manager gives up: the daemon is told. */
+    s = NULL;
+    EXPECT(sockpass_lazy_server_new(0, 0, &l, &sock, &notifier), 0);
+    EXPECT(sockpass_server_adopt(sock, notifier, 0, &s), 0);
+    close(sock);
+    close(notifier);
+    sockpass_lazy_server_free(l);
+    EXPECT(sockpass_server_wait(s, 30000), -SOCKPASS_E_NOT_READY);
+    sockpass_server_free(s);
+
+    /* A bad path still consumes the handle, and the daemon is told. */
+    s = NULL;
+    EXPECT(sockpass_lazy_server_new(0, 0, &l, &sock, &notifier), 0);
+    EXPECT(sockpass_server_adopt(sock, notifier, 0, &s), 0);
+    close(sock);
+    close(notifier);
+    EXPECT(sockpass_lazy_server_bind(l, 0, "rel", 3, -1, SOCKPASS_OWNER_KEEP, SOCKPASS_OWNER_KEEP,
+                                     -1),
+           -EINVAL);
+    EXPECT(sockpass_server_wait(s, 30000), -SOCKPASS_E_NOT_READY);
+    sockpass_server_free(s);
+
+    sock = notifier = -7;
+    EXPECT(sockpass_lazy_server_new(0, 0, NULL, &sock, &notifier), -EFAULT);
+    EXPECT(sockpass_lazy_server_new(0, 0, &l, NULL, &notifier), -EFAULT);
+    EXPECT(sockpass_lazy_server_new(-2, 0, &l, &sock, &notifier), -EINVAL);
+    EXPECT(sock == -7 && notifier == -7, 1);
+    EXPECT(sockpass_lazy_server_bind(NULL, 0, path, strlen(path), -1, SOCKPASS_OWNER_KEEP,
+                                     SOCKPASS_OWNER_KEEP, -1),
+           -EFAULT);
+    sockpass_lazy_server_free(NULL);
+}
+
 static void bad_input(const char *path) {
     sockpass_server *sentinel = (sockpass_server *)&failures, *s = sentinel;
     sockpass_creds cr = {-7, 7, 7};
@@ -260,6 +320,7 @@ int main(void) {
     lazy(path);
     manager_gone();
     eager(path);
+    lazy_manager(path);
     bad_input(path);
     EXPECT(count_fds(), before);
     rmdir(dir);

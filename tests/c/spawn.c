@@ -4,13 +4,16 @@
  * fd 3; a paused child runs only after resume; a missing program is
  * -SOCKPASS_E_CHILD_FAILED with no process left; a running child times
  * out, is killed and reaped; every bad input gets its documented code and
- * no fd leaks. Needs no broker. Run by meson test, under ASan/UBSan and
+ * no fd leaks; as root, a child joins another process's network
+ * namespace. Needs no broker. Run by meson test, under ASan/UBSan and
  * under valgrind by tests/parts/20-c.sh. */
 #define _GNU_SOURCE
 #include <sockpass.h>
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +127,56 @@ static void exec_failure_and_kill(void) {
     sockpass_child_free(c);
 }
 
+/* As root: a child joins the network namespace of another process (a
+ * holder made here with unshare) and sees that namespace's inode. */
+static void join_namespace(void) {
+    sockpass_spawn *s = NULL;
+    sockpass_child *c = NULL;
+    char link[64], want[64];
+    int p[2], st = -1;
+    ssize_t n;
+    pid_t holder;
+
+    if (geteuid() != 0) {
+        printf("spawn: join not checked: needs root\n");
+        return;
+    }
+    EXPECT(pipe2(p, O_CLOEXEC), 0);
+    fflush(stdout);
+    holder = fork();
+    if (holder == 0) {
+        char ok = unshare(CLONE_NEWNET) == 0 ? 'y' : 'n';
+        if (write(p[1], &ok, 1) != 1) {
+            _exit(1);
+        }
+        pause();
+        _exit(0);
+    }
+    close(p[1]);
+    EXPECT((int)read(p[0], want, 1), 1);
+    EXPECT(want[0], 'y');
+    close(p[0]);
+    snprintf(link, sizeof(link), "/proc/%d/ns/net", (int)holder);
+    n = readlink(link, want, sizeof(want) - 1);
+    EXPECT(n > 0, 1);
+    want[n > 0 ? n : 0] = 0;
+
+    EXPECT(sockpass_spawn_new("/bin/sh", &s), 0);
+    EXPECT(sockpass_spawn_arg(s, "-c"), 0);
+    EXPECT(sockpass_spawn_arg(s, "test \"$(readlink /proc/self/ns/net)\" = \"$1\""), 0);
+    EXPECT(sockpass_spawn_arg(s, "sh"), 0);
+    EXPECT(sockpass_spawn_arg(s, want), 0);
+    EXPECT(sockpass_spawn_join(s, holder, "net"), 0);
+    EXPECT(sockpass_spawn_start(s, &c) > 0, 1);
+    if (c) {
+        EXPECT(sockpass_child_wait(c, -1, &st), 1);
+        EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, 1);
+        sockpass_child_free(c);
+    }
+    kill(holder, SIGKILL);
+    EXPECT(waitpid(holder, NULL, 0), holder);
+}
+
 static void bad_input(void) {
     sockpass_spawn *sentinel = (sockpass_spawn *)&failures, *s = sentinel;
     sockpass_child *c = (sockpass_child *)&failures;
@@ -179,6 +232,7 @@ int main(void) {
     socket_activation(0);
     socket_activation(1);
     exec_failure_and_kill();
+    join_namespace();
     bad_input();
     EXPECT(count_fds(), before);
     if (failures) {

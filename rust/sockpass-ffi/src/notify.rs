@@ -5,7 +5,7 @@
 //! socket activation (`LISTEN_FDS`).
 
 use crate::boundary::{call, fault};
-use sockpass::notify::{self, activation, BindOptions, ServerSocket};
+use sockpass::notify::{self, activation, BindOptions, LazyServer, ServerSocket};
 use sockpass::{Error, Kind};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
@@ -329,6 +329,96 @@ pub unsafe extern "C" fn sockpass_bind_in_namespace(
         let opts = bind_options(mode, uid, gid, backlog)?;
         Ok(notify::bind_in_namespace(target, path, &opts)?.into_raw_fd())
     })
+}
+
+/// The manager's side of a lazy handover: a unix stream socket handed to
+/// the daemon before it is bound, with the notifier that tells the daemon
+/// when it listens. Thread-safe (calls are serialised).
+pub struct sockpass_lazy_server {
+    inner: Mutex<LazyServer>,
+}
+
+/// Lazy handover, step one: make an unbound unix stream socket (in the
+/// network namespace of process `pid` if `abstract_name` is non-zero and
+/// `pid` is not 0, since abstract names belong to the namespace the socket
+/// was made in; else here) and a notifier pair.
+///
+/// On success writes a new handle to `*lazy_out`, and the daemon's copy of
+/// the socket and the notifier's read end to `*socket_out` and
+/// `*notifier_out` (both `O_CLOEXEC` and owned by the caller: hand them to
+/// the daemon, which passes them to `sockpass_server_adopt`, then close
+/// them here), and returns 0. Then call `sockpass_lazy_server_bind`.
+/// Errors: `-EFAULT`, `-EINVAL` (negative `pid`), `-ESRCH`, `-EPERM`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_lazy_server_new(
+    pid: c_int,
+    abstract_name: c_int,
+    lazy_out: *mut *mut sockpass_lazy_server,
+    socket_out: *mut c_int,
+    notifier_out: *mut c_int,
+) -> c_int {
+    call(|| {
+        if lazy_out.is_null() || socket_out.is_null() || notifier_out.is_null() {
+            return Err(fault("lazy_out, socket_out or notifier_out"));
+        }
+        let target = target_of(pid)?;
+        let mut l = notify::prepare_lazy(target, abstract_name != 0)?;
+        let (Some(sock), Some(n)) = (l.daemon_socket.take(), l.daemon_notifier.take()) else {
+            return Err(Error::protocol("the lazy server has no daemon fds"));
+        };
+        *socket_out = sock.into_raw_fd();
+        *notifier_out = n.into_raw_fd();
+        *lazy_out = Box::into_raw(Box::new(sockpass_lazy_server {
+            inner: Mutex::new(l),
+        }));
+        Ok(0)
+    })
+}
+
+/// Lazy handover, step two: bind `path` (as for
+/// `sockpass_bind_in_namespace`: `path_len` bytes, '/' or a NUL byte
+/// first) inside the namespaces of process `pid` (0: this process), listen,
+/// then close the notifier so that the daemon sees it fire. The handle is
+/// consumed (freed) whatever the outcome; on error the notifier is closed
+/// too, and the daemon learns that the socket does not listen
+/// (`-SOCKPASS_E_NOT_READY` there). Returns 0. Errors: `-EFAULT`, `-EINVAL`
+/// (bad path, `mode` or `backlog`; negative `pid`), `-EADDRINUSE`,
+/// `-ESRCH`, `-EPERM`, and the errno of the failed step.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_lazy_server_bind(
+    lazy: *mut sockpass_lazy_server,
+    pid: c_int,
+    path: *const c_char,
+    path_len: usize,
+    mode: c_int,
+    uid: u32,
+    gid: u32,
+    backlog: c_int,
+) -> c_int {
+    call(|| {
+        if lazy.is_null() {
+            return Err(fault("lazy"));
+        }
+        let l = Box::from_raw(lazy);
+        let l = l.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        let target = target_of(pid)?;
+        let path = path_of(path, path_len)?;
+        let opts = bind_options(mode, uid, gid, backlog)?;
+        l.bind_and_notify(target, path, &opts).map(|()| 0)
+    })
+}
+
+/// Give up a lazy handover without binding: the notifier fires on a socket
+/// that does not listen, which the daemon reports as
+/// `-SOCKPASS_E_NOT_READY`. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_lazy_server_free(lazy: *mut sockpass_lazy_server) {
+    if lazy.is_null() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(Box::from_raw(lazy));
+    }));
 }
 
 fn target_of(pid: c_int) -> sockpass::Result<Option<i32>> {
