@@ -568,7 +568,7 @@ print(s.recv(200).decode())
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no process 2147483647"),
+        String::from_utf8_lossy(&out.stderr).contains("process 2147483647 does not exist"),
         "{out:?}"
     );
     drop(ns);

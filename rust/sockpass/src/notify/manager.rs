@@ -10,8 +10,9 @@
 
 use crate::error::{Error, Kind, Result};
 use crate::fdpass;
+use crate::ns::{Namespaces, NsSet};
 use crate::sys;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// The notifier pair: `(read end for the daemon, write end for the
 /// manager)`. Closing the write end, once the socket listens, is the signal.
@@ -147,7 +148,7 @@ impl LazyServer {
 
 /// Everything the helper child needs, prepared before fork.
 struct Plan {
-    ns_fds: Vec<(OwnedFd, i32)>,
+    ns: Option<Namespaces>,
     join_net: bool,
     target: Target,
     addr: Option<(libc::sockaddr_un, libc::socklen_t)>,
@@ -197,7 +198,7 @@ impl Plan {
             _ => None,
         };
         Ok(Plan {
-            ns_fds: Vec::new(),
+            ns: None,
             join_net: abstract_,
             target,
             addr,
@@ -212,14 +213,13 @@ impl Plan {
         };
         let mut want = Vec::new();
         if self.join_net {
-            want.push(("net", libc::CLONE_NEWNET));
+            want.push("net");
         }
         if self.cpath.is_some() {
-            want.push(("mnt", libc::CLONE_NEWNS));
+            want.push("mnt");
         }
-        for (name, flag) in want {
-            self.ns_fds.push((open_ns(pid, name)?, flag));
-        }
+        let set: NsSet = want.join(",").parse()?;
+        self.ns = Some(Namespaces::open(pid, set)?);
         Ok(())
     }
 
@@ -269,7 +269,9 @@ impl Plan {
             None => String::new(),
         };
         let op = match step {
-            STEP_SETNS => "setns".to_string(),
+            s if s & 15 == STEP_SETNS => {
+                format!("join ({})", Namespaces::step_name(usize::from(s >> 4)))
+            }
             STEP_SOCKET => "socket".into(),
             STEP_BIND => format!("bind {what}"),
             STEP_CHOWN => format!("chown {what}"),
@@ -290,9 +292,12 @@ impl Plan {
             libc::send(report, m.as_ptr().cast(), 5, libc::MSG_NOSIGNAL);
             libc::_exit(1)
         };
-        for (fd, flag) in &self.ns_fds {
-            if libc::setns(fd.as_raw_fd(), *flag) != 0 {
-                fail(STEP_SETNS);
+        // Joins, then takes the target's root and cwd (a chrooted target's
+        // paths resolve as it sees them).
+        if let Some(ns) = &self.ns {
+            if let Err((step, e)) = ns.enter() {
+                *libc::__errno_location() = e;
+                fail(STEP_SETNS + step as u8 * 16);
             }
         }
         let sock = if existing >= 0 {
@@ -354,23 +359,6 @@ impl Plan {
         }
         libc::_exit(0)
     }
-}
-
-fn open_ns(pid: i32, name: &str) -> Result<OwnedFd> {
-    let p = std::ffi::CString::new(format!("/proc/{pid}/ns/{name}")).unwrap();
-    // SAFETY: p is a valid C string; the result is checked.
-    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = sys::errno();
-        let kind_msg = if e == libc::ENOENT {
-            format!("no process {pid}")
-        } else {
-            format!("open /proc/{pid}/ns/{name}")
-        };
-        return Err(Error::os(e, kind_msg));
-    }
-    // SAFETY: fd is new and ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Wait for the helper child; a short description of how it ended.
@@ -447,6 +435,6 @@ mod tests {
             .dbus_address()
             .starts_with("unix:abstract=sockpass-mgr-test-"));
         let e = bind_in_namespace(Some(i32::MAX), b"/tmp/x", &BindOptions::default()).unwrap_err();
-        assert_eq!(e.errno(), libc::ENOENT, "{e}");
+        assert_eq!(e.errno(), libc::ESRCH, "{e}");
     }
 }
