@@ -284,6 +284,22 @@ fn bad_input_child() {
         assert!(e.message().contains("write end"), "{e}");
         seen.push(("pipe write end", e.errno()));
         drop(r);
+        // Manager-side failures leave nothing open either.
+        let taken = dir.join("taken");
+        let _ = std::fs::remove_file(&taken);
+        let ok = notify::bind_in_namespace(None, bytes(&taken), &BindOptions::default()).unwrap();
+        let e =
+            notify::bind_in_namespace(None, bytes(&taken), &BindOptions::default()).unwrap_err();
+        assert_eq!(e.errno(), libc::EADDRINUSE, "{e}");
+        let e = notify::bind_in_namespace(Some(i32::MAX), bytes(&taken), &BindOptions::default())
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::ESRCH, "{e}");
+        let l = notify::prepare_lazy(None, false).unwrap();
+        let e = l
+            .bind_and_notify(None, bytes(&taken), &BindOptions::default())
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EADDRINUSE, "{e}");
+        drop(ok);
     }
     seen.truncate(6);
     let mut errnos: Vec<i32> = seen.iter().map(|s| s.1).collect();
@@ -487,6 +503,20 @@ fn abstract_name_in_another_network_namespace() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     s.accept().unwrap();
+    // Lazy: the socket is made in the target's network namespace (abstract
+    // names belong to the namespace a socket was created in), bound later.
+    let lazy_name = format!("{name}-lazy");
+    let mut l = notify::prepare_lazy(Some(pid), true).unwrap();
+    let mut s =
+        ServerSocket::adopt(l.daemon_socket.take().unwrap(), l.daemon_notifier.take()).unwrap();
+    l.bind_and_notify(Some(pid), lazy_name.as_bytes(), &BindOptions::default())
+        .unwrap();
+    s.wait(Some(WAIT)).unwrap();
+    assert_eq!(s.path(), lazy_name.as_bytes());
+    assert_eq!(
+        sockpass::sys::connect_unix(&c, lazy_name.as_bytes()),
+        Err(libc::ECONNREFUSED)
+    );
     drop(holder);
 }
 
