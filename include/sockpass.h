@@ -102,8 +102,10 @@ typedef struct sockpass_readiness sockpass_readiness;
 
 // A unix stream or seqpacket server socket handed into this daemon, with
 // its optional notifier. Accepting is allowed only once the socket is
-// known to listen. Thread-safe: calls on one server from several threads
-// are serialised (a blocking wait or accept holds the others back).
+// known to listen. Thread-safe: several threads may accept at once (and
+// ask for the fd or address meanwhile); `check` and `wait` are serialised
+// with everything else, which cannot matter since accepting needs them
+// done first.
 typedef struct sockpass_server sockpass_server;
 
 // A process to start: program, arguments, environment and an ordered fd

@@ -9,7 +9,7 @@ use sockpass::notify::{self, activation, BindOptions, LazyServer, ServerSocket};
 use sockpass::{Error, Kind};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 /// Longest socket path or abstract name (with its leading NUL), in bytes:
@@ -34,19 +34,29 @@ pub struct sockpass_creds {
 
 /// A unix stream or seqpacket server socket handed into this daemon, with
 /// its optional notifier. Accepting is allowed only once the socket is
-/// known to listen. Thread-safe: calls on one server from several threads
-/// are serialised (a blocking wait or accept holds the others back).
+/// known to listen. Thread-safe: several threads may accept at once (and
+/// ask for the fd or address meanwhile); `check` and `wait` are serialised
+/// with everything else, which cannot matter since accepting needs them
+/// done first.
 pub struct sockpass_server {
-    inner: Mutex<ServerSocket>,
+    inner: RwLock<ServerSocket>,
 }
 
 impl sockpass_server {
+    /// For the calls that change the readiness state.
     fn with<R>(
         &self,
         f: impl FnOnce(&mut ServerSocket) -> sockpass::Result<R>,
     ) -> sockpass::Result<R> {
-        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.inner.write().unwrap_or_else(|p| p.into_inner());
         f(&mut s)
+    }
+
+    /// For the calls that only read it (accept blocks here, not holding
+    /// the others back).
+    fn read<R>(&self, f: impl FnOnce(&ServerSocket) -> sockpass::Result<R>) -> sockpass::Result<R> {
+        let s = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        f(&s)
     }
 }
 
@@ -85,7 +95,7 @@ fn timeout_of(ms: c_int) -> Option<Duration> {
 
 fn boxed(s: ServerSocket) -> *mut sockpass_server {
     Box::into_raw(Box::new(sockpass_server {
-        inner: Mutex::new(s),
+        inner: RwLock::new(s),
     }))
 }
 
@@ -180,7 +190,7 @@ pub unsafe extern "C" fn sockpass_server_free(server: *mut sockpass_server) {
 pub unsafe extern "C" fn sockpass_server_fd(server: *mut sockpass_server) -> c_int {
     call(|| {
         let s = server_ref(server)?;
-        s.with(|s| Ok(s.as_fd().as_raw_fd()))
+        s.read(|s| Ok(s.as_fd().as_raw_fd()))
     })
 }
 
@@ -192,7 +202,7 @@ pub unsafe extern "C" fn sockpass_server_fd(server: *mut sockpass_server) -> c_i
 pub unsafe extern "C" fn sockpass_server_notifier_fd(server: *mut sockpass_server) -> c_int {
     call(|| {
         let s = server_ref(server)?;
-        s.with(|s| {
+        s.read(|s| {
             s.notifier_fd()
                 .map(|n| n.as_raw_fd())
                 .ok_or_else(|| Error::with_errno(Kind::Os, libc::ENOENT, "no notifier is pending"))
@@ -240,7 +250,7 @@ pub unsafe extern "C" fn sockpass_server_accept(
 ) -> c_int {
     call(|| {
         let s = server_ref(server)?;
-        let (fd, c) = s.with(|s| s.accept())?;
+        let (fd, c) = s.read(|s| s.accept())?;
         if let Some(out) = creds_out.as_mut() {
             *out = sockpass_creds {
                 pid: c.pid,
@@ -267,7 +277,7 @@ pub unsafe extern "C" fn sockpass_server_dbus_address(
         if buf.is_null() {
             return Err(fault("buf"));
         }
-        let a = s.with(|s| Ok(s.dbus_address().to_owned()))?;
+        let a = s.read(|s| Ok(s.dbus_address().to_owned()))?;
         if a.len() >= size {
             return Err(Error::with_errno(
                 Kind::Os,
@@ -527,6 +537,39 @@ mod tests {
         );
         unsafe { sockpass_server_free(s) };
         unsafe { sockpass_server_free(std::ptr::null_mut()) };
+    }
+
+    #[test]
+    fn threads_accept_at_once() {
+        let t = TempSock::new("threads");
+        let p = t.path();
+        let l = UnixListener::bind(&p).unwrap();
+        let mut s = std::ptr::null_mut();
+        assert_eq!(
+            unsafe { sockpass_server_adopt(l.as_fd().as_raw_fd(), -1, 0, &mut s) },
+            0
+        );
+        let addr = s as usize;
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let fd = unsafe {
+                        sockpass_server_accept(addr as *mut sockpass_server, std::ptr::null_mut())
+                    };
+                    assert!(fd >= 0);
+                    // SAFETY: the accepted fd is ours.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                })
+            })
+            .collect();
+        // Asking for the fd while others block in accept does not wait.
+        assert!(unsafe { sockpass_server_fd(s) } >= 0);
+        let _a = UnixStream::connect(&p).unwrap();
+        let _b = UnixStream::connect(&p).unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        unsafe { sockpass_server_free(s) };
     }
 
     #[test]
