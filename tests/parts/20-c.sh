@@ -67,6 +67,7 @@ vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=de
     --show-leak-kinds=definite,indirect)
 python3 tests/c/run-example.py "$work/build/sockpassd" udp-echo "$work/build/c-examples/udp-echo" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" tcp-shared "$work/build/c-examples/tcp-shared" "${vg[@]}"
+python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/c-examples/activated-server" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/bad_input" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/server_notify" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/spawn" "${vg[@]}"
