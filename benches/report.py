@@ -170,6 +170,8 @@ def main():
     L.append("")
     L.append("## Spawn with fds (B8): whole process, `/bin/true`, unpinned (µs)")
     L.append("")
+    L.append(f"sockpass side: `{meta.get('b8', '?')}`, with the same listening sockets as systemd-socket-activate's `-l`.")
+    L.append("")
     L.append("| fds | sockpass median | p99 | systemd-socket-activate median | p99 | ratio |")
     L.append("|---|---|---|---|---|---|")
     for n in (1, 64, 1000):
