@@ -51,6 +51,8 @@ pub struct Spawn {
     env_base: EnvBase,
     env_ops: Vec<(OsString, Option<OsString>)>,
     slots: Vec<Slot>,
+    /// Fds at fixed numbers outside the LISTEN_FDS range.
+    extra: Vec<(OwnedFd, RawFd)>,
     start: RawFd,
     listen_env: bool,
     join: Option<Namespaces>,
@@ -115,6 +117,7 @@ impl Spawn {
             env_base: EnvBase::Inherit,
             env_ops: Vec::new(),
             slots: Vec::new(),
+            extra: Vec::new(),
             start: 3,
             listen_env: true,
             join: None,
@@ -167,6 +170,14 @@ impl Spawn {
         let d = crate::sys::dup_cloexec(fd)
             .map_err(|e| Error::os(e, format!("source fd {} is not usable", fd.as_raw_fd())))?;
         Ok(self.fd(d, name))
+    }
+
+    /// Put `fd` at exactly number `target` in the child, outside the
+    /// socket-activation range: not counted in `LISTEN_FDS` (e.g. s6's
+    /// notification fd). A target used twice is an error at spawn.
+    pub fn fd_at(&mut self, fd: OwnedFd, target: RawFd) -> &mut Spawn {
+        self.extra.push((fd, target));
+        self
     }
 
     pub fn slot(&mut self, s: Slot) -> &mut Spawn {
@@ -286,6 +297,8 @@ struct Plan {
     envp: Vec<*const libc::c_char>,
     /// Index in `_env_owned` of `LISTEN_PID=`, filled in by the child.
     listen_pid: Option<usize>,
+    /// One above every planned number: where the sync pipes go.
+    top: RawFd,
     /// (source, target) for fd slots; target for empty and inherit slots.
     moves: Vec<(RawFd, RawFd)>,
     empties: Vec<RawFd>,
@@ -298,7 +311,6 @@ struct Plan {
 
 impl Plan {
     fn prepare(s: &mut Spawn) -> Result<Plan> {
-        let n = s.slots.len() as i64;
         let limit = fd_limit();
         if s.start < 0 {
             return Err(Error::bad_request(format!(
@@ -306,8 +318,25 @@ impl Plan {
                 s.start
             )));
         }
+        let mut targets: Vec<RawFd> = (0..s.slots.len()).map(|i| s.start + i as RawFd).collect();
+        for &(_, t) in &s.extra {
+            if t < 0 {
+                return Err(Error::bad_request(format!("target fd {t} is negative")));
+            }
+            if targets.contains(&t) {
+                return Err(Error::bad_request(format!(
+                    "two fds are planned at number {t}"
+                )));
+            }
+            targets.push(t);
+        }
+        let n = targets.len() as i64;
         // Room above the targets for the sync pipes and moved sources.
-        let top = s.start as i64 + n;
+        let top = targets
+            .iter()
+            .map(|&t| t as i64 + 1)
+            .max()
+            .unwrap_or(s.start as i64);
         if top + n + 8 > limit as i64 {
             return Err(Error::with_errno(
                 Kind::BadRequest,
@@ -321,7 +350,6 @@ impl Plan {
             ));
         }
         let names = s.names()?;
-        let targets: Vec<RawFd> = (0..s.slots.len()).map(|i| s.start + i as RawFd).collect();
         let in_targets = |fd: RawFd| targets.contains(&fd);
 
         // Sources on another slot's number (or on 0-2 when the plan maps
@@ -344,6 +372,14 @@ impl Plan {
                 Slot::Empty { .. } => empties.push(t),
                 Slot::Inherit => inherits.push(t),
             }
+        }
+        for (fd, t) in s.extra.iter_mut() {
+            let raw = fd.as_raw_fd();
+            if raw != *t && in_targets(raw) {
+                let old = std::mem::replace(fd, move_above(fd.try_clone()?, above)?);
+                drop(old);
+            }
+            moves.push((fd.as_raw_fd(), *t));
         }
         // Namespace fds are used before the fds are placed, so a target may
         // overwrite them; only an inherit slot must not pass one on.
@@ -373,6 +409,7 @@ impl Plan {
             }
         };
         let listen = s.listen_env && !s.slots.is_empty();
+        let n = s.slots.len();
         for k in [
             "LISTEN_FDS",
             "LISTEN_PID",
@@ -443,6 +480,7 @@ impl Plan {
             _env_owned: env_owned,
             envp,
             listen_pid,
+            top: above,
             moves,
             empties,
             inherits,
@@ -455,7 +493,7 @@ impl Plan {
     fn run(self, s: Spawn) -> Result<Child> {
         // Sync channel: the child reports on `report`; a paused child waits
         // on `go`. Both above every planned number, CLOEXEC.
-        let above = s.start + s.slots.len() as RawFd;
+        let above = self.top;
         let (rr, rw) = pipe()?;
         let (rr, rw) = (move_above(rr, above)?, move_above(rw, above)?);
         let (gr, gw) = pipe()?;

@@ -374,6 +374,11 @@ fn bad_input_is_refused_before_spawning() {
         let e = s.spawn().unwrap_err();
         assert_eq!(e.kind(), Kind::BadRequest, "{bad:?}: {e}");
     }
+    // Two fds planned at one number.
+    let mut s = Spawn::new("/bin/true");
+    s.fd(udp(), None).fd_at(udp(), 3);
+    let e = s.spawn().unwrap_err();
+    assert!(e.message().contains("two fds"), "{e}");
     // A start index past the fd limit.
     let mut s = Spawn::new("/bin/true");
     s.start(i32::MAX - 5).fd(udp(), None);

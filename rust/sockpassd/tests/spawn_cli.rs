@@ -184,3 +184,74 @@ fn bad_input_is_refused() {
     let _ = c.stdin.take().unwrap().write_all(b"");
     assert_eq!(finish(c).0, 0);
 }
+
+/// Every stdout line of a finished `sockpass run`.
+fn finish_out(mut c: Child) -> (i32, Vec<String>, String) {
+    let mut out = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let (code, err) = finish(c);
+    (code, out.lines().map(str::to_string).collect(), err)
+}
+
+#[test]
+fn wait_ready_notify_prints_the_pid() {
+    let c = run(&[
+        "--wait-ready",
+        "notify",
+        "--",
+        "python3",
+        "-S",
+        "-c",
+        "import socket,os\n\
+         print('@@ %d' % os.getpid(), flush=True)\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])",
+    ]);
+    let (code, lines, err) = finish_out(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        format!("@@ {}", lines[1]),
+        "the pid printed once ready"
+    );
+}
+
+#[test]
+fn wait_ready_fd_n_and_pipe() {
+    // s6 style: a newline on fd 7, which is outside LISTEN_FDS.
+    let c = run(&[
+        "-l",
+        "tcp:127.0.0.1:0",
+        "--wait-ready",
+        "fd:7",
+        "--",
+        "bash",
+        "-c",
+        "echo \"@@ $$ $LISTEN_FDS\"; echo >&7",
+    ]);
+    let (code, lines, err) = finish_out(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines, [format!("@@ {} 1", lines[1]), lines[1].clone()]);
+    // pipe: the write end is the last slot, named "ready"; closing it is ready.
+    let c = run(&[
+        "--wait-ready",
+        "pipe",
+        "--",
+        "bash",
+        "-c",
+        "echo \"@@ $$ $LISTEN_FDNAMES\"; exec 3>&-",
+    ]);
+    let (code, lines, err) = finish_out(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines, [format!("@@ {} ready", lines[1]), lines[1].clone()]);
+}
+
+#[test]
+fn wait_ready_child_exiting_first_is_reported() {
+    let c = run(&["--wait-ready", "notify", "--", "sh", "-c", "exit 3"]);
+    let (code, lines, err) = finish_out(c);
+    assert_eq!(code, 3);
+    assert!(lines.is_empty(), "{lines:?}");
+    assert!(err.contains("did not report ready"), "{err}");
+}

@@ -39,13 +39,14 @@ commands:
                                     connection (root or the broker's uid; SIGHUP does the same)
   run [-l ADDRESS] [--datagram] [--request SPEC [--share MODE] [--app NAME]] [--fd N[:NAME]]
       [--fdname NAME[:NAME...]] [--start N] [-E VAR[=VAL]] [--clear-env] [--join PID [--ns LIST]]
-      -- PROGRAM [ARGS...]
+      [--wait-ready notify|fd:N|pipe] -- PROGRAM [ARGS...]
                                     start PROGRAM with sockets by systemd socket activation
                                     (LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES, from fd 3 or --start;
                                     LISTEN_FDS_FIRST_FD when not 3): -l makes one (a path, PORT,
                                     HOST:PORT, tcp:/udp: spec), --request gets one from the
                                     broker (held while PROGRAM runs), --fd passes an inherited
                                     fd; --join enters PID's namespaces (--ns net,mnt,...);
+                                    --wait-ready prints PROGRAM's pid once it reports ready;
                                     exits with PROGRAM's status, forwards SIGTERM/SIGINT
   help                              this text
   version                           print the version

@@ -3,12 +3,14 @@
 //! `LISTEN_FDNAMES`), through [`sockpass::spawn`]. The sockets come from
 //! `-l` (made here), `--request` (from the broker; the connection, and so
 //! the lease, is held while PROGRAM runs) or `--fd` (inherited), in the
-//! order given. Exits with PROGRAM's status (128 + signal), and forwards
-//! SIGTERM and SIGINT to it.
+//! order given. With `--wait-ready notify|fd:N|pipe` ([`sockpass::readiness`])
+//! it prints PROGRAM's pid once PROGRAM reports ready. Exits with PROGRAM's
+//! status (128 + signal), and forwards SIGTERM and SIGINT to it.
 
 use crate::args::Args;
 use sockpass::client::Client;
 use sockpass::ns::{Namespaces, NsSet};
+use sockpass::readiness::{Method, Readiness};
 use sockpass::spawn::{exit_code, EnvBase, Spawn};
 use sockpass::{ShareMode, SocketSpec};
 use std::ffi::{OsStr, OsString};
@@ -77,6 +79,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     let mut clear_env = false;
     let mut join: Option<i32> = None;
     let mut ns_list: Option<String> = None;
+    let mut wait_ready: Option<Method> = None;
     while let Some((k, v)) = a.next_option() {
         match k.as_str() {
             "-l" | "--listen" => sources.push(Source::Listen(a.value(&k, v)?)),
@@ -109,6 +112,9 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             "--clear-env" => clear_env = true,
             "--join" => join = Some(a.number(&k, v)?),
             "--ns" => ns_list = Some(a.value(&k, v)?),
+            "--wait-ready" => {
+                wait_ready = Some(a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?)
+            }
             _ => return Err(format!("run: unknown option {k}")),
         }
     }
@@ -198,6 +204,32 @@ pub fn run(mut a: Args) -> Result<i32, String> {
         };
     }
 
+    // Readiness: notify passes NOTIFY_SOCKET; fd:N puts the pipe's write
+    // end at N (outside LISTEN_FDS); pipe adds it as the last slot, named
+    // "ready".
+    let mut ready = None;
+    if let Some(m) = wait_ready {
+        let (r, w) = match Readiness::new(m) {
+            Ok(x) => x,
+            Err(e) => return Ok(super::fail("--wait-ready", &e)),
+        };
+        match (m, w) {
+            (Method::Notify, _) => {
+                if let Some(v) = r.notify_socket_env() {
+                    sp.setenv("NOTIFY_SOCKET", v);
+                }
+            }
+            (Method::Fd(n), Some(w)) => {
+                sp.fd_at(w, n);
+            }
+            (_, Some(w)) => {
+                sp.fd(w, Some("ready"));
+            }
+            (_, None) => {}
+        }
+        ready = Some(r);
+    }
+
     // SIGTERM and SIGINT are blocked here and forwarded; SIGCHLD is blocked
     // too so the wait below wakes on it without a race. The child starts
     // with an empty mask (spawn resets it).
@@ -209,6 +241,21 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             return Ok(super::fail("run", &e));
         }
     };
+    if let Some(mut r) = ready {
+        // Signals stay blocked meanwhile; one that arrives is forwarded in
+        // the loop below. A child that exits first is reported there.
+        match r.wait_child(child.pid(), None) {
+            Ok(()) => {
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "{}", child.pid());
+                let _ = out.flush();
+            }
+            Err(e) => {
+                eprintln!("sockpass: the child did not report ready: {e}");
+            }
+        }
+    }
     let status = loop {
         match child.wait_timeout(Duration::ZERO) {
             Ok(Some(st)) => break st,
