@@ -255,3 +255,49 @@ fn wait_ready_child_exiting_first_is_reported() {
     assert!(lines.is_empty(), "{lines:?}");
     assert!(err.contains("did not report ready"), "{err}");
 }
+
+#[test]
+fn join_a_network_namespace_from_the_cli() {
+    if !is_root() {
+        eprintln!("skipped: joining namespaces needs root");
+        return;
+    }
+    let mut holder = Command::new("unshare")
+        .args(["--net", "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("unshare --net");
+    let hp = holder.id();
+    wait_for("the holder to be in its netns", || {
+        let mine = std::fs::read_link("/proc/self/ns/net").ok()?;
+        let its = std::fs::read_link(format!("/proc/{hp}/ns/net")).ok()?;
+        (mine != its).then_some(())
+    });
+    let c = run(&[
+        "--join",
+        &hp.to_string(),
+        "--ns",
+        "net",
+        "--",
+        "python3",
+        "-S",
+        "-c",
+        "import socket\nprint('@@ ' + ','.join(sorted(n for _, n in socket.if_nameindex())))",
+    ]);
+    let (code, lines, err) = finish_out(c);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines, ["@@ lo"], "only the namespace's interfaces");
+    // A namespace name that does not exist is a usage error.
+    let (code, err) = finish(run(&[
+        "--join",
+        &std::process::id().to_string(),
+        "--ns",
+        "bogus",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code, 2);
+    assert!(err.contains("bogus"), "{err}");
+}
