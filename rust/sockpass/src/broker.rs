@@ -10,6 +10,7 @@
 use crate::create::create_socket;
 use crate::error::{Error, Kind, Result};
 use crate::fdpass::{recv_fds, send_fds, RecvError};
+use crate::fdstore::{self, FdStore};
 use crate::handoff;
 use crate::holders::{Holder, Holders, Owner};
 use crate::policy::{Op, Policy};
@@ -238,6 +239,11 @@ struct Entry {
     /// Unix sockets: the inode of the socket file the broker made, removed
     /// with the socket if it is still that file.
     unix_ino: Option<u64>,
+    /// Its name in the systemd fd store, if it was stored there.
+    store_name: Option<String>,
+    /// Taken from the fd store at start: held by the broker (an anonymous
+    /// reservation) until the first request for its spec claims it.
+    adopted: bool,
 }
 
 /// The fd a reply carries.
@@ -378,6 +384,8 @@ pub struct Broker {
     last_refusal_log: Option<Instant>,
     /// An upgrade asked for (by SIGHUP through the daemon, or UPGRADE).
     upgrade: Option<PendingUpgrade>,
+    /// The systemd fd store, when running under systemd with one.
+    fd_store: Option<FdStore>,
 }
 
 /// An upgrade waiting for the daemon to carry it out.
@@ -427,6 +435,7 @@ impl Broker {
             refused_conns: 0,
             last_refusal_log: None,
             upgrade: None,
+            fd_store: None,
         };
         b.ep_ctl(
             libc::EPOLL_CTL_ADD,
@@ -956,6 +965,8 @@ impl Broker {
                 keyed: e.keyed,
                 per_worker: e.per_worker,
                 unix_ino: e.unix_ino,
+                store_name: e.store_name,
+                adopted: e.adopted,
                 holders,
             });
         }
@@ -1055,8 +1066,13 @@ impl Broker {
                     keyed: e.keyed,
                     per_worker: e.per_worker,
                     unix_ino: e.unix_ino,
+                    store_name: e.store_name,
+                    adopted: e.adopted,
                 },
             );
+            if e.keyed || e.per_worker {
+                *b.held_ports.entry(e.port).or_insert(0) += 1;
+            }
         }
         for c in st.conns {
             let slot = c.slot as usize;
@@ -1112,6 +1128,139 @@ impl Broker {
             exe: None,
         });
         Ok(b)
+    }
+
+    /// Keep cached sockets in the systemd fd store from now on; the ones
+    /// already cached and not yet stored are pushed now.
+    pub fn use_fd_store(&mut self, st: FdStore) {
+        self.fd_store = Some(st);
+        let slots: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.keyed && e.store_name.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        for es in slots {
+            self.store_entry(es);
+        }
+    }
+
+    /// Push a cached socket to the fd store (best effort: a failure is
+    /// logged and only costs the socket's survival of a crash).
+    fn store_entry(&mut self, es: usize) {
+        let Some(st) = &self.fd_store else { return };
+        let e = self.entries.get(es).unwrap();
+        let Some(name) = fdstore::fd_name(e.id, &e.spec.to_string()) else {
+            self.log(format_args!(
+                "fd store: {} has too long a name to store",
+                e.spec
+            ));
+            return;
+        };
+        match st.store(&name, e.fd.as_fd()) {
+            Ok(()) => self.entries.get_mut(es).unwrap().store_name = Some(name),
+            Err(err) => self.log(format_args!("fd store: cannot store {name}: {err}")),
+        }
+    }
+
+    /// Re-populate the cache with sockets from the fd store (after a crash).
+    /// Each is held by an anonymous reservation: the first request for its
+    /// spec claims it (it is served from the cache, same socket), and one
+    /// nobody asks for within the reservation lifetime is closed. Returns
+    /// how many were adopted; duplicates and unparsable ones are closed.
+    pub fn adopt_stored(&mut self, stored: Vec<(String, String, OwnedFd)>) -> usize {
+        let mut n = 0;
+        for (name, spec, fd) in stored {
+            let spec: SocketSpec = match spec.parse::<SocketSpec>() {
+                Ok(s) => s.canonical(),
+                Err(err) => {
+                    self.log(format_args!("fd store: dropping {name}: {err}"));
+                    self.unstore(&name);
+                    continue;
+                }
+            };
+            if spec.is_ephemeral() || self.cache.contains_key(&spec) {
+                self.unstore(&name);
+                continue;
+            }
+            let port = if spec.proto.is_unix() {
+                0
+            } else {
+                sys::local_port(&fd).unwrap_or(spec.port)
+            };
+            let Ok(token) = self.token_src.make() else {
+                continue;
+            };
+            let eid = self.next_entry_id;
+            self.next_entry_id += 1;
+            let mut holders = Holders::with_capacity(1);
+            holders.push(Holder {
+                token,
+                owner: Owner::Reserved(Instant::now() + self.cfg.limits.reservation_ttl),
+                share: ShareMode::Any,
+                app: Rc::from("(fd store)"),
+                creds: Creds::default(),
+                conn_id: 0,
+            });
+            let unix_ino = spec
+                .proto
+                .is_unix()
+                .then(|| crate::unixsock::path_ino(&spec.path))
+                .flatten();
+            let es = self.entries.insert(Entry {
+                id: eid,
+                spec: spec.clone(),
+                fd,
+                port,
+                holders,
+                keyed: true,
+                per_worker: false,
+                unix_ino,
+                store_name: Some(name),
+                adopted: true,
+            });
+            self.cache.insert(spec, es);
+            *self.held_ports.entry(port).or_insert(0) += 1;
+            self.tokens.insert(token, TokenInfo { entry: es });
+            self.reservations += 1;
+            n += 1;
+        }
+        if n > 0 {
+            self.log(format_args!(
+                "adopted {n} socket(s) from the fd store; each is kept for {:?} unless requested",
+                self.cfg.limits.reservation_ttl
+            ));
+        }
+        n
+    }
+
+    fn unstore(&self, name: &str) {
+        if let Some(st) = &self.fd_store {
+            let _ = st.remove(name);
+        }
+    }
+
+    /// A request for an adopted socket's spec: drop the broker's own
+    /// reference so the requester gets it as if it were freshly cached.
+    fn claim_adopted(&mut self, es: usize) {
+        let Some(e) = self.entries.get_mut(es) else {
+            return;
+        };
+        if !e.adopted {
+            return;
+        }
+        e.adopted = false;
+        let mine: Vec<Token> = e
+            .holders
+            .iter()
+            .filter(|h| h.conn_id == 0 && matches!(h.owner, Owner::Reserved(_)))
+            .map(|h| h.token)
+            .collect();
+        for t in mine {
+            e.holders.remove(&t);
+            self.tokens.remove(&t);
+            self.reservations -= 1;
+        }
     }
 
     fn app_for(&mut self, slot: usize, app: &str) -> Rc<str> {
@@ -1193,6 +1342,9 @@ impl Broker {
         } else {
             self.cache.get(&spec).copied()
         };
+        if let Some(es) = cached {
+            self.claim_adopted(es);
+        }
         if !spec.is_ephemeral() {
             self.check_sharing(&spec, r.share, &app, cached)?;
         }
@@ -1240,9 +1392,12 @@ impl Broker {
                         .is_unix()
                         .then(|| crate::unixsock::path_ino(&spec.path))
                         .flatten(),
+                    store_name: None,
+                    adopted: false,
                 });
                 if keyed {
                     self.cache.insert(spec, es);
+                    self.store_entry(es);
                 }
                 if per_worker {
                     self.per_worker_entries += 1;
@@ -1328,6 +1483,11 @@ impl Broker {
 
     /// Drop a removed entry from the indexes.
     fn forget_entry(&mut self, e: &Entry) {
+        if let (Some(st), Some(name)) = (&self.fd_store, &e.store_name) {
+            if let Err(err) = st.remove(name) {
+                self.log(format_args!("fd store: cannot remove {name}: {err}"));
+            }
+        }
         if let Some(ino) = e.unix_ino {
             // The path is free again once the last reference goes, as a
             // port is.

@@ -72,6 +72,10 @@ pub struct EntryState {
     pub keyed: bool,
     pub per_worker: bool,
     pub unix_ino: Option<u64>,
+    /// Its name in the systemd fd store (empty: not stored).
+    pub store_name: Option<String>,
+    /// Adopted from the fd store and not yet claimed.
+    pub adopted: bool,
     pub holders: Vec<HolderState>,
 }
 
@@ -223,6 +227,8 @@ impl State {
             w.u8(e.per_worker as u8);
             w.u8(e.unix_ino.is_some() as u8);
             w.u64(e.unix_ino.unwrap_or(0));
+            w.bytes(e.store_name.unwrap_or_default().as_bytes());
+            w.u8(e.adopted as u8);
             w.u64(e.holders.len() as u64);
             for h in &e.holders {
                 w.token(&h.token);
@@ -300,6 +306,8 @@ impl State {
             let per_worker = r.bool()?;
             let has_ino = r.bool()?;
             let ino = r.u64()?;
+            let store_name = Some(r.string()?).filter(|n| !n.is_empty());
+            let adopted = r.bool()?;
             let nh = r.count()?;
             let mut holders = Vec::with_capacity(nh);
             for _ in 0..nh {
@@ -325,6 +333,8 @@ impl State {
                 keyed,
                 per_worker,
                 unix_ino: has_ino.then_some(ino),
+                store_name,
+                adopted,
                 holders,
             });
         }

@@ -22,6 +22,7 @@ pub mod create;
 pub mod dbus_address;
 pub mod error;
 pub mod fdpass;
+pub mod fdstore;
 pub mod handoff;
 mod holders;
 pub mod memfd;

@@ -204,6 +204,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if let Some(st) = handed {
         return serve_handed_over(st, o, path, stop, up);
     }
+    // Sockets kept in the systemd fd store by a previous run come after the
+    // socket unit's fds; take them out before adopting the listener.
+    let stored = match sockpass::fdstore::take_stored_from_env() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("sockpassd: fd store: {e}");
+            Vec::new()
+        }
+    };
     // Socket activation: the socket file is the activator's, never removed here.
     let activated =
         match sockpass::notify::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
@@ -231,7 +240,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     let log = o.cfg.log;
     let limits = o.cfg.limits.clone();
-    let b = match Broker::new(listener, o.cfg) {
+    let mut b = match Broker::new(listener, o.cfg) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("sockpassd: cannot start: {e}");
@@ -252,6 +261,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
             limits.max_refs_per_client
         );
     }
+    attach_fd_store(&mut b, &up);
+    b.adopt_stored(stored);
     if let Err(e) = report_ready(o.ready_fd.take()) {
         eprintln!("sockpassd: reporting readiness: {e}");
     }
@@ -279,6 +290,7 @@ fn serve_handed_over(
             return 1;
         }
     };
+    attach_fd_store(&mut b, &up);
     b.finish_upgrade(Ok(()));
     let _ = report_ready(None);
     let code = serve(b, &stop, &up, is_activated, log);
@@ -286,6 +298,21 @@ fn serve_handed_over(
         let _ = std::fs::remove_file(&path);
     }
     code
+}
+
+/// Under systemd with an fd store (`$FDSTORE` > 0 next to `$NOTIFY_SOCKET`),
+/// keep cached sockets there so a crash does not close them.
+fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
+    let max = std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
+    let (Some(addr), Some(1..)) = (&up.notify_socket, max) else {
+        return;
+    };
+    match sockpass::fdstore::FdStore::connect(addr) {
+        Ok(st) => b.use_fd_store(st),
+        Err(e) => eprintln!("sockpassd: fd store unusable: {e}"),
+    }
 }
 
 /// What an upgrade executes: the binary we were started from and our

@@ -304,3 +304,181 @@ fn upgrade_needs_root_or_the_brokers_uid() {
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
         .unwrap();
 }
+
+// ---- the systemd fd store (no systemd needed: the test plays its part) ----
+
+/// A datagram socket standing in for systemd's notify socket.
+fn notify_receiver(path: &std::path::Path) -> OwnedFd {
+    let fd = sockpass::sys::unix_socket(libc::SOCK_DGRAM, false).unwrap();
+    sockpass::sys::bind_unix(&fd, path.as_os_str().as_encoded_bytes()).unwrap();
+    fd
+}
+
+/// The next fd store message (READY=1 and the like are skipped), with its fd.
+fn next_store_msg(rx: &OwnedFd) -> (String, Option<OwnedFd>) {
+    use std::os::fd::AsFd;
+    loop {
+        let ready = sockpass::sys::poll_one(rx.as_fd(), libc::POLLIN, 30_000).unwrap();
+        assert!(ready != 0, "no fd store message within 30 s");
+        let mut buf = [0u8; 4096];
+        let r = sockpass::fdpass::recv_fds(rx.as_fd(), &mut buf, 1, 0).unwrap();
+        let text = String::from_utf8_lossy(&buf[..r.len]).into_owned();
+        if text.contains("FDSTORE") {
+            return (text, r.fds.into_iter().next());
+        }
+    }
+}
+
+fn no_store_msg(rx: &OwnedFd) {
+    use std::os::fd::AsFd;
+    while sockpass::sys::poll_one(rx.as_fd(), libc::POLLIN, 200).unwrap() != 0 {
+        let mut buf = [0u8; 4096];
+        let r = sockpass::fdpass::recv_fds(rx.as_fd(), &mut buf, 1, 0).unwrap();
+        let text = String::from_utf8_lossy(&buf[..r.len]).into_owned();
+        assert!(!text.contains("FDSTORE"), "unexpected {text:?}");
+    }
+}
+
+fn field<'a>(msg: &'a str, key: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("{key} missing in {msg:?}"))
+}
+
+#[test]
+fn cached_sockets_go_to_the_fd_store_and_leave_it_on_last_close() {
+    let dir = temp_dir("fdstore-push");
+    let notify = dir.join("notify");
+    let rx = notify_receiver(&notify);
+    let path = dir.join("sockpassd.sock");
+    let mut child = Reap(
+        Command::new(sockpassd_bin())
+            .arg("--socket")
+            .arg(&path)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("FDSTORE", "64")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut c = wait_for("broker", || Client::connect(&path).ok());
+    let port = free_port(true);
+    let s = spec(&format!("udp:127.0.0.1:{port}"));
+    let g = c.request_socket(&s, ShareMode::Any, "a").unwrap();
+    let (msg, fd) = next_store_msg(&rx);
+    assert!(msg.contains("FDSTORE=1"), "{msg:?}");
+    let name = field(&msg, "FDNAME=").to_string();
+    assert!(name.starts_with("sp.") && !name.contains(':'), "{name}");
+    let canonical = g.token; // the reference, released below
+    assert_eq!(
+        sockpass::fdstore::spec_of_name(&name)
+            .unwrap()
+            .parse::<SocketSpec>()
+            .unwrap()
+            .canonical(),
+        s.canonical()
+    );
+    assert_eq!(inode(&fd.expect("stored fd")), inode(&g.fd));
+    // A second reference to the same socket stores nothing more; an
+    // ephemeral socket is never stored (nobody could ask for it again).
+    let mut c2 = wait_for("second client", || Client::connect(&path).ok());
+    let g2 = c2.request_socket(&s, ShareMode::Any, "a").unwrap();
+    let e = c.request_socket(&eph_spec(), ShareMode::None, "").unwrap();
+    no_store_msg(&rx);
+    c2.release(&g2.token).unwrap();
+    no_store_msg(&rx);
+    c.release(&canonical).unwrap();
+    let (msg, fd) = next_store_msg(&rx);
+    assert!(msg.contains("FDSTOREREMOVE=1"), "{msg:?}");
+    assert_eq!(field(&msg, "FDNAME="), name);
+    assert!(fd.is_none());
+    drop(e);
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+}
+
+/// A child killed and reaped even when the test fails.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn eph_spec() -> SocketSpec {
+    spec("udp:127.0.0.1:0")
+}
+
+#[test]
+fn stored_sockets_are_adopted_after_a_crash_and_expire_unclaimed() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("fdstore-adopt");
+    let path = dir.join("sockpassd.sock");
+    // What systemd would pass: the socket unit's listener, then two stored
+    // sockets named by their specs.
+    let listener = sockpass::broker::bind_listener(&path, 0o666).unwrap();
+    let (p1, p2) = (free_port(true), free_port(false));
+    let s1 = format!("udp:127.0.0.1:{p1}");
+    let s2 = format!("tcp:127.0.0.1:{p2}?backlog=8");
+    let u1 = std::net::UdpSocket::bind(("127.0.0.1", p1)).unwrap();
+    let t2 = std::net::TcpListener::bind(("127.0.0.1", p2)).unwrap();
+    let (ino1, ino2) = (
+        inode(&OwnedFd::from(u1.try_clone().unwrap())),
+        inode(&OwnedFd::from(t2.try_clone().unwrap())),
+    );
+    let names = format!(
+        "sockpassd.socket:{}:{}",
+        sockpass::fdstore::fd_name(3, &s1).unwrap(),
+        sockpass::fdstore::fd_name(9, &s2).unwrap()
+    );
+    let fds = [listener.as_raw_fd(), u1.as_raw_fd(), t2.as_raw_fd()];
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(sockpassd_bin())
+        .args(["--reservation-ttl", "1"])
+        .env("LISTEN_FDS", "3")
+        .env("LISTEN_FDNAMES", &names)
+        .stderr(std::fs::File::create(dir.join("log")).unwrap());
+    // SAFETY: dup2 is async-signal-safe; the fd numbers were read before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move them out of the way first, then into 3, 4, 5.
+            let mut tmp = [0; 3];
+            for (i, fd) in fds.iter().enumerate() {
+                tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+            }
+            for (i, fd) in tmp.iter().enumerate() {
+                libc::dup2(*fd, 3 + i as i32);
+            }
+            Ok(())
+        });
+    }
+    let mut child = Reap(cmd.stdout(std::process::Stdio::null()).spawn().unwrap());
+    drop((listener, u1, t2));
+    let mut c = wait_for("adopting broker", || Client::connect(&path).ok());
+    let st = c.status().unwrap();
+    assert_eq!(st.counters.sockets, 2, "both stored sockets adopted");
+    assert_eq!(st.counters.reservations, 2);
+    // A request for the spec gets the very same socket, exclusively.
+    let g = c
+        .request_socket(&spec(&s1), ShareMode::None, "back")
+        .unwrap();
+    assert!(g.cached);
+    assert_eq!(inode(&g.fd), ino1);
+    let st = c.status().unwrap();
+    assert_eq!(st.counters.reservations, 1);
+    assert_eq!(st.counters.references, 2);
+    // The one nobody asks for is closed after the reservation lifetime.
+    wait_for("the unclaimed socket to expire", || {
+        (c.status().unwrap().counters.sockets == 1).then_some(())
+    });
+    assert!(std::net::TcpListener::bind(("127.0.0.1", p2)).is_ok());
+    let _ = ino2;
+    c.release(&g.token).unwrap();
+    assert_eq!(c.status().unwrap().counters.sockets, 0);
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+}
