@@ -136,6 +136,7 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
         .unwrap();
     let shared = spec(&format!("tcp:127.0.0.1:{}", free_port(false)));
     let before = b.status();
+    let inherited_before = inherited_fds(pid);
 
     let load = start_load(&b, &shared);
     load.wait_more(50);
@@ -198,9 +199,63 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
         .unwrap();
     assert!(sockpass::sys::is_cloexec(g.fd.as_raw_fd()));
-    // The broker leaks nothing across the handover: every fd it holds is
-    // CLOEXEC again (nothing would leak into a further exec).
-    assert!(b.log_text().matches("upgrading: executing").count() == 2);
+    assert_eq!(b.log_text().matches("upgrading: executing").count(), 2);
+    // Every fd the broker made is CLOEXEC again after the handover: the
+    // only ones without it are those it inherited (stdio and whatever the
+    // test harness leaves open), the same set as before the upgrades.
+    assert_eq!(inherited_fds(pid), inherited_before);
+}
+
+/// The fds of `pid` without FD_CLOEXEC.
+fn inherited_fds(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let n: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        if flags & libc::O_CLOEXEC as u32 == 0 {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn cache_identity_and_conflicts_survive_an_upgrade() {
+    let b = Broker::start("upgrade-conflict");
+    let mut c = b.client();
+    let port = free_port(true);
+    let s = spec(&format!("udp:127.0.0.1:{port}"));
+    let g = c.request_socket(&s, ShareMode::Any, "a").unwrap();
+    assert_eq!(c.upgrade(None).unwrap() as i32, b.pid());
+    // Same spec: the same cached socket.
+    let g2 = c.request_socket(&s, ShareMode::Any, "a").unwrap();
+    assert!(g2.cached);
+    assert_eq!(inode(&g2.fd), inode(&g.fd));
+    // Same address, other options: still a conflict naming the option.
+    let e = c
+        .request_socket(
+            &spec(&format!("udp:127.0.0.1:{port}?reuseport=1")),
+            ShareMode::Any,
+            "a",
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+    assert!(e.message().contains("reuseport"), "{e}");
+    // Share modes too.
+    let mut other = b.client();
+    let e = other.request_socket(&s, ShareMode::None, "b").unwrap_err();
+    assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
 }
 
 #[test]
