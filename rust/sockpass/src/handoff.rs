@@ -539,3 +539,132 @@ pub fn take_from_env() -> Result<Option<State>> {
     }
     State::decode(&blob[body..], fds).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> OwnedFd {
+        crate::memfd::from_bytes("t", b"x").unwrap()
+    }
+
+    fn sample() -> State {
+        let t = Token::from_bytes([7; Token::LEN]);
+        State {
+            listener: fd(),
+            activated: true,
+            next_conn_id: 5,
+            next_entry_id: 9,
+            next_token_seq: 77,
+            conns: vec![ConnState {
+                slot: 2,
+                fd: fd(),
+                id: 4,
+                creds: Creds {
+                    pid: 10,
+                    uid: 11,
+                    gid: 12,
+                },
+                default_app: Some("app".into()),
+                last_app: "last".into(),
+                tokens: vec![t],
+                outq: vec![
+                    (vec![1, 2, 3], AttachState::Entry(3, 8)),
+                    (vec![4], AttachState::Owned(fd())),
+                    (vec![], AttachState::None),
+                ],
+                pipelining: true,
+            }],
+            entries: vec![EntryState {
+                slot: 3,
+                id: 8,
+                spec: "udp:127.0.0.1:53".into(),
+                fd: fd(),
+                port: 53,
+                keyed: true,
+                per_worker: false,
+                unix_ino: Some(99),
+                store_name: Some("sp.8.x".into()),
+                adopted: false,
+                holders: vec![HolderState {
+                    token: t,
+                    conn_slot: Some(2),
+                    reserved_ms: 0,
+                    share: 2,
+                    app: "app".into(),
+                    creds: Creds::default(),
+                    conn_id: 4,
+                }],
+            }],
+            expired: vec![t],
+            upgrade_from: Some((2, 41)),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let (bytes, fds) = sample().encode();
+        assert_eq!(fds.len(), 4);
+        let st = State::decode(&bytes, fds).unwrap();
+        assert!(st.activated);
+        assert_eq!(
+            (st.next_conn_id, st.next_entry_id, st.next_token_seq),
+            (5, 9, 77)
+        );
+        assert_eq!(st.upgrade_from, Some((2, 41)));
+        let c = &st.conns[0];
+        assert_eq!((c.slot, c.id, c.creds.uid), (2, 4, 11));
+        assert_eq!(c.default_app.as_deref(), Some("app"));
+        assert!(matches!(c.outq[0].1, AttachState::Entry(3, 8)));
+        assert!(matches!(c.outq[1].1, AttachState::Owned(_)));
+        let e = &st.entries[0];
+        assert_eq!(
+            (e.spec.as_str(), e.port, e.unix_ino),
+            ("udp:127.0.0.1:53", 53, Some(99))
+        );
+        assert_eq!(e.store_name.as_deref(), Some("sp.8.x"));
+        assert_eq!(e.holders[0].conn_slot, Some(2));
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_and_closes_every_fd() {
+        let (bytes, fds) = sample().encode();
+        let raws: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        drop(fds);
+        for cut in [0, 5, bytes.len() / 2, bytes.len() - 1] {
+            // Socket pairs: the kept ends see a hang-up once the handed
+            // ends are closed (no fd-number checks, which other tests race).
+            let (handed, kept): (Vec<OwnedFd>, Vec<OwnedFd>) = (0..raws.len())
+                .map(|_| {
+                    let mut sv = [0; 2];
+                    // SAFETY: socketpair into a local array.
+                    let r = unsafe {
+                        libc::socketpair(
+                            libc::AF_UNIX,
+                            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                            0,
+                            sv.as_mut_ptr(),
+                        )
+                    };
+                    assert_eq!(r, 0);
+                    // SAFETY: new fds we own.
+                    unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) }
+                })
+                .unzip();
+            let e = State::decode(&bytes[..cut], handed).unwrap_err();
+            assert!(e.message().contains("corrupt"), "{e}");
+            for k in &kept {
+                use std::os::fd::AsFd;
+                let ev = crate::sys::poll_one(k.as_fd(), libc::POLLIN, 0).unwrap();
+                assert!(
+                    ev & libc::POLLHUP != 0,
+                    "a handed fd leaked on a corrupt state"
+                );
+            }
+        }
+        let fds: Vec<OwnedFd> = (0..raws.len()).map(|_| fd()).collect();
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(State::decode(&extra, fds).is_err());
+    }
+}
