@@ -898,11 +898,12 @@ impl Broker {
         };
         match &res {
             Ok(()) => self.log(format_args!(
-                "upgraded in place (version {}): {} connections, {} sockets, {} references kept",
+                "upgraded in place (version {}): {} connections, {} sockets, {} references, {} queued replies kept",
                 env!("CARGO_PKG_VERSION"),
                 self.conns.len,
                 self.entries.len,
-                self.tokens.len()
+                self.tokens.len(),
+                self.conns.iter().map(|(_, c)| c.outq.len()).sum::<usize>()
             )),
             Err(e) => self.log(format_args!("upgrade refused: {e}")),
         }

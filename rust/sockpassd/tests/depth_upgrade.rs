@@ -537,3 +537,72 @@ fn stored_sockets_are_adopted_after_a_crash_and_expire_unclaimed() {
     child.0.kill().unwrap();
     child.0.wait().unwrap();
 }
+
+#[test]
+fn queued_replies_survive_an_upgrade_in_order() {
+    use std::os::fd::AsFd;
+    let b = Broker::start("upgrade-queue");
+    // A client that sends STATUS requests without reading replies: the
+    // broker's per-client queue fills (its replies carry memfds) and it
+    // stops reading; the rest wait in the kernel.
+    let raw = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::connect_unix(&raw, b.path.as_os_str().as_encoded_bytes()).unwrap();
+    // A large send buffer (root may force one) lets far more requests wait
+    // than the broker's replies can fill its own buffer with.
+    if is_root() {
+        sockpass::sys::setsockopt_int(&raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20)
+            .unwrap();
+    } else {
+        eprintln!("note: not root, the send buffer stays small; the queue may not fill");
+    }
+    let mut buf = Vec::new();
+    let mut sent = 0u32;
+    while sent < 20000 {
+        sockpass::proto::encode_status(&mut buf, sent + 1);
+        match sockpass::fdpass::send_fds(raw.as_fd(), &buf, &[], libc::MSG_DONTWAIT) {
+            Ok(_) => sent += 1,
+            Err(libc::EAGAIN) => break,
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    assert!(sent > 32, "only {sent} requests fit");
+    // Wait until the broker stops reading us (its queue for us is full):
+    // our unread requests (SIOCOUTQ) stop shrinking.
+    let outq = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: ioctl into a local int.
+        unsafe { libc::ioctl(raw.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        n
+    };
+    let mut last = -1;
+    wait_for("the broker to pause this client", || {
+        let n = outq();
+        let steady = n > 0 && n == last;
+        last = n;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        steady.then_some(())
+    });
+    let mut c = b.client();
+    assert_eq!(c.upgrade(None).unwrap() as i32, b.pid());
+    // Every request gets its reply, in order, each with its memfd.
+    let mut rbuf = [0u8; 1024];
+    for want in 1..=sent {
+        let ready = sockpass::sys::poll_one(raw.as_fd(), libc::POLLIN, 30_000).unwrap();
+        assert!(ready != 0, "reply {want} of {sent} missing");
+        let r = sockpass::fdpass::recv_fds(raw.as_fd(), &mut rbuf, 1, 0).unwrap();
+        let h = sockpass::proto::Header::parse(&rbuf[..r.len]).unwrap();
+        assert_eq!(h.id, want);
+        assert_eq!(h.ty, sockpass::proto::ty::STATUS_OK);
+        assert_eq!(r.fds.len(), 1);
+    }
+    assert_eq!(upgrades_logged(&b), 1);
+    // The handover did carry replies that were still queued in the broker.
+    let log = b.log_text();
+    let kept: usize = log
+        .split(" queued replies kept")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .expect("queued replies in the upgrade log line");
+    assert!(kept > 0, "no reply was queued at the handover: {log}");
+}
