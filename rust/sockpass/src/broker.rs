@@ -18,7 +18,7 @@ use crate::proto::{self, ty, Header, Request, SocketRequest};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys::{self, Creds};
-use crate::token::{Token, TokenSource};
+use crate::token::{Token, TokenBuildHasher, TokenSource};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -267,7 +267,7 @@ struct Conn {
     creds: Creds,
     default_app: Option<Rc<str>>,
     last_app: Rc<str>,
-    tokens: HashSet<Token>,
+    tokens: HashSet<Token, TokenBuildHasher>,
     outq: VecDeque<Outgoing>,
     /// EPOLLIN is off because the queue is full.
     paused: bool,
@@ -363,7 +363,7 @@ pub struct Broker {
     conns: Slab<Conn>,
     entries: Slab<Entry>,
     cache: HashMap<SocketSpec, usize>,
-    tokens: HashMap<Token, TokenInfo>,
+    tokens: HashMap<Token, TokenInfo, TokenBuildHasher>,
     token_src: TokenSource,
     next_conn_id: u64,
     next_entry_id: u64,
@@ -422,7 +422,7 @@ impl Broker {
             conns: Slab::new(),
             entries: Slab::new(),
             cache: HashMap::new(),
-            tokens: HashMap::new(),
+            tokens: HashMap::default(),
             token_src: TokenSource::new(),
             next_conn_id: 1,
             next_entry_id: 1,
@@ -631,7 +631,7 @@ impl Broker {
                 creds,
                 default_app: None,
                 last_app: Rc::from(""),
-                tokens: HashSet::new(),
+                tokens: HashSet::default(),
                 outq: VecDeque::new(),
                 paused: false,
                 pipelining: false,

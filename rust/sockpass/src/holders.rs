@@ -9,7 +9,7 @@
 
 use crate::share::ShareMode;
 use crate::sys::Creds;
-use crate::token::Token;
+use crate::token::{Token, TokenBuildHasher};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
@@ -42,7 +42,7 @@ const INDEX_FROM: usize = 8;
 pub(crate) struct Holders {
     list: Vec<Holder>,
     /// token -> position in `list`, kept once the list is long.
-    index: HashMap<Token, usize>,
+    index: HashMap<Token, usize, TokenBuildHasher>,
     nones: u32,
     sameapps: u32,
     /// Distinct application names with their reference counts.
@@ -137,7 +137,7 @@ impl Holders {
                 self.index.insert(moved.token, i);
             }
             if self.list.len() < INDEX_FROM / 2 {
-                self.index = HashMap::new();
+                self.index = HashMap::default();
             }
         }
         match h.share {
