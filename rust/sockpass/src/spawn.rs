@@ -16,6 +16,13 @@
 //! was given a name), and a consumer that probes it sees `EBADF`. An
 //! inherit slot keeps whatever the parent has open at that number (its
 //! `FD_CLOEXEC` cleared) and is named `unknown`, as is an unnamed fd.
+//!
+//! In short, for bindings: `let mut s = Spawn::new(prog); s.args(..)
+//! .start(3).dup_fd(borrowed, Some("name"))?; s.join(Namespaces::open(pid,
+//! "net,mnt".parse()?)?); s.paused(true); let mut c = s.spawn()?;
+//! c.pid(); c.ns_pid(); c.resume()?; exit_code(c.wait()?)`. Every error is a
+//! [`crate::Error`]: `BadRequest` for bad input found before the fork,
+//! `ChildFailed` (errno set) for a step the child failed at.
 
 use crate::error::{Error, Kind, Result};
 use crate::ns::{errno, Namespaces};
@@ -705,7 +712,8 @@ fn close_range(lo: RawFd, hi: RawFd, limit: RawFd) -> std::result::Result<(), i3
     Ok(())
 }
 
-/// A started process.
+/// A started process. Dropping it neither kills nor reaps the process (a
+/// paused one then exits with 127 before `exec`): call [`Child::wait`].
 #[derive(Debug)]
 pub struct Child {
     pid: i32,
