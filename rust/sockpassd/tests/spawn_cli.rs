@@ -257,6 +257,28 @@ fn wait_ready_child_exiting_first_is_reported() {
 }
 
 #[test]
+fn wait_ready_timeout_stops_the_child() {
+    // The child never reports: after the timeout it is stopped with SIGTERM
+    // and its status is ours; a bad timeout is a usage error.
+    let c = run(&[
+        "--wait-ready",
+        "fd:5",
+        "--ready-timeout",
+        "0.3",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let (code, lines, err) = finish_out(c);
+    assert_eq!(code, 128 + libc::SIGTERM, "{err}");
+    assert!(lines.is_empty(), "{lines:?}");
+    assert!(err.contains("did not report ready"), "{err}");
+    let (code, err) = finish(run(&["--ready-timeout", "-1", "--", "true"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("positive number of seconds"), "{err}");
+}
+
+#[test]
 fn join_a_network_namespace_from_the_cli() {
     if !is_root() {
         eprintln!("skipped: joining namespaces needs root");

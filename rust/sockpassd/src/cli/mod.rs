@@ -39,7 +39,7 @@ commands:
                                     connection (root or the broker's uid; SIGHUP does the same)
   run [-l ADDRESS] [--datagram] [--request SPEC [--share MODE] [--app NAME]] [--fd N[:NAME]]
       [--fdname NAME[:NAME...]] [--start N] [-E VAR[=VAL]] [--clear-env] [--join PID [--ns LIST]]
-      [--wait-ready notify|fd:N|pipe] -- PROGRAM [ARGS...]
+      [--wait-ready notify|fd:N|pipe [--ready-timeout SECS]] -- PROGRAM [ARGS...]
                                     start PROGRAM with sockets by systemd socket activation
                                     (LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES, from fd 3 or --start;
                                     LISTEN_FDS_FIRST_FD when not 3): -l makes one (a path, PORT,

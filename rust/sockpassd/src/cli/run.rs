@@ -80,6 +80,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     let mut join: Option<i32> = None;
     let mut ns_list: Option<String> = None;
     let mut wait_ready: Option<Method> = None;
+    let mut ready_timeout: Option<Duration> = None;
     while let Some((k, v)) = a.next_option() {
         match k.as_str() {
             "-l" | "--listen" => sources.push(Source::Listen(a.value(&k, v)?)),
@@ -114,6 +115,15 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             "--ns" => ns_list = Some(a.value(&k, v)?),
             "--wait-ready" => {
                 wait_ready = Some(a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?)
+            }
+            "--ready-timeout" => {
+                let v = a.value(&k, v)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
+                    .ok_or_else(|| format!("{k}: {v:?} is not a positive number of seconds"))?;
+                ready_timeout = Some(Duration::from_secs_f64(secs));
             }
             _ => return Err(format!("run: unknown option {k}")),
         }
@@ -244,12 +254,18 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     if let Some(mut r) = ready {
         // Signals stay blocked meanwhile; one that arrives is forwarded in
         // the loop below. A child that exits first is reported there.
-        match r.wait_child(child.pid(), None) {
+        match r.wait_child(child.pid(), ready_timeout) {
             Ok(()) => {
                 use std::io::Write;
                 let mut out = std::io::stdout();
                 let _ = writeln!(out, "{}", child.pid());
                 let _ = out.flush();
+            }
+            Err(e) if e.kind() == sockpass::Kind::Timeout => {
+                // A supervisor waiting for readiness treats this as failure:
+                // stop the child; its status (128+SIGTERM) is ours.
+                eprintln!("sockpass: the child did not report ready: {e}; stopping it");
+                let _ = child.kill(libc::SIGTERM);
             }
             Err(e) => {
                 eprintln!("sockpass: the child did not report ready: {e}");
