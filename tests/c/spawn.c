@@ -22,34 +22,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-static int failures;
-
-#define EXPECT(expr, want)                                                       \
-    do {                                                                         \
-        int got_ = (expr);                                                       \
-        if (got_ != (want)) {                                                    \
-            fprintf(stderr, "%s:%d: %s = %d (%s: %s), want %d (%s)\n", __FILE__,  \
-                    __LINE__, #expr, got_, sockpass_strerror(got_),              \
-                    sockpass_last_error_message(), (want), sockpass_strerror(want)); \
-            failures++;                                                          \
-        }                                                                        \
-    } while (0)
-
-static int count_fds(void) {
-    int n = 0;
-    struct dirent *e;
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) {
-        return -1;
-    }
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] != '.') {
-            n++;
-        }
-    }
-    closedir(d);
-    return n;
-}
+#include "check.h"
 
 static const char *script =
     "test \"$LISTEN_FDS\" = 2 && test \"$LISTEN_PID\" = $$ && "
