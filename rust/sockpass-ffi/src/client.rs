@@ -83,9 +83,9 @@ unsafe fn write_token(buf: *mut c_char, t: &Token) {
     if buf.is_null() {
         return;
     }
-    let s = t.to_string();
-    std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
-    *buf.add(s.len()) = 0;
+    let hex = t.to_hex();
+    std::ptr::copy_nonoverlapping(hex.as_ptr(), buf.cast::<u8>(), hex.len());
+    *buf.add(hex.len()) = 0;
 }
 
 /// Connect to the broker at `path`, or, if `path` is NULL, at the default
