@@ -130,6 +130,7 @@ def main():
     # ---- latency tables
     names = [
         ("B1_floor", "B1 floor: 1-byte request, 1 fd by SCM_RIGHTS, close"),
+        ("B1e_floor_epoll", "B1e floor, the server waiting in epoll_wait first"),
         ("B2_cached_kept", "B2 cached request, kept connection, close fd"),
         ("B2r_release", "B2r release by token"),
         ("s6_retrieve_kept", "s6 retrieve, kept connection"),

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -94,31 +95,49 @@ static int recv_fd(int s) {
   return fd;
 }
 
-static void floor_bench(size_t n) {
+/* The floor's server: a forked process answering each 1-byte request on a
+ * SOCK_SEQPACKET socketpair with one fd. With `epoll` it first waits in
+ * epoll_wait, as an event-loop broker must (B1e): what that costs is the part
+ * of B2 - B1 no broker with one loop for many clients can avoid. Returns the
+ * client's end. */
+static int floor_server(int epoll, pid_t *pid) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
-  pid_t pid = fork();
-  if (pid == 0) {
+  *pid = fork();
+  if (*pid < 0) die("fork", errno);
+  if (*pid == 0) {
     close(sv[0]);
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    int u = socket(AF_INET, SOCK_DGRAM, 0), ep = -1;
+    struct epoll_event ev = {.events = EPOLLIN}, got[16];
+    if (epoll && ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+                  epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &ev)))
+      _exit(1);
     char b;
-    while (recv(sv[1], &b, 1, 0) == 1)
-      if (send_fd(sv[1], u)) break;
+    for (;;) {
+      if (epoll && epoll_wait(ep, got, 16, -1) < 0 && errno != EINTR) break;
+      if (recv(sv[1], &b, 1, 0) != 1 || send_fd(sv[1], u)) break;
+    }
     _exit(0);
   }
   close(sv[1]);
+  return sv[0];
+}
+
+static void floor_bench(size_t n) {
+  pid_t pid;
+  int fl = floor_server(0, &pid);
   uint64_t *s = malloc(n * sizeof *s);
   for (size_t i = 0; i < n + n / 10; i++) {
     uint64_t t0 = now_ns();
     char b = 'r';
-    if (send(sv[0], &b, 1, 0) != 1) die("send", errno);
-    int fd = recv_fd(sv[0]);
+    if (send(fl, &b, 1, 0) != 1) die("send", errno);
+    int fd = recv_fd(fl);
     if (fd < 0) die("recv_fd", errno);
     close(fd);
     uint64_t t1 = now_ns();
     if (i >= n / 10) s[i - n / 10] = t1 - t0; /* first 10% warm up */
   }
-  close(sv[0]);
+  close(fl);
   waitpid(pid, NULL, 0);
   report("B1_floor", s, n);
 }
@@ -375,24 +394,15 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
  * blocks of 500 iterations, so that a busy spell of a shared machine hits
  * them all alike. Same operations as floor/kept/s6kept/inproc/uncached. */
 #define BLOCK 500
-enum { M_FLOOR, M_KEPT, M_S6, M_INPROC, M_UNCACHED, M_COUNT };
-static const char *mixed_names[M_COUNT] = {"B1_floor", "B2_cached_kept", "s6_retrieve_kept",
+enum { M_FLOOR, M_FLOOR_EPOLL, M_KEPT, M_S6, M_INPROC, M_UNCACHED, M_COUNT };
+static const char *mixed_names[M_COUNT] = {"B1_floor",         "B1e_floor_epoll",
+                                           "B2_cached_kept",   "s6_retrieve_kept",
                                            "inproc_socket_bind", "B4_uncached"};
 
 static void mixed(const char *path, int port, int uport, const char *s6path, const char *id,
                   size_t n) {
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(sv[0]);
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    char b;
-    while (recv(sv[1], &b, 1, 0) == 1)
-      if (send_fd(sv[1], u)) break;
-    _exit(0);
-  }
-  close(sv[1]);
+  pid_t pid, epid;
+  int fl = floor_server(0, &pid), esv = floor_server(1, &epid);
   sockpass_client *c = sp_connect(path), *cu = sp_connect(path);
   int keep = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
                                             SOCKPASS_SHARE_ANY, "bench", NULL, 0);
@@ -414,11 +424,14 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
         uint64_t t0 = now_ns(), t1;
         switch (m) {
           case M_FLOOR:
-            if (send(sv[0], &b, 1, 0) != 1) die("send", errno);
-            if ((fd = recv_fd(sv[0])) < 0) die("recv_fd", errno);
+          case M_FLOOR_EPOLL: {
+            int s = m == M_FLOOR ? fl : esv;
+            if (send(s, &b, 1, 0) != 1) die("send", errno);
+            if ((fd = recv_fd(s)) < 0) die("recv_fd", errno);
             close(fd);
             t1 = now_ns();
             break;
+          }
           case M_KEPT:
             fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
                                                 SOCKPASS_SHARE_ANY, "bench", tok[i],
@@ -463,8 +476,10 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
   }
   for (int m = 0; m < M_COUNT; m++) report(mixed_names[m], smp[m], done);
   report("B2r_release", rel, nrel);
-  close(sv[0]);
+  close(fl);
+  close(esv);
   waitpid(pid, NULL, 0);
+  waitpid(epid, NULL, 0);
   s6_fdholder_end(&a);
   sockpass_client_free(c);
   sockpass_client_free(cu);
