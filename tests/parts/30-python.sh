@@ -25,7 +25,18 @@ CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PY" python -m pip install --quiet --disable-
   --no-build-isolation --no-deps ./python
 
 mypy_cache=$(mktemp -d)
-trap 'rm -rf "$mypy_cache"' EXIT
+fresh=$(mktemp -d)
+trap 'rm -rf "$mypy_cache" "$fresh"' EXIT
+
+# The README's own command as a newcomer runs it: a fresh venv, pip's build
+# isolation fetching maturin from PyPI. (Same target dir, so no recompiling.)
+python -m venv "$fresh/venv"
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PY" "$fresh/venv/bin/pip" install --quiet \
+  --disable-pip-version-check ./python
+(cd "$fresh" && "$fresh/venv/bin/python" -c 'import sockpass; assert sockpass.SHARE_SAMENAME is sockpass.SHARE_SAMEAPP') \
+  || { echo "30-python: pip install ./python in a fresh venv gave no working sockpass" >&2; exit 1; }
+echo "30-python: pip install ./python works in a fresh venv"
+
 export MYPY_CACHE_DIR="$mypy_cache"
 # From a directory without a sockpass/ in it, so the installed package is checked.
 (cd tests && python -m mypy.stubtest sockpass)

@@ -111,3 +111,47 @@ def test_blocking_call_releases_the_gil(broker: Broker) -> None:
             watchdog.wait()
         worker.join(TIMEOUT)
         assert result == [[]]
+
+
+def test_module_functions_from_32_threads(default_broker: Broker, no_fd_leak: None) -> None:
+    """The process-wide default client behind sockpass.request_socket and
+    sockpass.release_socket, used by many threads at once."""
+    port = free_port()
+    kept: list[list[tuple[int, str]]] = [[] for _ in range(THREADS)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(THREADS)
+
+    def work(i: int) -> None:
+        held: list[tuple[int, str]] = []
+        try:
+            start.wait(TIMEOUT)
+            for k in range(ROUNDS):
+                held.append(sockpass.request_socket("127.0.0.1", port, "UDP", sockpass.SHARE_SAMEAPP, "mod-threads"))
+                if k % 2 == 1:
+                    fd, tok = held.pop(0)
+                    sockpass.release_socket(fd if k % 4 == 1 else tok)
+                    os.close(fd)
+            while len(held) > i % 3:
+                fd, tok = held.pop()
+                sockpass.release_socket(tok)
+                os.close(fd)
+        except BaseException as e:
+            errors.append(e)
+        kept[i] = held
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 4)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors, errors
+
+    expected = sum(i % 3 for i in range(THREADS))
+    rows = [r for r in sockpass.status() if r.port == port]
+    assert [(r.refs, len(r.holders)) for r in rows] == [(expected, expected)]
+    for k in kept:
+        for fd, tok in k:
+            sockpass.release_socket(tok)
+            os.close(fd)
+    assert [r for r in sockpass.status() if r.port == port] == []
