@@ -382,6 +382,8 @@ pub struct Broker {
     /// Connections refused since the last log line about it.
     refused_conns: u64,
     last_refusal_log: Option<Instant>,
+    /// Refused requests: each is logged, up to a budget a second.
+    refused_requests: LogBudget,
     /// An upgrade asked for (by SIGHUP through the daemon, or UPGRADE).
     upgrade: Option<PendingUpgrade>,
     /// The systemd fd store, when running under systemd with one.
@@ -401,6 +403,39 @@ struct PendingUpgrade {
 /// which fd goes with it.
 struct Reply {
     attach: Option<Attach>,
+}
+
+/// At most `LogBudget::LINES` lines a second for one kind of event.
+#[derive(Debug, Default)]
+struct LogBudget {
+    window: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    const LINES: u32 = 20;
+
+    /// Whether this event may be logged, and how many were suppressed in
+    /// the window that just ended (to be reported once).
+    fn take(&mut self, now: Instant) -> (bool, u64) {
+        let mut ended = 0;
+        if self
+            .window
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            ended = std::mem::take(&mut self.suppressed);
+            self.window = Some(now);
+            self.lines = 0;
+        }
+        if self.lines < LogBudget::LINES {
+            self.lines += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
+    }
 }
 
 impl Broker {
@@ -434,6 +469,7 @@ impl Broker {
             wbuf: Vec::with_capacity(proto::MAX_MSG),
             refused_conns: 0,
             last_refusal_log: None,
+            refused_requests: LogBudget::default(),
             upgrade: None,
             fd_store: None,
         };
@@ -652,6 +688,28 @@ impl Broker {
         }
     }
 
+    /// One line per refused request, so an operator sees why a service got
+    /// nothing; past the budget a client flooding bad requests costs one
+    /// summary line a second instead.
+    fn log_refusal(&mut self, slot: usize, e: &Error) {
+        if !self.cfg.log {
+            return;
+        }
+        let (allowed, suppressed) = self.refused_requests.take(Instant::now());
+        if suppressed > 0 {
+            self.log(format_args!(
+                "{suppressed} more refused request(s) not logged in the last second"
+            ));
+        }
+        if allowed {
+            let c = self.conns.get(slot).unwrap();
+            self.log(format_args!(
+                "refused request from pid {} uid {}: {}",
+                c.creds.pid, c.creds.uid, e
+            ));
+        }
+    }
+
     fn note_refusal(&mut self, why: &str) {
         self.refused_conns += 1;
         let now = Instant::now();
@@ -830,13 +888,7 @@ impl Broker {
                 self.send(slot, bytes, reply.attach);
             }
             Err(e) => {
-                if matches!(e.kind(), Kind::NotAllowed) {
-                    let c = self.conns.get(slot).unwrap();
-                    self.log(format_args!(
-                        "refused request from pid {} uid {}: {}",
-                        c.creds.pid, c.creds.uid, e
-                    ));
-                }
+                self.log_refusal(slot, &e);
                 self.reply_error(slot, id, &e);
             }
         }

@@ -115,6 +115,48 @@ fn ephemeral_port_zero_is_never_shared() {
     assert_eq!(b.status().sockets.len(), 2);
 }
 
+/// Every refused request is a log line naming the client and the reason; a
+/// flood of them is bounded to a budget a second plus one summary line.
+#[test]
+fn refused_requests_are_logged_within_a_budget() {
+    let b = Broker::start("refusal-log");
+    let port = free_port(true);
+    let sp = spec(&format!("udp:127.0.0.1:{port}"));
+    let mut holder = b.client();
+    holder.request_socket(&sp, ShareMode::None, "a").unwrap();
+    let mut c = b.client();
+    let e = c.request_socket(&sp, ShareMode::Any, "b").unwrap_err();
+    assert_eq!(e.kind(), Kind::ShareConflict);
+    let me = std::process::id();
+    let line = format!("refused request from pid {me} uid");
+    wait_for("the refusal logged", || {
+        b.log_text().contains(&line).then_some(())
+    });
+    // 500 more at once: the log stays bounded, the broker keeps answering.
+    for _ in 0..500 {
+        assert_eq!(
+            c.request_socket(&sp, ShareMode::Any, "b")
+                .unwrap_err()
+                .kind(),
+            Kind::ShareConflict
+        );
+    }
+    let lines = b.log_text().matches(&line).count();
+    assert!(
+        (2..=41).contains(&lines),
+        "{lines} refusal lines for 501 refusals"
+    );
+    // Once a second has passed, the next refusal reports what was left out.
+    wait_for("the summary of refusals not logged", || {
+        let _ = c.request_socket(&sp, ShareMode::Any, "b");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        b.log_text()
+            .contains("more refused request(s) not logged in the last second")
+            .then_some(())
+    });
+    assert_eq!(b.status().sockets[0].refs, 1);
+}
+
 #[test]
 fn share_mode_matrix_in_full() {
     use ShareMode::*;
