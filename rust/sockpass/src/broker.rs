@@ -405,6 +405,20 @@ struct Reply {
     attach: Option<Attach>,
 }
 
+/// The file name of a process's executable, whole (comm is cut to 15
+/// bytes, so two long names could pass as one SAMEAPP application).
+fn exe_name(pid: i32) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_string_lossy();
+    let name = name.strip_suffix(" (deleted)").unwrap_or(&name);
+    // Application names carry no control characters (they reach logs).
+    Some(
+        name.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+    )
+}
+
 /// At most `LogBudget::LINES` lines a second for one kind of event.
 #[derive(Debug, Default)]
 struct LogBudget {
@@ -1322,9 +1336,14 @@ impl Broker {
             if let Some(d) = &c.default_app {
                 return d.clone();
             }
-            let name = std::fs::read_to_string(format!("/proc/{}/comm", c.creds.pid))
-                .map(|s| s.trim_end().to_string())
-                .ok()
+            let name = exe_name(c.creds.pid)
+                .or_else(|| {
+                    // No exe link (a kernel thread, or not ours to read):
+                    // comm, which the kernel cuts to 15 bytes.
+                    std::fs::read_to_string(format!("/proc/{}/comm", c.creds.pid))
+                        .map(|s| s.trim_end().to_string())
+                        .ok()
+                })
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| format!("pid{}", c.creds.pid));
             let rc: Rc<str> = Rc::from(name.as_str());

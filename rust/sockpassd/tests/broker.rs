@@ -10,6 +10,7 @@ use sockpass::proto;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn spec(s: &str) -> SocketSpec {
@@ -286,8 +287,11 @@ fn empty_app_name_means_the_executable_name() {
     c.request_socket(&spec("udp:127.0.0.1:0"), ShareMode::SameApp, "")
         .unwrap();
     let st = b.status();
-    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
-    assert_eq!(st.sockets[0].holders[0].app, comm.trim_end());
+    // The whole file name, not comm's 15 bytes: this binary's name is longer.
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_name().unwrap().to_str().unwrap();
+    assert!(name.len() > 15, "{name}");
+    assert_eq!(st.sockets[0].holders[0].app, name);
 }
 
 /// Child: request the socket named in SOCKPASS_SPEC, print the port, hold it.
@@ -371,6 +375,90 @@ fn raw_conn(b: &Broker) -> OwnedFd {
         )
     };
     fd
+}
+
+/// The hex bytes of step `step` in docs/PROTOCOL.md's "A minimal client,
+/// step by step" (the backquoted sequence with `|` separators).
+fn doc_step_bytes(doc: &str, step: u32) -> Vec<u8> {
+    let section = doc
+        .split("## A minimal client, step by step")
+        .nth(1)
+        .expect("PROTOCOL.md has the step-by-step section");
+    let start = section
+        .find(&format!("\n{step}. "))
+        .unwrap_or_else(|| panic!("step {step}"));
+    let rest = &section[start..];
+    let hex = rest.split('`').find(|t| t.contains(" | ")).unwrap();
+    // Up to a placeholder such as `<24 token bytes>`.
+    hex.split_whitespace()
+        .take_while(|t| !t.starts_with('<'))
+        .filter(|t| *t != "|")
+        .map(|t| u8::from_str_radix(t, 16).unwrap_or_else(|_| panic!("{t:?} in step {step}")))
+        .collect()
+}
+
+/// docs/PROTOCOL.md's step-by-step client, byte for byte from the document
+/// itself and without the Rust client: if the document and the broker
+/// drift apart, this fails.
+#[test]
+fn the_protocol_document_drives_the_broker() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/PROTOCOL.md"),
+    )
+    .unwrap();
+    let b = Broker::start("protocol-doc");
+    let conn = raw_conn(&b);
+    let mut buf = [0u8; 1024];
+
+    let hello = doc_step_bytes(&doc, 2);
+    send_fds(conn.as_fd(), &hello, &[], 0).unwrap();
+    let r = recv_fds(conn.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!((r.len, r.fds.len()), (20, 0));
+    assert_eq!(&buf[..8], &[1, 0x81, 0, 0, 1, 0, 0, 0], "HELLO_OK, id 1");
+    assert_eq!(buf[8], 1, "version");
+    assert_eq!(u32::from_le_bytes(buf[12..16].try_into().unwrap()), 1024);
+    assert_eq!(
+        u32::from_le_bytes(buf[16..20].try_into().unwrap()),
+        b.pid() as u32
+    );
+
+    // The document asks for 127.0.0.1:5353; the test uses a free port in
+    // its place (bytes 16..18: header 8, share/flags/n 3, "dns" 3, proto, family).
+    let mut req = doc_step_bytes(&doc, 3);
+    assert_eq!(u16::from_le_bytes([req[16], req[17]]), 5353);
+    let port = free_port(true);
+    req[16..18].copy_from_slice(&port.to_le_bytes());
+    send_fds(conn.as_fd(), &req, &[], 0).unwrap();
+    let r = recv_fds(conn.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!((r.len, r.fds.len()), (8 + 28, 1));
+    assert_eq!(&buf[..8], &[1, 0x82, 0, 0, 2, 0, 0, 0], "SOCKET, id 2");
+    assert_eq!(u16::from_le_bytes([buf[32], buf[33]]), port);
+    let udp = UdpSocket::from(r.fds.into_iter().next().unwrap());
+    assert_eq!(
+        udp.local_addr().unwrap().to_string(),
+        format!("127.0.0.1:{port}")
+    );
+    let st = b.status();
+    assert_eq!(
+        (st.sockets[0].refs, st.sockets[0].holders[0].app.as_str()),
+        (1, "dns")
+    );
+
+    let mut rel = doc_step_bytes(&doc, 5);
+    assert_eq!(
+        rel,
+        [1, 3, 0, 0, 3, 0, 0, 0],
+        "step 5 is the header; the token follows"
+    );
+    rel.extend_from_slice(&buf[8..32]);
+    send_fds(conn.as_fd(), &rel, &[], 0).unwrap();
+    let r = recv_fds(conn.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!(
+        &buf[..r.len],
+        &[1, 0x83, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0],
+        "RELEASED, 0 left"
+    );
+    assert!(b.status().sockets.is_empty());
 }
 
 /// What the broker did with one bad message.
@@ -583,6 +671,24 @@ fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
         long,
         Outcome::Error(Kind::BadRequest),
     ));
+    // Address bytes that do not fit the family: an IPv4 family followed by
+    // 16 address bytes, an IPv6 family followed by 4 (family byte after
+    // header, share/flags/n, "app" and the protocol).
+    let fam = proto::HEADER_LEN + 3 + 3 + 1;
+    let mut v4_long = request_bytes("udp:[::1]:0", 2, b"app");
+    v4_long[fam] = 4;
+    cases.push((
+        "IPv4 family, 16 address bytes",
+        v4_long,
+        Outcome::Error(Kind::BadRequest),
+    ));
+    let mut v6_short = valid.clone();
+    v6_short[fam] = 6;
+    cases.push((
+        "IPv6 family, 4 address bytes",
+        v6_short,
+        Outcome::Error(Kind::BadRequest),
+    ));
     // Port > 65535 cannot be expressed on the wire (u16); the client layer refuses it.
     assert_eq!(
         SocketSpec::from_parts("udp", "127.0.0.1", 65536)
@@ -620,6 +726,24 @@ fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
             .unwrap();
         good.release(&g.token).unwrap();
     }
+
+    // The longest application name the wire allows (255 bytes) is served.
+    let fd = raw_conn(&b);
+    let longest = request_bytes("udp:127.0.0.1:0", 2, &[b'x'; 255]);
+    send_fds(fd.as_fd(), &longest, &[], 0).unwrap();
+    let mut buf = [0u8; proto::MAX_MSG];
+    let r = recv_fds(fd.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!(
+        (buf[1], r.fds.len()),
+        (proto::ty::SOCKET, 1),
+        "255-byte app name"
+    );
+    let st = b.status();
+    assert!(st
+        .sockets
+        .iter()
+        .any(|s| s.holders[0].app == "x".repeat(255)));
+    drop(fd);
 
     // Requests carrying 1 and 250 fds: refused, and every fd closed.
     let (x, _y) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
@@ -726,6 +850,80 @@ fn default_path_comes_from_the_environment() {
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Start sockpassd through `cmd` (which execs it, so the pid is the
+/// broker's), wait for `path` (a function of the pid) to answer, then stop
+/// it with SIGINT: it must exit 0 and say why.
+fn run_default_path_broker(tag: &str, mut cmd: Command, path: impl Fn(u32) -> PathBuf) {
+    let dir = temp_dir(tag);
+    let log = dir.join("log");
+    cmd.env_remove("SOCKPASS_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let p = path(child.id());
+    wait_for(&format!("a broker at {}", p.display()), || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "{tag}: sockpassd exited with {st}: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        Client::connect(&p).ok()
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = wait_child(&mut child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(st.success(), "{tag}: exit status {st}: {text}");
+    assert!(
+        text.contains("SIGINT received, shutting down"),
+        "{tag}: {text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// With neither --socket nor $SOCKPASS_SOCKET: root listens at
+/// /run/sockpass/sockpassd.sock and others at
+/// $XDG_RUNTIME_DIR/sockpass/sockpassd.sock, creating the missing directories;
+/// a --socket in a directory that does not exist yet works too. Each broker
+/// stops on SIGINT.
+#[test]
+fn default_paths_create_their_directories_and_sigint_stops() {
+    if !is_root() {
+        eprintln!(
+            "skipped: needs root (runs one broker as root in its own /run, one as uid 65534)"
+        );
+        return;
+    }
+    // Root: in a private mount namespace with an empty /run, reached from
+    // here through /proc/PID/root, so the host's /run is never touched.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0755 tmpfs /run && exec \"$0\"")
+        .arg(sockpassd_bin());
+    run_default_path_broker("default-root", cmd, |pid| {
+        PathBuf::from(format!("/proc/{pid}/root/run/sockpass/sockpassd.sock"))
+    });
+
+    // Not root: $XDG_RUNTIME_DIR, which does not exist yet.
+    let top = temp_dir("default-xdg");
+    std::fs::set_permissions(&top, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let xdg = top.join("xdg");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(sockpassd_bin())
+        .env("XDG_RUNTIME_DIR", &xdg);
+    let want = xdg.join("sockpass/sockpassd.sock");
+    run_default_path_broker("default-xdg-run", cmd, |_| want.clone());
+
+    // --socket in directories that do not exist yet.
+    let deep = top.join("a/b/c/s.sock");
+    let mut cmd = Command::new(sockpassd_bin());
+    cmd.arg("--socket").arg(&deep);
+    run_default_path_broker("deep-socket", cmd, |_| deep.clone());
+    let _ = std::fs::remove_dir_all(top);
 }
 
 #[test]
