@@ -141,7 +141,9 @@ int main(void) {
     EXPECT(run_child("pipe", REPORT, 30000, 0), 0);
     EXPECT(run_child("fd:5", REPORT, 30000, 0), 0);
     EXPECT(run_child("notify", REPORT, 30000, 0), 0);
-    /* (pipe: a child closing its end is the signal, so exiting counts as ready.) */
+    /* (pipe: a child closing its end is the signal, but the close that comes
+     * with its exit is not: that is -SOCKPASS_E_CHILD_FAILED as well, which
+     * rust/sockpassd/tests/readiness.rs checks through the same core code.) */
     /* fd:N: the fd closing without a newline and the exit race. */
     rc = run_child("fd:4", EXIT_EARLY, 30000, -SOCKPASS_E_CHILD_FAILED);
     EXPECT(rc == -SOCKPASS_E_NOT_READY || rc == -SOCKPASS_E_CHILD_FAILED, 1);

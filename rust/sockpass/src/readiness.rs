@@ -9,6 +9,9 @@
 //! A [`Readiness`] is made before the child is spawned; its fd can sit in an
 //! event loop ([`Readiness::check`]) or be waited on with a timeout, also
 //! watching the child so that one exiting first is an error with its status.
+//! For `pipe` that includes the close that comes with the child's exit: a
+//! hang-up seen while the child is exiting or gone is not readiness (a
+//! child that is ready and then exits at once should write a byte first).
 //! The sending side, for daemons reporting their own readiness, is
 //! [`send_notify`] and [`report_ready_fd`].
 
@@ -205,7 +208,10 @@ impl Readiness {
 
     /// Without blocking, take in what the child sent: `Ok(true)` once ready.
     /// Notify messages keep being drained (and any fds in them closed) after
-    /// ready, so a sender waiting on a `BARRIER=1` is released.
+    /// ready, so a sender waiting on a `BARRIER=1` is released. For `pipe`,
+    /// any hang-up counts here, as this does not know the child: a caller
+    /// that does should wait with [`wait_child`](Self::wait_child), which
+    /// tells a child's death from its signal.
     pub fn check(&mut self) -> Result<bool> {
         match &self.src {
             Source::Pipe(f) => {
@@ -231,31 +237,66 @@ impl Readiness {
 
     /// Block until ready, at most `timeout` (`None`: forever).
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<()> {
-        self.wait_inner(None, timeout)
+        self.wait_inner(None, None, timeout)
     }
 
     /// Block until ready, at most `timeout`, while watching child `pid`
     /// (which is not reaped here): if it exits first, that is a
     /// `ChildFailed` error with its status.
     pub fn wait_child(&mut self, pid: i32, timeout: Option<Duration>) -> Result<()> {
-        // SAFETY: pidfd_open returns a new fd or -1.
-        let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if r < 0 {
-            return Err(Error::last_os(format!("pidfd_open({pid})")));
+        let pidfd = pidfd_open(pid)?;
+        self.wait_inner(Some((pid, pidfd.as_fd())), None, timeout)
+    }
+
+    /// [`wait_child`](Self::wait_child), also polling `extra` and calling
+    /// `on_extra` each time it is readable, then waiting on. This is how a
+    /// supervisor keeps handling its own events (a signalfd, to forward
+    /// SIGTERM to the child) while it waits; an error from `on_extra` ends
+    /// the wait with that error.
+    pub fn wait_child_watching(
+        &mut self,
+        pid: i32,
+        timeout: Option<Duration>,
+        extra: BorrowedFd<'_>,
+        on_extra: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let pidfd = pidfd_open(pid)?;
+        self.wait_inner(Some((pid, pidfd.as_fd())), Some((extra, on_extra)), timeout)
+    }
+
+    /// [`check`](Self::check), except that for `pipe` a hang-up while the
+    /// child is exiting or gone is its death, not readiness: the kernel
+    /// closes a dying process's fds before its pidfd becomes readable, so
+    /// the child's state is read rather than raced.
+    fn check_child(&mut self, child: Option<(i32, BorrowedFd<'_>)>) -> Result<bool> {
+        let (Source::Pipe(f), Some((pid, pidfd)), false) = (&self.src, child, self.ready) else {
+            return self.check();
+        };
+        let rev = sys::poll_one(f.as_fd(), libc::POLLIN, 0).map_err(|e| Error::os(e, "poll"))?;
+        if rev & libc::POLLIN != 0 {
+            // Something was written: ready, whatever happens next.
+            self.ready = true;
+        } else if rev & (libc::POLLHUP | libc::POLLERR) != 0 {
+            if exiting(pid, pidfd) {
+                // Bounded: an exiting process becomes a zombie promptly;
+                // its status is only readable then.
+                let _ = sys::poll_one(pidfd, libc::POLLIN, 5000);
+                return Err(child_failed(pid));
+            }
+            self.ready = true;
         }
-        // SAFETY: r is a new fd we own (pidfds are always CLOEXEC).
-        let pidfd = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
-        self.wait_inner(Some((pid, pidfd.as_fd())), timeout)
+        Ok(self.ready)
     }
 
     fn wait_inner(
         &mut self,
         child: Option<(i32, BorrowedFd<'_>)>,
+        mut extra: Option<(BorrowedFd<'_>, &mut dyn FnMut() -> Result<()>)>,
         timeout: Option<Duration>,
     ) -> Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            match self.check() {
+            match self.check_child(child) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 // A notification fd closed without a newline usually means
@@ -281,15 +322,26 @@ impl Readiness {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: extra.as_ref().map_or(-1, |x| x.0.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            // SAFETY: two valid pollfds (fd -1 is ignored by poll).
-            let n = unsafe { libc::poll(p.as_mut_ptr(), 2, remaining_ms(deadline)) };
+            // SAFETY: three valid pollfds (fd -1 is ignored by poll).
+            let n = unsafe { libc::poll(p.as_mut_ptr(), 3, remaining_ms(deadline)) };
             if n < 0 && sys::errno() != libc::EINTR {
                 return Err(Error::last_os("poll"));
             }
+            if p[2].revents != 0 {
+                if let Some((_, f)) = extra.as_mut() {
+                    f()?;
+                }
+            }
             if p[1].revents != 0 {
-                // Readiness sent just before exiting still counts.
-                if self.check().unwrap_or(false) {
+                // Readiness sent just before exiting still counts (for
+                // pipe, only bytes written: the exit itself closes it).
+                if self.check_child(child).unwrap_or(false) {
                     return Ok(());
                 }
                 return Err(child_failed(child.map_or(0, |c| c.0)));
@@ -442,6 +494,46 @@ fn notify_sockaddr(addr: &OsStr) -> Result<Vec<u8>> {
             addr.to_string_lossy()
         ))),
     }
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(Error::last_os(format!("pidfd_open({pid})")));
+    }
+    // SAFETY: r is a new fd we own (pidfds are always CLOEXEC).
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Whether `pid` has exited or is exiting: its pidfd is readable, or
+/// /proc says zombie/dead or shows `PF_EXITING`, which the kernel sets
+/// before it closes the process's fds. Without /proc to ask, a short grace
+/// for the pidfd stands in.
+fn exiting(pid: i32, pidfd: BorrowedFd<'_>) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    if sys::poll_one(pidfd, libc::POLLIN, 0).unwrap_or(0) != 0 {
+        return true;
+    }
+    let stat = match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(_) => return sys::poll_one(pidfd, libc::POLLIN, 100).unwrap_or(0) != 0,
+    };
+    // "pid (comm) state ppid pgrp session tty tpgid flags ...": comm may
+    // hold anything, so count from the last ')'.
+    let after = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .map_or(&stat[..], |i| &stat[i + 1..]);
+    let mut f = after
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    let state = f.next().and_then(|s| s.first().copied());
+    let flags = f
+        .nth(5)
+        .and_then(|w| std::str::from_utf8(w).ok()?.parse::<u64>().ok());
+    matches!(state, Some(b'Z' | b'X' | b'x')) || flags.is_some_and(|fl| fl & PF_EXITING != 0)
 }
 
 fn child_failed(pid: i32) -> Error {

@@ -171,6 +171,32 @@ fn child_exiting_first_is_an_error_with_its_status() {
         assert_eq!(e.kind(), Kind::ChildFailed, "{script}: {e}");
         assert!(e.message().contains(want), "{script}: {e}");
     }
+    // pipe: the exit closes the write end, and that hang-up is not
+    // readiness, whether the child exits or is killed; bytes written
+    // before exiting are.
+    for (script, want) in [
+        ("exit 3", Some("exited with status 3")),
+        ("kill -9 $$", Some("killed by signal 9")),
+        ("true", Some("exited with status 0")),
+        ("echo >&4; exit 5", None),
+    ] {
+        for _ in 0..20 {
+            let (mut r, w) = Readiness::new(Method::Pipe).unwrap();
+            let mut cmd = sh(script);
+            with_fd(&mut cmd, w.unwrap(), 4);
+            let c = Reaped(cmd.stdin(Stdio::null()).spawn().unwrap());
+            drop(cmd);
+            let res = r.wait_child(c.0.id() as i32, Some(WAIT));
+            match (want, res) {
+                (None, Ok(())) => {}
+                (Some(want), Err(e)) => {
+                    assert_eq!(e.kind(), Kind::ChildFailed, "{script}: {e}");
+                    assert!(e.message().contains(want), "{script}: {e}");
+                }
+                (_, res) => panic!("pipe, {script}: {res:?}"),
+            }
+        }
+    }
     // READY=1 sent just before exiting still counts.
     let mut cmd = Command::new("systemd-notify");
     cmd.args(["--ready", "--no-block"]);

@@ -102,23 +102,31 @@ fn request_through_the_broker_is_held_while_the_child_runs() {
 }
 
 #[test]
-fn sigterm_is_forwarded() {
-    let mut c = run(&[
-        "--",
-        "python3",
-        "-S",
-        "-c",
-        "import sys\nprint('@@ up', flush=True)\nsys.stdin.read()",
-    ]);
-    assert_eq!(read_line(&mut c), "up");
-    // SAFETY: signalling our own child.
-    assert_eq!(unsafe { libc::kill(c.id() as i32, libc::SIGTERM) }, 0);
-    let (code, _) = finish(c);
-    assert_eq!(
-        code,
-        128 + libc::SIGTERM,
-        "the child died of the forwarded SIGTERM"
-    );
+fn sigterm_and_sigint_are_forwarded() {
+    // Before readiness too: a child that never reports ready (no
+    // --ready-timeout) must still be stoppable through `sockpass run`.
+    // The child sleeps far longer than `finish` waits, so only a forwarded
+    // signal ends it in time.
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        for wait_ready in [
+            &[][..],
+            &["--wait-ready", "fd:5"][..],
+            &["--wait-ready", "pipe"],
+        ] {
+            let mut args = wait_ready.to_vec();
+            args.extend(["--", "sh", "-c", "echo '@@ up'; exec sleep 600"]);
+            let mut c = run(&args);
+            assert_eq!(read_line(&mut c), "up");
+            // SAFETY: signalling our own child.
+            assert_eq!(unsafe { libc::kill(c.id() as i32, sig) }, 0);
+            let (code, err) = finish(c);
+            assert_eq!(
+                code,
+                128 + sig,
+                "{wait_ready:?}: the child died of the forwarded signal {sig}: {err}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -233,18 +241,70 @@ fn wait_ready_fd_n_and_pipe() {
     let (code, lines, err) = finish_out(c);
     assert_eq!(code, 0, "{err}");
     assert_eq!(lines, [format!("@@ {} 1", lines[1]), lines[1].clone()]);
-    // pipe: the write end is the last slot, named "ready"; closing it is ready.
+    // pipe: the write end is the last slot, named "ready"; closing it is
+    // ready (while the child lives on: it then waits for stdin to close).
     let c = run(&[
         "--wait-ready",
         "pipe",
         "--",
         "bash",
         "-c",
-        "echo \"@@ $$ $LISTEN_FDNAMES\"; exec 3>&-",
+        "echo \"@@ $$ $LISTEN_FDNAMES\"; exec 3>&-; read x || :",
     ]);
+    let mut lines = stdout_lines(c);
+    let first = lines.next_line();
+    let pid = lines.next_line();
+    assert_eq!(first, format!("@@ {pid} ready"));
+    let (code, rest, err) = lines.finish();
+    assert_eq!((code, rest.len()), (0, 0), "{rest:?} {err}");
+    // A child that exits without closing or writing first is not ready,
+    // even though its exit closes the pipe: run reports it, prints no pid
+    // and exits with the child's status.
+    let c = run(&["--wait-ready", "pipe", "--", "sh", "-c", "exit 4"]);
     let (code, lines, err) = finish_out(c);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(lines, [format!("@@ {} ready", lines[1]), lines[1].clone()]);
+    assert_eq!(code, 4, "{err}");
+    assert!(lines.is_empty(), "{lines:?}");
+    assert!(
+        err.contains("did not report ready") && err.contains("status 4"),
+        "{err}"
+    );
+}
+
+/// A running `sockpass run` whose stdout lines are read one at a time,
+/// each wait bounded; stdin is closed by `finish`.
+struct Lines {
+    child: Child,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+fn stdout_lines(mut c: Child) -> Lines {
+    use std::io::BufRead;
+    let out = c.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Lines { child: c, rx }
+}
+
+impl Lines {
+    fn next_line(&mut self) -> String {
+        self.rx
+            .recv_timeout(WAIT)
+            .expect("a line from sockpass run")
+    }
+
+    /// Close stdin, wait; exit code, the remaining lines, stderr.
+    fn finish(mut self) -> (i32, Vec<String>, String) {
+        drop(self.child.stdin.take());
+        let (code, err) = finish(self.child);
+        (code, self.rx.try_iter().collect(), err)
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use sockpass::readiness::{Method, Readiness};
 use sockpass::spawn::{exit_code, EnvBase, Spawn};
 use sockpass::{ShareMode, SocketSpec};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -252,9 +252,27 @@ pub fn run(mut a: Args) -> Result<i32, String> {
         }
     };
     if let Some(mut r) = ready {
-        // Signals stay blocked meanwhile; one that arrives is forwarded in
-        // the loop below. A child that exits first is reported there.
-        match r.wait_child(child.pid(), ready_timeout) {
+        // Signals stay blocked meanwhile: SIGTERM and SIGINT are read from
+        // a signalfd polled with the readiness fd and forwarded at once, so
+        // a child that never gets ready can still be stopped through us. A
+        // child that exits first is reported in the loop below.
+        let pid = child.pid();
+        let res = match forward_fd() {
+            Ok(sfd) => {
+                let mut forward = || {
+                    while let Some(sig) = read_signal(&sfd) {
+                        let _ = child.kill(sig);
+                    }
+                    Ok(())
+                };
+                r.wait_child_watching(pid, ready_timeout, sfd.as_fd(), &mut forward)
+            }
+            Err(e) => {
+                eprintln!("sockpass: signalfd: {e}; signals wait until the child is ready");
+                r.wait_child(pid, ready_timeout)
+            }
+        };
+        match res {
             Ok(()) => {
                 use std::io::Write;
                 let mut out = std::io::stdout();
@@ -301,6 +319,36 @@ fn blocked_signals() -> libc::sigset_t {
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
+}
+
+/// A signalfd for the forwarded signals (blocked by [`blocked_signals`]).
+fn forward_fd() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset manipulation on a local set; signalfd returns a new fd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The next signal queued on a non-blocking signalfd, if any.
+fn read_signal(sfd: &OwnedFd) -> Option<i32> {
+    // SAFETY: read one signalfd_siginfo into a zeroed local.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let n = unsafe {
+        libc::read(
+            sfd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            std::mem::size_of::<libc::signalfd_siginfo>(),
+        )
+    };
+    (n == std::mem::size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo as i32)
 }
 
 fn unblock(set: &libc::sigset_t) {
