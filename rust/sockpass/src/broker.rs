@@ -388,6 +388,10 @@ pub struct Broker {
     upgrade: Option<PendingUpgrade>,
     /// The systemd fd store, when running under systemd with one.
     fd_store: Option<FdStore>,
+    /// An fd held in reserve (`/dev/null`): out of fds, the broker closes it
+    /// to accept the waiting client, tells it why and closes it, instead of
+    /// leaving the listener readable and spinning on EMFILE.
+    reserve: Option<OwnedFd>,
 }
 
 /// An upgrade waiting for the daemon to carry it out.
@@ -403,6 +407,14 @@ struct PendingUpgrade {
 /// which fd goes with it.
 struct Reply {
     attach: Option<Attach>,
+}
+
+/// The fd kept in reserve for [`Broker::shed_one_connection`].
+fn open_reserve() -> Option<OwnedFd> {
+    // SAFETY: open with a constant path; the result is a new fd or -1.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // SAFETY: fd is a new fd when non-negative.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The file name of a process's executable, whole (comm is cut to 15
@@ -486,6 +498,7 @@ impl Broker {
             refused_requests: LogBudget::default(),
             upgrade: None,
             fd_store: None,
+            reserve: open_reserve(),
         };
         b.ep_ctl(
             libc::EPOLL_CTL_ADD,
@@ -643,7 +656,10 @@ impl Broker {
                     libc::EAGAIN | libc::EINTR | libc::ECONNABORTED => return,
                     libc::EMFILE | libc::ENFILE => {
                         self.note_refusal("out of file descriptors");
-                        return;
+                        if !self.shed_one_connection(e) {
+                            return;
+                        }
+                        continue;
                     }
                     _ => {
                         self.log(format_args!("accept failed: {}", crate::error::strerror(e)));
@@ -700,6 +716,41 @@ impl Broker {
                 self.conns.remove(slot);
             }
         }
+    }
+
+    /// Out of fds (`errno`) with a client waiting: spend the reserve fd to
+    /// accept it, send it an ERROR saying so and close it, then take the
+    /// reserve back. False when there is no reserve to spend (then the
+    /// listener stays readable and the next loop turn tries again).
+    fn shed_one_connection(&mut self, errno: i32) -> bool {
+        let Some(r) = self.reserve.take() else {
+            self.reserve = open_reserve();
+            return false;
+        };
+        drop(r);
+        // SAFETY: accept4 returns a new fd we own, or -1.
+        let a = unsafe {
+            libc::accept4(
+                self.listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
+        };
+        if a >= 0 {
+            // SAFETY: a is a new fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(a) };
+            let e = Error::with_errno(
+                Kind::LimitReached,
+                errno,
+                "the broker is out of file descriptors; try again later",
+            );
+            let mut msg = Vec::new();
+            proto::encode_error(&mut msg, 0, &e);
+            let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
+        }
+        self.reserve = open_reserve();
+        a >= 0 && self.reserve.is_some()
     }
 
     /// One line per refused request, so an operator sees why a service got

@@ -193,3 +193,75 @@ fn limits_fit_under_rlimit_nofile_with_headroom() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); after the comm, state is index 0.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn set_nofile(pid: i32, n: &str) {
+    let st = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={n}"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "prlimit --nofile={n}");
+}
+
+/// A broker whose fd limit is lowered under it (prlimit) turns new clients
+/// away with a clear error instead of leaving them hanging and spinning on
+/// EMFILE; existing clients keep their sockets; raised again, it serves.
+#[test]
+fn out_of_fds_turns_clients_away_without_spinning() {
+    let b = Broker::start("limit-emfile");
+    let mut holder = b.client();
+    let g = holder
+        .request_socket(&eph(), ShareMode::Any, "holder")
+        .unwrap();
+    let pid = b.pid();
+    let used: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    let hard = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .to_string();
+    // Room for nothing new: every fd number below the limit is in use.
+    set_nofile(pid, &format!("{lowest_free}:{hard}"));
+    let path = b.path.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Client::connect(&path).map(|_| ()));
+    });
+    let e = rx
+        .recv_timeout(WAIT)
+        .expect("a client is answered, not left hanging")
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::LimitReached, "{e}");
+    assert!(e.message().contains("out of file descriptors"), "{e}");
+    // Nobody is waiting now, and the broker is idle, not spinning.
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let spent = cpu_ticks(pid) - t0;
+    assert!(
+        spent < 25,
+        "broker used {spent} ticks in 0.5 s while out of fds"
+    );
+    assert!(b.log_text().contains("out of file descriptors"));
+
+    set_nofile(pid, &format!("{hard}:{hard}"));
+    let mut c = b.client();
+    assert_eq!(counts(&b, &mut c).1, 1, "the holder's reference is intact");
+    drop(g);
+}
