@@ -221,6 +221,66 @@ fn per_worker_reuseport_group_spreads_load() {
     assert!(can_bind(true, p));
 }
 
+/// `sockpass request --per-worker`: two CLI processes each hold their own
+/// member of one reuseport group.
+#[test]
+fn per_worker_from_the_cli() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let b = Broker::start("perworkercli");
+    let p = free_port(true);
+    let s = format!("udp:127.0.0.1:{p}?reuseport=1");
+    let start = || {
+        let mut c = Command::new(sockpass_bin())
+            .args([
+                "request",
+                "--per-worker",
+                "--share",
+                "sameapp",
+                "--app",
+                "srv",
+                "--socket",
+            ])
+            .arg(&b.path)
+            .arg(&s)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with(&format!("{p} ")), "{line:?}");
+        c
+    };
+    let mut w1 = start();
+    let mut w2 = start();
+    let st = b.status();
+    assert_eq!(st.sockets.len(), 2, "one socket per worker");
+    assert!(st.sockets.iter().all(|s| s.port == p && s.refs == 1));
+    // Closing a worker's stdin ends it and releases only its member.
+    drop(w1.stdin.take());
+    assert!(wait_child(&mut w1).success());
+    wait_for("one member left", || {
+        (b.status().sockets.len() == 1).then_some(())
+    });
+    drop(w2.stdin.take());
+    assert!(wait_child(&mut w2).success());
+    wait_for("the group gone", || {
+        b.status().sockets.is_empty().then_some(())
+    });
+
+    let out = Command::new(sockpass_bin())
+        .args(["request", "--per-worker", "--reserve", "--socket"])
+        .arg(&b.path)
+        .arg(&s)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--per-worker"));
+}
+
 #[test]
 fn per_worker_tcp_listeners_both_accept() {
     let b = Broker::start("perworkertcp");

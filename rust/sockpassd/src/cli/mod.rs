@@ -17,9 +17,11 @@ usage: sockpass COMMAND [options]
 
 commands:
   status [--json] [--socket PATH]   list the broker's sockets, holders and references
-  request [--share MODE] [--app NAME] [--reserve] [--no-hold] [--socket PATH] SPEC...
+  request [--share MODE] [--app NAME] [--reserve | --per-worker] [--no-hold] [--socket PATH] SPEC...
                                     request sockets, print PORT TOKEN SPEC per socket, and
-                                    hold them until stdin closes (the connection is the lease)
+                                    hold them until stdin closes (the connection is the lease);
+                                    --per-worker: a socket of its own in the port's reuseport
+                                    group (SPEC has reuseport=1) instead of the shared one
   reserve [--share MODE] [--app NAME] [--socket PATH] SPEC...
                                     reserve sockets for another process: print PORT TOKEN SPEC
                                     per socket and exit (the broker holds each until it is

@@ -15,6 +15,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     let mut app = String::new();
     let mut hold = true;
     let mut reserve = false;
+    let mut flags = 0u8;
     while let Some((k, v)) = a.next_option() {
         match k.as_str() {
             "--socket" => socket = Some(a.value_os(&k, v)?.into()),
@@ -22,6 +23,9 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             "--app" => app = a.value(&k, v)?,
             "--no-hold" => hold = false,
             "--reserve" => reserve = true,
+            // Its own socket in the port's SO_REUSEPORT group (the spec
+            // must ask for reuseport=1), rather than the shared one.
+            "--per-worker" => flags |= sockpass::proto::REQ_PER_WORKER,
             _ => return Err(format!("request: unknown option {k}")),
         }
     }
@@ -34,6 +38,9 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             s.parse::<SocketSpec>().map_err(|e| format!("request: {e}"))
         })
         .collect::<Result<_, String>>()?;
+    if reserve && flags != 0 {
+        return Err("request: --per-worker sockets are held, not reserved; drop --reserve".into());
+    }
     if specs.is_empty() {
         return Err("request: give at least one socket spec, e.g. udp:127.0.0.1:5353".into());
     }
@@ -54,7 +61,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             }
             continue;
         }
-        match c.request_socket(spec, share, &app) {
+        match c.request_with_flags(spec, share, &app, flags) {
             Ok(g) => {
                 let _ = writeln!(out, "{} {} {}", g.port, g.token, spec);
                 held.push(g);
