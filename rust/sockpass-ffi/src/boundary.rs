@@ -66,3 +66,26 @@ pub(crate) unsafe fn opt_c_str<'a>(
         c_str(p, what, max).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside an exported function's body is an error code and a
+    /// message, never an abort; that needs unwinding, which the workspace
+    /// profile keeps (panic = "unwind").
+    #[test]
+    fn a_panic_becomes_an_error_code() {
+        assert!(cfg!(panic = "unwind"), "the boundary needs panic = unwind");
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = call(|| panic!("boom"));
+        std::panic::set_hook(quiet);
+        assert_eq!(r, -SOCKPASS_E_PANIC);
+        // SAFETY: the last error is a NUL-terminated string owned by this thread.
+        let msg = unsafe { CStr::from_ptr(crate::errors::sockpass_last_error_message()) };
+        assert!(msg.to_str().unwrap().contains("panic"), "{msg:?}");
+        // The next successful call clears it.
+        assert_eq!(call(|| Ok(7)), 7);
+    }
+}
