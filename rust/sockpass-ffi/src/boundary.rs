@@ -71,12 +71,14 @@ pub(crate) unsafe fn opt_c_str<'a>(
 mod tests {
     use super::*;
 
+    // The boundary needs unwinding, which the workspace profile keeps
+    // (panic = "unwind"): an abort profile fails the build of this test.
+    const _: () = assert!(cfg!(panic = "unwind"));
+
     /// A panic inside an exported function's body is an error code and a
-    /// message, never an abort; that needs unwinding, which the workspace
-    /// profile keeps (panic = "unwind").
+    /// message, never an abort.
     #[test]
     fn a_panic_becomes_an_error_code() {
-        assert!(cfg!(panic = "unwind"), "the boundary needs panic = unwind");
         let quiet = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let r = call(|| panic!("boom"));
