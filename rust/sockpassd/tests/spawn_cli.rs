@@ -161,16 +161,6 @@ fn bad_input_is_refused() {
         "-l",
         "tcp:127.0.0.1:0",
         "--fdname",
-        "a:b",
-        "--",
-        "true",
-    ]));
-    assert_eq!(code, 2, "more names than fds");
-    assert!(err.contains("fdname"), "{err}");
-    let (code, err) = finish(run(&[
-        "-l",
-        "tcp:127.0.0.1:0",
-        "--fdname",
         "bad name\u{7f}",
         "--",
         "true",
@@ -382,4 +372,93 @@ fn join_a_network_namespace_from_the_cli() {
     ]));
     assert_eq!(code, 2);
     assert!(err.contains("bogus"), "{err}");
+}
+
+/// `sockpass run ARGS -- sh -c 'echo "@@ $LISTEN_FDS $LISTEN_FDNAMES"'`:
+/// exit code, that line, stderr.
+fn fdnames(args: &[&str]) -> (i32, String, String) {
+    let mut a = args.to_vec();
+    a.extend(["--", "sh", "-c", "echo \"@@ $LISTEN_FDS $LISTEN_FDNAMES\""]);
+    let mut c = run(&a);
+    let line = read_line(&mut c);
+    let (code, err) = finish(c);
+    (code, line, err)
+}
+
+#[test]
+fn fdname_as_systemd_socket_activate() {
+    let l = "tcp:127.0.0.1:0";
+    // One name names every fd (systemd-socket-activate 252 does the same:
+    // --fdname=web with three -l gives web:web:web).
+    let (code, line, err) = fdnames(&["-l", l, "-l", l, "-l", l, "--fdname", "web"]);
+    assert_eq!((code, line.as_str()), (0, "3 web:web:web"), "{err}");
+    // Empty parts are dropped, as systemd's split does; "a:" is one name.
+    let (code, line, err) = fdnames(&["-l", l, "-l", l, "--fdname=a:"]);
+    assert_eq!((code, line.as_str()), (0, "2 a:a"), "{err}");
+    let (code, line, err) = fdnames(&["-l", l, "-l", l, "--fdname", "a::b"]);
+    assert_eq!((code, line.as_str()), (0, "2 a:b"), "{err}");
+    // Names across several options, in order.
+    let (code, line, err) = fdnames(&["-l", l, "--fdname", "x", "-l", l, "--fdname", "y"]);
+    assert_eq!((code, line.as_str()), (0, "2 x:y"), "{err}");
+    // A count mismatch warns and runs: extra names are ignored, fds
+    // without one are unnamed.
+    let (code, line, err) = fdnames(&["-l", l, "-l", l, "--fdname", "a:b:c"]);
+    assert_eq!((code, line.as_str()), (0, "2 a:b"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("3 names for 2 fds"),
+        "{err}"
+    );
+    let (code, line, err) = fdnames(&["-l", l, "-l", l, "-l", l, "--fdname", "a:b"]);
+    assert_eq!((code, line.as_str()), (0, "3 a:b:unknown"), "{err}");
+    assert!(err.contains("2 names for 3 fds"), "{err}");
+    // --fdname= is one empty name, for every fd as systemd does; where the
+    // core refuses empty names, the fds stay unnamed instead of failing.
+    let (code, line, err) = fdnames(&["-l", l, "-l", l, "--fdname="]);
+    let want = if sockpass::spawn::validate_name("").is_ok() {
+        "2 :"
+    } else {
+        "2 unknown:unknown"
+    };
+    assert_eq!((code, line.as_str()), (0, want), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // An --fd N:NAME keeps its own name.
+    let (code, line, err) = fdnames(&["--fd", "2:own", "-l", l, "--fdname", "web"]);
+    assert_eq!((code, line.as_str()), (0, "2 own:web"), "{err}");
+}
+
+#[test]
+fn empty_and_inherit_slots_and_unsetenv() {
+    let dir = temp_dir("run-slots");
+    let f = dir.join("data");
+    std::fs::write(&f, "payload").unwrap();
+    // Slots from 3: a socket, an empty slot, an inherit slot where the
+    // shell has a file open (5), an inherit slot where nothing is open (6).
+    let script = format!(
+        "exec 5<{} 6>&- 4>&- && GONE=1 KEPT=1 exec {} run -l tcp:127.0.0.1:0 --empty --inherit \
+         --inherit -U GONE --unsetenv NEVERSET -- bash -c 'echo \"$LISTEN_FDS $LISTEN_FDNAMES \
+         ${{GONE-unset}} $KEPT\"; cat <&5; echo; ls /proc/$$/fd | sort -n | tr \"\\n\" \" \"'",
+        f.display(),
+        sockpass_bin().display()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("4 unknown:empty:unknown:unknown unset 1"),
+        "{text}"
+    );
+    // The inherited file arrives at its own number without CLOEXEC (bash,
+    // exec'd, still has it).
+    assert_eq!(lines.next(), Some("payload"));
+    // The shell holds 0-2, the socket at 3 and the file at 5; 4 (empty)
+    // and 6 (nothing inherited there) are closed.
+    let fds: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2", "3", "5"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

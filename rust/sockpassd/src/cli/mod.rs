@@ -40,16 +40,26 @@ commands:
                                     the binary it runs), keeping every socket, reference and
                                     connection (root or the broker's uid; SIGHUP does the same)
   run [-l ADDRESS] [--datagram] [--request SPEC [--share MODE] [--app NAME]] [--fd N[:NAME]]
-      [--fdname NAME[:NAME...]] [--start N] [-E VAR[=VAL]] [--clear-env] [--join PID [--ns LIST]]
-      [--wait-ready notify|fd:N|pipe [--ready-timeout SECS]] -- PROGRAM [ARGS...]
+      [--empty] [--inherit] [--fdname NAME[:NAME...]] [--start N] [-E VAR[=VAL]] [-U VAR]
+      [--clear-env] [--join PID [--ns LIST]] [--wait-ready notify|fd:N|pipe
+      [--ready-timeout SECS]] -- PROGRAM [ARGS...]
                                     start PROGRAM with sockets by systemd socket activation
                                     (LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES, from fd 3 or --start;
-                                    LISTEN_FDS_FIRST_FD when not 3): -l makes one (a path, PORT,
-                                    HOST:PORT, tcp:/udp: spec), --request gets one from the
-                                    broker (held while PROGRAM runs), --fd passes an inherited
-                                    fd; --join enters PID's namespaces (--ns net,mnt,...);
+                                    LISTEN_FDS_FIRST_FD when not 3). Slots, in order: -l makes
+                                    a socket (a path, PORT, HOST:PORT, tcp:/udp: spec),
+                                    --request gets one from the broker (held while PROGRAM
+                                    runs), --fd passes an inherited fd N, --empty leaves the
+                                    slot's number closed (counted in LISTEN_FDS, named empty;
+                                    libsystemd's sd_listen_fds refuses a set with a hole),
+                                    --inherit passes whatever run inherited at the slot's number
+                                    (nothing: closed). --fdname as systemd-socket-activate: one
+                                    name names every slot, a count mismatch only warns, an
+                                    --fd N:NAME keeps its own. -E sets (VAR alone: run's own
+                                    value), -U/--unsetenv unsets, --clear-env starts empty;
+                                    --join enters PID's namespaces (--ns net,mnt,...);
                                     --wait-ready prints PROGRAM's pid once it reports ready;
                                     exits with PROGRAM's status, forwards SIGTERM/SIGINT
+                                    (also while waiting for readiness)
   help                              this text
   version                           print the version
 

@@ -3,7 +3,9 @@
 //! `LISTEN_FDNAMES`), through [`sockpass::spawn`]. The sockets come from
 //! `-l` (made here), `--request` (from the broker; the connection, and so
 //! the lease, is held while PROGRAM runs) or `--fd` (inherited), in the
-//! order given. With `--wait-ready notify|fd:N|pipe` ([`sockpass::readiness`])
+//! order given; `--empty` leaves a slot's number closed and `--inherit`
+//! passes on whatever we inherited at that number. `--fdname` follows
+//! `systemd-socket-activate`. With `--wait-ready notify|fd:N|pipe` ([`sockpass::readiness`])
 //! it prints PROGRAM's pid once PROGRAM reports ready. Exits with PROGRAM's
 //! status (128 + signal), and forwards SIGTERM and SIGINT to it.
 
@@ -11,7 +13,7 @@ use crate::args::Args;
 use sockpass::client::Client;
 use sockpass::ns::{Namespaces, NsSet};
 use sockpass::readiness::{Method, Readiness};
-use sockpass::spawn::{exit_code, EnvBase, Spawn};
+use sockpass::spawn::{exit_code, EnvBase, Slot, Spawn};
 use sockpass::{ShareMode, SocketSpec};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -24,6 +26,46 @@ enum Source {
     Listen(String),
     Request(String),
     Fd(i32, Option<String>),
+    Empty,
+    Inherit,
+}
+
+/// `--fdname` as `systemd-socket-activate` (252) does it: each option is
+/// split at `:` with empty parts dropped, and one that gives no name at all
+/// (`--fdname=`) gives one empty name; a single name names every slot; a
+/// count that differs from the number of slots only warns (extra names are
+/// ignored, slots without one stay unnamed). The warning, if any, is the
+/// second value.
+fn fdnames_for(given: &[String], n: usize) -> (Vec<Option<String>>, Option<String>) {
+    if given.len() == 1 {
+        return (vec![Some(given[0].clone()); n], None);
+    }
+    let warn = (!given.is_empty() && given.len() != n).then(|| {
+        format!(
+            "--fdname gives {} names for {n} fds: {}",
+            given.len(),
+            if given.len() > n {
+                "the extra ones are ignored"
+            } else {
+                "the others keep their own names or are unnamed"
+            }
+        )
+    });
+    let names = (0..n).map(|i| given.get(i).cloned()).collect();
+    (names, warn)
+}
+
+fn split_fdnames(v: &str) -> Vec<String> {
+    let names: Vec<String> = v
+        .split(':')
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        vec![String::new()]
+    } else {
+        names
+    }
 }
 
 /// Turn a `systemd-socket-activate -l` style address into a spec: a path
@@ -90,7 +132,9 @@ pub fn run(mut a: Args) -> Result<i32, String> {
                 let (n, name) = parse_fd(&a.value(&k, v)?)?;
                 sources.push(Source::Fd(n, name));
             }
-            "--fdname" => fdnames.extend(a.value(&k, v)?.split(':').map(str::to_string)),
+            "--empty" => sources.push(Source::Empty),
+            "--inherit" => sources.push(Source::Inherit),
+            "--fdname" => fdnames.extend(split_fdnames(&a.value(&k, v)?)),
             "--socket" => socket = Some(a.value_os(&k, v)?.into()),
             "--share" => share = a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?,
             "--app" => app = a.value(&k, v)?,
@@ -110,6 +154,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
                     }
                 }
             }
+            "-U" | "--unsetenv" => env.push((a.value_os(&k, v)?, None)),
             "--clear-env" => clear_env = true,
             "--join" => join = Some(a.number(&k, v)?),
             "--ns" => ns_list = Some(a.value(&k, v)?),
@@ -137,16 +182,41 @@ pub fn run(mut a: Args) -> Result<i32, String> {
         return Err("run: --ns needs --join PID".into());
     }
 
-    // Fds, in order. The broker client stays open while the child runs:
-    // its connection is the lease on requested sockets.
+    // Inherit slots first, before we open anything: what sits at the
+    // slot's number now is what our parent gave us (not a socket of ours),
+    // so it is taken as a dup; a number we did not inherit stays closed.
+    let mut inherited: Vec<Option<OwnedFd>> = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        let n = i32::try_from(i).ok().and_then(|i| start.checked_add(i));
+        inherited.push(match (s, n) {
+            (Source::Inherit, Some(n)) if sockpass::sys::fd_is_open(n) => {
+                // SAFETY: borrowed only to duplicate it; it is open.
+                let b = unsafe { BorrowedFd::borrow_raw(n) };
+                match sockpass::sys::dup_cloexec(b) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        let e = sockpass::Error::os(e, format!("--inherit at {n}"));
+                        return Ok(super::fail("pass an inherited fd", &e));
+                    }
+                }
+            }
+            _ => None,
+        });
+    }
+
+    // Slots, in order (`None`: empty). The broker client stays open while
+    // the child runs: its connection is the lease on requested sockets.
     let mut client: Option<Client> = None;
-    let mut fds: Vec<(OwnedFd, Option<String>)> = Vec::new();
-    for s in &sources {
+    let mut fds: Vec<(Option<OwnedFd>, Option<String>)> = Vec::new();
+    for (s, inh) in sources.iter().zip(inherited) {
         match s {
+            Source::Empty => fds.push((None, None)),
+            // Named "unknown" as the core names an inherit slot.
+            Source::Inherit => fds.push((inh, Some("unknown".into()))),
             Source::Listen(addr) => {
                 let spec = listen_spec(addr, datagram)?;
                 match sockpass::create::create_socket(&spec) {
-                    Ok(c) => fds.push((c.fd, None)),
+                    Ok(c) => fds.push((Some(c.fd), None)),
                     Err(e) => return Ok(super::fail(&format!("listen on {addr}"), &e)),
                 }
             }
@@ -162,7 +232,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
                     }
                 }
                 match client.as_mut().unwrap().request_socket(&spec, share, &app) {
-                    Ok(g) => fds.push((g.fd, None)),
+                    Ok(g) => fds.push((Some(g.fd), None)),
                     Err(e) => return Ok(super::fail(&format!("request {spec}"), &e)),
                 }
             }
@@ -171,7 +241,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
                 // fails the dup with EBADF.
                 let b = unsafe { BorrowedFd::borrow_raw(*n) };
                 match sockpass::sys::dup_cloexec(b) {
-                    Ok(d) => fds.push((d, name.clone())),
+                    Ok(d) => fds.push((Some(d), name.clone())),
                     Err(e) => {
                         let e = sockpass::Error::os(e, format!("--fd {n}"));
                         return Ok(super::fail("pass an inherited fd", &e));
@@ -180,12 +250,9 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             }
         }
     }
-    if fdnames.len() > fds.len() {
-        return Err(format!(
-            "run: --fdname gives {} names for {} fds",
-            fdnames.len(),
-            fds.len()
-        ));
+    let (names, warn) = fdnames_for(&fdnames, fds.len());
+    if let Some(w) = warn {
+        eprintln!("sockpass: warning: {w}");
     }
 
     let mut sp = Spawn::new(program);
@@ -199,9 +266,16 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             None => sp.unsetenv(k),
         };
     }
-    for (i, (fd, name)) in fds.into_iter().enumerate() {
-        let name = fdnames.get(i).cloned().or(name);
-        sp.fd(fd, name.as_deref());
+    // systemd allows an empty name; where our core does not, the slot
+    // stays unnamed rather than failing the run.
+    let empty_ok = sockpass::spawn::validate_name("").is_ok();
+    for ((fd, own), given) in fds.into_iter().zip(names) {
+        // A name of the slot's own (`--fd N:NAME`) beats `--fdname`.
+        let name = own.or(given).filter(|n| !n.is_empty() || empty_ok);
+        match fd {
+            Some(fd) => sp.fd(fd, name.as_deref()),
+            None => sp.slot(Slot::Empty { name }),
+        };
     }
     if let Some(pid) = join {
         let set = match &ns_list {
@@ -371,5 +445,24 @@ mod tests {
         assert!(listen_spec("nonsense", false).is_err());
         assert_eq!(parse_fd("7:web").unwrap(), (7, Some("web".into())));
         assert!(parse_fd("-1").is_err());
+    }
+
+    #[test]
+    fn fdnames_as_systemd_socket_activate() {
+        let given = |v: &[&str]| v.iter().flat_map(|v| split_fdnames(v)).collect::<Vec<_>>();
+        let names = |v: &[&str], n| fdnames_for(&given(v), n);
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(names(&["web"], 3), (vec![s("web"); 3], None));
+        assert_eq!(names(&["a:"], 2), (vec![s("a"); 2], None));
+        assert_eq!(names(&[""], 2), (vec![s(""); 2], None));
+        assert_eq!(names(&["a::c"], 2), (vec![s("a"), s("c")], None));
+        assert_eq!(names(&["a", "b"], 2), (vec![s("a"), s("b")], None));
+        assert_eq!(names(&[], 2), (vec![None, None], None));
+        let (v, w) = names(&["a:b"], 3);
+        assert_eq!(v, [s("a"), s("b"), None]);
+        assert!(w.unwrap().contains("2 names for 3 fds"));
+        let (v, w) = names(&["a:b:c"], 2);
+        assert_eq!(v, [s("a"), s("b")]);
+        assert!(w.unwrap().contains("ignored"));
     }
 }
