@@ -462,3 +462,94 @@ fn empty_and_inherit_slots_and_unsetenv() {
     assert_eq!(fds, ["0", "1", "2", "3", "5"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn unprivileged_service_gets_a_privileged_port_through_the_broker() {
+    // The headline use: `sockpass run --request udp:...:P -- daemon` run as
+    // an unprivileged user, P privileged, allowed by the broker's policy.
+    if !is_root() {
+        eprintln!("skipped: needs root to run the broker and switch to uid 65534");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let first_free = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(1024)
+        .min(1024);
+    // A free privileged port: try to bind each (as root) until one works.
+    let Some(port) = (1..first_free)
+        .rev()
+        .find(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok())
+    else {
+        eprintln!("skipped: no privileged port is free (unprivileged ports start at {first_free})");
+        return;
+    };
+    let dir = temp_dir("run-privport");
+    let pol = dir.join("policy.conf");
+    std::fs::write(
+        &pol,
+        format!("allow uid={NOBODY} proto=udp addr=127.0.0.1/32 port={port}\n"),
+    )
+    .unwrap();
+    let path = dir.join("sockpassd.sock");
+    let b = Broker::start_at(dir.clone(), path.clone(), &["--policy", &path_str(&pol)]);
+    // Binding the port itself is refused to the child (EACCES before
+    // EADDRINUSE), so fd 3 can only have come from the broker.
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(sockpass_bin())
+        .args(["run", "--socket", &path_str(&path), "--request"])
+        .arg(format!("udp:127.0.0.1:{port}"))
+        .args([
+            "--",
+            "python3",
+            "-S",
+            "-c",
+            "import socket,os\n\
+             s = socket.socket(fileno=3)\n\
+             try:\n\
+             \x20   socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(s.getsockname())\n\
+             \x20   own = 'bound'\n\
+             except PermissionError:\n\
+             \x20   own = 'EACCES'\n\
+             print('@@ %s %d %d %d %s' % (s.getsockname()[0], s.getsockname()[1], \
+             s.type == socket.SOCK_DGRAM, os.getuid(), own), flush=True)\n\
+             s.sendto(b'x', s.getsockname())\n\
+             print('@@', s.recv(1))",
+        ])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = read_line(&mut c);
+    let (code, err) = finish(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        line,
+        format!("127.0.0.1 {port} 1 {NOBODY} EACCES"),
+        "fd 3 is the broker's socket on the privileged port; {err}"
+    );
+    // The broker made it for uid 65534 and drops it when run exits.
+    wait_for("the reference to be released", || {
+        let st = b.status();
+        (!st.sockets.iter().any(|s| s.port == port && s.refs > 0)).then_some(())
+    });
+    // Another port is not in the policy: refused, clearly, nothing spawned.
+    let other = if port > 1 { port - 1 } else { port + 1 };
+    let out = Command::new(sockpass_bin())
+        .args(["run", "--socket", &path_str(&path), "--request"])
+        .arg(format!("udp:127.0.0.1:{other}"))
+        .args(["--", "sh", "-c", "echo spawned"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
