@@ -3,10 +3,14 @@
 //! it does not hold. The first rule that matches the client, the operation
 //! and the request decides; what no rule matches is denied (deny by default).
 //!
+//! Socket options that take a privilege the client may not have
+//! ([`Opt`]: transparent, freebind, mark, bindtodevice, an owner other than
+//! the client itself) are allowed only by a rule whose `opts=` lists them.
+//!
 //! The built-in default suits a first run: root may request anything; others
-//! may request port 0 (ephemeral) and ports from 1024 up; anyone holding a
-//! reservation token may pick it up; nobody may release another client's
-//! token. The file format is in docs/POLICY.md and
+//! may request port 0 (ephemeral) and ports from 1024 up, without privileged
+//! options; anyone holding a reservation token may pick it up; nobody may
+//! release another client's token. The file format is in docs/POLICY.md and
 //! `contrib/policy.conf`.
 
 use crate::error::{Error, Kind, Result};
@@ -61,6 +65,82 @@ impl Op {
     }
 }
 
+/// A socket option a client could not set on a socket of its own, or that
+/// reaches past what the rule's other keys describe. A request that uses one
+/// needs a rule whose `opts=` lists it.
+///
+/// - `transparent` (IP_TRANSPARENT) and `mark` (SO_MARK) need CAP_NET_ADMIN
+///   (or CAP_NET_RAW);
+/// - `freebind` binds an address the host does not have, and `bindtodevice`
+///   ties the socket to an interface: neither is visible to `addr=`;
+/// - `owner` makes a Unix socket file belong to another user or group (the
+///   client's own uid and primary gid are not privileged).
+///
+/// `rcvbuf`/`sndbuf` are not here: the broker sets SO_RCVBUF/SO_SNDBUF, which
+/// the kernel caps at the sysctl maximum, never the *FORCE variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opt {
+    Transparent,
+    Freebind,
+    Mark,
+    BindToDevice,
+    Owner,
+}
+
+impl Opt {
+    pub const ALL: [Opt; 5] = [
+        Opt::Transparent,
+        Opt::Freebind,
+        Opt::Mark,
+        Opt::BindToDevice,
+        Opt::Owner,
+    ];
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Opt::Transparent => "transparent",
+            Opt::Freebind => "freebind",
+            Opt::Mark => "mark",
+            Opt::BindToDevice => "bindtodevice",
+            Opt::Owner => "owner",
+        }
+    }
+
+    /// The privileged options `spec` asks for (bits of [`Opt`]), for a
+    /// client with `creds`.
+    pub fn used(spec: &SocketSpec, creds: &Creds) -> u8 {
+        let o = &spec.options;
+        let mut m = 0;
+        if o.transparent == Some(true) {
+            m |= Opt::Transparent.bit();
+        }
+        if o.freebind == Some(true) {
+            m |= Opt::Freebind.bit();
+        }
+        // Setting SO_MARK needs the capability whatever the value.
+        if o.mark.is_some() {
+            m |= Opt::Mark.bit();
+        }
+        if o.bindtodevice.is_some() {
+            m |= Opt::BindToDevice.bit();
+        }
+        if o.owner.is_some_and(|own| own != (creds.uid, creds.gid)) {
+            m |= Opt::Owner.bit();
+        }
+        m
+    }
+
+    fn first_in(bits: u8) -> Option<Opt> {
+        Opt::ALL.into_iter().find(|o| bits & o.bit() != 0)
+    }
+}
+
+const ALL_OPTS: u8 = 0x1f;
+
 /// One rule: who it applies to, what it matches, and what it decides.
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -81,6 +161,11 @@ pub struct Rule {
     /// Empty matches every socket; else Unix sockets under one of these
     /// directories (or at one of these paths).
     pub paths: Vec<String>,
+    /// Privileged options (bits of [`Opt`]), for requests only. An allow
+    /// rule matches only requests whose privileged options are all in this
+    /// set (none by default). A deny rule with a non-empty set matches only
+    /// requests that use one of them; with an empty set, any request.
+    pub opts: u8,
 }
 
 impl Rule {
@@ -95,6 +180,7 @@ impl Rule {
         }
     }
 
+    /// Does the rule match `spec` and `share`, options aside?
     fn matches(&self, spec: &SocketSpec, share: ShareMode) -> bool {
         if let Some(p) = &self.protos {
             if !p.contains(&spec.proto) {
@@ -170,7 +256,7 @@ impl Policy {
     /// 1024–65535, and pick up a reservation whose token they hold. Nobody
     /// may release another client's token (that takes an `ops=release` rule).
     pub fn builtin() -> Policy {
-        let rule = |origin: &str, who, ops, ports| Rule {
+        let rule = |origin: &str, who, ops, ports, opts| Rule {
             origin: origin.into(),
             action: Action::Allow,
             who,
@@ -180,6 +266,7 @@ impl Policy {
             ports,
             shares: None,
             paths: vec![],
+            opts,
         };
         Policy {
             rules: vec![
@@ -188,18 +275,21 @@ impl Policy {
                     Who::Uid(0),
                     Op::Request.bit(),
                     vec![],
+                    ALL_OPTS,
                 ),
                 rule(
-                    "built-in default rule 2 (others may request UDP or TCP port 0 or 1024-65535)",
+                    "built-in default rule 2 (others may request UDP or TCP port 0 or 1024-65535, without privileged options)",
                     Who::Anyone,
                     Op::Request.bit(),
                     vec![0..=0, 1024..=65535],
+                    0,
                 ),
                 rule(
                     "built-in default rule 3 (anyone holding a reservation token may pick it up)",
                     Who::Anyone,
                     Op::Pickup.bit(),
                     vec![],
+                    0,
                 ),
             ],
         }
@@ -211,6 +301,8 @@ impl Policy {
     }
 
     /// Allow or deny `op` on a socket `spec` (held with `share`) by `creds`.
+    /// Privileged options count for requests only: a pick-up or release
+    /// concerns a socket someone was already allowed to request.
     pub fn check_op(
         &self,
         op: Op,
@@ -218,22 +310,55 @@ impl Policy {
         spec: &SocketSpec,
         share: ShareMode,
     ) -> Result<()> {
+        let used = if op == Op::Request {
+            Opt::used(spec, creds)
+        } else {
+            0
+        };
+        // The first allow rule that matched all but an option: named if
+        // nothing else allows the request.
+        let mut short: Option<(&Rule, Opt)> = None;
         for r in &self.rules {
-            if r.applies_to(creds, op) && r.matches(spec, share) {
-                return match r.action {
-                    Action::Allow => Ok(()),
-                    Action::Deny => Err(Error::with_errno(
-                        Kind::NotAllowed,
-                        libc::EACCES,
-                        format!(
-                            "{} of {spec} denied for uid {} by {}",
-                            op.as_str(),
-                            creds.uid,
-                            r.origin
-                        ),
-                    )),
-                };
+            if !(r.applies_to(creds, op) && r.matches(spec, share)) {
+                continue;
             }
+            let opts_match = match r.action {
+                Action::Allow => used & !r.opts == 0,
+                Action::Deny => r.opts == 0 || used & r.opts != 0,
+            };
+            if !opts_match {
+                if r.action == Action::Allow && short.is_none() {
+                    short = Opt::first_in(used & !r.opts).map(|o| (r, o));
+                }
+                continue;
+            }
+            return match r.action {
+                Action::Allow => Ok(()),
+                Action::Deny => Err(Error::with_errno(
+                    Kind::NotAllowed,
+                    libc::EACCES,
+                    format!(
+                        "{} of {spec} denied for uid {} by {}",
+                        op.as_str(),
+                        creds.uid,
+                        r.origin
+                    ),
+                )),
+            };
+        }
+        if let Some((r, o)) = short {
+            return Err(Error::with_errno(
+                Kind::NotAllowed,
+                libc::EACCES,
+                format!(
+                    "{} of {spec} denied for uid {}: option {} is not allowed by {} (a rule needs opts={})",
+                    op.as_str(),
+                    creds.uid,
+                    o.as_str(),
+                    r.origin,
+                    o.as_str()
+                ),
+            ));
         }
         Err(Error::with_errno(
             Kind::NotAllowed,
@@ -327,6 +452,7 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
         ports: vec![],
         shares: None,
         paths: vec![],
+        opts: 0,
     };
     let mut seen = Vec::new();
     for w in words {
@@ -385,9 +511,26 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
                     };
                 }
             }
+            "opts" => {
+                for o in items {
+                    rule.opts |= match o {
+                        "all" => ALL_OPTS,
+                        "none" => 0,
+                        _ => Opt::ALL
+                            .iter()
+                            .find(|x| x.as_str() == o)
+                            .ok_or_else(|| {
+                                Error::bad_request(format!(
+                                    "unknown option {o:?} (expected transparent, freebind, mark, bindtodevice, owner, all or none)"
+                                ))
+                            })?
+                            .bit(),
+                    };
+                }
+            }
             _ => {
                 return Err(Error::bad_request(format!(
-                    "unknown key {k:?} (expected proto, addr, port, path, share or ops)"
+                    "unknown key {k:?} (expected proto, addr, port, path, share, ops or opts)"
                 )))
             }
         }
@@ -583,6 +726,98 @@ allow * path=/run/app/,/tmp/one.sock proto=unix
     }
 
     #[test]
+    fn privileged_options_need_a_rule_that_lists_them() {
+        let s = |x: &str| x.parse::<SocketSpec>().unwrap();
+        let user = creds(65534, 65534);
+        let root = creds(0, 0);
+        let b = Policy::builtin();
+        for (spec, opt) in [
+            ("udp:0.0.0.0:5353?transparent=1", "transparent"),
+            ("udp:0.0.0.0:5353?freebind=1", "freebind"),
+            ("udp:0.0.0.0:5353?mark=0", "mark"),
+            ("tcp:[::]:8080?bindtodevice=lo", "bindtodevice"),
+        ] {
+            let e = b.check(&user, &s(spec), ShareMode::Any).unwrap_err();
+            assert_eq!(e.kind(), Kind::NotAllowed);
+            assert_eq!(e.errno(), libc::EACCES);
+            assert!(
+                e.message().contains(&format!("option {opt} "))
+                    && e.message().contains("built-in default rule 2"),
+                "{e}"
+            );
+            assert!(b.check(&root, &s(spec), ShareMode::Any).is_ok(), "{spec}");
+        }
+        // Off is not privileged; ordinary options are not either.
+        for spec in [
+            "udp:0.0.0.0:5353?transparent=0&freebind=0",
+            "tcp:0.0.0.0:5353?reuseport=1&rcvbuf=1048576&backlog=5",
+        ] {
+            assert!(b.check(&user, &s(spec), ShareMode::Any).is_ok(), "{spec}");
+        }
+        // An owner is privileged unless it is the client itself.
+        let p = Policy::parse(
+            "allow uid=7 path=/run/a/ opts=owner
+allow * path=/run/a/
+",
+            "o.conf",
+        )
+        .unwrap();
+        let mut u = SocketSpec::unix(Proto::UnixStream, "/run/a/s");
+        u.options.owner = Some((0, 0));
+        let e = p.check(&user, &u, ShareMode::Any).unwrap_err();
+        assert!(
+            e.message().contains("option owner") && e.message().contains("rule at o.conf:2"),
+            "{e}"
+        );
+        assert!(p.check(&creds(7, 7), &u, ShareMode::Any).is_ok());
+        u.options.owner = Some((65534, 65534));
+        assert!(p.check(&user, &u, ShareMode::Any).is_ok());
+        u.options.owner = Some((65534, 0));
+        assert!(p.check(&user, &u, ShareMode::Any).is_err());
+        // Options do not concern pick-up or release.
+        let t = s("udp:0.0.0.0:5353?transparent=1");
+        assert!(b.check_op(Op::Pickup, &user, &t, ShareMode::Any).is_ok());
+        // First match decides: a rule that grants the option allows it; a
+        // deny rule with opts= matches only requests using one of them.
+        let p = Policy::parse(
+            "deny * opts=mark
+             allow uid=7 opts=transparent,freebind port=5353
+             allow * port=1024-65535
+             allow uid=8 opts=all
+",
+            "g.conf",
+        )
+        .unwrap();
+        assert!(p.check(&creds(7, 7), &t, ShareMode::Any).is_ok());
+        let e = p
+            .check(&creds(7, 7), &s("udp:0.0.0.0:5353?mark=3"), ShareMode::Any)
+            .unwrap_err();
+        assert!(e.message().contains("by rule at g.conf:1"), "{e}");
+        assert!(p
+            .check(&creds(7, 7), &s("udp:0.0.0.0:5353"), ShareMode::Any)
+            .is_ok());
+        let e = p
+            .check(
+                &creds(9, 9),
+                &s("udp:0.0.0.0:5354?bindtodevice=lo"),
+                ShareMode::Any,
+            )
+            .unwrap_err();
+        assert!(
+            e.message()
+                .contains("option bindtodevice is not allowed by rule at g.conf:3"),
+            "{e}"
+        );
+        assert!(p
+            .check(
+                &creds(8, 8),
+                &s("udp:0.0.0.0:80?bindtodevice=lo"),
+                ShareMode::Any
+            )
+            .is_ok());
+    }
+
+    #[test]
     fn malformed_files_name_the_line() {
         for (text, line, what) in [
             ("allow *\npermit *\n", 2, "expected allow or deny"),
@@ -596,6 +831,12 @@ allow * path=/run/app/,/tmp/one.sock proto=unix
             ("allow * share=some\n", 1, "unknown share mode"),
             ("allow * ops=steal\n", 1, "unknown operation"),
             ("allow * colour=red\n", 1, "unknown key"),
+            (
+                "allow * opts=transparent,cap_net_admin\n",
+                1,
+                "unknown option",
+            ),
+            ("allow * opts=mark opts=owner\n", 1, "given twice"),
             ("allow * port=1 port=2\n", 1, "given twice"),
             ("allow user=no-such-user-xyz\n", 1, "unknown user"),
             ("allow group=no-such-group-xyz\n", 1, "unknown group"),

@@ -176,6 +176,117 @@ fn builtin_default_denies_privileged_ports_to_others() {
 }
 
 #[test]
+fn privileged_options_are_refused_to_others_naming_rule_and_option() {
+    if !need_root("privileged_options_are_refused_to_others_naming_rule_and_option") {
+        return;
+    }
+    let hi = free_port(true);
+    let hi2 = free_port(true);
+    // Built-in default: root may, nobody may not.
+    let b = Broker::start("policyopts");
+    let reqs = [
+        format!("udp:127.0.0.1:{hi}?transparent=1 any"),
+        format!("udp:127.0.0.1:{hi}?mark=1 any"),
+        format!("udp:127.0.0.1:{hi}?freebind=1 any"),
+        format!("udp:127.0.0.1:{hi}?bindtodevice=lo any"),
+    ];
+    let line = run_as_nobody(
+        "child_requests",
+        &[("SOCK", path_str(&b.path)), ("REQS", reqs.join(";"))],
+    );
+    let res: Vec<&str> = line.split('|').collect();
+    for (r, opt) in res
+        .iter()
+        .zip(["transparent", "mark", "freebind", "bindtodevice"])
+    {
+        assert!(
+            r.starts_with("NotAllowed")
+                && r.contains(&format!(
+                    "option {opt} is not allowed by built-in default rule 2"
+                )),
+            "{line}"
+        );
+    }
+    assert_eq!(b.status().counters.references, 0, "nothing was created");
+    let log = b.log_text();
+    assert!(
+        log.contains(&format!("uid {NOBODY}")) && log.contains("option transparent"),
+        "{log}"
+    );
+    let mut root = b.client();
+    let g = root
+        .request_socket(
+            &spec(&format!("udp:127.0.0.1:{hi}?transparent=1&mark=1")),
+            ShareMode::None,
+            "r",
+        )
+        .unwrap();
+    assert_eq!(root.release(&g.token).unwrap(), 0);
+    drop(b);
+
+    // A policy file: refused by the rule that matched all but the option,
+    // granted by a rule that lists it.
+    let dir = temp_dir("policyopts-file");
+    let sockdir = dir.join("socks");
+    std::fs::create_dir(&sockdir).unwrap();
+    let pol = dir.join("policy.conf");
+    let deny_text = format!(
+        "allow uid=0 ops=all opts=all\n\
+         allow user=nobody proto=udp port=1024-65535\n\
+         allow user=nobody path={}/\n",
+        path_str(&sockdir)
+    );
+    std::fs::write(&pol, &deny_text).unwrap();
+    let bdir = temp_dir("policyopts-deny");
+    let path = bdir.join("sockpassd.sock");
+    let reqs = [
+        format!("udp:127.0.0.1:{hi}?transparent=1 any"),
+        format!("udp:127.0.0.1:{hi2}?mark=1 any"),
+        format!("unix:{}/root.sock?owner=0:0 any", path_str(&sockdir)),
+        format!(
+            "unix:{}/own.sock?owner={NOBODY}:{NOBODY} any",
+            path_str(&sockdir)
+        ),
+    ];
+    let b = Broker::start_at(bdir, path.clone(), &["--policy", &path_str(&pol)]);
+    let line = run_as_nobody(
+        "child_requests",
+        &[("SOCK", path_str(&path)), ("REQS", reqs.join(";"))],
+    );
+    let res: Vec<&str> = line.split('|').collect();
+    assert_eq!(res.len(), 4, "{line}");
+    for (r, want) in res[..3].iter().zip([
+        "option transparent is not allowed by rule at policy.conf:2",
+        "option mark is not allowed by rule at policy.conf:2",
+        "option owner is not allowed by rule at policy.conf:3",
+    ]) {
+        assert!(
+            r.starts_with("NotAllowed") && r.contains(want),
+            "{want}: {line}"
+        );
+    }
+    assert!(!sockdir.join("root.sock").exists());
+    // Its own uid and gid are not privileged.
+    assert_eq!(res[3], "ok", "{line}");
+    drop(b);
+
+    let grant_text = deny_text
+        .replace("port=1024-65535", "port=1024-65535 opts=transparent,mark")
+        .replace("/\n", "/ opts=owner\n");
+    std::fs::write(&pol, &grant_text).unwrap();
+    let bdir = temp_dir("policyopts-grant");
+    let path = bdir.join("sockpassd.sock");
+    let b = Broker::start_at(bdir, path.clone(), &["--policy", &path_str(&pol)]);
+    let line = run_as_nobody(
+        "child_requests",
+        &[("SOCK", path_str(&path)), ("REQS", reqs[..3].join(";"))],
+    );
+    assert_eq!(line, "ok|ok|ok", "{grant_text}");
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn malformed_policy_refuses_start_naming_the_line() {
     let dir = temp_dir("policybad");
     let pol = dir.join("bad.conf");
