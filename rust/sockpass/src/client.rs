@@ -116,9 +116,46 @@ impl Client {
                 format_args!("cannot connect to sockpassd at {}", path.display()),
             )
         })?;
+        Client::handshake(fd, path.to_path_buf())
+    }
+
+    /// A client on a connection to the broker that someone else made and
+    /// handed in: how a process in a container that cannot see the broker's
+    /// socket path reaches it (its manager connects, then passes the fd, as
+    /// `sockpass run --broker-fd` does). The fd must be a connected unix
+    /// `SOCK_SEQPACKET` socket; it is taken over (closed on error) and made
+    /// CLOEXEC. The broker knows the client by the credentials of whoever
+    /// connected: the manager vouches for what it hands in. [`Client::path`]
+    /// is empty.
+    pub fn from_fd(fd: OwnedFd) -> Result<Client> {
+        let ty = sys::getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| {
+            Error::with_errno(
+                Kind::BadRequest,
+                e,
+                format!(
+                    "the broker connection fd is not a socket: {}",
+                    crate::error::strerror(e)
+                ),
+            )
+        })?;
+        let domain = sys::getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+        if domain != libc::AF_UNIX || ty != libc::SOCK_SEQPACKET {
+            return Err(Error::with_errno(
+                Kind::BadRequest,
+                libc::EPROTOTYPE,
+                "the broker connection fd is not a unix SOCK_SEQPACKET socket",
+            ));
+        }
+        // SAFETY: fd is open and ours.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        Client::handshake(fd, PathBuf::new())
+    }
+
+    /// The version handshake on a fresh connection.
+    fn handshake(fd: OwnedFd, path: PathBuf) -> Result<Client> {
         let mut c = Client {
             fd,
-            path: path.to_path_buf(),
+            path,
             next_id: 1,
             broker_pid: 0,
             fd_tokens: HashMap::new(),

@@ -111,6 +111,174 @@ fn pickup_across_a_network_namespace() {
     assert_eq!(e.kind(), Kind::UnknownToken);
 }
 
+/// Child, in its own network and mount namespaces where the broker's
+/// directory is hidden under a tmpfs: reach the broker through the
+/// connection handed in on fd 3, pick up $TOKEN, report.
+#[test]
+#[ignore]
+fn child_pickup_through_a_handed_in_connection() {
+    if !is_child() {
+        return;
+    }
+    let sock = std::env::var("SOCK").unwrap();
+    assert!(
+        Client::connect(&sock).is_err(),
+        "the broker's path is out of reach here"
+    );
+    let fd = sockpass::readiness::inherited_fd(3).unwrap();
+    let mut c = Client::from_fd(fd).unwrap();
+    assert!(c.path().as_os_str().is_empty());
+    let t = std::env::var("TOKEN").unwrap().parse().unwrap();
+    let g = c.pickup(&t).unwrap();
+    println!("@@ picked {}", g.port);
+    let s = UdpSocket::from(g.fd);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 32];
+    let (n, _) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"through the fd");
+}
+
+/// A container that cannot see the broker's socket path at all reaches it
+/// through a connection its manager made and handed in (`Client::from_fd`).
+#[test]
+fn pickup_through_a_connection_handed_into_a_container() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if !can_unshare_net() {
+        return;
+    }
+    let b = Broker::start("handed-in");
+    let mut mgr = b.client();
+    let port = free_port(true);
+    let spec: SocketSpec = format!("udp:127.0.0.1:{port}").parse().unwrap();
+    let r = mgr.reserve_socket(&spec, ShareMode::None, "ctr").unwrap();
+    // The manager's connection for the container.
+    let conn = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::connect_unix(&conn, path_str(&b.path).as_bytes()).unwrap();
+    let raw = conn.as_raw_fd();
+    let dir = b.path.parent().unwrap().to_path_buf();
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs \"$HIDE\" && exec \"$0\" \"$@\"")
+        .arg(exe)
+        .args([
+            "child_pickup_through_a_handed_in_connection",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SOCKPASS_CHILD", "1")
+        .env("HIDE", &dir)
+        .env("SOCK", path_str(&b.path))
+        .env("TOKEN", r.token.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: dup2 is async-signal-safe; raw stays open in the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(conn);
+    let line = read_line(&mut child);
+    assert_eq!(line, format!("picked {port}"));
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"through the fd", ("127.0.0.1", port))
+        .unwrap();
+    let st = wait_child(&mut child);
+    assert!(st.success(), "child failed: {st}");
+    wait_for("the child's reference to drop", || {
+        b.status().sockets.is_empty().then_some(())
+    });
+}
+
+/// `sockpass pickup --fd 3`: the CLI over a handed-in connection.
+#[test]
+fn cli_pickup_over_a_handed_in_connection() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let b = Broker::start("handed-in-cli");
+    let mut mgr = b.client();
+    let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
+    let r = mgr.reserve_socket(&spec, ShareMode::None, "ctr").unwrap();
+    let conn = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::connect_unix(&conn, path_str(&b.path).as_bytes()).unwrap();
+    let raw = conn.as_raw_fd();
+    let mut cmd = Command::new(sockpass_bin());
+    cmd.args(["pickup", "--no-hold", "--fd", "3"])
+        .arg(r.token.to_string())
+        .env_remove("SOCKPASS_SOCKET");
+    // SAFETY: dup2 is async-signal-safe; raw stays open in the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.split_whitespace().nth(1),
+        Some(r.token.to_string().as_str()),
+        "{text}"
+    );
+    assert_eq!(b.status().counters.reservations, 0);
+
+    let out = Command::new(sockpass_bin())
+        .args(["pickup", "--fd", "3", "--socket", "/x"])
+        .arg(r.token.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+    let out = Command::new(sockpass_bin())
+        .args(["pickup", "--fd", "9"])
+        .arg(r.token.to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fd 9 is not open"));
+}
+
+/// What is not a broker connection is refused with a clear error, and
+/// closed.
+#[test]
+fn from_fd_refuses_what_is_not_a_broker_connection() {
+    use std::os::fd::OwnedFd;
+    let (r, _w) = std::io::pipe().unwrap();
+    let e = Client::from_fd(OwnedFd::from(r)).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (Kind::BadRequest, libc::ENOTSOCK),
+        "{e}"
+    );
+    let (a, _b) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
+    let e = Client::from_fd(a).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (Kind::BadRequest, libc::EPROTOTYPE),
+        "{e}"
+    );
+    let lone = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    let e = Client::from_fd(lone).unwrap_err();
+    assert_eq!(e.kind(), Kind::BrokerUnavailable, "{e}");
+}
+
 #[test]
 fn cli_reserve_then_pickup_in_a_netns() {
     if !can_unshare_net() {

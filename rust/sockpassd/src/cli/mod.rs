@@ -26,9 +26,10 @@ commands:
                                     reserve sockets for another process: print PORT TOKEN SPEC
                                     per socket and exit (the broker holds each until it is
                                     picked up or expires)
-  pickup [--no-hold] [--socket PATH] TOKEN...
+  pickup [--no-hold] [--socket PATH | --fd N] TOKEN...
                                     collect reserved sockets, print PORT TOKEN, hold them
-                                    until stdin closes
+                                    until stdin closes; --fd N: over a broker connection
+                                    handed in on fd N (no path needed)
   serve-in PID PATH [--mode M] [--owner U[:G]] [--lazy] -- PROGRAM [ARGS...]
                                     bind a unix socket at PATH inside PID's mount namespace
                                     (@NAME: abstract, in its network namespace) and run
