@@ -689,6 +689,65 @@ fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
         v6_short,
         Outcome::Error(Kind::BadRequest),
     ));
+    // Every other field out of range. A REQUEST from a spec the parser would
+    // refuse, encoded as is (the decoder must refuse it again).
+    let req_for = |s: &SocketSpec| {
+        let mut v = Vec::new();
+        proto::begin(&mut v, proto::ty::REQUEST, 5);
+        v.extend_from_slice(&[2, 0, 3]);
+        v.extend_from_slice(b"app");
+        s.encode(&mut v);
+        v
+    };
+    let unix = |p: &str| req_for(&SocketSpec::unix(sockpass::Proto::UnixStream, p));
+    let mut unknown_flags = valid.clone();
+    unknown_flags[proto::HEADER_LEN + 1] = 0x80;
+    // The raw protocol number travels in the port field: 300 does not fit a byte.
+    let mut raw300 = req_for(&SocketSpec::raw("127.0.0.1".parse().unwrap(), 1));
+    raw300[fam + 1..fam + 3].copy_from_slice(&300u16.to_le_bytes());
+    let mut path_not_utf8 = unix("/tmp/ab");
+    let n = path_not_utf8.len();
+    path_not_utf8[n - 3..n - 1].copy_from_slice(b"\xff\xfe");
+    let mut path_past_bytes = unix("/tmp/ab");
+    path_past_bytes[fam + 1..fam + 3].copy_from_slice(&200u16.to_le_bytes());
+    let upgrade = |len: u16, bytes: &[u8]| {
+        let mut v = Vec::new();
+        proto::begin(&mut v, proto::ty::UPGRADE, 1);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(bytes);
+        v
+    };
+    let mut pickup_short = Vec::new();
+    proto::begin(&mut pickup_short, proto::ty::PICKUP, 1);
+    pickup_short.extend_from_slice(&[7; 10]);
+    let mut status_trailing = Vec::new();
+    proto::encode_status(&mut status_trailing, 1);
+    status_trailing.push(0);
+    // Protocol and family that do not go together (protocol byte before the family).
+    let mut udp_unix = unix("/tmp/x");
+    udp_unix[fam - 1] = sockpass::Proto::Udp.wire();
+    let mut unix_v4 = valid.clone();
+    unix_v4[fam - 1] = sockpass::Proto::UnixStream.wire();
+    for (name, msg) in [
+        ("unknown REQUEST flag bits", unknown_flags),
+        ("UDP with a Unix path", udp_unix),
+        ("Unix stream with an IPv4 address", unix_v4),
+        ("raw IP protocol 300", raw300),
+        ("relative Unix path", unix("tmp/s.sock")),
+        (
+            "over-long Unix path",
+            unix(&format!("/{}", "x".repeat(200))),
+        ),
+        ("Unix path with '..'", unix("/tmp/../etc/s.sock")),
+        ("non-UTF-8 Unix path", path_not_utf8),
+        ("Unix path length past its bytes", path_past_bytes),
+        ("UPGRADE length past its bytes", upgrade(100, b"/bin")),
+        ("non-UTF-8 UPGRADE path", upgrade(2, b"\xff\xfe")),
+        ("PICKUP with a short token", pickup_short),
+        ("STATUS with trailing bytes", status_trailing),
+    ] {
+        cases.push((name, msg, Outcome::Error(Kind::BadRequest)));
+    }
     // Port > 65535 cannot be expressed on the wire (u16); the client layer refuses it.
     assert_eq!(
         SocketSpec::from_parts("udp", "127.0.0.1", 65536)

@@ -13,8 +13,9 @@ use sockpass::{Kind, ShareMode, SocketSpec};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -111,8 +112,21 @@ fn crash_soak_returns_to_baseline_exactly() {
     let clients = if soak() { 5000 } else { 600 };
     let parallel = 32;
     let mut running: Vec<std::process::Child> = Vec::new();
+    // How many sockets each client (by pid) asks for.
+    let mut asked: HashMap<i32, usize> = HashMap::new();
     let mut killed = 0;
     let mut held_at_kill = 0usize;
+    // Ephemeral ports seen bound in snapshots: (udp, address, port).
+    let mut ephemeral: std::collections::HashSet<(bool, std::net::IpAddr, u16)> =
+        Default::default();
+    let mut snapshot = |held_at_kill: &mut usize| {
+        let st = b.status();
+        check_consistent(&st);
+        *held_at_kill = (*held_at_kill).max(st.counters.references as usize);
+        for s in st.sockets.iter().filter(|s| s.spec.is_ephemeral()) {
+            ephemeral.insert((s.spec.proto == sockpass::Proto::Udp, s.spec.addr, s.port));
+        }
+    };
     let t0 = Instant::now();
     for i in 0..clients {
         let mut args: Vec<String> = vec!["request".into(), "--socket".into(), path_str(&b.path)];
@@ -142,6 +156,7 @@ fn crash_soak_returns_to_baseline_exactly() {
                 });
             }
         }
+        let n_specs = args.len() - 5 - if shared_mode { 2 } else { 0 };
         let child = Command::new(sockpass_bin())
             .args(&args)
             .stdin(Stdio::piped())
@@ -149,16 +164,28 @@ fn crash_soak_returns_to_baseline_exactly() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        running.push(child);
-        if running.len() >= parallel || i == clients - 1 {
-            if (i / parallel) % 4 == 0 {
-                let st = b.status();
-                check_consistent(&st);
-                held_at_kill = held_at_kill.max(st.counters.references as usize);
-            }
+        asked.insert(child.id() as i32, n_specs);
+        if rng.below(3) == 0 {
+            // Killed young: before it connects, or while its requests are
+            // in flight (a client starts and asks within a few ms).
+            let mut child = child;
+            std::thread::sleep(Duration::from_micros(rng.below(3000)));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed += 1;
+        } else {
+            running.push(child);
+        }
+        if running.len() >= parallel || (i == clients - 1 && !running.is_empty()) {
+            snapshot(&mut held_at_kill);
             // Kill at random points: some before they connect, some
             // mid-request, some while holding.
-            for mut c in running.drain(..) {
+            let half = running.len() / 2;
+            for (k, mut c) in running.drain(..).enumerate() {
+                if k == half {
+                    // Mid-batch, when the later children had the most time.
+                    snapshot(&mut held_at_kill);
+                }
                 let delay = rng.below(4000);
                 std::thread::sleep(Duration::from_micros(delay));
                 c.kill().unwrap();
@@ -180,23 +207,82 @@ fn crash_soak_returns_to_baseline_exactly() {
         let spec: SocketSpec = s.parse().unwrap();
         assert!(can_bind(s.starts_with("udp"), spec.port), "{s} rebindable");
     }
+    // Every ephemeral port seen held can be bound again. This machine's
+    // other processes (and this binary's other tests) also take ephemeral
+    // ports, so a port that is busy again must at least not be the broker's.
+    let broker_socks = socket_inodes(b.pid());
+    let mut rebound = 0;
+    let mut busy = Vec::new();
+    for &(udp, addr, port) in &ephemeral {
+        if can_bind_addr(udp, addr, port) {
+            rebound += 1;
+        } else {
+            let owners = sockets_on_port(udp, port);
+            assert!(
+                !owners.iter().any(|i| broker_socks.contains(i)),
+                "the broker still holds a socket on released port {port}"
+            );
+            busy.push(port);
+        }
+    }
+    assert!(
+        busy.len() * 10 <= ephemeral.len(),
+        "too many released ports busy again: {busy:?} of {}",
+        ephemeral.len()
+    );
+    // Kills by phase, from the broker's "client N (pid P uid U) gone (…), n
+    // reference(s) dropped" lines: a client not named there held nothing
+    // (killed before connecting, or before its first reply).
     let log = b.log_text();
-    let dropped: usize = log
-        .lines()
-        .filter_map(|l| {
-            l.split(", ")
-                .nth(1)?
-                .strip_suffix(" reference(s) dropped")?
-                .parse::<usize>()
-                .ok()
-        })
-        .sum();
+    let mut gone: HashMap<i32, usize> = HashMap::new();
+    for l in log.lines() {
+        let Some((head, tail)) = l.split_once(" gone (") else {
+            continue;
+        };
+        let pid = head
+            .split_once("(pid ")
+            .and_then(|(_, r)| r.split(' ').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        let n = tail
+            .rsplit_once(", ")
+            .and_then(|(_, r)| r.strip_suffix(" reference(s) dropped"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if let (Some(pid), Some(n)) = (pid, n) {
+            *gone.entry(pid).or_default() += n;
+        }
+    }
+    let dropped: usize = gone.values().sum();
+    let (mut before, mut mid, mut holding) = (0, 0, 0);
+    for (pid, want) in &asked {
+        match gone.get(pid).copied().unwrap_or(0) {
+            0 => before += 1,
+            n if n < *want => mid += 1,
+            n => {
+                assert_eq!(n, *want, "pid {pid} held more than it asked for");
+                holding += 1
+            }
+        }
+    }
     eprintln!(
-        "crash soak: {killed} clients killed in {:?}, {dropped} references dropped by the broker, \
-         peak {held_at_kill} references held, broker fds {base_fds} before and {end_fds} after",
+        "crash soak: {killed} clients killed in {:?} ({before} holding nothing yet, {mid} mid-request \
+         with some of their sockets, {holding} holding all), {dropped} references dropped by the broker, \
+         peak {held_at_kill} references held, broker fds {base_fds} before and {end_fds} after, \
+         {rebound} of {} ephemeral ports rebound ({} busy again, not the broker's)",
         t0.elapsed(),
+        ephemeral.len(),
+        busy.len(),
     );
     assert_eq!(killed, clients);
+    assert!(
+        held_at_kill > 0,
+        "clients got sockets before they were killed"
+    );
+    assert!(holding > 0, "some clients were killed while holding");
+    assert!(
+        before > 0,
+        "some clients were killed before they held anything"
+    );
+    assert!(!ephemeral.is_empty(), "ephemeral sockets were seen held");
 }
 
 #[test]
@@ -210,6 +296,20 @@ fn concurrent_clients_keep_exact_reference_counts() {
         .iter()
         .map(|p| format!("udp:127.0.0.1:{p}").parse().unwrap())
         .collect();
+    // Unshared contention: every thread also asks for one of two fixed
+    // ports with share mode NONE. One holder at a time; the others get a
+    // sharing conflict.
+    let excl_ports = [free_port(true), free_port(false)];
+    let excl: Vec<SocketSpec> = [
+        format!("udp:127.0.0.1:{}", excl_ports[0]),
+        format!("tcp:127.0.0.1:{}", excl_ports[1]),
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let excl_held: Arc<Vec<AtomicU32>> =
+        Arc::new((0..excl.len()).map(|_| AtomicU32::new(0)).collect());
+    let (excl_got, excl_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let barrier = Arc::new(Barrier::new(threads + 1));
     let path = b.path.clone();
     let mut handles = Vec::new();
@@ -217,6 +317,9 @@ fn concurrent_clients_keep_exact_reference_counts() {
         let barrier = barrier.clone();
         let path = path.clone();
         let spec = specs[t % specs.len()].clone();
+        let k = t % excl.len();
+        let mine = excl[k].clone();
+        let (held, got, refused) = (excl_held.clone(), excl_got.clone(), excl_refused.clone());
         handles.push(std::thread::spawn(move || {
             let mut c = Client::connect(&path).unwrap();
             let unshared: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
@@ -228,6 +331,21 @@ fn concurrent_clients_keep_exact_reference_counts() {
                 // The socket is alive while we hold it: it carries traffic.
                 let s = UdpSocket::from(g.fd.try_clone().unwrap());
                 s.send_to(b"x", s.local_addr().unwrap()).unwrap();
+                match c.request_socket(&mine, ShareMode::None, "conc") {
+                    Ok(x) => {
+                        // The broker hands the next holder this port only
+                        // after our release, which follows the decrement.
+                        let before = held[k].fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(before, 0, "two NONE holders of {mine} at once");
+                        got.fetch_add(1, Ordering::Relaxed);
+                        held[k].fetch_sub(1, Ordering::SeqCst);
+                        c.release(&x.token).unwrap();
+                    }
+                    Err(e) => {
+                        assert_eq!(e.kind(), Kind::ShareConflict, "{mine}: {e}");
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 if i % checkpoint_every == 0 {
                     // Everyone holds exactly one shared + one unshared now.
                     barrier.wait();
@@ -238,6 +356,34 @@ fn concurrent_clients_keep_exact_reference_counts() {
             }
         }));
     }
+    // Free-running snapshots while the threads run: every one consistent.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, path, excl) = (stop.clone(), path.clone(), excl.clone());
+        let bound = (threads * 3) as u32;
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&path).unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let st = c.status().unwrap();
+                check_consistent(&st);
+                // Never more than the threads can hold (plus none for us).
+                assert!(st.counters.references <= bound, "{:?}", st.counters);
+                for sp in &excl {
+                    for s in st
+                        .sockets
+                        .iter()
+                        .filter(|s| s.spec.canonical() == sp.canonical())
+                    {
+                        assert_eq!(s.refs, 1, "{sp}: exactly one holder");
+                        assert_eq!(s.holders[0].share, ShareMode::None);
+                    }
+                }
+                n += 1;
+            }
+            n
+        })
+    };
     let mut snapshots = 0;
     for _ in 0..cycles / checkpoint_every {
         barrier.wait();
@@ -260,10 +406,18 @@ fn concurrent_clients_keep_exact_reference_counts() {
         snapshots += 1;
         barrier.wait();
     }
-    // Free-running snapshots are consistent too.
     for h in handles {
         h.join().unwrap();
     }
+    stop.store(true, Ordering::Relaxed);
+    let free_running = watcher.join().unwrap();
+    assert!(free_running > 0, "free-running snapshots were taken");
+    let (got, refused) = (
+        excl_got.load(Ordering::Relaxed),
+        excl_refused.load(Ordering::Relaxed),
+    );
+    assert!(got > 0, "the NONE ports were granted");
+    assert!(refused > 0, "the NONE ports were contended");
     let st = b.status();
     assert_eq!(st.counters.references, 0);
     assert!(
@@ -276,7 +430,11 @@ fn concurrent_clients_keep_exact_reference_counts() {
             "port {p} free once the last reference went"
         );
     }
-    eprintln!("concurrency: {threads} clients x {cycles} cycles, {snapshots} exact checkpoints");
+    assert!(can_bind(true, excl_ports[0]) && can_bind(false, excl_ports[1]));
+    eprintln!(
+        "concurrency: {threads} clients x {cycles} cycles, {snapshots} exact checkpoints, \
+         {free_running} free-running snapshots; NONE ports: {got} grants, {refused} sharing conflicts"
+    );
 }
 
 #[test]
@@ -379,6 +537,246 @@ fn every_fd_the_library_opens_is_cloexec() {
     );
 }
 
+/// A fake broker's reply: type, payload, how many extra copies of the
+/// stray fd to attach, and whether to answer under a wrong request id.
+struct FakeReply {
+    ty: u8,
+    payload: Vec<u8>,
+    stray: usize,
+    wrong_id: bool,
+}
+
+/// Serve one connection on `listener` with `script`: read a request, send
+/// the next reply (with any fds `attach` gives plus `stray` copies of
+/// `stray_fd`), then wait for the client to close.
+fn fake_broker(listener: &OwnedFd, script: Vec<FakeReply>, stray_fd: OwnedFd) {
+    use sockpass::fdpass::{recv_fds, send_fds};
+    use sockpass::proto;
+    use std::os::fd::{AsFd, FromRawFd};
+    // SAFETY: accept4 returns a new fd or -1.
+    let raw = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    assert!(raw >= 0, "accept");
+    // SAFETY: a fresh fd we own.
+    let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut buf = [0u8; proto::MAX_MSG];
+    for step in script {
+        let r = recv_fds(conn.as_fd(), &mut buf, 0, 0).unwrap();
+        let h = proto::Header::parse(&buf[..r.len]).unwrap();
+        let mut out = Vec::new();
+        proto::begin(
+            &mut out,
+            step.ty,
+            h.id.wrapping_add(step.wrong_id as u32 * 7),
+        );
+        out.extend_from_slice(&step.payload);
+        let mut fds = Vec::new();
+        let table;
+        if step.ty == proto::ty::STATUS_OK {
+            table = sockpass::memfd::from_bytes("t", &0u32.to_le_bytes()).unwrap();
+            fds.push(table.as_fd());
+        }
+        fds.extend((0..step.stray).map(|_| stray_fd.as_fd()));
+        if send_fds(conn.as_fd(), &out, &fds, 0).is_err() {
+            return;
+        }
+    }
+    // Until the client hangs up.
+    while matches!(recv_fds(conn.as_fd(), &mut buf, 0, 0), Ok(r) if r.len > 0) {}
+}
+
+/// Child: a real `Client` against fake brokers whose replies carry fds it
+/// did not ask for. Reports each call's error kind and the process's fd
+/// counts; runs alone in its process so the counts are exact.
+#[test]
+#[ignore]
+fn child_stray_fds() {
+    use sockpass::proto::{self, ty};
+    if !is_child() {
+        return;
+    }
+    let dir = temp_dir("stray");
+    let path = dir.join("fake.sock");
+    let listener = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::bind_unix(&listener, path_str(&path).as_bytes()).unwrap();
+    // SAFETY: listen on our socket.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 8) }, 0);
+    // The stray fd is one end of a socket pair: once every copy is closed,
+    // the other end sees end-of-stream.
+    let (stray, peer) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
+    let reply = |ty: u8, payload: Vec<u8>, stray: usize| FakeReply {
+        ty,
+        payload,
+        stray,
+        wrong_id: false,
+    };
+    let hello_ok = || {
+        let mut p = vec![proto::VERSION, 0, 0, 0];
+        p.extend_from_slice(&(proto::MAX_MSG as u32).to_le_bytes());
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p
+    };
+    let token = sockpass::Token::from_bytes([3; sockpass::Token::LEN]);
+    let socket_reply = || {
+        let mut p = Vec::new();
+        proto::encode_socket_reply(&mut p, ty::SOCKET, 0, &token, 53, false);
+        p.split_off(proto::HEADER_LEN)
+    };
+    let error_reply = || {
+        let mut p = Vec::new();
+        proto::encode_error(&mut p, 0, &sockpass::Error::bad_request("no"));
+        p.split_off(proto::HEADER_LEN)
+    };
+    let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
+    type Call = Box<dyn Fn(&std::path::Path) -> sockpass::Result<()>>;
+    let connect_then = |f: fn(&mut Client) -> sockpass::Result<()>| -> Call {
+        Box::new(move |p: &std::path::Path| f(&mut Client::connect(p)?))
+    };
+    let cases: Vec<(&str, Vec<FakeReply>, Call)> = vec![
+        (
+            "HELLO_OK+2",
+            vec![reply(ty::HELLO_OK, hello_ok(), 2)],
+            Box::new(|p: &std::path::Path| Client::connect(p).map(drop)),
+        ),
+        (
+            "SOCKET+3",
+            vec![
+                reply(ty::HELLO_OK, hello_ok(), 0),
+                reply(ty::SOCKET, socket_reply(), 3),
+            ],
+            {
+                let spec = spec.clone();
+                Box::new(move |p: &std::path::Path| {
+                    Client::connect(p)?
+                        .request_socket(&spec, ShareMode::None, "x")
+                        .map(drop)
+                })
+            },
+        ),
+        (
+            "SOCKET+250",
+            vec![
+                reply(ty::HELLO_OK, hello_ok(), 0),
+                reply(ty::SOCKET, socket_reply(), 250),
+            ],
+            {
+                let spec = spec.clone();
+                Box::new(move |p: &std::path::Path| {
+                    Client::connect(p)?
+                        .request_socket(&spec, ShareMode::None, "x")
+                        .map(drop)
+                })
+            },
+        ),
+        (
+            "SOCKET-wrong-id",
+            vec![
+                reply(ty::HELLO_OK, hello_ok(), 0),
+                FakeReply {
+                    ty: ty::SOCKET,
+                    payload: socket_reply(),
+                    stray: 1,
+                    wrong_id: true,
+                },
+            ],
+            {
+                let spec = spec.clone();
+                Box::new(move |p: &std::path::Path| {
+                    Client::connect(p)?
+                        .request_socket(&spec, ShareMode::None, "x")
+                        .map(drop)
+                })
+            },
+        ),
+        (
+            "RELEASED+1",
+            vec![
+                reply(ty::HELLO_OK, hello_ok(), 0),
+                reply(ty::RELEASED, 0u32.to_le_bytes().to_vec(), 1),
+            ],
+            connect_then(|c| {
+                c.release(&sockpass::Token::from_bytes([3; sockpass::Token::LEN]))
+                    .map(drop)
+            }),
+        ),
+        (
+            "ERROR+1",
+            vec![
+                reply(ty::HELLO_OK, hello_ok(), 0),
+                reply(ty::ERROR, error_reply(), 1),
+            ],
+            connect_then(|c| {
+                c.release(&sockpass::Token::from_bytes([3; sockpass::Token::LEN]))
+                    .map(drop)
+            }),
+        ),
+        (
+            "STATUS_OK+2",
+            vec![
+                reply(ty::HELLO_OK, hello_ok(), 0),
+                reply(ty::STATUS_OK, vec![0; 20], 2),
+            ],
+            connect_then(|c| c.status().map(drop)),
+        ),
+    ];
+    let before = sockpass::sys::count_open_fds();
+    let mut results = Vec::new();
+    for (name, script, call) in cases {
+        let l = listener.try_clone().unwrap();
+        let s = stray.try_clone().unwrap();
+        let server = std::thread::spawn(move || fake_broker(&l, script, s));
+        let got = call(&path);
+        server.join().unwrap();
+        let kind = match &got {
+            Ok(()) => "ok".to_string(),
+            Err(e) => {
+                assert!(!e.message().is_empty());
+                format!("{:?}", e.kind())
+            }
+        };
+        let after = sockpass::sys::count_open_fds();
+        results.push(format!("{name}={kind}/{}", after as i64 - before as i64));
+    }
+    // Every copy of the stray fd the client received is closed: dropping
+    // ours leaves the peer at end-of-stream.
+    drop(stray);
+    let mut b = [0u8; 1];
+    // SAFETY: read into a local buffer.
+    let n = unsafe { libc::read(peer.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    let _ = std::fs::remove_dir_all(dir);
+    println!("@@ {} eof={}", results.join(" "), n == 0);
+}
+
+#[test]
+fn unexpected_fds_from_the_broker_are_closed_and_an_error() {
+    let mut kid = spawn_self("child_stray_fds", &[]);
+    let line = read_line(&mut kid);
+    assert!(wait_child(&mut kid).success(), "{line}");
+    eprintln!("stray fds: {line}");
+    for case in [
+        "HELLO_OK+2",
+        "SOCKET+3",
+        "SOCKET+250",
+        "SOCKET-wrong-id",
+        "RELEASED+1",
+        "ERROR+1",
+        "STATUS_OK+2",
+    ] {
+        // A protocol error, and the process holds exactly the fds it did before.
+        assert!(
+            line.split(' ').any(|f| f == format!("{case}=Protocol/0")),
+            "{case}: {line}"
+        );
+    }
+    assert!(line.ends_with("eof=true"), "a stray fd stayed open: {line}");
+}
+
 /// Child: lower RLIMIT_NOFILE so the broker's fd cannot be installed.
 #[test]
 #[ignore]
@@ -420,23 +818,65 @@ fn msg_ctrunc_is_a_clear_error() {
     });
 }
 
+/// Child: load the broker through the process-wide default client
+/// (`with_default`) until it dies, then carry on through the same default
+/// client once a new broker is up. Files in SOCKPASS_DIR pace it.
+#[test]
+#[ignore]
+fn child_default_client_under_load() {
+    if !is_child() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(std::env::var_os("SOCKPASS_DIR").unwrap());
+    let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
+    let one = || {
+        sockpass::client::with_default(|c| {
+            let g = c.request_socket(&spec, ShareMode::None, "dflt")?;
+            c.release(&g.token)
+        })
+    };
+    let mut ok = 0u64;
+    let err = loop {
+        match one() {
+            Ok(_) => {
+                ok += 1;
+                if ok == 10 {
+                    std::fs::write(dir.join("loaded"), b"").unwrap();
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    wait_for("the replacement broker", || {
+        dir.join("replaced").exists().then_some(())
+    });
+    let mut after = 0;
+    for _ in 0..10 {
+        one().expect("the default client reconnects to the new broker");
+        after += 1;
+    }
+    println!("@@ {ok} {:?} {after}", err.kind());
+}
+
 #[test]
 fn broker_killed_under_load_then_replaced() {
     let mut b = Broker::start("kill9");
     let path = b.path.clone();
     let mut handles = Vec::new();
     let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
+    let mut replaced_txs = Vec::new();
     for _ in 0..4 {
         let path = path.clone();
         let loaded = loaded_tx.clone();
+        let (replaced_tx, replaced_rx) = std::sync::mpsc::channel::<()>();
+        replaced_txs.push(replaced_tx);
         handles.push(std::thread::spawn(move || {
+            let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
             let mut c = Client::connect(&path).unwrap();
-            let kept = c
-                .request_socket(&"udp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "k")
-                .unwrap();
+            let kept = c.request_socket(&spec, ShareMode::None, "k").unwrap();
             let mut ok = 0u64;
             let err = loop {
-                match c.request_socket(&"udp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "k") {
+                match c.request_socket(&spec, ShareMode::None, "k") {
                     Ok(g) => {
                         ok += 1;
                         if ok == 10 {
@@ -450,29 +890,63 @@ fn broker_killed_under_load_then_replaced() {
             // The socket it already had still works.
             let s = UdpSocket::from(kept.fd);
             s.send_to(b"x", s.local_addr().unwrap()).unwrap();
-            (ok, err.kind())
+            // This load client reconnects itself and carries on.
+            replaced_rx.recv_timeout(WAIT).expect("a new broker");
+            let mut c = Client::connect(&path).expect("reconnect to the new broker");
+            for _ in 0..10 {
+                let g = c.request_socket(&spec, ShareMode::None, "k").unwrap();
+                c.release(&g.token).unwrap();
+            }
+            let g = c.request_socket(&spec, ShareMode::None, "k").unwrap();
+            (ok, err.kind(), c, g)
         }));
     }
+    // A child process loads it through the default client as well.
+    let mut kid = spawn_self(
+        "child_default_client_under_load",
+        &[
+            ("SOCKPASS_SOCKET", path_str(&path)),
+            ("SOCKPASS_DIR", path_str(&b.dir)),
+        ],
+    );
     // Every client is under load; then kill -9.
     for _ in 0..4 {
         loaded_rx
             .recv_timeout(WAIT)
             .expect("a load thread got going");
     }
+    wait_for("the default-client child got going", || {
+        b.dir.join("loaded").exists().then_some(())
+    });
     let mut child = b.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    for h in handles {
-        let (ok, kind) = h.join().unwrap();
-        assert!(ok > 0);
-        assert_eq!(kind, Kind::BrokerUnavailable);
-    }
     // A new broker on the same path; clients reconnect and carry on.
     let b2 = Broker::start_at(b.dir.clone(), path.clone(), &[]);
+    for tx in &replaced_txs {
+        tx.send(()).unwrap();
+    }
+    std::fs::write(b.dir.join("replaced"), b"").unwrap();
+    let mut kept = Vec::new();
+    for h in handles {
+        let (ok, kind, c, g) = h.join().unwrap();
+        assert!(ok > 0);
+        assert_eq!(kind, Kind::BrokerUnavailable);
+        kept.push((c, g));
+    }
+    let line = read_line(&mut kid);
+    assert!(
+        wait_child(&mut kid).success(),
+        "default-client child: {line}"
+    );
+    let f: Vec<&str> = line.split(' ').collect();
+    assert!(f.len() == 3 && f[0].parse::<u64>().unwrap() >= 10, "{line}");
+    assert_eq!(&f[1..], ["BrokerUnavailable", "10"], "{line}");
     let mut c = Client::connect(&path).unwrap();
     c.request_socket(&"tcp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "k")
         .unwrap();
-    assert_eq!(b2.status().counters.references, 1);
+    // Exactly the references the reconnected clients hold now.
+    assert_eq!(b2.status().counters.references as usize, kept.len() + 1);
 }
 
 fn run_sh(script: &str) -> std::process::Output {

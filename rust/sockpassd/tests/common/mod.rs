@@ -275,3 +275,95 @@ pub fn read_line(c: &mut Child) -> String {
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// Like [`can_bind`], for any address (IPv4 or IPv6), without SO_REUSEADDR.
+pub fn can_bind_addr(udp: bool, addr: std::net::IpAddr, port: u16) -> bool {
+    let ty = if udp {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    // SAFETY: a fresh socket, bound once, closed on return; the sockaddr
+    // structs are fully initialised locals.
+    unsafe {
+        let fam = match addr {
+            std::net::IpAddr::V4(_) => libc::AF_INET,
+            std::net::IpAddr::V6(_) => libc::AF_INET6,
+        };
+        let fd = libc::socket(fam, ty | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let r = match addr {
+            std::net::IpAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                libc::bind(
+                    fd,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+            std::net::IpAddr::V6(a) => {
+                let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = port.to_be();
+                sin6.sin6_addr.s6_addr = a.octets();
+                libc::bind(
+                    fd,
+                    (&sin6 as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        };
+        libc::close(fd);
+        r == 0
+    }
+}
+
+/// Inodes of the sockets process `pid` holds open (from /proc/PID/fd).
+pub fn socket_inodes(pid: i32) -> std::collections::HashSet<u64> {
+    let mut set = std::collections::HashSet::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in rd.flatten() {
+            if let Ok(l) = std::fs::read_link(e.path()) {
+                let l = l.to_string_lossy();
+                if let Some(n) = l.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    set.extend(n.parse::<u64>().ok());
+                }
+            }
+        }
+    }
+    set
+}
+
+/// Inodes of the sockets in this network namespace bound to local `port`
+/// (from /proc/net/{tcp,tcp6,udp,udp6}).
+pub fn sockets_on_port(udp: bool, port: u16) -> Vec<u64> {
+    let mut v = Vec::new();
+    let files: [&str; 2] = if udp {
+        ["/proc/net/udp", "/proc/net/udp6"]
+    } else {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+    };
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let Some(local) = cols.get(1) else { continue };
+            let p = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if p == Some(port) {
+                v.extend(cols.get(9).and_then(|i| i.parse::<u64>().ok()));
+            }
+        }
+    }
+    v
+}
