@@ -9,7 +9,7 @@ use sockpass::sys::poll_one;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 
 fn spec(s: &str) -> SocketSpec {
@@ -286,6 +286,113 @@ fn stale_socket_file_is_replaced_a_live_one_is_not() {
     assert!(e.message().contains("not a socket"), "{e}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn symlinks_at_or_above_a_unix_socket_path_are_refused() {
+    let b = Broker::start("unixlinks");
+    let dir = temp_dir("unixlinks-sock");
+    let mut c = b.client();
+    let owner = if is_root() { "&owner=65534:65534" } else { "" };
+
+    // A symlink at the socket path to a regular file: refused; the file keeps
+    // its mode, owner and contents, and the link stays.
+    let target = dir.join("precious");
+    std::fs::write(&target, "keep").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&target, Some(1234), Some(1234)).unwrap();
+    }
+    let before = std::fs::metadata(&target).unwrap();
+    let link = dir.join("app.sock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for kind in ["unix", "unix-dgram"] {
+        let e = c
+            .request_socket(
+                &spec(&format!("{kind}:{}?mode=0666{owner}", link.display())),
+                ShareMode::None,
+                "s",
+            )
+            .unwrap_err();
+        assert!(e.message().contains("is a symlink"), "{e}");
+    }
+    let after = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        (after.mode(), after.uid(), after.gid()),
+        (before.mode(), before.uid(), before.gid())
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A symlink at the path to a stale socket elsewhere: not replaced either.
+    let outside = dir.join("outside.sock");
+    drop(UnixListener::bind(&outside).unwrap());
+    let link2 = dir.join("stale-link.sock");
+    std::os::unix::fs::symlink(&outside, &link2).unwrap();
+    let e = c
+        .request_socket(
+            &spec(&format!("unix:{}", link2.display())),
+            ShareMode::None,
+            "s",
+        )
+        .unwrap_err();
+    assert!(e.message().contains("is a symlink"), "{e}");
+    assert!(std::fs::symlink_metadata(&outside)
+        .unwrap()
+        .file_type()
+        .is_socket());
+
+    // A symlinked directory on the way: refused, nothing created where it
+    // points, whichever component is the link.
+    let real = dir.join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.join("linkdir")).unwrap();
+    let up = temp_dir("unixlinks-up");
+    std::os::unix::fs::symlink(&dir, up.join("d")).unwrap();
+    for p in [dir.join("linkdir/s.sock"), up.join("d/real/s.sock")] {
+        let e = c
+            .request_socket(
+                &spec(&format!("unix-seqpacket:{}?backlog=1", p.display())),
+                ShareMode::None,
+                "s",
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::NotAllowed, "{e}");
+        assert!(
+            e.message().contains("is a symlink; refusing"),
+            "{}: {e}",
+            p.display()
+        );
+    }
+    assert!(!real.join("s.sock").exists());
+    assert_eq!(b.status().counters.references, 0);
+    assert!(b.log_text().contains("is a symlink"), "{}", b.log_text());
+
+    // A directory swapped for a symlink while the socket is held: closing it
+    // does not unlink the file the link now leads to.
+    let g = c
+        .request_socket(
+            &spec(&format!("unix:{}/s.sock?backlog=1", real.display())),
+            ShareMode::None,
+            "s",
+        )
+        .unwrap();
+    let moved = dir.join("moved");
+    std::fs::rename(&real, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &real).unwrap();
+    c.release(&g.token).unwrap();
+    drop(g);
+    wait_for("the release", || {
+        (b.status().counters.references == 0).then_some(())
+    });
+    assert!(
+        moved.join("s.sock").exists(),
+        "the socket file behind the symlink was not removed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&up);
 }
 
 #[test]
