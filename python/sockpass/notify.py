@@ -33,13 +33,43 @@ def _take(f: _socket.socket | int) -> int:
 
 
 class ServerSocket:
-    """A unix stream server socket handed in by a manager. ``sock`` (a
-    ``socket.socket`` or an fd) and ``notifier`` (an fd) are taken over, and
-    closed if refused. Accepting is allowed once the socket is known to
-    listen: at once without a notifier, after ``wait()``/``check()`` with one."""
+    """A unix server socket handed in by a manager: ``SOCK_STREAM`` unless
+    ``type`` says ``SOCK_SEQPACKET``. ``sock`` (a ``socket.socket`` or an
+    fd) and ``notifier`` (an fd) are taken over, and closed if refused.
+    Accepting is allowed once the socket is known to listen: at once without
+    a notifier, after ``wait()``/``check()`` with one."""
 
-    def __init__(self, sock: _socket.socket | int, notifier: int | None = None) -> None:
-        self._native = _sockpass.ServerSocket(_take(sock), notifier)
+    def __init__(
+        self,
+        sock: _socket.socket | int,
+        notifier: int | None = None,
+        *,
+        type: int = _socket.SOCK_STREAM,  # noqa: A002 (socket.socket's name for it)
+    ) -> None:
+        self._native = _sockpass.ServerSocket(_take(sock), notifier, type)
+
+    @classmethod
+    def from_activation(
+        cls,
+        *,
+        type: int = _socket.SOCK_STREAM,  # noqa: A002
+        unset_env: bool = True,
+    ) -> ServerSocket | None:
+        """The one listening unix socket of ``type`` that systemd-style
+        socket activation passed on fd 3 (``LISTEN_PID`` is this process,
+        ``LISTEN_FDS=1``), or None without activation. More than one fd, or
+        one that is not such a socket, is an error (they are closed).
+        ``unset_env`` removes the ``LISTEN_*`` variables."""
+        native = _sockpass.ServerSocket.from_activation(type, unset_env)
+        if unset_env:
+            # The C environment lost them; keep os.environ's copy in step.
+            for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+                os.environ.pop(k, None)
+        if native is None:
+            return None
+        self = cls.__new__(cls)
+        self._native = native
+        return self
 
     @property
     def path(self) -> bytes:

@@ -51,15 +51,26 @@ impl PyServerSocket {
 impl PyServerSocket {
     /// Adopt fd `fd` (and `notifier`, the read end of a pipe); both are
     /// taken over, and closed if they are refused.
+    /// `ty`: `SOCK_STREAM` or `SOCK_SEQPACKET`.
     #[new]
-    #[pyo3(signature = (fd, notifier=None))]
-    fn new(fd: i32, notifier: Option<i32>) -> PyResult<Self> {
+    #[pyo3(signature = (fd, notifier, ty))]
+    fn new(fd: i32, notifier: Option<i32>, ty: i32) -> PyResult<Self> {
         let fd = own_fd(fd)?;
         let notifier = notifier.map(own_fd).transpose()?;
-        let s = ServerSocket::adopt(fd, notifier).map_err(to_pyerr)?;
+        let s = ServerSocket::adopt_type(fd, notifier, ty).map_err(to_pyerr)?;
         Ok(PyServerSocket {
             inner: RwLock::new(Some(s)),
         })
+    }
+
+    /// The one listening unix socket of type `ty` that socket activation
+    /// passed (LISTEN_PID/LISTEN_FDS), or None without activation.
+    #[staticmethod]
+    fn from_activation(ty: i32, unset_env: bool) -> PyResult<Option<Self>> {
+        let s = notify::activation::adopt_listen_socket(unset_env, ty).map_err(to_pyerr)?;
+        Ok(s.map(|s| PyServerSocket {
+            inner: RwLock::new(Some(s)),
+        }))
     }
 
     /// The address: path bytes, or a NUL byte then the abstract name; empty

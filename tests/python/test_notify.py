@@ -7,10 +7,12 @@ import errno
 import os
 import pathlib
 import socket
+import sys
 import threading
 
 import pytest
 
+import sockpass
 from conftest import TIMEOUT, open_fds
 from sockpass import BadRequestError
 from sockpass.notify import Creds, LazyServer, ServerSocket, bind_in_namespace, notifier_pair
@@ -168,3 +170,58 @@ def test_closed_server_socket(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
         server.accept()
     server.close()
     os.close(fd)
+
+
+def test_seqpacket_server(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    path = str(tmp_path / "seq.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.bind(path)
+    s.listen()
+    with pytest.raises(BadRequestError, match="SOCK_SEQPACKET socket, not SOCK_STREAM"):
+        ServerSocket(s)  # taken over and closed
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    os.unlink(path)
+    s.bind(path)
+    s.listen()
+    with ServerSocket(s, type=socket.SOCK_SEQPACKET) as server:
+        assert server.path == os.fsencode(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as cli:
+            cli.settimeout(TIMEOUT)
+            cli.connect(path)
+            conn, creds = server.accept()
+            with conn:
+                assert creds.pid == os.getpid()
+                cli.send(b"one")
+                cli.send(b"two")
+                assert (conn.recv(16), conn.recv(16)) == (b"one", b"two")  # message boundaries kept
+
+
+def test_from_activation(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    # Not activated (no LISTEN_PID for this process): None, nothing taken.
+    assert "LISTEN_PID" not in os.environ
+    assert ServerSocket.from_activation() is None
+    # Activated by sockpass.spawn: the child gets the listening socket on
+    # fd 3 with LISTEN_FDS=1 and LISTEN_PID its own pid.
+    path = str(tmp_path / "act.sock")
+    child = (
+        "import os, sockpass.notify as n\n"
+        "s = n.ServerSocket.from_activation()\n"
+        "assert s is not None and 'LISTEN_PID' not in os.environ\n"
+        f"assert s.path == {os.fsencode(path)!r}\n"
+        "c, cr = s.accept()\n"
+        "c.sendall(b'activated')\n"
+        "c.close()\n"
+        "assert n.ServerSocket.from_activation() is None\n"
+    )
+    with bind_in_namespace(path) as listener:
+        proc = sockpass.spawn([sys.executable, "-c", child], fds=[listener])
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as cli:
+            cli.settimeout(TIMEOUT)
+            cli.connect(path)
+            assert cli.recv(16) == b"activated"
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, 9)
+            proc.wait()
