@@ -127,8 +127,9 @@ class LazyServer:
     def close(self) -> None: ...
 def spawn(
     argv: list[str],
-    slots: list[tuple[int | None, str | None]],
+    slots: list[tuple[int | None, str | None, bool]],
     env: list[tuple[str, str]] | None,
+    setenv: list[tuple[str, str | None]],
     start: int,
     listen_env: bool,
     join_pid: int | None,

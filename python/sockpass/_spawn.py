@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 from . import _sockpass
 
-__all__ = ["Child", "spawn"]
+__all__ = ["INHERIT", "Child", "spawn"]
 
 
 class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
-_Fd: TypeAlias = int | _HasFileno | None
+class _Marker(enum.Enum):
+    INHERIT = "INHERIT"
+
+    def __repr__(self) -> str:
+        return "sockpass.INHERIT"
+
+
+INHERIT: Final = _Marker.INHERIT
+"""An ``fds`` entry for ``spawn``: the child keeps whatever this process has
+open at that slot's number (its close-on-exec flag cleared), or nothing if
+that number is closed here. It is named ``unknown`` in ``LISTEN_FDNAMES``
+and takes no name of its own."""
+
+_Fd: TypeAlias = int | _HasFileno | None | Literal[_Marker.INHERIT]
 _Arg: TypeAlias = str | bytes | os.PathLike[str]
 
 
-def _slot(s: _Fd | tuple[_Fd, str]) -> tuple[int | None, str | None]:
+def _slot(s: _Fd | tuple[_Fd, str]) -> tuple[int | None, str | None, bool]:
     fd, name = s if isinstance(s, tuple) else (s, None)
+    if fd is INHERIT:
+        return None, name, True
     if fd is None or isinstance(fd, int):
-        return fd, name
-    return fd.fileno(), name
+        return fd, name, False
+    return fd.fileno(), name, False
 
 
 class Child:
@@ -72,6 +88,7 @@ def spawn(
     *,
     fds: Sequence[_Fd | tuple[_Fd, str]] = (),
     env: Mapping[str, str] | None = None,
+    setenv: Mapping[str, str | None] | None = None,
     start: int = 3,
     listen_env: bool = True,
     join_pid: int | None = None,
@@ -83,16 +100,28 @@ def spawn(
     unless ``listen_env=False``).
 
     Each of ``fds`` is an fd or an object with ``fileno()`` (duplicated: the
-    caller keeps its own), ``None`` for a number left closed, or a pair
-    ``(fd, name)``. ``env`` replaces the environment (default: inherited).
+    caller keeps its own), ``None`` for a number left closed (an empty slot),
+    ``sockpass.INHERIT`` to keep whatever this process has open at that
+    number, or a pair ``(fd or None, name)``. An empty slot still counts in
+    ``LISTEN_FDS`` (named ``empty``), so the later slots keep their numbers;
+    libsystemd's ``sd_listen_fds()`` refuses a set with such a hole (no fd
+    at all for the program), so use empty slots with programs that take fds
+    by number. With ``start=0`` the fds replace stdin/stdout/... (inetd
+    style); with another start than 3, ``LISTEN_FDS_FIRST_FD`` says where
+    they begin.
+
+    ``env`` replaces the environment (default: inherited); ``setenv`` then
+    sets variables over it, or unsets those mapped to ``None``.
     ``join_pid`` starts the child in that process's ``namespaces`` (e.g.
-    ``"net,mnt"``; default all but user). ``paused`` stops it before exec
-    until ``resume()``. Set-up or exec failures raise ``OSError`` errno 2008,
+    ``"net,mnt"``; default all but user); ``namespaces`` without
+    ``join_pid`` is an error. ``paused`` stops it before exec until
+    ``resume()``. Set-up or exec failures raise ``OSError`` errno 2008,
     and leave no process behind."""
     native = _sockpass.spawn(
         [os.fsdecode(a) for a in argv],
         [_slot(s) for s in fds],
         None if env is None else list(env.items()),
+        [] if setenv is None else list(setenv.items()),
         start,
         listen_env,
         join_pid,

@@ -11,13 +11,19 @@ use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
 
-/// Build the plan: each slot is (fd or None for an empty slot, name). The
-/// fds are duplicated now, so the caller keeps its own.
+/// One slot as the Python side hands it over: (fd or None for an empty
+/// slot, name, inherit).
+type PySlot = (Option<i32>, Option<String>, bool);
+
+/// Build the plan. The fds are duplicated now, so the caller keeps its own.
+/// `env` replaces the environment; `setenv` sets (or, with None, unsets)
+/// variables over that base or the inherited one.
 #[allow(clippy::too_many_arguments)]
 fn plan(
     argv: Vec<OsString>,
-    slots: Vec<(Option<i32>, Option<String>)>,
+    slots: Vec<PySlot>,
     env: Option<Vec<(OsString, OsString)>>,
+    setenv: Vec<(OsString, Option<OsString>)>,
     start: i32,
     listen_env: bool,
     join_pid: Option<i32>,
@@ -36,8 +42,23 @@ fn plan(
             s.setenv(k, v);
         }
     }
-    for (fd, name) in slots {
+    for (k, v) in setenv {
+        match v {
+            Some(v) => s.setenv(k, v),
+            None => s.unsetenv(k),
+        };
+    }
+    for (fd, name, inherit) in slots {
         match fd {
+            _ if inherit => {
+                if let Some(n) = name {
+                    return Err(Error::bad_request(format!(
+                        "fd name {n:?} for an INHERIT slot: it has no name of its own \
+                         (it is named unknown)"
+                    )));
+                }
+                s.slot(Slot::Inherit);
+            }
             None => {
                 s.slot(Slot::Empty { name });
             }
@@ -53,6 +74,11 @@ fn plan(
         }
     }
     s.start(start).listen_env(listen_env).paused(paused);
+    if namespaces.is_some() && join_pid.is_none() {
+        return Err(Error::bad_request(
+            "namespaces= needs join_pid=: whose namespaces to join",
+        ));
+    }
     if let Some(pid) = join_pid {
         let set = match namespaces {
             Some(n) => n.parse()?,
@@ -65,13 +91,14 @@ fn plan(
 
 /// Start a process; see `sockpass.spawn` for the arguments.
 #[pyfunction]
-#[pyo3(signature = (argv, slots, env, start, listen_env, join_pid, namespaces, paused))]
+#[pyo3(signature = (argv, slots, env, setenv, start, listen_env, join_pid, namespaces, paused))]
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     py: Python<'_>,
     argv: Vec<OsString>,
-    slots: Vec<(Option<i32>, Option<String>)>,
+    slots: Vec<PySlot>,
     env: Option<Vec<(OsString, OsString)>>,
+    setenv: Vec<(OsString, Option<OsString>)>,
     start: i32,
     listen_env: bool,
     join_pid: Option<i32>,
@@ -81,7 +108,7 @@ pub fn spawn(
     let child = py
         .detach(|| {
             plan(
-                argv, slots, env, start, listen_env, join_pid, namespaces, paused,
+                argv, slots, env, setenv, start, listen_env, join_pid, namespaces, paused,
             )?
             .spawn()
         })

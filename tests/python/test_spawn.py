@@ -1,5 +1,7 @@
 """sockpass.spawn with real processes: broker sockets passed by socket
-activation, empty slots, paused children, exec failures, bad input."""
+activation, empty and inherit slots, start indexes 0 (inetd style) and 10,
+environment set/unset over the inherited one, paused children, exec
+failures, bad input."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import pytest
 
 import sockpass
 from conftest import TIMEOUT, Broker, wait_for
+
+# Also exported as sockpass.INHERIT (see python/sockpass/__init__.py).
+from sockpass._spawn import INHERIT
 
 # Reports what it got, one line each, as socket activation describes it;
 # written to argv[1] only at the end, so no file takes an empty slot's number.
@@ -113,6 +118,9 @@ def test_bad_input(no_fd_leak: None) -> None:
         ({"argv": ["/bin/true"], "fds": ["3"]}, AttributeError, "fileno"),
         ({"argv": ["/bin/true"], "join_pid": os.getpid(), "namespaces": "bogus"}, ValueError, "unknown namespace"),
         ({"argv": ["/bin/true"], "join_pid": -1}, ValueError, "invalid target pid"),
+        ({"argv": ["/bin/true"], "namespaces": "net"}, ValueError, "needs join_pid"),
+        ({"argv": ["/bin/true"], "fds": [(INHERIT, "x")]}, ValueError, "INHERIT slot"),
+        ({"argv": ["/bin/true"], "setenv": {"A=B": "1"}}, ValueError, "environment variable name"),
         ({"argv": [5]}, TypeError, "expected str, bytes or os.PathLike"),
         ({"argv": ["/bin/true"], "env": {"A": 5}}, TypeError, "env"),
         ({"argv": ["/bin/true"], "start": "3"}, TypeError, "start"),
@@ -151,3 +159,117 @@ def test_join_another_processes_network_namespace(tmp_path: pathlib.Path) -> Non
             assert out.read_text().strip() == theirs
         finally:
             target.kill()
+
+
+# Lists the planned range from LISTEN_FDS_FIRST_FD (3 if unset): each fd's
+# target (or "closed") and whether it is inheritable (no CLOEXEC).
+RANGE = textwrap.dedent(
+    """
+    import os, sys
+    first = int(os.environ.get("LISTEN_FDS_FIRST_FD", "3"))
+    n = int(os.environ["LISTEN_FDS"])
+    out = [f"{first} {n} {os.environ['LISTEN_FDNAMES']}"]
+    for fd in range(first, first + n):
+        try:
+            out.append(f"{fd} {os.readlink(f'/proc/self/fd/{fd}')} {os.get_inheritable(fd)}")
+        except OSError:
+            out.append(f"{fd} closed")
+    with open(sys.argv[1], "w") as f:
+        f.write("\\n".join(out))
+    """
+)
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def test_start_10(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    out = tmp_path / "out"
+    a, b = socket.socketpair()
+    with a, b:
+        child = sockpass.spawn([sys.executable, "-S", "-c", RANGE, str(out)], fds=[(a, "sock"), (None, "gap")], start=10)
+        assert child.wait(TIMEOUT) == 0
+        assert out.read_text().splitlines() == [
+            "10 2 sock:gap",
+            f"10 {os.readlink(f'/proc/self/fd/{a.fileno()}')} True",
+            "11 closed",
+        ]
+
+
+def test_inherit_slots(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
+    out = tmp_path / "out"
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    # Three numbers this process does not use (pytest holds some low ones).
+    k = next(k for k in range(20, 1000) if not any(is_open(n) for n in (k, k + 1, k + 2)))
+    try:
+        # A CLOEXEC pipe end of ours at k; nothing of ours at k + 1.
+        os.dup2(r, k, inheritable=False)
+        try:
+            child = sockpass.spawn(
+                [sys.executable, "-S", "-c", RANGE, str(out)], fds=[INHERIT, INHERIT, (a, "sock")], start=k
+            )
+            assert child.wait(TIMEOUT) == 0
+        finally:
+            os.close(k)
+        assert out.read_text().splitlines() == [
+            f"{k} 3 unknown:unknown:sock",
+            # The inherited pipe arrives at its own number without CLOEXEC.
+            f"{k} {os.readlink(f'/proc/self/fd/{r}')} True",
+            f"{k + 1} closed",
+            f"{k + 2} {os.readlink(f'/proc/self/fd/{a.fileno()}')} True",
+        ]
+        assert repr(INHERIT) == "sockpass.INHERIT"
+    finally:
+        a.close()
+        b.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_start_0_inetd_style(no_fd_leak: None) -> None:
+    # The socket is the child's stdin (fd 0); it answers on it.
+    a, b = socket.socketpair()
+    with a, b:
+        child = sockpass.spawn(
+            ["/bin/sh", "-c", 'read l; echo "$l $LISTEN_FDS $LISTEN_FDS_FIRST_FD $LISTEN_FDNAMES" >&0'],
+            fds=[(b, "conn")],
+            start=0,
+        )
+        b.close()
+        a.settimeout(TIMEOUT)
+        a.sendall(b"hello\n")
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = a.recv(100)
+            assert chunk, got
+            got += chunk
+        assert got == b"hello 1 0 conn\n"
+        assert child.wait(TIMEOUT) == 0
+
+
+def test_setenv_and_unset_over_the_environment(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
+) -> None:
+    # /usr/bin/env's stdout is the file, placed at fd 1 (start=1, no
+    # LISTEN_* variables).
+    def env_of(**kw: object) -> list[str]:
+        out = tmp_path / "env"
+        with open(out, "w") as f:
+            child = sockpass.spawn(["/usr/bin/env"], fds=[f], start=1, listen_env=False, **kw)  # type: ignore[arg-type]
+            assert child.wait(TIMEOUT) == 0
+        return out.read_text().splitlines()
+
+    monkeypatch.setenv("SOCKPASS_T_KEEP", "k")
+    monkeypatch.setenv("SOCKPASS_T_GONE", "g")
+    got = env_of(setenv={"SOCKPASS_T_GONE": None, "SOCKPASS_T_NEW": "n", "SOCKPASS_T_NEVER": None})
+    assert "SOCKPASS_T_KEEP=k" in got and "SOCKPASS_T_NEW=n" in got
+    assert not any(v.startswith(("SOCKPASS_T_GONE=", "SOCKPASS_T_NEVER=")) for v in got)
+    assert f"PATH={os.environ['PATH']}" in got  # the rest is inherited
+    # Over a replaced environment.
+    assert env_of(env={"X": "1", "Z": "3"}, setenv={"X": None, "Y": "2"}) == ["Z=3", "Y=2"]
