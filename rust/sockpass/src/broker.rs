@@ -392,6 +392,9 @@ pub struct Broker {
     /// to accept the waiting client, tells it why and closes it, instead of
     /// leaving the listener readable and spinning on EMFILE.
     reserve: Option<OwnedFd>,
+    /// Our pid, for HELLO_OK and log lines (an upgrade keeps it: the new
+    /// binary runs in this process).
+    pid: u32,
 }
 
 /// An upgrade waiting for the daemon to carry it out.
@@ -499,6 +502,7 @@ impl Broker {
             upgrade: None,
             fd_store: None,
             reserve: open_reserve(),
+            pid: std::process::id(),
         };
         b.ep_ctl(
             libc::EPOLL_CTL_ADD,
@@ -515,7 +519,7 @@ impl Broker {
 
     fn log(&self, msg: std::fmt::Arguments<'_>) {
         if self.cfg.log {
-            eprintln!("sockpassd[{}]: {}", std::process::id(), msg);
+            eprintln!("sockpassd[{}]: {}", self.pid, msg);
         }
     }
 
@@ -930,8 +934,7 @@ impl Broker {
                     self.wbuf.extend_from_slice(&[proto::VERSION, 0, 0, 0]);
                     self.wbuf
                         .extend_from_slice(&(proto::MAX_MSG as u32).to_le_bytes());
-                    self.wbuf
-                        .extend_from_slice(&std::process::id().to_le_bytes());
+                    self.wbuf.extend_from_slice(&self.pid.to_le_bytes());
                     Ok(Reply { attach: None })
                 }
             }
@@ -1032,8 +1035,7 @@ impl Broker {
             Ok(()) => {
                 self.wbuf.clear();
                 proto::begin(&mut self.wbuf, ty::UPGRADED, id);
-                self.wbuf
-                    .extend_from_slice(&std::process::id().to_le_bytes());
+                self.wbuf.extend_from_slice(&self.pid.to_le_bytes());
                 let bytes = std::mem::take(&mut self.wbuf);
                 self.send(slot, bytes, None);
             }
