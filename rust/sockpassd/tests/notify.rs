@@ -123,6 +123,30 @@ fn eager_handover_between_processes() {
     assert_eq!(f[3], std::process::id().to_string(), "SO_PEERCRED pid");
 }
 
+/// Whether a thread of `pid` is blocked in poll(2)/ppoll(2) on one fd (the
+/// notifier), from /proc/PID/task/TID/syscall: "NR ARG1 ARG2 ...", or
+/// "running" while on a CPU.
+fn blocked_in_poll(pid: i32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let polls = [libc::SYS_poll, libc::SYS_ppoll];
+    #[cfg(not(target_arch = "x86_64"))]
+    let polls = [libc::SYS_ppoll];
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let Ok(s) = std::fs::read_to_string(t.path().join("syscall")) else {
+            return false;
+        };
+        let w: Vec<&str> = s.split_whitespace().collect();
+        w.len() > 2
+            && w[0]
+                .parse::<libc::c_long>()
+                .is_ok_and(|nr| polls.contains(&nr))
+            && w[2] == "0x1"
+    })
+}
+
 fn lazy(tag: &str, bind_before_daemon_waits: bool) {
     let rv = Rendezvous::new(tag);
     let path = rv.dir.join("s");
@@ -140,9 +164,14 @@ fn lazy(tag: &str, bind_before_daemon_waits: bool) {
             .unwrap();
         c.read_exact(&mut b).unwrap();
     } else {
-        // The daemon is waiting (or about to) on a socket not yet bound.
+        // The daemon says it is about to wait; then make sure it really is
+        // blocked in poll on the notifier before we bind, so this is the
+        // order under test and not a race the bind may win.
         c.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"w");
+        wait_for("the daemon to block in poll", || {
+            blocked_in_poll(d.id() as i32).then_some(())
+        });
         assert!(!path.exists());
         l.bind_and_notify(None, bytes(&path), &BindOptions::default())
             .unwrap();

@@ -233,13 +233,21 @@ fn sockpassd() -> Command {
 
 #[test]
 fn sockpassd_ready_fd_and_notify_socket() {
-    for m in [Method::Fd(5), Method::Notify] {
+    // $NOTIFY_SOCKET alone, and with --notify (which insists on it).
+    for (m, notify_flag) in [
+        (Method::Fd(5), false),
+        (Method::Notify, false),
+        (Method::Notify, true),
+    ] {
         let dir = temp_dir("sockpassd-ready");
         let path = dir.join("s.sock");
         let mut cmd = sockpassd();
         cmd.arg("--socket").arg(&path).arg("-q");
         if let Method::Fd(n) = m {
             cmd.args(["--ready-fd", &n.to_string()]);
+        }
+        if notify_flag {
+            cmd.arg("--notify");
         }
         let (mut r, c) = start(m, &mut cmd);
         r.wait_child(c.0.id() as i32, Some(WAIT)).unwrap();
