@@ -19,7 +19,14 @@ use std::path::Path;
 /// The environment variable naming the state memfd in the new image.
 pub const STATE_ENV: &str = "SOCKPASS_STATE_FD";
 
-const MAGIC: &[u8; 8] = b"SPHANDv1";
+/// The handoff format this build writes and reads. `sockpassd
+/// --handoff-version` prints it; [`preflight`] asks a new binary for it
+/// before the exec.
+pub const FORMAT: &str = "SPHANDv1";
+const MAGIC: &[u8] = FORMAT.as_bytes();
+/// How long [`preflight`] waits for `EXE --handoff-version` (the event loop
+/// waits with it: requests queue, none fails).
+pub const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The state memfd is read whole; this bounds a corrupt or hostile one.
 const MAX_STATE: usize = 1 << 30;
 
@@ -433,6 +440,122 @@ pub fn check_executable(exe: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Check, before anything is handed over, that `exe` is a sockpassd that
+/// reads the state this build writes: run `exe --handoff-version` (stdin and
+/// stderr null, no activation or state variables) and require it to exit 0
+/// within `timeout` having printed [`FORMAT`]. The exec itself has no way
+/// back, so a different program, an older format or a binary that does not
+/// start is refused here.
+pub fn preflight(exe: &Path, timeout: std::time::Duration) -> Result<()> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::process::{Command, Stdio};
+    check_executable(exe)?;
+    let refuse = |why: String| {
+        Error::with_errno(
+            crate::error::Kind::BadRequest,
+            libc::ENOEXEC,
+            format!(
+                "upgrade binary {} is not a compatible sockpassd: {why}",
+                exe.display()
+            ),
+        )
+    };
+    let mut child = Command::new(exe)
+        .arg("--handoff-version")
+        .env_remove(STATE_ENV)
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| refuse(format!("cannot run it: {e}")))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let left_ms = || {
+        let d = deadline.saturating_duration_since(std::time::Instant::now());
+        d.as_millis().min(i32::MAX as u128) as i32
+    };
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let mut got = Vec::new();
+    let mut eof = false;
+    while !eof && left_ms() > 0 && got.len() <= 256 {
+        match crate::sys::poll_one(out.as_fd(), libc::POLLIN, left_ms()) {
+            Ok(0) => break,
+            Ok(_) => {
+                let mut buf = [0u8; 256];
+                match out.read(&mut buf) {
+                    Ok(0) => eof = true,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => eof = true,
+                }
+            }
+            Err(libc::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    drop(out);
+    // Its exit, within what is left of the deadline (a pidfd to wait on;
+    // without one, a child that closed its output is about to exit).
+    let mut status = child.try_wait().ok().flatten();
+    if status.is_none() && eof {
+        // SAFETY: plain syscall; the result is checked before it is owned.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        if pidfd >= 0 {
+            // SAFETY: pidfd is a new fd we own.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+            while status.is_none() && left_ms() > 0 {
+                match crate::sys::poll_one(pidfd.as_fd(), libc::POLLIN, left_ms()) {
+                    Ok(0) => break,
+                    Ok(_) => status = child.try_wait().ok().flatten(),
+                    Err(libc::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    let status = match status {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(refuse(if got.len() > 256 {
+                "'--handoff-version' printed more than a version".to_string()
+            } else {
+                format!(
+                    "it did not answer --handoff-version within {} s",
+                    timeout.as_secs_f64()
+                )
+            }));
+        }
+    };
+    let said = String::from_utf8_lossy(&got);
+    let said = said.trim();
+    if !status.success() {
+        return Err(refuse(format!(
+            "'--handoff-version' ended with {status}{}",
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (it printed {:?})",
+                    said.chars().take(80).collect::<String>()
+                )
+            }
+        )));
+    }
+    if said != FORMAT {
+        return Err(refuse(format!(
+            "'--handoff-version' printed {:?}, this broker hands over {FORMAT}",
+            said.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
 /// Replace this process's image with `exe argv[1..]`, handing `state` over.
 /// Returns only on failure, with the state back (every fd CLOEXEC again) so
 /// the caller can carry on serving.
@@ -543,6 +666,28 @@ pub fn take_from_env() -> Result<Option<State>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preflight_bounds_a_binary_that_never_answers() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("sp-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let hang = d.join("hang");
+        std::fs::write(&hang, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let good = d.join("good");
+        std::fs::write(&good, format!("#!/bin/sh\necho {FORMAT}\n")).unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = preflight(&hang, std::time::Duration::from_millis(300)).unwrap_err();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            e.message().contains("did not answer --handoff-version"),
+            "{e}"
+        );
+        preflight(&good, std::time::Duration::from_secs(5)).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     fn fd() -> OwnedFd {
         crate::memfd::from_bytes("t", b"x").unwrap()

@@ -36,11 +36,14 @@ options:
 
 SIGHUP (or `sockpass upgrade`) re-executes the binary in place (same pid),
 handing over every socket, reference, reservation and client connection.
+The new binary must first answer --handoff-version with this broker's
+handoff format within 5 s, or the upgrade is refused and nothing changes.
 
 Socket activation: with LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a
 listening unix seqpacket socket) is used instead of binding --socket.
   -h, --help                 this text
   -V, --version              print the version
+  --handoff-version          print the upgrade handoff format this binary reads
 ";
 
 struct Opts {
@@ -107,6 +110,10 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
             }
             "-V" | "--version" => {
                 println!("sockpassd {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--handoff-version" => {
+                println!("{}", sockpass::handoff::FORMAT);
                 return Ok(None);
             }
             _ => return Err(format!("unknown option {k}")),
@@ -392,9 +399,13 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
             "no upgrade binary given and the running one is unknown",
         )),
         Some(exe) => {
-            sockpass::handoff::check_executable(exe).and_then(|()| match &up.policy_file {
-                Some(f) => sockpass::policy::Policy::load(f).map(|_| ()),
-                None => Ok(()),
+            // Pre-flight: the exec has no way back, so the new binary must
+            // first say it reads our handoff format.
+            sockpass::handoff::preflight(exe, sockpass::handoff::PREFLIGHT_TIMEOUT).and_then(|()| {
+                match &up.policy_file {
+                    Some(f) => sockpass::policy::Policy::load(f).map(|_| ()),
+                    None => Ok(()),
+                }
             })
         }
     };

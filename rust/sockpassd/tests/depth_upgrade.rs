@@ -278,14 +278,32 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
         .unwrap_err();
     assert_eq!(e.kind(), Kind::BadRequest, "{e}");
 
-    // An executable file execve refuses (no ELF header, no #!): the exec
-    // itself fails after the state was written, and the old image rebuilds
-    // its broker from it and carries on.
+    // An executable file execve refuses (no ELF header, no #!): the
+    // pre-flight cannot run it.
     let bad = b.dir.join("not-a-binary");
     std::fs::write(&bad, b"\0\0\0\0garbage").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
     let e = c.upgrade(Some(&bad)).unwrap_err();
+    assert!(
+        e.message()
+            .contains("not a compatible sockpassd: cannot run it"),
+        "{e}"
+    );
+
+    // A binary that passes the pre-flight but that execve then refuses (it
+    // takes its own execute bit away when asked): the exec fails after the
+    // state was written, and the old image rebuilds its broker from it and
+    // carries on.
+    let vanishing = script(
+        &b.dir,
+        "vanishing",
+        &format!(
+            "[ \"$1\" = --handoff-version ] && {{ chmod a-x \"$0\"; echo {}; exit 0; }}\nexit 1\n",
+            sockpass::handoff::FORMAT
+        ),
+    );
+    let e = c.upgrade(Some(&vanishing)).unwrap_err();
     assert!(e.message().contains("execve"), "{e}");
 
     let out = Command::new(sockpass_bin())
@@ -304,12 +322,98 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
     assert_eq!(c.release(&g.token).unwrap(), 0);
     assert_eq!(upgrades_logged(&b), 0);
     // The relative path is refused when the request arrives; the other
-    // three by the daemon's checks or the failed exec.
-    assert_eq!(b.log_text().matches("upgrade refused").count(), 3);
+    // four by the daemon's checks or the failed exec.
+    assert_eq!(b.log_text().matches("upgrade refused").count(), 4);
     let g2 = c
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
         .unwrap();
     drop::<OwnedFd>(g2.fd);
+}
+
+/// Write an executable shell script `name` in `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn upgrade_to_a_program_that_is_not_a_compatible_sockpassd_is_refused_before_the_exec() {
+    let b = Broker::start("upgrade-preflight");
+    let pid = b.pid();
+    let mut c = b.client();
+    let g = c
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "keep")
+        .unwrap();
+    let inodes = broker_socket_inodes(pid);
+    let before = b.status().counters;
+    let old_format = script(&b.dir, "old-format", "echo SPHANDv0\n");
+    let failing = script(
+        &b.dir,
+        "failing",
+        "echo \"unknown option $1\" >&2\nexit 2\n",
+    );
+    for (exe, why) in [
+        (std::path::Path::new("/bin/true"), "printed \"\""),
+        (
+            &old_format,
+            "printed \"SPHANDv0\", this broker hands over SPHANDv1",
+        ),
+        (&failing, "ended with exit status: 2"),
+    ] {
+        let e = c.upgrade(Some(exe)).unwrap_err();
+        assert_eq!(e.kind(), Kind::BadRequest, "{e}");
+        assert!(
+            e.message().contains(&format!(
+                "upgrade binary {} is not a compatible sockpassd",
+                exe.display()
+            )) && e.message().contains(why),
+            "{why}: {e}"
+        );
+    }
+    // The CLI says so too, and fails.
+    let out = Command::new(sockpass_bin())
+        .args(["upgrade", "--exe", "/bin/true", "--socket"])
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a compatible sockpassd"), "{err}");
+    // Same process, nothing exec'd, every socket and connection kept.
+    assert_eq!(b.pid(), pid);
+    assert_eq!(upgrades_logged(&b), 0);
+    assert!(
+        !b.log_text().contains("upgrading: executing"),
+        "{}",
+        b.log_text()
+    );
+    let now = broker_socket_inodes(pid);
+    assert!(inodes.iter().all(|i| now.contains(i)), "{inodes:?} {now:?}");
+    let after = b.status().counters;
+    assert_eq!(
+        (after.sockets, after.references, after.connections),
+        (before.sockets, before.references, before.connections)
+    );
+    assert_eq!(c.release(&g.token).unwrap(), 0);
+    // The real binary passes the pre-flight and the upgrade goes through.
+    assert_eq!(c.upgrade(None).unwrap() as i32, pid);
+    assert_eq!(upgrades_logged(&b), 1);
+}
+
+#[test]
+fn handoff_version_flag_prints_the_format() {
+    let out = Command::new(sockpassd_bin())
+        .arg("--handoff-version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        sockpass::handoff::FORMAT
+    );
 }
 
 #[test]
