@@ -620,3 +620,63 @@ fn listen_on_a_unix_path_and_udp_datagram() {
     let (code, err) = finish(c);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn fdname_matches_systemd_socket_activate_itself() {
+    // Where systemd-socket-activate's LISTEN_FDNAMES is well formed (as
+    // many names as fds), ours is the same for the same --fdname options.
+    // (On a count mismatch it passes the names as given, which
+    // sd_listen_fds_with_names then refuses; we follow its man page
+    // instead: extra names ignored, the rest unnamed.)
+    let mut cases: Vec<Vec<&str>> = vec![
+        vec!["--fdname=web"],
+        vec!["--fdname=a:"],
+        vec!["--fdname=a:b:c"],
+        vec!["--fdname=a::b:c"],
+        vec!["--fdname=a", "--fdname=b:c"],
+    ];
+    // (Without --fdname it sets no LISTEN_FDNAMES and we say "unknown" for
+    // each fd, which is what sd_listen_fds_with_names reports for it.)
+    if sockpass::spawn::validate_name("").is_ok() {
+        cases.push(vec!["--fdname="]);
+    }
+    let report = "echo \"@@ $LISTEN_FDS $LISTEN_FDNAMES\"";
+    for names in cases {
+        let dir = temp_dir("ssa-names");
+        let socks: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|n| path_str(&dir.join(n)))
+            .collect();
+        let mut ssa = Command::new("systemd-socket-activate");
+        for s in &socks {
+            ssa.args(["-l", s]);
+        }
+        let mut ssa = ssa
+            .args(&names)
+            .args(["sh", "-c", report])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-socket-activate");
+        // It starts the program on the first connection.
+        let _conn = wait_for("systemd-socket-activate to listen", || {
+            std::os::unix::net::UnixStream::connect(&socks[0]).ok()
+        });
+        let theirs = read_line(&mut ssa);
+        let _ = ssa.kill();
+        let _ = ssa.wait();
+        for s in &socks {
+            let _ = std::fs::remove_file(s);
+        }
+        let mut args: Vec<&str> = Vec::new();
+        for s in &socks {
+            args.extend(["-l", s]);
+        }
+        args.extend(names.iter().copied());
+        let (code, ours, err) = fdnames(&args);
+        assert_eq!(code, 0, "{names:?}: {err}");
+        assert_eq!(ours, theirs, "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
