@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing, short mode: the wire decoder and the socket spec
-# parser (and the policy parser once it has a target) over the committed seed
-# corpus. fuzz/run --long runs for minutes by hand.
+# Coverage-guided fuzzing, short mode: every target in fuzz/fuzz_targets (the
+# wire decoder, the socket spec parser, the policy parser, the client's reply
+# handling against a fake broker, sd_notify parsing and the upgrade state
+# decoder) over the committed seed corpus. fuzz/run --long runs each for
+# minutes by hand.
 set -euo pipefail
 . "$(dirname "$0")/../lib/env.sh"
 cd "$ROOT"
