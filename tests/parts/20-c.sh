@@ -62,6 +62,17 @@ meson compile -C "$work/asan" >/dev/null
 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C "$work/asan" --print-errorlogs
 
+step "the meson consumer under AddressSanitizer + UBSan"
+meson setup "$work/consumer-asan" tests/meson-consumer -Dsockpass:cargo_target_dir="$CARGO_TARGET_DIR" \
+  -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+meson compile -C "$work/consumer-asan" >/dev/null
+# Check that the sanitizers really are in (an unsanitized build would pass vacuously).
+nm "$work/consumer-asan/consumer" > "$work/consumer-asan.nm"
+grep -q __asan_init "$work/consumer-asan.nm" || { echo "consumer built without ASan"; exit 1; }
+grep -q __ubsan_handle "$work/consumer-asan.nm" || { echo "consumer built without UBSan"; exit 1; }
+ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/consumer-asan/consumer"
+
 step "valgrind (errors and definite/indirect leaks fail)"
 vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
     --show-leak-kinds=definite,indirect)

@@ -1,7 +1,7 @@
 //! Reliability under faults and load: crash soak, exact reference counts under
 //! concurrency, fd hygiene, MSG_CTRUNC, and broker faults.
 //!
-//! CI runs short versions. `SOCKPASS_SOAK=1 cargo test --release --test
+//! CI runs short versions. `SOCKPASS_SOAK=1 cargo test --release -p sockpassd --test
 //! reliability -- --nocapture` runs the long ones (thousands of clients,
 //! 64 x 10,000 cycles) and prints the figures.
 
