@@ -4,8 +4,10 @@
 //! Nothing here follows a symlink. The directory that will hold the socket
 //! is opened one component at a time with `O_NOFOLLOW`, and a path whose
 //! directories include a symlink is refused, so the policy's `path=` prefix
-//! (compared as text) is where the file really goes. The file is probed,
-//! bound and unlinked relative to that directory; its mode comes from the
+//! (compared as text) is where the file really goes. The file is probed and
+//! unlinked relative to that directory, and bound by its absolute path (the
+//! address the socket keeps), then found again through the directory, or the
+//! request fails; its mode comes from the
 //! umask at `bind()` (no chmod by path), and its owner is set through an
 //! `O_PATH` handle on the file the bind made, checked first.
 //!
@@ -37,23 +39,32 @@ pub fn create_unix(spec: &SocketSpec) -> Result<Created> {
     o_set_buffers(&fd, spec)?;
     let mode = spec.options.mode.unwrap_or(0o666) & 0o777;
     {
-        // bind() takes a path, not a directory fd: bind by the bare name from
-        // inside the directory that was opened without following links.
+        // The stale-socket probe connects by the bare name from inside the
+        // directory that was opened without following links.
         let _here = InDir::enter(&dir)?;
         remove_if_stale(&dir, &name, path)?;
         // The file gets exactly `mode` at creation, so no chmod (which would
-        // follow a symlink raced into its place) is needed.
+        // follow a symlink raced into its place) is needed. The bind itself
+        // takes the absolute path, because that is the address the socket
+        // keeps (getsockname, D-Bus addresses, ServerSocket::adopt); a
+        // directory swapped for a symlink in between is caught below, where
+        // the file must be found through the directory opened above.
         // SAFETY: umask cannot fail.
         let old = unsafe { libc::umask(!mode & 0o777) };
-        let r = sys::bind_unix(&fd, name.as_bytes());
+        let r = sys::bind_unix(&fd, path.as_bytes());
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         r.map_err(|e| Error::os(e, format!("bind {spec}")))?;
     }
     // The file the bind made: a fresh socket inode of ours with one link.
     // Anything else at the name was put there since; it is not touched.
-    let file = openat(&dir, &name, libc::O_PATH | libc::O_NOFOLLOW)
-        .map_err(|e| Error::os(e, format!("{path} vanished after bind")))?;
+    let file = openat(&dir, &name, libc::O_PATH | libc::O_NOFOLLOW).map_err(|e| {
+        Error::with_errno(
+            Kind::NotAllowed,
+            e,
+            format!("{path} is not in its directory after bind (a directory replaced meanwhile?)"),
+        )
+    })?;
     let st = fstat(&file).map_err(|e| Error::os(e, format!("stat {path}")))?;
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };

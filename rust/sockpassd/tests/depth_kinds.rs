@@ -139,6 +139,9 @@ fn unix_stream_socket_with_mode_and_owner() {
     }
     // It listens already: connect and talk.
     let l = UnixListener::from(g.fd);
+    // Its address is the absolute path (what getsockname, D-Bus addresses
+    // and ServerSocket::adopt see), not a name relative to its directory.
+    assert_eq!(l.local_addr().unwrap().as_pathname(), Some(path.as_path()));
     let p2 = path.clone();
     let t = std::thread::spawn(move || {
         let mut s = UnixStream::connect(p2).unwrap();
