@@ -456,18 +456,25 @@ fn a_socket_never_closes_while_referenced() {
     assert!(can_bind(false, port), "last reference gone: closed at once");
 }
 
-/// Child: use every client API, then check that every fd it holds is CLOEXEC
-/// by exec'ing a probe that lists its own fds.
+/// Child: use every API of the library (client calls of every kind, the
+/// default client, readiness by pipe and sd_notify, the notify manager and
+/// server sides, spawn), then check that every fd it holds is CLOEXEC by
+/// exec'ing a probe that lists its own fds.
 #[test]
 #[ignore]
 fn child_fd_audit() {
+    use sockpass::notify::{self, BindOptions, ServerSocket};
+    use sockpass::readiness::{self, Method, Readiness};
     if !is_child() {
         return;
     }
     let path = std::env::var("SOCKPASS_SOCKET").unwrap();
+    let dir = std::path::PathBuf::from(std::env::var_os("SOCKPASS_DIR").unwrap());
     // fds this process inherited without CLOEXEC (e.g. cargo's jobserver
     // pipes) are not the library's: note them first.
     let inherited = non_cloexec_fds();
+    let t = Some(Duration::from_secs(10));
+    // The client, every call.
     let mut c = Client::connect(&path).unwrap();
     let g1 = c
         .request_socket(&"udp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "a")
@@ -479,6 +486,17 @@ fn child_fd_audit() {
             "a",
         )
         .unwrap();
+    let pw: SocketSpec = format!("udp:127.0.0.1:{}?reuseport=1", free_port(true))
+        .parse()
+        .unwrap();
+    let w = c
+        .request_with_flags(
+            &pw,
+            ShareMode::SameApp,
+            "a",
+            sockpass::proto::REQ_PER_WORKER,
+        )
+        .unwrap();
     let r = c
         .reserve_socket(&"udp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "a")
         .unwrap();
@@ -486,15 +504,59 @@ fn child_fd_audit() {
     let _ = c.status().unwrap();
     let _ = c.release_fd(g1.fd.as_raw_fd()).unwrap();
     let _ = c.release(&r.token);
-    let _ = sockpass::client::with_default(|_| Ok(()));
+    c.release_many(&[w.token]).unwrap();
+    let _ = c.request_socket(&"udp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "a");
+    c.release_all().unwrap();
+    let _ = sockpass::client::with_default(|d| d.status().map(drop));
+    // Readiness: a pipe the child reports on, and an sd_notify socket.
+    let (mut rd, wfd) = Readiness::new(Method::Pipe).unwrap();
+    readiness::report_ready_fd(wfd.unwrap()).unwrap();
+    rd.wait(t).unwrap();
+    let (mut nt, _) = Readiness::new(Method::Notify).unwrap();
+    readiness::send_notify(nt.notify_socket_env().unwrap(), b"READY=1").unwrap();
+    nt.wait(t).unwrap();
+    drop((rd, nt));
+    // The notify manager binds eagerly and lazily; the server side adopts,
+    // waits for the notifier and accepts.
+    let eager = dir.join("eager.sock");
+    let lfd = notify::bind_in_namespace(None, path_str(&eager).as_bytes(), &BindOptions::default())
+        .unwrap();
+    let (daemon_n, manager_n) = notify::notifier_pair().unwrap();
+    let mut srv = ServerSocket::adopt(lfd, Some(daemon_n)).unwrap();
+    drop(manager_n);
+    srv.wait(t).unwrap();
+    let peer = std::os::unix::net::UnixStream::connect(&eager).unwrap();
+    let (conn, _) = srv.accept().unwrap();
+    drop((peer, conn, srv));
+    let mut lazy = notify::prepare_lazy(None, false).unwrap();
+    let (sock, note) = (
+        lazy.daemon_socket.take().unwrap(),
+        lazy.daemon_notifier.take(),
+    );
+    lazy.bind_and_notify(
+        None,
+        path_str(&dir.join("lazy.sock")).as_bytes(),
+        &BindOptions::default(),
+    )
+    .unwrap();
+    let mut srv = ServerSocket::adopt(sock, note).unwrap();
+    srv.wait(t).unwrap();
+    drop(srv);
+    // Spawn a child with an fd plan.
+    let (a, _b) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
+    let mut kid = sockpass::spawn::Spawn::new("/bin/true");
+    kid.fd(a, Some("x"));
+    assert_eq!(kid.spawn().unwrap().wait().unwrap(), 0);
+
     let open: Vec<i32> = non_cloexec_fds()
         .into_iter()
         .filter(|f| !inherited.contains(f))
         .collect();
-    // The exec'd probe lists what survived exec: only 0, 1, 2 (and its own dir fd).
+    // The exec'd probe lists what survived exec, without opening anything
+    // itself (test(1) and arithmetic are shell builtins; stat opens no fd).
     let out = Command::new("/bin/sh")
         .arg("-c")
-        .arg("cd /proc/self/fd && for f in *; do echo $f; done")
+        .arg("i=0; while [ $i -lt 4096 ]; do [ -e /proc/$$/fd/$i ] && echo $i; i=$((i+1)); done")
         .output()
         .unwrap();
     let survived: Vec<String> = String::from_utf8(out.stdout)
@@ -521,20 +583,21 @@ fn non_cloexec_fds() -> Vec<i32> {
 #[test]
 fn every_fd_the_library_opens_is_cloexec() {
     let b = Broker::start("cloexec");
-    let mut kid = spawn_self("child_fd_audit", &[("SOCKPASS_SOCKET", path_str(&b.path))]);
+    let mut kid = spawn_self(
+        "child_fd_audit",
+        &[
+            ("SOCKPASS_SOCKET", path_str(&b.path)),
+            ("SOCKPASS_DIR", path_str(&b.dir)),
+        ],
+    );
     let line = read_line(&mut kid);
-    wait_child(&mut kid);
+    assert!(wait_child(&mut kid).success(), "{line}");
     let (non_cloexec, survived) = line.split_once(" | ").unwrap();
     assert_eq!(
         non_cloexec, "0",
-        "fds without CLOEXEC in a process that used every client API"
+        "fds without CLOEXEC in a process that used every API"
     );
-    // A shell's own directory fd for `cd` may show as one extra entry; any
-    // fd that came from the library would show as more.
-    assert!(
-        survived.split(',').filter(|s| !s.is_empty()).count() <= 1,
-        "fds survived exec: {survived}"
-    );
+    assert_eq!(survived, "", "fds survived exec");
 }
 
 /// A fake broker's reply: type, payload, how many extra copies of the
