@@ -26,10 +26,11 @@ from typing import Final, NamedTuple, Self, TypeAlias
 from . import _sockpass, notify, readiness
 from ._errors import BadRequestError, BrokerUnavailableError, ShareError, TokenError
 from ._share import Proto, Share
-from ._spawn import Child, spawn
+from ._spawn import INHERIT, Child, spawn
 from ._status import Counters, HolderStatus, SocketStatus, _from_rows
 
 __all__ = [
+    "INHERIT",
     "SHARE_ANY",
     "SHARE_NONE",
     "SHARE_SAMEAPP",
@@ -90,9 +91,20 @@ class Client:
     def __init__(self, path: _Path | None = None) -> None:
         self._native = _sockpass.Client(path)
 
+    @classmethod
+    def from_fd(cls, fd: int) -> Self:
+        """A client on a broker connection someone else made and handed in
+        as ``fd`` (taken over): how a process in a container that cannot
+        see the broker's socket path reaches it. ``path`` is empty."""
+        self = cls.__new__(cls)
+        self._native = _sockpass.Client.from_fd(fd)
+        return self
+
     @property
     def path(self) -> str:
-        return os.fspath(self._native.path)
+        """The broker's socket path ("" for a handed-in connection)."""
+        p = self._native.path
+        return "" if p is None else os.fspath(p)
 
     @property
     def broker_pid(self) -> int:
@@ -186,6 +198,12 @@ class Client:
         """The broker's totals (sockets, references, connections, ...)."""
         _, c = self._native.status()
         return Counters(*c)
+
+    def upgrade(self, exe: _Path | None = None) -> int:
+        """Ask the broker to re-execute itself in place (``exe``, or its own
+        binary), keeping every socket, reference and connection; returns its
+        pid once it serves again. Only root or the broker's own uid may."""
+        return self._native.upgrade(exe)
 
     def close(self) -> None:
         """Release everything and disconnect. Closing twice is a no-op."""

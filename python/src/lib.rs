@@ -395,9 +395,10 @@ impl PyClient {
         })
     }
 
+    /// None for a client made from a handed-in connection.
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.path.clone()
+    fn path(&self) -> Option<PathBuf> {
+        (!self.path.as_os_str().is_empty()).then(|| self.path.clone())
     }
 
     #[getter]
@@ -488,6 +489,25 @@ impl PyClient {
     fn close(&self, py: Python<'_>) {
         let c = py.detach(|| self.inner.lock().unwrap_or_else(|p| p.into_inner()).take());
         drop(c);
+    }
+
+    /// A client on a broker connection handed in as fd `fd` (taken over).
+    #[staticmethod]
+    fn from_fd(py: Python<'_>, fd: i32) -> PyResult<Self> {
+        let fd = sockpass::readiness::inherited_fd(fd).map_err(to_pyerr)?;
+        let c = py.detach(|| Client::from_fd(fd)).map_err(to_pyerr)?;
+        Ok(PyClient {
+            broker_pid: c.broker_pid(),
+            inner: Mutex::new(Some(c)),
+            path: PathBuf::new(),
+        })
+    }
+
+    /// Ask the broker to re-execute itself in place (`exe`, or its own
+    /// binary); returns its pid once it serves again.
+    #[pyo3(signature = (exe=None))]
+    fn upgrade(&self, py: Python<'_>, exe: Option<PathBuf>) -> PyResult<u32> {
+        self.with(py, |c| c.upgrade(exe.as_deref()))
     }
 }
 

@@ -79,3 +79,35 @@ def test_module_reserve_and_pickup(default_broker: Broker, no_fd_leak: None) -> 
     with socket.socket(fileno=fd) as s:
         assert s.getsockname() == ("127.0.0.1", r.port)
     assert sockpass.release_socket(tok) == 0
+
+
+def test_client_from_a_handed_in_connection(broker: Broker, no_fd_leak: None) -> None:
+    """A process that cannot see the broker's path (a container) gets a
+    connection made for it and picks up through it."""
+    with broker.client() as manager:
+        r = manager.reserve_socket("127.0.0.1", 0, "udp", sockpass.SHARE_NONE, "ctr")
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.connect(broker.path)
+        with sockpass.Client.from_fd(conn.detach()) as c:
+            assert c.path == "" and c.broker_pid == broker.pid
+            fd, tok = c.pickup(r.token)
+            with socket.socket(fileno=fd) as s:
+                assert s.getsockname()[1] == r.port
+            assert tok == r.token
+    wait_for("the reference to go", lambda: broker.status() == [])
+    rd, wr = os.pipe()
+    os.close(wr)
+    with pytest.raises(sockpass.BadRequestError, match="not a socket"):
+        sockpass.Client.from_fd(rd)  # taken over and closed
+
+
+def test_upgrade_keeps_sockets(broker: Broker, no_fd_leak: None) -> None:
+    with broker.client() as c:
+        fd, tok = c.request_socket("127.0.0.1", 0, "udp", sockpass.SHARE_ANY, "up")
+        assert c.upgrade() == broker.pid  # in place: same pid
+        [row] = broker.status()
+        assert row.refs == 1
+        assert c.release(tok) == 0
+        os.close(fd)
+        with pytest.raises(sockpass.BadRequestError, match="absolute path"):
+            c.upgrade("relative/sockpassd")

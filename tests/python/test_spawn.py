@@ -19,8 +19,7 @@ import pytest
 import sockpass
 from conftest import TIMEOUT, Broker, wait_for
 
-# Also exported as sockpass.INHERIT (see python/sockpass/__init__.py).
-from sockpass._spawn import INHERIT
+from sockpass import INHERIT
 
 # Reports what it got, one line each, as socket activation describes it;
 # written to argv[1] only at the end, so no file takes an empty slot's number.
