@@ -32,8 +32,11 @@ impl Rng {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| {
-                Instant::now().elapsed().as_nanos() as u64
-                    ^ std::process::id() as u64
+                // The clock's nanoseconds (Instant::now().elapsed() is ~0).
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+                    ^ (std::process::id() as u64) << 32
                     ^ 0x9e37_79b9_7f4a_7c15
             });
         eprintln!("rng seed {seed} (replay with SOCKPASS_SEED={seed})");
