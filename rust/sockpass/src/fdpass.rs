@@ -45,7 +45,7 @@ impl RecvError {
             RecvError::TruncatedFds => Error::with_errno(
                 Kind::Protocol,
                 libc::EPROTO,
-                format!("{what}: control message truncated (MSG_CTRUNC): file descriptors lost, is RLIMIT_NOFILE exhausted?"),
+                format!("{what}: more file descriptors than expected, or some lost to MSG_CTRUNC (the peer sent extra fds, or RLIMIT_NOFILE is exhausted); every one that arrived was closed"),
             ),
             RecvError::Os(e) => Error::os(e, what),
         }
