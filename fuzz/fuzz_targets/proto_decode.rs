@@ -8,16 +8,14 @@ use sockpass::proto::{self, Header, Reader, StatusRow};
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = Header::parse(data) {
         let payload = &data[proto::HEADER_LEN..];
-        if let Ok(req) = proto::decode_request(&h, payload) {
-            // A decoded request re-encodes to a request that decodes the same.
-            if let proto::Request::Socket(r) = req {
-                let mut out = Vec::new();
-                proto::encode_request(&mut out, h.id, &r.spec, r.share, r.app, r.flags).unwrap();
-                let h2 = Header::parse(&out).unwrap();
-                match proto::decode_request(&h2, &out[proto::HEADER_LEN..]).unwrap() {
-                    proto::Request::Socket(r2) => assert_eq!(r2, r),
-                    other => panic!("re-encoded request decoded as {other:?}"),
-                }
+        // A decoded request re-encodes to a request that decodes the same.
+        if let Ok(proto::Request::Socket(r)) = proto::decode_request(&h, payload) {
+            let mut out = Vec::new();
+            proto::encode_request(&mut out, h.id, &r.spec, r.share, r.app, r.flags).unwrap();
+            let h2 = Header::parse(&out).unwrap();
+            match proto::decode_request(&h2, &out[proto::HEADER_LEN..]).unwrap() {
+                proto::Request::Socket(r2) => assert_eq!(r2, r),
+                other => panic!("re-encoded request decoded as {other:?}"),
             }
         }
         let _ = proto::decode_error(payload);
