@@ -19,6 +19,7 @@ use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys::{self, Creds};
 use crate::token::{Token, TokenBuildHasher, TokenSource};
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -252,8 +253,45 @@ enum Attach {
     /// reply because the reply's token keeps a reference, so no dup is needed.
     Entry(usize, u64),
     /// An fd made for this reply (the status memfd).
-    Owned(OwnedFd),
+    Owned(CountedFd),
 }
+
+/// An fd the broker made for a reply, counted while it lives, so the fds
+/// that queued replies hold stay within the headroom under RLIMIT_NOFILE.
+struct CountedFd {
+    /// Always Some until `into_fd` takes it.
+    fd: Option<OwnedFd>,
+    live: Rc<Cell<usize>>,
+}
+
+impl CountedFd {
+    fn new(fd: OwnedFd, live: &Rc<Cell<usize>>) -> CountedFd {
+        live.set(live.get() + 1);
+        CountedFd {
+            fd: Some(fd),
+            live: live.clone(),
+        }
+    }
+
+    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The fd, no longer counted (handed over in an upgrade).
+    fn into_fd(mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+}
+
+impl Drop for CountedFd {
+    fn drop(&mut self) {
+        self.live.set(self.live.get() - 1);
+    }
+}
+
+/// Status memfds alive at once, at most: the rest of FD_HEADROOM stays for
+/// the broker's own fds (epoll, signalfd, listener, reserve, logs).
+const MAX_REPLY_FDS: usize = FD_HEADROOM - 16;
 
 /// A reply waiting for the client to read.
 struct Outgoing {
@@ -392,6 +430,8 @@ pub struct Broker {
     /// to accept the waiting client, tells it why and closes it, instead of
     /// leaving the listener readable and spinning on EMFILE.
     reserve: Option<OwnedFd>,
+    /// Live [`CountedFd`]s (status memfds in flight).
+    reply_fds: Rc<Cell<usize>>,
     /// Our pid, for HELLO_OK and log lines (an upgrade keeps it: the new
     /// binary runs in this process).
     pid: u32,
@@ -502,6 +542,7 @@ impl Broker {
             upgrade: None,
             fd_store: None,
             reserve: open_reserve(),
+            reply_fds: Rc::new(Cell::new(0)),
             pid: std::process::id(),
         };
         b.ep_ctl(
@@ -1103,7 +1144,10 @@ impl Broker {
                     let a = match o.attach {
                         None => handoff::AttachState::None,
                         Some(Attach::Entry(s, id)) => handoff::AttachState::Entry(s as u64, id),
-                        Some(Attach::Owned(fd)) => handoff::AttachState::Owned(fd),
+                        Some(Attach::Owned(fd)) => match fd.into_fd() {
+                            Some(fd) => handoff::AttachState::Owned(fd),
+                            None => handoff::AttachState::None,
+                        },
                     };
                     (o.bytes, a)
                 })
@@ -1205,7 +1249,9 @@ impl Broker {
                     attach: match a {
                         handoff::AttachState::None => None,
                         handoff::AttachState::Entry(s, id) => Some(Attach::Entry(s as usize, id)),
-                        handoff::AttachState::Owned(fd) => Some(Attach::Owned(fd)),
+                        handoff::AttachState::Owned(fd) => {
+                            Some(Attach::Owned(CountedFd::new(fd, &b.reply_fds)))
+                        }
                     },
                 })
                 .collect();
@@ -1773,6 +1819,16 @@ impl Broker {
     }
 
     fn status(&mut self, id: u32) -> Result<Reply> {
+        if self.reply_fds.get() >= MAX_REPLY_FDS {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EMFILE,
+                format!(
+                    "{} status replies wait for their clients to read them, the limit; try again",
+                    self.reply_fds.get()
+                ),
+            ));
+        }
         let mut table = Vec::new();
         let mut rows = 0u32;
         table.extend_from_slice(&0u32.to_le_bytes());
@@ -1798,7 +1854,10 @@ impl Broker {
         table[..4].copy_from_slice(&rows.to_le_bytes());
         // The table can be far larger than a packet, so it travels as a
         // sealed memfd: one atomic snapshot, nothing kept in the broker.
-        let memfd = crate::memfd::from_bytes("sockpass-status", &table)?;
+        let memfd = CountedFd::new(
+            crate::memfd::from_bytes("sockpass-status", &table)?,
+            &self.reply_fds,
+        );
         proto::begin(&mut self.wbuf, ty::STATUS_OK, id);
         self.counters().encode(&mut self.wbuf);
         Ok(Reply {
@@ -1820,7 +1879,7 @@ impl Broker {
                 .get(*es)
                 .filter(|e| e.id == *eid)
                 .map(|e| e.fd.as_fd()),
-            Some(Attach::Owned(fd)) => Some(fd.as_fd()),
+            Some(Attach::Owned(c)) => c.as_fd(),
             None => None,
         }
     }

@@ -265,3 +265,46 @@ fn out_of_fds_turns_clients_away_without_spinning() {
     assert_eq!(counts(&b, &mut c).1, 1, "the holder's reference is intact");
     drop(g);
 }
+
+/// Clients that pipeline STATUS without reading make the broker hold a
+/// memfd per queued reply: at most 48 of them in all, so the broker's fds
+/// stay under its RLIMIT_NOFILE headroom; past that STATUS is LimitReached,
+/// requests are still served, and the fds go when the flooders do.
+#[test]
+fn status_memfds_waiting_to_be_read_are_bounded() {
+    use sockpass::fdpass::send_fds;
+    use std::os::fd::AsFd;
+    let b = Broker::start("limit-statusfds");
+    let mut good = b.client();
+    let base = b.fd_count();
+    let mut status = Vec::new();
+    sockpass::proto::encode_status(&mut status, 1);
+    let flooders: Vec<_> = (0..3)
+        .map(|_| {
+            let fd = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, true).unwrap();
+            sockpass::sys::connect_unix(&fd, path_str(&b.path).as_bytes()).unwrap();
+            fd
+        })
+        .collect();
+    // Keep sending until each flooder's requests back up (the broker paused it).
+    wait_for("the flooders' replies to back up to the limit", || {
+        for f in &flooders {
+            while send_fds(f.as_fd(), &status, &[], libc::MSG_DONTWAIT).is_ok() {}
+        }
+        (b.fd_count() >= base + flooders.len() + 48).then_some(())
+    });
+    let held = b.fd_count() - base - flooders.len();
+    assert_eq!(held, 48, "memfds held for unread replies");
+    let e = good.status().unwrap_err();
+    assert_limit(&e, "status replies");
+    // Requests do not need a memfd: still served.
+    let g = good
+        .request_socket(&eph(), ShareMode::None, "good")
+        .unwrap();
+    good.release(&g.token).unwrap();
+    drop(flooders);
+    wait_for("the memfds to go with the flooders", || {
+        (b.fd_count() == base).then_some(())
+    });
+    assert_eq!(good.status().unwrap().counters.sockets, 0);
+}
