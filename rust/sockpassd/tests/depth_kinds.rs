@@ -75,6 +75,28 @@ fn icmp_echo(fd: &OwnedFd) -> bool {
     false
 }
 
+/// The interface a socket is bound to (SO_BINDTODEVICE), "" if none.
+fn bound_device(fd: &OwnedFd) -> String {
+    let mut buf = [0u8; 32];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len describe a live buffer.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "getsockopt SO_BINDTODEVICE");
+    let n = buf[..len as usize]
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(len as usize);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 #[test]
 fn raw_icmp_echo_on_loopback() {
     if !is_root() {
@@ -114,6 +136,18 @@ fn raw_icmp_echo_on_loopback() {
         sockpass::sys::getsockopt_int(&g3.fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap(),
         libc::IPPROTO_ICMPV6
     );
+    assert_eq!(bound_device(&g3.fd), "lo");
+    // Bound to the interface only (any address): the echo still comes back
+    // on lo.
+    let g4 = c
+        .request_socket(
+            &spec("raw:icmp:0.0.0.0?bindtodevice=lo"),
+            ShareMode::None,
+            "p",
+        )
+        .unwrap();
+    assert_eq!(bound_device(&g4.fd), "lo");
+    assert!(icmp_echo(&g4.fd), "no echo reply on the lo-bound socket");
     let st = b.status();
     assert!(st
         .sockets
