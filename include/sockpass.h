@@ -44,6 +44,11 @@
 // Longest address, spec, path or application name accepted, in bytes.
 #define SOCKPASS_MAX_STRING 4095
 
+// Request flag: a socket of this requester's own in the port's
+// `SO_REUSEPORT` group (the spec must ask for `reuseport=1` and a port),
+// instead of the one shared socket.
+#define SOCKPASS_REQUEST_PER_WORKER 2
+
 // A socket is held under a share mode that does not admit this request.
 #define SOCKPASS_E_SHARE_CONFLICT 2001
 
@@ -145,6 +150,19 @@ const char *sockpass_version(void);
 int sockpass_client_new(const char *path,
                         sockpass_client **client_out);
 
+// Make a client from a connection to the broker that someone else made
+// and handed in as `fd` (a connected unix `SOCK_SEQPACKET` socket): how a
+// process in a container that cannot see the broker's socket path reaches
+// it. `fd` is taken over on success and on failure (closed then), and made
+// `O_CLOEXEC`. The broker knows the client by the credentials of whoever
+// connected. On success writes a new client to `*client_out` (free it with
+// `sockpass_client_free`) and returns 0. Errors: `-EFAULT` (`client_out`
+// NULL; `fd` is then left alone), `-EBADF` (`fd` not open), `-ENOTSOCK`,
+// `-EPROTOTYPE` (not a unix seqpacket socket),
+// `-SOCKPASS_E_BROKER_UNAVAILABLE` (not connected to a broker).
+int sockpass_client_from_fd(int fd,
+                            sockpass_client **client_out);
+
 // Close the connection and free the client. The broker drops every
 // reference the client still holds; the fds the caller received stay open
 // and remain the caller's. NULL is a no-op.
@@ -153,7 +171,9 @@ void sockpass_client_free(sockpass_client *client);
 // Request a socket: `proto` (`SOCKPASS_PROTO_*`), an IPv4 or IPv6 literal
 // `address`, a `port` (0..65535; 0: a fresh ephemeral port, never shared),
 // a `share` mode (`SOCKPASS_SHARE_*`) and an application name `app` (NULL
-// or "": this program's name).
+// or "": this program's name). `client`, `address` and `app` are borrowed
+// for the call; the client keeps the reference until it is released or
+// the client is freed.
 //
 // Returns the socket fd (`O_CLOEXEC`; the caller owns it and closes it) and,
 // if `token_out` is not NULL, writes the token (48 hex digits and a NUL)
@@ -175,12 +195,39 @@ int sockpass_client_request_socket(sockpass_client *client,
 // string, which can also carry pre-bind options and other kinds of socket:
 // `udp:127.0.0.1:53`, `tcp:[::1]:8080?reuseport=1&backlog=128`,
 // `unix:/run/app.sock?mode=0660`. See docs/PROTOCOL.md for the options.
+// `client`, `spec` and `app` are borrowed for the call; the returned fd and
+// the token are as for `sockpass_client_request_socket`. Errors: as there,
+// with `-EINVAL` for a malformed spec (the last error names the part).
 int sockpass_client_request_spec(sockpass_client *client,
                                  const char *spec,
                                  int share,
                                  const char *app,
                                  char *token_out,
                                  size_t token_size);
+
+// `sockpass_client_request_spec` with request `flags`
+// (`SOCKPASS_REQUEST_PER_WORKER`, or 0). Pointers are borrowed for the call;
+// the returned fd and the token are as for `sockpass_client_request_socket`.
+// Errors: as `sockpass_client_request_spec`, and `-EINVAL` for an unknown
+// flag or a per-worker request without `reuseport=1` or with port 0.
+int sockpass_client_request_spec_flags(sockpass_client *client,
+                                       const char *spec,
+                                       int share,
+                                       const char *app,
+                                       unsigned int flags,
+                                       char *token_out,
+                                       size_t token_size);
+
+// Ask the broker to re-execute itself in place: `exe` (an absolute path,
+// borrowed), or its own binary if NULL. Every socket, reference and
+// connection (this one too) carries over. Returns the broker's pid (the
+// same) once it serves again. Only root or the broker's own uid may.
+// Errors: `-EFAULT`, `-EINVAL` (relative path), `-EPERM` (not root or the
+// broker's uid), `-SOCKPASS_E_LIMIT_REACHED` (an upgrade is under way),
+// `-ENOEXEC` (not a compatible sockpassd: the broker keeps serving),
+// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+int sockpass_client_upgrade(sockpass_client *client,
+                            const char *exe);
 
 // Release one reference by its token (borrowed). Returns the references
 // left on that socket (0: the broker closed its copy). The caller still
@@ -197,13 +244,20 @@ int sockpass_client_release(sockpass_client *client,
 int sockpass_client_release_fd(sockpass_client *client,
                                int fd);
 
-// Release every reference this client holds. Returns how many.
+// Release every reference this client holds (`client` borrowed; the fds
+// the caller received stay open and the caller's). Returns how many.
+// Errors: `-EFAULT`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_client_release_all(sockpass_client *client);
 
 // Reserve a socket (given as a spec string) for another process to pick up
 // by token within the broker's reservation expiry. Writes the token into
 // `token_out` (required, at least `SOCKPASS_TOKEN_SIZE` bytes) and returns
-// the bound port. No fd is handed out.
+// the bound port. No fd is handed out. `client`, `spec` and `app` are
+// borrowed for the call. Errors: `-EFAULT` (any pointer but `app` NULL),
+// `-ENOBUFS`, `-EINVAL` (malformed spec or share mode),
+// `-SOCKPASS_E_SHARE_CONFLICT`, `-EACCES`, `-EADDRINUSE`,
+// `-SOCKPASS_E_LIMIT_REACHED` (too many reservations pending),
+// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_client_reserve_spec(sockpass_client *client,
                                  const char *spec,
                                  int share,
@@ -220,7 +274,10 @@ int sockpass_client_pickup(sockpass_client *client,
 
 // `sockpass_client_request_socket` on the process-wide default client,
 // connected to the default path on first use. If the broker went away, the
-// next call connects anew. Thread-safe.
+// next call connects anew. Thread-safe. `address` and `app` are borrowed
+// for the call; the fd is the caller's (`O_CLOEXEC`); the token is written
+// into `token_out` if it is not NULL. Errors: as
+// `sockpass_client_request_socket`.
 int sockpass_request_socket_default(int proto,
                                     const char *address,
                                     int port,
@@ -229,10 +286,16 @@ int sockpass_request_socket_default(int proto,
                                     char *token_out,
                                     size_t token_size);
 
-// Release, on the default client, the reference named by `token`.
+// Release, on the default client, the reference named by `token`
+// (borrowed). Returns the references left on that socket; the caller still
+// closes its fd. Errors: `-EFAULT`, `-EINVAL` (malformed token),
+// `-SOCKPASS_E_UNKNOWN_TOKEN`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_release_socket_default(const char *token);
 
-// Release, on the default client, the reference that came with `fd`.
+// Release, on the default client, the reference that came with `fd`. The
+// fd is not closed (the caller owns it). Returns the references left.
+// Errors: `-EINVAL` (negative fd), `-SOCKPASS_E_UNKNOWN_TOKEN`,
+// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_release_fd_default(int fd);
 
 // The detail of the last failed sockpass call in this thread ("" after a

@@ -5,7 +5,7 @@ use crate::boundary::{c_str, call, fault, opt_c_str};
 use sockpass::client::{self, Client};
 use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
-use std::os::raw::{c_char, c_int};
+use std::os::raw::{c_char, c_int, c_uint};
 use std::sync::Mutex;
 
 /// UDP (`SOCK_DGRAM`).
@@ -117,6 +117,34 @@ pub unsafe extern "C" fn sockpass_client_new(
     })
 }
 
+/// Make a client from a connection to the broker that someone else made
+/// and handed in as `fd` (a connected unix `SOCK_SEQPACKET` socket): how a
+/// process in a container that cannot see the broker's socket path reaches
+/// it. `fd` is taken over on success and on failure (closed then), and made
+/// `O_CLOEXEC`. The broker knows the client by the credentials of whoever
+/// connected. On success writes a new client to `*client_out` (free it with
+/// `sockpass_client_free`) and returns 0. Errors: `-EFAULT` (`client_out`
+/// NULL; `fd` is then left alone), `-EBADF` (`fd` not open), `-ENOTSOCK`,
+/// `-EPROTOTYPE` (not a unix seqpacket socket),
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE` (not connected to a broker).
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_from_fd(
+    fd: c_int,
+    client_out: *mut *mut sockpass_client,
+) -> c_int {
+    call(|| {
+        if client_out.is_null() {
+            return Err(fault("client_out"));
+        }
+        let fd = sockpass::readiness::inherited_fd(fd)?;
+        let c = Client::from_fd(fd)?;
+        *client_out = Box::into_raw(Box::new(sockpass_client {
+            inner: Mutex::new(c),
+        }));
+        Ok(0)
+    })
+}
+
 /// Close the connection and free the client. The broker drops every
 /// reference the client still holds; the fds the caller received stay open
 /// and remain the caller's. NULL is a no-op.
@@ -133,7 +161,9 @@ pub unsafe extern "C" fn sockpass_client_free(client: *mut sockpass_client) {
 /// Request a socket: `proto` (`SOCKPASS_PROTO_*`), an IPv4 or IPv6 literal
 /// `address`, a `port` (0..65535; 0: a fresh ephemeral port, never shared),
 /// a `share` mode (`SOCKPASS_SHARE_*`) and an application name `app` (NULL
-/// or "": this program's name).
+/// or "": this program's name). `client`, `address` and `app` are borrowed
+/// for the call; the client keeps the reference until it is released or
+/// the client is freed.
 ///
 /// Returns the socket fd (`O_CLOEXEC`; the caller owns it and closes it) and,
 /// if `token_out` is not NULL, writes the token (48 hex digits and a NUL)
@@ -164,6 +194,9 @@ pub unsafe extern "C" fn sockpass_client_request_socket(
 /// string, which can also carry pre-bind options and other kinds of socket:
 /// `udp:127.0.0.1:53`, `tcp:[::1]:8080?reuseport=1&backlog=128`,
 /// `unix:/run/app.sock?mode=0660`. See docs/PROTOCOL.md for the options.
+/// `client`, `spec` and `app` are borrowed for the call; the returned fd and
+/// the token are as for `sockpass_client_request_socket`. Errors: as there,
+/// with `-EINVAL` for a malformed spec (the last error names the part).
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_request_spec(
     client: *mut sockpass_client,
@@ -180,6 +213,57 @@ pub unsafe extern "C" fn sockpass_client_request_spec(
     })
 }
 
+/// Request flag: a socket of this requester's own in the port's
+/// `SO_REUSEPORT` group (the spec must ask for `reuseport=1` and a port),
+/// instead of the one shared socket.
+pub const SOCKPASS_REQUEST_PER_WORKER: c_uint = 0x02;
+
+/// `sockpass_client_request_spec` with request `flags`
+/// (`SOCKPASS_REQUEST_PER_WORKER`, or 0). Pointers are borrowed for the call;
+/// the returned fd and the token are as for `sockpass_client_request_socket`.
+/// Errors: as `sockpass_client_request_spec`, and `-EINVAL` for an unknown
+/// flag or a per-worker request without `reuseport=1` or with port 0.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_request_spec_flags(
+    client: *mut sockpass_client,
+    spec: *const c_char,
+    share: c_int,
+    app: *const c_char,
+    flags: c_uint,
+    token_out: *mut c_char,
+    token_size: usize,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let spec: SocketSpec = c_str(spec, "spec", crate::SOCKPASS_MAX_STRING)?.parse()?;
+        if flags & !SOCKPASS_REQUEST_PER_WORKER != 0 {
+            return Err(Error::bad_request(format!("unknown request flags {flags:#x}")));
+        }
+        request_flags(c, &spec, share, app, flags as u8, token_out, token_size)
+    })
+}
+
+/// Ask the broker to re-execute itself in place: `exe` (an absolute path,
+/// borrowed), or its own binary if NULL. Every socket, reference and
+/// connection (this one too) carries over. Returns the broker's pid (the
+/// same) once it serves again. Only root or the broker's own uid may.
+/// Errors: `-EFAULT`, `-EINVAL` (relative path), `-EPERM` (not root or the
+/// broker's uid), `-SOCKPASS_E_LIMIT_REACHED` (an upgrade is under way),
+/// `-ENOEXEC` (not a compatible sockpassd: the broker keeps serving),
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_upgrade(
+    client: *mut sockpass_client,
+    exe: *const c_char,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let exe = opt_c_str(exe, "exe", crate::SOCKPASS_MAX_STRING)?;
+        let pid = c.with(|c| c.upgrade(exe.map(std::path::Path::new)))?;
+        Ok(pid as c_int)
+    })
+}
+
 unsafe fn request(
     c: &sockpass_client,
     spec: &SocketSpec,
@@ -188,10 +272,22 @@ unsafe fn request(
     token_out: *mut c_char,
     token_size: usize,
 ) -> sockpass::Result<c_int> {
+    request_flags(c, spec, share, app, 0, token_out, token_size)
+}
+
+unsafe fn request_flags(
+    c: &sockpass_client,
+    spec: &SocketSpec,
+    share: c_int,
+    app: *const c_char,
+    flags: u8,
+    token_out: *mut c_char,
+    token_size: usize,
+) -> sockpass::Result<c_int> {
     let share = share_mode(share)?;
     let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
     check_token_buf(token_out, token_size)?;
-    let g = c.with(|c| c.request_socket(spec, share, app))?;
+    let g = c.with(|c| c.request_with_flags(spec, share, app, flags))?;
     write_token(token_out, &g.token);
     Ok(g.fd.into_raw_fd())
 }
@@ -228,7 +324,9 @@ pub unsafe extern "C" fn sockpass_client_release_fd(
     })
 }
 
-/// Release every reference this client holds. Returns how many.
+/// Release every reference this client holds (`client` borrowed; the fds
+/// the caller received stay open and the caller's). Returns how many.
+/// Errors: `-EFAULT`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_release_all(client: *mut sockpass_client) -> c_int {
     call(|| {
@@ -240,7 +338,12 @@ pub unsafe extern "C" fn sockpass_client_release_all(client: *mut sockpass_clien
 /// Reserve a socket (given as a spec string) for another process to pick up
 /// by token within the broker's reservation expiry. Writes the token into
 /// `token_out` (required, at least `SOCKPASS_TOKEN_SIZE` bytes) and returns
-/// the bound port. No fd is handed out.
+/// the bound port. No fd is handed out. `client`, `spec` and `app` are
+/// borrowed for the call. Errors: `-EFAULT` (any pointer but `app` NULL),
+/// `-ENOBUFS`, `-EINVAL` (malformed spec or share mode),
+/// `-SOCKPASS_E_SHARE_CONFLICT`, `-EACCES`, `-EADDRINUSE`,
+/// `-SOCKPASS_E_LIMIT_REACHED` (too many reservations pending),
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_reserve_spec(
     client: *mut sockpass_client,
@@ -283,7 +386,10 @@ pub unsafe extern "C" fn sockpass_client_pickup(
 
 /// `sockpass_client_request_socket` on the process-wide default client,
 /// connected to the default path on first use. If the broker went away, the
-/// next call connects anew. Thread-safe.
+/// next call connects anew. Thread-safe. `address` and `app` are borrowed
+/// for the call; the fd is the caller's (`O_CLOEXEC`); the token is written
+/// into `token_out` if it is not NULL. Errors: as
+/// `sockpass_client_request_socket`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_request_socket_default(
     proto: c_int,
@@ -305,7 +411,10 @@ pub unsafe extern "C" fn sockpass_request_socket_default(
     })
 }
 
-/// Release, on the default client, the reference named by `token`.
+/// Release, on the default client, the reference named by `token`
+/// (borrowed). Returns the references left on that socket; the caller still
+/// closes its fd. Errors: `-EFAULT`, `-EINVAL` (malformed token),
+/// `-SOCKPASS_E_UNKNOWN_TOKEN`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_release_socket_default(token: *const c_char) -> c_int {
     call(|| {
@@ -314,7 +423,10 @@ pub unsafe extern "C" fn sockpass_release_socket_default(token: *const c_char) -
     })
 }
 
-/// Release, on the default client, the reference that came with `fd`.
+/// Release, on the default client, the reference that came with `fd`. The
+/// fd is not closed (the caller owns it). Returns the references left.
+/// Errors: `-EINVAL` (negative fd), `-SOCKPASS_E_UNKNOWN_TOKEN`,
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub extern "C" fn sockpass_release_fd_default(fd: c_int) -> c_int {
     call(|| Ok(client::with_default(|c| c.release_fd(fd))? as c_int))
