@@ -237,7 +237,9 @@ pub unsafe extern "C" fn sockpass_client_request_spec_flags(
         let c = client_ref(client)?;
         let spec: SocketSpec = c_str(spec, "spec", crate::SOCKPASS_MAX_STRING)?.parse()?;
         if flags & !SOCKPASS_REQUEST_PER_WORKER != 0 {
-            return Err(Error::bad_request(format!("unknown request flags {flags:#x}")));
+            return Err(Error::bad_request(format!(
+                "unknown request flags {flags:#x}"
+            )));
         }
         request_flags(c, &spec, share, app, flags as u8, token_out, token_size)
     })
