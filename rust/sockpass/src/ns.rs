@@ -1,7 +1,9 @@
 //! Joining another process's namespaces (as `nsenter` and runc's `nsexec`
 //! do): every namespace fd, and the target's root and cwd, are opened before
 //! any is joined; joining happens in a forked child only, so the caller's
-//! threads never change namespace.
+//! threads never change namespace. A namespace the target shares with us is
+//! skipped, as `nsenter` does (re-entering one's own user namespace is
+//! `EINVAL`, so `--ns all` would fail for every target without its own).
 
 use crate::error::{Error, Kind, Result};
 use std::ffi::CString;
@@ -97,16 +99,21 @@ fn open_path(path: &str) -> std::result::Result<OwnedFd, i32> {
 }
 
 impl Namespaces {
-    /// Open `set` of process `pid`'s namespaces. A dead pid, or a namespace
-    /// that cannot be opened, is an error naming it and the errno. A
-    /// namespace the target shares with us is still joined (a no-op).
+    /// Open `set` of process `pid`'s namespaces. A dead pid (`ESRCH`), or a
+    /// namespace that cannot be opened, is an error naming it and the errno.
+    /// A namespace the target shares with us (same device and inode as
+    /// `/proc/self/ns/X`) is skipped: not opened, not joined. With `mnt` in
+    /// `set`, the target's root and cwd are taken even when its mount
+    /// namespace is ours (it may be chrooted).
     pub fn open(pid: i32, set: NsSet) -> Result<Namespaces> {
         if pid <= 0 {
             return Err(Error::bad_request(format!("invalid target pid {pid}")));
         }
+        // Kind::Os, so the bindings carry ESRCH itself (a bad request's
+        // code is EINVAL).
         let dir = open_path(&format!("/proc/{pid}")).map_err(|e| {
             Error::with_errno(
-                Kind::BadRequest,
+                Kind::Os,
                 if e == libc::ENOENT { libc::ESRCH } else { e },
                 format!("target process {pid} does not exist"),
             )
@@ -122,6 +129,9 @@ impl Namespaces {
                     format!("cannot open the {name} namespace of process {pid}"),
                 )
             })?;
+            if same_file(&fd, &format!("/proc/self/ns/{name}")) {
+                continue;
+            }
             fds.push((i, fd));
         }
         let (root, cwd) = if set.contains("mnt") {
@@ -144,6 +154,11 @@ impl Namespaces {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The namespaces that will be joined (those shared with us are not).
+    pub fn joined(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.fds.iter().map(|(i, _)| ALL[*i].0)
     }
 
     pub fn joins_pid(&self) -> bool {
@@ -194,6 +209,21 @@ impl Namespaces {
     }
 }
 
+/// Whether `fd` is the file at `path` (same device and inode), as nsenter
+/// compares namespaces. An unreadable `path` is "not the same".
+fn same_file(fd: &OwnedFd, path: &str) -> bool {
+    let Ok(c) = CString::new(path) else {
+        return false;
+    };
+    // SAFETY: fstat/stat write into zeroed structs.
+    let (mut a, mut b): (libc::stat, libc::stat) = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::fstat(fd.as_raw_fd(), &mut a) == 0
+            && libc::stat(c.as_ptr(), &mut b) == 0
+            && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    }
+}
+
 /// errno, readable in a forked child (no allocation).
 pub(crate) fn errno() -> i32 {
     // SAFETY: __errno_location is always valid for the calling thread.
@@ -216,9 +246,12 @@ mod tests {
     #[test]
     fn dead_pid_and_own_namespaces() {
         let e = Namespaces::open(i32::MAX - 1, NsSet::default_join()).unwrap_err();
-        assert_eq!(e.errno(), libc::ESRCH);
+        assert_eq!((e.errno(), e.code()), (libc::ESRCH, libc::ESRCH));
+        // Our own namespaces are all shared with us: none is joined, but
+        // with mnt the root and cwd are still taken.
         let me = std::process::id() as i32;
-        let n = Namespaces::open(me, "net,uts".parse().unwrap()).unwrap();
+        let n = Namespaces::open(me, "all".parse().unwrap()).unwrap();
+        assert_eq!(n.joined().count(), 0);
         assert_eq!(n.raw_fds().count(), 2);
         assert!(!n.joins_pid());
     }

@@ -13,16 +13,30 @@
 //! every slot, empty ones included, so that `LISTEN_FDS_FIRST_FD +
 //! LISTEN_FDS - 1` is the last planned number and names line up with
 //! numbers; an empty slot is named `empty` in `LISTEN_FDNAMES` (unless it
-//! was given a name), and a consumer that probes it sees `EBADF`. An
-//! inherit slot keeps whatever the parent has open at that number (its
-//! `FD_CLOEXEC` cleared) and is named `unknown`, as is an unnamed fd.
+//! was given a name). **A libsystemd consumer rejects a set with a hole:**
+//! `sd_listen_fds()` (and `sd_listen_fds_with_names()`) fail with `-EBADF`
+//! for the whole set, handing the program no fd at all, when any number in
+//! `[3, 3 + LISTEN_FDS)` is closed (libsystemd 252). Use empty slots only
+//! with consumers that take fds by number (e.g. `socket.socket(fileno=N)`),
+//! or put them last and turn `LISTEN_FDS` off. An inherit slot keeps
+//! whatever the parent has open at that number (its `FD_CLOEXEC` cleared)
+//! and is named `unknown`, as is an unnamed fd; if the parent has nothing
+//! open there it is a hole like an empty slot.
+//!
+//! **Signals.** The parent blocks every signal across the `fork`; the child
+//! resets every handled signal to `SIG_DFL` (as `posix_spawn` with
+//! `POSIX_SPAWN_SETSIGDEF` does; ignored ones stay ignored, except
+//! `SIGPIPE`, which is set to default) before it unblocks them, so no
+//! handler of the parent ever runs in the child, and a paused child that
+//! gets a signal with a default action of "ignore" keeps waiting.
 //!
 //! In short, for bindings: `let mut s = Spawn::new(prog); s.args(..)
 //! .start(3).dup_fd(borrowed, Some("name"))?; s.join(Namespaces::open(pid,
 //! "net,mnt".parse()?)?); s.paused(true); let mut c = s.spawn()?;
 //! c.pid(); c.ns_pid(); c.resume()?; exit_code(c.wait()?)`. Every error is a
 //! [`crate::Error`]: `BadRequest` for bad input found before the fork,
-//! `ChildFailed` (errno set) for a step the child failed at.
+//! `ChildFailed` (errno set) for a step the child failed at. Waiting on a
+//! paused child, or dropping it, resumes it first.
 
 use crate::error::{Error, Kind, Result};
 use crate::ns::{errno, Namespaces};
@@ -264,6 +278,25 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
+/// The go channel: (child's end, parent's end), both CLOEXEC.
+fn go_channel() -> Result<(OwnedFd, OwnedFd)> {
+    let mut p = [0; 2];
+    // SAFETY: socketpair writes two fds.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            p.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::last_os("socketpair"));
+    }
+    // SAFETY: both fds were just made.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
 /// Move `fd` to a number >= `min` (CLOEXEC), closing the old number.
 fn move_above(fd: OwnedFd, min: RawFd) -> Result<OwnedFd> {
     // SAFETY: fcntl on an fd we own.
@@ -314,6 +347,8 @@ struct Plan {
     keep: Vec<RawFd>,
     limit: RawFd,
     sigset: libc::sigset_t,
+    /// `SIG_DFL` with an empty mask, for resetting handled signals.
+    default_action: libc::sigaction,
 }
 
 impl Plan {
@@ -325,7 +360,23 @@ impl Plan {
                 s.start
             )));
         }
-        let mut targets: Vec<RawFd> = (0..s.slots.len()).map(|i| s.start + i as RawFd).collect();
+        let past_limit = |need: i64| {
+            Error::with_errno(
+                Kind::BadRequest,
+                libc::EMFILE,
+                format!(
+                    "start index {} with {} slot(s) would reach the fd limit {limit} \
+                     (the plan and its sync channel need numbers up to {need})",
+                    s.start,
+                    s.slots.len() + s.extra.len(),
+                ),
+            )
+        };
+        // Checked: a start near i32::MAX must be refused, not wrap.
+        let mut targets: Vec<RawFd> = (0..s.slots.len())
+            .map(|i| RawFd::try_from(i).ok().and_then(|i| s.start.checked_add(i)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| past_limit(s.start as i64 + s.slots.len() as i64 + 8))?;
         for &(_, t) in &s.extra {
             if t < 0 {
                 return Err(Error::bad_request(format!("target fd {t} is negative")));
@@ -345,16 +396,7 @@ impl Plan {
             .max()
             .unwrap_or(s.start as i64);
         if top + n + 8 > limit as i64 {
-            return Err(Error::with_errno(
-                Kind::BadRequest,
-                libc::EMFILE,
-                format!(
-                    "start index {} with {n} slot(s) would reach the fd limit {limit} \
-                     (the plan and its sync channel need numbers up to {})",
-                    s.start,
-                    top + n + 8
-                ),
-            ));
+            return Err(past_limit(top + n + 8));
         }
         let names = s.names()?;
         let in_targets = |fd: RawFd| targets.contains(&fd);
@@ -480,6 +522,11 @@ impl Plan {
         // SAFETY: sigemptyset initialises the set.
         let mut sigset: libc::sigset_t = unsafe { std::mem::zeroed() };
         unsafe { libc::sigemptyset(&mut sigset) };
+        // SAFETY: a zeroed sigaction is SIG_DFL with no flags; the mask is
+        // initialised by sigemptyset.
+        let mut default_action: libc::sigaction = unsafe { std::mem::zeroed() };
+        default_action.sa_sigaction = libc::SIG_DFL;
+        unsafe { libc::sigemptyset(&mut default_action.sa_mask) };
         Ok(Plan {
             exe: cstring(exe.as_os_str(), "program")?,
             _argv_owned: argv_owned,
@@ -494,6 +541,7 @@ impl Plan {
             keep,
             limit,
             sigset,
+            default_action,
         })
     }
 
@@ -503,20 +551,35 @@ impl Plan {
         let above = self.top;
         let (rr, rw) = pipe()?;
         let (rr, rw) = (move_above(rr, above)?, move_above(rw, above)?);
-        let (gr, gw) = pipe()?;
+        // A socket pair, not a pipe: the go byte is sent with MSG_NOSIGNAL,
+        // so resuming a child that died meanwhile is EPIPE, not SIGPIPE.
+        let (gr, gw) = go_channel()?;
         let (gr, gw) = (move_above(gr, above)?, move_above(gw, above)?);
         let ns = s.join.as_ref();
         let pid_ns = ns.is_some_and(|n| n.joins_pid());
 
+        // Every signal blocked across the fork, so no handler of ours runs
+        // in the child before it has reset them (see child_main).
+        // SAFETY: sigfillset initialises the set; pthread_sigmask only
+        // changes this thread's mask, restored right after the fork.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
         // SAFETY: fork; the child runs only `child_main` (async-signal-safe
         // syscalls on `self`, prepared above) and never returns.
         let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(Error::last_os("fork"));
-        }
         if pid == 0 {
             // SAFETY: in the child; see child_main.
             unsafe { self.child_main(ns, pid_ns, rw.as_raw_fd(), gr.as_raw_fd()) }
+        }
+        let fork_errno = crate::error::last_errno();
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        if pid < 0 {
+            return Err(Error::os(fork_errno, "fork"));
         }
         drop(rw);
         drop(gr);
@@ -557,10 +620,24 @@ impl Plan {
             libc::write(report, rec.as_ptr().cast(), 12);
             libc::_exit(127);
         };
+        // Every signal is blocked (see run). Reset the handled ones to
+        // SIG_DFL before unblocking: a handler of the parent must not run
+        // here (its memory and fds are the parent's), nor make the wait for
+        // the go byte fail with EINTR. 1..65 is every Linux signal; glibc's
+        // internal ones give EINVAL and are skipped.
+        for sig in 1..65 {
+            let mut cur: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut cur) == 0
+                && cur.sa_sigaction != libc::SIG_DFL
+                && (cur.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+                && libc::sigaction(sig, &self.default_action, std::ptr::null_mut()) != 0
+            {
+                fail(STEP_SIGNALS, errno());
+            }
+        }
         if libc::sigprocmask(libc::SIG_SETMASK, &self.sigset, std::ptr::null_mut()) != 0 {
             fail(STEP_SIGNALS, errno());
         }
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if let Some(ns) = ns {
             if let Err((i, e)) = ns.enter() {
                 fail(STEP_NS + i as i32, e);
@@ -642,8 +719,13 @@ impl Plan {
         libc::write(report, rec.as_ptr().cast(), 12);
         let mut b = 0u8;
         // Wait for the parent's word: a byte means exec; EOF means the
-        // parent dropped a paused child without resuming it.
-        let r = libc::read(go, (&mut b as *mut u8).cast(), 1);
+        // parent is gone (it resumes a paused child it drops or waits for).
+        let r = loop {
+            let r = libc::read(go, (&mut b as *mut u8).cast(), 1);
+            if r >= 0 || errno() != libc::EINTR {
+                break r;
+            }
+        };
         if r < 0 {
             fail(STEP_RESUME, errno());
         }
@@ -712,8 +794,10 @@ fn close_range(lo: RawFd, hi: RawFd, limit: RawFd) -> std::result::Result<(), i3
     Ok(())
 }
 
-/// A started process. Dropping it neither kills nor reaps the process (a
-/// paused one then exits with 127 before `exec`): call [`Child::wait`].
+/// A started process. Dropping it neither kills nor reaps a running process
+/// (call [`Child::wait`]); a paused one is resumed first, as by
+/// [`Child::resume`] (which waits until it has exec'd; an exec failure is
+/// then lost, and that child reaped).
 #[derive(Debug)]
 pub struct Child {
     pid: i32,
@@ -856,8 +940,10 @@ impl Child {
         let Some(go) = self.go.take() else {
             return Ok(());
         };
-        // SAFETY: one byte to the pipe we own.
-        if unsafe { libc::write(go.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+        // SAFETY: one byte to the socket we own; MSG_NOSIGNAL: a child
+        // that died meanwhile gives EPIPE, not SIGPIPE here.
+        if unsafe { libc::send(go.as_raw_fd(), [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) } != 1
+        {
             let e = Error::last_os("resuming the child");
             self.kill_and_reap();
             return Err(e);
@@ -876,18 +962,20 @@ impl Child {
     }
 
     /// Wait for the child to exit; the raw wait status (see `WIFEXITED`).
+    /// A paused child is resumed first: its exec failure is the error, as
+    /// from [`Child::resume`] (a later wait gives its status).
     pub fn wait(&mut self) -> Result<i32> {
         if let Some(st) = self.status {
             return Ok(st);
         }
-        // A paused child that is waited for is let go first.
-        self.go = None;
+        self.resume()?;
         let st = wait_pid(self.pid)?;
         self.status = Some(st);
         Ok(st)
     }
 
-    /// Wait at most `timeout`; `None` if it is still running.
+    /// Wait at most `timeout`; `None` if it is still running. A paused
+    /// child stays paused (and is still running).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
         if let Some(st) = self.status {
             return Ok(Some(st));
@@ -924,6 +1012,8 @@ impl Child {
     }
 
     fn kill_and_reap(&mut self) {
+        // Nothing is left to resume.
+        self.go = None;
         if let Some(first) = self.intermediate.take() {
             let _ = wait_pid(first);
         }
@@ -932,6 +1022,15 @@ impl Child {
             if let Ok(st) = wait_pid(self.pid) {
                 self.status = Some(st);
             }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.go.is_some() && self.status.is_none() {
+            // Let a paused child go to exec, as the bindings promise.
+            let _ = self.resume();
         }
     }
 }

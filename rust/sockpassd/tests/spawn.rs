@@ -291,6 +291,79 @@ fn libsystemd_sd_listen_fds_with_names() {
     );
 }
 
+/// Pins what a hole in the set does to a libsystemd consumer: the empty
+/// slot's number is closed, and sd_listen_fds_with_names refuses the whole
+/// set with -EBADF (the documented cost of the empty-slot semantics).
+#[test]
+fn libsystemd_rejects_a_set_with_an_empty_slot() {
+    let _serial = serial();
+    let Some(bin) = consumer_bin() else {
+        eprintln!("skipped: cannot build tests/consumers/sd_listen.c (libsystemd-dev missing)");
+        return;
+    };
+    let dir = temp_dir("sd-listen-hole");
+    let (out, err) = (dir.join("out"), dir.join("err"));
+    let mut s = Spawn::new("sh");
+    s.args([
+        "-c",
+        "exec \"$0\" > \"$OUT\" 2> \"$ERR\"",
+        bin.to_str().unwrap(),
+    ])
+    .setenv("OUT", &out)
+    .setenv("ERR", &err)
+    .fd(udp(), Some("dns"))
+    .slot(Slot::Empty { name: None })
+    .fd(udp(), Some("late"));
+    let mut c = s.spawn().unwrap();
+    assert_eq!(
+        exit_code(c.wait().unwrap()),
+        1,
+        "sd_listen.c exits 1 on error"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&err).unwrap().trim(),
+        format!("sd_listen_fds_with_names: {}", -libc::EBADF)
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "");
+    // The same consumer takes the set without the hole.
+    let mut s = Spawn::new("sh");
+    s.args(["-c", "exec \"$0\" > \"$OUT\"", bin.to_str().unwrap()])
+        .setenv("OUT", &out)
+        .fd(udp(), Some("dns"))
+        .fd(udp(), Some("late"));
+    run_ok(s);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        "2 dns:inet late:inet"
+    );
+}
+
+#[test]
+fn an_inherit_slot_keeps_the_parents_fd() {
+    let _serial = serial();
+    let dir = temp_dir("spawn-inherit");
+    let out = dir.join("out");
+    // A CLOEXEC pipe at 7, as every fd of ours is; 6 is planned, 7 is
+    // inherited and must arrive without CLOEXEC.
+    let (r, _w) = pipe();
+    let seven = at(&r, 7);
+    assert!(sockpass::sys::is_cloexec(7));
+    let (sock, lseven) = (udp(), link(7));
+    let lsock = link(sock.as_raw_fd());
+    let mut s = probe(&out);
+    s.start(6).fd(sock, Some("first")).slot(Slot::Inherit);
+    run_ok(s);
+    let p = read_probe(&out);
+    let planned: Vec<RawFd> = p.fds.keys().copied().filter(|n| *n >= 3).collect();
+    assert_eq!(planned, [6, 7], "{:?}", p.fds);
+    assert_eq!(p.fds[&6], (lsock, false));
+    assert_eq!(p.fds[&7], (lseven, false), "inherited, CLOEXEC cleared");
+    assert_eq!(p.env["LISTEN_FDNAMES"], "first:unknown");
+    // Ours is untouched.
+    assert!(sockpass::sys::is_cloexec(7));
+    drop(seven);
+}
+
 #[test]
 fn environment_control() {
     let _serial = serial();
@@ -338,6 +411,122 @@ fn paused_start_then_resume() {
 }
 
 #[test]
+fn waiting_on_a_paused_child_resumes_it() {
+    let _serial = serial();
+    let dir = temp_dir("spawn-pause-wait");
+    let out = dir.join("out");
+    let mut s = Spawn::new("/bin/sh");
+    s.args(["-c", "echo ran > \"$OUT\""])
+        .setenv("OUT", &out)
+        .paused(true);
+    let mut c = s.spawn().unwrap();
+    // A bounded wait leaves it paused.
+    assert_eq!(c.wait_timeout(std::time::Duration::ZERO).unwrap(), None);
+    assert!(c.is_paused());
+    assert_eq!(exit_code(c.wait().unwrap()), 0, "the program ran, no 127");
+    assert!(!c.is_paused());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
+    // A paused child whose exec fails: wait gives that error, then its status.
+    let mut s = Spawn::new("/nonexistent/program");
+    s.paused(true);
+    let mut c = s.spawn().unwrap();
+    let e = c.wait().unwrap_err();
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (Kind::ChildFailed, libc::ENOENT),
+        "{e}"
+    );
+    assert_eq!(exit_code(c.wait().unwrap()), 127);
+}
+
+#[test]
+fn dropping_a_paused_child_resumes_it() {
+    let _serial = serial();
+    let dir = temp_dir("spawn-pause-drop");
+    let out = dir.join("out");
+    let mut s = Spawn::new("/bin/sh");
+    s.args(["-c", "echo ran > \"$OUT\""])
+        .setenv("OUT", &out)
+        .paused(true);
+    let c = s.spawn().unwrap();
+    let pid = c.pid();
+    drop(c);
+    // Not reaped by the drop: reap it here.
+    let mut st = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+    assert_eq!(exit_code(st), 0, "the program ran, no 127");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
+}
+
+extern "C" fn on_winch(_: libc::c_int) {}
+
+/// The signal fields of /proc/PID/status, as hex masks.
+fn signal_masks(pid: i32) -> BTreeMap<String, u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let v = u64::from_str_radix(v.trim(), 16).ok()?;
+            k.starts_with("Sig")
+                .then(|| (k.to_string(), v))
+                .or_else(|| (k == "ShdPnd").then(|| (k.to_string(), v)))
+        })
+        .collect()
+}
+
+#[test]
+fn a_paused_child_has_no_handlers_and_survives_signals() {
+    let _serial = serial();
+    // A handler without SA_RESTART in the parent (as CPython's SIGINT
+    // handler): it must not run in the child nor break its wait with EINTR.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = on_winch as *const () as usize;
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::sigaction(libc::SIGWINCH, &act, &mut old) },
+        0
+    );
+    let dir = temp_dir("spawn-signals");
+    let out = dir.join("out");
+    let mut s = Spawn::new("/bin/sh");
+    s.args(["-c", "echo ran > \"$OUT\""])
+        .setenv("OUT", &out)
+        .paused(true);
+    let mut c = s.spawn().unwrap();
+    let m = signal_masks(c.pid());
+    let winch = 1u64 << (libc::SIGWINCH - 1);
+    // Signals 32 and 33 are glibc's own (thread cancel, setxid): its
+    // sigaction refuses them, and nothing sends them to this process.
+    let glibc = 3u64 << 31;
+    assert_eq!(
+        m["SigCgt"] & !glibc,
+        0,
+        "no handler is left in the child: {m:?}"
+    );
+    assert_eq!(m["SigBlk"], 0, "nothing blocked: {m:?}");
+    assert_ne!(
+        m["SigIgn"] & (1 << (libc::SIGPIPE - 1)),
+        1 << (libc::SIGPIPE - 1)
+    );
+    for _ in 0..3 {
+        c.kill(libc::SIGWINCH).unwrap();
+    }
+    // Default action (ignore): discarded at once, never pending.
+    wait_for("SIGWINCH to be consumed", || {
+        let m = signal_masks(c.pid());
+        (m["SigPnd"] & winch == 0 && m["ShdPnd"] & winch == 0).then_some(())
+    });
+    c.resume().unwrap();
+    assert_eq!(exit_code(c.wait().unwrap()), 0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
+    assert_eq!(
+        unsafe { libc::sigaction(libc::SIGWINCH, &old, std::ptr::null_mut()) },
+        0
+    );
+}
+
+#[test]
 fn exec_failure_is_an_error_with_step_and_errno() {
     let _serial = serial();
     let before = count_fds();
@@ -379,17 +568,33 @@ fn bad_input_is_refused_before_spawning() {
     s.fd(udp(), None).fd_at(udp(), 3);
     let e = s.spawn().unwrap_err();
     assert!(e.message().contains("two fds"), "{e}");
-    // A start index past the fd limit.
+    // A start index past the fd limit; with two slots from i32::MAX the
+    // second number does not exist (checked, no overflow).
     let mut s = Spawn::new("/bin/true");
     s.start(i32::MAX - 5).fd(udp(), None);
     let e = s.spawn().unwrap_err();
     assert!(e.message().contains("fd limit"), "{e}");
+    for start in [i32::MAX, i32::MAX - 1] {
+        let mut s = Spawn::new("/bin/true");
+        s.start(start)
+            .fd(udp(), None)
+            .slot(Slot::Empty { name: None });
+        s.fd(udp(), None);
+        let e = s.spawn().unwrap_err();
+        assert_eq!(
+            (e.kind(), e.errno()),
+            (Kind::BadRequest, libc::EMFILE),
+            "{e}"
+        );
+        assert!(e.message().contains("fd limit"), "{e}");
+    }
     let mut s = Spawn::new("/bin/true");
     s.start(-1);
     assert!(s.spawn().is_err());
     // A dead target pid.
     let e = Namespaces::open(i32::MAX - 7, NsSet::default_join()).unwrap_err();
     assert!(e.message().contains("does not exist"), "{e}");
+    assert_eq!(e.code(), libc::ESRCH, "the code the bindings carry");
     assert_eq!(count_fds(), before);
 }
 
@@ -500,15 +705,176 @@ fn joining_a_pid_namespace() {
 }
 
 #[test]
+fn namespaces_we_share_are_skipped() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: taking the target's root (chroot) needs root");
+        return;
+    }
+    // Our own user namespace cannot be re-entered (setns: EINVAL); `all`
+    // of a target that shares every namespace with us joins none of them.
+    let me = std::process::id() as i32;
+    let ns = Namespaces::open(me, "all".parse().unwrap()).unwrap();
+    assert_eq!(ns.joined().count(), 0);
+    let mut s = Spawn::new("/bin/true");
+    s.join(ns);
+    run_ok(s);
+}
+
+#[test]
 fn a_namespace_that_cannot_be_joined_names_it() {
     let _serial = serial();
-    // Re-entering our own user namespace is EINVAL (setns(2)).
-    let me = std::process::id() as i32;
-    let ns = Namespaces::open(me, "user".parse().unwrap()).unwrap();
+    if !is_root() {
+        eprintln!("skipped: making a user namespace with unshare needs root here");
+        return;
+    }
+    // A target in its own user namespace whose network namespace belongs
+    // to ours: once the child has joined the user namespace it has no
+    // capability over that network namespace, so joining it is EPERM.
+    let h = Command::new("unshare")
+        .args(["--net", "--", "unshare", "--user", "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+        .map(Holder)
+        .expect("unshare --net -- unshare --user");
+    wait_for("the holder to be in its user namespace", || {
+        let mine = std::fs::read_link("/proc/self/ns/user").ok()?;
+        let its = std::fs::read_link(format!("/proc/{}/ns/user", h.pid())).ok()?;
+        (mine != its).then_some(())
+    });
+    let ns = Namespaces::open(h.pid(), "user,net".parse().unwrap()).unwrap();
+    assert_eq!(ns.joined().collect::<Vec<_>>(), ["user", "net"]);
     let mut s = Spawn::new("/bin/true");
     s.join(ns);
     let e = s.spawn().unwrap_err();
     assert_eq!(e.kind(), Kind::ChildFailed);
-    assert_eq!(e.errno(), libc::EINVAL);
-    assert!(e.message().contains("user namespace"), "{e}");
+    assert_eq!(e.errno(), libc::EPERM, "{e}");
+    assert!(e.message().contains("net namespace"), "{e}");
+}
+
+#[test]
+fn after_joining_mnt_the_child_has_the_targets_root_and_cwd() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: unshare -m and chroot need root");
+        return;
+    }
+    // The holder: its own mount namespace, chrooted into `root` (with /usr
+    // bound in, so programs run there), cwd /sub.
+    let root = temp_dir("spawn-mnt-root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("usr")).unwrap();
+    std::fs::write(root.join("marker"), "here").unwrap();
+    for l in ["bin", "lib", "lib64", "sbin"] {
+        if let Ok(t) = std::fs::read_link(Path::new("/").join(l)) {
+            std::os::unix::fs::symlink(t, root.join(l)).unwrap();
+        }
+    }
+    let h = Command::new("unshare")
+        .args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mount --make-rprivate / && mount --rbind /usr \"$0/usr\" && \
+             exec chroot \"$0\" /bin/sh -c 'cd /sub && exec sleep 600'",
+        ])
+        .arg(&root)
+        .stdin(Stdio::null())
+        .spawn()
+        .map(Holder)
+        .expect("unshare -m");
+    wait_for("the holder to be chrooted in /sub", || {
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", h.pid())).ok()?;
+        let exe = std::fs::read_link(format!("/proc/{}/exe", h.pid())).ok()?;
+        (cwd == root.join("sub") && exe.ends_with("sleep")).then_some(())
+    });
+    let ns = Namespaces::open(h.pid(), "mnt".parse().unwrap()).unwrap();
+    assert_eq!(ns.joined().collect::<Vec<_>>(), ["mnt"]);
+    let mut s = Spawn::new("/bin/sh");
+    s.args(["-c", "test \"$(cat /marker)\" = here && pwd > out"])
+        .env_base(EnvBase::Clear)
+        .join(ns);
+    run_ok(s);
+    // Written relative to its cwd: /sub inside, root/sub here.
+    assert_eq!(
+        std::fs::read_to_string(root.join("sub/out")).unwrap(),
+        "/sub\n"
+    );
+}
+
+/// Where cgroup v2 is mounted, if it is.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+#[test]
+fn a_paused_child_in_a_pid_namespace_is_configured_then_resumed() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: joining namespaces needs root");
+        return;
+    }
+    let Some(base) = cgroup2_mount() else {
+        eprintln!("skipped: cgroup v2 is not mounted");
+        return;
+    };
+    let cg = base.join(format!("sockpass-test-{}", std::process::id()));
+    if std::fs::create_dir(&cg).is_err() {
+        eprintln!("skipped: cgroup v2 at {} is not writable", base.display());
+        return;
+    }
+    struct Rmdir(PathBuf);
+    impl Drop for Rmdir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _cg = Rmdir(cg.clone());
+    let h = Holder::start(&["--pid", "--fork", "--mount-proc"]).expect("unshare --pid");
+    let inner = h.inner_pid();
+    let dir = temp_dir("spawn-pidns-paused");
+    let out = dir.join("out");
+    let ns = Namespaces::open(inner, "pid".parse().unwrap()).unwrap();
+    let mut s = Spawn::new("python3");
+    s.args([
+        "-S",
+        "-c",
+        "import os\n\
+         cg = [l for l in open('/proc/self/cgroup').read().split('\\n') if l.startswith('0::')]\n\
+         open(os.environ['OUT'], 'w').write('%d %s %s' % (os.getpid(), os.environ['LISTEN_PID'], cg[0]))",
+    ])
+    .setenv("OUT", &out)
+    .fd(udp(), None)
+    .join(ns)
+    .paused(true);
+    let mut c = s.spawn().unwrap();
+    let (host, nsp) = (c.pid(), c.ns_pid());
+    assert!(c.is_paused());
+    assert_ne!(host, nsp, "paused: the host and in-namespace pids differ");
+    // Configure it from outside while it waits: move it to the new cgroup.
+    if let Err(e) = std::fs::write(cg.join("cgroup.procs"), host.to_string()) {
+        drop(c);
+        eprintln!("skipped: cannot move a process into {}: {e}", cg.display());
+        return;
+    }
+    c.resume().unwrap();
+    assert_eq!(exit_code(c.wait().unwrap()), 0);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let w: Vec<&str> = text.splitn(3, ' ').collect();
+    assert_eq!(w[0], nsp.to_string(), "the pid it sees is ns_pid");
+    assert_eq!(w[1], w[0], "LISTEN_PID is the pid it sees");
+    let rel = cg.strip_prefix(&base).unwrap();
+    assert_eq!(
+        w[2],
+        format!("0::/{}", rel.display()),
+        "it runs in the cgroup"
+    );
 }
