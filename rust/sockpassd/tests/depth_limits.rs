@@ -250,6 +250,12 @@ fn out_of_fds_turns_clients_away_without_spinning() {
         .unwrap_err();
     assert_eq!(e.kind(), Kind::LimitReached, "{e}");
     assert!(e.message().contains("out of file descriptors"), "{e}");
+    // A connected client's request for a new socket gets the broker's
+    // EMFILE as a clear error; the connection stays up.
+    let e = holder
+        .request_socket(&eph(), ShareMode::None, "holder")
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EMFILE, "{e}");
     // Nobody is waiting now, and the broker is idle, not spinning.
     let t0 = cpu_ticks(pid);
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -263,7 +269,10 @@ fn out_of_fds_turns_clients_away_without_spinning() {
     set_nofile(pid, &format!("{hard}:{hard}"));
     let mut c = b.client();
     assert_eq!(counts(&b, &mut c).1, 1, "the holder's reference is intact");
-    drop(g);
+    let g2 = holder
+        .request_socket(&eph(), ShareMode::None, "holder")
+        .unwrap();
+    drop((g, g2));
 }
 
 /// Clients that pipeline STATUS without reading make the broker hold a
