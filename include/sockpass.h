@@ -86,6 +86,14 @@
 // Longest fd name (`LISTEN_FDNAMES` entry), as systemd: 255 bytes.
 #define SOCKPASS_MAX_FD_NAME 255
 
+// In the `fds` of `sockpass_spawn_add_fds`: an empty slot (its number
+// stays closed in the child).
+#define SOCKPASS_SPAWN_EMPTY -1
+
+// In the `fds` of `sockpass_spawn_add_fds`: an inherit slot (the child
+// keeps whatever this process has open at the slot's number).
+#define SOCKPASS_SPAWN_INHERIT -2
+
 // A started process. Thread-safe: calls on one child from several threads
 // are serialised (a blocking wait holds the others back).
 typedef struct sockpass_child sockpass_child;
@@ -580,12 +588,37 @@ int sockpass_spawn_add_fd(sockpass_spawn *spawn,
 // Append a slot whose number stays closed in the child, named `name`
 // (borrowed; NULL: "empty"). Returns the slot's index. Errors: as
 // `sockpass_spawn_add_fd` for the name.
+//
+// `LISTEN_FDS` counts empty slots, so later slots keep their numbers; but
+// a libsystemd consumer rejects a set with a hole: `sd_listen_fds()`
+// returns `-EBADF` and hands over no fd at all when a number in
+// `[3, 3 + LISTEN_FDS)` is closed. Use empty slots only with programs
+// that take their fds by number.
 int sockpass_spawn_add_empty(sockpass_spawn *spawn,
                              const char *name);
 
 // Append a slot that keeps whatever this process has open at the slot's
-// number (named "unknown"). Returns the slot's index. Errors: `-EFAULT`.
+// number (named "unknown"; `FD_CLOEXEC` cleared in the child; nothing open
+// there is a hole, as an empty slot). Returns the slot's index. Errors:
+// `-EFAULT`.
 int sockpass_spawn_add_inherit(sockpass_spawn *spawn);
+
+// Append `n_fds` slots at once, in order: `fds[i]` is a source fd
+// (borrowed: duplicated now, as `sockpass_spawn_add_fd`),
+// `SOCKPASS_SPAWN_EMPTY` (-1) for an empty slot or `SOCKPASS_SPAWN_INHERIT`
+// (-2) for an inherit slot. `names` (borrowed) is NULL or `n_fds` names,
+// each NULL for the default ("unknown", or "empty" for an empty slot); an
+// inherit slot takes no name. All or nothing: on error no slot is added.
+// Returns the index of the first slot added (the slot count when `n_fds`
+// is 0). Errors: `-EFAULT` (`fds` NULL with `n_fds` > 0), `-EBADF` (a
+// source not open, or a negative fd other than the two markers),
+// `-EINVAL` (an invalid name, or a name for an inherit slot),
+// `-ENAMETOOLONG`. See `sockpass_spawn_add_empty` on empty slots and
+// libsystemd.
+int sockpass_spawn_add_fds(sockpass_spawn *spawn,
+                           const int *fds,
+                           unsigned int n_fds,
+                           const char *const *names);
 
 // The number the first slot gets (default 3; 0 is inetd style). Returns
 // 0. Errors: `-EFAULT`, `-EINVAL` (negative).
@@ -605,9 +638,11 @@ int sockpass_spawn_set_paused(sockpass_spawn *spawn,
 // Start the child inside the namespaces of process `pid`, as named by
 // `namespaces` (borrowed): a comma-separated list of `user`, `ipc`, `uts`,
 // `net`, `pid`, `cgroup`, `mnt` (or `all`); NULL: all but `user`. They are
-// opened now, so a dead `pid` fails here. Returns 0. Errors: `-EFAULT`,
-// `-EINVAL` (unknown name, `pid` not positive), `-ESRCH`, `-EACCES`/
-// `-EPERM` (not allowed to open them).
+// opened now, so a dead `pid` fails here. A namespace `pid` shares with
+// this process is skipped (as `nsenter` does), so `all` also works for a
+// target without its own user namespace. Returns 0. Errors: `-EFAULT`,
+// `-EINVAL` (unknown name, `pid` not positive), `-ESRCH` (no such
+// process), `-EACCES`/`-EPERM` (not allowed to open them).
 int sockpass_spawn_join(sockpass_spawn *spawn,
                         int pid,
                         const char *namespaces);
@@ -620,13 +655,16 @@ int sockpass_spawn_join(sockpass_spawn *spawn,
 // `child_out` NULL; a NULL `child_out` still consumes the builder),
 // `-SOCKPASS_E_CHILD_FAILED` (the child failed before `exec`;
 // `sockpass_last_error_message` names the step and errno), `-EINVAL`
-// (a NUL in an environment entry, too many slots), `-EAGAIN`/`-ENOMEM`.
+// (a NUL in an environment entry, a start index and slot count that
+// would reach the fd limit), `-EAGAIN`/`-ENOMEM`.
 int sockpass_spawn_start(sockpass_spawn *spawn,
                          sockpass_child **child_out);
 
-// Free the handle. It neither kills nor reaps the process: wait for it
-// first (`sockpass_child_wait`), or reap it later with `waitpid(pid)`. A
-// child still paused is let go to `exec`. NULL is a no-op.
+// Free the handle. It neither kills nor reaps a running process: wait for
+// it first (`sockpass_child_wait`), or reap it later with `waitpid(pid)`.
+// A child still paused is resumed first, as by `sockpass_child_resume`
+// (this waits until it has exec'd; an exec failure is then not reported,
+// and that child is reaped). NULL is a no-op.
 void sockpass_child_free(sockpass_child *child);
 
 // The child's pid as this process sees it. Errors: `-EFAULT`.
@@ -641,11 +679,14 @@ int sockpass_child_ns_pid(sockpass_child *child);
 // (exec failed; the child is reaped).
 int sockpass_child_resume(sockpass_child *child);
 
-// Wait for the child to exit, at most `timeout_ms` milliseconds (negative:
-// no limit; a paused child is let go first). Returns 1 and writes the raw
-// wait status (`WIFEXITED`, ...) to `*status_out` if it is not NULL, or 0
-// if the child still runs (`*status_out` untouched). Waiting again after
-// the exit gives the same status. Errors: `-EFAULT`, `-ECHILD`.
+// Wait for the child to exit, at most `timeout_ms` milliseconds. Negative:
+// no limit, and a paused child is resumed first (its exec failure is then
+// this call's error, `-SOCKPASS_E_CHILD_FAILED`; waiting again gives its
+// status); with a limit a paused child stays paused (and 0 is returned).
+// Returns 1 and writes the raw wait status (`WIFEXITED`, ...) to
+// `*status_out` if it is not NULL, or 0 if the child still runs
+// (`*status_out` untouched). Waiting again after the exit gives the same
+// status. Errors: `-EFAULT`, `-ECHILD`, `-SOCKPASS_E_CHILD_FAILED`.
 int sockpass_child_wait(sockpass_child *child,
                         int timeout_ms,
                         int *status_out);

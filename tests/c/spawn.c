@@ -3,7 +3,10 @@
  * LISTEN_PID and LISTEN_FDNAMES and that 4 is closed, and writes through
  * fd 3; a paused child runs only after resume; a missing program is
  * -SOCKPASS_E_CHILD_FAILED with no process left; a running child times
- * out, is killed and reaped; every bad input gets its documented code and
+ * out, is killed and reaped; sockpass_spawn_add_fds takes a source, an
+ * empty slot and an inherit slot (a CLOEXEC fd of ours at that number
+ * arrives) in one call, all or nothing; waiting on a paused child resumes
+ * it; every bad input gets its documented code (a dead pid -ESRCH) and
  * no fd leaks; as root, a child joins another process's network
  * namespace. Needs no broker. Run by meson test, under ASan/UBSan and
  * under valgrind by tests/parts/20-c.sh. */
@@ -73,6 +76,66 @@ static void socket_activation(int paused) {
     EXPECT(sockpass_child_wait(c, 0, &st), 1); /* again: same status */
     sockpass_child_free(c);
     close(sp[0]);
+}
+
+/* Slots from 7 (dash takes one-digit fds only): a socketpair end, an empty
+ * slot (8 closed) and an inherit slot at 9, where this process holds a
+ * CLOEXEC pipe end. */
+static const char *fds_script =
+    "test \"$LISTEN_FDS\" = 3 && test \"$LISTEN_FDS_FIRST_FD\" = 7 && "
+    "test \"$LISTEN_FDNAMES\" = \"conn:empty:unknown\" && ! test -e /proc/self/fd/8 && "
+    "echo via-7 >&7 && echo via-9 >&9";
+
+static void add_fds(void) {
+    sockpass_spawn *s = NULL;
+    sockpass_child *c = NULL;
+    int sp[2], p[2], fds[3], bad[3] = {0, SOCKPASS_SPAWN_EMPTY, 1000000}, st = -1;
+    const char *names[3] = {"conn", NULL, NULL}, *inherit_named[1] = {"x"};
+    int inherit_only[1] = {SOCKPASS_SPAWN_INHERIT};
+    char buf[32];
+    ssize_t n;
+
+    EXPECT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    EXPECT(pipe2(p, O_CLOEXEC), 0);
+    EXPECT(fcntl(9, F_GETFD), -1); /* 9 is free here: ours to place */
+    EXPECT(dup3(p[1], 9, O_CLOEXEC), 9);
+    close(p[1]);
+    fds[0] = sp[1];
+    fds[1] = SOCKPASS_SPAWN_EMPTY;
+    fds[2] = SOCKPASS_SPAWN_INHERIT;
+
+    EXPECT(sockpass_spawn_new("/bin/sh", &s), 0);
+    EXPECT(sockpass_spawn_arg(s, "-c"), 0);
+    EXPECT(sockpass_spawn_arg(s, fds_script), 0);
+    /* All or nothing: refused calls add no slot. */
+    EXPECT(sockpass_spawn_add_fds(s, bad, 3, NULL), -EBADF);
+    bad[2] = -3;
+    EXPECT(sockpass_spawn_add_fds(s, bad, 3, NULL), -EBADF);
+    EXPECT(sockpass_spawn_add_fds(s, inherit_only, 1, inherit_named), -EINVAL);
+    EXPECT(sockpass_spawn_add_fds(s, NULL, 2, NULL), -EFAULT);
+    EXPECT(sockpass_spawn_add_fds(s, NULL, 0, NULL), 0);
+    EXPECT(sockpass_spawn_set_start(s, 7), 0);
+    EXPECT(sockpass_spawn_add_fds(s, fds, 3, names), 0);
+    close(sp[1]); /* borrowed: the plan has its own copy */
+    EXPECT(sockpass_spawn_set_paused(s, 1), 0);
+    EXPECT(sockpass_spawn_start(s, &c) > 0, 1);
+    close(9); /* the child has its copy since the fork */
+    if (c) {
+        /* A wait without limit resumes a paused child: it runs. */
+        EXPECT(sockpass_child_wait(c, -1, &st), 1);
+        EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, 1);
+        sockpass_child_free(c);
+    }
+    n = read(sp[0], buf, sizeof(buf) - 1);
+    EXPECT((int)n, 6);
+    buf[n > 0 ? n : 0] = 0;
+    EXPECT(strcmp(buf, "via-7\n"), 0);
+    n = read(p[0], buf, sizeof(buf) - 1);
+    EXPECT((int)n, 6);
+    buf[n > 0 ? n : 0] = 0;
+    EXPECT(strcmp(buf, "via-9\n"), 0);
+    close(sp[0]);
+    close(p[0]);
 }
 
 static void exec_failure_and_kill(void) {
@@ -150,6 +213,16 @@ static void join_namespace(void) {
     EXPECT(waitpid(holder, NULL, 0), holder);
 }
 
+/* A pid that no longer exists: a child of ours, reaped. */
+static int dead_pid(void) {
+    pid_t p = fork();
+    if (p == 0) {
+        _exit(0);
+    }
+    EXPECT(waitpid(p, NULL, 0), p);
+    return (int)p;
+}
+
 static void bad_input(void) {
     sockpass_spawn *sentinel = (sockpass_spawn *)&failures, *s = sentinel;
     sockpass_child *c = (sockpass_child *)&failures;
@@ -186,6 +259,7 @@ static void bad_input(void) {
     EXPECT(sockpass_spawn_set_start(s, -1), -EINVAL);
     EXPECT(sockpass_spawn_join(s, 0, NULL), -EINVAL);
     EXPECT(sockpass_spawn_join(s, getpid(), "net,bogus"), -EINVAL);
+    EXPECT(sockpass_spawn_join(s, dead_pid(), NULL), -ESRCH);
     /* Nothing refused was added: the first slot is still index 0. */
     EXPECT(sockpass_spawn_add_fd(s, 0, "stdin"), 0);
     EXPECT(sockpass_spawn_add_inherit(s), 1);
@@ -205,6 +279,7 @@ int main(void) {
     socket_activation(0);
     socket_activation(1);
     exec_failure_and_kill();
+    add_fds();
     join_namespace();
     bad_input();
     EXPECT(count_fds(), before);

@@ -16,6 +16,14 @@ use std::time::Duration;
 /// Longest fd name (`LISTEN_FDNAMES` entry), as systemd: 255 bytes.
 pub const SOCKPASS_MAX_FD_NAME: usize = 255;
 
+/// In the `fds` of `sockpass_spawn_add_fds`: an empty slot (its number
+/// stays closed in the child).
+pub const SOCKPASS_SPAWN_EMPTY: c_int = -1;
+
+/// In the `fds` of `sockpass_spawn_add_fds`: an inherit slot (the child
+/// keeps whatever this process has open at the slot's number).
+pub const SOCKPASS_SPAWN_INHERIT: c_int = -2;
+
 /// A process to start: program, arguments, environment and an ordered fd
 /// plan whose slots are numbered from 3 (see `sockpass_spawn_set_start`),
 /// with `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` set as systemd socket
@@ -225,6 +233,12 @@ pub unsafe extern "C" fn sockpass_spawn_add_fd(
 /// Append a slot whose number stays closed in the child, named `name`
 /// (borrowed; NULL: "empty"). Returns the slot's index. Errors: as
 /// `sockpass_spawn_add_fd` for the name.
+///
+/// `LISTEN_FDS` counts empty slots, so later slots keep their numbers; but
+/// a libsystemd consumer rejects a set with a hole: `sd_listen_fds()`
+/// returns `-EBADF` and hands over no fd at all when a number in
+/// `[3, 3 + LISTEN_FDS)` is closed. Use empty slots only with programs
+/// that take their fds by number.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_spawn_add_empty(
     spawn: *mut sockpass_spawn,
@@ -240,7 +254,9 @@ pub unsafe extern "C" fn sockpass_spawn_add_empty(
 }
 
 /// Append a slot that keeps whatever this process has open at the slot's
-/// number (named "unknown"). Returns the slot's index. Errors: `-EFAULT`.
+/// number (named "unknown"; `FD_CLOEXEC` cleared in the child; nothing open
+/// there is a hole, as an empty slot). Returns the slot's index. Errors:
+/// `-EFAULT`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_spawn_add_inherit(spawn: *mut sockpass_spawn) -> c_int {
     call(|| {
@@ -248,6 +264,83 @@ pub unsafe extern "C" fn sockpass_spawn_add_inherit(spawn: *mut sockpass_spawn) 
         let mut g = lock(&s.inner);
         g.s.slot(Slot::Inherit);
         Ok(g.added())
+    })
+}
+
+/// Append `n_fds` slots at once, in order: `fds[i]` is a source fd
+/// (borrowed: duplicated now, as `sockpass_spawn_add_fd`),
+/// `SOCKPASS_SPAWN_EMPTY` (-1) for an empty slot or `SOCKPASS_SPAWN_INHERIT`
+/// (-2) for an inherit slot. `names` (borrowed) is NULL or `n_fds` names,
+/// each NULL for the default ("unknown", or "empty" for an empty slot); an
+/// inherit slot takes no name. All or nothing: on error no slot is added.
+/// Returns the index of the first slot added (the slot count when `n_fds`
+/// is 0). Errors: `-EFAULT` (`fds` NULL with `n_fds` > 0), `-EBADF` (a
+/// source not open, or a negative fd other than the two markers),
+/// `-EINVAL` (an invalid name, or a name for an inherit slot),
+/// `-ENAMETOOLONG`. See `sockpass_spawn_add_empty` on empty slots and
+/// libsystemd.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_spawn_add_fds(
+    spawn: *mut sockpass_spawn,
+    fds: *const c_int,
+    n_fds: std::os::raw::c_uint,
+    names: *const *const c_char,
+) -> c_int {
+    call(|| {
+        let s = spawn_ref(spawn)?;
+        let n = n_fds as usize;
+        if fds.is_null() && n > 0 {
+            return Err(fault("fds"));
+        }
+        let fds: &[c_int] = if n == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(fds, n)
+        };
+        // Check and copy everything first: a refused entry adds nothing
+        // (the copies made so far close on return).
+        let mut slots = Vec::with_capacity(n);
+        for (i, &fd) in fds.iter().enumerate() {
+            let name = if names.is_null() {
+                None
+            } else {
+                fd_name(*names.add(i))?
+            };
+            slots.push(match fd {
+                SOCKPASS_SPAWN_EMPTY => Slot::Empty {
+                    name: name.map(str::to_string),
+                },
+                SOCKPASS_SPAWN_INHERIT if name.is_some() => {
+                    return Err(Error::bad_request(format!(
+                        "slot {i} inherits: it cannot be named"
+                    )))
+                }
+                SOCKPASS_SPAWN_INHERIT => Slot::Inherit,
+                fd if fd < 0 => {
+                    return Err(Error::with_errno(
+                        Kind::Os,
+                        libc::EBADF,
+                        format!("fds[{i}] = {fd} is neither an fd nor a marker"),
+                    ))
+                }
+                fd => {
+                    // SAFETY: borrowed for the dup only; a closed fd fails.
+                    let copy = sockpass::sys::dup_cloexec(BorrowedFd::borrow_raw(fd))
+                        .map_err(|e| Error::os(e, format!("fds[{i}] = {fd} is not usable")))?;
+                    Slot::Fd {
+                        fd: copy,
+                        name: name.map(str::to_string),
+                    }
+                }
+            });
+        }
+        let mut g = lock(&s.inner);
+        let first = g.slots;
+        for slot in slots {
+            g.s.slot(slot);
+            g.added();
+        }
+        Ok(first)
     })
 }
 
@@ -296,9 +389,11 @@ pub unsafe extern "C" fn sockpass_spawn_set_paused(spawn: *mut sockpass_spawn, o
 /// Start the child inside the namespaces of process `pid`, as named by
 /// `namespaces` (borrowed): a comma-separated list of `user`, `ipc`, `uts`,
 /// `net`, `pid`, `cgroup`, `mnt` (or `all`); NULL: all but `user`. They are
-/// opened now, so a dead `pid` fails here. Returns 0. Errors: `-EFAULT`,
-/// `-EINVAL` (unknown name, `pid` not positive), `-ESRCH`, `-EACCES`/
-/// `-EPERM` (not allowed to open them).
+/// opened now, so a dead `pid` fails here. A namespace `pid` shares with
+/// this process is skipped (as `nsenter` does), so `all` also works for a
+/// target without its own user namespace. Returns 0. Errors: `-EFAULT`,
+/// `-EINVAL` (unknown name, `pid` not positive), `-ESRCH` (no such
+/// process), `-EACCES`/`-EPERM` (not allowed to open them).
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_spawn_join(
     spawn: *mut sockpass_spawn,
@@ -326,7 +421,8 @@ pub unsafe extern "C" fn sockpass_spawn_join(
 /// `child_out` NULL; a NULL `child_out` still consumes the builder),
 /// `-SOCKPASS_E_CHILD_FAILED` (the child failed before `exec`;
 /// `sockpass_last_error_message` names the step and errno), `-EINVAL`
-/// (a NUL in an environment entry, too many slots), `-EAGAIN`/`-ENOMEM`.
+/// (a NUL in an environment entry, a start index and slot count that
+/// would reach the fd limit), `-EAGAIN`/`-ENOMEM`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_spawn_start(
     spawn: *mut sockpass_spawn,
@@ -350,9 +446,11 @@ pub unsafe extern "C" fn sockpass_spawn_start(
     })
 }
 
-/// Free the handle. It neither kills nor reaps the process: wait for it
-/// first (`sockpass_child_wait`), or reap it later with `waitpid(pid)`. A
-/// child still paused is let go to `exec`. NULL is a no-op.
+/// Free the handle. It neither kills nor reaps a running process: wait for
+/// it first (`sockpass_child_wait`), or reap it later with `waitpid(pid)`.
+/// A child still paused is resumed first, as by `sockpass_child_resume`
+/// (this waits until it has exec'd; an exec failure is then not reported,
+/// and that child is reaped). NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_child_free(child: *mut sockpass_child) {
     if child.is_null() {
@@ -384,11 +482,14 @@ pub unsafe extern "C" fn sockpass_child_resume(child: *mut sockpass_child) -> c_
     call(|| lock(&child_ref(child)?.inner).resume().map(|()| 0))
 }
 
-/// Wait for the child to exit, at most `timeout_ms` milliseconds (negative:
-/// no limit; a paused child is let go first). Returns 1 and writes the raw
-/// wait status (`WIFEXITED`, ...) to `*status_out` if it is not NULL, or 0
-/// if the child still runs (`*status_out` untouched). Waiting again after
-/// the exit gives the same status. Errors: `-EFAULT`, `-ECHILD`.
+/// Wait for the child to exit, at most `timeout_ms` milliseconds. Negative:
+/// no limit, and a paused child is resumed first (its exec failure is then
+/// this call's error, `-SOCKPASS_E_CHILD_FAILED`; waiting again gives its
+/// status); with a limit a paused child stays paused (and 0 is returned).
+/// Returns 1 and writes the raw wait status (`WIFEXITED`, ...) to
+/// `*status_out` if it is not NULL, or 0 if the child still runs
+/// (`*status_out` untouched). Waiting again after the exit gives the same
+/// status. Errors: `-EFAULT`, `-ECHILD`, `-SOCKPASS_E_CHILD_FAILED`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_child_wait(
     child: *mut sockpass_child,
@@ -441,6 +542,43 @@ mod tests {
         assert_eq!(unsafe { sockpass_child_wait(c, 30_000, &mut st) }, 1);
         assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0);
         unsafe { sockpass_child_free(c) };
+    }
+
+    #[test]
+    fn add_fds_is_all_or_nothing() {
+        let mut s = std::ptr::null_mut();
+        assert_eq!(
+            unsafe { sockpass_spawn_new(c"/bin/true".as_ptr(), &mut s) },
+            0
+        );
+        let bad: [(&[c_int], c_int); 3] = [
+            (&[0, SOCKPASS_SPAWN_EMPTY, 1_000_000], -libc::EBADF),
+            (&[0, -3], -libc::EBADF),
+            (&[SOCKPASS_SPAWN_INHERIT, 0], -libc::EINVAL),
+        ];
+        let names = [c"x".as_ptr(), std::ptr::null()];
+        for (fds, want) in bad {
+            let nm = if want == -libc::EINVAL {
+                names.as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            let rc = unsafe { sockpass_spawn_add_fds(s, fds.as_ptr(), fds.len() as _, nm) };
+            assert_eq!(rc, want, "{fds:?}");
+        }
+        let fds = [0, SOCKPASS_SPAWN_EMPTY, SOCKPASS_SPAWN_INHERIT];
+        let rc = unsafe { sockpass_spawn_add_fds(s, fds.as_ptr(), 3, std::ptr::null()) };
+        assert_eq!(rc, 0, "nothing was added by the refused calls");
+        assert_eq!(unsafe { sockpass_spawn_add_inherit(s) }, 3);
+        assert_eq!(
+            unsafe { sockpass_spawn_add_fds(s, std::ptr::null(), 0, std::ptr::null()) },
+            4
+        );
+        assert_eq!(
+            unsafe { sockpass_spawn_add_fds(s, std::ptr::null(), 1, std::ptr::null()) },
+            -libc::EFAULT
+        );
+        unsafe { sockpass_spawn_free(s) };
     }
 
     #[test]
