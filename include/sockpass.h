@@ -328,10 +328,12 @@ const char *sockpass_strerror(int code);
 //
 // On success writes a new server to `*server_out` (free it with
 // `sockpass_server_free`) and returns 0. Errors: `-EFAULT` (`server_out`
-// NULL), `-EBADF` (`fd` or `notifier_fd` negative or not open), `-EINVAL`
-// (bad `type`; not a unix socket of that type; connected to a peer; not
-// listening or unbound without a notifier; the notifier is not a pipe's
-// read end; `sockpass_last_error_message` says which).
+// NULL), `-EBADF` (`fd` or `notifier_fd` negative or not open),
+// `-ENOTSOCK` (not a socket), `-EPROTOTYPE` (a socket of another type),
+// `-EAFNOSUPPORT` (not a unix socket), `-EISCONN` (connected to a peer),
+// `-EINVAL` (bad `type`; not listening or unbound without a notifier; the
+// notifier is not a pipe's read end); `sockpass_last_error_message` says
+// which.
 int sockpass_server_adopt(int fd,
                           int notifier_fd,
                           int type,
@@ -346,9 +348,10 @@ int sockpass_server_adopt(int fd,
 // activation (`*server_out` untouched). If `unset_env` is non-zero the
 // `LISTEN_*` variables are removed; as any change of the environment, do
 // that only while no other thread reads it. Errors: `-EFAULT`, `-EINVAL`
-// (bad `type`, malformed variables, more than one fd, or not a listening
-// unix socket of that type: the passed fds are then closed), `-EBADF`
-// (`LISTEN_FDS` names an fd that is not open).
+// (bad `type`, malformed variables, more than one fd, or not listening),
+// `-ENOTSOCK`/`-EPROTOTYPE`/`-EAFNOSUPPORT`/`-EISCONN` (not a unix socket
+// of that type, as `sockpass_server_adopt`; the passed fds are then
+// closed), `-EBADF` (`LISTEN_FDS` names an fd that is not open).
 int sockpass_server_adopt_activation(int type,
                                      int unset_env,
                                      sockpass_server **server_out);
@@ -655,8 +658,8 @@ int sockpass_spawn_join(sockpass_spawn *spawn,
 // `child_out` NULL; a NULL `child_out` still consumes the builder),
 // `-SOCKPASS_E_CHILD_FAILED` (the child failed before `exec`;
 // `sockpass_last_error_message` names the step and errno), `-EINVAL`
-// (a NUL in an environment entry, a start index and slot count that
-// would reach the fd limit), `-EAGAIN`/`-ENOMEM`.
+// (a NUL in an environment entry), `-EMFILE` (a start index and slot
+// count that would reach the fd limit), `-EAGAIN`/`-ENOMEM`.
 int sockpass_spawn_start(sockpass_spawn *spawn,
                          sockpass_child **child_out);
 

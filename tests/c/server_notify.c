@@ -205,10 +205,10 @@ static void bad_input(const char *path) {
     EXPECT(sockpass_server_adopt(-1, -1, 0, &s), -EBADF);
     EXPECT(sockpass_server_adopt(1000000, -1, 0, &s), -EBADF);
     EXPECT(sockpass_server_adopt(unbound, -2, 0, &s), -EBADF);
-    EXPECT(sockpass_server_adopt(null_fd, -1, 0, &s), -EINVAL);      /* not a socket */
-    EXPECT(sockpass_server_adopt(udp, -1, 0, &s), -EINVAL);          /* not unix stream */
+    EXPECT(sockpass_server_adopt(null_fd, -1, 0, &s), -ENOTSOCK);    /* not a socket */
+    EXPECT(sockpass_server_adopt(udp, -1, 0, &s), -EPROTOTYPE);      /* not stream */
     EXPECT(sockpass_server_adopt(unbound, -1, 0, &s), -EINVAL);      /* not listening */
-    EXPECT(sockpass_server_adopt(sp[0], -1, 0, &s), -EINVAL);        /* connected */
+    EXPECT(sockpass_server_adopt(sp[0], -1, 0, &s), -EISCONN);       /* connected */
     EXPECT(sockpass_server_adopt(unbound, null_fd, 0, &s), -EINVAL); /* notifier not a pipe */
     EXPECT(sockpass_server_adopt(unbound, -1, SOCK_DGRAM, &s), -EINVAL);
     EXPECT(sockpass_server_adopt(unbound, -1, 12345, &s), -EINVAL);

@@ -130,12 +130,15 @@ def test_bad_server_sockets(tmp_path: pathlib.Path) -> None:
     with pytest.raises(BadRequestError, match="not listening"):
         ServerSocket(unbound)
     a, b = socket.socketpair()
-    with pytest.raises(BadRequestError, match="connected to a peer"):
+    with pytest.raises(BadRequestError, match="connected to a peer") as connected:
         ServerSocket(a)
+    assert connected.value.errno == errno.EISCONN
     b.close()
     f = os.open("/dev/null", os.O_RDONLY)
-    with pytest.raises(BadRequestError, match="not a socket"):
+    with pytest.raises(BadRequestError, match="not a socket") as not_sock:
         ServerSocket(f)
+    # Each kind of bad input has its own errno, as in C.
+    assert not_sock.value.errno == errno.ENOTSOCK
     closed = os.open("/dev/null", os.O_RDONLY)
     os.close(closed)
     with pytest.raises(BadRequestError, match="not open"):

@@ -111,10 +111,12 @@ fn boxed(s: ServerSocket) -> *mut sockpass_server {
 ///
 /// On success writes a new server to `*server_out` (free it with
 /// `sockpass_server_free`) and returns 0. Errors: `-EFAULT` (`server_out`
-/// NULL), `-EBADF` (`fd` or `notifier_fd` negative or not open), `-EINVAL`
-/// (bad `type`; not a unix socket of that type; connected to a peer; not
-/// listening or unbound without a notifier; the notifier is not a pipe's
-/// read end; `sockpass_last_error_message` says which).
+/// NULL), `-EBADF` (`fd` or `notifier_fd` negative or not open),
+/// `-ENOTSOCK` (not a socket), `-EPROTOTYPE` (a socket of another type),
+/// `-EAFNOSUPPORT` (not a unix socket), `-EISCONN` (connected to a peer),
+/// `-EINVAL` (bad `type`; not listening or unbound without a notifier; the
+/// notifier is not a pipe's read end); `sockpass_last_error_message` says
+/// which.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_server_adopt(
     fd: c_int,
@@ -147,9 +149,10 @@ pub unsafe extern "C" fn sockpass_server_adopt(
 /// activation (`*server_out` untouched). If `unset_env` is non-zero the
 /// `LISTEN_*` variables are removed; as any change of the environment, do
 /// that only while no other thread reads it. Errors: `-EFAULT`, `-EINVAL`
-/// (bad `type`, malformed variables, more than one fd, or not a listening
-/// unix socket of that type: the passed fds are then closed), `-EBADF`
-/// (`LISTEN_FDS` names an fd that is not open).
+/// (bad `type`, malformed variables, more than one fd, or not listening),
+/// `-ENOTSOCK`/`-EPROTOTYPE`/`-EAFNOSUPPORT`/`-EISCONN` (not a unix socket
+/// of that type, as `sockpass_server_adopt`; the passed fds are then
+/// closed), `-EBADF` (`LISTEN_FDS` names an fd that is not open).
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_server_adopt_activation(
     r#type: c_int,
@@ -628,7 +631,7 @@ mod tests {
         let cases: Vec<(c_int, c_int, c_int, c_int)> = vec![
             (-1, -1, 0, -libc::EBADF),
             (1_000_000, -1, 0, -libc::EBADF),
-            (file.as_raw_fd(), -1, 0, -libc::EINVAL),
+            (file.as_raw_fd(), -1, 0, -libc::ENOTSOCK),
             (file.as_raw_fd(), -1, libc::SOCK_DGRAM, -libc::EINVAL),
             (file.as_raw_fd(), -7, 0, -libc::EBADF),
         ];
@@ -641,9 +644,9 @@ mod tests {
         // An unbound socket without a notifier, and a connected one.
         let sock = sockpass::sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
         let (a, _b) = UnixStream::pair().unwrap();
-        for fd in [sock.as_raw_fd(), a.as_raw_fd()] {
+        for (fd, want) in [(sock.as_raw_fd(), libc::EINVAL), (a.as_raw_fd(), libc::EISCONN)] {
             let (rc, m) = code(|| unsafe { sockpass_server_adopt(fd, -1, 0, &mut s) });
-            assert_eq!(rc, -libc::EINVAL, "{m}");
+            assert_eq!(rc, -want, "{m}");
             assert_eq!(s, sentinel);
         }
         let null = std::ptr::null_mut();

@@ -421,8 +421,8 @@ pub unsafe extern "C" fn sockpass_spawn_join(
 /// `child_out` NULL; a NULL `child_out` still consumes the builder),
 /// `-SOCKPASS_E_CHILD_FAILED` (the child failed before `exec`;
 /// `sockpass_last_error_message` names the step and errno), `-EINVAL`
-/// (a NUL in an environment entry, a start index and slot count that
-/// would reach the fd limit), `-EAGAIN`/`-ENOMEM`.
+/// (a NUL in an environment entry), `-EMFILE` (a start index and slot
+/// count that would reach the fd limit), `-EAGAIN`/`-ENOMEM`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_spawn_start(
     spawn: *mut sockpass_spawn,

@@ -173,7 +173,9 @@ impl Error {
 
     /// The positive code every binding reports: the C ABI returns `-code()`,
     /// Python sets `OSError.errno = code()`. Kinds that have a natural errno
-    /// use it; the rest use the sockpass codes above.
+    /// use it; the rest use the sockpass codes above. A bad request keeps the
+    /// specific errno it carries (`ENOTSOCK`, `ESRCH`, `EBADF`, `EMFILE`…),
+    /// else `EINVAL`.
     pub fn code(&self) -> i32 {
         match self.kind {
             Kind::ShareConflict => CODE_SHARE_CONFLICT,
@@ -186,7 +188,7 @@ impl Error {
             Kind::ChildFailed => CODE_CHILD_FAILED,
             Kind::NotAllowed => nonzero(self.errno, libc::EACCES),
             Kind::AddressInUse => libc::EADDRINUSE,
-            Kind::BadRequest => libc::EINVAL,
+            Kind::BadRequest => nonzero(self.errno, libc::EINVAL),
             Kind::Timeout => libc::ETIMEDOUT,
             Kind::Os => nonzero(self.errno, libc::EIO),
         }
@@ -275,5 +277,13 @@ mod tests {
             Kind::AddressInUse
         );
         assert_eq!(code_message(-CODE_SHARE_CONFLICT), "sharing conflict");
+    }
+
+    #[test]
+    fn a_bad_request_keeps_its_errno() {
+        assert_eq!(Error::bad_request("x").code(), libc::EINVAL);
+        assert_eq!(Error::new(Kind::BadRequest, "x").code(), libc::EINVAL);
+        let e = Error::with_errno(Kind::BadRequest, libc::ENOTSOCK, "x");
+        assert_eq!((e.kind(), e.code()), (Kind::BadRequest, libc::ENOTSOCK));
     }
 }
