@@ -644,7 +644,10 @@ mod tests {
         // An unbound socket without a notifier, and a connected one.
         let sock = sockpass::sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
         let (a, _b) = UnixStream::pair().unwrap();
-        for (fd, want) in [(sock.as_raw_fd(), libc::EINVAL), (a.as_raw_fd(), libc::EISCONN)] {
+        for (fd, want) in [
+            (sock.as_raw_fd(), libc::EINVAL),
+            (a.as_raw_fd(), libc::EISCONN),
+        ] {
             let (rc, m) = code(|| unsafe { sockpass_server_adopt(fd, -1, 0, &mut s) });
             assert_eq!(rc, -want, "{m}");
             assert_eq!(s, sentinel);
