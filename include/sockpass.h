@@ -311,6 +311,12 @@ int sockpass_release_fd_default(int fd);
 // this thread; do not free it.
 const char *sockpass_last_error_message(void);
 
+// The OS errno behind the last failed sockpass call in this thread, when
+// the returned code does not carry it: for `-SOCKPASS_E_CHILD_FAILED`, the
+// errno of the step that failed in the child (e.g. `ENOENT` from exec; the
+// message names the step). 0 if there is none, or after a success.
+int sockpass_last_error_errno(void);
+
 // The message for a code returned by any sockpass function (negative or
 // positive: the sign is ignored). The string is static: never free it, it
 // stays valid for the life of the process. Thread-safe.

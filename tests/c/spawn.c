@@ -146,6 +146,8 @@ static void exec_failure_and_kill(void) {
     c = sentinel;
     EXPECT(sockpass_spawn_new("/nonexistent/program", &s), 0);
     EXPECT(sockpass_spawn_start(s, &c), -SOCKPASS_E_CHILD_FAILED);
+    EXPECT(sockpass_last_error_errno(), ENOENT); /* the failed step's errno (exec) */
+    EXPECT(strstr(sockpass_last_error_message(), "exec") != NULL, 1);
     EXPECT(c == sentinel, 1);
     EXPECT(waitpid(-1, NULL, WNOHANG), -1); /* no child left behind */
 

@@ -1,7 +1,7 @@
 //! The panic boundary and argument translation shared by every exported
 //! function: C strings and pointers in, `int` results out.
 
-use crate::errors::{set_last_error, SOCKPASS_E_PANIC};
+use crate::errors::{set_last_error, set_last_error_errno, SOCKPASS_E_PANIC};
 use sockpass::{Error, Kind};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -17,7 +17,7 @@ pub(crate) fn call(f: impl FnOnce() -> sockpass::Result<c_int>) -> c_int {
         }
         Ok(Err(e)) => {
             let code = e.code();
-            set_last_error(Some(e.message()));
+            set_last_error_errno(Some(e.message()), e.errno().max(0));
             -code
         }
         Err(_) => {

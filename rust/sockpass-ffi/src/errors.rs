@@ -28,13 +28,23 @@ pub const SOCKPASS_E_PANIC: c_int = 2099;
 
 thread_local! {
     static LAST: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_ERRNO: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
+}
+
+/// Record this thread's last error: its message and the OS errno behind it
+/// (0 if none).
+pub(crate) fn set_last_error_errno(msg: Option<&str>, errno: c_int) {
+    set_last_error(msg);
+    let _ = LAST_ERRNO.try_with(|e| e.set(errno));
 }
 
 pub(crate) fn set_last_error(msg: Option<&str>) {
     let c = msg
         .map(|m| CString::new(m.replace('\0', " ")).unwrap_or_default())
         .unwrap_or_default();
-    LAST.with(|l| *l.borrow_mut() = c);
+    // try_with: during thread teardown there is nothing left to record into.
+    let _ = LAST.try_with(|l| *l.borrow_mut() = c);
+    let _ = LAST_ERRNO.try_with(|e| e.set(0));
 }
 
 /// The detail of the last failed sockpass call in this thread ("" after a
@@ -42,7 +52,20 @@ pub(crate) fn set_last_error(msg: Option<&str>) {
 /// this thread; do not free it.
 #[no_mangle]
 pub extern "C" fn sockpass_last_error_message() -> *const c_char {
-    LAST.with(|l| l.borrow().as_ptr())
+    // Never unwinds into C: during thread teardown (or on a bug) it is "".
+    std::panic::catch_unwind(|| LAST.try_with(|l| l.borrow().as_ptr()).ok())
+        .ok()
+        .flatten()
+        .unwrap_or(c"".as_ptr())
+}
+
+/// The OS errno behind the last failed sockpass call in this thread, when
+/// the returned code does not carry it: for `-SOCKPASS_E_CHILD_FAILED`, the
+/// errno of the step that failed in the child (e.g. `ENOENT` from exec; the
+/// message names the step). 0 if there is none, or after a success.
+#[no_mangle]
+pub extern "C" fn sockpass_last_error_errno() -> c_int {
+    std::panic::catch_unwind(|| LAST_ERRNO.try_with(|e| e.get()).unwrap_or(0)).unwrap_or(0)
 }
 
 /// Messages are made once per code and kept: the pointers never dangle.
@@ -53,6 +76,10 @@ static MESSAGES: Lazy<Mutex<HashMap<c_int, CString>>> = Lazy::new(|| Mutex::new(
 /// stays valid for the life of the process. Thread-safe.
 #[no_mangle]
 pub extern "C" fn sockpass_strerror(code: c_int) -> *const c_char {
+    std::panic::catch_unwind(|| strerror(code)).unwrap_or(c"internal error (panic caught)".as_ptr())
+}
+
+fn strerror(code: c_int) -> *const c_char {
     let code = code.checked_abs().unwrap_or(0);
     if code >= 4096 {
         return c"unknown error code".as_ptr();
