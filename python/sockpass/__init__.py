@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Final, NamedTuple, Self, TypeAlias
 
 from . import _sockpass, notify, readiness
-from ._errors import BadRequestError, BrokerUnavailableError, ShareError, TokenError
+from ._errors import BadRequestError, BrokerUnavailableError, ChildFailedError, ShareError, TokenError
 from ._share import Proto, Share
 from ._spawn import INHERIT, Child, spawn
 from ._status import Counters, HolderStatus, SocketStatus, _from_rows
@@ -39,6 +39,7 @@ __all__ = [
     "BrokerSocket",
     "BrokerUnavailableError",
     "Child",
+    "ChildFailedError",
     "Client",
     "Counters",
     "HolderStatus",

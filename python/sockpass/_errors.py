@@ -9,7 +9,7 @@ plain ``OSError(errno, message)``, which Python turns into
 
 from __future__ import annotations
 
-__all__ = ["BadRequestError", "BrokerUnavailableError", "ShareError", "TokenError"]
+__all__ = ["BadRequestError", "BrokerUnavailableError", "ChildFailedError", "ShareError", "TokenError"]
 
 
 class ShareError(OSError):
@@ -29,3 +29,11 @@ class BadRequestError(OSError, ValueError):
     """The request makes no sense: a port out of range, an unknown protocol or
     share mode, an invalid address or token (errno EINVAL). A ``ValueError``
     too, as Python code expects for bad values."""
+
+
+class ChildFailedError(OSError):
+    """A spawned child failed before its program ran (errno 2008); the
+    message names the step, and ``child_errno`` is that step's errno (e.g.
+    ``ENOENT`` from exec), 0 if there was none."""
+
+    child_errno: int = 0

@@ -72,7 +72,8 @@ class Child:
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the child to exit; returns its return code as
         ``subprocess`` does (negative: killed by that signal), or None if it
-        still runs after ``timeout`` seconds. A paused child is let go first."""
+        still runs after ``timeout`` seconds. Without a timeout a paused child
+        is let go first; with one it stays paused (and the wait times out)."""
         status = self._native.wait(timeout)
         if status is not None:
             self.returncode = os.waitstatus_to_exitcode(status)

@@ -32,6 +32,7 @@ pub(crate) fn to_pyerr(e: Error) -> PyErr {
         Kind::UnknownToken | Kind::TokenExpired => "TokenError",
         Kind::BrokerUnavailable => "BrokerUnavailableError",
         Kind::BadRequest => "BadRequestError",
+        Kind::ChildFailed => "ChildFailedError",
         _ => return PyOSError::new_err((e.code(), e.message().to_string())),
     };
     Python::attach(|py| {
@@ -43,7 +44,12 @@ pub(crate) fn to_pyerr(e: Error) -> PyErr {
             Ok(t) => t,
             Err(err) => return err,
         };
-        PyErr::from_type(ty, (e.code(), e.message().to_string()))
+        let err = PyErr::from_type(ty, (e.code(), e.message().to_string()));
+        if e.kind() == Kind::ChildFailed {
+            // The failed step's own errno, which the code (2008) does not carry.
+            let _ = err.value(py).setattr("child_errno", e.errno().max(0));
+        }
+        err
     })
 }
 

@@ -90,9 +90,10 @@ def test_wait_timeout_and_kill(no_fd_leak: None) -> None:
 
 def test_exec_failure_leaves_nothing(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
     before = children()
-    with pytest.raises(OSError) as ei:
+    with pytest.raises(sockpass.ChildFailedError) as ei:
         sockpass.spawn([os.path.join(tmp_path, "no-such-program")])
     assert ei.value.errno == 2008 and "exec" in str(ei.value)
+    assert ei.value.child_errno == errno.ENOENT  # the failed step's own errno
     assert children() == before  # no child left, not even a zombie
 
 
