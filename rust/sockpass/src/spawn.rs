@@ -111,11 +111,13 @@ const TAG_HOST_PID: i32 = 3;
 /// Longest fd name, as systemd.
 pub const MAX_NAME: usize = 255;
 
-/// Check a name as systemd does: printable ASCII except `:`, 1..=255 bytes.
+/// Check a name as systemd does: printable ASCII except `:`, at most 255
+/// bytes (empty is allowed).
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_NAME {
+    // As systemd's fdname_is_valid: the empty name is a valid one.
+    if name.len() > MAX_NAME {
         return Err(Error::bad_request(format!(
-            "fd name {name:?} must be 1 to {MAX_NAME} bytes"
+            "fd name {name:?} is longer than {MAX_NAME} bytes"
         )));
     }
     if let Some(c) = name

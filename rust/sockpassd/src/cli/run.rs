@@ -266,12 +266,9 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             None => sp.unsetenv(k),
         };
     }
-    // systemd allows an empty name; where our core does not, the slot
-    // stays unnamed rather than failing the run.
-    let empty_ok = sockpass::spawn::validate_name("").is_ok();
     for ((fd, own), given) in fds.into_iter().zip(names) {
         // A name of the slot's own (`--fd N:NAME`) beats `--fdname`.
-        let name = own.or(given).filter(|n| !n.is_empty() || empty_ok);
+        let name = own.or(given);
         match fd {
             Some(fd) => sp.fd(fd, name.as_deref()),
             None => sp.slot(Slot::Empty { name }),
