@@ -143,6 +143,7 @@ def main():
         names.append((f"B6_cached_{c}", f"B6 cached request with {c} cached sockets"))
     for c in (10, 1000, 10000):
         names.append((f"B6u_uncached_{c}", f"B6u uncached request with {c} cached sockets"))
+    names.append(("B6g_cached_after_10000_gone", "B6g cached request after 10,000 cached sockets came and went"))
     names.append(("B9_python_kept", "B9 Python request_socket (as B2)"))
     L.append("## Latency (µs)")
     L.append("")

@@ -16,7 +16,7 @@ expect() { # expect MODE NAME KEY
 for m in pinned unpinned; do
   for b in B1_floor B2_cached_kept B2r_release s6_retrieve_kept B3_connect_request_close \
     s6_connect_retrieve_end B4_uncached inproc_socket_bind B6_cached_10 B6_cached_1000 \
-    B6_cached_10000 B6u_uncached_10 B6u_uncached_1000 B6u_uncached_10000 B9_python_kept; do
+    B6_cached_10000 B6u_uncached_10 B6u_uncached_1000 B6u_uncached_10000 B6g_cached_after_10000_gone B9_python_kept; do
     expect $m $b median_ns
   done
   for k in 1 8 64 1000; do expect $m B5_sp_c$k ops_per_s; done
