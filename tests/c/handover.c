@@ -20,20 +20,6 @@
 
 #include "check.h"
 
-static int free_udp_port(void) {
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    socklen_t n = sizeof a;
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), p;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || getsockname(s, (struct sockaddr *)&a, &n)) {
-        perror("free_udp_port");
-        exit(1);
-    }
-    p = ntohs(a.sin_port);
-    close(s);
-    return p;
-}
-
 /* A connection to the broker, as a manager would make it for a container. */
 static int connect_broker(void) {
     struct sockaddr_un a = {.sun_family = AF_UNIX};

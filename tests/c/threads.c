@@ -27,21 +27,6 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static sockpass_client *shared;
 static int port;
 
-/* A UDP port nobody holds now. */
-static int free_udp_port(void) {
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    socklen_t n = sizeof a;
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), p;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || getsockname(s, (struct sockaddr *)&a, &n)) {
-        perror("free_udp_port");
-        exit(1);
-    }
-    p = ntohs(a.sin_port);
-    close(s);
-    return p;
-}
-
 /* EXPECT's counter is not atomic; threads check with this instead. */
 #define T_EXPECT(expr, want)                 \
     do {                                     \

@@ -34,6 +34,13 @@ pub struct sockpass_client {
 }
 
 impl sockpass_client {
+    /// A new handle for C (freed by `sockpass_client_free`).
+    fn boxed(c: Client) -> *mut sockpass_client {
+        Box::into_raw(Box::new(sockpass_client {
+            inner: Mutex::new(c),
+        }))
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Client) -> sockpass::Result<R>) -> sockpass::Result<R> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut c)
@@ -109,10 +116,7 @@ pub unsafe extern "C" fn sockpass_client_new(
             Some(p) => Client::connect(p)?,
             None => Client::connect_default()?,
         };
-        let b = Box::new(sockpass_client {
-            inner: Mutex::new(c),
-        });
-        *client_out = Box::into_raw(b);
+        *client_out = sockpass_client::boxed(c);
         Ok(0)
     })
 }
@@ -138,9 +142,7 @@ pub unsafe extern "C" fn sockpass_client_from_fd(
         }
         let fd = sockpass::readiness::inherited_fd(fd)?;
         let c = Client::from_fd(fd)?;
-        *client_out = Box::into_raw(Box::new(sockpass_client {
-            inner: Mutex::new(c),
-        }));
+        *client_out = sockpass_client::boxed(c);
         Ok(0)
     })
 }

@@ -283,43 +283,17 @@ pub fn can_bind_addr(udp: bool, addr: std::net::IpAddr, port: u16) -> bool {
     } else {
         libc::SOCK_STREAM
     };
-    // SAFETY: a fresh socket, bound once, closed on return; the sockaddr
-    // structs are fully initialised locals.
+    let fam = match addr {
+        std::net::IpAddr::V4(_) => libc::AF_INET,
+        std::net::IpAddr::V6(_) => libc::AF_INET6,
+    };
+    let (sa, len) = sockpass::sys::sockaddr_from(addr, port);
+    // SAFETY: a fresh socket, bound once with a sockaddr sockaddr_from
+    // filled in, and closed on return.
     unsafe {
-        let fam = match addr {
-            std::net::IpAddr::V4(_) => libc::AF_INET,
-            std::net::IpAddr::V6(_) => libc::AF_INET6,
-        };
         let fd = libc::socket(fam, ty | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0);
-        let r = match addr {
-            std::net::IpAddr::V4(a) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: port.to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                libc::bind(
-                    fd,
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            }
-            std::net::IpAddr::V6(a) => {
-                let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = port.to_be();
-                sin6.sin6_addr.s6_addr = a.octets();
-                libc::bind(
-                    fd,
-                    (&sin6 as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            }
-        };
+        let r = libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len);
         libc::close(fd);
         r == 0
     }
