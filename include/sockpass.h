@@ -588,7 +588,7 @@ int sockpass_spawn_unsetenv(sockpass_spawn *spawn,
 // `O_CLOEXEC`, so the caller may close its fd at once), named `name`
 // (borrowed; NULL: "unknown"). Returns the slot's index (0 for the first).
 // Errors: `-EFAULT`, `-EBADF` (`fd` negative or not open), `-EINVAL` (a
-// name that is empty or not printable ASCII without ':'),
+// name that is not printable ASCII without ':'; "" is a valid name),
 // `-ENAMETOOLONG` (a name over `SOCKPASS_MAX_FD_NAME`).
 int sockpass_spawn_add_fd(sockpass_spawn *spawn,
                           int fd,

@@ -205,7 +205,7 @@ unsafe fn env_key<'a>(p: *const c_char) -> sockpass::Result<&'a OsStr> {
 /// `O_CLOEXEC`, so the caller may close its fd at once), named `name`
 /// (borrowed; NULL: "unknown"). Returns the slot's index (0 for the first).
 /// Errors: `-EFAULT`, `-EBADF` (`fd` negative or not open), `-EINVAL` (a
-/// name that is empty or not printable ASCII without ':'),
+/// name that is not printable ASCII without ':'; "" is a valid name),
 /// `-ENAMETOOLONG` (a name over `SOCKPASS_MAX_FD_NAME`).
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_spawn_add_fd(
