@@ -247,8 +247,9 @@ int sockpass_client_release(sockpass_client *client,
 
 // Release the reference that came with socket `fd` from this client. The
 // fd is not closed (the caller owns it). Returns the references left.
-// Errors: `-EINVAL` (negative fd), `-SOCKPASS_E_UNKNOWN_TOKEN` (the fd did
-// not come from this client or was already released).
+// Errors: `-EFAULT` (`client` NULL), `-EINVAL` (negative fd),
+// `-SOCKPASS_E_UNKNOWN_TOKEN` (the fd did not come from this client or was
+// already released), `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_client_release_fd(sockpass_client *client,
                                int fd);
 
@@ -275,8 +276,9 @@ int sockpass_client_reserve_spec(sockpass_client *client,
 
 // Pick up a reserved socket by its token (borrowed; it becomes this
 // client's reference, released by the same token). Returns the fd (owned by
-// the caller, `O_CLOEXEC`). Errors: `-SOCKPASS_E_UNKNOWN_TOKEN`,
-// `-SOCKPASS_E_TOKEN_EXPIRED`, `-EACCES`.
+// the caller, `O_CLOEXEC`). Errors: `-EFAULT` (`client` or `token` NULL),
+// `-EINVAL` (malformed token), `-SOCKPASS_E_UNKNOWN_TOKEN`,
+// `-SOCKPASS_E_TOKEN_EXPIRED`, `-EACCES`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_client_pickup(sockpass_client *client,
                            const char *token);
 

@@ -128,6 +128,8 @@ int main(void) {
            -SOCKPASS_E_UNKNOWN_TOKEN);
     EXPECT(sockpass_client_release(other, saved), -SOCKPASS_E_UNKNOWN_TOKEN); /* not its own */
     EXPECT(sockpass_client_release(NULL, saved), -EFAULT);
+    EXPECT(sockpass_client_release_fd(NULL, 3), -EFAULT);
+    EXPECT(sockpass_client_release_all(NULL), -EFAULT);
     EXPECT(sockpass_client_release_fd(c, -1), -EINVAL);
     EXPECT(sockpass_client_release_fd(c, 12345), -SOCKPASS_E_UNKNOWN_TOKEN);
     EXPECT(sockpass_client_release(c, saved), 0);
@@ -136,6 +138,11 @@ int main(void) {
 
     /* Reservations. */
     EXPECT(sockpass_client_reserve_spec(c, "udp:127.0.0.1:0", SOCKPASS_SHARE_NONE, "r", NULL, 0), -EFAULT);
+    EXPECT(sockpass_client_reserve_spec(NULL, "udp:127.0.0.1:0", SOCKPASS_SHARE_NONE, "r", token,
+                                        sizeof(token)), -EFAULT);
+    EXPECT(sockpass_client_reserve_spec(c, NULL, SOCKPASS_SHARE_NONE, "r", token, sizeof(token)), -EFAULT);
+    EXPECT(sockpass_client_pickup(NULL, saved), -EFAULT);
+    EXPECT(sockpass_client_pickup(c, NULL), -EFAULT);
     EXPECT(sockpass_client_pickup(other, "000000000000000000000000000000000000000000000000"),
            -SOCKPASS_E_UNKNOWN_TOKEN);
 
@@ -143,6 +150,9 @@ int main(void) {
     EXPECT(sockpass_request_socket_default(SOCKPASS_PROTO_TCP, "::1::", 0, SOCKPASS_SHARE_NONE,
                                            "t", token, sizeof(token)), -EINVAL);
     EXPECT(sockpass_release_socket_default("zz"), -EINVAL);
+    EXPECT(sockpass_release_socket_default(NULL), -EFAULT);
+    EXPECT(sockpass_request_socket_default(SOCKPASS_PROTO_UDP, NULL, 0, SOCKPASS_SHARE_NONE, "t", token,
+                                           sizeof(token)), -EFAULT);
     EXPECT(sockpass_release_fd_default(-5), -EINVAL);
     EXPECT(strcmp(sockpass_strerror(-SOCKPASS_E_SHARE_CONFLICT), "sharing conflict"), 0);
     EXPECT(strlen(sockpass_strerror(-SOCKPASS_E_UNKNOWN_TOKEN)) > 0, 1);

@@ -315,8 +315,9 @@ pub unsafe extern "C" fn sockpass_client_release(
 
 /// Release the reference that came with socket `fd` from this client. The
 /// fd is not closed (the caller owns it). Returns the references left.
-/// Errors: `-EINVAL` (negative fd), `-SOCKPASS_E_UNKNOWN_TOKEN` (the fd did
-/// not come from this client or was already released).
+/// Errors: `-EFAULT` (`client` NULL), `-EINVAL` (negative fd),
+/// `-SOCKPASS_E_UNKNOWN_TOKEN` (the fd did not come from this client or was
+/// already released), `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_release_fd(
     client: *mut sockpass_client,
@@ -374,8 +375,9 @@ pub unsafe extern "C" fn sockpass_client_reserve_spec(
 
 /// Pick up a reserved socket by its token (borrowed; it becomes this
 /// client's reference, released by the same token). Returns the fd (owned by
-/// the caller, `O_CLOEXEC`). Errors: `-SOCKPASS_E_UNKNOWN_TOKEN`,
-/// `-SOCKPASS_E_TOKEN_EXPIRED`, `-EACCES`.
+/// the caller, `O_CLOEXEC`). Errors: `-EFAULT` (`client` or `token` NULL),
+/// `-EINVAL` (malformed token), `-SOCKPASS_E_UNKNOWN_TOKEN`,
+/// `-SOCKPASS_E_TOKEN_EXPIRED`, `-EACCES`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_pickup(
     client: *mut sockpass_client,

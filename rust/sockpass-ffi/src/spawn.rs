@@ -595,7 +595,7 @@ mod tests {
         );
         let bad: [(&std::ffi::CStr, c_int); 3] = [
             (c"a:b", -libc::EINVAL),
-            (c"", -libc::EINVAL),
+            (c"tab\there", -libc::EINVAL),
             (c"\x7f", -libc::EINVAL),
         ];
         for (name, want) in bad {
