@@ -51,13 +51,7 @@ fn plan(
     for (fd, name, inherit) in slots {
         match fd {
             _ if inherit => {
-                if let Some(n) = name {
-                    return Err(Error::bad_request(format!(
-                        "fd name {n:?} for an INHERIT slot: it has no name of its own \
-                         (it is named unknown)"
-                    )));
-                }
-                s.slot(Slot::Inherit);
+                s.slot(Slot::inherit_named(name.as_deref())?);
             }
             None => {
                 s.slot(Slot::Empty { name });

@@ -8,6 +8,7 @@ import platform
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -18,30 +19,33 @@ THREADS = 32
 ROUNDS = 40
 
 
-def test_32_threads_exact_reference_counts(broker: Broker, no_fd_leak: None) -> None:
-    port = free_port()
-    shared = broker.client()  # half the threads share one client, half have their own
-    clients = [shared if i % 2 == 0 else broker.client() for i in range(THREADS)]
+Request = Callable[[int], tuple[int, str]]
+Release = Callable[[int, int | str], int]
+
+
+def _hammer(request: Request, release: Release, keep: Callable[[int], int]) -> list[list[tuple[int, str]]]:
+    """THREADS threads, started together, each ROUNDS times: thread i asks
+    with request(i) and releases every other reference with release(i, ...),
+    alternately by fd and by token (closing the fd only after, so its number
+    is not reused meanwhile); at the end thread i keeps keep(i) references.
+    Returns what each kept; fails if a thread raised or hung."""
     kept: list[list[tuple[int, str]]] = [[] for _ in range(THREADS)]
     errors: list[BaseException] = []
     start = threading.Barrier(THREADS)
 
     def work(i: int) -> None:
-        c = clients[i]
         held: list[tuple[int, str]] = []
         try:
             start.wait(TIMEOUT)
             for k in range(ROUNDS):
-                held.append(c.request_socket("127.0.0.1", port, "udp", sockpass.SHARE_ANY, "threads"))
+                held.append(request(i))
                 if k % 2 == 1:
                     fd, tok = held.pop(0)
-                    # Alternate release by fd and by token; close only after
-                    # the release, so the fd number is not reused before.
-                    c.release(fd if k % 4 == 1 else tok)
+                    release(i, fd if k % 4 == 1 else tok)
                     os.close(fd)
-            while len(held) > i % 5:
+            while len(held) > keep(i):
                 fd, tok = held.pop()
-                c.release(tok)
+                release(i, tok)
                 os.close(fd)
         except BaseException as e:
             errors.append(e)
@@ -54,6 +58,18 @@ def test_32_threads_exact_reference_counts(broker: Broker, no_fd_leak: None) -> 
         t.join(TIMEOUT * 4)
     assert not any(t.is_alive() for t in threads), "a thread hung"
     assert not errors, errors
+    return kept
+
+
+def test_32_threads_exact_reference_counts(broker: Broker, no_fd_leak: None) -> None:
+    port = free_port()
+    shared = broker.client()  # half the threads share one client, half have their own
+    clients = [shared if i % 2 == 0 else broker.client() for i in range(THREADS)]
+    kept = _hammer(
+        lambda i: clients[i].request_socket("127.0.0.1", port, "udp", sockpass.SHARE_ANY, "threads"),
+        lambda i, x: clients[i].release(x),
+        lambda i: i % 5,
+    )
 
     expected = sum(i % 5 for i in range(THREADS))
     assert sum(len(k) for k in kept) == expected
@@ -117,35 +133,11 @@ def test_module_functions_from_32_threads(default_broker: Broker, no_fd_leak: No
     """The process-wide default client behind sockpass.request_socket and
     sockpass.release_socket, used by many threads at once."""
     port = free_port()
-    kept: list[list[tuple[int, str]]] = [[] for _ in range(THREADS)]
-    errors: list[BaseException] = []
-    start = threading.Barrier(THREADS)
-
-    def work(i: int) -> None:
-        held: list[tuple[int, str]] = []
-        try:
-            start.wait(TIMEOUT)
-            for k in range(ROUNDS):
-                held.append(sockpass.request_socket("127.0.0.1", port, "UDP", sockpass.SHARE_SAMEAPP, "mod-threads"))
-                if k % 2 == 1:
-                    fd, tok = held.pop(0)
-                    sockpass.release_socket(fd if k % 4 == 1 else tok)
-                    os.close(fd)
-            while len(held) > i % 3:
-                fd, tok = held.pop()
-                sockpass.release_socket(tok)
-                os.close(fd)
-        except BaseException as e:
-            errors.append(e)
-        kept[i] = held
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT * 4)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    assert not errors, errors
+    kept = _hammer(
+        lambda i: sockpass.request_socket("127.0.0.1", port, "UDP", sockpass.SHARE_SAMEAPP, "mod-threads"),
+        lambda i, x: sockpass.release_socket(x),
+        lambda i: i % 3,
+    )
 
     expected = sum(i % 3 for i in range(THREADS))
     rows = [r for r in sockpass.status() if r.port == port]

@@ -310,12 +310,7 @@ pub unsafe extern "C" fn sockpass_spawn_add_fds(
                 SOCKPASS_SPAWN_EMPTY => Slot::Empty {
                     name: name.map(str::to_string),
                 },
-                SOCKPASS_SPAWN_INHERIT if name.is_some() => {
-                    return Err(Error::bad_request(format!(
-                        "slot {i} inherits: it cannot be named"
-                    )))
-                }
-                SOCKPASS_SPAWN_INHERIT => Slot::Inherit,
+                SOCKPASS_SPAWN_INHERIT => Slot::inherit_named(name)?,
                 fd if fd < 0 => {
                     return Err(Error::with_errno(
                         Kind::Os,

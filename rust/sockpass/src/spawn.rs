@@ -57,6 +57,21 @@ pub enum Slot {
     Inherit,
 }
 
+impl Slot {
+    /// An inherit slot, for callers whose slots may come with a name: an
+    /// inherit slot has none of its own (`LISTEN_FDNAMES` says `unknown`),
+    /// so a name is refused here, once for every binding.
+    pub fn inherit_named(name: Option<&str>) -> Result<Slot> {
+        match name {
+            None => Ok(Slot::Inherit),
+            Some(n) => Err(Error::bad_request(format!(
+                "fd name {n:?} for an INHERIT slot: it has no name of its own \
+                 (it is named unknown)"
+            ))),
+        }
+    }
+}
+
 /// What the child's environment starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnvBase {
