@@ -111,6 +111,27 @@ fn pickup_across_a_network_namespace() {
     assert_eq!(e.kind(), Kind::UnknownToken);
 }
 
+/// Give the child `raw` as its fd 3. When `raw` already is 3, dup2 does
+/// nothing and would leave FD_CLOEXEC set, so it is cleared instead.
+fn as_fd3(cmd: &mut Command, raw: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 and fcntl are async-signal-safe; raw stays open in the
+    // parent until the child is spawned.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Child, in its own network and mount namespaces where the broker's
 /// directory is hidden under a tmpfs: reach the broker through the
 /// connection handed in on fd 3, pick up $TOKEN, report.
@@ -143,7 +164,6 @@ fn child_pickup_through_a_handed_in_connection() {
 #[test]
 fn pickup_through_a_connection_handed_into_a_container() {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     if !can_unshare_net() {
         return;
     }
@@ -176,15 +196,7 @@ fn pickup_through_a_connection_handed_into_a_container() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: dup2 is async-signal-safe; raw stays open in the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    as_fd3(&mut cmd, raw);
     let mut child = cmd.spawn().unwrap();
     drop(conn);
     let line = read_line(&mut child);
@@ -204,7 +216,6 @@ fn pickup_through_a_connection_handed_into_a_container() {
 #[test]
 fn cli_pickup_over_a_handed_in_connection() {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let b = Broker::start("handed-in-cli");
     let mut mgr = b.client();
     let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
@@ -216,15 +227,7 @@ fn cli_pickup_over_a_handed_in_connection() {
     cmd.args(["pickup", "--no-hold", "--fd", "3"])
         .arg(r.token.to_string())
         .env_remove("SOCKPASS_SOCKET");
-    // SAFETY: dup2 is async-signal-safe; raw stays open in the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    as_fd3(&mut cmd, raw);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
