@@ -154,7 +154,12 @@ const char *sockpass_version(void);
 // On success writes a new client to `*client_out` (free it with
 // `sockpass_client_free`) and returns 0. `path` is borrowed for the call.
 // Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG`,
-// `-SOCKPASS_E_BROKER_UNAVAILABLE`, `-SOCKPASS_E_PROTOCOL`.
+// `-SOCKPASS_E_BROKER_UNAVAILABLE` (nobody listens at the path).
+//
+// It connects and sends nothing, as `s6_fdholder_start` does: a broker at
+// its connection limit (`-SOCKPASS_E_LIMIT_REACHED`) or one that speaks
+// another protocol version (`-SOCKPASS_E_PROTOCOL`) is reported by the
+// first call on the client. `sockpass_client_hello` checks at once.
 int sockpass_client_new(const char *path,
                         sockpass_client **client_out);
 
@@ -170,6 +175,15 @@ int sockpass_client_new(const char *path,
 // `-SOCKPASS_E_BROKER_UNAVAILABLE` (not connected to a broker).
 int sockpass_client_from_fd(int fd,
                             sockpass_client **client_out);
+
+// The version handshake, now: one round trip that checks the broker speaks
+// this library's protocol and will serve the connection. Returns the
+// broker's pid (> 0). Optional: every call checks the version on its own.
+// Errors: `-EFAULT` (`client` NULL), `-SOCKPASS_E_PROTOCOL` (another
+// protocol version), `-SOCKPASS_E_LIMIT_REACHED` (the broker is at its
+// connection limit and closed the connection),
+// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+int sockpass_client_hello(sockpass_client *client);
 
 // Close the connection and free the client. The broker drops every
 // reference the client still holds; the fds the caller received stay open

@@ -87,7 +87,11 @@ class Client:
     """One connection to sockpassd. The connection is the lease: when the
     client is closed (or the process dies) the broker drops every reference
     it held. Use it as a context manager to release everything on exit.
-    Thread-safe: calls from several threads are serialized."""
+    Thread-safe: calls from several threads are serialized.
+
+    Making one connects and sends nothing: a broker at its connection
+    limit, or one that speaks another protocol version, is reported by the
+    first call. ``hello()`` checks at once."""
 
     def __init__(self, path: _Path | None = None) -> None:
         self._native = _sockpass.Client(path)
@@ -109,7 +113,14 @@ class Client:
 
     @property
     def broker_pid(self) -> int:
+        """The broker's pid (asks the broker on first use: ``hello()``)."""
         return self._native.broker_pid
+
+    def hello(self) -> int:
+        """The version handshake, now: raises if the broker speaks another
+        protocol version or will not serve this connection (its connection
+        limit). Returns the broker's pid."""
+        return self._native.hello()
 
     @property
     def closed(self) -> bool:
@@ -231,7 +242,7 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"broker pid {self.broker_pid}"
+        state = "closed" if self.closed else "open"
         return f"<sockpass.Client {self.path!r} {state}>"
 
 

@@ -364,7 +364,6 @@ struct PyClient {
     // waiting for the broker never holds up the interpreter.
     inner: Mutex<Option<Client>>,
     path: PathBuf,
-    broker_pid: u32,
 }
 
 impl PyClient {
@@ -395,7 +394,6 @@ impl PyClient {
         let path = path.unwrap_or_else(sockpass::broker::default_socket_path);
         let c = py.detach(|| Client::connect(&path)).map_err(to_pyerr)?;
         Ok(PyClient {
-            broker_pid: c.broker_pid(),
             inner: Mutex::new(Some(c)),
             path,
         })
@@ -407,9 +405,15 @@ impl PyClient {
         (!self.path.as_os_str().is_empty()).then(|| self.path.clone())
     }
 
+    /// The broker's pid (from the handshake, done on first use).
     #[getter]
-    fn broker_pid(&self) -> u32 {
-        self.broker_pid
+    fn broker_pid(&self, py: Python<'_>) -> PyResult<u32> {
+        self.with(py, |c| c.broker_pid())
+    }
+
+    /// The version handshake now; returns the broker's pid.
+    fn hello(&self, py: Python<'_>) -> PyResult<u32> {
+        self.with(py, |c| c.hello())
     }
 
     #[getter]
@@ -503,7 +507,6 @@ impl PyClient {
         let fd = sockpass::readiness::inherited_fd(fd).map_err(to_pyerr)?;
         let c = py.detach(|| Client::from_fd(fd)).map_err(to_pyerr)?;
         Ok(PyClient {
-            broker_pid: c.broker_pid(),
             inner: Mutex::new(Some(c)),
             path: PathBuf::new(),
         })

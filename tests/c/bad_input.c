@@ -62,6 +62,11 @@ int main(void) {
     EXPECT(sockpass_client_new(NULL, &other), 0);
     sockpass_client_free(NULL); /* a no-op */
 
+    /* The handshake: optional, the broker's pid. */
+    EXPECT(sockpass_client_hello(NULL), -EFAULT);
+    EXPECT(sockpass_client_hello(c) > 0, 1);
+    EXPECT(sockpass_client_hello(c) == sockpass_client_hello(other), 1);
+
     /* Requests. */
     memset(token, 'X', sizeof(token));
     EXPECT(sockpass_client_request_socket(NULL, SOCKPASS_PROTO_UDP, "127.0.0.1", 0,

@@ -41,7 +41,9 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "sockpassd.sock")
         env = dict(os.environ, SOCKPASS_SOCKET=path)
-        b = subprocess.Popen([broker, "--socket", path, "-q"], env=env)
+        # "limit2": a broker that serves at most two connections.
+        extra = ["--max-connections", "2"] if kind == "limit2" else []
+        b = subprocess.Popen([broker, "--socket", path, "-q"] + extra, env=env)
         try:
             wait_for(lambda: os.path.exists(path), "the broker's socket")
             return drive(kind, wrapper + [prog], env)
@@ -55,7 +57,7 @@ def main():
 
 
 def drive(kind, cmd, env):
-    if kind == "plain":
+    if kind in ("plain", "limit2"):
         return subprocess.run(cmd, env=env, timeout=TIMEOUT * 5).returncode
     port = free_port() if kind == "tcp-shared" else 0
     p = subprocess.Popen(cmd + ["127.0.0.1", str(port)], env=env, stdout=subprocess.PIPE, text=True)

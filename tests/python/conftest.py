@@ -96,7 +96,8 @@ class Broker:
         if self.proc.poll() is not None:
             raise AssertionError(f"sockpassd exited early ({self.proc.returncode}): {self.log.read_text()}")
         try:
-            sockpass.Client(self.path).close()
+            with sockpass.Client(self.path) as c:
+                c.hello()
         except sockpass.BrokerUnavailableError:
             return False
         return True
@@ -106,7 +107,11 @@ class Broker:
         return self.proc.pid
 
     def client(self) -> sockpass.Client:
-        return sockpass.Client(self.path)
+        """A client the broker has accepted (handshake done), so counts
+        taken next include it."""
+        c = sockpass.Client(self.path)
+        c.hello()
+        return c
 
     def status(self) -> list[sockpass.SocketStatus]:
         with self.client() as c:

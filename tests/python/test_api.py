@@ -10,7 +10,7 @@ import socket
 import pytest
 
 import sockpass
-from conftest import Broker, free_port, open_fds
+from conftest import Broker, free_port, open_fds, wait_for
 
 
 def test_bind10_first_call(default_broker: Broker, no_fd_leak: None) -> None:
@@ -168,6 +168,36 @@ def test_client_properties(broker: Broker) -> None:
         assert c.broker_pid == broker.pid
         assert not c.closed
         assert broker.path in repr(c)
+
+
+def test_client_connects_lazily_and_hello_checks(tmp_path: pathlib.Path) -> None:
+    # Making a Client only connects (as s6_fdholder_start); a broker at its
+    # connection limit is heard by hello() or by the first request.
+    b = Broker(tmp_path, "--max-connections", "2")
+
+    def accepted() -> sockpass.Client | None:
+        # The start-up probe's hang-up may not be noticed yet: retry.
+        try:
+            return b.client()
+        except OSError:
+            return None
+
+    try:
+        with wait_for("a place", accepted) as one, wait_for("a place", accepted) as two:
+            assert one.hello() == two.broker_pid == b.pid
+            for _ in range(2):
+                with sockpass.Client(b.path) as third:  # connecting succeeds
+                    with pytest.raises(OSError, match="connections") as e:
+                        third.hello()
+                    assert e.value.errno == 2003
+            with sockpass.Client(b.path) as fourth:
+                with pytest.raises(OSError, match="connections"):
+                    fourth.request_socket("127.0.0.1", 0, "udp")
+            # Inside the limit, served as ever.
+            fd, _ = one.request_socket("127.0.0.1", 0, "udp")
+            os.close(fd)
+    finally:
+        b.stop()
 
 
 def test_default_socket_path_follows_env(default_broker: Broker) -> None:

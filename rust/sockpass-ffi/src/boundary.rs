@@ -3,7 +3,6 @@
 
 use crate::errors::{set_last_error, set_last_error_errno, SOCKPASS_E_PANIC};
 use sockpass::{Error, Kind};
-use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -49,8 +48,8 @@ pub(crate) unsafe fn c_str<'a>(
             format!("{what} is longer than {max} bytes (or not NUL-terminated)"),
         ));
     }
-    CStr::from_ptr(p)
-        .to_str()
+    // strnlen found the NUL at n: no second strlen.
+    std::str::from_utf8(std::slice::from_raw_parts(p.cast::<u8>(), n))
         .map_err(|_| Error::bad_request(format!("{what} is not UTF-8")))
 }
 
@@ -85,7 +84,7 @@ mod tests {
         std::panic::set_hook(quiet);
         assert_eq!(r, -SOCKPASS_E_PANIC);
         // SAFETY: the last error is a NUL-terminated string owned by this thread.
-        let msg = unsafe { CStr::from_ptr(crate::errors::sockpass_last_error_message()) };
+        let msg = unsafe { std::ffi::CStr::from_ptr(crate::errors::sockpass_last_error_message()) };
         assert!(msg.to_str().unwrap().contains("panic"), "{msg:?}");
         // The next successful call clears it.
         assert_eq!(call(|| Ok(7)), 7);

@@ -102,7 +102,12 @@ unsafe fn write_token(buf: *mut c_char, t: &Token) {
 /// On success writes a new client to `*client_out` (free it with
 /// `sockpass_client_free`) and returns 0. `path` is borrowed for the call.
 /// Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG`,
-/// `-SOCKPASS_E_BROKER_UNAVAILABLE`, `-SOCKPASS_E_PROTOCOL`.
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE` (nobody listens at the path).
+///
+/// It connects and sends nothing, as `s6_fdholder_start` does: a broker at
+/// its connection limit (`-SOCKPASS_E_LIMIT_REACHED`) or one that speaks
+/// another protocol version (`-SOCKPASS_E_PROTOCOL`) is reported by the
+/// first call on the client. `sockpass_client_hello` checks at once.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_new(
     path: *const c_char,
@@ -144,6 +149,22 @@ pub unsafe extern "C" fn sockpass_client_from_fd(
         let c = Client::from_fd(fd)?;
         *client_out = sockpass_client::boxed(c);
         Ok(0)
+    })
+}
+
+/// The version handshake, now: one round trip that checks the broker speaks
+/// this library's protocol and will serve the connection. Returns the
+/// broker's pid (> 0). Optional: every call checks the version on its own.
+/// Errors: `-EFAULT` (`client` NULL), `-SOCKPASS_E_PROTOCOL` (another
+/// protocol version), `-SOCKPASS_E_LIMIT_REACHED` (the broker is at its
+/// connection limit and closed the connection),
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_hello(client: *mut sockpass_client) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        let pid = c.with(|c| c.hello())?;
+        Ok(pid as c_int)
     })
 }
 

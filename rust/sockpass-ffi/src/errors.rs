@@ -27,7 +27,9 @@ pub const SOCKPASS_E_CHILD_FAILED: c_int = 2008;
 pub const SOCKPASS_E_PANIC: c_int = 2099;
 
 thread_local! {
-    static LAST: RefCell<CString> = RefCell::new(CString::default());
+    // None is "": a successful call, the common case, then costs no
+    // allocation.
+    static LAST: RefCell<Option<CString>> = const { RefCell::new(None) };
     static LAST_ERRNO: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
 }
 
@@ -39,11 +41,14 @@ pub(crate) fn set_last_error_errno(msg: Option<&str>, errno: c_int) {
 }
 
 pub(crate) fn set_last_error(msg: Option<&str>) {
-    let c = msg
-        .map(|m| CString::new(m.replace('\0', " ")).unwrap_or_default())
-        .unwrap_or_default();
+    let c = msg.map(|m| CString::new(m.replace('\0', " ")).unwrap_or_default());
     // try_with: during thread teardown there is nothing left to record into.
-    let _ = LAST.try_with(|l| *l.borrow_mut() = c);
+    let _ = LAST.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if l.is_some() || c.is_some() {
+            *l = c;
+        }
+    });
     let _ = LAST_ERRNO.try_with(|e| e.set(0));
 }
 
@@ -53,10 +58,14 @@ pub(crate) fn set_last_error(msg: Option<&str>) {
 #[no_mangle]
 pub extern "C" fn sockpass_last_error_message() -> *const c_char {
     // Never unwinds into C: during thread teardown (or on a bug) it is "".
-    std::panic::catch_unwind(|| LAST.try_with(|l| l.borrow().as_ptr()).ok())
-        .ok()
-        .flatten()
-        .unwrap_or(c"".as_ptr())
+    std::panic::catch_unwind(|| {
+        LAST.try_with(|l| l.borrow().as_ref().map(|c| c.as_ptr()))
+            .ok()
+            .flatten()
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(c"".as_ptr())
 }
 
 /// The OS errno behind the last failed sockpass call in this thread, when

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Kind, Result};
 use crate::fdpass::{recv_fds, send_fds, RecvError};
+use crate::keyhash::KeyedState;
 use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
@@ -75,7 +76,7 @@ pub struct Client {
     path: PathBuf,
     next_id: u32,
     broker_pid: u32,
-    fd_tokens: HashMap<RawFd, Token>,
+    fd_tokens: HashMap<RawFd, Token, KeyedState>,
     buf: Vec<u8>,
     rbuf: Box<[u8; proto::MAX_MSG]>,
 }
@@ -105,7 +106,10 @@ impl Client {
         Client::connect(crate::broker::default_socket_path())
     }
 
-    /// Connect to the broker at `path` and do the version handshake.
+    /// Connect to the broker at `path`. No message is exchanged yet (as
+    /// `s6_fdholder_start`): a broker at its connection limit, or one that
+    /// speaks another protocol version, is reported by the first call. Call
+    /// [`Client::hello`] to check at once.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
         let path = path.as_ref();
         let fd =
@@ -116,7 +120,7 @@ impl Client {
                 format_args!("cannot connect to sockpassd at {}", path.display()),
             )
         })?;
-        Client::handshake(fd, path.to_path_buf())
+        Ok(Client::new(fd, path.to_path_buf()))
     }
 
     /// A client on a connection to the broker that someone else made and
@@ -148,38 +152,45 @@ impl Client {
         }
         // SAFETY: fd is open and ours.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        Client::handshake(fd, PathBuf::new())
+        // A handed-in fd is checked at once: it must lead to a broker.
+        let mut c = Client::new(fd, PathBuf::new());
+        c.hello()?;
+        Ok(c)
     }
 
-    /// The version handshake on a fresh connection.
-    fn handshake(fd: OwnedFd, path: PathBuf) -> Result<Client> {
-        let mut c = Client {
+    fn new(fd: OwnedFd, path: PathBuf) -> Client {
+        Client {
             fd,
             path,
             next_id: 1,
             broker_pid: 0,
-            fd_tokens: HashMap::new(),
+            fd_tokens: HashMap::default(),
             buf: Vec::with_capacity(proto::MAX_MSG),
             rbuf: Box::new([0u8; proto::MAX_MSG]),
-        };
-        let id = c.take_id();
-        proto::encode_hello(&mut c.buf, id);
-        let (h, n, _) = match c.send().and_then(|()| c.recv_reply(id, 0)) {
-            Ok(r) => r,
-            Err(e) => return Err(c.refusal().unwrap_or(e)),
-        };
+        }
+    }
+
+    /// The version handshake: one round trip that checks the broker speaks
+    /// our protocol and will serve this connection (not at its connection
+    /// limit). Returns the broker's pid. Optional: every request checks the
+    /// version on its own.
+    pub fn hello(&mut self) -> Result<u32> {
+        let id = self.take_id();
+        proto::encode_hello(&mut self.buf, id);
+        self.send()?;
+        let (h, n, _) = self.recv_reply(id, 0)?;
         if h.ty != ty::HELLO_OK {
             return Err(Error::protocol(format!(
                 "unexpected reply {:#04x} to HELLO",
                 h.ty
             )));
         }
-        let mut r = Reader::new(&c.rbuf[proto::HEADER_LEN..n]);
+        let mut r = Reader::new(&self.rbuf[proto::HEADER_LEN..n]);
         let _version = r.u8()?;
         r.bytes(3)?;
         let _max = r.u32()?;
-        c.broker_pid = r.u32()?;
-        Ok(c)
+        self.broker_pid = r.u32()?;
+        Ok(self.broker_pid)
     }
 
     /// The broker's socket path.
@@ -187,9 +198,13 @@ impl Client {
         &self.path
     }
 
-    /// The broker's pid, as it reported in the handshake.
-    pub fn broker_pid(&self) -> u32 {
-        self.broker_pid
+    /// The broker's pid, as it reported in the handshake ([`Client::hello`],
+    /// done now if it was not yet).
+    pub fn broker_pid(&mut self) -> Result<u32> {
+        if self.broker_pid == 0 {
+            return self.hello();
+        }
+        Ok(self.broker_pid)
     }
 
     /// The connection's fd (for callers that poll it to notice the broker going away).
@@ -235,22 +250,34 @@ impl Client {
     fn send(&mut self) -> Result<()> {
         match send_fds(self.fd.as_fd(), &self.buf, &[], 0) {
             Ok(_) => Ok(()),
-            Err(e) => Err(unavailable(e, "sending to sockpassd")),
+            Err(e) => Err(self.refusal(unavailable(e, "sending to sockpassd"))),
         }
     }
 
     /// Receive the reply to `id`; returns its header, length and fds (at most
     /// `max_fds`; more is a protocol error and they are closed). An ERROR
     /// reply becomes `Err`.
-    /// After a failed handshake: the ERROR with id 0 a broker at its
-    /// connection limit sends before closing. Closing with our HELLO unread
-    /// resets the connection, and the reset is reported before that message.
-    fn refusal(&mut self) -> Option<Error> {
-        let r = recv_fds(self.fd.as_fd(), &mut self.rbuf[..], 0, libc::MSG_DONTWAIT).ok()?;
-        let h = Header::parse(&self.rbuf[..r.len]).ok()?;
-        (h.ty == ty::ERROR && h.id == 0)
-            .then(|| proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len]).ok())
-            .flatten()
+    /// `e`, a lost connection, or the reason the broker gave: the ERROR
+    /// with id 0 a broker at its connection limit sends before it closes.
+    /// Closing with our request unread resets the connection, and the reset
+    /// is reported before that message, so look for it.
+    fn refusal(&mut self, e: Error) -> Error {
+        // A pending reset may be reported once more before the message.
+        for _ in 0..2 {
+            match recv_fds(self.fd.as_fd(), &mut self.rbuf[..], 0, libc::MSG_DONTWAIT) {
+                Ok(r) => {
+                    return match Header::parse(&self.rbuf[..r.len]) {
+                        Ok(h) if h.ty == ty::ERROR && h.id == 0 => {
+                            proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len]).unwrap_or(e)
+                        }
+                        _ => e,
+                    }
+                }
+                Err(RecvError::Os(libc::ECONNRESET | libc::EPIPE)) => continue,
+                Err(_) => return e,
+            }
+        }
+        e
     }
 
     fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Vec<OwnedFd>)> {
@@ -263,7 +290,9 @@ impl Client {
                     "sockpassd did not reply in time",
                 ))
             }
-            Err(RecvError::Os(e)) => return Err(unavailable(e, "receiving from sockpassd")),
+            Err(RecvError::Os(e)) => {
+                return Err(self.refusal(unavailable(e, "receiving from sockpassd")))
+            }
             Err(e) => return Err(e.into_error("reply from sockpassd")),
         };
         if r.len == 0 && r.fds.is_empty() {

@@ -25,6 +25,7 @@ pub mod fdpass;
 pub mod fdstore;
 pub mod handoff;
 mod holders;
+mod keyhash;
 pub mod memfd;
 pub mod notify;
 pub mod ns;

@@ -128,15 +128,26 @@ fn connections() {
     let _c2 = b.client();
     let before = counts(&b, &mut c1);
     for _ in 0..3 {
-        let e = Client::connect(&b.path).expect_err("third connection refused");
+        // connect() only connects; the handshake hears the refusal.
+        let mut c = Client::connect(&b.path).expect("connect");
+        let e = c.hello().expect_err("third connection refused");
         assert_limit(&e, "connections");
     }
+    // Without a handshake, the first request hears it.
+    let e = Client::connect(&b.path)
+        .expect("connect")
+        .request_socket(&eph(), ShareMode::None, "c")
+        .expect_err("refused connection");
+    assert_limit(&e, "connections");
     assert_eq!(counts(&b, &mut c1), before);
     assert!(b.log_text().contains("connection limit reached"));
     // Existing clients are served as before; a place frees when one leaves.
     c1.release(&g.token).unwrap();
     drop(_c2);
-    wait_for("a free connection place", || Client::connect(&b.path).ok());
+    wait_for("a free connection place", || {
+        let mut c = Client::connect(&b.path).ok()?;
+        c.hello().ok()
+    });
 }
 
 #[test]
@@ -242,7 +253,11 @@ fn out_of_fds_turns_clients_away_without_spinning() {
     let path = b.path.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(Client::connect(&path).map(|_| ()));
+        let _ = tx.send(
+            Client::connect(&path)
+                .and_then(|mut c| c.hello())
+                .map(|_| ()),
+        );
     });
     let e = rx
         .recv_timeout(WAIT)

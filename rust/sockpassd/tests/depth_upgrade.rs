@@ -170,7 +170,7 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
 
     // Same process, same sockets, same references.
     assert_eq!(b.pid(), pid);
-    assert_eq!(holder.broker_pid() as i32, pid);
+    assert_eq!(holder.broker_pid().unwrap() as i32, pid);
     let inodes = broker_socket_inodes(pid);
     for ino in &held_inodes {
         assert!(inodes.contains(ino), "held socket {ino} was not kept");

@@ -657,6 +657,13 @@ fn fake_broker(listener: &OwnedFd, script: Vec<FakeReply>, stray_fd: OwnedFd) {
     while matches!(recv_fds(conn.as_fd(), &mut buf, 0, 0), Ok(r) if r.len > 0) {}
 }
 
+/// A client that has done the handshake (the fake brokers answer it first).
+fn connect_hello(p: &std::path::Path) -> sockpass::Result<Client> {
+    let mut c = Client::connect(p)?;
+    c.hello()?;
+    Ok(c)
+}
+
 /// Child: a real `Client` against fake brokers whose replies carry fds it
 /// did not ask for. Reports each call's error kind and the process's fd
 /// counts; runs alone in its process so the counts are exact.
@@ -702,13 +709,13 @@ fn child_stray_fds() {
     let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
     type Call = Box<dyn Fn(&std::path::Path) -> sockpass::Result<()>>;
     let connect_then = |f: fn(&mut Client) -> sockpass::Result<()>| -> Call {
-        Box::new(move |p: &std::path::Path| f(&mut Client::connect(p)?))
+        Box::new(move |p: &std::path::Path| f(&mut connect_hello(p)?))
     };
     let cases: Vec<(&str, Vec<FakeReply>, Call)> = vec![
         (
             "HELLO_OK+2",
             vec![reply(ty::HELLO_OK, hello_ok(), 2)],
-            Box::new(|p: &std::path::Path| Client::connect(p).map(drop)),
+            Box::new(|p: &std::path::Path| connect_hello(p).map(drop)),
         ),
         (
             "SOCKET+3",
@@ -719,7 +726,7 @@ fn child_stray_fds() {
             {
                 let spec = spec.clone();
                 Box::new(move |p: &std::path::Path| {
-                    Client::connect(p)?
+                    connect_hello(p)?
                         .request_socket(&spec, ShareMode::None, "x")
                         .map(drop)
                 })
@@ -734,7 +741,7 @@ fn child_stray_fds() {
             {
                 let spec = spec.clone();
                 Box::new(move |p: &std::path::Path| {
-                    Client::connect(p)?
+                    connect_hello(p)?
                         .request_socket(&spec, ShareMode::None, "x")
                         .map(drop)
                 })
@@ -754,7 +761,7 @@ fn child_stray_fds() {
             {
                 let spec = spec.clone();
                 Box::new(move |p: &std::path::Path| {
-                    Client::connect(p)?
+                    connect_hello(p)?
                         .request_socket(&spec, ShareMode::None, "x")
                         .map(drop)
                 })

@@ -106,8 +106,12 @@ impl Broker {
         self.child.as_ref().unwrap().id() as i32
     }
 
+    /// A client the broker has accepted (the handshake done), so fd and
+    /// connection counts taken next include it.
     pub fn client(&self) -> Client {
-        Client::connect(&self.path).expect("connect to broker")
+        let mut c = Client::connect(&self.path).expect("connect to broker");
+        c.hello().expect("handshake with the broker");
+        c
     }
 
     pub fn status(&self) -> Status {
