@@ -88,6 +88,7 @@ def main():
     bar("B2", "B2 / B1 ≤ 1.25", lambda m: ratio(med(m, "B2_cached_kept"), med(m, "B1_floor")), 1.25)
     bar("B2", "B2 / s6 retrieve (kept) ≤ 0.65", lambda m: ratio(med(m, "B2_cached_kept"), med(m, "s6_retrieve_kept")), 0.65)
     bar("B3", "B3 / s6 connect+retrieve+end ≤ 0.5", lambda m: ratio(med(m, "B3_connect_request_close"), med(m, "s6_connect_retrieve_end")), 0.5)
+    L.append(f"| (B3f) | the floor B3f / s6 connect+retrieve+end, for reference | {fr(ratio(med('pinned', 'B3f_connect_floor'), med('pinned', 's6_connect_retrieve_end')))} | {fr(ratio(med('unpinned', 'B3f_connect_floor'), med('unpinned', 's6_connect_retrieve_end')))} | |")
 
     def b4(m):
         a, b = med(m, "inproc_socket_bind"), med(m, "B1_floor")
@@ -136,6 +137,7 @@ def main():
         ("s6_retrieve_kept", "s6 retrieve, kept connection"),
         ("B3_connect_request_close", "B3 connect + request + close"),
         ("s6_connect_retrieve_end", "s6 connect + retrieve + end"),
+        ("B3f_connect_floor", "B3f floor: connect, accept + SO_PEERCRED, 1 fd, close"),
         ("B4_uncached", "B4 uncached request (create, bind, hand over)"),
         ("inproc_socket_bind", "socket()+setsockopt()+bind() in-process"),
     ]

@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -490,16 +491,75 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
   sockpass_client_free(cu);
 }
 
-/* B3 and s6's connect + retrieve + end, interleaved in blocks of 50. */
+/* B3f, the floor of B3: a forked server on a listening SOCK_SEQPACKET path
+ * doing only what any broker that knows its clients must per connection:
+ * epoll_wait, accept4, SO_PEERCRED, EPOLL_CTL_ADD; recv, one fd by
+ * SCM_RIGHTS; recv of the hang-up, close. The client connects, sends 1 byte,
+ * receives the fd, closes it and the connection. */
+static pid_t connect_floor_server(struct sockaddr_un *a) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  snprintf(a->sun_path, sizeof a->sun_path, "/tmp/sockpass-b3f.%d", (int)getpid());
+  unlink(a->sun_path);
+  int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (l < 0 || bind(l, (struct sockaddr *)a, sizeof *a) || listen(l, 128)) die("b3f listen", errno);
+  pid_t pid = fork();
+  if (pid < 0) die("fork", errno);
+  if (pid == 0) {
+    int u = socket(AF_INET, SOCK_DGRAM, 0), ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l}, got[256];
+    if (u < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev)) _exit(1);
+    char b[64];
+    for (;;) {
+      int k = epoll_wait(ep, got, 256, -1);
+      for (int i = 0; i < k; i++) {
+        int fd = got[i].data.fd;
+        if (fd == l) {
+          int c = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+          if (c < 0) continue;
+          struct ucred cr;
+          socklen_t cl = sizeof cr;
+          struct epoll_event e = {.events = EPOLLIN | EPOLLRDHUP, .data.fd = c};
+          if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &cl) || epoll_ctl(ep, EPOLL_CTL_ADD, c, &e))
+            close(c);
+          continue;
+        }
+        ssize_t r = recv(fd, b, sizeof b, MSG_DONTWAIT);
+        if (r == 0) close(fd);
+        else if (r > 0 && send_fd(fd, u)) close(fd);
+      }
+    }
+  }
+  close(l);
+  return pid;
+}
+
+/* B3, its floor B3f and s6's connect + retrieve + end, interleaved in
+ * blocks of 50. */
 static void mixed_connect(const char *path, int port, const char *s6path, const char *id, size_t n) {
   sockpass_client *holder = sp_connect(path); /* keeps the socket cached */
   int keep = sockpass_client_request_socket(holder, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
                                             SOCKPASS_SHARE_ANY, "bench", NULL, 0);
   if (keep < 0) die("request", keep);
   close(keep);
+  struct sockaddr_un fa;
+  pid_t fpid = connect_floor_server(&fa);
   uint64_t *s = malloc((n + 50) * sizeof *s), *q = malloc((n + 50) * sizeof *q);
+  uint64_t *f = malloc((n + 50) * sizeof *f);
   size_t done = 0;
   for (int block = 0; done < n; block++) {
+    for (size_t i = 0; i < 50; i++) {
+      uint64_t t0 = now_ns();
+      int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+      if (c < 0 || connect(c, (struct sockaddr *)&fa, sizeof fa)) die("b3f connect", errno);
+      char b = 'r';
+      if (send(c, &b, 1, 0) != 1) die("b3f send", errno);
+      int fd = recv_fd(c);
+      if (fd < 0) die("b3f recv_fd", errno);
+      close(fd);
+      close(c);
+      if (block > 0) f[done + i] = now_ns() - t0;
+    }
     for (size_t i = 0; i < 50; i++) {
       uint64_t t0 = now_ns();
       sockpass_client *c = sp_connect(path);
@@ -524,6 +584,10 @@ static void mixed_connect(const char *path, int port, const char *s6path, const 
   }
   report("B3_connect_request_close", s, done);
   report("s6_connect_retrieve_end", q, done);
+  report("B3f_connect_floor", f, done);
+  kill(fpid, SIGKILL);
+  waitpid(fpid, NULL, 0);
+  unlink(fa.sun_path);
   sockpass_client_free(holder);
 }
 
