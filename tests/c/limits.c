@@ -40,6 +40,14 @@ int main(void) {
     EXPECT(request(c), -SOCKPASS_E_LIMIT_REACHED);
     sockpass_client_free(c);
 
+    /* The default client: refused, and connected anew by the next call
+     * (refused again, not "broker unavailable" from a dead connection). */
+    for (int i = 0; i < 2; i++) {
+        EXPECT(sockpass_request_socket_default(SOCKPASS_PROTO_UDP, "127.0.0.1", 0,
+                                               SOCKPASS_SHARE_NONE, "limits", NULL, 0),
+               -SOCKPASS_E_LIMIT_REACHED);
+    }
+
     /* The clients inside the limit are served throughout. */
     EXPECT(request(a), 0);
     EXPECT(request(b), 0);
@@ -60,8 +68,25 @@ int main(void) {
         sockpass_client_free(c);
     }
     EXPECT(ok, 1);
+    /* The default client finds the freed place too. */
+    ok = 0;
+    for (int i = 0; i < 500 && !ok; i++) {
+        int fd = sockpass_request_socket_default(SOCKPASS_PROTO_UDP, "127.0.0.1", 0,
+                                                 SOCKPASS_SHARE_NONE, "limits", NULL, 0);
+        ok = fd >= 0;
+        if (ok) {
+            EXPECT(sockpass_release_fd_default(fd), 0);
+            close(fd);
+        } else {
+            EXPECT(fd, -SOCKPASS_E_LIMIT_REACHED);
+            struct timespec t = {0, 20 * 1000 * 1000};
+            nanosleep(&t, NULL);
+        }
+    }
+    EXPECT(ok, 1);
     sockpass_client_free(a);
-    EXPECT(count_fds(), fds_before);
+    /* The default client keeps its one connection. */
+    EXPECT(count_fds(), fds_before + 1);
     if (failures) {
         fprintf(stderr, "limits: %d failure(s)\n", failures);
         return 1;

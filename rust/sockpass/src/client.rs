@@ -79,6 +79,8 @@ pub struct Client {
     fd_tokens: HashMap<RawFd, Token, KeyedState>,
     buf: Vec<u8>,
     rbuf: Box<[u8; proto::MAX_MSG]>,
+    /// The broker refused or closed this connection: no call can succeed.
+    gone: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -167,6 +169,7 @@ impl Client {
             fd_tokens: HashMap::default(),
             buf: Vec::with_capacity(proto::MAX_MSG),
             rbuf: Box::new([0u8; proto::MAX_MSG]),
+            gone: false,
         }
     }
 
@@ -268,6 +271,7 @@ impl Client {
                 Ok(r) => {
                     return match Header::parse(&self.rbuf[..r.len]) {
                         Ok(h) if h.ty == ty::ERROR && h.id == 0 => {
+                            self.gone = true;
                             proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len]).unwrap_or(e)
                         }
                         _ => e,
@@ -305,6 +309,7 @@ impl Client {
         // An ERROR with id 0 is about the connection (e.g. the broker's
         // connection limit): the broker closes it after.
         if h.ty == ty::ERROR && h.id == 0 {
+            self.gone = true;
             return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len])?);
         }
         if h.id != id {
@@ -565,8 +570,9 @@ impl Client {
 
 /// The process-wide default client (BIND10's library style): connected
 /// lazily to the default path on first use. After a `BrokerUnavailable`
-/// error it is discarded, and the next call connects anew (a new lease: the
-/// old connection's references were dropped by the broker).
+/// error, or the broker's refusal of the connection, it is discarded, and
+/// the next call connects anew (a new lease: the old connection's
+/// references were dropped by the broker).
 pub fn with_default<R>(f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
     static DEFAULT: OnceLock<Mutex<Option<Client>>> = OnceLock::new();
     let m = DEFAULT.get_or_init(|| Mutex::new(None));
@@ -575,7 +581,9 @@ pub fn with_default<R>(f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
         *g = Some(Client::connect_default()?);
     }
     let res = f(g.as_mut().unwrap());
-    if matches!(&res, Err(e) if e.kind() == Kind::BrokerUnavailable) {
+    // Refused (the broker at its connection limit) counts as lost too: the
+    // broker closed the connection, and the next call connects anew.
+    if matches!(&res, Err(e) if e.kind() == Kind::BrokerUnavailable) || g.as_ref().unwrap().gone {
         *g = None;
     }
     res
