@@ -257,9 +257,6 @@ impl Client {
         }
     }
 
-    /// Receive the reply to `id`; returns its header, length and fds (at most
-    /// `max_fds`; more is a protocol error and they are closed). An ERROR
-    /// reply becomes `Err`.
     /// `e`, a lost connection, or the reason the broker gave: the ERROR
     /// with id 0 a broker at its connection limit sends before it closes.
     /// Closing with our request unread resets the connection, and the reset
@@ -284,6 +281,9 @@ impl Client {
         e
     }
 
+    /// Receive the reply to `id`; returns its header, length and fds (at most
+    /// `max_fds`; more is a protocol error and they are closed). An ERROR
+    /// reply becomes `Err`.
     fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Vec<OwnedFd>)> {
         let r = match recv_fds(self.fd.as_fd(), &mut self.rbuf[..], max_fds, 0) {
             Ok(r) => r,
