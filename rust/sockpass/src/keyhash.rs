@@ -121,8 +121,14 @@ mod tests {
             low.insert(h & 1023);
             top.insert(h >> 57);
         }
+        // A uniform hash gives about 647 of 1024 and 128 of 128 (all 128
+        // is not certain: the key is random, so leave room).
         assert!(low.len() > 550, "{} distinct buckets of 1024", low.len());
-        assert_eq!(top.len(), 128);
+        assert!(
+            top.len() > 120,
+            "{} distinct top-7-bit values of 128",
+            top.len()
+        );
         assert_ne!(s.hash_one("a"), s.hash_one("a\0"));
     }
 }

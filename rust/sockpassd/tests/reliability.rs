@@ -657,13 +657,6 @@ fn fake_broker(listener: &OwnedFd, script: Vec<FakeReply>, stray_fd: OwnedFd) {
     while matches!(recv_fds(conn.as_fd(), &mut buf, 0, 0), Ok(r) if r.len > 0) {}
 }
 
-/// A client that has done the handshake (the fake brokers answer it first).
-fn connect_hello(p: &std::path::Path) -> sockpass::Result<Client> {
-    let mut c = Client::connect(p)?;
-    c.hello()?;
-    Ok(c)
-}
-
 /// Child: a real `Client` against fake brokers whose replies carry fds it
 /// did not ask for. Reports each call's error kind and the process's fd
 /// counts; runs alone in its process so the counts are exact.

@@ -85,6 +85,15 @@ fn probe(out: &Path) -> Spawn {
     s
 }
 
+/// A paused child that, once resumed, writes "ran\n" to `out`.
+fn paused_echo(out: &Path) -> Spawn {
+    let mut s = Spawn::new("/bin/sh");
+    s.args(["-c", "echo ran > \"$OUT\""])
+        .setenv("OUT", out)
+        .paused(true);
+    s
+}
+
 fn run_ok(s: Spawn) -> i32 {
     let mut c = s.spawn().expect("spawn");
     let st = c.wait().unwrap();
@@ -394,10 +403,7 @@ fn paused_start_then_resume() {
     let _serial = serial();
     let dir = temp_dir("spawn-pause");
     let out = dir.join("out");
-    let mut s = Spawn::new("/bin/sh");
-    s.args(["-c", "echo ran > \"$OUT\""])
-        .setenv("OUT", &out)
-        .paused(true);
+    let s = paused_echo(&out);
     let mut c = s.spawn().unwrap();
     assert!(c.is_paused());
     assert!(c.pid() > 0);
@@ -415,10 +421,7 @@ fn waiting_on_a_paused_child_resumes_it() {
     let _serial = serial();
     let dir = temp_dir("spawn-pause-wait");
     let out = dir.join("out");
-    let mut s = Spawn::new("/bin/sh");
-    s.args(["-c", "echo ran > \"$OUT\""])
-        .setenv("OUT", &out)
-        .paused(true);
+    let s = paused_echo(&out);
     let mut c = s.spawn().unwrap();
     // A bounded wait leaves it paused.
     assert_eq!(c.wait_timeout(std::time::Duration::ZERO).unwrap(), None);
@@ -444,10 +447,7 @@ fn dropping_a_paused_child_resumes_it() {
     let _serial = serial();
     let dir = temp_dir("spawn-pause-drop");
     let out = dir.join("out");
-    let mut s = Spawn::new("/bin/sh");
-    s.args(["-c", "echo ran > \"$OUT\""])
-        .setenv("OUT", &out)
-        .paused(true);
+    let s = paused_echo(&out);
     let c = s.spawn().unwrap();
     let pid = c.pid();
     drop(c);
@@ -489,10 +489,7 @@ fn a_paused_child_has_no_handlers_and_survives_signals() {
     );
     let dir = temp_dir("spawn-signals");
     let out = dir.join("out");
-    let mut s = Spawn::new("/bin/sh");
-    s.args(["-c", "echo ran > \"$OUT\""])
-        .setenv("OUT", &out)
-        .paused(true);
+    let s = paused_echo(&out);
     let mut c = s.spawn().unwrap();
     let m = signal_masks(c.pid());
     let winch = 1u64 << (libc::SIGWINCH - 1);

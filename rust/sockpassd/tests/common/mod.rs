@@ -109,9 +109,7 @@ impl Broker {
     /// A client the broker has accepted (the handshake done), so fd and
     /// connection counts taken next include it.
     pub fn client(&self) -> Client {
-        let mut c = Client::connect(&self.path).expect("connect to broker");
-        c.hello().expect("handshake with the broker");
-        c
+        connect_hello(&self.path).expect("connect to the broker and handshake")
     }
 
     pub fn status(&self) -> Status {
@@ -344,4 +342,12 @@ pub fn sockets_on_port(udp: bool, port: u16) -> Vec<u64> {
         }
     }
     v
+}
+
+/// Connect and do the handshake: the broker (or a fake one) has then
+/// accepted this client, and a refusal shows here rather than later.
+pub fn connect_hello(p: &Path) -> sockpass::Result<Client> {
+    let mut c = Client::connect(p)?;
+    c.hello()?;
+    Ok(c)
 }
