@@ -101,6 +101,7 @@ def main():
         return r["ops_per_s"] if r else None
 
     bar("B5", "B5 throughput / s6 at 64 clients ≥ 2", lambda m: ratio(tp(m, "sp", 64), tp(m, "s6", 64)), 2.0, ge=True)
+    L.append(f"| (B5f) | the floor B5f / s6 at 64 clients, for reference | {fr(ratio(tp('pinned', 'floor', 64), tp('pinned', 's6', 64)))} | {fr(ratio(tp('unpinned', 'floor', 64), tp('unpinned', 's6', 64)))} | |")
     bar("B6", "B6 at 10,000 cached / at 10 ≤ 1.1", lambda m: ratio(med(m, "B6_cached_10000"), med(m, "B6_cached_10")), 1.1)
     bar("B9", "B9 Python / B2 ≤ 1.5", lambda m: ratio(med(m, "B9_python_kept"), med(m, "B2_cached_kept")), 1.5)
 
@@ -162,14 +163,16 @@ def main():
     L.append("")
     L.append("## Throughput (B5): requests per second, each client a process on its own kept connection")
     L.append("")
-    L.append("| clients | sockpass pinned | s6 pinned | ratio | sockpass unpinned | s6 unpinned | ratio |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append("B5f, the floor: the B3f server (one epoll loop answering each 1-byte request with one fd) and the same client processes.")
+    L.append("")
+    L.append("| clients | sockpass pinned | s6 pinned | ratio | floor B5f pinned | sockpass unpinned | s6 unpinned | ratio | floor B5f unpinned |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     ks = sorted({int(r["clients"]) for (m, k), r in res.items() if k.startswith("B5_")})
     for k in ks:
         row = [str(k)]
         for m in ("pinned", "unpinned"):
-            a, b = tp(m, "sp", k), tp(m, "s6", k)
-            row += [f"{a:.0f}" if a else "n/a", f"{b:.0f}" if b else "n/a (s6: ≤ 256 connections)" if k > 256 else "n/a", fr(ratio(a, b))]
+            a, b, f = tp(m, "sp", k), tp(m, "s6", k), tp(m, "floor", k)
+            row += [f"{a:.0f}" if a else "n/a", f"{b:.0f}" if b else "n/a (s6: ≤ 256 connections)" if k > 256 else "n/a", fr(ratio(a, b)), f"{f:.0f}" if f else "n/a"]
         L.append("| " + " | ".join(row) + " |")
     L.append("")
     L.append("## Spawn with fds (B8): whole process, `/bin/true`, unpinned (µs)")
@@ -206,7 +209,7 @@ def main():
             for k in ks:
                 vals = []
                 for m in ("pinned", "unpinned"):
-                    for kind in ("sp", "s6"):
+                    for kind in ("sp", "s6", "floor"):
                         t = tp(m, kind, k)
                         vals.append("NaN" if not t else f"{k / t * 1e6:.2f}")
                 f.write(f"{k} " + " ".join(vals) + "\n")
@@ -228,7 +231,9 @@ set logscale y
 set title 'time per request under load (clients / throughput)'
 set xlabel 'concurrent client processes'
 plot '{dat5}' u 1:2 w lp t 'sockpass, pinned', '' u 1:3 w lp t 's6-fdholder, pinned', \\
-     '' u 1:4 w lp t 'sockpass, unpinned', '' u 1:5 w lp t 's6-fdholder, unpinned'
+     '' u 1:4 w lp dt 2 t 'floor B5f, pinned', \\
+     '' u 1:5 w lp t 'sockpass, unpinned', '' u 1:6 w lp t 's6-fdholder, unpinned', \\
+     '' u 1:7 w lp dt 2 t 'floor B5f, unpinned'
 """
         r = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
         if r.returncode:

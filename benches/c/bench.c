@@ -332,10 +332,17 @@ static void s6_connect_bench(const char *path, const char *id, size_t n) {
 
 /* ---- B5: K client processes, each on its own kept connection, requesting
  * for `secs` seconds after a common start; total completed requests/s. */
+static pid_t connect_floor_server(struct sockaddr_un *a);
+
 static void tput(const char *kind, const char *path, const char *arg, int k, double secs) {
   raise_nofile();
   int port = atoi(arg);
   int go[2], res[2];
+  /* B5f, the floor: the B3f server (one epoll loop, one fd by SCM_RIGHTS
+   * per 1-byte request) with the same client processes */
+  int isfloor = !strcmp(kind, "floor");
+  struct sockaddr_un fa;
+  pid_t fpid = isfloor ? connect_floor_server(&fa) : 0;
   if (pipe(go) || pipe(res)) die("pipe", errno);
   for (int i = 0; i < k; i++) {
     pid_t pid = fork();
@@ -346,7 +353,12 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
     sockpass_client *c = NULL;
     s6_fdholder_t a = S6_FDHOLDER_ZERO;
     int s6 = !strcmp(kind, "s6");
-    if (s6) s6_start(&a, path); else c = sp_connect(path);
+    int fc = -1;
+    if (isfloor) {
+      fc = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+      if (fc < 0 || connect(fc, (struct sockaddr *)&fa, sizeof fa)) die("b5f connect", errno);
+    } else if (s6) s6_start(&a, path);
+    else c = sp_connect(path);
     char b;
     if (read(go[0], &b, 1) < 0) _exit(1); /* start: the pipe closes */
     uint64_t end = now_ns() + (uint64_t)(secs * 1e9), ops = 0;
@@ -354,7 +366,12 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
     size_t held = 0;
     while (now_ns() < end) {
       int fd;
-      if (s6) {
+      if (isfloor) {
+        char r = 'r';
+        if (send(fc, &r, 1, 0) != 1) die("b5f send", errno);
+        if ((fd = recv_fd(fc)) < 0) die("b5f recv_fd", errno);
+        close(fd);
+      } else if (s6) {
         fd = s6_fdholder_retrieve_g(&a, arg, &deadline);
         if (fd < 0) die("s6_fdholder_retrieve", errno);
         close(fd);
@@ -389,6 +406,11 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
   uint64_t total = 0, ops;
   int got = 0;
   while (read(res[0], &ops, sizeof ops) == sizeof ops) { total += ops; got++; }
+  if (isfloor) {
+    kill(fpid, SIGKILL);
+    waitpid(fpid, NULL, 0);
+    unlink(fa.sun_path);
+  }
   int st, bad = 0;
   while (wait(&st) > 0) if (!WIFEXITED(st) || WEXITSTATUS(st)) bad++;
   if (bad || got != k) { fprintf(stderr, "bench: %d clients failed\n", bad + (k - got)); exit(1); }
@@ -600,7 +622,7 @@ int main(int argc, char **argv) {
             "usage: bench floor N | inproc N | kept SOCK PORT N [CACHED NAME] |\n"
             "  connect SOCK PORT N | uncached SOCK PORT N [CACHED NAME] |\n"
             "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N |\n"
-            "  s6connect S6SOCK ID N | tput sp|s6 SOCK PORT|ID K SECS |\n"
+            "  s6connect S6SOCK ID N | tput sp|s6|floor SOCK PORT|ID K SECS |\n"
             "  mixed SOCK PORT UPORT S6SOCK ID N | mixedconnect SOCK PORT S6SOCK ID N\n");
     return 2;
   }
