@@ -85,8 +85,15 @@ def main():
         met = "not measured" if not any(known) else ("met" if all(o or not k for o, k in zip(ok, known)) and any(ok) else ("not met" if not any(ok) else "met unpinned only" if ok[1] else "met pinned only"))
         L.append(f"| {bid} | {text} | {fr(vals['pinned'])} | {fr(vals['unpinned'])} | **{met}** |")
 
+    def split(m):
+        e, b, c = med(m, "B1e_floor_epoll"), med(m, "B2b_broker_raw_client"), med(m, "B2c_client_min_broker")
+        if None in (e, b, c):
+            return "n/a"
+        return f"{(b - e) / 1000:.1f} + {(c - e) / 1000:.1f}"
+
     bar("B2", "B2 / B1 ≤ 1.25", lambda m: ratio(med(m, "B2_cached_kept"), med(m, "B1_floor")), 1.25)
     bar("B2", "B2 / s6 retrieve (kept) ≤ 0.65", lambda m: ratio(med(m, "B2_cached_kept"), med(m, "s6_retrieve_kept")), 0.65)
+    L.append(f"| (B2b, B2c) | where B2 − B1e goes: the broker's part (B2b − B1e) and the client's (B2c − B1e), µs | {split('pinned')} | {split('unpinned')} | |")
     bar("B3", "B3 / s6 connect+retrieve+end ≤ 0.5", lambda m: ratio(med(m, "B3_connect_request_close"), med(m, "s6_connect_retrieve_end")), 0.5)
     L.append(f"| (B3f) | the floor B3f / s6 connect+retrieve+end, for reference | {fr(ratio(med('pinned', 'B3f_connect_floor'), med('pinned', 's6_connect_retrieve_end')))} | {fr(ratio(med('unpinned', 'B3f_connect_floor'), med('unpinned', 's6_connect_retrieve_end')))} | |")
 
@@ -135,6 +142,8 @@ def main():
         ("B1e_floor_epoll", "B1e floor, the server waiting in epoll_wait first"),
         ("B2_cached_kept", "B2 cached request, kept connection, close fd"),
         ("B2r_release", "B2r release by token"),
+        ("B2b_broker_raw_client", "B2b sockpassd alone: B2's request from a raw C client"),
+        ("B2c_client_min_broker", "B2c the C API alone: B2 against a minimal C broker"),
         ("s6_retrieve_kept", "s6 retrieve, kept connection"),
         ("B3_connect_request_close", "B3 connect + request + close"),
         ("s6_connect_retrieve_end", "s6 connect + retrieve + end"),

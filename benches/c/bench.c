@@ -422,16 +422,113 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
  * blocks of 500 iterations, so that a busy spell of a shared machine hits
  * them all alike. Same operations as floor/kept/s6kept/inproc/uncached. */
 #define BLOCK 500
-enum { M_FLOOR, M_FLOOR_EPOLL, M_KEPT, M_S6, M_INPROC, M_UNCACHED, M_COUNT };
-static const char *mixed_names[M_COUNT] = {"B1_floor",         "B1e_floor_epoll",
-                                           "B2_cached_kept",   "s6_retrieve_kept",
-                                           "inproc_socket_bind", "B4_uncached"};
+enum { M_FLOOR, M_FLOOR_EPOLL, M_KEPT, M_S6, M_INPROC, M_UNCACHED, M_B2B, M_B2C, M_COUNT };
+static const char *mixed_names[M_COUNT] = {
+    "B1_floor",           "B1e_floor_epoll",       "B2_cached_kept",       "s6_retrieve_kept",
+    "inproc_socket_bind", "B4_uncached",           "B2b_broker_raw_client", "B2c_client_min_broker"};
+
+/* Where B2's time goes, beyond B1e. B2b: sockpassd answering B2's request
+ * from a raw C client (the request bytes of docs/PROTOCOL.md, one recvmsg);
+ * B2c: the C API's request against a minimal C broker (epoll_wait, recvmsg
+ * with room for fds, a 28-byte SOCKET reply with one fd). B2b - B1e is the
+ * broker's own cost, B2c - B1e the client's. */
+static size_t raw_request(unsigned char *q, uint32_t id, int port) {
+  static const unsigned char tmpl[] = {1, 2, 0, 0, 0, 0, 0, 0,   /* header: REQUEST, id */
+                                       2, 0, 5, 'b', 'e', 'n', 'c', 'h', /* ANY, no flags, app */
+                                       1, 4, 0, 0, 127, 0, 0, 1, 0}; /* udp, IPv4, port, addr, no options */
+  memcpy(q, tmpl, sizeof tmpl);
+  for (int i = 0; i < 4; i++) q[4 + i] = (id >> (8 * i)) & 0xff; /* little-endian */
+  q[18] = port & 0xff;
+  q[19] = port >> 8;
+  return sizeof tmpl;
+}
+
+static int recv_reply_fd(int s) {
+  unsigned char b[64];
+  struct iovec iov = {b, sizeof b};
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+  struct msghdr m = {0};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = u.buf;
+  m.msg_controllen = sizeof u.buf;
+  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 36 || b[1] != 0x82) return -1;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  if (!c || c->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  return fd;
+}
+
+static int connect_path(const char *path) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+  int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof a)) die("connect", errno);
+  return c;
+}
+
+/* B2c's minimal broker: serves one connection on a listening path. */
+static pid_t min_broker(struct sockaddr_un *a) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  snprintf(a->sun_path, sizeof a->sun_path, "/tmp/sockpass-b2c.%d", (int)getpid());
+  unlink(a->sun_path);
+  int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (l < 0 || bind(l, (struct sockaddr *)a, sizeof *a) || listen(l, 8)) die("b2c listen", errno);
+  pid_t pid = fork();
+  if (pid < 0) die("fork", errno);
+  if (pid == 0) {
+    int c = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    int u = socket(AF_INET, SOCK_DGRAM, 0), ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP}, got[16];
+    if (c < 0 || u < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev)) _exit(1);
+    unsigned char q[1024], r[36] = {1, 0x82};
+    uint64_t seq = 0;
+    for (;;) {
+      if (epoll_wait(ep, got, 16, -1) < 0) continue;
+      struct iovec iov = {q, sizeof q};
+      union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } cu;
+      struct msghdr m = {0};
+      m.msg_iov = &iov;
+      m.msg_iovlen = 1;
+      m.msg_control = cu.buf;
+      m.msg_controllen = sizeof cu.buf;
+      if (recvmsg(c, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) < 8) _exit(0);
+      memcpy(r + 4, q + 4, 4);
+      seq++;
+      memcpy(r + 24, &seq, 8); /* a fresh token each time (opaque bytes) */
+      r[32] = 0x41, r[33] = 0x9c, r[34] = 1;
+      struct iovec o = {r, sizeof r};
+      union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } co;
+      struct msghdr om = {0};
+      om.msg_iov = &o;
+      om.msg_iovlen = 1;
+      om.msg_control = co.buf;
+      om.msg_controllen = sizeof co.buf;
+      struct cmsghdr *h = CMSG_FIRSTHDR(&om);
+      h->cmsg_level = SOL_SOCKET;
+      h->cmsg_type = SCM_RIGHTS;
+      h->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(h), &u, sizeof u);
+      if (sendmsg(c, &om, MSG_NOSIGNAL) != sizeof r) _exit(0);
+    }
+  }
+  close(l);
+  return pid;
+}
 
 static void mixed(const char *path, int port, int uport, const char *s6path, const char *id,
                   size_t n) {
+  struct sockaddr_un ma;
+  pid_t mpid = min_broker(&ma); /* first: its fork must not hold the others' fds */
   pid_t pid, epid;
   int fl = floor_server(0, &pid), esv = floor_server(1, &epid);
   sockpass_client *c = sp_connect(path), *cu = sp_connect(path);
+  sockpass_client *cm = sp_connect(ma.sun_path);
+  int raw = connect_path(path);
+  uint32_t raw_id = 0;
+  unsigned char rq[64];
   int keep = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
                                             SOCKPASS_SHARE_ANY, "bench", NULL, 0);
   if (keep < 0) die("request", keep);
@@ -482,6 +579,21 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
             close(fd);
             break;
           }
+          case M_B2B: {
+            size_t len = raw_request(rq, ++raw_id, port);
+            if (send(raw, rq, len, MSG_NOSIGNAL) != (ssize_t)len) die("b2b send", errno);
+            if ((fd = recv_reply_fd(raw)) < 0) die("b2b reply", errno);
+            close(fd);
+            t1 = now_ns();
+            break;
+          }
+          case M_B2C:
+            fd = sockpass_client_request_socket(cm, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                                SOCKPASS_SHARE_ANY, "bench", utok, sizeof utok);
+            if (fd < 0) die("b2c request", fd);
+            close(fd);
+            t1 = now_ns();
+            break;
           default:
             fd = sockpass_client_request_socket(cu, SOCKPASS_PROTO_UDP, "127.0.0.1", uport,
                                                 SOCKPASS_SHARE_NONE, "bench", utok, sizeof utok);
@@ -491,6 +603,10 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
             if ((x = sockpass_client_release(cu, utok)) < 0) die("release", x);
         }
         if (block > 0) smp[m][done + i] = t1 - t0; /* block 0 warms up */
+      }
+      if (m == M_B2B) { /* its references go with the connection, off the clock */
+        close(raw);
+        raw = connect_path(path);
       }
       if (m == M_KEPT) /* this block's references, released off the clock */
         for (size_t i = 0; i < BLOCK; i++) {
@@ -511,6 +627,10 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
   s6_fdholder_end(&a);
   sockpass_client_free(c);
   sockpass_client_free(cu);
+  sockpass_client_free(cm);
+  close(raw);
+  waitpid(mpid, NULL, 0);
+  unlink(ma.sun_path);
 }
 
 /* B3f, the floor of B3: a forked server on a listening SOCK_SEQPACKET path

@@ -14,12 +14,13 @@ expect() { # expect MODE NAME KEY
   grep -Eq "^$1 $2 (.* )?$3=[0-9.]+( |\$)" "$work/results.txt" || { echo "60-bench: no number for $1 $2 ($3)"; fail=1; }
 }
 for m in pinned unpinned; do
-  for b in B1_floor B2_cached_kept B2r_release s6_retrieve_kept B3_connect_request_close \
+  for b in B1_floor B1e_floor_epoll B2_cached_kept B2r_release B2b_broker_raw_client \
+    B2c_client_min_broker s6_retrieve_kept B3_connect_request_close B3f_connect_floor \
     s6_connect_retrieve_end B4_uncached inproc_socket_bind B6_cached_10 B6_cached_1000 \
     B6_cached_10000 B6u_uncached_10 B6u_uncached_1000 B6u_uncached_10000 B6g_cached_after_10000_gone B9_python_kept; do
     expect $m $b median_ns
   done
-  for k in 1 8 64 1000; do expect $m B5_sp_c$k ops_per_s; done
+  for k in 1 8 64 1000; do expect $m B5_sp_c$k ops_per_s; expect $m B5_floor_c$k ops_per_s; done
   for k in 1 8 64; do expect $m B5_s6_c$k ops_per_s; done
 done
 for r in rsssock_idle rsssock_loaded rssconn_idle rssconn_loaded; do expect rss $r kb; done

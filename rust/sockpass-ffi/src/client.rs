@@ -64,7 +64,7 @@ unsafe fn spec_of(
     let proto = u8::try_from(proto)
         .map_err(|_| Error::bad_request(format!("unknown protocol number {proto}")))
         .and_then(sockpass::Proto::from_wire)?;
-    SocketSpec::from_parts(proto.as_str(), address, port.into())
+    SocketSpec::from_proto(proto, address, port.into())
 }
 
 fn token_of(p: *const c_char) -> sockpass::Result<Token> {

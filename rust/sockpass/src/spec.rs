@@ -85,19 +85,25 @@ impl Proto {
 impl FromStr for Proto {
     type Err = Error;
     fn from_str(s: &str) -> Result<Proto> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "udp" => Proto::Udp,
-            "tcp" => Proto::Tcp,
-            "raw" => Proto::Raw,
-            "unix" | "unix-stream" => Proto::UnixStream,
-            "unix-dgram" => Proto::UnixDgram,
-            "unix-seqpacket" => Proto::UnixSeqpacket,
-            _ => {
-                return Err(Error::bad_request(format!(
+        const NAMES: [(&str, Proto); 7] = [
+            ("udp", Proto::Udp),
+            ("tcp", Proto::Tcp),
+            ("raw", Proto::Raw),
+            ("unix", Proto::UnixStream),
+            ("unix-stream", Proto::UnixStream),
+            ("unix-dgram", Proto::UnixDgram),
+            ("unix-seqpacket", Proto::UnixSeqpacket),
+        ];
+        // No lowercased copy: this runs on every request from C and Python.
+        NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|&(_, p)| p)
+            .ok_or_else(|| {
+                Error::bad_request(format!(
                     "unknown protocol {s:?} (expected udp, tcp, raw, unix, unix-dgram or unix-seqpacket)"
-                )))
-            }
-        })
+                ))
+            })
     }
 }
 
@@ -199,7 +205,11 @@ impl SocketSpec {
     /// For raw sockets `port` is the IP protocol number; for Unix sockets
     /// `addr` is the path and `port` must be 0.
     pub fn from_parts(proto: &str, addr: &str, port: i64) -> Result<SocketSpec> {
-        let proto: Proto = proto.parse()?;
+        SocketSpec::from_proto(proto.parse()?, addr, port)
+    }
+
+    /// [`SocketSpec::from_parts`] for a protocol already known.
+    pub fn from_proto(proto: Proto, addr: &str, port: i64) -> Result<SocketSpec> {
         let spec = if proto.is_unix() {
             if port != 0 {
                 return Err(Error::bad_request("Unix sockets have no port (pass 0)"));

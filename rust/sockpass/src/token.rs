@@ -107,12 +107,23 @@ impl FromStr for Token {
                 Token::LEN * 2
             ))
         };
-        if s.len() != Token::LEN * 2 || !s.is_ascii() {
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        }
+        // Byte by byte, not u8::from_str_radix (which also takes a '+'
+        // sign): every release from C and Python parses one.
+        let hex = s.as_bytes();
+        if hex.len() != Token::LEN * 2 {
             return Err(bad());
         }
         let mut b = [0u8; Token::LEN];
-        for (i, out) in b.iter_mut().enumerate() {
-            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        for (out, pair) in b.iter_mut().zip(hex.chunks_exact(2)) {
+            *out = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
         }
         Ok(Token(b))
     }
@@ -187,5 +198,13 @@ mod tests {
         assert_eq!(t.to_string(), slow);
         assert!("zz".parse::<Token>().is_err());
         assert!("é".repeat(24).parse::<Token>().is_err());
+        // upper case is the same token; a sign or any other digit is not
+        assert_eq!(slow.to_uppercase().parse::<Token>().unwrap(), t);
+        for bad in ["+f", "0g", "g0", " 0", "0 "] {
+            let s = format!("{bad}{}", &slow[2..]);
+            assert!(s.parse::<Token>().is_err(), "{s}");
+        }
+        assert!(slow[..46].parse::<Token>().is_err());
+        assert!(format!("{slow}0").parse::<Token>().is_err());
     }
 }
