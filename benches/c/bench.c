@@ -62,9 +62,9 @@ static void raise_nofile(void) {
 
 /* ---- B1: the floor. A forked server answers each 1-byte request with one
  * fd by SCM_RIGHTS over a SEQPACKET socketpair; the client closes it. */
-static int send_fd(int s, int fd) {
-  char b = 'x';
-  struct iovec iov = {&b, 1};
+/* One message of `len` bytes with one fd; 0 on success. */
+static int send_msg_fd(int s, const void *data, size_t len, int fd) {
+  struct iovec iov = {(void *)data, len};
   union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
   struct msghdr m = {0};
   m.msg_iov = &iov;
@@ -76,24 +76,35 @@ static int send_fd(int s, int fd) {
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  return sendmsg(s, &m, MSG_NOSIGNAL) == 1 ? 0 : -1;
+  return sendmsg(s, &m, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
 }
 
-static int recv_fd(int s) {
-  char b;
-  struct iovec iov = {&b, 1};
+static int send_fd(int s, int fd) { return send_msg_fd(s, "x", 1, fd); }
+
+/* One message into buf (its length in *got) with room for one fd (with
+ * `flags`); the fd, -1 if none came. */
+static int recv_msg_fd(int s, void *buf, size_t len, ssize_t *got, int flags) {
+  struct iovec iov = {buf, len};
   union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
   struct msghdr m = {0};
   m.msg_iov = &iov;
   m.msg_iovlen = 1;
   m.msg_control = u.buf;
   m.msg_controllen = sizeof u.buf;
-  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1) return -1;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  *got = recvmsg(s, &m, flags | MSG_CMSG_CLOEXEC);
+  struct cmsghdr *c = *got >= 0 ? CMSG_FIRSTHDR(&m) : NULL;
   if (!c || c->cmsg_type != SCM_RIGHTS) return -1;
   int fd;
   memcpy(&fd, CMSG_DATA(c), sizeof fd);
   return fd;
+}
+
+static int recv_fd(int s) {
+  char b;
+  ssize_t n;
+  int fd = recv_msg_fd(s, &b, 1, &n, 0);
+  if (n != 1 && fd >= 0) close(fd);
+  return n == 1 ? fd : -1;
 }
 
 /* The floor's server: a forked process answering each 1-byte request on a
@@ -445,18 +456,12 @@ static size_t raw_request(unsigned char *q, uint32_t id, int port) {
 
 static int recv_reply_fd(int s) {
   unsigned char b[64];
-  struct iovec iov = {b, sizeof b};
-  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
-  struct msghdr m = {0};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = u.buf;
-  m.msg_controllen = sizeof u.buf;
-  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 36 || b[1] != 0x82) return -1;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-  if (!c || c->cmsg_type != SCM_RIGHTS) return -1;
-  int fd;
-  memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  ssize_t n;
+  int fd = recv_msg_fd(s, b, sizeof b, &n, 0);
+  if (fd >= 0 && (n != 36 || b[1] != 0x82)) {
+    close(fd);
+    return -1;
+  }
   return fd;
 }
 
@@ -487,31 +492,15 @@ static pid_t min_broker(struct sockaddr_un *a) {
     uint64_t seq = 0;
     for (;;) {
       if (epoll_wait(ep, got, 16, -1) < 0) continue;
-      struct iovec iov = {q, sizeof q};
-      union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } cu;
-      struct msghdr m = {0};
-      m.msg_iov = &iov;
-      m.msg_iovlen = 1;
-      m.msg_control = cu.buf;
-      m.msg_controllen = sizeof cu.buf;
-      if (recvmsg(c, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) < 8) _exit(0);
+      ssize_t n;
+      int in = recv_msg_fd(c, q, sizeof q, &n, MSG_DONTWAIT);
+      if (in >= 0) close(in);
+      if (n < 8) _exit(0);
       memcpy(r + 4, q + 4, 4);
       seq++;
       memcpy(r + 24, &seq, 8); /* a fresh token each time (opaque bytes) */
       r[32] = 0x41, r[33] = 0x9c, r[34] = 1;
-      struct iovec o = {r, sizeof r};
-      union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } co;
-      struct msghdr om = {0};
-      om.msg_iov = &o;
-      om.msg_iovlen = 1;
-      om.msg_control = co.buf;
-      om.msg_controllen = sizeof co.buf;
-      struct cmsghdr *h = CMSG_FIRSTHDR(&om);
-      h->cmsg_level = SOL_SOCKET;
-      h->cmsg_type = SCM_RIGHTS;
-      h->cmsg_len = CMSG_LEN(sizeof(int));
-      memcpy(CMSG_DATA(h), &u, sizeof u);
-      if (sendmsg(c, &om, MSG_NOSIGNAL) != sizeof r) _exit(0);
+      if (send_msg_fd(c, r, sizeof r, u)) _exit(0);
     }
   }
   close(l);
