@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,15 @@ static void raise_nofile(void) {
     r.rlim_cur = r.rlim_max;
     setrlimit(RLIMIT_NOFILE, &r);
   }
+}
+
+/* Fork a server child that dies with this process: a bench that exits on
+ * an error leaves no server behind. */
+static pid_t fork_server(void) {
+  pid_t parent = getpid(), pid = fork();
+  if (pid < 0) die("fork", errno);
+  if (pid == 0 && (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)) _exit(1);
+  return pid;
 }
 
 /* ---- B1: the floor. A forked server answers each 1-byte request with one
@@ -115,8 +125,7 @@ static int recv_fd(int s) {
 static int floor_server(int epoll, pid_t *pid) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
-  *pid = fork();
-  if (*pid < 0) die("fork", errno);
+  *pid = fork_server();
   if (*pid == 0) {
     close(sv[0]);
     int u = socket(AF_INET, SOCK_DGRAM, 0), ep = -1;
@@ -481,8 +490,7 @@ static pid_t min_broker(struct sockaddr_un *a) {
   unlink(a->sun_path);
   int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (l < 0 || bind(l, (struct sockaddr *)a, sizeof *a) || listen(l, 8)) die("b2c listen", errno);
-  pid_t pid = fork();
-  if (pid < 0) die("fork", errno);
+  pid_t pid = fork_server();
   if (pid == 0) {
     int c = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     int u = socket(AF_INET, SOCK_DGRAM, 0), ep = epoll_create1(EPOLL_CLOEXEC);
@@ -634,8 +642,7 @@ static pid_t connect_floor_server(struct sockaddr_un *a) {
   unlink(a->sun_path);
   int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (l < 0 || bind(l, (struct sockaddr *)a, sizeof *a) || listen(l, 128)) die("b3f listen", errno);
-  pid_t pid = fork();
-  if (pid < 0) die("fork", errno);
+  pid_t pid = fork_server();
   if (pid == 0) {
     int u = socket(AF_INET, SOCK_DGRAM, 0), ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = l}, got[256];
