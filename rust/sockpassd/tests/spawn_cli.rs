@@ -5,17 +5,30 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 fn run(args: &[&str]) -> Child {
-    Command::new(sockpass_bin())
-        .arg("run")
+    let mut cmd = Command::new(sockpass_bin());
+    cmd.arg("run")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sockpass run")
+        .stderr(Stdio::piped());
+    // Ignored signals survive exec, and `sockpass run` keeps them ignored in
+    // its child (as posix_spawn does). A test runner started as a background
+    // job of a non-interactive shell has SIGINT ignored, and then the child
+    // would ignore the SIGINT forwarded to it: start from the defaults.
+    // SAFETY: signal() is async-signal-safe; nothing else runs here.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start sockpass run")
 }
 
 fn finish(mut c: Child) -> (i32, String) {
