@@ -198,7 +198,9 @@ class Client:
         return self._native.release_all()
 
     def held(self) -> list[tuple[int, str]]:
-        """The ``(fd, token)`` pairs this client holds."""
+        """The ``(fd, token)`` pairs this client holds; fd is -1 where the
+        fd was closed and a later grant got its number (the reference is
+        still held: release it by token or with ``release_all``)."""
         return self._native.held()
 
     def status(self) -> list[SocketStatus]:

@@ -481,7 +481,8 @@ impl PyClient {
         self.with(py, |c| c.release_all())
     }
 
-    /// The (fd, token) pairs this client holds.
+    /// The (fd, token) pairs this client holds; fd -1 where the fd was
+    /// closed and its number reused by a later grant.
     fn held(&self, py: Python<'_>) -> PyResult<Vec<(i32, String)>> {
         self.with(py, |c| {
             Ok(c.held()

@@ -11,8 +11,8 @@ use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys;
-use crate::token::Token;
-use std::collections::HashMap;
+use crate::token::{Token, TokenBuildHasher};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -77,6 +77,9 @@ pub struct Client {
     next_id: u32,
     broker_pid: u32,
     fd_tokens: HashMap<RawFd, Token, KeyedState>,
+    /// References still held whose fd number a later grant reused (the
+    /// caller had closed that fd): released by token or by `release_all`.
+    unmapped: HashSet<Token, TokenBuildHasher>,
     buf: Vec<u8>,
     rbuf: Box<[u8; proto::MAX_MSG]>,
     /// The broker refused or closed this connection: no call can succeed.
@@ -88,7 +91,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("path", &self.path)
             .field("fd", &self.fd.as_raw_fd())
-            .field("held", &self.fd_tokens.len())
+            .field("held", &(self.fd_tokens.len() + self.unmapped.len()))
             .finish()
     }
 }
@@ -167,6 +170,7 @@ impl Client {
             next_id: 1,
             broker_pid: 0,
             fd_tokens: HashMap::default(),
+            unmapped: HashSet::default(),
             buf: Vec::with_capacity(proto::MAX_MSG),
             rbuf: Box::new([0u8; proto::MAX_MSG]),
             gone: false,
@@ -359,7 +363,7 @@ impl Client {
         let fd = fds
             .pop()
             .ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
-        self.fd_tokens.insert(fd.as_raw_fd(), token);
+        self.track(fd.as_raw_fd(), token);
         Ok(Grant {
             fd,
             token,
@@ -410,7 +414,7 @@ impl Client {
         let fd = fds
             .pop()
             .ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
-        self.fd_tokens.insert(fd.as_raw_fd(), token);
+        self.track(fd.as_raw_fd(), token);
         Ok(Grant {
             fd,
             token,
@@ -432,7 +436,7 @@ impl Client {
                 h.ty
             )));
         }
-        self.fd_tokens.retain(|_, t| t != token);
+        self.forget(token);
         Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32()
     }
 
@@ -450,7 +454,7 @@ impl Client {
         for t in tokens {
             match self.recv_reply(id, 0) {
                 Ok((_, n, _)) => {
-                    self.fd_tokens.retain(|_, x| x != t);
+                    self.forget(t);
                     out.push(Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32());
                 }
                 Err(e) if e.kind() == Kind::BrokerUnavailable || e.kind() == Kind::Protocol => {
@@ -483,14 +487,37 @@ impl Client {
         self.fd_tokens.get(&fd).copied()
     }
 
-    /// The tokens this client holds (by fd it received them with).
+    /// The references this client holds, by the fd each came with; -1 where
+    /// the caller closed that fd and a later grant got its number.
     pub fn held(&self) -> impl Iterator<Item = (RawFd, Token)> + '_ {
-        self.fd_tokens.iter().map(|(f, t)| (*f, *t))
+        let by_fd = self.fd_tokens.iter().map(|(f, t)| (*f, *t));
+        by_fd.chain(self.unmapped.iter().map(|t| (-1, *t)))
     }
 
-    /// Release everything this client holds; returns how many were released.
+    /// Note a grant's token under its fd. A token already there came with an
+    /// fd the caller has closed since (the kernel reused its number): its
+    /// reference is still held, so keep it for `release_all`.
+    fn track(&mut self, fd: RawFd, token: Token) {
+        if let Some(old) = self.fd_tokens.insert(fd, token) {
+            self.unmapped.insert(old);
+        }
+    }
+
+    fn forget(&mut self, token: &Token) {
+        if !self.unmapped.remove(token) {
+            self.fd_tokens.retain(|_, t| t != token);
+        }
+    }
+
+    /// Release everything this client holds (also references whose fd the
+    /// caller closed); returns how many were released.
     pub fn release_all(&mut self) -> Result<usize> {
-        let tokens: Vec<Token> = self.fd_tokens.values().copied().collect();
+        let tokens: Vec<Token> = self
+            .fd_tokens
+            .values()
+            .chain(self.unmapped.iter())
+            .copied()
+            .collect();
         let res = self.release_many(&tokens)?;
         Ok(res.iter().filter(|r| r.is_ok()).count())
     }

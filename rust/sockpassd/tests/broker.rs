@@ -101,6 +101,51 @@ fn cache_hit_returns_the_same_socket_and_counts_references() {
 }
 
 #[test]
+fn release_all_also_releases_references_whose_fd_was_closed() {
+    // A caller may close a granted fd and keep the reference; the kernel then
+    // gives the fd's number to the next grant. release_all must still release
+    // the first reference (it once knew tokens only by fd number).
+    let b = Broker::start("relall");
+    let sp = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let mut c = b.client();
+    let mut reused = None;
+    for _ in 0..20 {
+        let g1 = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
+        let n = g1.fd.as_raw_fd();
+        drop(g1.fd);
+        let g2 = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
+        // Other test threads open fds too: retry until the number came back.
+        if g2.fd.as_raw_fd() == n {
+            reused = Some((g1.token, g2));
+            break;
+        }
+    }
+    let (t1, g2) = reused.expect("the kernel never reused a closed fd's number");
+    let held: Vec<_> = c.held().collect();
+    assert!(held.contains(&(-1, t1)), "{held:?}");
+    assert!(held.contains(&(g2.fd.as_raw_fd(), g2.token)), "{held:?}");
+    let refs = b.status().sockets[0].refs;
+    assert!(refs >= 2);
+    assert_eq!(c.release_all().unwrap(), refs as usize);
+    assert!(b.status().sockets.is_empty(), "every reference released");
+    assert_eq!(c.held().count(), 0);
+    // Releasing by token works for an unmapped one as well.
+    let g3 = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
+    let n = g3.fd.as_raw_fd();
+    drop(g3.fd);
+    let g4 = (0..20)
+        .map(|_| c.request_socket(&sp, ShareMode::Any, "a").unwrap())
+        .find(|g| g.fd.as_raw_fd() == n)
+        .expect("the kernel never reused a closed fd's number");
+    assert_eq!(
+        c.release(&g3.token).unwrap() as usize,
+        b.status().sockets[0].refs as usize
+    );
+    assert!(!c.held().any(|(_, t)| t == g3.token));
+    assert_eq!(c.release_fd(g4.fd.as_raw_fd()).unwrap(), 0);
+}
+
+#[test]
 fn ephemeral_port_zero_is_never_shared() {
     let b = Broker::start("eph");
     let mut c = b.client();
