@@ -70,6 +70,25 @@ static pid_t fork_server(void) {
   return pid;
 }
 
+/* A connected SOCK_SEQPACKET client of the unix socket at `a`. */
+static int connect_un(const struct sockaddr_un *a) {
+  int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (c < 0 || connect(c, (const struct sockaddr *)a, sizeof *a)) die("connect", errno);
+  return c;
+}
+
+/* A listening SOCK_SEQPACKET socket at /tmp/sockpass-TAG.PID, its address
+ * in *a (a floor server's; the bench unlinks it when done). */
+static int listen_tmp(struct sockaddr_un *a, const char *tag, int flags, int backlog) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  snprintf(a->sun_path, sizeof a->sun_path, "/tmp/sockpass-%s.%d", tag, (int)getpid());
+  unlink(a->sun_path);
+  int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | flags, 0);
+  if (l < 0 || bind(l, (struct sockaddr *)a, sizeof *a) || listen(l, backlog)) die("listen", errno);
+  return l;
+}
+
 /* ---- B1: the floor. A forked server answers each 1-byte request with one
  * fd by SCM_RIGHTS over a SEQPACKET socketpair; the client closes it. */
 /* One message of `len` bytes with one fd; 0 on success. */
@@ -374,10 +393,8 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
     s6_fdholder_t a = S6_FDHOLDER_ZERO;
     int s6 = !strcmp(kind, "s6");
     int fc = -1;
-    if (isfloor) {
-      fc = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-      if (fc < 0 || connect(fc, (struct sockaddr *)&fa, sizeof fa)) die("b5f connect", errno);
-    } else if (s6) s6_start(&a, path);
+    if (isfloor) fc = connect_un(&fa);
+    else if (s6) s6_start(&a, path);
     else c = sp_connect(path);
     char b;
     if (read(go[0], &b, 1) < 0) _exit(1); /* start: the pipe closes */
@@ -477,19 +494,12 @@ static int recv_reply_fd(int s) {
 static int connect_path(const char *path) {
   struct sockaddr_un a = {.sun_family = AF_UNIX};
   snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-  int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof a)) die("connect", errno);
-  return c;
+  return connect_un(&a);
 }
 
 /* B2c's minimal broker: serves one connection on a listening path. */
 static pid_t min_broker(struct sockaddr_un *a) {
-  memset(a, 0, sizeof *a);
-  a->sun_family = AF_UNIX;
-  snprintf(a->sun_path, sizeof a->sun_path, "/tmp/sockpass-b2c.%d", (int)getpid());
-  unlink(a->sun_path);
-  int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (l < 0 || bind(l, (struct sockaddr *)a, sizeof *a) || listen(l, 8)) die("b2c listen", errno);
+  int l = listen_tmp(a, "b2c", 0, 8);
   pid_t pid = fork_server();
   if (pid == 0) {
     int c = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
@@ -507,7 +517,9 @@ static pid_t min_broker(struct sockaddr_un *a) {
       memcpy(r + 4, q + 4, 4);
       seq++;
       memcpy(r + 24, &seq, 8); /* a fresh token each time (opaque bytes) */
-      r[32] = 0x41, r[33] = 0x9c, r[34] = 1;
+      size_t at = 8 + 3 + q[10] + 2; /* the spec's port, after the app name */
+      if (at + 2 > (size_t)n) _exit(1);
+      r[32] = q[at], r[33] = q[at + 1], r[34] = 1; /* the port asked for; cached */
       if (send_msg_fd(c, r, sizeof r, u)) _exit(0);
     }
   }
@@ -636,12 +648,7 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
  * SCM_RIGHTS; recv of the hang-up, close. The client connects, sends 1 byte,
  * receives the fd, closes it and the connection. */
 static pid_t connect_floor_server(struct sockaddr_un *a) {
-  memset(a, 0, sizeof *a);
-  a->sun_family = AF_UNIX;
-  snprintf(a->sun_path, sizeof a->sun_path, "/tmp/sockpass-b3f.%d", (int)getpid());
-  unlink(a->sun_path);
-  int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (l < 0 || bind(l, (struct sockaddr *)a, sizeof *a) || listen(l, 128)) die("b3f listen", errno);
+  int l = listen_tmp(a, "b3f", SOCK_NONBLOCK, 128);
   pid_t pid = fork_server();
   if (pid == 0) {
     int u = socket(AF_INET, SOCK_DGRAM, 0), ep = epoll_create1(EPOLL_CLOEXEC);
@@ -688,8 +695,7 @@ static void mixed_connect(const char *path, int port, const char *s6path, const 
   for (int block = 0; done < n; block++) {
     for (size_t i = 0; i < 50; i++) {
       uint64_t t0 = now_ns();
-      int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-      if (c < 0 || connect(c, (struct sockaddr *)&fa, sizeof fa)) die("b3f connect", errno);
+      int c = connect_un(&fa);
       char b = 'r';
       if (send(c, &b, 1, 0) != 1) die("b3f send", errno);
       int fd = recv_fd(c);
