@@ -71,6 +71,13 @@ pub struct Status {
 /// Largest status table a client accepts.
 const MAX_STATUS: usize = 64 << 20;
 
+/// Requests a pipelined call keeps in flight. Sending a whole burst before
+/// reading deadlocks: the broker's replies fill this socket, it stops reading
+/// once it has queued `max_queued_replies`, and our sends then block (about
+/// 500 releases at the default socket buffer sizes). 16 unread replies stay
+/// below that limit (32) whatever the buffers hold, so the broker reads on.
+pub const PIPELINE_WINDOW: usize = 16;
+
 pub struct Client {
     fd: OwnedFd,
     path: PathBuf,
@@ -440,24 +447,39 @@ impl Client {
         Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32()
     }
 
-    /// Release many references with one write burst: every request is sent
-    /// before the first reply is read. Returns one result per token.
+    /// Release many references, pipelined: up to [`PIPELINE_WINDOW`]
+    /// requests are in flight at once, not one round trip each. Returns one
+    /// result per token, in order; a lost connection or a timeout ends the
+    /// call with `Err`.
     pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
-        let first = self.next_id;
-        for t in tokens {
-            let id = self.take_id();
-            proto::encode_token_msg(&mut self.buf, ty::RELEASE, id, t);
-            self.send()?;
-        }
         let mut out = Vec::with_capacity(tokens.len());
-        let mut id = first;
-        for t in tokens {
+        let mut sent = 0;
+        let mut id = self.next_id;
+        while out.len() < tokens.len() {
+            while sent < tokens.len() && sent - out.len() < PIPELINE_WINDOW {
+                let rid = self.take_id();
+                proto::encode_token_msg(&mut self.buf, ty::RELEASE, rid, &tokens[sent]);
+                self.send()?;
+                sent += 1;
+            }
+            let t = &tokens[out.len()];
             match self.recv_reply(id, 0) {
+                Ok((h, _, _)) if h.ty != ty::RELEASED => {
+                    return Err(Error::protocol(format!(
+                        "unexpected reply {:#04x} to a release",
+                        h.ty
+                    )))
+                }
                 Ok((_, n, _)) => {
                     self.forget(t);
                     out.push(Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32());
                 }
-                Err(e) if e.kind() == Kind::BrokerUnavailable || e.kind() == Kind::Protocol => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        Kind::BrokerUnavailable | Kind::Protocol | Kind::Timeout
+                    ) =>
+                {
                     return Err(e)
                 }
                 Err(e) => out.push(Err(e)),

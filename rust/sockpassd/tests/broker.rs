@@ -146,6 +146,68 @@ fn release_all_also_releases_references_whose_fd_was_closed() {
 }
 
 #[test]
+fn release_many_pipelines_thousands_of_releases_in_order() {
+    // Sending every release before reading a reply deadlocked at about 500:
+    // the broker's replies filled the socket and it stopped reading.
+    let b = Broker::start("relmany");
+    let sp = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let mut c = b.client();
+    // A deadlock fails the test instead of hanging it.
+    let tv = libc::timeval {
+        tv_sec: WAIT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+        // SAFETY: tv is a valid timeval for this socket option.
+        let r = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+    }
+    const N: usize = 3000;
+    let mut tokens: Vec<_> = (0..N)
+        .map(|_| c.request_socket(&sp, ShareMode::Any, "a").unwrap().token)
+        .collect();
+    // An unknown token in the middle fails alone; the others still go.
+    let mut other = b.client();
+    let stranger = other
+        .request_socket(&sp, ShareMode::Any, "b")
+        .unwrap()
+        .token;
+    tokens.insert(N / 2, stranger);
+    let res = c.release_many(&tokens).unwrap();
+    assert_eq!(res.len(), N + 1);
+    assert_eq!(
+        res[N / 2].as_ref().unwrap_err().kind(),
+        Kind::UnknownToken,
+        "{:?}",
+        res[N / 2]
+    );
+    // References left count down in order, to the other client's one.
+    let left: Vec<u32> = res
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != N / 2)
+        .map(|(_, r)| *r.as_ref().unwrap())
+        .collect();
+    let want: Vec<u32> = (1..=N as u32).rev().collect();
+    assert_eq!(left, want);
+    assert_eq!(other.release(&stranger).unwrap(), 0);
+    assert!(b.status().sockets.is_empty());
+    assert_eq!(c.held().count(), 0);
+    // The connection is still in step: the next call gets its own reply.
+    let g = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
+    assert_eq!(c.release_all().unwrap(), 1);
+    drop(g);
+}
+
+#[test]
 fn ephemeral_port_zero_is_never_shared() {
     let b = Broker::start("eph");
     let mut c = b.client();
