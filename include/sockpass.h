@@ -267,6 +267,23 @@ int sockpass_client_release(sockpass_client *client,
 int sockpass_client_release_fd(sockpass_client *client,
                                int fd);
 
+// Release many references by token (each borrowed), pipelined: the
+// requests go out ahead of the replies, a window at a time, so `n_tokens`
+// releases wait about as long as a few round trips, not `n_tokens`. Every
+// token is checked before anything is sent: a NULL or malformed one fails
+// the whole call. `results` is NULL or room for `n_tokens` ints, written on
+// success only: for each token, the references left on its socket or a
+// negative error code (`-SOCKPASS_E_UNKNOWN_TOKEN`: unknown, already
+// released, or another client's). Returns how many were released. Errors:
+// `-EFAULT` (`client` NULL, `tokens` NULL with `n_tokens` > 0, a NULL
+// token), `-EINVAL` (a malformed token, or `n_tokens` > `INT_MAX`),
+// `-SOCKPASS_E_BROKER_UNAVAILABLE` (those sent before the loss may have
+// been released; the broker drops the rest with the connection).
+int sockpass_client_release_many(sockpass_client *client,
+                                 const char *const *tokens,
+                                 size_t n_tokens,
+                                 int *results);
+
 // Release every reference this client holds (`client` borrowed; the fds
 // the caller received stay open and the caller's). Returns how many.
 // Errors: `-EFAULT`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.

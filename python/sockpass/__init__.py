@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket as _socket
 import threading
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Final, NamedTuple, Self, TypeAlias
 
@@ -192,6 +193,15 @@ class Client:
         """Release one reference, by the fd it came with or by its token.
         Returns the references left on that socket (0: the broker closed it)."""
         return self._native.release(fd_or_token)
+
+    def release_many(self, tokens: Iterable[str]) -> list[int | OSError]:
+        """Release many references by token, pipelined (requests go out ahead
+        of the replies, a window at a time). Returns one result per token, in
+        order: the references left on its socket, or the exception for that
+        token (a ``TokenError`` for one unknown or already released). Raises,
+        releasing nothing, if any token is malformed; raises
+        ``BrokerUnavailableError`` if the broker goes away."""
+        return self._native.release_many(tokens)
 
     def release_all(self) -> int:
         """Release every reference this client holds; returns how many."""

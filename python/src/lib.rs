@@ -477,6 +477,32 @@ impl PyClient {
         self.with(py, |c| do_release(c, &r))
     }
 
+    /// One result per token, in order: the references left, or the
+    /// exception for that token. Every token is parsed before any is sent.
+    fn release_many(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>) -> PyResult<Vec<Py<PyAny>>> {
+        if tokens.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(
+                "tokens must be an iterable of str tokens, not a str",
+            ));
+        }
+        let mut parsed = Vec::new();
+        for (i, t) in tokens.try_iter()?.enumerate() {
+            let s = str_arg(&t?, &format!("tokens[{i}]"))?;
+            let t: Token = s.parse().map_err(|e: Error| {
+                let msg = format!("tokens[{i}]: {}", e.message());
+                to_pyerr(Error::with_errno(e.kind(), e.errno(), msg))
+            })?;
+            parsed.push(t);
+        }
+        let res = self.with(py, |c| c.release_many(&parsed))?;
+        res.into_iter()
+            .map(|r| match r {
+                Ok(left) => Ok(left.into_pyobject(py)?.into_any().unbind()),
+                Err(e) => Ok(to_pyerr(e).into_value(py).into_any()),
+            })
+            .collect()
+    }
+
     fn release_all(&self, py: Python<'_>) -> PyResult<usize> {
         self.with(py, |c| c.release_all())
     }

@@ -137,9 +137,56 @@ int main(void) {
     EXPECT(sockpass_client_release_all(NULL), -EFAULT);
     EXPECT(sockpass_client_release_fd(c, -1), -EINVAL);
     EXPECT(sockpass_client_release_fd(c, 12345), -SOCKPASS_E_UNKNOWN_TOKEN);
+    {
+        /* release_many checks every token before sending any: a bad one
+         * fails the call, releases nothing and writes no result. */
+        const char *bad_null[] = {saved, NULL};
+        const char *bad_form[] = {saved, "not-a-token"};
+        int res[2] = {12345, 12345};
+        EXPECT(sockpass_client_release_many(NULL, bad_form, 2, res), -EFAULT);
+        EXPECT(sockpass_client_release_many(c, NULL, 2, res), -EFAULT);
+        EXPECT(sockpass_client_release_many(c, bad_null, 2, res), -EFAULT);
+        EXPECT(sockpass_client_release_many(c, bad_form, 2, res), -EINVAL);
+        EXPECT(strstr(sockpass_last_error_message(), "tokens[1]") != NULL, 1);
+        EXPECT(sockpass_client_release_many(c, NULL, 0, NULL), 0);
+        EXPECT(res[0] == 12345 && res[1] == 12345, 1);
+    }
     EXPECT(sockpass_client_release(c, saved), 0);
     EXPECT(sockpass_client_release(c, saved), -SOCKPASS_E_UNKNOWN_TOKEN); /* twice */
     close(fd);
+
+    {
+        /* Many references at once, pipelined: one result per token, in
+         * order; an unknown token fails alone. Sending them all before
+         * reading deadlocked at about 500. */
+        enum { N = 1200 };
+        static char toks[N][SOCKPASS_TOKEN_SIZE];
+        static const char *ptrs[N + 1];
+        static int res[N + 1];
+        char spec[64];
+        int i, ok = 1;
+        snprintf(spec, sizeof(spec), "udp:127.0.0.1:%d", free_udp_port());
+        for (i = 0; i < N; i++) {
+            r = sockpass_client_request_spec(c, spec, SOCKPASS_SHARE_ANY, "m", toks[i], sizeof(toks[i]));
+            if (r < 0) {
+                EXPECT(r, 0);
+                break;
+            }
+            close(r);
+            ptrs[i] = toks[i];
+        }
+        if (i == N) {
+            ptrs[N] = "000000000000000000000000000000000000000000000000";
+            EXPECT(sockpass_client_release_many(c, ptrs, N + 1, res), N);
+            for (i = 0; i < N; i++) {
+                ok &= res[i] == N - 1 - i;
+            }
+            EXPECT(ok, 1);
+            EXPECT(res[N], -SOCKPASS_E_UNKNOWN_TOKEN);
+            EXPECT(sockpass_client_release_many(c, ptrs, 1, NULL), 0); /* already released */
+        }
+        EXPECT(sockpass_client_release_all(c), 0);
+    }
 
     /* Reservations. */
     EXPECT(sockpass_client_reserve_spec(c, "udp:127.0.0.1:0", SOCKPASS_SHARE_NONE, "r", NULL, 0), -EFAULT);

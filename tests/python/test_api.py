@@ -63,6 +63,29 @@ def test_release_by_fd_and_by_token(broker: Broker, no_fd_leak: None) -> None:
             os.close(fd)
 
 
+def test_release_many_in_order(broker: Broker, no_fd_leak: None) -> None:
+    port = free_port()
+    with broker.client() as c:
+        tokens = []
+        for _ in range(1000):  # twice what a send-everything-first burst survived
+            fd, tok = c.request_socket("127.0.0.1", port, "udp", sockpass.SHARE_ANY, "r")
+            os.close(fd)
+            tokens.append(tok)
+        with pytest.raises(sockpass.BadRequestError, match=r"tokens\[1\]"):
+            c.release_many([tokens[0], "nope"])
+        with pytest.raises(TypeError, match=r"tokens\[0\] must be a str"):
+            c.release_many([3])  # type: ignore[list-item]
+        with pytest.raises(TypeError):
+            c.release_many(tokens[0])  # a str is not a list of tokens
+        assert broker.refs() == 1000  # nothing released by the refusals
+        res = c.release_many(iter(tokens[:10] + ["0" * 48] + tokens[10:]))
+        assert isinstance(res[10], sockpass.TokenError)
+        del res[10]
+        assert res == list(range(999, -1, -1))
+        assert c.held() == [] and broker.status() == []
+        assert c.release_many([]) == []
+
+
 def test_module_release_by_fd_and_token(default_broker: Broker, no_fd_leak: None) -> None:
     port = free_port()
     a_fd, a_tok = sockpass.request_socket("127.0.0.1", port, "tcp", sockpass.SHARE_ANY, "m")

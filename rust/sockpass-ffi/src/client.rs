@@ -350,6 +350,68 @@ pub unsafe extern "C" fn sockpass_client_release_fd(
     })
 }
 
+/// Release many references by token (each borrowed), pipelined: the
+/// requests go out ahead of the replies, a window at a time, so `n_tokens`
+/// releases wait about as long as a few round trips, not `n_tokens`. Every
+/// token is checked before anything is sent: a NULL or malformed one fails
+/// the whole call. `results` is NULL or room for `n_tokens` ints, written on
+/// success only: for each token, the references left on its socket or a
+/// negative error code (`-SOCKPASS_E_UNKNOWN_TOKEN`: unknown, already
+/// released, or another client's). Returns how many were released. Errors:
+/// `-EFAULT` (`client` NULL, `tokens` NULL with `n_tokens` > 0, a NULL
+/// token), `-EINVAL` (a malformed token, or `n_tokens` > `INT_MAX`),
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE` (those sent before the loss may have
+/// been released; the broker drops the rest with the connection).
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_release_many(
+    client: *mut sockpass_client,
+    tokens: *const *const c_char,
+    n_tokens: usize,
+    results: *mut c_int,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        if tokens.is_null() && n_tokens > 0 {
+            return Err(fault("tokens"));
+        }
+        if n_tokens > c_int::MAX as usize {
+            return Err(Error::bad_request(format!(
+                "{n_tokens} tokens is more than one call can count"
+            )));
+        }
+        let ptrs: &[*const c_char] = if n_tokens == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(tokens, n_tokens)
+        };
+        let parsed = ptrs
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                token_of(p).map_err(|e| {
+                    let msg = format!("tokens[{i}]: {}", e.message());
+                    Error::with_errno(e.kind(), e.errno(), msg)
+                })
+            })
+            .collect::<sockpass::Result<Vec<Token>>>()?;
+        let res = c.with(|c| c.release_many(&parsed))?;
+        let mut released = 0;
+        for (i, r) in res.iter().enumerate() {
+            let v = match r {
+                Ok(left) => {
+                    released += 1;
+                    c_int::try_from(*left).unwrap_or(c_int::MAX)
+                }
+                Err(e) => -e.code(),
+            };
+            if !results.is_null() {
+                *results.add(i) = v;
+            }
+        }
+        Ok(released)
+    })
+}
+
 /// Release every reference this client holds (`client` borrowed; the fds
 /// the caller received stay open and the caller's). Returns how many.
 /// Errors: `-EFAULT`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
