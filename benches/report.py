@@ -142,6 +142,7 @@ def main():
         ("B1e_floor_epoll", "B1e floor, the server waiting in epoll_wait first"),
         ("B2_cached_kept", "B2 cached request, kept connection, close fd"),
         ("B2r_release", "B2r release by token"),
+        ("B2rp_release_many", "B2rp release by token, 500 pipelined (release_many), per release"),
         ("B2b_broker_raw_client", "B2b sockpassd alone: B2's request from a raw C client"),
         ("B2c_client_min_broker", "B2c the C API alone: B2 against a minimal C broker"),
         ("s6_retrieve_kept", "s6 retrieve, kept connection"),

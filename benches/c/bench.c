@@ -419,14 +419,14 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
         if (fd < 0) die("request", fd);
         close(fd);
         /* keep the per-client reference count under the broker's limit:
-         * every BATCH requests, release them off the clock (the deadline
-         * moves by the time it took), as B2 does; B2r measures releases */
+         * every BATCH requests, release them pipelined, off the clock (the
+         * deadline moves by the time it took); B2r and B2rp measure releases */
         if (++held == BATCH) {
+          static const char *ptr[BATCH];
           uint64_t r0 = now_ns();
-          for (size_t j = 0; j < held; j++) {
-            int x = sockpass_client_release(c, tok[j]);
-            if (x < 0) die("release", x);
-          }
+          for (size_t j = 0; j < held; j++) ptr[j] = tok[j];
+          int x = sockpass_client_release_many(c, ptr, held, NULL);
+          if (x != (int)held) die("release_many", x < 0 ? x : -EPROTO);
           held = 0;
           end += now_ns() - r0;
         }
@@ -547,9 +547,10 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   uint64_t *smp[M_COUNT], *rel = malloc((n + BLOCK) * sizeof *rel);
+  uint64_t *relp = malloc((n / BLOCK + 1) * sizeof *relp);
   for (int m = 0; m < M_COUNT; m++) smp[m] = malloc((n + BLOCK) * sizeof(uint64_t));
   static char tok[BLOCK][SOCKPASS_TOKEN_SIZE];
-  size_t done = 0, nrel = 0;
+  size_t done = 0, nrel = 0, nrelp = 0;
   for (int block = 0; done < n; block++) {
     for (int m = 0; m < M_COUNT; m++) {
       for (size_t i = 0; i < BLOCK; i++) {
@@ -617,18 +618,27 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
         close(raw);
         raw = connect_path(path);
       }
-      if (m == M_KEPT) /* this block's references, released off the clock */
+      if (m == M_KEPT && block % 2) /* this block's references, off B2's clock: B2r */
         for (size_t i = 0; i < BLOCK; i++) {
           uint64_t t0 = now_ns();
           int x = sockpass_client_release(c, tok[i]);
           if (x < 0) die("release", x);
-          if (block > 0) rel[nrel++] = now_ns() - t0;
+          rel[nrel++] = now_ns() - t0;
         }
+      else if (m == M_KEPT) { /* B2rp: all at once, pipelined; the mean per release */
+        static const char *ptr[BLOCK];
+        for (size_t i = 0; i < BLOCK; i++) ptr[i] = tok[i];
+        uint64_t t0 = now_ns();
+        int x = sockpass_client_release_many(c, ptr, BLOCK, NULL);
+        if (x != BLOCK) die("release_many", x < 0 ? x : -EPROTO);
+        if (block > 0) relp[nrelp++] = (now_ns() - t0) / BLOCK;
+      }
     }
     if (block > 0) done += BLOCK;
   }
   for (int m = 0; m < M_COUNT; m++) report(mixed_names[m], smp[m], done);
   report("B2r_release", rel, nrel);
+  report("B2rp_release_many", relp, nrelp);
   close(fl);
   close(esv);
   waitpid(pid, NULL, 0);

@@ -116,6 +116,8 @@ fn call(op: u8, path: &std::path::Path) {
         2 => c.release(&token).map(drop),
         3 => c.status().map(drop),
         4 => c.pickup(&token).map(drop),
+        // Three tokens: one RELEASE_MANY, so one reply.
+        5 => c.release_many(&[token; 3]).map(drop),
         _ => c.reserve_socket(&spec, ShareMode::Any, "f").map(drop),
     };
 }
@@ -124,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    let op = data[0] % 6;
+    let op = data[0] % 7;
     let attach = data[1];
     let n = (u16::from_le_bytes([data[2], data[3]]) as usize % 1200).min(data.len() - 4);
     let (reply, table) = data[4..].split_at(n);

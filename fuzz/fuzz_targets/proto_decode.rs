@@ -18,6 +18,22 @@ fuzz_target!(|data: &[u8]| {
                 other => panic!("re-encoded request decoded as {other:?}"),
             }
         }
+        // A decoded RELEASE_MANY re-encodes to the same payload.
+        if let Ok(proto::Request::ReleaseMany(ts)) = proto::decode_request(&h, payload) {
+            let tokens: Vec<_> = ts.iter().collect();
+            let mut out = Vec::new();
+            proto::encode_release_many(&mut out, h.id, &tokens).unwrap();
+            assert_eq!(&out[proto::HEADER_LEN..], payload);
+        }
+        // A RELEASED_MANY reply, for as many tokens as it claims (a batch at most).
+        let n = payload
+            .get(..2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+        let tokens = vec![
+            sockpass::Token::from_bytes([1; sockpass::Token::LEN]);
+            n.min(proto::MAX_RELEASE_BATCH)
+        ];
+        let _ = proto::decode_released_many(payload, &tokens);
         let _ = proto::decode_error(payload);
     }
     let mut r = Reader::new(data);

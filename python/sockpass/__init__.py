@@ -195,8 +195,9 @@ class Client:
         return self._native.release(fd_or_token)
 
     def release_many(self, tokens: Iterable[str]) -> list[int | OSError]:
-        """Release many references by token, pipelined (requests go out ahead
-        of the replies, a window at a time). Returns one result per token, in
+        """Release many references by token, up to 42 a message and several
+        messages in flight: far fewer round trips than one ``release`` a
+        token. Returns one result per token, in
         order: the references left on its socket, or the exception for that
         token (a ``TokenError`` for one unknown or already released). Raises,
         releasing nothing, if any token is malformed; raises

@@ -350,9 +350,9 @@ pub unsafe extern "C" fn sockpass_client_release_fd(
     })
 }
 
-/// Release many references by token (each borrowed), pipelined: the
-/// requests go out ahead of the replies, a window at a time, so `n_tokens`
-/// releases wait about as long as a few round trips, not `n_tokens`. Every
+/// Release many references by token (each borrowed): up to 42 tokens a
+/// message, several messages in flight, so `n_tokens` releases cost about
+/// `n_tokens / 42` round trips, not `n_tokens`. Every
 /// token is checked before anything is sent: a NULL or malformed one fails
 /// the whole call. `results` is NULL or room for `n_tokens` ints, written on
 /// success only: for each token, the references left on its socket or a

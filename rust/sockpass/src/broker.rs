@@ -701,7 +701,7 @@ impl Broker {
             self.expired.push_back(t);
             self.log(format_args!(
                 "reservation {} expired uncollected; reference dropped",
-                short(&t)
+                t.short()
             ));
         }
     }
@@ -1014,6 +1014,7 @@ impl Broker {
             }
             Request::Socket(r) => self.request_socket(slot, id, r),
             Request::Release(t) => self.release(slot, id, &t),
+            Request::ReleaseMany(ts) => self.release_many(slot, id, ts),
             Request::Pickup(t) => self.pickup(slot, id, &t),
             Request::Status => self.status(id),
             Request::Upgrade(exe) => self.ask_upgrade(slot, id, exe),
@@ -1733,6 +1734,30 @@ impl Broker {
     }
 
     fn release(&mut self, slot: usize, id: u32, t: &Token) -> Result<Reply> {
+        let remaining = self.release_one(slot, t)?;
+        proto::begin(&mut self.wbuf, ty::RELEASED, id);
+        self.wbuf.extend_from_slice(&remaining.to_le_bytes());
+        Ok(Reply { attach: None })
+    }
+
+    /// Each token as RELEASE would, in order, answered in one reply.
+    fn release_many(&mut self, slot: usize, id: u32, ts: proto::Tokens<'_>) -> Result<Reply> {
+        let mut out = std::mem::take(&mut self.wbuf);
+        proto::begin(&mut out, ty::RELEASED_MANY, id);
+        out.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        for t in ts.iter() {
+            let r = self.release_one(slot, &t);
+            if let Err(e) = &r {
+                self.log_refusal(slot, e);
+            }
+            proto::encode_released_entry(&mut out, &r);
+        }
+        self.wbuf = out;
+        Ok(Reply { attach: None })
+    }
+
+    /// Drop one reference by token; the references left on its socket.
+    fn release_one(&mut self, slot: usize, t: &Token) -> Result<u32> {
         let c = self.conns.get(slot).unwrap();
         if !c.tokens.contains(t) {
             let (creds, my_id) = (c.creds, c.id);
@@ -1740,7 +1765,7 @@ impl Broker {
                 return Err(Error::with_errno(
                     Kind::UnknownToken,
                     libc::ENOENT,
-                    format!("unknown token {}", short(t)),
+                    format!("unknown token {}", t.short()),
                 ));
             };
             let e = self.entries.get(info.entry).unwrap();
@@ -1769,10 +1794,7 @@ impl Broker {
         } else {
             self.conns.get_mut(slot).unwrap().tokens.remove(t);
         }
-        let remaining = self.drop_reference(t);
-        proto::begin(&mut self.wbuf, ty::RELEASED, id);
-        self.wbuf.extend_from_slice(&remaining.to_le_bytes());
-        Ok(Reply { attach: None })
+        Ok(self.drop_reference(t))
     }
 
     /// Collect a reservation: the reference moves to this connection, once.
@@ -1781,14 +1803,14 @@ impl Broker {
             Error::with_errno(
                 Kind::UnknownToken,
                 libc::ENOENT,
-                format!("unknown token {}", short(t)),
+                format!("unknown token {}", t.short()),
             )
         };
         let expired = || {
             Error::with_errno(
                 Kind::TokenExpired,
                 libc::ETIME,
-                format!("reservation {} expired before it was picked up", short(t)),
+                format!("reservation {} expired before it was picked up", t.short()),
             )
         };
         let Some(info) = self.tokens.get(t).copied() else {
@@ -2044,10 +2066,6 @@ impl Entry {
         // The cache key is the canonical spec as requested (port as asked).
         self.spec.clone()
     }
-}
-
-fn short(t: &Token) -> String {
-    t.to_string()[..12].to_string()
 }
 
 fn set_nonblock(fd: &OwnedFd) -> Result<()> {

@@ -71,10 +71,10 @@ pub struct Status {
 /// Largest status table a client accepts.
 const MAX_STATUS: usize = 64 << 20;
 
-/// Requests a pipelined call keeps in flight. Sending a whole burst before
+/// Messages a pipelined call keeps in flight. Sending a whole burst before
 /// reading deadlocks: the broker's replies fill this socket, it stops reading
 /// once it has queued `max_queued_replies`, and our sends then block (about
-/// 500 releases at the default socket buffer sizes). 16 unread replies stay
+/// 500 messages at the default socket buffer sizes). 16 unread replies stay
 /// below that limit (32) whatever the buffers hold, so the broker reads on.
 pub const PIPELINE_WINDOW: usize = 16;
 
@@ -447,44 +447,56 @@ impl Client {
         Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32()
     }
 
-    /// Release many references, pipelined: up to [`PIPELINE_WINDOW`]
-    /// requests are in flight at once, not one round trip each. Returns one
-    /// result per token, in order; a lost connection or a timeout ends the
-    /// call with `Err`.
+    /// Release many references: up to [`proto::MAX_RELEASE_BATCH`] tokens a
+    /// message (RELEASE_MANY), and up to [`PIPELINE_WINDOW`] messages in
+    /// flight, not one round trip each. Returns one result per token, in
+    /// order; a lost connection or a timeout ends the call with `Err`.
     pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
+        let batches: Vec<&[Token]> = tokens.chunks(proto::MAX_RELEASE_BATCH).collect();
         let mut out = Vec::with_capacity(tokens.len());
-        let mut sent = 0;
+        let (mut sent, mut read) = (0, 0);
         let mut id = self.next_id;
-        while out.len() < tokens.len() {
-            while sent < tokens.len() && sent - out.len() < PIPELINE_WINDOW {
+        while read < batches.len() {
+            while sent < batches.len() && sent - read < PIPELINE_WINDOW {
                 let rid = self.take_id();
-                proto::encode_token_msg(&mut self.buf, ty::RELEASE, rid, &tokens[sent]);
+                proto::encode_release_many(&mut self.buf, rid, batches[sent])?;
                 self.send()?;
                 sent += 1;
             }
-            let t = &tokens[out.len()];
-            match self.recv_reply(id, 0) {
-                Ok((h, _, _)) if h.ty != ty::RELEASED => {
-                    return Err(Error::protocol(format!(
-                        "unexpected reply {:#04x} to a release",
-                        h.ty
-                    )))
-                }
-                Ok((_, n, _)) => {
-                    self.forget(t);
-                    out.push(Reader::new(&self.rbuf[proto::HEADER_LEN..n]).u32());
-                }
+            let batch = batches[read];
+            let this = id;
+            read += 1;
+            id = id.wrapping_add(1).max(1);
+            let (h, n, _) = match self.recv_reply(this, 0) {
+                Ok(r) => r,
+                // The broker refused this message as a whole (say, one that
+                // predates RELEASE_MANY): every token in it fails alike, and
+                // the replies still in flight are read, so the connection
+                // stays in step.
                 Err(e)
-                    if matches!(
+                    if !matches!(
                         e.kind(),
                         Kind::BrokerUnavailable | Kind::Protocol | Kind::Timeout
                     ) =>
                 {
-                    return Err(e)
+                    out.extend(batch.iter().map(|_| Err(e.clone())));
+                    continue;
                 }
-                Err(e) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            };
+            if h.ty != ty::RELEASED_MANY {
+                return Err(Error::protocol(format!(
+                    "unexpected reply {:#04x} to a release",
+                    h.ty
+                )));
             }
-            id = id.wrapping_add(1).max(1);
+            let res = proto::decode_released_many(&self.rbuf[proto::HEADER_LEN..n], batch)?;
+            for (t, r) in batch.iter().zip(&res) {
+                if r.is_ok() {
+                    self.forget(t);
+                }
+            }
+            out.extend(res);
         }
         Ok(out)
     }

@@ -25,14 +25,21 @@ pub mod ty {
     pub const STATUS: u8 = 0x04;
     pub const PICKUP: u8 = 0x05;
     pub const UPGRADE: u8 = 0x06;
+    pub const RELEASE_MANY: u8 = 0x07;
     pub const HELLO_OK: u8 = 0x81;
     pub const SOCKET: u8 = 0x82;
     pub const RELEASED: u8 = 0x83;
     pub const STATUS_OK: u8 = 0x84;
     pub const RESERVED: u8 = 0x85;
     pub const UPGRADED: u8 = 0x86;
+    pub const RELEASED_MANY: u8 = 0x87;
     pub const ERROR: u8 = 0xFF;
 }
+
+/// Most tokens one RELEASE_MANY carries: as many as fit in a packet.
+pub const MAX_RELEASE_BATCH: usize = (MAX_MSG - HEADER_LEN - 2) / Token::LEN;
+/// Bytes per token in a RELEASED_MANY reply.
+pub const RELEASED_ENTRY_LEN: usize = 8;
 
 /// REQUEST flag: reserve the socket for a later PICKUP instead of sending it.
 pub const REQ_RESERVE: u8 = 0x01;
@@ -142,11 +149,31 @@ pub enum Request<'a> {
     },
     Socket(SocketRequest<'a>),
     Release(Token),
+    /// 1 to [`MAX_RELEASE_BATCH`] tokens, released in order.
+    ReleaseMany(Tokens<'a>),
     Status,
     Pickup(Token),
     /// Replace the broker's program, keeping every socket and connection;
     /// the path of the new binary, or empty for the configured one.
     Upgrade(&'a str),
+}
+
+/// Tokens packed back to back, as RELEASE_MANY carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tokens<'a>(&'a [u8]);
+
+impl<'a> Tokens<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len() / Token::LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Token> + 'a {
+        self.0
+            .chunks_exact(Token::LEN)
+            .map(|b| Token::from_bytes(b.try_into().unwrap()))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -188,6 +215,74 @@ pub fn encode_request(
 pub fn encode_token_msg(out: &mut Vec<u8>, ty: u8, id: u32, token: &Token) {
     begin(out, ty, id);
     out.extend_from_slice(token.as_bytes());
+}
+
+/// A RELEASE_MANY of 1 to [`MAX_RELEASE_BATCH`] tokens.
+pub fn encode_release_many(out: &mut Vec<u8>, id: u32, tokens: &[Token]) -> Result<()> {
+    if tokens.is_empty() || tokens.len() > MAX_RELEASE_BATCH {
+        return Err(Error::bad_request(format!(
+            "a RELEASE_MANY carries 1 to {MAX_RELEASE_BATCH} tokens, not {}",
+            tokens.len()
+        )));
+    }
+    begin(out, ty::RELEASE_MANY, id);
+    out.extend_from_slice(&(tokens.len() as u16).to_le_bytes());
+    for t in tokens {
+        out.extend_from_slice(t.as_bytes());
+    }
+    Ok(())
+}
+
+/// One entry of a RELEASED_MANY reply: the references left, or why not.
+pub fn encode_released_entry(out: &mut Vec<u8>, r: &Result<u32>) {
+    let (kind, value) = match r {
+        Ok(left) => (0u16, *left as i32),
+        Err(e) => (e.kind().wire(), e.errno()),
+    };
+    out.extend_from_slice(&value.to_le_bytes());
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// The entries of a RELEASED_MANY reply for `tokens`, in order. A refused
+/// token's error is rebuilt here: the reply carries its kind and errno.
+pub fn decode_released_many(payload: &[u8], tokens: &[Token]) -> Result<Vec<Result<u32>>> {
+    let mut r = Reader::new(payload);
+    let n = r.u16()? as usize;
+    if n != tokens.len() {
+        return Err(Error::protocol(format!(
+            "RELEASED_MANY answers {n} tokens, {} were sent",
+            tokens.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tokens {
+        let value = r.i32()?;
+        let kind = r.u16()?;
+        r.u16()?;
+        out.push(match kind {
+            0 if value >= 0 => Ok(value as u32),
+            0 => {
+                return Err(Error::protocol(format!(
+                    "RELEASED_MANY: {value} references left"
+                )))
+            }
+            k => {
+                let kind = Kind::from_wire(k).unwrap_or(Kind::Os);
+                let msg = match kind {
+                    Kind::UnknownToken => format!(
+                        "unknown token {}: not held by this connection (already released, or another client's)",
+                        t.short()
+                    ),
+                    _ => format!("token {}: refused", t.short()),
+                };
+                Err(Error::with_errno(kind, value, msg))
+            }
+        });
+    }
+    r.end()
+        .map_err(|e| Error::protocol(e.message().to_string()))?;
+    Ok(out)
 }
 
 pub fn encode_upgrade(out: &mut Vec<u8>, id: u32, exe: &str) -> Result<()> {
@@ -246,6 +341,15 @@ pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> 
             })
         }
         ty::RELEASE => Request::Release(r.token()?),
+        ty::RELEASE_MANY => {
+            let n = r.u16()? as usize;
+            if n == 0 || n > MAX_RELEASE_BATCH {
+                return Err(Error::bad_request(format!(
+                    "a RELEASE_MANY carries 1 to {MAX_RELEASE_BATCH} tokens, not {n}"
+                )));
+            }
+            Request::ReleaseMany(Tokens(r.bytes(n * Token::LEN)?))
+        }
         ty::PICKUP => Request::Pickup(r.token()?),
         ty::STATUS => Request::Status,
         ty::UPGRADE => {
@@ -425,6 +529,46 @@ mod tests {
         let mut longer = out.clone();
         longer.push(0);
         assert!(decode_request(&h, &longer[HEADER_LEN..]).is_err());
+    }
+
+    #[test]
+    fn release_many_round_trip_and_bounds() {
+        let tokens: Vec<Token> = (0..MAX_RELEASE_BATCH as u8)
+            .map(|i| Token::from_bytes([i; Token::LEN]))
+            .collect();
+        let mut out = Vec::new();
+        encode_release_many(&mut out, 3, &tokens).unwrap();
+        assert!(out.len() <= MAX_MSG);
+        let h = Header::parse(&out).unwrap();
+        match decode_request(&h, &out[HEADER_LEN..]).unwrap() {
+            Request::ReleaseMany(ts) => assert_eq!(ts.iter().collect::<Vec<_>>(), tokens),
+            other => panic!("{other:?}"),
+        }
+        for cut in HEADER_LEN..out.len() {
+            assert!(decode_request(&h, &out[HEADER_LEN..cut]).is_err());
+        }
+        let more: Vec<Token> = (0..=MAX_RELEASE_BATCH as u8)
+            .map(|i| Token::from_bytes([i; Token::LEN]))
+            .collect();
+        assert!(encode_release_many(&mut out, 3, &more).is_err());
+        assert!(encode_release_many(&mut out, 3, &[]).is_err());
+        // The reply: one entry per token, errors rebuilt from kind and errno.
+        let mut reply = Vec::new();
+        reply.extend_from_slice(&2u16.to_le_bytes());
+        encode_released_entry(&mut reply, &Ok(4));
+        let unknown = Error::with_errno(Kind::UnknownToken, libc::ENOENT, "x");
+        encode_released_entry(&mut reply, &Err(unknown));
+        let got = decode_released_many(&reply, &tokens[..2]).unwrap();
+        assert_eq!(got[0], Ok(4));
+        let e = got[1].as_ref().unwrap_err();
+        assert_eq!((e.kind(), e.errno()), (Kind::UnknownToken, libc::ENOENT));
+        assert!(e.message().contains(&tokens[1].short()), "{e}");
+        // Counts that disagree, entries cut short or trailing: protocol errors.
+        assert!(decode_released_many(&reply, &tokens[..3]).is_err());
+        assert!(decode_released_many(&reply[..reply.len() - 1], &tokens[..2]).is_err());
+        let mut longer = reply.clone();
+        longer.push(0);
+        assert!(decode_released_many(&longer, &tokens[..2]).is_err());
     }
 
     #[test]

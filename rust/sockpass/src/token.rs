@@ -84,6 +84,13 @@ impl Token {
     }
 }
 
+impl Token {
+    /// The first 12 hex digits, enough to tell tokens apart in a message.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_string()
+    }
+}
+
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hex = self.to_hex();

@@ -208,6 +208,61 @@ fn release_many_pipelines_thousands_of_releases_in_order() {
 }
 
 #[test]
+fn release_many_message_answers_each_token_in_order() {
+    // The wire form, byte by byte as docs/PROTOCOL.md gives it.
+    let b = Broker::start("relmanywire");
+    let sp = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let mut c = b.client();
+    let g1 = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
+    let g2 = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
+    let mut other = b.client();
+    let theirs = other.request_socket(&sp, ShareMode::Any, "a").unwrap();
+    // Raw, on the same connection: the client's next id is in step since
+    // every call so far was answered.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(c.as_raw_fd()) };
+    let mut msg = Vec::new();
+    proto::begin(&mut msg, proto::ty::RELEASE_MANY, 99);
+    msg.extend_from_slice(&4u16.to_le_bytes());
+    for t in [&g1.token, &theirs.token, &g1.token, &g2.token] {
+        msg.extend_from_slice(t.as_bytes());
+    }
+    send_fds(fd, &msg, &[], 0).unwrap();
+    let mut buf = [0u8; proto::MAX_MSG];
+    let r = recv_fds(fd, &mut buf, 0, 0).unwrap();
+    let reply = &buf[..r.len];
+    let h = proto::Header::parse(reply).unwrap();
+    assert_eq!((h.ty, h.id), (proto::ty::RELEASED_MANY, 99));
+    assert_eq!(
+        reply.len(),
+        proto::HEADER_LEN + 2 + 4 * proto::RELEASED_ENTRY_LEN
+    );
+    assert_eq!(&reply[8..10], &4u16.to_le_bytes());
+    let entry = |i: usize| {
+        let e = &reply[10 + 8 * i..18 + 8 * i];
+        (
+            i32::from_le_bytes(e[..4].try_into().unwrap()),
+            u16::from_le_bytes(e[4..6].try_into().unwrap()),
+            &e[6..8],
+        )
+    };
+    // g1: 2 references left (g2's and theirs); another client's token and
+    // g1 again: unknown token (kind 5), errno ENOENT; g2: 1 left.
+    assert_eq!(entry(0), (2, 0, &[0u8, 0][..]));
+    assert_eq!(
+        entry(1),
+        (libc::ENOENT, Kind::UnknownToken.wire(), &[0u8, 0][..])
+    );
+    assert_eq!(
+        entry(2),
+        (libc::ENOENT, Kind::UnknownToken.wire(), &[0u8, 0][..])
+    );
+    assert_eq!(entry(3), (1, 0, &[0u8, 0][..]));
+    assert_eq!(b.status().sockets[0].refs, 1);
+    assert_eq!(other.release_many(&[theirs.token]).unwrap(), vec![Ok(0)]);
+    assert!(b.status().sockets.is_empty());
+}
+
+#[test]
 fn ephemeral_port_zero_is_never_shared() {
     let b = Broker::start("eph");
     let mut c = b.client();
@@ -824,6 +879,14 @@ fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
         v.extend_from_slice(bytes);
         v
     };
+    // A RELEASE_MANY saying `n` tokens and carrying `carried` unknown ones.
+    let release_many = |n: u16, carried: usize| {
+        let mut v = Vec::new();
+        proto::begin(&mut v, proto::ty::RELEASE_MANY, 1);
+        v.extend_from_slice(&n.to_le_bytes());
+        v.extend(std::iter::repeat_n(7u8, 24 * carried));
+        v
+    };
     let mut pickup_short = Vec::new();
     proto::begin(&mut pickup_short, proto::ty::PICKUP, 1);
     pickup_short.extend_from_slice(&[7; 10]);
@@ -852,6 +915,14 @@ fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
         ("non-UTF-8 UPGRADE path", upgrade(2, b"\xff\xfe")),
         ("PICKUP with a short token", pickup_short),
         ("STATUS with trailing bytes", status_trailing),
+        ("RELEASE_MANY of 0 tokens", release_many(0, 0)),
+        ("RELEASE_MANY saying 43 tokens", release_many(43, 42)),
+        ("RELEASE_MANY count past its tokens", release_many(3, 2)),
+        ("RELEASE_MANY with bytes past its tokens", {
+            let mut v = release_many(2, 2);
+            v.push(0);
+            v
+        }),
     ] {
         cases.push((name, msg, Outcome::Error(Kind::BadRequest)));
     }
