@@ -418,17 +418,15 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
                                             SOCKPASS_TOKEN_SIZE);
         if (fd < 0) die("request", fd);
         close(fd);
-        /* keep the per-client reference count under the broker's limit:
-         * every BATCH requests, release them pipelined, off the clock (the
-         * deadline moves by the time it took); B2r and B2rp measure releases */
+        /* every BATCH requests, release them (release_many: 42 tokens a
+         * message), on the clock: a sustained rate pays for its releases,
+         * which s6 does not have */
         if (++held == BATCH) {
           static const char *ptr[BATCH];
-          uint64_t r0 = now_ns();
           for (size_t j = 0; j < held; j++) ptr[j] = tok[j];
           int x = sockpass_client_release_many(c, ptr, held, NULL);
           if (x != (int)held) die("release_many", x < 0 ? x : -EPROTO);
           held = 0;
-          end += now_ns() - r0;
         }
       }
       ops++;

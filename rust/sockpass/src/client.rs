@@ -11,8 +11,9 @@ use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys;
-use crate::token::{Token, TokenBuildHasher};
+use crate::token::Token;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,20 @@ const MAX_STATUS: usize = 64 << 20;
 /// below that limit (32) whatever the buffers hold, so the broker reads on.
 pub const PIPELINE_WINDOW: usize = 16;
 
+/// A token hashed by all its bytes with a keyed hasher. `Token`'s own hash
+/// takes its first 8 bytes, which only sockpassd's random source makes
+/// unpredictable; a client must not bet its tables on whatever answers at
+/// the socket path (a broker whose tokens differ only in their last bytes
+/// made every insert scan the whole set).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WholeToken(Token);
+
+impl Hash for WholeToken {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write(self.0.as_bytes());
+    }
+}
+
 pub struct Client {
     fd: OwnedFd,
     path: PathBuf,
@@ -86,7 +101,7 @@ pub struct Client {
     fd_tokens: HashMap<RawFd, Token, KeyedState>,
     /// References still held whose fd number a later grant reused (the
     /// caller had closed that fd): released by token or by `release_all`.
-    unmapped: HashSet<Token, TokenBuildHasher>,
+    unmapped: HashSet<WholeToken, KeyedState>,
     buf: Vec<u8>,
     rbuf: Box<[u8; proto::MAX_MSG]>,
     /// The broker refused or closed this connection: no call can succeed.
@@ -525,7 +540,7 @@ impl Client {
     /// the caller closed that fd and a later grant got its number.
     pub fn held(&self) -> impl Iterator<Item = (RawFd, Token)> + '_ {
         let by_fd = self.fd_tokens.iter().map(|(f, t)| (*f, *t));
-        by_fd.chain(self.unmapped.iter().map(|t| (-1, *t)))
+        by_fd.chain(self.unmapped.iter().map(|t| (-1, t.0)))
     }
 
     /// Note a grant's token under its fd. A token already there came with an
@@ -533,12 +548,12 @@ impl Client {
     /// reference is still held, so keep it for `release_all`.
     fn track(&mut self, fd: RawFd, token: Token) {
         if let Some(old) = self.fd_tokens.insert(fd, token) {
-            self.unmapped.insert(old);
+            self.unmapped.insert(WholeToken(old));
         }
     }
 
     fn forget(&mut self, token: &Token) {
-        if !self.unmapped.remove(token) {
+        if !self.unmapped.remove(&WholeToken(*token)) {
             self.fd_tokens.retain(|_, t| t != token);
         }
     }
@@ -549,7 +564,7 @@ impl Client {
         let tokens: Vec<Token> = self
             .fd_tokens
             .values()
-            .chain(self.unmapped.iter())
+            .chain(self.unmapped.iter().map(|t| &t.0))
             .copied()
             .collect();
         let res = self.release_many(&tokens)?;
@@ -648,4 +663,25 @@ pub fn with_default<R>(f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
         *g = None;
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn whole_token_hash_sees_every_byte() {
+        // Tokens that differ only past their first 8 bytes (as a broker
+        // counting in the last bytes would make them) must not share a hash.
+        let s = KeyedState::default();
+        let hashes: HashSet<u64> = (0..1000u64)
+            .map(|i| {
+                let mut b = [7u8; Token::LEN];
+                b[16..].copy_from_slice(&i.to_le_bytes());
+                s.hash_one(WholeToken(Token::from_bytes(b)))
+            })
+            .collect();
+        assert_eq!(hashes.len(), 1000);
+    }
 }

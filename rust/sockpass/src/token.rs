@@ -41,8 +41,9 @@ impl Hash for Token {
 /// The hasher for the broker's token maps: a token's first 8 bytes are
 /// already uniformly random (getrandom), so hashing them again (SipHash, a
 /// third of the broker's instructions per request) buys nothing. Keys are
-/// only ever inserted by the broker, from its random source; clients only
-/// look tokens up, so they cannot pile keys into one bucket.
+/// only ever inserted by the broker, from its random source; its clients
+/// only look tokens up, so they cannot pile keys into one bucket. (The
+/// client, which cannot vouch for its broker's tokens, hashes them whole.)
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokenHasher(u64);
 
