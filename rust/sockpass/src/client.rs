@@ -467,8 +467,25 @@ impl Client {
     /// flight, not one round trip each. Returns one result per token, in
     /// order; a lost connection or a timeout ends the call with `Err`.
     pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
-        let batches: Vec<&[Token]> = tokens.chunks(proto::MAX_RELEASE_BATCH).collect();
         let mut out = Vec::with_capacity(tokens.len());
+        let res = self.release_batches(tokens, &mut out);
+        // Forget what was released, also when the call ends early: one pass
+        // over the fd map, not one per token (release_all of n held fds).
+        let mut mapped = HashSet::with_hasher(KeyedState::default());
+        for (t, r) in tokens.iter().zip(&out) {
+            if r.is_ok() && !self.unmapped.remove(&WholeToken(*t)) {
+                mapped.insert(WholeToken(*t));
+            }
+        }
+        if !mapped.is_empty() {
+            self.fd_tokens
+                .retain(|_, t| !mapped.contains(&WholeToken(*t)));
+        }
+        res.map(|()| out)
+    }
+
+    fn release_batches(&mut self, tokens: &[Token], out: &mut Vec<Result<u32>>) -> Result<()> {
+        let batches: Vec<&[Token]> = tokens.chunks(proto::MAX_RELEASE_BATCH).collect();
         let (mut sent, mut read) = (0, 0);
         let mut id = self.next_id;
         while read < batches.len() {
@@ -505,15 +522,12 @@ impl Client {
                     h.ty
                 )));
             }
-            let res = proto::decode_released_many(&self.rbuf[proto::HEADER_LEN..n], batch)?;
-            for (t, r) in batch.iter().zip(&res) {
-                if r.is_ok() {
-                    self.forget(t);
-                }
-            }
-            out.extend(res);
+            out.extend(proto::decode_released_many(
+                &self.rbuf[proto::HEADER_LEN..n],
+                batch,
+            )?);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Release the reference that came with the socket `fd` from this client.

@@ -202,9 +202,15 @@ fn release_many_pipelines_thousands_of_releases_in_order() {
     assert!(b.status().sockets.is_empty());
     assert_eq!(c.held().count(), 0);
     // The connection is still in step: the next call gets its own reply.
-    let g = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
-    assert_eq!(c.release_all().unwrap(), 1);
-    drop(g);
+    // References whose fds are still open are forgotten by fd as well.
+    let live: Vec<_> = (0..300)
+        .map(|_| c.request_socket(&sp, ShareMode::Any, "a").unwrap())
+        .collect();
+    assert_eq!(c.held().filter(|(fd, _)| *fd >= 0).count(), 300);
+    assert_eq!(c.release_all().unwrap(), 300);
+    assert_eq!(c.held().count(), 0);
+    assert!(c.token_of(live[0].fd.as_raw_fd()).is_none());
+    assert!(b.status().sockets.is_empty());
 }
 
 #[test]
