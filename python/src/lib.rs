@@ -485,15 +485,12 @@ impl PyClient {
                 "tokens must be an iterable of str tokens, not a str",
             ));
         }
-        let mut parsed = Vec::new();
-        for (i, t) in tokens.try_iter()?.enumerate() {
-            let s = str_arg(&t?, &format!("tokens[{i}]"))?;
-            let t: Token = s.parse().map_err(|e: Error| {
-                let msg = format!("tokens[{i}]: {}", e.message());
-                to_pyerr(Error::with_errno(e.kind(), e.errno(), msg))
-            })?;
-            parsed.push(t);
-        }
+        let strs = tokens
+            .try_iter()?
+            .enumerate()
+            .map(|(i, t)| str_arg(&t?, &format!("tokens[{i}]")))
+            .collect::<PyResult<Vec<String>>>()?;
+        let parsed = Token::parse_all(strs).map_err(to_pyerr)?;
         let res = self.with(py, |c| c.release_many(&parsed))?;
         res.into_iter()
             .map(|r| match r {

@@ -384,16 +384,15 @@ pub unsafe extern "C" fn sockpass_client_release_many(
         } else {
             std::slice::from_raw_parts(tokens, n_tokens)
         };
-        let parsed = ptrs
+        let strs = ptrs
             .iter()
             .enumerate()
             .map(|(i, &p)| {
-                token_of(p).map_err(|e| {
-                    let msg = format!("tokens[{i}]: {}", e.message());
-                    Error::with_errno(e.kind(), e.errno(), msg)
-                })
+                c_str(p, "token", crate::SOCKPASS_MAX_STRING)
+                    .map_err(|e| e.context(format_args!("tokens[{i}]")))
             })
-            .collect::<sockpass::Result<Vec<Token>>>()?;
+            .collect::<sockpass::Result<Vec<&str>>>()?;
+        let parsed = Token::parse_all(strs)?;
         let res = c.with(|c| c.release_many(&parsed))?;
         let mut released = 0;
         for (i, r) in res.iter().enumerate() {

@@ -158,6 +158,15 @@ impl Error {
         Error::with_errno(Kind::Protocol, libc::EPROTO, msg)
     }
 
+    /// The same error, its message prefixed with where it happened (say,
+    /// which item of a list).
+    pub fn context(self, what: impl fmt::Display) -> Error {
+        Error {
+            msg: format!("{what}: {}", self.msg),
+            ..self
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }

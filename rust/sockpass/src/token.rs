@@ -88,7 +88,22 @@ impl Token {
 impl Token {
     /// The first 12 hex digits, enough to tell tokens apart in a message.
     pub fn short(&self) -> String {
-        self.to_string()[..12].to_string()
+        String::from_utf8_lossy(&self.to_hex()[..12]).into_owned()
+    }
+
+    /// Parse every token of a list, or fail naming the first bad one
+    /// (`tokens[i]: ...`): a call that takes many tokens checks them all
+    /// before it sends any.
+    pub fn parse_all<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Result<Vec<Token>> {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_ref()
+                    .parse()
+                    .map_err(|e: Error| e.context(format_args!("tokens[{i}]")))
+            })
+            .collect()
     }
 }
 
@@ -213,6 +228,11 @@ mod tests {
             assert!(s.parse::<Token>().is_err(), "{s}");
         }
         assert!(slow[..46].parse::<Token>().is_err());
+        // A list: all parsed, or the first bad one named by index.
+        assert_eq!(Token::parse_all([&slow, &slow]).unwrap(), vec![t, t]);
+        let e = Token::parse_all([&slow, "zz"]).unwrap_err();
+        assert!(e.message().starts_with("tokens[1]: "), "{e}");
+        assert_eq!(e.kind(), crate::Kind::BadRequest);
         assert!(format!("{slow}0").parse::<Token>().is_err());
     }
 }

@@ -225,6 +225,7 @@ fn release_many_message_answers_each_token_in_order() {
     let theirs = other.request_socket(&sp, ShareMode::Any, "a").unwrap();
     // Raw, on the same connection: the client's next id is in step since
     // every call so far was answered.
+    // SAFETY: the client's connection fd, open while `c` lives.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(c.as_raw_fd()) };
     let mut msg = Vec::new();
     proto::begin(&mut msg, proto::ty::RELEASE_MANY, 99);
