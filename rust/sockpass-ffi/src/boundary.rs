@@ -36,6 +36,17 @@ pub(crate) unsafe fn c_str<'a>(
     what: &str,
     max: usize,
 ) -> sockpass::Result<&'a str> {
+    std::str::from_utf8(c_bytes(p, what, max)?)
+        .map_err(|_| Error::bad_request(format!("{what} is not UTF-8")))
+}
+
+/// A NUL-terminated string of at most `max` bytes, as bytes (for inputs
+/// the core checks byte by byte anyway, such as tokens).
+pub(crate) unsafe fn c_bytes<'a>(
+    p: *const c_char,
+    what: &str,
+    max: usize,
+) -> sockpass::Result<&'a [u8]> {
     if p.is_null() {
         return Err(fault(what));
     }
@@ -49,8 +60,7 @@ pub(crate) unsafe fn c_str<'a>(
         ));
     }
     // strnlen found the NUL at n: no second strlen.
-    std::str::from_utf8(std::slice::from_raw_parts(p.cast::<u8>(), n))
-        .map_err(|_| Error::bad_request(format!("{what} is not UTF-8")))
+    Ok(std::slice::from_raw_parts(p.cast::<u8>(), n))
 }
 
 /// Like [`c_str`], with NULL meaning "none".

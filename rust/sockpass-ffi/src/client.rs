@@ -1,7 +1,7 @@
 //! The broker client: an opaque `sockpass_client` handle, and the
 //! process-wide default client behind two calls (BIND10's library style).
 
-use crate::boundary::{c_str, call, fault, opt_c_str};
+use crate::boundary::{c_bytes, c_str, call, fault, opt_c_str};
 use sockpass::client::{self, Client};
 use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
@@ -69,8 +69,8 @@ unsafe fn spec_of(
 
 fn token_of(p: *const c_char) -> sockpass::Result<Token> {
     // SAFETY: checked for NULL and bounded by c_str.
-    let s = unsafe { c_str(p, "token", crate::SOCKPASS_MAX_STRING)? };
-    s.parse()
+    let s = unsafe { c_bytes(p, "token", crate::SOCKPASS_MAX_STRING)? };
+    Token::from_hex(s)
 }
 
 /// Check the caller's token buffer before anything changes, so a too-small

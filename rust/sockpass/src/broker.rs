@@ -1517,7 +1517,7 @@ impl Broker {
             ));
         }
         let app = self.app_for(slot, r.app);
-        let spec = r.spec.canonical();
+        let spec = r.spec.into_canonical();
         let conn_id = self.conns.get(slot).unwrap().id;
         let owner = if reserve {
             Owner::Reserved(Instant::now() + self.cfg.limits.reservation_ttl)
@@ -1758,8 +1758,9 @@ impl Broker {
 
     /// Drop one reference by token; the references left on its socket.
     fn release_one(&mut self, slot: usize, t: &Token) -> Result<u32> {
-        let c = self.conns.get(slot).unwrap();
-        if !c.tokens.contains(t) {
+        let c = self.conns.get_mut(slot).unwrap();
+        // Our own reference: one lookup finds and forgets it.
+        if !c.tokens.remove(t) {
             let (creds, my_id) = (c.creds, c.id);
             let Some(info) = self.tokens.get(t).copied() else {
                 return Err(Error::with_errno(
@@ -1791,8 +1792,6 @@ impl Broker {
                     oc.tokens.remove(t);
                 }
             }
-        } else {
-            self.conns.get_mut(slot).unwrap().tokens.remove(t);
         }
         Ok(self.drop_reference(t))
     }

@@ -5,7 +5,7 @@
 //! reconnects by itself; after [`Kind::BrokerUnavailable`] the caller decides.
 
 use crate::error::{Error, Kind, Result};
-use crate::fdpass::{recv_fds, send_fds, RecvError};
+use crate::fdpass::{recv_fds, recv_fds_into, send_fds, RecvError};
 use crate::keyhash::KeyedState;
 use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
 use crate::share::ShareMode;
@@ -104,6 +104,8 @@ pub struct Client {
     unmapped: HashSet<WholeToken, KeyedState>,
     buf: Vec<u8>,
     rbuf: Box<[u8; proto::MAX_MSG]>,
+    /// Where a reply's fds land, kept so a request allocates nothing for them.
+    fds: Vec<OwnedFd>,
     /// The broker refused or closed this connection: no call can succeed.
     gone: bool,
 }
@@ -195,6 +197,7 @@ impl Client {
             unmapped: HashSet::default(),
             buf: Vec::with_capacity(proto::MAX_MSG),
             rbuf: Box::new([0u8; proto::MAX_MSG]),
+            fds: Vec::with_capacity(1),
             gone: false,
         }
     }
@@ -307,12 +310,19 @@ impl Client {
         e
     }
 
-    /// Receive the reply to `id`; returns its header, length and fds (at most
-    /// `max_fds`; more is a protocol error and they are closed). An ERROR
+    /// Receive the reply to `id`; returns its header, length and fd (`max_fds`
+    /// is 0 or 1; more is a protocol error and they are closed). An ERROR
     /// reply becomes `Err`.
-    fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Vec<OwnedFd>)> {
-        let r = match recv_fds(self.fd.as_fd(), &mut self.rbuf[..], max_fds, 0) {
-            Ok(r) => r,
+    fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Option<OwnedFd>)> {
+        debug_assert!(max_fds <= 1 && self.fds.is_empty());
+        let len = match recv_fds_into(
+            self.fd.as_fd(),
+            &mut self.rbuf[..],
+            max_fds,
+            0,
+            &mut self.fds,
+        ) {
+            Ok(n) => n,
             Err(RecvError::Os(e)) if e == libc::EAGAIN => {
                 return Err(Error::with_errno(
                     Kind::Timeout,
@@ -325,18 +335,21 @@ impl Client {
             }
             Err(e) => return Err(e.into_error("reply from sockpassd")),
         };
-        if r.len == 0 && r.fds.is_empty() {
+        // At most one fd (max_fds <= 1): it is the caller's, whatever the
+        // reply says, and closed if the reply is an error.
+        let fd = self.fds.pop();
+        if len == 0 && fd.is_none() {
             return Err(unavailable(
                 libc::ECONNRESET,
                 "sockpassd closed the connection",
             ));
         }
-        let h = Header::parse(&self.rbuf[..r.len])?;
+        let h = Header::parse(&self.rbuf[..len])?;
         // An ERROR with id 0 is about the connection (e.g. the broker's
         // connection limit): the broker closes it after.
         if h.ty == ty::ERROR && h.id == 0 {
             self.gone = true;
-            return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len])?);
+            return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..len])?);
         }
         if h.id != id {
             return Err(Error::protocol(format!(
@@ -345,9 +358,9 @@ impl Client {
             )));
         }
         if h.ty == ty::ERROR {
-            return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len])?);
+            return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..len])?);
         }
-        Ok((h, r.len, r.fds))
+        Ok((h, len, fd))
     }
 
     /// Ask for a socket. `app` empty means "my executable name".
@@ -371,7 +384,7 @@ impl Client {
         let id = self.take_id();
         proto::encode_request(&mut self.buf, id, spec, share, app, flags)?;
         self.send()?;
-        let (h, n, mut fds) = self.recv_reply(id, 1)?;
+        let (h, n, fd) = self.recv_reply(id, 1)?;
         if h.ty != ty::SOCKET {
             return Err(Error::protocol(format!(
                 "unexpected reply {:#04x} to a socket request",
@@ -382,9 +395,7 @@ impl Client {
         let token = r.token()?;
         let port = r.u16()?;
         let cached = r.u8()? != 0;
-        let fd = fds
-            .pop()
-            .ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
+        let fd = fd.ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
         self.track(fd.as_raw_fd(), token);
         Ok(Grant {
             fd,
@@ -422,7 +433,7 @@ impl Client {
         let id = self.take_id();
         proto::encode_token_msg(&mut self.buf, ty::PICKUP, id, token);
         self.send()?;
-        let (h, n, mut fds) = self.recv_reply(id, 1)?;
+        let (h, n, fd) = self.recv_reply(id, 1)?;
         if h.ty != ty::SOCKET {
             return Err(Error::protocol(format!(
                 "unexpected reply {:#04x} to a pick-up",
@@ -433,9 +444,7 @@ impl Client {
         let token = r.token()?;
         let port = r.u16()?;
         let cached = r.u8()? != 0;
-        let fd = fds
-            .pop()
-            .ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
+        let fd = fd.ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
         self.track(fd.as_raw_fd(), token);
         Ok(Grant {
             fd,
@@ -615,7 +624,7 @@ impl Client {
         let id = self.take_id();
         proto::encode_status(&mut self.buf, id);
         self.send()?;
-        let (h, n, mut fds) = self.recv_reply(id, 1)?;
+        let (h, n, fd) = self.recv_reply(id, 1)?;
         if h.ty != ty::STATUS_OK {
             return Err(Error::protocol(format!(
                 "unexpected reply {:#04x} to status",
@@ -623,9 +632,7 @@ impl Client {
             )));
         }
         let counters = Counters::decode(&mut Reader::new(&self.rbuf[proto::HEADER_LEN..n]))?;
-        let table = fds
-            .pop()
-            .ok_or_else(|| Error::protocol("STATUS reply carried no table"))?;
+        let table = fd.ok_or_else(|| Error::protocol("STATUS reply carried no table"))?;
         let bytes = crate::memfd::read_all(table, MAX_STATUS)?;
         let mut r = Reader::new(&bytes);
         let rows = r.u32()?;

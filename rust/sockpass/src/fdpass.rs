@@ -124,6 +124,21 @@ pub fn recv_fds(
     max_fds: usize,
     flags: i32,
 ) -> std::result::Result<Received, RecvError> {
+    let mut fds = Vec::new();
+    let len = recv_fds_into(sock, buf, max_fds, flags, &mut fds)?;
+    Ok(Received { len, fds })
+}
+
+/// [`recv_fds`] appending the fds to `fds`, so that a caller receiving on a
+/// hot path reuses one vector instead of allocating one a message. On an
+/// error `fds` is as it was (what arrived is closed).
+pub fn recv_fds_into(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+    flags: i32,
+    fds: &mut Vec<OwnedFd>,
+) -> std::result::Result<usize, RecvError> {
     let max_fds = max_fds.min(MAX_FDS);
     // Not zeroed: the kernel writes what it reports in msg_controllen, and
     // only that is read.
@@ -154,7 +169,7 @@ pub fn recv_fds(
             return Err(RecvError::Os(e));
         }
     };
-    let mut fds = Vec::new();
+    let before = fds.len();
     // SAFETY: walk the control messages the kernel wrote within msg_controllen.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
@@ -170,14 +185,16 @@ pub fn recv_fds(
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
-        // Dropping `fds` closes every fd that did arrive.
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() - before > max_fds {
+        // Truncating closes every fd that did arrive.
+        fds.truncate(before);
         return Err(RecvError::TruncatedFds);
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        fds.truncate(before);
         return Err(RecvError::TruncatedPayload);
     }
-    Ok(Received { len: n, fds })
+    Ok(n)
 }
 
 /// A connected pair of unix sockets of type `ty`, both CLOEXEC.

@@ -121,32 +121,56 @@ impl fmt::Debug for Token {
     }
 }
 
+/// A hex digit's value, or 0x80 for any other byte.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 impl FromStr for Token {
     type Err = Error;
     fn from_str(s: &str) -> Result<Token> {
+        Token::from_hex(s.as_bytes())
+    }
+}
+
+impl Token {
+    /// Parse the text form from bytes (the C layer's strings need no UTF-8
+    /// check first: anything but 48 hex digits is refused here).
+    pub fn from_hex(hex: &[u8]) -> Result<Token> {
         let bad = || {
             Error::bad_request(format!(
-                "invalid token {s:?} (expected {} hex digits)",
+                "invalid token {:?} (expected {} hex digits)",
+                String::from_utf8_lossy(hex),
                 Token::LEN * 2
             ))
         };
-        fn nibble(c: u8) -> Option<u8> {
-            match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                b'A'..=b'F' => Some(c - b'A' + 10),
-                _ => None,
-            }
-        }
-        // Byte by byte, not u8::from_str_radix (which also takes a '+'
-        // sign): every release from C and Python parses one.
-        let hex = s.as_bytes();
+        // Byte by byte through a table, not u8::from_str_radix (which also
+        // takes a '+' sign), and one check at the end instead of a branch a
+        // digit: every release from C and Python parses one.
         if hex.len() != Token::LEN * 2 {
             return Err(bad());
         }
         let mut b = [0u8; Token::LEN];
+        let mut invalid = 0u8;
         for (out, pair) in b.iter_mut().zip(hex.chunks_exact(2)) {
-            *out = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
+            let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            invalid |= hi | lo;
+            *out = (hi << 4) | (lo & 15);
+        }
+        if invalid & 0x80 != 0 {
+            return Err(bad());
         }
         Ok(Token(b))
     }
@@ -228,6 +252,17 @@ mod tests {
             assert!(s.parse::<Token>().is_err(), "{s}");
         }
         assert!(slow[..46].parse::<Token>().is_err());
+        assert!(Token::from_hex(b"\xff").is_err());
+        assert_eq!(Token::from_hex(slow.as_bytes()).unwrap(), t);
+        // Every ASCII byte, first and last: only hex digits pass.
+        for c in 0u8..128 {
+            for at in [0, 47] {
+                let mut s = slow.clone().into_bytes();
+                s[at] = c;
+                let s = String::from_utf8(s).unwrap();
+                assert_eq!(s.parse::<Token>().is_ok(), c.is_ascii_hexdigit(), "{s:?}");
+            }
+        }
         // A list: all parsed, or the first bad one named by index.
         assert_eq!(Token::parse_all([&slow, &slow]).unwrap(), vec![t, t]);
         let e = Token::parse_all([&slow, "zz"]).unwrap_err();
