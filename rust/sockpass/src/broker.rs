@@ -782,7 +782,12 @@ impl Broker {
                 .is_err()
             {
                 self.conns.remove(slot);
+                return;
             }
+            // A client sends its first request right after connecting, so it
+            // is usually waiting already: read it now rather than after one
+            // more epoll_wait (if not, one recvmsg says EAGAIN).
+            self.read_requests(slot);
             // One client per wakeup: the listener is level-triggered, so
             // more waiting wake the loop again, and the usual single client
             // costs no accept4 that fails with EAGAIN.
