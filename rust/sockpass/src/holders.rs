@@ -129,12 +129,19 @@ impl Holders {
     }
 
     pub fn remove(&mut self, t: &Token) -> Option<Holder> {
-        let i = self.position(t)?;
+        let indexed = !self.index.is_empty();
+        // Indexed: one lookup finds and forgets the token.
+        let i = if indexed {
+            self.index.remove(t)?
+        } else {
+            self.position(t)?
+        };
         let h = self.list.swap_remove(i);
-        if !self.index.is_empty() {
-            self.index.remove(t);
+        if indexed {
             if let Some(moved) = self.list.get(i) {
-                self.index.insert(moved.token, i);
+                if let Some(p) = self.index.get_mut(&moved.token) {
+                    *p = i;
+                }
             }
             if self.list.len() < INDEX_FROM / 2 {
                 self.index = HashMap::default();
