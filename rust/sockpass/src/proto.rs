@@ -300,6 +300,23 @@ pub fn encode_status(out: &mut Vec<u8>, id: u32) {
 }
 
 /// Decode a request; the header has been parsed and its version checked.
+/// An application name: UTF-8 without control characters. Printable ASCII,
+/// the usual case, is checked in one pass.
+fn app_name(b: &[u8]) -> Result<&str> {
+    if b.iter().all(|&c| (0x20..0x7f).contains(&c)) {
+        // SAFETY: printable ASCII is UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(b) });
+    }
+    let app = std::str::from_utf8(b)
+        .map_err(|_| Error::bad_request("application name is not valid UTF-8"))?;
+    if app.bytes().any(|c| c < 0x20 || c == 0x7f) {
+        return Err(Error::bad_request(
+            "application name contains control characters",
+        ));
+    }
+    Ok(app)
+}
+
 pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> {
     let mut r = Reader::new(payload);
     let req = match h.ty {
@@ -324,13 +341,7 @@ pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> 
                 )));
             }
             let n = r.u8()? as usize;
-            let app = std::str::from_utf8(r.bytes(n)?)
-                .map_err(|_| Error::bad_request("application name is not valid UTF-8"))?;
-            if app.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                return Err(Error::bad_request(
-                    "application name contains control characters",
-                ));
-            }
+            let app = app_name(r.bytes(n)?)?;
             let (spec, used) = SocketSpec::decode(r.rest())?;
             r.bytes(used)?;
             Request::Socket(SocketRequest {
@@ -507,6 +518,27 @@ impl StatusRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_names_are_utf8_without_control_characters() {
+        for ok in ["bench", "", "dns resolver", "nsd-é", "~!"] {
+            assert_eq!(app_name(ok.as_bytes()).unwrap(), ok);
+        }
+        // Control characters (ASCII and after a non-ASCII letter), and bytes
+        // that are not UTF-8.
+        let bad: [&[u8]; 6] = [
+            b"a\x01",
+            b"a\x7f",
+            b"\n",
+            b"\xff",
+            b"\xc3",
+            "é\t".as_bytes(),
+        ];
+        for bad in bad {
+            let e = app_name(bad).unwrap_err();
+            assert_eq!(e.kind(), Kind::BadRequest, "{bad:?}");
+        }
+    }
 
     #[test]
     fn request_round_trip_and_truncation() {

@@ -160,7 +160,7 @@ mod tag {
 const FAM_UNIX: u8 = 1;
 
 /// A wanted socket.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketSpec {
     pub proto: Proto,
     /// IP address (unused, 0.0.0.0, for Unix sockets).
@@ -172,6 +172,20 @@ pub struct SocketSpec {
     /// Unix sockets: the socket file's absolute path; else empty.
     pub path: String,
     pub options: SocketOptions,
+}
+
+/// A spec hashes as its address alone (protocol, IP, port, IP protocol, path):
+/// equal specs hash equal, and specs that differ only in options, which
+/// the broker never holds side by side on one address, cost no hashing of
+/// a dozen options on every cached request.
+impl std::hash::Hash for SocketSpec {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.proto.hash(h);
+        self.addr.hash(h);
+        self.port.hash(h);
+        self.ipproto.hash(h);
+        self.path.hash(h);
+    }
 }
 
 impl SocketSpec {

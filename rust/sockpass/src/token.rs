@@ -75,11 +75,9 @@ impl Token {
     /// layers hand a token out on every request, and `write!` per byte was
     /// a third of the client's instructions.
     pub fn to_hex(&self) -> [u8; Token::HEX_LEN] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; Token::HEX_LEN];
-        for (i, b) in self.0.iter().enumerate() {
-            out[2 * i] = DIGITS[usize::from(b >> 4)];
-            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+        for (pair, &b) in out.chunks_exact_mut(2).zip(&self.0) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
         }
         out
     }
@@ -120,6 +118,18 @@ impl fmt::Debug for Token {
         write!(f, "Token({self})")
     }
 }
+
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
 
 /// A hex digit's value, or 0x80 for any other byte.
 const NIBBLE: [u8; 256] = {
