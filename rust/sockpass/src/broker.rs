@@ -21,7 +21,7 @@ use crate::spec::SocketSpec;
 use crate::sys::{self, Creds};
 use crate::token::{Token, TokenBuildHasher, TokenSource};
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -306,7 +306,9 @@ struct Conn {
     creds: Creds,
     default_app: Option<Rc<str>>,
     last_app: Rc<str>,
-    tokens: HashSet<Token, TokenBuildHasher>,
+    /// The references this connection holds; each token's `TokenInfo`
+    /// knows its place here, so a release takes it out in O(1).
+    refs: Vec<Token>,
     outq: VecDeque<Outgoing>,
     /// EPOLLIN is off because the queue is full.
     paused: bool,
@@ -315,11 +317,19 @@ struct Conn {
     wakeups: u32,
 }
 
-/// A token's place: its entry slot.
+/// A token's places: its entry slot, its holder's position in that entry,
+/// and its position in its connection's `refs` ([`NO_CONN`] while reserved).
+/// One hash lookup finds all three, so a request and a release each touch
+/// one hash table (the token map), not one per structure.
 #[derive(Clone, Copy, Debug)]
 struct TokenInfo {
     entry: usize,
+    holder: u32,
+    conn_pos: u32,
 }
+
+/// `TokenInfo::conn_pos` of a reference no connection holds (a reservation).
+const NO_CONN: u32 = u32::MAX;
 
 /// How many expired reservation tokens are remembered.
 const EXPIRED_MEMORY: usize = 1024;
@@ -765,7 +775,7 @@ impl Broker {
                 creds,
                 default_app: None,
                 last_app: Rc::from(""),
-                tokens: HashSet::default(),
+                refs: Vec::new(),
                 outq: VecDeque::new(),
                 paused: false,
                 pipelining: false,
@@ -1198,7 +1208,7 @@ impl Broker {
                 creds: c.creds,
                 default_app: c.default_app.map(|a| a.to_string()),
                 last_app: c.last_app.to_string(),
-                tokens: c.tokens.into_iter().collect(),
+                tokens: c.refs,
                 outq,
                 pipelining: c.pipelining,
             });
@@ -1238,10 +1248,13 @@ impl Broker {
                         Owner::Reserved(now + Duration::from_millis(h.reserved_ms))
                     }
                 };
+                let pos = holders.len() as u32;
                 b.tokens.insert(
                     h.token,
                     TokenInfo {
                         entry: e.slot as usize,
+                        holder: pos,
+                        conn_pos: NO_CONN,
                     },
                 );
                 holders.push(Holder {
@@ -1312,7 +1325,8 @@ impl Broker {
                     creds: c.creds,
                     default_app: c.default_app.map(|a| Rc::from(a.as_str())),
                     last_app: Rc::from(c.last_app.as_str()),
-                    tokens: c.tokens.into_iter().collect(),
+                    // Filled from the holders below: they say who holds what.
+                    refs: Vec::new(),
                     outq,
                     paused,
                     pipelining: c.pipelining,
@@ -1328,6 +1342,19 @@ impl Broker {
         }
         b.entries.rebuild_free();
         b.conns.rebuild_free();
+        // Each connection's list, from its holders (positions in slot order).
+        for (_, e) in b.entries.iter() {
+            for h in &e.holders {
+                if let Owner::Conn(slot) = h.owner {
+                    if let (Some(c), Some(info)) =
+                        (b.conns.get_mut(slot), b.tokens.get_mut(&h.token))
+                    {
+                        info.conn_pos = c.refs.len() as u32;
+                        c.refs.push(h.token);
+                    }
+                }
+            }
+        }
         // Pending even for a signal, so finish_upgrade logs the outcome.
         b.upgrade = Some(PendingUpgrade {
             from: st.upgrade_from.map(|(slot, id)| (slot as usize, id)),
@@ -1399,15 +1426,14 @@ impl Broker {
             };
             let eid = self.next_entry_id;
             self.next_entry_id += 1;
-            let mut holders = Holders::with_capacity(1);
-            holders.push(Holder {
+            let holder = Holder {
                 token,
                 owner: Owner::Reserved(Instant::now() + self.cfg.limits.reservation_ttl),
                 share: ShareMode::Any,
                 app: Rc::from("(fd store)"),
                 creds: Creds::default(),
                 conn_id: 0,
-            });
+            };
             let unix_ino = spec
                 .proto
                 .is_unix()
@@ -1418,7 +1444,7 @@ impl Broker {
                 spec: spec.clone(),
                 fd,
                 port,
-                holders,
+                holders: Holders::with_capacity(1),
                 keyed: true,
                 per_worker: false,
                 unix_ino,
@@ -1427,7 +1453,7 @@ impl Broker {
             });
             self.cache.insert(spec, es);
             *self.held_ports.entry(port).or_insert(0) += 1;
-            self.tokens.insert(token, TokenInfo { entry: es });
+            self.add_ref(es, holder);
             self.reservations += 1;
             self.deadline = None;
             n += 1;
@@ -1464,8 +1490,7 @@ impl Broker {
             .map(|h| h.token)
             .collect();
         for t in mine {
-            e.holders.remove(&t);
-            self.tokens.remove(&t);
+            self.remove_ref(&t);
             self.reservations -= 1;
             self.deadline = None;
         }
@@ -1510,13 +1535,13 @@ impl Broker {
             ));
         }
         let c = self.conns.get(slot).unwrap();
-        if !reserve && c.tokens.len() >= self.cfg.limits.max_refs_per_client {
+        if !reserve && c.refs.len() >= self.cfg.limits.max_refs_per_client {
             return Err(Error::with_errno(
                 Kind::LimitReached,
                 libc::EUSERS,
                 format!(
                     "this client already holds {} references (limit {})",
-                    c.tokens.len(),
+                    c.refs.len(),
                     self.cfg.limits.max_refs_per_client
                 ),
             ));
@@ -1628,10 +1653,9 @@ impl Broker {
                 return Err(e);
             }
         };
-        let e = self.entries.get_mut(entry_slot).unwrap();
-        e.holders.push(holder(token));
+        self.add_ref(entry_slot, holder(token));
+        let e = self.entries.get(entry_slot).unwrap();
         let (eid, port) = (e.id, e.port);
-        self.tokens.insert(token, TokenInfo { entry: entry_slot });
         if reserve {
             // Held by nobody until picked up; the broker keeps the reference.
             self.reservations += 1;
@@ -1639,7 +1663,6 @@ impl Broker {
             proto::encode_socket_reply(&mut self.wbuf, ty::RESERVED, id, &token, port, cached_hit);
             return Ok(Reply { attach: None });
         }
-        self.conns.get_mut(slot).unwrap().tokens.insert(token);
         proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, &token, port, cached_hit);
         Ok(Reply {
             attach: Some(Attach::Entry(entry_slot, eid)),
@@ -1763,40 +1786,35 @@ impl Broker {
 
     /// Drop one reference by token; the references left on its socket.
     fn release_one(&mut self, slot: usize, t: &Token) -> Result<u32> {
-        let c = self.conns.get_mut(slot).unwrap();
-        // Our own reference: one lookup finds and forgets it.
-        if !c.tokens.remove(t) {
-            let (creds, my_id) = (c.creds, c.id);
-            let Some(info) = self.tokens.get(t).copied() else {
-                return Err(Error::with_errno(
-                    Kind::UnknownToken,
-                    libc::ENOENT,
-                    format!("unknown token {}", t.short()),
-                ));
-            };
-            let e = self.entries.get(info.entry).unwrap();
-            let h = e.holders.iter().find(|h| h.token == *t).unwrap();
-            let own_reservation = matches!(h.owner, Owner::Reserved(_)) && h.conn_id == my_id;
-            // Another client's token: only if the policy lets this client
-            // release others' references (an operator, a container manager).
-            if !own_reservation
-                && self
-                    .cfg
-                    .policy
-                    .check_op(Op::ReleaseOther, &creds, &e.spec, h.share)
-                    .is_err()
-            {
-                return Err(Error::with_errno(
-                    Kind::UnknownToken,
-                    libc::ENOENT,
-                    "that token belongs to another client; only its holder may release it",
-                ));
-            }
-            if let Owner::Conn(other) = h.owner {
-                if let Some(oc) = self.conns.get_mut(other) {
-                    oc.tokens.remove(t);
-                }
-            }
+        let Some(info) = self.tokens.get(t).copied() else {
+            return Err(Error::with_errno(
+                Kind::UnknownToken,
+                libc::ENOENT,
+                format!("unknown token {}", t.short()),
+            ));
+        };
+        let c = self.conns.get(slot).unwrap();
+        let (creds, my_id) = (c.creds, c.id);
+        let e = self.entries.get(info.entry).unwrap();
+        let h = e.holders.get(info.holder as usize).unwrap();
+        // Ours: held on this connection, or reserved by it and not yet
+        // picked up.
+        let mine = h.owner == Owner::Conn(slot)
+            || (matches!(h.owner, Owner::Reserved(_)) && h.conn_id == my_id);
+        // Another client's token: only if the policy lets this client
+        // release others' references (an operator, a container manager).
+        if !mine
+            && self
+                .cfg
+                .policy
+                .check_op(Op::ReleaseOther, &creds, &e.spec, h.share)
+                .is_err()
+        {
+            return Err(Error::with_errno(
+                Kind::UnknownToken,
+                libc::ENOENT,
+                "that token belongs to another client; only its holder may release it",
+            ));
         }
         Ok(self.drop_reference(t))
     }
@@ -1825,16 +1843,16 @@ impl Broker {
             });
         };
         let c = self.conns.get(slot).unwrap();
-        if c.tokens.len() >= self.cfg.limits.max_refs_per_client {
+        if c.refs.len() >= self.cfg.limits.max_refs_per_client {
             return Err(Error::with_errno(
                 Kind::LimitReached,
                 libc::EUSERS,
-                format!("this client already holds {} references", c.tokens.len()),
+                format!("this client already holds {} references", c.refs.len()),
             ));
         }
         let (conn_creds, conn_id) = (c.creds, c.id);
         let e = self.entries.get_mut(info.entry).unwrap();
-        let h = e.holders.get_mut(t).unwrap();
+        let h = e.holders.get_mut(info.holder as usize).unwrap();
         if matches!(h.owner, Owner::Reserved(_)) {
             self.cfg
                 .policy
@@ -1855,31 +1873,84 @@ impl Broker {
         let (eid, port) = (e.id, e.port);
         self.reservations -= 1;
         self.deadline = None;
-        self.conns.get_mut(slot).unwrap().tokens.insert(*t);
+        let c = self.conns.get_mut(slot).unwrap();
+        if let Some(i) = self.tokens.get_mut(t) {
+            i.conn_pos = c.refs.len() as u32;
+        }
+        c.refs.push(*t);
         proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, t, port, true);
         Ok(Reply {
             attach: Some(Attach::Entry(info.entry, eid)),
         })
     }
 
+    /// Record a new reference: its holder joins entry `es`, and one that a
+    /// connection holds joins that connection's list.
+    fn add_ref(&mut self, es: usize, h: Holder) {
+        let token = h.token;
+        let conn_pos = match h.owner {
+            Owner::Conn(slot) => match self.conns.get_mut(slot) {
+                Some(c) => {
+                    c.refs.push(token);
+                    (c.refs.len() - 1) as u32
+                }
+                None => NO_CONN,
+            },
+            Owner::Reserved(_) => NO_CONN,
+        };
+        let holder = self.entries.get_mut(es).unwrap().holders.push(h) as u32;
+        self.tokens.insert(
+            token,
+            TokenInfo {
+                entry: es,
+                holder,
+                conn_pos,
+            },
+        );
+    }
+
+    /// Forget a reference everywhere it is recorded (the token map, its
+    /// connection's list, its socket's holders); the entry stays, even if
+    /// empty. The entry slot and the holder that was removed.
+    fn remove_ref(&mut self, t: &Token) -> Option<(usize, Holder)> {
+        let info = self.tokens.remove(t)?;
+        let e = self.entries.get_mut(info.entry)?;
+        let (h, moved) = e.holders.swap_remove(info.holder as usize)?;
+        // The last holder moved into the gap: its token says so.
+        if let Some(m) = moved.and_then(|m| self.tokens.get_mut(&m)) {
+            m.holder = info.holder;
+        }
+        if let (Owner::Conn(slot), true) = (h.owner, info.conn_pos != NO_CONN) {
+            // Gone already when the connection is being dropped.
+            if let Some(c) = self.conns.get_mut(slot) {
+                let pos = info.conn_pos as usize;
+                if c.refs.get(pos) == Some(t) {
+                    c.refs.swap_remove(pos);
+                    if let Some(m) = c.refs.get(pos).and_then(|m| self.tokens.get_mut(m)) {
+                        m.conn_pos = info.conn_pos;
+                    }
+                }
+            }
+        }
+        Some((info.entry, h))
+    }
+
     /// Drop one reference; close the socket when it was the last. Returns the
     /// references left on that socket.
     fn drop_reference(&mut self, t: &Token) -> u32 {
-        let Some(info) = self.tokens.remove(t) else {
+        let Some((es, h)) = self.remove_ref(t) else {
             return 0;
         };
-        let Some(e) = self.entries.get_mut(info.entry) else {
-            return 0;
-        };
-        if let Some(h) = e.holders.remove(t) {
-            if matches!(h.owner, Owner::Reserved(_)) {
-                self.reservations -= 1;
-                self.deadline = None;
-            }
+        if matches!(h.owner, Owner::Reserved(_)) {
+            self.reservations -= 1;
+            self.deadline = None;
         }
+        let Some(e) = self.entries.get(es) else {
+            return 0;
+        };
         let left = e.holders.len() as u32;
         if left == 0 {
-            let e = self.entries.remove(info.entry).unwrap();
+            let e = self.entries.remove(es).unwrap();
             self.forget_entry(&e);
             // Dropping `e` closes the broker's copy; the port is free once
             // the clients close theirs.
@@ -2044,8 +2115,8 @@ impl Broker {
             return;
         };
         let _ = self.ep_ctl(libc::EPOLL_CTL_DEL, c.fd.as_raw_fd(), 0, 0);
-        let n = c.tokens.len();
-        for t in &c.tokens {
+        let n = c.refs.len();
+        for t in &c.refs {
             self.drop_reference(t);
         }
         if n > 0 || why != "disconnected" {

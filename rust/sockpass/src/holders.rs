@@ -5,12 +5,13 @@
 //! of a scan: a `none` holder excludes everyone, a `sameapp` holder means every
 //! holder has that one application name, and otherwise only the distinct
 //! application names matter. Judging is O(distinct names) and removing a
-//! reference is O(1), however many references a socket has.
+//! reference is O(1), however many references a socket has: holders are
+//! addressed by position, which the broker keeps with each token (a
+//! removal moves the last holder into the gap and says which it was).
 
 use crate::share::ShareMode;
 use crate::sys::Creds;
-use crate::token::{Token, TokenBuildHasher};
-use std::collections::HashMap;
+use crate::token::Token;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -34,15 +35,9 @@ pub(crate) struct Holder {
     pub conn_id: u64,
 }
 
-/// Below this many references a linear scan beats a hash lookup, and no
-/// index is kept (so a socket with one holder allocates no map).
-const INDEX_FROM: usize = 8;
-
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
     list: Vec<Holder>,
-    /// token -> position in `list`, kept once the list is long.
-    index: HashMap<Token, usize, TokenBuildHasher>,
     nones: u32,
     sameapps: u32,
     /// Distinct application names with their reference counts.
@@ -91,7 +86,8 @@ impl Holders {
             .or(Some(first))
     }
 
-    pub fn push(&mut self, h: Holder) {
+    /// Add a holder; its position.
+    pub fn push(&mut self, h: Holder) -> usize {
         match h.share {
             ShareMode::None => self.nones += 1,
             ShareMode::SameApp => self.sameapps += 1,
@@ -101,52 +97,25 @@ impl Holders {
             Some((_, n)) => *n += 1,
             None => self.apps.push((h.app.clone(), 1)),
         }
-        if !self.index.is_empty() {
-            self.index.insert(h.token, self.list.len());
-        }
         self.list.push(h);
-        if self.index.is_empty() && self.list.len() >= INDEX_FROM {
-            self.index = self
-                .list
-                .iter()
-                .enumerate()
-                .map(|(i, h)| (h.token, i))
-                .collect();
-        }
+        self.list.len() - 1
     }
 
-    fn position(&self, t: &Token) -> Option<usize> {
-        if self.index.is_empty() {
-            self.list.iter().position(|h| h.token == *t)
-        } else {
-            self.index.get(t).copied()
-        }
+    pub fn get(&self, pos: usize) -> Option<&Holder> {
+        self.list.get(pos)
     }
 
-    pub fn get_mut(&mut self, t: &Token) -> Option<&mut Holder> {
-        let i = self.position(t)?;
-        self.list.get_mut(i)
+    pub fn get_mut(&mut self, pos: usize) -> Option<&mut Holder> {
+        self.list.get_mut(pos)
     }
 
-    pub fn remove(&mut self, t: &Token) -> Option<Holder> {
-        let indexed = !self.index.is_empty();
-        // Indexed: one lookup finds and forgets the token.
-        let i = if indexed {
-            self.index.remove(t)?
-        } else {
-            self.position(t)?
-        };
-        let h = self.list.swap_remove(i);
-        if indexed {
-            if let Some(moved) = self.list.get(i) {
-                if let Some(p) = self.index.get_mut(&moved.token) {
-                    *p = i;
-                }
-            }
-            if self.list.len() < INDEX_FROM / 2 {
-                self.index = HashMap::default();
-            }
+    /// Remove the holder at `pos`. The last holder moves into its place:
+    /// the second value is that holder's token, whose position is now `pos`.
+    pub fn swap_remove(&mut self, pos: usize) -> Option<(Holder, Option<Token>)> {
+        if pos >= self.list.len() {
+            return None;
         }
+        let h = self.list.swap_remove(pos);
         match h.share {
             ShareMode::None => self.nones -= 1,
             ShareMode::SameApp => self.sameapps -= 1,
@@ -158,7 +127,8 @@ impl Holders {
                 self.apps.swap_remove(p);
             }
         }
-        Some(h)
+        let moved = self.list.get(pos).map(|m| m.token);
+        Some((h, moved))
     }
 }
 
@@ -230,32 +200,31 @@ mod tests {
     }
 
     #[test]
-    fn index_survives_pushes_and_removals() {
+    fn positions_survive_pushes_and_removals() {
         let mut hs = Holders::default();
+        // token byte -> position, kept as a caller keeps it
+        let mut at = std::collections::HashMap::new();
         for i in 0..40u8 {
-            hs.push(holder(i, Any, if i % 2 == 0 { "a" } else { "b" }));
+            let p = hs.push(holder(i, Any, if i % 2 == 0 { "a" } else { "b" }));
+            at.insert(i, p);
         }
         for i in (0..40u8).step_by(3) {
-            let mut b = [0u8; Token::LEN];
-            b[0] = i;
-            assert_eq!(
-                hs.remove(&Token::from_bytes(b)).unwrap().token.as_bytes()[0],
-                i
-            );
+            let p = at.remove(&i).unwrap();
+            let (h, moved) = hs.swap_remove(p).unwrap();
+            assert_eq!(h.token.as_bytes()[0], i);
+            if let Some(m) = moved {
+                at.insert(m.as_bytes()[0], p);
+            }
         }
-        for i in 0..40u8 {
-            let mut b = [0u8; Token::LEN];
-            b[0] = i;
-            assert_eq!(
-                hs.get_mut(&Token::from_bytes(b)).is_some(),
-                i % 3 != 0,
-                "{i}"
-            );
+        assert!(hs.swap_remove(hs.len()).is_none());
+        assert_eq!(hs.len(), at.len());
+        for (i, p) in &at {
+            assert_eq!(hs.get(*p).unwrap().token.as_bytes()[0], *i, "{i} at {p}");
         }
-        while let Some(t) = hs.iter().next().map(|h| h.token) {
-            hs.remove(&t).unwrap();
+        while !hs.is_empty() {
+            hs.swap_remove(0).unwrap();
         }
-        assert!(hs.is_empty() && hs.apps.is_empty() && hs.index.is_empty());
+        assert!(hs.is_empty() && hs.apps.is_empty());
         assert!(hs.find_incompatible(None, "x").is_none());
     }
 }

@@ -1288,3 +1288,144 @@ fn an_uncollected_reservation_expires_and_frees_the_port() {
     assert_eq!(e.kind(), Kind::TokenExpired, "{e}");
     assert!(b.log_text().contains("expired uncollected"));
 }
+
+/// The broker keeps each reference in three places (its token, its socket's
+/// holders, its connection's list) and moves the last entry of a list into
+/// the gap a release leaves. Interleave requests, reservations, pick-ups,
+/// releases one by one and in batches, foreign releases and a disconnect
+/// on one socket, and check every answer and the broker's counts against a
+/// model after each step, across an upgrade in place. A small per-client
+/// limit makes each client's own count visible too: it must refuse exactly
+/// at the limit.
+#[test]
+fn references_stay_consistent_through_interleaved_operations() {
+    const LIMIT: usize = 12;
+    let b = Broker::start_with("refmodel", &["--max-refs-per-client", "12"]);
+    let port = free_port(true);
+    let sp = spec(&format!("udp:127.0.0.1:{port}"));
+    let mut clients = [b.client(), b.client(), b.client()];
+    // What each client holds (tokens), and reservations not picked up.
+    let mut held: [Vec<sockpass::Token>; 3] = Default::default();
+    let mut reserved: Vec<sockpass::Token> = Vec::new();
+    let mut fds = Vec::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let total = |held: &[Vec<sockpass::Token>; 3], reserved: &Vec<sockpass::Token>| {
+        held.iter().map(Vec::len).sum::<usize>() + reserved.len()
+    };
+    for step in 0..600 {
+        let who = next(3);
+        match next(8) {
+            0..=2 => {
+                let r = clients[who].request_socket(&sp, ShareMode::Any, "m");
+                if held[who].len() < LIMIT {
+                    let g = r.unwrap();
+                    held[who].push(g.token);
+                    fds.push(g.fd);
+                } else {
+                    assert_eq!(r.unwrap_err().kind(), Kind::LimitReached, "step {step}");
+                }
+            }
+            3 => {
+                let r = clients[who]
+                    .reserve_socket(&sp, ShareMode::Any, "m")
+                    .unwrap();
+                reserved.push(r.token);
+            }
+            4 if !reserved.is_empty() => {
+                let i = next(reserved.len());
+                let r = clients[who].pickup(&reserved[i]);
+                if held[who].len() < LIMIT {
+                    assert_eq!(r.unwrap().token, reserved[i]);
+                    held[who].push(reserved.swap_remove(i));
+                } else {
+                    assert_eq!(r.unwrap_err().kind(), Kind::LimitReached, "step {step}");
+                }
+            }
+            5 if !held[who].is_empty() => {
+                let t = held[who].swap_remove(next(held[who].len()));
+                let left = clients[who].release(&t).unwrap() as usize;
+                assert_eq!(left, total(&held, &reserved), "step {step}");
+            }
+            6 if !held[who].is_empty() => {
+                // A batch from the middle of the list, in a scrambled order.
+                let n = 1 + next(held[who].len());
+                let mut batch: Vec<_> = (0..n)
+                    .map(|_| held[who].swap_remove(next(held[who].len())))
+                    .collect();
+                batch.reverse();
+                for r in clients[who].release_many(&batch).unwrap() {
+                    r.unwrap();
+                }
+            }
+            7 => {
+                // Another client's token is not ours to release, and
+                // trying changes nothing.
+                let other = (who + 1) % 3;
+                if let Some(&t) = held[other].first() {
+                    let e = clients[who].release(&t).unwrap_err();
+                    assert_eq!(e.kind(), Kind::UnknownToken, "{e}");
+                }
+            }
+            _ => {}
+        }
+        if step == 250 {
+            // An upgrade in place rebuilds every table from the handed-over
+            // state: the same connections go on with the same references.
+            assert_eq!(clients[who].upgrade(None).unwrap() as i32, b.pid());
+        }
+        if step == 400 {
+            // A disconnect drops exactly that client's references.
+            clients[2] = b.client();
+            held[2].clear();
+        }
+        let want = total(&held, &reserved);
+        let st = b.status();
+        assert_eq!(st.counters.references as usize, want, "step {step}");
+        assert_eq!(
+            st.counters.reservations as usize,
+            reserved.len(),
+            "step {step}"
+        );
+        if want == 0 {
+            assert!(st.sockets.is_empty(), "step {step}");
+            continue;
+        }
+        assert_eq!(st.sockets.len(), 1, "step {step}");
+        assert_eq!(st.sockets[0].refs as usize, want, "step {step}");
+        // Per connection, as many holders as the model says (the order of
+        // the connections is not known to the model: compare sorted counts).
+        let mut by_conn = std::collections::HashMap::<u64, usize>::new();
+        for h in st.sockets[0].holders.iter().filter(|h| !h.reserved) {
+            *by_conn.entry(h.conn_id).or_default() += 1;
+        }
+        let mut got: Vec<usize> = by_conn.into_values().collect();
+        let mut model: Vec<usize> = held.iter().map(Vec::len).filter(|&n| n > 0).collect();
+        got.sort_unstable();
+        model.sort_unstable();
+        assert_eq!(got, model, "step {step}");
+    }
+    // Everything released: the socket closes and the port is free.
+    for (c, h) in clients.iter_mut().zip(&held) {
+        if !h.is_empty() {
+            for r in c.release_many(h).unwrap() {
+                r.unwrap();
+            }
+        }
+    }
+    for t in reserved {
+        // Picked up by a client that then goes: its disconnect drops it.
+        let g = b.client().pickup(&t).unwrap();
+        assert_eq!(g.token, t);
+    }
+    drop(fds);
+    wait_for("the socket to close", || {
+        b.status().sockets.is_empty().then_some(())
+    });
+    assert!(can_bind(true, port));
+}
