@@ -331,6 +331,31 @@ struct TokenInfo {
 /// `TokenInfo::conn_pos` of a reference no connection holds (a reservation).
 const NO_CONN: u32 = u32::MAX;
 
+/// A spec's exact wire bytes (up to 32: an IPv6 address with a few options),
+/// the key under which a cache hit is remembered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WireSpec {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl WireSpec {
+    fn new(b: &[u8]) -> Option<WireSpec> {
+        let mut w = WireSpec {
+            len: u8::try_from(b.len()).ok().filter(|&n| n <= 32)?,
+            bytes: [0; 32],
+        };
+        w.bytes[..b.len()].copy_from_slice(b);
+        Some(w)
+    }
+}
+
+impl std::hash::Hash for WireSpec {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write(&self.bytes[..usize::from(self.len)]);
+    }
+}
+
 /// How many expired reservation tokens are remembered.
 const EXPIRED_MEMORY: usize = 1024;
 
@@ -412,6 +437,11 @@ pub struct Broker {
     conns: Slab<Conn>,
     entries: Slab<Entry>,
     cache: HashMap<SocketSpec, usize, KeyedState>,
+    /// Cache hits by the spec's wire bytes: (entry slot, entry id). The same
+    /// bytes decode to the same spec, so a request whose bytes hit here is
+    /// answered without decoding and canonicalizing the spec again. Checked
+    /// on use (a gone entry's id no longer matches), bounded by clearing.
+    hits: HashMap<WireSpec, (usize, u64), KeyedState>,
     tokens: HashMap<Token, TokenInfo, TokenBuildHasher>,
     token_src: TokenSource,
     next_conn_id: u64,
@@ -541,6 +571,7 @@ impl Broker {
             conns: Slab::new(),
             entries: Slab::new(),
             cache: HashMap::default(),
+            hits: HashMap::default(),
             tokens: HashMap::default(),
             token_src: TokenSource::new(),
             next_conn_id: 1,
@@ -993,9 +1024,17 @@ impl Broker {
             // the broker's instructions per request).
             let msg = std::mem::take(&mut self.rbuf);
             let payload = &msg[proto::HEADER_LEN..msg_len];
-            match proto::decode_request(&header, payload) {
-                Ok(req) => self.handle(slot, header.id, req),
-                Err(e) => self.reply_error(slot, header.id, &e),
+            let known = if header.ty == ty::REQUEST {
+                self.request_by_wire(slot, header.id, payload)
+            } else {
+                None
+            };
+            match known {
+                Some(res) => self.answer(slot, header.id, res),
+                None => match proto::decode_request(&header, payload) {
+                    Ok(req) => self.handle(slot, header.id, req),
+                    Err(e) => self.reply_error(slot, header.id, &e),
+                },
             }
             self.rbuf = msg;
         }
@@ -1034,6 +1073,11 @@ impl Broker {
             Request::Status => self.status(id),
             Request::Upgrade(exe) => self.ask_upgrade(slot, id, exe),
         };
+        self.answer(slot, id, res);
+    }
+
+    /// Send a request's reply, or its error.
+    fn answer(&mut self, slot: usize, id: u32, res: Result<Reply>) {
         match res {
             // An accepted UPGRADE is answered once the upgrade is done.
             Ok(_)
@@ -1646,15 +1690,31 @@ impl Broker {
                 (es, false)
             }
         };
+        if cached_hit && r.flags == 0 {
+            self.remember_hit(r.wire, entry_slot);
+        }
+        self.grant(id, entry_slot, holder, reserve, cached_hit)
+    }
+
+    /// Make a reference to entry `es` (its holder is `mk(token)`) and encode
+    /// the reply: RESERVED for a reservation, else SOCKET with the fd.
+    fn grant(
+        &mut self,
+        id: u32,
+        es: usize,
+        mk: impl FnOnce(Token) -> Holder,
+        reserve: bool,
+        cached_hit: bool,
+    ) -> Result<Reply> {
         let token = match self.token_src.make() {
             Ok(t) => t,
             Err(e) => {
-                self.close_if_unheld(entry_slot);
+                self.close_if_unheld(es);
                 return Err(e);
             }
         };
-        self.add_ref(entry_slot, holder(token));
-        let e = self.entries.get(entry_slot).unwrap();
+        self.add_ref(es, mk(token));
+        let e = self.entries.get(es).unwrap();
         let (eid, port) = (e.id, e.port);
         if reserve {
             // Held by nobody until picked up; the broker keeps the reference.
@@ -1665,8 +1725,56 @@ impl Broker {
         }
         proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, &token, port, cached_hit);
         Ok(Reply {
-            attach: Some(Attach::Entry(entry_slot, eid)),
+            attach: Some(Attach::Entry(es, eid)),
         })
+    }
+
+    /// Remember that a plain request's spec bytes hit entry `es`.
+    fn remember_hit(&mut self, wire: &[u8], es: usize) {
+        let (Some(w), Some(e)) = (WireSpec::new(wire), self.entries.get(es)) else {
+            return;
+        };
+        // Bounded: entries that went leave their keys behind until the
+        // table outgrows the cache and starts over.
+        if self.hits.len() >= 2 * self.cache.len() + 64 && !self.hits.contains_key(&w) {
+            self.hits.clear();
+        }
+        self.hits.insert(w, (es, e.id));
+    }
+
+    /// A plain REQUEST (no flags) whose spec bytes hit the cache before,
+    /// answered without decoding the spec again: the same checks as
+    /// `request_socket` on a cache hit, against the cached spec (the
+    /// canonical form of what these bytes decode to). None when it does not
+    /// apply or would be refused: the full path then decides, and words any
+    /// refusal exactly as it always does.
+    fn request_by_wire(&mut self, slot: usize, id: u32, payload: &[u8]) -> Option<Result<Reply>> {
+        let [share, 0, n, rest @ ..] = payload else {
+            return None;
+        };
+        let (app, wire) = rest.split_at_checked(usize::from(*n))?;
+        let &(es, eid) = self.hits.get(&WireSpec::new(wire)?)?;
+        let e = self.entries.get(es).filter(|e| e.id == eid && !e.adopted)?;
+        let share = ShareMode::from_wire(*share).ok()?;
+        let app = proto::app_name(app).ok()?;
+        let c = self.conns.get(slot)?;
+        let (creds, conn_id) = (c.creds, c.id);
+        if c.refs.len() >= self.cfg.limits.max_refs_per_client
+            || self.cfg.policy.check(&creds, &e.spec, share).is_err()
+            || self.check_sharing(&e.spec, share, app, Some(es)).is_err()
+        {
+            return None;
+        }
+        let app = self.app_for(slot, app);
+        let holder = |token| Holder {
+            token,
+            owner: Owner::Conn(slot),
+            share,
+            app,
+            creds,
+            conn_id,
+        };
+        Some(self.grant(id, es, holder, false, true))
     }
 
     /// Does a request `(share, app)` for `spec` agree with every holder of

@@ -182,6 +182,8 @@ pub struct SocketRequest<'a> {
     pub share: ShareMode,
     pub app: &'a str,
     pub flags: u8,
+    /// The spec's bytes as they came, which decode to `spec` again.
+    pub wire: &'a [u8],
 }
 
 pub fn encode_hello(out: &mut Vec<u8>, id: u32) {
@@ -302,7 +304,7 @@ pub fn encode_status(out: &mut Vec<u8>, id: u32) {
 /// Decode a request; the header has been parsed and its version checked.
 /// An application name: UTF-8 without control characters. Printable ASCII,
 /// the usual case, is checked in one pass.
-fn app_name(b: &[u8]) -> Result<&str> {
+pub(crate) fn app_name(b: &[u8]) -> Result<&str> {
     if b.iter().all(|&c| (0x20..0x7f).contains(&c)) {
         // SAFETY: printable ASCII is UTF-8.
         return Ok(unsafe { std::str::from_utf8_unchecked(b) });
@@ -343,12 +345,13 @@ pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> 
             let n = r.u8()? as usize;
             let app = app_name(r.bytes(n)?)?;
             let (spec, used) = SocketSpec::decode(r.rest())?;
-            r.bytes(used)?;
+            let wire = r.bytes(used)?;
             Request::Socket(SocketRequest {
                 spec,
                 share,
                 app,
                 flags,
+                wire,
             })
         }
         ty::RELEASE => Request::Release(r.token()?),

@@ -1429,3 +1429,82 @@ fn references_stay_consistent_through_interleaved_operations() {
     });
     assert!(can_bind(true, port));
 }
+
+/// A plain request whose spec bytes hit the cache before is answered
+/// without decoding them again. Everything else about it is still checked
+/// as on the full path, with the same answers: a bad share byte, a bad
+/// application name, a byte after the spec, a sharing conflict; and the
+/// remembered bytes never lead to a socket that went.
+#[test]
+fn known_spec_bytes_are_answered_as_the_full_path_answers() {
+    let b = Broker::start("knownspec");
+    let port = free_port(true);
+    let s = format!("udp:127.0.0.1:{port}");
+    let mut c = b.client();
+    // The second request is a cache hit, and its bytes are remembered; the
+    // third comes by them: the same socket, one more reference.
+    let g1 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    let g2 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    let g3 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    assert!(!g1.cached && g2.cached && g3.cached);
+    assert_eq!(inode(&g3.fd), inode(&g1.fd));
+    assert_eq!(b.status().sockets[0].refs, 3);
+
+    let raw = raw_conn(&b);
+    let mut trailing = request_bytes(&s, 2, b"a");
+    trailing.push(0);
+    let cases = [
+        ("share byte 9", request_bytes(&s, 9, b"a"), Kind::BadRequest),
+        (
+            "a control character in the app name",
+            request_bytes(&s, 2, b"a\x01"),
+            Kind::BadRequest,
+        ),
+        ("a byte after the spec", trailing, Kind::BadRequest),
+        (
+            "share none while others hold it",
+            request_bytes(&s, 0, b"a"),
+            Kind::ShareConflict,
+        ),
+        (
+            "sameapp under another name",
+            request_bytes(&s, 1, b"b"),
+            Kind::ShareConflict,
+        ),
+    ];
+    for (what, msg, kind) in cases {
+        assert!(
+            matches!(send_raw(&raw, &msg, &[]), Outcome::Error(k) if k == kind),
+            "{what}"
+        );
+    }
+    assert_eq!(b.status().sockets[0].refs, 3, "a refusal adds nothing");
+
+    // The socket goes, and another spec's socket takes its place in the
+    // broker's tables; the same bytes then make a new socket of their own,
+    // which is then remembered in its turn.
+    let old = inode(&g1.fd);
+    for g in [g1, g2, g3] {
+        c.release(&g.token).unwrap();
+    }
+    assert!(b.status().sockets.is_empty());
+    let other = loop {
+        let p = free_port(true);
+        if p != port {
+            break p;
+        }
+    };
+    let other = spec(&format!("udp:127.0.0.1:{other}"));
+    let go = c.request_socket(&other, ShareMode::Any, "a").unwrap();
+    let g4 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    assert!(!g4.cached);
+    assert_ne!(inode(&g4.fd), old);
+    assert_ne!(inode(&g4.fd), inode(&go.fd));
+    assert_eq!(sockpass::sys::local_port(&g4.fd).unwrap(), port);
+    for _ in 0..3 {
+        let g = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+        assert!(g.cached);
+        assert_eq!(inode(&g.fd), inode(&g4.fd));
+    }
+    assert_eq!(b.status().sockets.len(), 2);
+}

@@ -175,6 +175,41 @@ fn builtin_default_denies_privileged_ports_to_others() {
     assert!(res[2].starts_with("NotAllowed"), "{line}");
 }
 
+/// Root's requests for a privileged port leave its spec bytes remembered
+/// as a cache hit; another uid sending the same bytes is still judged by the
+/// policy, and refused in the same words as for a spec never requested.
+#[test]
+fn a_cache_hit_by_known_bytes_is_still_judged_by_the_policy() {
+    if !need_root("a_cache_hit_by_known_bytes_is_still_judged_by_the_policy") {
+        return;
+    }
+    let b = Broker::start("policyknown");
+    let low = (600..1000u16)
+        .find(|&p| can_bind(true, p))
+        .expect("a free privileged UDP port");
+    let s = format!("udp:127.0.0.1:{low}");
+    let mut root = b.client();
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            root.request_socket(&spec(&s), ShareMode::Any, "child")
+                .unwrap()
+        })
+        .collect();
+    assert!(held[2].cached);
+    let line = run_as_nobody(
+        "child_requests",
+        &[
+            ("SOCK", path_str(&b.path)),
+            ("REQS", format!("{s} any;{s} any")),
+        ],
+    );
+    let want = format!("NotAllowed: request of {s} denied for uid {NOBODY}");
+    for r in line.split('|') {
+        assert!(r.starts_with(&want), "{r}");
+    }
+    assert_eq!(b.status().sockets[0].refs, 3);
+}
+
 #[test]
 fn privileged_options_are_refused_to_others_naming_rule_and_option() {
     if !need_root("privileged_options_are_refused_to_others_naming_rule_and_option") {
