@@ -2,7 +2,7 @@
 //! process-wide default client behind two calls (BIND10's library style).
 
 use crate::boundary::{c_bytes, c_str, call, fault, opt_c_str};
-use sockpass::client::{self, Client};
+use sockpass::client::{self, Client, Parts};
 use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::os::raw::{c_char, c_int, c_uint};
@@ -61,10 +61,7 @@ unsafe fn spec_of(
     port: c_int,
 ) -> sockpass::Result<SocketSpec> {
     let address = c_str(address, "address", crate::SOCKPASS_MAX_STRING)?;
-    let proto = u8::try_from(proto)
-        .map_err(|_| Error::bad_request(format!("unknown protocol number {proto}")))
-        .and_then(sockpass::Proto::from_wire)?;
-    SocketSpec::from_proto(proto, address, port.into())
+    SocketSpec::from_proto_number(proto.into(), address, port.into())
 }
 
 fn token_of(p: *const c_char) -> sockpass::Result<Token> {
@@ -207,9 +204,28 @@ pub unsafe extern "C" fn sockpass_client_request_socket(
     token_size: usize,
 ) -> c_int {
     call(|| {
-        let c = client_ref(client)?;
-        let spec = spec_of(proto, address, port)?;
-        request(c, &spec, share, app, token_out, token_size)
+        client_ref(client)?.with(|c| {
+            // Checked in the documented order; parts this client's last
+            // request was made of parse again without error, so they are
+            // not parsed twice (the client sends that request again).
+            let address = c_str(address, "address", crate::SOCKPASS_MAX_STRING)?;
+            if !c.parts_known(proto.into(), address, port.into()) {
+                SocketSpec::from_proto_number(proto.into(), address, port.into())?;
+            }
+            let share = share_mode(share)?;
+            let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+            check_token_buf(token_out, token_size)?;
+            let g = c.request_parts(Parts {
+                proto: proto.into(),
+                address,
+                port: port.into(),
+                share,
+                app,
+                flags: 0,
+            })?;
+            write_token(token_out, &g.token);
+            Ok(g.fd.into_raw_fd())
+        })
     })
 }
 

@@ -93,6 +93,47 @@ impl Hash for WholeToken {
     }
 }
 
+/// A request made from its parts (as the C API passes them), kept encoded:
+/// the same parts again are sent as they are, with a new id, without
+/// parsing the address and encoding the spec once more.
+#[derive(Default)]
+struct LastParts {
+    /// `msg` holds a request encoded from the parts below.
+    valid: bool,
+    proto: i64,
+    port: i64,
+    share: Option<ShareMode>,
+    flags: u8,
+    address: String,
+    app: String,
+    msg: Vec<u8>,
+}
+
+impl LastParts {
+    fn matches(&self, p: &Parts<'_>) -> bool {
+        self.valid
+            && self.proto == p.proto
+            && self.port == p.port
+            && self.share == Some(p.share)
+            && self.flags == p.flags
+            && self.address == p.address
+            && self.app == p.app
+    }
+}
+
+/// A socket request in the terms the C API takes: a protocol number, an
+/// address string and a port, with the share mode, application name and
+/// request flags.
+#[derive(Clone, Copy, Debug)]
+pub struct Parts<'a> {
+    pub proto: i64,
+    pub address: &'a str,
+    pub port: i64,
+    pub share: ShareMode,
+    pub app: &'a str,
+    pub flags: u8,
+}
+
 pub struct Client {
     fd: OwnedFd,
     path: PathBuf,
@@ -106,6 +147,8 @@ pub struct Client {
     rbuf: Box<[u8; proto::MAX_MSG]>,
     /// Where a reply's fds land, kept so a request allocates nothing for them.
     fds: Vec<OwnedFd>,
+    /// The last request made by parts, encoded ([`Client::request_parts`]).
+    last: LastParts,
     /// The broker refused or closed this connection: no call can succeed.
     gone: bool,
 }
@@ -198,6 +241,7 @@ impl Client {
             buf: Vec::with_capacity(proto::MAX_MSG),
             rbuf: Box::new([0u8; proto::MAX_MSG]),
             fds: Vec::with_capacity(1),
+            last: LastParts::default(),
             gone: false,
         }
     }
@@ -384,6 +428,11 @@ impl Client {
         let id = self.take_id();
         proto::encode_request(&mut self.buf, id, spec, share, app, flags)?;
         self.send()?;
+        self.socket_reply(id)
+    }
+
+    /// Receive the SOCKET reply to request `id` and keep its reference.
+    fn socket_reply(&mut self, id: u32) -> Result<Grant> {
         let (h, n, fd) = self.recv_reply(id, 1)?;
         if h.ty != ty::SOCKET {
             return Err(Error::protocol(format!(
@@ -403,6 +452,42 @@ impl Client {
             port,
             cached,
         })
+    }
+
+    /// Were these the parts of the last [`Client::request_parts`] (so they
+    /// parse without error)? Lets a caller skip checking them again.
+    pub fn parts_known(&self, proto: i64, address: &str, port: i64) -> bool {
+        self.last.valid
+            && self.last.proto == proto
+            && self.last.port == port
+            && self.last.address == address
+    }
+
+    /// [`Client::request_with_flags`] from the parts as C passes them. The
+    /// last request is kept encoded, and the same parts again are sent as
+    /// they were (a C daemon that asks for its socket again pays no parsing).
+    pub fn request_parts(&mut self, p: Parts<'_>) -> Result<Grant> {
+        let id = self.take_id();
+        if self.last.matches(&p) {
+            self.buf.clear();
+            self.buf.extend_from_slice(&self.last.msg);
+            proto::set_id(&mut self.buf, id);
+        } else {
+            self.last.valid = false;
+            let spec = SocketSpec::from_proto_number(p.proto, p.address, p.port)?;
+            proto::encode_request(&mut self.buf, id, &spec, p.share, p.app, p.flags)?;
+            let l = &mut self.last;
+            (l.proto, l.port, l.share, l.flags) = (p.proto, p.port, Some(p.share), p.flags);
+            l.address.clear();
+            l.address.push_str(p.address);
+            l.app.clear();
+            l.app.push_str(p.app);
+            l.msg.clear();
+            l.msg.extend_from_slice(&self.buf);
+            l.valid = true;
+        }
+        self.send()?;
+        self.socket_reply(id)
     }
 
     /// Reserve a socket for another process to pick up by token.

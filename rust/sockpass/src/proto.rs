@@ -83,6 +83,11 @@ pub fn begin(out: &mut Vec<u8>, ty: u8, id: u32) {
     out.extend_from_slice(&id.to_le_bytes());
 }
 
+/// Put `id` in an encoded message's header (a message sent again).
+pub fn set_id(msg: &mut [u8], id: u32) {
+    msg[4..HEADER_LEN].copy_from_slice(&id.to_le_bytes());
+}
+
 /// A bounds-checked little-endian reader.
 pub struct Reader<'a> {
     buf: &'a [u8],

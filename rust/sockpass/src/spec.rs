@@ -222,6 +222,15 @@ impl SocketSpec {
         SocketSpec::from_proto(proto.parse()?, addr, port)
     }
 
+    /// [`SocketSpec::from_parts`] with the protocol's number (the wire's,
+    /// as C passes it).
+    pub fn from_proto_number(proto: i64, addr: &str, port: i64) -> Result<SocketSpec> {
+        let proto = u8::try_from(proto)
+            .map_err(|_| Error::bad_request(format!("unknown protocol number {proto}")))
+            .and_then(Proto::from_wire)?;
+        SocketSpec::from_proto(proto, addr, port)
+    }
+
     /// [`SocketSpec::from_parts`] for a protocol already known.
     pub fn from_proto(proto: Proto, addr: &str, port: i64) -> Result<SocketSpec> {
         let spec = if proto.is_unix() {

@@ -1508,3 +1508,58 @@ fn known_spec_bytes_are_answered_as_the_full_path_answers() {
     }
     assert_eq!(b.status().sockets.len(), 2);
 }
+
+/// `Client::request_parts` (what the C API calls) keeps its last request
+/// encoded and sends it again for the same parts: every part that differs
+/// must still reach the broker, and a bad part must not spoil the next
+/// request.
+#[test]
+fn request_parts_sends_what_the_parts_say() {
+    use sockpass::client::Parts;
+    let b = Broker::start("parts");
+    let (p1, p2) = (free_port(true), free_port(true));
+    let mut c = b.client();
+    let parts = |port: u16, share: ShareMode, app: &'static str| Parts {
+        proto: 1, // UDP
+        address: "127.0.0.1",
+        port: port.into(),
+        share,
+        app,
+        flags: 0,
+    };
+    let g1 = c.request_parts(parts(p1, ShareMode::Any, "a")).unwrap();
+    let g2 = c.request_parts(parts(p1, ShareMode::Any, "a")).unwrap();
+    let g3 = c.request_parts(parts(p1, ShareMode::Any, "b")).unwrap();
+    assert!(!g1.cached && g2.cached && g3.cached);
+    assert_ne!(g1.token, g2.token);
+    let apps = |b: &Broker| {
+        let mut a: Vec<String> = b.status().sockets[0]
+            .holders
+            .iter()
+            .map(|h| h.app.clone())
+            .collect();
+        a.sort();
+        a
+    };
+    assert_eq!(apps(&b), ["a", "a", "b"]);
+    // Another share mode is another request: refused while others hold it.
+    let e = c
+        .request_parts(parts(p1, ShareMode::None, "b"))
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+    // Another port, another socket.
+    let g4 = c.request_parts(parts(p2, ShareMode::Any, "b")).unwrap();
+    assert_eq!(sockpass::sys::local_port(&g4.fd).unwrap(), p2);
+    // Bad parts are refused, and the parts before them still work.
+    let mut bad = parts(p1, ShareMode::Any, "a");
+    bad.proto = 99;
+    assert_eq!(c.request_parts(bad).unwrap_err().kind(), Kind::BadRequest);
+    bad.proto = 1;
+    bad.address = "300.1.1.1";
+    assert!(!c.parts_known(1, "300.1.1.1", p1.into()));
+    assert_eq!(c.request_parts(bad).unwrap_err().kind(), Kind::BadRequest);
+    let g5 = c.request_parts(parts(p1, ShareMode::Any, "a")).unwrap();
+    assert!(c.parts_known(1, "127.0.0.1", p1.into()));
+    assert_eq!(inode(&g5.fd), inode(&g1.fd));
+    assert_eq!(b.status().counters.references, 5);
+}
