@@ -2261,3 +2261,41 @@ fn set_nonblock(fd: &OwnedFd) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However many spec encodings clients make the broker remember, `hits`
+    /// stays within twice the cache plus 64, and what it remembers last
+    /// leads to its entry.
+    #[test]
+    fn remembered_hits_are_bounded() {
+        let (listener, _peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let mut b = Broker::new(listener, Config::default()).unwrap();
+        let spec: SocketSpec = "udp:127.0.0.1:9".parse().unwrap();
+        let es = b.entries.insert(Entry {
+            id: 7,
+            spec: spec.clone(),
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            port: 9,
+            holders: Holders::default(),
+            keyed: true,
+            per_worker: false,
+            unix_ino: None,
+            store_name: None,
+            adopted: false,
+        });
+        b.cache.insert(spec, es);
+        for i in 0..1000u32 {
+            b.remember_hit(&i.to_le_bytes(), es);
+            assert!(b.hits.len() <= 2 * b.cache.len() + 64, "{i}");
+        }
+        let last = WireSpec::new(&999u32.to_le_bytes()).unwrap();
+        assert_eq!(b.hits.get(&last), Some(&(es, 7)));
+        // Longer than 32 bytes: never remembered.
+        let n = b.hits.len();
+        b.remember_hit(&[1u8; 33], es);
+        assert_eq!(b.hits.len(), n);
+    }
+}
