@@ -205,13 +205,9 @@ pub unsafe extern "C" fn sockpass_client_request_socket(
 ) -> c_int {
     call(|| {
         client_ref(client)?.with(|c| {
-            // Checked in the documented order; parts this client's last
-            // request was made of parse again without error, so they are
-            // not parsed twice (the client sends that request again).
+            // In the documented order: the socket's parts, then the rest.
             let address = c_str(address, "address", crate::SOCKPASS_MAX_STRING)?;
-            if !c.parts_known(proto.into(), address, port.into()) {
-                SocketSpec::from_proto_number(proto.into(), address, port.into())?;
-            }
+            c.check_parts(proto.into(), address, port.into())?;
             let share = share_mode(share)?;
             let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
             check_token_buf(token_out, token_size)?;

@@ -454,13 +454,16 @@ impl Client {
         })
     }
 
-    /// Were these the parts of the last [`Client::request_parts`] (so they
-    /// parse without error)? Lets a caller skip checking them again.
-    pub fn parts_known(&self, proto: i64, address: &str, port: i64) -> bool {
-        self.last.valid
-            && self.last.proto == proto
-            && self.last.port == port
-            && self.last.address == address
+    /// Check that a protocol number, an address and a port make a spec (the
+    /// errors [`Client::request_parts`] would give), before the caller
+    /// checks its other arguments. The parts of the last request parse
+    /// without error, so they are not parsed again.
+    pub fn check_parts(&self, proto: i64, address: &str, port: i64) -> Result<()> {
+        let l = &self.last;
+        if !(l.valid && l.proto == proto && l.port == port && l.address == address) {
+            SocketSpec::from_proto_number(proto, address, port)?;
+        }
+        Ok(())
     }
 
     /// [`Client::request_with_flags`] from the parts as C passes them. The

@@ -1556,10 +1556,13 @@ fn request_parts_sends_what_the_parts_say() {
     assert_eq!(c.request_parts(bad).unwrap_err().kind(), Kind::BadRequest);
     bad.proto = 1;
     bad.address = "300.1.1.1";
-    assert!(!c.parts_known(1, "300.1.1.1", p1.into()));
+    assert_eq!(
+        c.check_parts(1, "300.1.1.1", p1.into()).unwrap_err().kind(),
+        Kind::BadRequest
+    );
     assert_eq!(c.request_parts(bad).unwrap_err().kind(), Kind::BadRequest);
     let g5 = c.request_parts(parts(p1, ShareMode::Any, "a")).unwrap();
-    assert!(c.parts_known(1, "127.0.0.1", p1.into()));
+    c.check_parts(1, "127.0.0.1", p1.into()).unwrap();
     assert_eq!(inode(&g5.fd), inode(&g1.fd));
     assert_eq!(b.status().counters.references, 5);
 }
