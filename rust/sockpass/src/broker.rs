@@ -1761,11 +1761,16 @@ impl Broker {
         let (creds, conn_id) = (c.creds, c.id);
         if c.refs.len() >= self.cfg.limits.max_refs_per_client
             || self.cfg.policy.check(&creds, &e.spec, share).is_err()
-            || self.check_sharing(&e.spec, share, app, Some(es)).is_err()
         {
             return None;
         }
+        // Sharing is judged on the name the reference will carry (an empty
+        // one is the client's executable's), as on the full path.
         let app = self.app_for(slot, app);
+        let spec = &self.entries.get(es)?.spec;
+        if self.check_sharing(spec, share, &app, Some(es)).is_err() {
+            return None;
+        }
         let holder = |token| Holder {
             token,
             owner: Owner::Conn(slot),

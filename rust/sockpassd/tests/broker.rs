@@ -461,6 +461,17 @@ fn empty_app_name_means_the_executable_name() {
     let name = exe.file_name().unwrap().to_str().unwrap();
     assert!(name.len() > 15, "{name}");
     assert_eq!(st.sockets[0].holders[0].app, name);
+    // A cached socket asked for again and again (the later requests by
+    // their remembered spec bytes): sameapp holds among requests that name
+    // no application, and each reference carries the executable's name.
+    let sp = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    for _ in 0..4 {
+        c.request_socket(&sp, ShareMode::SameApp, "").unwrap();
+    }
+    let st = b.status();
+    let s = st.sockets.iter().find(|s| s.spec.port == sp.port).unwrap();
+    assert_eq!(s.refs, 4);
+    assert!(s.holders.iter().all(|h| h.app == name), "{:?}", s.holders);
 }
 
 /// Child: request the socket named in SOCKPASS_SPEC, print the port, hold it.
