@@ -396,14 +396,15 @@ pub unsafe extern "C" fn sockpass_client_release_many(
         } else {
             std::slice::from_raw_parts(tokens, n_tokens)
         };
+        // As for one token: the bytes, checked by the core's parse.
         let strs = ptrs
             .iter()
             .enumerate()
             .map(|(i, &p)| {
-                c_str(p, "token", crate::SOCKPASS_MAX_STRING)
+                c_bytes(p, "token", crate::SOCKPASS_MAX_STRING)
                     .map_err(|e| e.context(format_args!("tokens[{i}]")))
             })
-            .collect::<sockpass::Result<Vec<&str>>>()?;
+            .collect::<sockpass::Result<Vec<&[u8]>>>()?;
         let parsed = Token::parse_all(strs)?;
         let res = c.with(|c| c.release_many(&parsed))?;
         let mut released = 0;

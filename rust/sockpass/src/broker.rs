@@ -1578,17 +1578,8 @@ impl Broker {
                 format!("{} reservations are pending, the limit", self.reservations),
             ));
         }
-        let c = self.conns.get(slot).unwrap();
-        if !reserve && c.refs.len() >= self.cfg.limits.max_refs_per_client {
-            return Err(Error::with_errno(
-                Kind::LimitReached,
-                libc::EUSERS,
-                format!(
-                    "this client already holds {} references (limit {})",
-                    c.refs.len(),
-                    self.cfg.limits.max_refs_per_client
-                ),
-            ));
+        if !reserve {
+            self.refs_room(slot)?;
         }
         let app = self.app_for(slot, r.app);
         let spec = r.spec.into_canonical();
@@ -1759,9 +1750,7 @@ impl Broker {
         let app = proto::app_name(app).ok()?;
         let c = self.conns.get(slot)?;
         let (creds, conn_id) = (c.creds, c.id);
-        if c.refs.len() >= self.cfg.limits.max_refs_per_client
-            || self.cfg.policy.check(&creds, &e.spec, share).is_err()
-        {
+        if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
             return None;
         }
         // Sharing is judged on the name the reference will carry (an empty
@@ -1955,14 +1944,8 @@ impl Broker {
                 unknown()
             });
         };
+        self.refs_room(slot)?;
         let c = self.conns.get(slot).unwrap();
-        if c.refs.len() >= self.cfg.limits.max_refs_per_client {
-            return Err(Error::with_errno(
-                Kind::LimitReached,
-                libc::EUSERS,
-                format!("this client already holds {} references", c.refs.len()),
-            ));
-        }
         let (conn_creds, conn_id) = (c.creds, c.id);
         let e = self.entries.get_mut(info.entry).unwrap();
         let h = e.holders.get_mut(info.holder as usize).unwrap();
@@ -1995,6 +1978,22 @@ impl Broker {
         Ok(Reply {
             attach: Some(Attach::Entry(info.entry, eid)),
         })
+    }
+
+    /// May connection `slot` take one more reference (`--max-refs-per-client`)?
+    fn refs_room(&self, slot: usize) -> Result<()> {
+        let held = self.conns.get(slot).map_or(0, |c| c.refs.len());
+        if held >= self.cfg.limits.max_refs_per_client {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!(
+                    "this client already holds {held} references (limit {})",
+                    self.cfg.limits.max_refs_per_client
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Record a new reference: its holder joins entry `es`, and one that a

@@ -110,13 +110,15 @@ struct LastParts {
 }
 
 impl LastParts {
+    /// Was the kept request's spec made of these parts?
+    fn made_of(&self, proto: i64, address: &str, port: i64) -> bool {
+        self.valid && self.proto == proto && self.port == port && self.address == address
+    }
+
     fn matches(&self, p: &Parts<'_>) -> bool {
-        self.valid
-            && self.proto == p.proto
-            && self.port == p.port
+        self.made_of(p.proto, p.address, p.port)
             && self.share == Some(p.share)
             && self.flags == p.flags
-            && self.address == p.address
             && self.app == p.app
     }
 }
@@ -428,15 +430,16 @@ impl Client {
         let id = self.take_id();
         proto::encode_request(&mut self.buf, id, spec, share, app, flags)?;
         self.send()?;
-        self.socket_reply(id)
+        self.socket_reply(id, "a socket request")
     }
 
-    /// Receive the SOCKET reply to request `id` and keep its reference.
-    fn socket_reply(&mut self, id: u32) -> Result<Grant> {
+    /// Receive the SOCKET reply to `what` (message `id`) and keep its
+    /// reference.
+    fn socket_reply(&mut self, id: u32, what: &str) -> Result<Grant> {
         let (h, n, fd) = self.recv_reply(id, 1)?;
         if h.ty != ty::SOCKET {
             return Err(Error::protocol(format!(
-                "unexpected reply {:#04x} to a socket request",
+                "unexpected reply {:#04x} to {what}",
                 h.ty
             )));
         }
@@ -459,8 +462,7 @@ impl Client {
     /// checks its other arguments. The parts of the last request parse
     /// without error, so they are not parsed again.
     pub fn check_parts(&self, proto: i64, address: &str, port: i64) -> Result<()> {
-        let l = &self.last;
-        if !(l.valid && l.proto == proto && l.port == port && l.address == address) {
+        if !self.last.made_of(proto, address, port) {
             SocketSpec::from_proto_number(proto, address, port)?;
         }
         Ok(())
@@ -490,7 +492,7 @@ impl Client {
             l.valid = true;
         }
         self.send()?;
-        self.socket_reply(id)
+        self.socket_reply(id, "a socket request")
     }
 
     /// Reserve a socket for another process to pick up by token.
@@ -521,25 +523,7 @@ impl Client {
         let id = self.take_id();
         proto::encode_token_msg(&mut self.buf, ty::PICKUP, id, token);
         self.send()?;
-        let (h, n, fd) = self.recv_reply(id, 1)?;
-        if h.ty != ty::SOCKET {
-            return Err(Error::protocol(format!(
-                "unexpected reply {:#04x} to a pick-up",
-                h.ty
-            )));
-        }
-        let mut r = Reader::new(&self.rbuf[proto::HEADER_LEN..n]);
-        let token = r.token()?;
-        let port = r.u16()?;
-        let cached = r.u8()? != 0;
-        let fd = fd.ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
-        self.track(fd.as_raw_fd(), token);
-        Ok(Grant {
-            fd,
-            token,
-            port,
-            cached,
-        })
+        self.socket_reply(id, "a pick-up")
     }
 
     /// Release one reference by token; returns the references left on that

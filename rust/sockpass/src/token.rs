@@ -92,14 +92,12 @@ impl Token {
     /// Parse every token of a list, or fail naming the first bad one
     /// (`tokens[i]: ...`): a call that takes many tokens checks them all
     /// before it sends any.
-    pub fn parse_all<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Result<Vec<Token>> {
+    pub fn parse_all<S: AsRef<[u8]>>(items: impl IntoIterator<Item = S>) -> Result<Vec<Token>> {
         items
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                s.as_ref()
-                    .parse()
-                    .map_err(|e: Error| e.context(format_args!("tokens[{i}]")))
+                Token::from_hex(s.as_ref()).map_err(|e| e.context(format_args!("tokens[{i}]")))
             })
             .collect()
     }
