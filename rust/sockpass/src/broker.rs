@@ -359,6 +359,10 @@ impl std::hash::Hash for WireSpec {
 /// How many expired reservation tokens are remembered.
 const EXPIRED_MEMORY: usize = 1024;
 
+/// How many emptied reference vectors are kept for new connections, and
+/// the most references one may have room for (16 × 16 tokens: 6 KiB).
+const SPARE_REFS: usize = 16;
+
 /// A client not known to pipeline gets a batch read every this many wakeups.
 const PIPELINE_PROBE_EVERY: u32 = 16;
 
@@ -459,6 +463,14 @@ pub struct Broker {
     /// Receive buffer, `MAX_MSG` long (empty while lent to a request).
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    /// The application name a connection last named, shared by the next
+    /// connection that names it too: the workers of one application
+    /// connect with the same name, and each would allocate its own copy.
+    app_memo: Rc<str>,
+    /// Emptied `Conn::refs` vectors of closed connections, for new ones
+    /// (at most [`SPARE_REFS`], each at most that long): a client that
+    /// connects, asks once and goes allocates nothing for its references.
+    spare_refs: Vec<Vec<Token>>,
     /// Connections refused since the last log line about it.
     refused_conns: u64,
     last_refusal_log: Option<Instant>,
@@ -582,6 +594,8 @@ impl Broker {
             expired: VecDeque::new(),
             rbuf: vec![0u8; proto::MAX_MSG],
             wbuf: Vec::with_capacity(proto::MAX_MSG),
+            app_memo: Rc::from(""),
+            spare_refs: Vec::new(),
             refused_conns: 0,
             last_refusal_log: None,
             refused_requests: LogBudget::default(),
@@ -805,8 +819,8 @@ impl Broker {
                 id,
                 creds,
                 default_app: None,
-                last_app: Rc::from(""),
-                refs: Vec::new(),
+                last_app: self.app_memo.clone(),
+                refs: self.spare_refs.pop().unwrap_or_default(),
                 outq: VecDeque::new(),
                 paused: false,
                 pipelining: false,
@@ -1561,7 +1575,10 @@ impl Broker {
             return rc;
         }
         if &*c.last_app != app {
-            c.last_app = Rc::from(app);
+            if &*self.app_memo != app {
+                self.app_memo = Rc::from(app);
+            }
+            c.last_app = self.app_memo.clone();
         }
         c.last_app.clone()
     }
@@ -2231,6 +2248,11 @@ impl Broker {
         for t in &c.refs {
             self.drop_reference(t);
         }
+        if self.spare_refs.len() < SPARE_REFS && c.refs.capacity() <= SPARE_REFS {
+            let mut refs = c.refs;
+            refs.clear();
+            self.spare_refs.push(refs);
+        }
         if n > 0 || why != "disconnected" {
             self.log(format_args!(
                 "client {} (pid {} uid {}) gone ({why}), {n} reference(s) dropped",
@@ -2301,5 +2323,51 @@ mod tests {
         let n = b.hits.len();
         b.remember_hit(&[1u8; 33], es);
         assert_eq!(b.hits.len(), n);
+    }
+
+    /// Closed connections leave at most `SPARE_REFS` emptied reference
+    /// vectors, none with room for more than `SPARE_REFS` tokens, and new
+    /// connections take them.
+    #[test]
+    fn spare_reference_vectors_are_bounded() {
+        let (listener, _peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let mut b = Broker::new(listener, Config::default()).unwrap();
+        let t = Token::from_hex(&[b'a'; 48]).unwrap();
+        let mut peers = Vec::new();
+        let mut open = |b: &mut Broker, n: usize| {
+            let (fd, peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+            peers.push(peer);
+            let slot = b.conns.insert(Conn {
+                fd,
+                id: peers.len() as u64,
+                creds: Creds::default(),
+                default_app: None,
+                last_app: b.app_memo.clone(),
+                refs: b.spare_refs.pop().unwrap_or_default(),
+                outq: VecDeque::new(),
+                paused: false,
+                pipelining: false,
+                wakeups: 0,
+            });
+            b.conns
+                .get_mut(slot)
+                .unwrap()
+                .refs
+                .extend(std::iter::repeat_n(t, n));
+            slot
+        };
+        let sizes = [0usize, 1, 5, 16, 17, 100];
+        let slots: Vec<usize> = (0..60).map(|i| open(&mut b, sizes[i % 6])).collect();
+        for s in slots {
+            b.drop_conn(s, "disconnected");
+            assert!(b.spare_refs.len() <= SPARE_REFS);
+        }
+        assert_eq!(b.spare_refs.len(), SPARE_REFS);
+        let fits = |v: &Vec<Token>| v.is_empty() && v.capacity() <= SPARE_REFS;
+        assert!(b.spare_refs.iter().all(fits));
+        for i in 1..=4 {
+            open(&mut b, 1);
+            assert_eq!(b.spare_refs.len(), SPARE_REFS - i);
+        }
     }
 }

@@ -93,33 +93,84 @@ impl Hash for WholeToken {
     }
 }
 
-/// A request made from its parts (as the C API passes them), kept encoded:
-/// the same parts again are sent as they are, with a new id, without
-/// parsing the address and encoding the spec once more.
+/// The last request made from its parts (as the C API passes them): the
+/// spec parsed from them and the request encoded from it. The same parts
+/// again are sent as they are, with a new id, without parsing the address
+/// or encoding the spec once more; a spec checked by
+/// [`Client::check_parts`] is not parsed again by the request that follows.
+/// One buffer holds the address, the application name and the message, so
+/// a client's first request allocates once for them, not three times.
 #[derive(Default)]
 struct LastParts {
-    /// `msg` holds a request encoded from the parts below.
-    valid: bool,
+    /// Parsed from `proto`, `port` and the address (`bytes[..addr_end]`).
+    spec: Option<SocketSpec>,
     proto: i64,
     port: i64,
+    /// `bytes[app_end..]` is a request for `spec` with `share`, `flags` and
+    /// the application name `bytes[addr_end..app_end]`.
+    encoded: bool,
     share: Option<ShareMode>,
     flags: u8,
-    address: String,
-    app: String,
-    msg: Vec<u8>,
+    addr_end: usize,
+    app_end: usize,
+    bytes: Vec<u8>,
 }
 
 impl LastParts {
-    /// Was the kept request's spec made of these parts?
+    /// Was the kept spec made of these parts?
     fn made_of(&self, proto: i64, address: &str, port: i64) -> bool {
-        self.valid && self.proto == proto && self.port == port && self.address == address
+        self.spec.is_some()
+            && self.proto == proto
+            && self.port == port
+            && &self.bytes[..self.addr_end] == address.as_bytes()
     }
 
+    /// Is the kept message the request these parts make?
     fn matches(&self, p: &Parts<'_>) -> bool {
-        self.made_of(p.proto, p.address, p.port)
+        self.encoded
+            && self.made_of(p.proto, p.address, p.port)
             && self.share == Some(p.share)
             && self.flags == p.flags
-            && self.app == p.app
+            && &self.bytes[self.addr_end..self.app_end] == p.app.as_bytes()
+    }
+
+    fn msg(&self) -> &[u8] {
+        &self.bytes[self.app_end..]
+    }
+
+    /// Parse the socket's parts, and remember them (the caller keeps the spec).
+    fn parse(&mut self, proto: i64, address: &str, port: i64) -> Result<SocketSpec> {
+        self.spec = None;
+        self.encoded = false;
+        let spec = SocketSpec::from_proto_number(proto, address, port)?;
+        (self.proto, self.port) = (proto, port);
+        self.bytes.clear();
+        // Room for a short name and message too: one allocation, not one
+        // per part (and small enough for malloc's per-thread cache).
+        self.bytes.reserve(address.len() + 96);
+        self.bytes.extend_from_slice(address.as_bytes());
+        (self.addr_end, self.app_end) = (self.bytes.len(), self.bytes.len());
+        Ok(spec)
+    }
+
+    /// Encode the request `p` makes into `buf`, and keep it.
+    fn encode(&mut self, buf: &mut Vec<u8>, id: u32, p: &Parts<'_>) -> Result<()> {
+        let same = self.made_of(p.proto, p.address, p.port);
+        let spec = match self.spec.take() {
+            Some(s) if same => s,
+            _ => self.parse(p.proto, p.address, p.port)?,
+        };
+        self.encoded = false;
+        let r = proto::encode_request(buf, id, &spec, p.share, p.app, p.flags);
+        self.spec = Some(spec);
+        r?;
+        self.bytes.truncate(self.addr_end);
+        self.bytes.reserve(p.app.len() + buf.len());
+        self.bytes.extend_from_slice(p.app.as_bytes());
+        self.app_end = self.bytes.len();
+        self.bytes.extend_from_slice(buf);
+        (self.share, self.flags, self.encoded) = (Some(p.share), p.flags, true);
+        Ok(())
     }
 }
 
@@ -459,11 +510,12 @@ impl Client {
 
     /// Check that a protocol number, an address and a port make a spec (the
     /// errors [`Client::request_parts`] would give), before the caller
-    /// checks its other arguments. The parts of the last request parse
-    /// without error, so they are not parsed again.
-    pub fn check_parts(&self, proto: i64, address: &str, port: i64) -> Result<()> {
+    /// checks its other arguments. The spec is kept for the request that
+    /// follows, and the parts of the last request are not parsed again.
+    pub fn check_parts(&mut self, proto: i64, address: &str, port: i64) -> Result<()> {
         if !self.last.made_of(proto, address, port) {
-            SocketSpec::from_proto_number(proto, address, port)?;
+            let spec = self.last.parse(proto, address, port)?;
+            self.last.spec = Some(spec);
         }
         Ok(())
     }
@@ -475,21 +527,10 @@ impl Client {
         let id = self.take_id();
         if self.last.matches(&p) {
             self.buf.clear();
-            self.buf.extend_from_slice(&self.last.msg);
+            self.buf.extend_from_slice(self.last.msg());
             proto::set_id(&mut self.buf, id);
         } else {
-            self.last.valid = false;
-            let spec = SocketSpec::from_proto_number(p.proto, p.address, p.port)?;
-            proto::encode_request(&mut self.buf, id, &spec, p.share, p.app, p.flags)?;
-            let l = &mut self.last;
-            (l.proto, l.port, l.share, l.flags) = (p.proto, p.port, Some(p.share), p.flags);
-            l.address.clear();
-            l.address.push_str(p.address);
-            l.app.clear();
-            l.app.push_str(p.app);
-            l.msg.clear();
-            l.msg.extend_from_slice(&self.buf);
-            l.valid = true;
+            self.last.encode(&mut self.buf, id, &p)?;
         }
         self.send()?;
         self.socket_reply(id, "a socket request")

@@ -1576,4 +1576,27 @@ fn request_parts_sends_what_the_parts_say() {
     c.check_parts(1, "127.0.0.1", p1.into()).unwrap();
     assert_eq!(inode(&g5.fd), inode(&g1.fd));
     assert_eq!(b.status().counters.references, 5);
+    // The spec a check keeps is for the parts checked: a request for other
+    // parts is made of its own (TCP after a check of UDP on its port), as
+    // is one whose address differs only in its last byte.
+    let pt = free_port(false);
+    c.check_parts(1, "127.0.0.1", pt.into()).unwrap();
+    let mut tcp = parts(pt, ShareMode::Any, "a");
+    tcp.proto = 2;
+    let g6 = c.request_parts(tcp).unwrap();
+    assert_eq!(sockpass::sys::local_port(&g6.fd).unwrap(), pt);
+    let ty = sockpass::sys::getsockopt_int(&g6.fd, libc::SOL_SOCKET, libc::SO_TYPE);
+    assert_eq!(ty, Ok(libc::SOCK_STREAM));
+    c.check_parts(1, "127.0.0.1", p1.into()).unwrap();
+    let mut other = parts(p1, ShareMode::Any, "a");
+    other.address = "127.0.0.2";
+    let g7 = c.request_parts(other).unwrap();
+    assert!(!g7.cached);
+    assert_ne!(inode(&g7.fd), inode(&g1.fd));
+    // A check that fails forgets the spec checked before it.
+    c.check_parts(1, "127.0.0.1", p1.into()).unwrap();
+    assert!(c.check_parts(1, "127.0.0.1", 70000).is_err());
+    let g8 = c.request_parts(parts(p1, ShareMode::Any, "a")).unwrap();
+    assert_eq!(inode(&g8.fd), inode(&g1.fd));
+    assert_eq!(b.status().counters.references, 8);
 }
