@@ -152,7 +152,8 @@ const char *sockpass_version(void);
 // else `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock`).
 //
 // On success writes a new client to `*client_out` (free it with
-// `sockpass_client_free`) and returns 0. `path` is borrowed for the call.
+// `sockpass_client_free`) and returns 0. `path` is borrowed for the call;
+// it is bytes, as every path is (UTF-8 or not).
 // Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG`,
 // `-SOCKPASS_E_BROKER_UNAVAILABLE` (nobody listens at the path).
 //

@@ -61,6 +61,21 @@ int main(void) {
     EXPECT(strlen(sockpass_last_error_message()), 0);
     EXPECT(sockpass_client_new(NULL, &other), 0);
     sockpass_client_free(NULL); /* a no-op */
+    {
+        /* A path is bytes, UTF-8 or not: a symlink named "\xff.sock" to
+         * the broker's socket leads to it. */
+        char dir[] = "/tmp/sockpass-bytes.XXXXXX", link[64];
+        const char *target = getenv("SOCKPASS_SOCKET");
+        sockpass_client *b = NULL;
+        EXPECT(target != NULL && mkdtemp(dir) != NULL, 1);
+        snprintf(link, sizeof link, "%s/\xff.sock", dir);
+        EXPECT(symlink(target, link), 0);
+        EXPECT(sockpass_client_new(link, &b), 0);
+        EXPECT(sockpass_client_hello(b) > 0, 1);
+        sockpass_client_free(b);
+        unlink(link);
+        rmdir(dir);
+    }
 
     /* The handshake: optional, the broker's pid. */
     EXPECT(sockpass_client_hello(NULL), -EFAULT);

@@ -3,7 +3,9 @@
 
 use crate::errors::{set_last_error, set_last_error_errno, SOCKPASS_E_PANIC};
 use sockpass::{Error, Kind};
+use std::ffi::OsStr;
 use std::os::raw::{c_char, c_int};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Run `f`, turning its error into `-code` (and this thread's last error)
@@ -63,16 +65,42 @@ pub(crate) unsafe fn c_bytes<'a>(
     Ok(std::slice::from_raw_parts(p.cast::<u8>(), n))
 }
 
+/// A NUL-terminated byte string of at most `max` bytes, not necessarily
+/// UTF-8: paths, arguments and environment are bytes.
+pub(crate) unsafe fn c_os_str<'a>(
+    p: *const c_char,
+    what: &str,
+    max: usize,
+) -> sockpass::Result<&'a OsStr> {
+    c_bytes(p, what, max).map(OsStr::from_bytes)
+}
+
+/// Like [`c_os_str`], with NULL meaning "none".
+pub(crate) unsafe fn opt_c_os_str<'a>(
+    p: *const c_char,
+    what: &str,
+    max: usize,
+) -> sockpass::Result<Option<&'a OsStr>> {
+    unless_null(p, || c_os_str(p, what, max))
+}
+
 /// Like [`c_str`], with NULL meaning "none".
 pub(crate) unsafe fn opt_c_str<'a>(
     p: *const c_char,
     what: &str,
     max: usize,
 ) -> sockpass::Result<Option<&'a str>> {
+    unless_null(p, || c_str(p, what, max))
+}
+
+fn unless_null<T>(
+    p: *const c_char,
+    f: impl FnOnce() -> sockpass::Result<T>,
+) -> sockpass::Result<Option<T>> {
     if p.is_null() {
         Ok(None)
     } else {
-        c_str(p, what, max).map(Some)
+        f().map(Some)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The broker client: an opaque `sockpass_client` handle, and the
 //! process-wide default client behind two calls (BIND10's library style).
 
-use crate::boundary::{c_bytes, c_str, call, fault, opt_c_str};
+use crate::boundary::{c_bytes, c_str, call, fault, opt_c_os_str, opt_c_str};
 use sockpass::client::{self, Client, Parts};
 use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
@@ -97,7 +97,8 @@ unsafe fn write_token(buf: *mut c_char, t: &Token) {
 /// else `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock`).
 ///
 /// On success writes a new client to `*client_out` (free it with
-/// `sockpass_client_free`) and returns 0. `path` is borrowed for the call.
+/// `sockpass_client_free`) and returns 0. `path` is borrowed for the call;
+/// it is bytes, as every path is (UTF-8 or not).
 /// Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG`,
 /// `-SOCKPASS_E_BROKER_UNAVAILABLE` (nobody listens at the path).
 ///
@@ -114,7 +115,7 @@ pub unsafe extern "C" fn sockpass_client_new(
         if client_out.is_null() {
             return Err(fault("client_out"));
         }
-        let c = match opt_c_str(path, "path", crate::SOCKPASS_MAX_STRING)? {
+        let c = match opt_c_os_str(path, "path", crate::SOCKPASS_MAX_STRING)? {
             Some(p) => Client::connect(p)?,
             None => Client::connect_default()?,
         };
@@ -295,7 +296,7 @@ pub unsafe extern "C" fn sockpass_client_upgrade(
 ) -> c_int {
     call(|| {
         let c = client_ref(client)?;
-        let exe = opt_c_str(exe, "exe", crate::SOCKPASS_MAX_STRING)?;
+        let exe = opt_c_os_str(exe, "exe", crate::SOCKPASS_MAX_STRING)?;
         let pid = c.with(|c| c.upgrade(exe.map(std::path::Path::new)))?;
         Ok(pid as c_int)
     })

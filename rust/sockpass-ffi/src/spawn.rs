@@ -2,7 +2,7 @@
 //! module): a `sockpass_spawn` builder, consumed by `sockpass_spawn_start`,
 //! which gives a `sockpass_child`.
 
-use crate::boundary::{c_str, call, fault};
+use crate::boundary::{c_os_str, c_str, call, fault};
 use sockpass::ns::{Namespaces, NsSet};
 use sockpass::spawn::{self, Child, EnvBase, Slot, Spawn};
 use sockpass::{Error, Kind};
@@ -67,22 +67,9 @@ unsafe fn child_ref<'a>(c: *mut sockpass_child) -> sockpass::Result<&'a sockpass
     c.as_ref().ok_or_else(|| fault("child"))
 }
 
-/// A NUL-terminated byte string (not necessarily UTF-8: paths, arguments
-/// and environment are bytes), at most `SOCKPASS_MAX_STRING` bytes.
+/// A NUL-terminated byte string, at most `SOCKPASS_MAX_STRING` bytes.
 unsafe fn c_bytes<'a>(p: *const c_char, what: &str) -> sockpass::Result<&'a OsStr> {
-    if p.is_null() {
-        return Err(fault(what));
-    }
-    let max = crate::SOCKPASS_MAX_STRING;
-    let n = libc::strnlen(p, max + 1);
-    if n > max {
-        return Err(Error::with_errno(
-            Kind::Os,
-            libc::ENAMETOOLONG,
-            format!("{what} is longer than {max} bytes (or not NUL-terminated)"),
-        ));
-    }
-    Ok(OsStr::from_bytes(std::slice::from_raw_parts(p.cast(), n)))
+    c_os_str(p, what, crate::SOCKPASS_MAX_STRING)
 }
 
 /// An optional fd name, checked now (printable ASCII without ':').
