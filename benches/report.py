@@ -34,6 +34,15 @@ def parse(path):
     return agg, res, meta, failed
 
 
+class Figure(float):
+    """A median across rounds that remembers the rounds' own figures."""
+
+    def __new__(cls, value, rounds):
+        f = super().__new__(cls, value)
+        f.rounds = rounds
+        return f
+
+
 def main():
     results, out, plots = sys.argv[1:4]
     res, by_round, meta, failed = parse(results)
@@ -60,13 +69,21 @@ def main():
             return None
         vals = [f(*(r[i][key] for r in rounds)) for i in range(len(rounds[0]))]
         vals = sorted(v for v in vals if v is not None)
-        return vals[len(vals) // 2] if vals else None
+        return Figure(vals[len(vals) // 2], vals) if vals else None
 
     def rr(mode, num, den, key="median_ns"):
         return per_round(mode, (num, den), ratio, key)
 
     def fr(x):
         return "n/a" if x is None else f"{x:.2f}×"
+
+    def fr_rounds(x):
+        # A bar's figure with the range of its rounds, which says whether
+        # the median stands for every round.
+        r = getattr(x, "rounds", None)
+        if x is None or not r or len(r) < 2:
+            return fr(x)
+        return f"{x:.2f}× ({min(r):.2f}-{max(r):.2f})"
 
     L.append("# Benchmarks")
     L.append("")
@@ -75,7 +92,9 @@ def main():
         "Do not edit by hand: rerun it. Times are medians and 99th percentiles in µs; "
         f"Each latency and throughput benchmark ran {meta.get('rounds', '1')} round(s), "
         "interleaved; a figure shown is the median across rounds, and a ratio is the median "
-        "across rounds of the ratio within each round (the two sides ran in the same round)."
+        "across rounds of the ratio within each round (the two sides ran in the same round); "
+        "a bar's ratio is followed by the range of its rounds' ratios, and a bar met by the median "
+        "but not by every round says so."
     )
     L.append("")
     L.append(f"- date: {meta.get('date')}")
@@ -95,10 +114,14 @@ def main():
 
     def bar(bid, text, f, limit, ge=False):
         vals = {m: f(m) for m in ("pinned", "unpinned")}
-        ok = [v is not None and (v >= limit if ge else v <= limit) for v in vals.values()]
+        passes = lambda v: v >= limit if ge else v <= limit
+        ok = [v is not None and passes(v) for v in vals.values()]
         known = [v is not None for v in vals.values()]
         met = "not measured" if not any(known) else ("met" if all(o or not k for o, k in zip(ok, known)) and any(ok) else ("not met" if not any(ok) else "met unpinned only" if ok[1] else "met pinned only"))
-        L.append(f"| {bid} | {text} | {fr(vals['pinned'])} | {fr(vals['unpinned'])} | **{met}** |")
+        # Met by the median of the rounds, but not by each of them.
+        if any(o and not all(passes(r) for r in getattr(v, "rounds", [v])) for o, v in zip(ok, vals.values())):
+            met += ", not in every round"
+        L.append(f"| {bid} | {text} | {fr_rounds(vals['pinned'])} | {fr_rounds(vals['unpinned'])} | **{met}** |")
 
     def split(m):
         # Differences within each round (both sides interleaved), the median
