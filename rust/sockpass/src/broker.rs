@@ -814,18 +814,8 @@ impl Broker {
             let creds = sys::peer_creds(&fd).unwrap_or_default();
             let id = self.next_conn_id;
             self.next_conn_id += 1;
-            let slot = self.conns.insert(Conn {
-                fd,
-                id,
-                creds,
-                default_app: None,
-                last_app: self.app_memo.clone(),
-                refs: self.spare_refs.pop().unwrap_or_default(),
-                outq: VecDeque::new(),
-                paused: false,
-                pipelining: false,
-                wakeups: 0,
-            });
+            let conn = self.new_conn(fd, id, creds);
+            let slot = self.conns.insert(conn);
             let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
             if self
                 .ep_ctl(
@@ -847,6 +837,23 @@ impl Broker {
             // more waiting wake the loop again, and the usual single client
             // costs no accept4 that fails with EAGAIN.
             return;
+        }
+    }
+
+    /// A new connection, starting with the last application name named
+    /// and a spare reference list (neither allocates).
+    fn new_conn(&mut self, fd: OwnedFd, id: u64, creds: Creds) -> Conn {
+        Conn {
+            fd,
+            id,
+            creds,
+            default_app: None,
+            last_app: self.app_memo.clone(),
+            refs: self.spare_refs.pop().unwrap_or_default(),
+            outq: VecDeque::new(),
+            paused: false,
+            pipelining: false,
+            wakeups: 0,
         }
     }
 
@@ -2337,18 +2344,8 @@ mod tests {
         let mut open = |b: &mut Broker, n: usize| {
             let (fd, peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
             peers.push(peer);
-            let slot = b.conns.insert(Conn {
-                fd,
-                id: peers.len() as u64,
-                creds: Creds::default(),
-                default_app: None,
-                last_app: b.app_memo.clone(),
-                refs: b.spare_refs.pop().unwrap_or_default(),
-                outq: VecDeque::new(),
-                paused: false,
-                pipelining: false,
-                wakeups: 0,
-            });
+            let conn = b.new_conn(fd, peers.len() as u64, Creds::default());
+            let slot = b.conns.insert(conn);
             b.conns
                 .get_mut(slot)
                 .unwrap()
