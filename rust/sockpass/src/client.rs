@@ -5,7 +5,7 @@
 //! reconnects by itself; after [`Kind::BrokerUnavailable`] the caller decides.
 
 use crate::error::{Error, Kind, Result};
-use crate::fdpass::{recv_fds, recv_fds_into, send_fds, RecvError};
+use crate::fdpass::{recv_fds_into_uninit, send_fds, RecvError};
 use crate::keyhash::KeyedState;
 use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
 use crate::share::ShareMode;
@@ -98,21 +98,23 @@ impl Hash for WholeToken {
 /// again are sent as they are, with a new id, without parsing the address
 /// or encoding the spec once more; a spec checked by
 /// [`Client::check_parts`] is not parsed again by the request that follows.
-/// One buffer holds the address, the application name and the message, so
-/// a client's first request allocates once for them, not three times.
+/// One buffer holds the message, the address and the application name, and
+/// the message is encoded and sent from there: a client's first request
+/// allocates once for them, and no request copies its message.
 #[derive(Default)]
 struct LastParts {
-    /// Parsed from `proto`, `port` and the address (`bytes[..addr_end]`).
+    /// Parsed from `proto`, `port` and the address
+    /// (`bytes[msg_end..addr_end]`).
     spec: Option<SocketSpec>,
     proto: i64,
     port: i64,
-    /// `bytes[app_end..]` is a request for `spec` with `share`, `flags` and
-    /// the application name `bytes[addr_end..app_end]`.
+    /// `bytes[..msg_end]` is a request for `spec` with `share`, `flags` and
+    /// the application name `bytes[addr_end..]`.
     encoded: bool,
     share: Option<ShareMode>,
     flags: u8,
+    msg_end: usize,
     addr_end: usize,
-    app_end: usize,
     bytes: Vec<u8>,
 }
 
@@ -122,7 +124,7 @@ impl LastParts {
         self.spec.is_some()
             && self.proto == proto
             && self.port == port
-            && &self.bytes[..self.addr_end] == address.as_bytes()
+            && &self.bytes[self.msg_end..self.addr_end] == address.as_bytes()
     }
 
     /// Is the kept message the request these parts make?
@@ -131,44 +133,51 @@ impl LastParts {
             && self.made_of(p.proto, p.address, p.port)
             && self.share == Some(p.share)
             && self.flags == p.flags
-            && &self.bytes[self.addr_end..self.app_end] == p.app.as_bytes()
+            && &self.bytes[self.addr_end..] == p.app.as_bytes()
     }
 
     fn msg(&self) -> &[u8] {
-        &self.bytes[self.app_end..]
+        &self.bytes[..self.msg_end]
     }
 
-    /// Parse the socket's parts, and remember them (the caller keeps the spec).
-    fn parse(&mut self, proto: i64, address: &str, port: i64) -> Result<SocketSpec> {
+    /// Parse the socket's parts, and keep them and the spec.
+    fn parse(&mut self, proto: i64, address: &str, port: i64) -> Result<()> {
         self.spec = None;
         self.encoded = false;
-        let spec = SocketSpec::from_proto_number(proto, address, port)?;
+        self.spec = Some(SocketSpec::from_proto_number(proto, address, port)?);
         (self.proto, self.port) = (proto, port);
         self.bytes.clear();
-        // Room for a short name and message too: one allocation, not one
+        // Room for a short message and name too: one allocation, not one
         // per part (and small enough for malloc's per-thread cache).
         self.bytes.reserve(address.len() + 96);
         self.bytes.extend_from_slice(address.as_bytes());
-        (self.addr_end, self.app_end) = (self.bytes.len(), self.bytes.len());
-        Ok(spec)
+        (self.msg_end, self.addr_end) = (0, self.bytes.len());
+        Ok(())
     }
 
-    /// Encode the request `p` makes into `buf`, and keep it.
-    fn encode(&mut self, buf: &mut Vec<u8>, id: u32, p: &Parts<'_>) -> Result<()> {
-        let same = self.made_of(p.proto, p.address, p.port);
-        let spec = match self.spec.take() {
-            Some(s) if same => s,
-            _ => self.parse(p.proto, p.address, p.port)?,
-        };
+    /// Encode the request `p` makes with `id`, and keep it.
+    fn encode(&mut self, id: u32, p: &Parts<'_>) -> Result<()> {
+        if !self.made_of(p.proto, p.address, p.port) {
+            self.parse(p.proto, p.address, p.port)?;
+        }
         self.encoded = false;
-        let r = proto::encode_request(buf, id, &spec, p.share, p.app, p.flags);
-        self.spec = Some(spec);
-        r?;
-        self.bytes.truncate(self.addr_end);
-        self.bytes.reserve(p.app.len() + buf.len());
+        let Some(spec) = &self.spec else {
+            unreachable!("parsed above")
+        };
+        // The message goes first: encoding starts from an empty buffer. The
+        // spec was validated when it was parsed.
+        let r = proto::encode_valid_request(&mut self.bytes, id, spec, p.share, p.app, p.flags);
+        if let Err(e) = r {
+            // The kept address may be gone with the buffer's contents.
+            self.spec = None;
+            self.bytes.clear();
+            (self.msg_end, self.addr_end) = (0, 0);
+            return Err(e);
+        }
+        self.msg_end = self.bytes.len();
+        self.bytes.extend_from_slice(p.address.as_bytes());
+        self.addr_end = self.bytes.len();
         self.bytes.extend_from_slice(p.app.as_bytes());
-        self.app_end = self.bytes.len();
-        self.bytes.extend_from_slice(buf);
         (self.share, self.flags, self.encoded) = (Some(p.share), p.flags, true);
         Ok(())
     }
@@ -197,7 +206,9 @@ pub struct Client {
     /// caller had closed that fd): released by token or by `release_all`.
     unmapped: HashSet<WholeToken, KeyedState>,
     buf: Vec<u8>,
-    rbuf: Box<[u8; proto::MAX_MSG]>,
+    /// The last message received: room for [`proto::MAX_MSG`] bytes, its
+    /// length the message's.
+    rbuf: Vec<u8>,
     /// Where a reply's fds land, kept so a request allocates nothing for them.
     fds: Vec<OwnedFd>,
     /// The last request made by parts, encoded ([`Client::request_parts`]).
@@ -291,8 +302,11 @@ impl Client {
             broker_pid: 0,
             fd_tokens: HashMap::default(),
             unmapped: HashSet::default(),
-            buf: Vec::with_capacity(proto::MAX_MSG),
-            rbuf: Box::new([0u8; proto::MAX_MSG]),
+            // Grown by the first message encoded here (a request by parts
+            // is encoded in `last`, so a one-request client has none).
+            buf: Vec::new(),
+            // Received into as it is, never zeroed (see `Client::recv_msg`).
+            rbuf: Vec::with_capacity(proto::MAX_MSG),
             fds: Vec::with_capacity(1),
             last: LastParts::default(),
             gone: false,
@@ -377,7 +391,13 @@ impl Client {
     }
 
     fn send(&mut self) -> Result<()> {
-        match send_fds(self.fd.as_fd(), &self.buf, &[], 0) {
+        let r = send_fds(self.fd.as_fd(), &self.buf, &[], 0);
+        self.sent(r)
+    }
+
+    /// The outcome of sending a message.
+    fn sent(&mut self, r: std::result::Result<usize, i32>) -> Result<()> {
+        match r {
             Ok(_) => Ok(()),
             Err(e) => Err(self.refusal(unavailable(e, "sending to sockpassd"))),
         }
@@ -390,12 +410,12 @@ impl Client {
     fn refusal(&mut self, e: Error) -> Error {
         // A pending reset may be reported once more before the message.
         for _ in 0..2 {
-            match recv_fds(self.fd.as_fd(), &mut self.rbuf[..], 0, libc::MSG_DONTWAIT) {
-                Ok(r) => {
-                    return match Header::parse(&self.rbuf[..r.len]) {
+            match self.recv_msg(0, libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    return match Header::parse(&self.rbuf[..n]) {
                         Ok(h) if h.ty == ty::ERROR && h.id == 0 => {
                             self.gone = true;
-                            proto::decode_error(&self.rbuf[proto::HEADER_LEN..r.len]).unwrap_or(e)
+                            proto::decode_error(&self.rbuf[proto::HEADER_LEN..n]).unwrap_or(e)
                         }
                         _ => e,
                     }
@@ -407,18 +427,27 @@ impl Client {
         e
     }
 
+    /// Receive one message into `rbuf`, its fds into `fds`; returns its length.
+    fn recv_msg(&mut self, max_fds: usize, flags: i32) -> std::result::Result<usize, RecvError> {
+        self.rbuf.clear();
+        let n = recv_fds_into_uninit(
+            self.fd.as_fd(),
+            &mut self.rbuf.spare_capacity_mut()[..proto::MAX_MSG],
+            max_fds,
+            flags,
+            &mut self.fds,
+        )?;
+        // SAFETY: the kernel wrote the n bytes it reported (n <= capacity).
+        unsafe { self.rbuf.set_len(n) };
+        Ok(n)
+    }
+
     /// Receive the reply to `id`; returns its header, length and fd (`max_fds`
     /// is 0 or 1; more is a protocol error and they are closed). An ERROR
     /// reply becomes `Err`.
     fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Option<OwnedFd>)> {
         debug_assert!(max_fds <= 1 && self.fds.is_empty());
-        let len = match recv_fds_into(
-            self.fd.as_fd(),
-            &mut self.rbuf[..],
-            max_fds,
-            0,
-            &mut self.fds,
-        ) {
+        let len = match self.recv_msg(max_fds, 0) {
             Ok(n) => n,
             Err(RecvError::Os(e)) if e == libc::EAGAIN => {
                 return Err(Error::with_errno(
@@ -514,8 +543,7 @@ impl Client {
     /// follows, and the parts of the last request are not parsed again.
     pub fn check_parts(&mut self, proto: i64, address: &str, port: i64) -> Result<()> {
         if !self.last.made_of(proto, address, port) {
-            let spec = self.last.parse(proto, address, port)?;
-            self.last.spec = Some(spec);
+            self.last.parse(proto, address, port)?;
         }
         Ok(())
     }
@@ -526,13 +554,12 @@ impl Client {
     pub fn request_parts(&mut self, p: Parts<'_>) -> Result<Grant> {
         let id = self.take_id();
         if self.last.matches(&p) {
-            self.buf.clear();
-            self.buf.extend_from_slice(self.last.msg());
-            proto::set_id(&mut self.buf, id);
+            proto::set_id(&mut self.last.bytes[..self.last.msg_end], id);
         } else {
-            self.last.encode(&mut self.buf, id, &p)?;
+            self.last.encode(id, &p)?;
         }
-        self.send()?;
+        let r = send_fds(self.fd.as_fd(), self.last.msg(), &[], 0);
+        self.sent(r)?;
         self.socket_reply(id, "a socket request")
     }
 

@@ -139,13 +139,51 @@ pub fn recv_fds_into(
     flags: i32,
     fds: &mut Vec<OwnedFd>,
 ) -> std::result::Result<usize, RecvError> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), max_fds, flags, fds) }
+}
+
+/// [`recv_fds_into`] into a buffer not yet written, such as a vector's
+/// spare capacity: the first `n` bytes are written when it returns `Ok(n)`,
+/// so a caller that receives into a fresh buffer need not zero it.
+pub fn recv_fds_into_uninit(
+    sock: BorrowedFd<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    max_fds: usize,
+    flags: i32,
+    fds: &mut Vec<OwnedFd>,
+) -> std::result::Result<usize, RecvError> {
+    // SAFETY: buf is valid for writes of buf.len() bytes; the kernel only
+    // writes to it, never reads.
+    unsafe {
+        recv_raw(
+            sock,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            max_fds,
+            flags,
+            fds,
+        )
+    }
+}
+
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+unsafe fn recv_raw(
+    sock: BorrowedFd<'_>,
+    buf: *mut u8,
+    len: usize,
+    max_fds: usize,
+    flags: i32,
+    fds: &mut Vec<OwnedFd>,
+) -> std::result::Result<usize, RecvError> {
     let max_fds = max_fds.min(MAX_FDS);
     // Not zeroed: the kernel writes what it reports in msg_controllen, and
     // only that is read.
     let mut cbuf = std::mem::MaybeUninit::<[u64; cmsg_words(MAX_FDS)]>::uninit();
     let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+        iov_base: buf.cast(),
+        iov_len: len,
     };
     // SAFETY: zeroed msghdr, then pointers to live locals.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };

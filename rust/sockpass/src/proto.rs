@@ -205,13 +205,26 @@ pub fn encode_request(
     app: &str,
     flags: u8,
 ) -> Result<()> {
+    spec.validate()?;
+    encode_valid_request(out, id, spec, share, app, flags)
+}
+
+/// [`encode_request`] for a spec already validated (as
+/// [`SocketSpec::from_parts`] and its kin return them).
+pub fn encode_valid_request(
+    out: &mut Vec<u8>,
+    id: u32,
+    spec: &SocketSpec,
+    share: ShareMode,
+    app: &str,
+    flags: u8,
+) -> Result<()> {
     if app.len() > MAX_APP {
         return Err(Error::bad_request(format!(
             "application name is {} bytes, the limit is {MAX_APP}",
             app.len()
         )));
     }
-    spec.validate()?;
     begin(out, ty::REQUEST, id);
     out.extend_from_slice(&[share.wire(), flags, app.len() as u8]);
     out.extend_from_slice(app.as_bytes());

@@ -206,11 +206,14 @@ pub fn sockaddr_un(path: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t), 
     if path.is_empty() || path.len() > sun.sun_path.len() - usize::from(!abstract_) {
         return Err(libc::ENAMETOOLONG);
     }
-    if !abstract_ && path.contains(&0) {
-        return Err(libc::EINVAL);
-    }
+    // A NUL inside a path would cut it short: checked as it is copied.
+    let mut nul = false;
     for (d, s) in sun.sun_path.iter_mut().zip(path) {
+        nul |= *s == 0;
         *d = *s as libc::c_char;
+    }
+    if nul && !abstract_ {
+        return Err(libc::EINVAL);
     }
     let base = std::mem::size_of::<libc::sa_family_t>();
     let len = base + path.len() + usize::from(!abstract_);
