@@ -123,21 +123,28 @@ def main():
             met += ", not in every round"
         L.append(f"| {bid} | {text} | {fr_rounds(vals['pinned'])} | {fr_rounds(vals['unpinned'])} | **{met}** |")
 
-    def split(m):
-        # Differences within each round (both sides interleaved), the median
-        # across rounds, as for the ratios.
+    def split(m, broker, client):
+        # Two differences (minuend, subtrahend), µs, each within a round (both
+        # sides interleaved), the median across rounds, as for the ratios.
         diff = lambda x, e: (x - e) / 1000
-        b = per_round(m, ("B2b_broker_raw_client", "B1e_floor_epoll"), diff)
-        c = per_round(m, ("B2c_client_min_broker", "B1e_floor_epoll"), diff)
+        b, c = (per_round(m, pair, diff) for pair in (broker, client))
         if None in (b, c):
             return "n/a"
         return f"{b:.1f} + {c:.1f}"
 
+    def split2(m):
+        return split(m, ("B2b_broker_raw_client", "B1e_floor_epoll"), ("B2c_client_min_broker", "B1e_floor_epoll"))
+
+    def split3(m):
+        return split(m, ("B3b_broker_raw_client", "B3f_connect_floor"), ("B3_connect_request_close", "B3b_broker_raw_client"))
+
     bar("B2", "B2 / B1 ≤ 1.25", lambda m: rr(m, "B2_cached_kept", "B1_floor"), 1.25)
     bar("B2", "B2 / s6 retrieve (kept) ≤ 0.65", lambda m: rr(m, "B2_cached_kept", "s6_retrieve_kept"), 0.65)
-    L.append(f"| (B2b, B2c) | where B2 − B1e goes: the broker's part (B2b − B1e) and the client's (B2c − B1e), µs | {split('pinned')} | {split('unpinned')} | |")
+    L.append(f"| (B2b, B2c) | where B2 − B1e goes: the broker's part (B2b − B1e) and the client's (B2c − B1e), µs | {split2('pinned')} | {split2('unpinned')} | |")
     bar("B3", "B3 / s6 connect+retrieve+end ≤ 0.5", lambda m: rr(m, "B3_connect_request_close", "s6_connect_retrieve_end"), 0.5)
     L.append(f"| (B3f) | the floor B3f / s6 connect+retrieve+end, for reference | {fr(rr('pinned', 'B3f_connect_floor', 's6_connect_retrieve_end'))} | {fr(rr('unpinned', 'B3f_connect_floor', 's6_connect_retrieve_end'))} | |")
+
+    L.append(f"| (B3b) | where B3 − B3f goes: the broker's part (B3b − B3f) and the C API's (B3 − B3b), µs | {split3('pinned')} | {split3('unpinned')} | |")
 
     def b4(m):
         return per_round(m, ("B4_uncached", "inproc_socket_bind", "B1_floor"), lambda u, a, b: ratio(u, a + b))
@@ -193,6 +200,7 @@ def main():
         ("B3_connect_request_close", "B3 connect + request + close"),
         ("s6_connect_retrieve_end", "s6 connect + retrieve + end"),
         ("B3f_connect_floor", "B3f floor: connect, accept + SO_PEERCRED, 1 fd, close"),
+        ("B3b_broker_raw_client", "B3b sockpassd alone: B3's request from a raw C client"),
         ("B4_uncached", "B4 uncached request (create, bind, hand over)"),
         ("inproc_socket_bind", "socket()+setsockopt()+bind() in-process"),
     ]

@@ -701,8 +701,10 @@ static pid_t connect_floor_server(struct sockaddr_un *a) {
   return pid;
 }
 
-/* B3, its floor B3f and s6's connect + retrieve + end, interleaved in
- * blocks of 50. */
+/* B3, its floor B3f, B3b (sockpassd answering B3's request from a raw C
+ * client: connect, the request's bytes, one recvmsg, close) and s6's
+ * connect + retrieve + end, interleaved in blocks of 50. B3b - B3f is the
+ * broker's part of B3 - B3f, B3 - B3b the C API's. */
 static void mixed_connect(const char *path, int port, const char *s6path, const char *id, size_t n) {
   sockpass_client *holder = sp_connect(path); /* keeps the socket cached */
   int keep = sockpass_client_request_socket(holder, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
@@ -712,7 +714,7 @@ static void mixed_connect(const char *path, int port, const char *s6path, const 
   struct sockaddr_un fa;
   pid_t fpid = connect_floor_server(&fa);
   uint64_t *s = malloc((n + 50) * sizeof *s), *q = malloc((n + 50) * sizeof *q);
-  uint64_t *f = malloc((n + 50) * sizeof *f);
+  uint64_t *f = malloc((n + 50) * sizeof *f), *r = malloc((n + 50) * sizeof *r);
   size_t done = 0;
   for (int block = 0; done < n; block++) {
     for (size_t i = 0; i < 50; i++) {
@@ -736,6 +738,18 @@ static void mixed_connect(const char *path, int port, const char *s6path, const 
       sockpass_client_free(c);
       if (block > 0) s[done + i] = now_ns() - t0;
     }
+    for (size_t i = 0; i < 50; i++) { /* B3b: B3's request from a raw C client */
+      uint64_t t0 = now_ns();
+      int c = connect_path(path);
+      unsigned char rq[64];
+      size_t len = raw_request(rq, 1, port);
+      if (send(c, rq, len, MSG_NOSIGNAL) != (ssize_t)len) die("b3b send", errno);
+      int fd = recv_reply_fd(c);
+      if (fd < 0) die("b3b reply", errno);
+      close(fd);
+      close(c);
+      if (block > 0) r[done + i] = now_ns() - t0;
+    }
     for (size_t i = 0; i < 50; i++) {
       uint64_t t0 = now_ns();
       s6_fdholder_t a = S6_FDHOLDER_ZERO;
@@ -751,6 +765,7 @@ static void mixed_connect(const char *path, int port, const char *s6path, const 
   report("B3_connect_request_close", s, done);
   report("s6_connect_retrieve_end", q, done);
   report("B3f_connect_floor", f, done);
+  report("B3b_broker_raw_client", r, done);
   kill(fpid, SIGKILL);
   waitpid(fpid, NULL, 0);
   unlink(fa.sun_path);
