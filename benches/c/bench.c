@@ -489,6 +489,14 @@ static int recv_reply_fd(int s) {
   return fd;
 }
 
+/* Send B2's request (see raw_request) on s and take the reply's fd. */
+static int raw_request_fd(int s, uint32_t id, int port) {
+  unsigned char rq[64];
+  size_t len = raw_request(rq, id, port);
+  if (send(s, rq, len, MSG_NOSIGNAL) != (ssize_t)len) die("raw request send", errno);
+  return recv_reply_fd(s);
+}
+
 static int connect_path(const char *path) {
   struct sockaddr_un a = {.sun_family = AF_UNIX};
   snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
@@ -545,7 +553,6 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
   sockpass_client *cm = sp_connect(ma.sun_path);
   int raw = connect_path(path);
   uint32_t raw_id = 0;
-  unsigned char rq[64];
   int keep = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
                                             SOCKPASS_SHARE_ANY, "bench", NULL, 0);
   if (keep < 0) die("request", keep);
@@ -598,9 +605,7 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
             break;
           }
           case M_B2B: {
-            size_t len = raw_request(rq, ++raw_id, port);
-            if (send(raw, rq, len, MSG_NOSIGNAL) != (ssize_t)len) die("b2b send", errno);
-            if ((fd = recv_reply_fd(raw)) < 0) die("b2b reply", errno);
+            if ((fd = raw_request_fd(raw, ++raw_id, port)) < 0) die("b2b reply", errno);
             close(fd);
             t1 = now_ns();
             break;
@@ -741,10 +746,7 @@ static void mixed_connect(const char *path, int port, const char *s6path, const 
     for (size_t i = 0; i < 50; i++) { /* B3b: B3's request from a raw C client */
       uint64_t t0 = now_ns();
       int c = connect_path(path);
-      unsigned char rq[64];
-      size_t len = raw_request(rq, 1, port);
-      if (send(c, rq, len, MSG_NOSIGNAL) != (ssize_t)len) die("b3b send", errno);
-      int fd = recv_reply_fd(c);
+      int fd = raw_request_fd(c, 1, port);
       if (fd < 0) die("b3b reply", errno);
       close(fd);
       close(c);

@@ -118,6 +118,21 @@ mod tests {
     // (panic = "unwind"): an abort profile fails the build of this test.
     const _: () = assert!(cfg!(panic = "unwind"));
 
+    #[test]
+    fn c_str_takes_utf8_and_refuses_the_rest() {
+        let ok = |b: &[u8]| {
+            let c = std::ffi::CString::new(b).unwrap();
+            // SAFETY: c is a NUL-terminated string that outlives the call.
+            unsafe { c_str(c.as_ptr(), "name", 64).map(str::to_owned) }
+        };
+        assert_eq!(ok(b"127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(ok("caf\u{e9}".as_bytes()).unwrap(), "caf\u{e9}");
+        let e = ok(b"\xff\xfe").unwrap_err();
+        assert_eq!(e.kind(), sockpass::Kind::BadRequest);
+        assert!(e.message().contains("name is not UTF-8"), "{e}");
+        assert_eq!(ok(&[b'a'; 65]).unwrap_err().errno(), libc::ENAMETOOLONG);
+    }
+
     /// A panic inside an exported function's body is an error code and a
     /// message, never an abort.
     #[test]

@@ -166,7 +166,7 @@ impl LastParts {
         };
         // The message goes first: encoding starts from an empty buffer. The
         // spec was validated when it was parsed.
-        let r = proto::encode_valid_request(&mut self.bytes, id, spec, p.share, p.app, p.flags);
+        let r = proto::encode_request(&mut self.bytes, id, spec, p.share, p.app, p.flags);
         if let Err(e) = r {
             // The kept address may be gone with the buffer's contents.
             self.spec = None;
@@ -507,6 +507,7 @@ impl Client {
         app: &str,
         flags: u8,
     ) -> Result<Grant> {
+        spec.validate()?;
         let id = self.take_id();
         proto::encode_request(&mut self.buf, id, spec, share, app, flags)?;
         self.send()?;
@@ -570,6 +571,7 @@ impl Client {
         share: ShareMode,
         app: &str,
     ) -> Result<Reservation> {
+        spec.validate()?;
         let id = self.take_id();
         proto::encode_request(&mut self.buf, id, spec, share, app, proto::REQ_RESERVE)?;
         self.send()?;

@@ -306,6 +306,38 @@ mod tests {
     }
 
     #[test]
+    fn receives_into_unwritten_capacity() {
+        let (a, b) = socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let (x, _y) = socketpair(libc::SOCK_STREAM).unwrap();
+        send_fd(&a, b"hello", &x).unwrap();
+        let mut buf: Vec<u8> = Vec::with_capacity(16);
+        let mut fds = Vec::new();
+        let n = recv_fds_into_uninit(b.as_fd(), buf.spare_capacity_mut(), 1, 0, &mut fds).unwrap();
+        // SAFETY: the kernel wrote the n bytes it reported.
+        unsafe { buf.set_len(n) };
+        assert_eq!(buf, b"hello");
+        assert_eq!(fds.len(), 1);
+        assert!(crate::sys::is_cloexec(fds[0].as_raw_fd()));
+        // More than the room is truncation, and what came with it is closed.
+        send_fds(a.as_fd(), &[1u8; 64], &[x.as_fd()], 0).unwrap();
+        let mut small: Vec<u8> = Vec::with_capacity(64);
+        let e = recv_fds_into_uninit(
+            b.as_fd(),
+            &mut small.spare_capacity_mut()[..16],
+            1,
+            0,
+            &mut fds,
+        )
+        .unwrap_err();
+        assert_eq!(e, RecvError::TruncatedPayload);
+        assert_eq!(
+            fds.len(),
+            1,
+            "the fd that came with the cut message is closed"
+        );
+    }
+
+    #[test]
     fn oversized_payload_is_trunc() {
         let (a, b) = socketpair(libc::SOCK_SEQPACKET).unwrap();
         send_fds(a.as_fd(), &[1u8; 64], &[], 0).unwrap();

@@ -197,21 +197,10 @@ pub fn encode_hello(out: &mut Vec<u8>, id: u32) {
     out.extend_from_slice(&[VERSION, VERSION, 0, 0]);
 }
 
+/// A REQUEST for `spec`. The spec is not validated here: the client
+/// validates a spec it is handed before encoding it (a spec it parsed was
+/// validated by the parse), and the broker validates every spec it decodes.
 pub fn encode_request(
-    out: &mut Vec<u8>,
-    id: u32,
-    spec: &SocketSpec,
-    share: ShareMode,
-    app: &str,
-    flags: u8,
-) -> Result<()> {
-    spec.validate()?;
-    encode_valid_request(out, id, spec, share, app, flags)
-}
-
-/// [`encode_request`] for a spec already validated (as
-/// [`SocketSpec::from_parts`] and its kin return them).
-pub fn encode_valid_request(
     out: &mut Vec<u8>,
     id: u32,
     spec: &SocketSpec,

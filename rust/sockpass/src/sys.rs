@@ -303,3 +303,42 @@ pub fn count_open_fds() -> usize {
         .map(|d| d.count().saturating_sub(1))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_un_refuses_a_nul_inside_a_path_and_keeps_abstract_names() {
+        let (sun, len) = sockaddr_un(b"/run/x.sock").unwrap();
+        let base = std::mem::size_of::<libc::sa_family_t>();
+        assert_eq!(len as usize, base + 12, "the path and its NUL");
+        assert_eq!(
+            sun.sun_path[..11]
+                .iter()
+                .map(|&c| c as u8)
+                .collect::<Vec<_>>(),
+            b"/run/x.sock"
+        );
+        assert_eq!(sun.sun_path[11], 0);
+        // A NUL anywhere inside a path would cut it short.
+        for bad in [&b"/run/\0x.sock"[..], b"/run/x.sock\0", b"a\0"] {
+            assert_eq!(sockaddr_un(bad).map(|_| ()), Err(libc::EINVAL), "{bad:?}");
+        }
+        // An abstract name starts with NUL and may hold more; it has no
+        // terminating NUL.
+        let (sun, len) = sockaddr_un(b"\0name\0x").unwrap();
+        assert_eq!(len as usize, base + 7);
+        assert_eq!(sun.sun_path[5], 0);
+        assert_eq!(sun.sun_path[6], b'x' as libc::c_char);
+        // Too long, or empty.
+        let room = sun.sun_path.len();
+        assert!(sockaddr_un(&vec![b'a'; room - 1]).is_ok());
+        assert_eq!(
+            sockaddr_un(&vec![b'a'; room]).map(|_| ()),
+            Err(libc::ENAMETOOLONG)
+        );
+        assert!(sockaddr_un(&[&[0u8][..], &vec![b'a'; room - 1]].concat()).is_ok());
+        assert_eq!(sockaddr_un(b"").map(|_| ()), Err(libc::ENAMETOOLONG));
+    }
+}

@@ -1599,4 +1599,24 @@ fn request_parts_sends_what_the_parts_say() {
     let g8 = c.request_parts(parts(p1, ShareMode::Any, "a")).unwrap();
     assert_eq!(inode(&g8.fd), inode(&g1.fd));
     assert_eq!(b.status().counters.references, 8);
+    // Parts checked, then a request of them that cannot be encoded (an
+    // application name over the limit): refused, nothing sent, and the
+    // same parts with a good name are made afresh, then kept again.
+    c.check_parts(1, "127.0.0.1", p1.into()).unwrap();
+    let long = "x".repeat(proto::MAX_APP + 1);
+    let too_long = Parts {
+        app: &long,
+        ..parts(p1, ShareMode::Any, "a")
+    };
+    let e = c.request_parts(too_long).unwrap_err();
+    assert_eq!(e.kind(), Kind::BadRequest, "{e}");
+    let g9 = c.request_parts(parts(p1, ShareMode::Any, "c")).unwrap();
+    let g10 = c.request_parts(parts(p1, ShareMode::Any, "c")).unwrap();
+    assert_eq!(inode(&g9.fd), inode(&g1.fd));
+    assert_ne!(g9.token, g10.token);
+    assert_eq!(b.status().counters.references, 10);
+    let named_c: usize = (b.status().sockets.iter())
+        .map(|s| s.holders.iter().filter(|h| h.app == "c").count())
+        .sum();
+    assert_eq!(named_c, 2);
 }
