@@ -140,6 +140,14 @@ def main():
 
     bar("B2", "B2 / B1 ≤ 1.25", lambda m: rr(m, "B2_cached_kept", "B1_floor"), 1.25)
     bar("B2", "B2 / s6 retrieve (kept) ≤ 0.65", lambda m: rr(m, "B2_cached_kept", "s6_retrieve_kept"), 0.65)
+
+    def floors2(m):
+        # The one-loop floors against s6, for reference: a broker's server
+        # waiting in epoll_wait (B1e) or in io_uring_enter (B1u).
+        e, u = (rr(m, f, "s6_retrieve_kept") for f in ("B1e_floor_epoll", "B1u_floor_uring"))
+        return f"{fr(e)}, {fr(u)}"
+
+    L.append(f"| (B1e, B1u) | the floors of a broker with one loop / s6 retrieve (kept), for reference: epoll (B1e), io_uring (B1u) | {floors2('pinned')} | {floors2('unpinned')} | |")
     L.append(f"| (B2b, B2c) | where B2 − B1e goes: the broker's part (B2b − B1e) and the client's (B2c − B1e), µs | {split2('pinned')} | {split2('unpinned')} | |")
     bar("B3", "B3 / s6 connect+retrieve+end ≤ 0.5", lambda m: rr(m, "B3_connect_request_close", "s6_connect_retrieve_end"), 0.5)
     L.append(f"| (B3f) | the floor B3f / s6 connect+retrieve+end, for reference | {fr(rr('pinned', 'B3f_connect_floor', 's6_connect_retrieve_end'))} | {fr(rr('unpinned', 'B3f_connect_floor', 's6_connect_retrieve_end'))} | |")
@@ -159,7 +167,7 @@ def main():
         return rr(m, f"B5_{kind}_c64", "B5_s6_c64", "ops_per_s")
 
     bar("B5", "B5 throughput / s6 at 64 clients ≥ 2", lambda m: b5(m, "sp"), 2.0, ge=True)
-    L.append(f"| (B5f) | the floor B5f / s6 at 64 clients, for reference | {fr(b5('pinned', 'floor'))} | {fr(b5('unpinned', 'floor'))} | |")
+    L.append(f"| (B5f, B5u) | the floors / s6 at 64 clients, for reference: epoll (B5f), io_uring (B5u) | {fr(b5('pinned', 'floor'))}, {fr(b5('pinned', 'uring'))} | {fr(b5('unpinned', 'floor'))}, {fr(b5('unpinned', 'uring'))} | |")
     bar("B6", "B6 at 10,000 cached / at 10 ≤ 1.1", lambda m: rr(m, "B6_cached_10000", "B6_cached_10"), 1.1)
     bar("B9", "B9 Python / B2 ≤ 1.5", lambda m: rr(m, "B9_python_kept", "B2_cached_kept"), 1.5)
 
@@ -191,6 +199,7 @@ def main():
     names = [
         ("B1_floor", "B1 floor: 1-byte request, 1 fd by SCM_RIGHTS, close"),
         ("B1e_floor_epoll", "B1e floor, the server waiting in epoll_wait first"),
+        ("B1u_floor_uring", "B1u floor, an io_uring server: one io_uring_enter a request (reply, next receive, wait)"),
         ("B2_cached_kept", "B2 cached request, kept connection, close fd"),
         ("B2r_release", "B2r release by token"),
         ("B2rp_release_many", "B2rp release by token, 500 pipelined (release_many), per release"),
@@ -225,16 +234,20 @@ def main():
     L.append("")
     L.append("## Throughput (B5): requests per second, each client a process on its own kept connection")
     L.append("")
-    L.append("B5f, the floor: the B3f server (one epoll loop answering each 1-byte request with one fd) and the same client processes.")
+    L.append(
+        "B5f, the floor: the B3f server (one epoll loop answering each 1-byte request with one fd) and the same client processes; "
+        "B5u, the same with B1u's io_uring server (one io_uring_enter submits a turn's replies and receives)."
+    )
     L.append("")
-    L.append("| clients | sockpass pinned | s6 pinned | ratio | floor B5f pinned | sockpass unpinned | s6 unpinned | ratio | floor B5f unpinned |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
+    L.append("| clients | sockpass pinned | s6 pinned | ratio | floor B5f pinned | floor B5u pinned | sockpass unpinned | s6 unpinned | ratio | floor B5f unpinned | floor B5u unpinned |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     ks = sorted({int(r["clients"]) for (m, k), r in res.items() if k.startswith("B5_")})
     for k in ks:
         row = [str(k)]
         for m in ("pinned", "unpinned"):
-            a, b, f = tp(m, "sp", k), tp(m, "s6", k), tp(m, "floor", k)
-            row += [f"{a:.0f}" if a else "n/a", f"{b:.0f}" if b else "n/a (s6: ≤ 256 connections)" if k > 256 else "n/a", fr(rr(m, f"B5_sp_c{k}", f"B5_s6_c{k}", "ops_per_s")), f"{f:.0f}" if f else "n/a"]
+            a, b, f, u = tp(m, "sp", k), tp(m, "s6", k), tp(m, "floor", k), tp(m, "uring", k)
+            row += [f"{a:.0f}" if a else "n/a", f"{b:.0f}" if b else "n/a (s6: ≤ 256 connections)" if k > 256 else "n/a", fr(rr(m, f"B5_sp_c{k}", f"B5_s6_c{k}", "ops_per_s"))]
+            row += [f"{x:.0f}" if x else "n/a" for x in (f, u)]
         L.append("| " + " | ".join(row) + " |")
     L.append("")
     L.append("## Spawn with fds (B8): whole process, `/bin/true`, unpinned (µs)")
@@ -271,7 +284,7 @@ def main():
             for k in ks:
                 vals = []
                 for m in ("pinned", "unpinned"):
-                    for kind in ("sp", "s6", "floor"):
+                    for kind in ("sp", "s6", "floor", "uring"):
                         t = tp(m, kind, k)
                         vals.append("NaN" if not t else f"{k / t * 1e6:.2f}")
                 f.write(f"{k} " + " ".join(vals) + "\n")
@@ -293,9 +306,9 @@ set logscale y
 set title 'time per request under load (clients / throughput)'
 set xlabel 'concurrent client processes'
 plot '{dat5}' u 1:2 w lp t 'sockpass, pinned', '' u 1:3 w lp t 's6-fdholder, pinned', \\
-     '' u 1:4 w lp dt 2 t 'floor B5f, pinned', \\
-     '' u 1:5 w lp t 'sockpass, unpinned', '' u 1:6 w lp t 's6-fdholder, unpinned', \\
-     '' u 1:7 w lp dt 2 t 'floor B5f, unpinned'
+     '' u 1:4 w lp dt 2 t 'floor B5f (epoll), pinned', '' u 1:5 w lp dt 3 t 'floor B5u (io_uring), pinned', \\
+     '' u 1:6 w lp t 'sockpass, unpinned', '' u 1:7 w lp t 's6-fdholder, unpinned', \\
+     '' u 1:8 w lp dt 2 t 'floor B5f (epoll), unpinned', '' u 1:9 w lp dt 3 t 'floor B5u (io_uring), unpinned'
 """
         r = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
         if r.returncode:

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <liburing.h>
 #include <sockpass.h>
 #include <s6/fdholder.h>
 #include <skalibs/tai.h>
@@ -157,6 +158,124 @@ static int floor_server(int epoll, pid_t *pid) {
       if (epoll && epoll_wait(ep, got, 16, -1) < 0 && errno != EINTR) break;
       if (recv(sv[1], &b, 1, 0) != 1 || send_fd(sv[1], u)) break;
     }
+    _exit(0);
+  }
+  close(sv[1]);
+  return sv[0];
+}
+
+/* B1u and B5u: the floor with an io_uring server, the other design an
+ * event-loop broker could take. Each turn is one io_uring_enter: it submits
+ * the replies (sendmsg with one fd; a success posts no completion) and the
+ * next receives, and waits for a request. The epoll floor takes three
+ * syscalls a request (epoll_wait, recv, sendmsg); this one takes one. */
+static int uring_init(struct io_uring *r, unsigned entries) {
+  int e = io_uring_queue_init(entries, r, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+  if (e == -EINVAL) e = io_uring_queue_init(entries, r, 0); /* before Linux 6.1 */
+  return e;
+}
+
+/* 0 if io_uring works here (it may be disabled by sysctl or seccomp). */
+static int uring_probe(void) {
+  struct io_uring r;
+  int e = uring_init(&r, 8);
+  if (e == 0) io_uring_queue_exit(&r);
+  return e;
+}
+
+static struct io_uring_sqe *uring_sqe(struct io_uring *r) {
+  struct io_uring_sqe *q = io_uring_get_sqe(r);
+  if (!q) { /* the queue is full: submit what is in it */
+    io_uring_submit(r);
+    q = io_uring_get_sqe(r);
+  }
+  if (!q) _exit(4);
+  return q;
+}
+
+#define URING_ACCEPT (1ULL << 40)
+#define URING_SENT (1ULL << 41)
+
+/* Serve 1-byte requests, each with one fd (u), on the connection `conn`
+ * (until it hangs up) or on every connection accepted from `l` (until
+ * killed). The server only counts requests, so all receives share one byte. */
+static void uring_serve(int l, int conn, int u) {
+  struct io_uring r;
+  if (uring_init(&r, 4096)) _exit(3);
+  static char in;
+  char x = 'x';
+  struct iovec iov = {&x, 1};
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } cm;
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &u, sizeof u);
+  struct io_uring_sqe *q;
+  if (l >= 0) {
+    q = uring_sqe(&r);
+    io_uring_prep_multishot_accept(q, l, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(q, URING_ACCEPT);
+  }
+  if (conn >= 0) {
+    q = uring_sqe(&r);
+    io_uring_prep_recv(q, conn, &in, 1, 0);
+    io_uring_sqe_set_data64(q, conn);
+  }
+  for (int done = 0; !done;) {
+    int e = io_uring_submit_and_wait(&r, 1);
+    if (e < 0 && e != -EINTR) _exit(5);
+    struct io_uring_cqe *cq;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&r, head, cq) {
+      seen++;
+      uint64_t d = cq->user_data;
+      int fd = (int)d;
+      if (d == URING_SENT) continue; /* a failed reply: its receive says why */
+      if (d == URING_ACCEPT) {
+        if (!(cq->flags & IORING_CQE_F_MORE)) { /* multishot ended: again */
+          q = uring_sqe(&r);
+          io_uring_prep_multishot_accept(q, l, NULL, NULL, SOCK_CLOEXEC);
+          io_uring_sqe_set_data64(q, URING_ACCEPT);
+        }
+        if ((fd = cq->res) < 0) continue;
+        struct ucred cr; /* as the B3f server: a broker knows its clients */
+        socklen_t cl = sizeof cr;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl)) { close(fd); continue; }
+      } else if (cq->res <= 0) {
+        close(fd);
+        done = fd == conn;
+        continue;
+      } else {
+        q = uring_sqe(&r);
+        io_uring_prep_sendmsg(q, fd, &m, MSG_NOSIGNAL);
+        q->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        io_uring_sqe_set_data64(q, URING_SENT);
+      }
+      q = uring_sqe(&r);
+      io_uring_prep_recv(q, fd, &in, 1, 0);
+      io_uring_sqe_set_data64(q, (uint64_t)fd);
+    }
+    io_uring_cq_advance(&r, seen);
+  }
+  io_uring_queue_exit(&r);
+}
+
+/* The B1u server on a socketpair; the client's end, -1 if io_uring does
+ * not work here. */
+static int uring_floor_server(pid_t *pid) {
+  int e = uring_probe();
+  if (e) {
+    fprintf(stderr, "bench: io_uring: %s: the io_uring floor is not measured\n", strerror(-e));
+    return -1;
+  }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
+  *pid = fork_server();
+  if (*pid == 0) {
+    close(sv[0]);
+    uring_serve(-1, sv[1], socket(AF_INET, SOCK_DGRAM, 0));
     _exit(0);
   }
   close(sv[1]);
@@ -372,16 +491,23 @@ static void s6_connect_bench(const char *path, const char *id, size_t n) {
 /* ---- B5: K client processes, each on its own kept connection, requesting
  * for `secs` seconds after a common start; total completed requests/s. */
 static pid_t connect_floor_server(struct sockaddr_un *a);
+static pid_t connect_uring_server(struct sockaddr_un *a);
 
 static void tput(const char *kind, const char *path, const char *arg, int k, double secs) {
   raise_nofile();
   int port = atoi(arg);
   int go[2], res[2];
   /* B5f, the floor: the B3f server (one epoll loop, one fd by SCM_RIGHTS
-   * per 1-byte request) with the same client processes */
-  int isfloor = !strcmp(kind, "floor");
+   * per 1-byte request) with the same client processes; B5u, the io_uring
+   * floor's server (uring_serve) with them */
+  int isuring = !strcmp(kind, "uring"), isfloor = isuring || !strcmp(kind, "floor");
   struct sockaddr_un fa;
-  pid_t fpid = isfloor ? connect_floor_server(&fa) : 0;
+  int ue = isuring ? uring_probe() : 0;
+  if (ue) {
+    fprintf(stderr, "bench: io_uring: %s: B5u is not measured\n", strerror(-ue));
+    return;
+  }
+  pid_t fpid = isuring ? connect_uring_server(&fa) : isfloor ? connect_floor_server(&fa) : 0;
   if (pipe(go) || pipe(res)) die("pipe", errno);
   for (int i = 0; i < k; i++) {
     pid_t pid = fork();
@@ -457,10 +583,11 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
  * blocks of 500 iterations, so that a busy spell of a shared machine hits
  * them all alike. Same operations as floor/kept/s6kept/inproc/uncached. */
 #define BLOCK 500
-enum { M_FLOOR, M_FLOOR_EPOLL, M_KEPT, M_S6, M_INPROC, M_UNCACHED, M_B2B, M_B2C, M_COUNT };
+enum { M_FLOOR, M_FLOOR_EPOLL, M_FLOOR_URING, M_KEPT, M_S6, M_INPROC, M_UNCACHED, M_B2B, M_B2C, M_COUNT };
 static const char *mixed_names[M_COUNT] = {
-    "B1_floor",           "B1e_floor_epoll",       "B2_cached_kept",       "s6_retrieve_kept",
-    "inproc_socket_bind", "B4_uncached",           "B2b_broker_raw_client", "B2c_client_min_broker"};
+    "B1_floor",           "B1e_floor_epoll",       "B1u_floor_uring",       "B2_cached_kept",
+    "s6_retrieve_kept",   "inproc_socket_bind",    "B4_uncached",           "B2b_broker_raw_client",
+    "B2c_client_min_broker"};
 
 /* Where B2's time goes, beyond B1e. B2b: sockpassd answering B2's request
  * from a raw C client (the request bytes of docs/PROTOCOL.md, one recvmsg);
@@ -547,8 +674,8 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
                   size_t n) {
   struct sockaddr_un ma;
   pid_t mpid = min_broker(&ma); /* first: its fork must not hold the others' fds */
-  pid_t pid, epid;
-  int fl = floor_server(0, &pid), esv = floor_server(1, &epid);
+  pid_t pid, epid, upid;
+  int fl = floor_server(0, &pid), esv = floor_server(1, &epid), usv = uring_floor_server(&upid);
   sockpass_client *c = sp_connect(path), *cu = sp_connect(path);
   sockpass_client *cm = sp_connect(ma.sun_path);
   int raw = connect_path(path);
@@ -568,14 +695,16 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
   size_t done = 0, nrel = 0, nrelp = 0;
   for (int block = 0; done < n; block++) {
     for (int m = 0; m < M_COUNT; m++) {
+      if (m == M_FLOOR_URING && usv < 0) continue;
       for (size_t i = 0; i < BLOCK; i++) {
         int fd, x;
         char b = 'r', utok[SOCKPASS_TOKEN_SIZE];
         uint64_t t0 = now_ns(), t1;
         switch (m) {
           case M_FLOOR:
-          case M_FLOOR_EPOLL: {
-            int s = m == M_FLOOR ? fl : esv;
+          case M_FLOOR_EPOLL:
+          case M_FLOOR_URING: {
+            int s = m == M_FLOOR ? fl : m == M_FLOOR_EPOLL ? esv : usv;
             if (send(s, &b, 1, 0) != 1) die("send", errno);
             if ((fd = recv_fd(s)) < 0) die("recv_fd", errno);
             close(fd);
@@ -653,13 +782,19 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
     }
     if (block > 0) done += BLOCK;
   }
-  for (int m = 0; m < M_COUNT; m++) report(mixed_names[m], smp[m], done);
+  for (int m = 0; m < M_COUNT; m++)
+    if (m != M_FLOOR_URING || usv >= 0) report(mixed_names[m], smp[m], done);
   report("B2r_release", rel, nrel);
   report("B2rp_release_many", relp, nrelp);
-  close(fl);
+  /* the last forked first: each server holds the client ends made before it */
+  if (usv >= 0) {
+    close(usv);
+    waitpid(upid, NULL, 0);
+  }
   close(esv);
-  waitpid(pid, NULL, 0);
   waitpid(epid, NULL, 0);
+  close(fl);
+  waitpid(pid, NULL, 0);
   s6_fdholder_end(&a);
   sockpass_client_free(c);
   sockpass_client_free(cu);
@@ -701,6 +836,19 @@ static pid_t connect_floor_server(struct sockaddr_un *a) {
         else if (r > 0 && send_fd(fd, u)) close(fd);
       }
     }
+  }
+  close(l);
+  return pid;
+}
+
+/* B5u's server: uring_serve on a listening SOCK_SEQPACKET path (blocking:
+ * io_uring waits for it, where a nonblocking socket would fail with EAGAIN). */
+static pid_t connect_uring_server(struct sockaddr_un *a) {
+  int l = listen_tmp(a, "b5u", 0, 128);
+  pid_t pid = fork_server();
+  if (pid == 0) {
+    uring_serve(l, -1, socket(AF_INET, SOCK_DGRAM, 0));
+    _exit(0);
   }
   close(l);
   return pid;
@@ -783,7 +931,7 @@ int main(int argc, char **argv) {
             "usage: bench floor N | inproc N | kept SOCK PORT N [CACHED NAME] |\n"
             "  connect SOCK PORT N | uncached SOCK PORT N [CACHED NAME] |\n"
             "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N |\n"
-            "  s6connect S6SOCK ID N | tput sp|s6|floor SOCK PORT|ID K SECS |\n"
+            "  s6connect S6SOCK ID N | tput sp|s6|floor|uring SOCK PORT|ID K SECS |\n"
             "  mixed SOCK PORT UPORT S6SOCK ID N | mixedconnect SOCK PORT S6SOCK ID N\n");
     return 2;
   }

@@ -21,6 +21,11 @@ for m in pinned unpinned; do
     expect $m $b median_ns
   done
   for k in 1 8 64 1000; do expect $m B5_sp_c$k ops_per_s; expect $m B5_floor_c$k ops_per_s; done
+  # the io_uring floor, where io_uring is not switched off (sysctl 2 = off)
+  if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 2 ]; then
+    expect $m B1u_floor_uring median_ns
+    for k in 1 8 64 1000; do expect $m B5_uring_c$k ops_per_s; done
+  fi
   for k in 1 8 64; do expect $m B5_s6_c$k ops_per_s; done
 done
 for r in rsssock_idle rsssock_loaded rssconn_idle rssconn_loaded; do expect rss $r kb; done
