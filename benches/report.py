@@ -234,6 +234,12 @@ def main():
     L.append("")
     L.append("## Throughput (B5): requests per second, each client a process on its own kept connection")
     L.append("")
+    sl = meta.get("b5slices", "1 ?").split()
+    L.append(
+        f"Each kind ran in {sl[0]} slice(s) of {sl[1]} s a round, the kinds in turn; a figure is the median of "
+        "all slices, a ratio the median of the ratios of slices taken one after the other."
+    )
+    L.append("")
     L.append(
         "B5f, the floor: the B3f server (one epoll loop answering each 1-byte request with one fd) and the same client processes; "
         "B5u, the same with B1u's io_uring server (one io_uring_enter submits a turn's replies and receives)."
