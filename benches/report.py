@@ -297,7 +297,7 @@ def main():
         p6 = os.path.join(plots, "latency-vs-cached.png")
         p5 = os.path.join(plots, "latency-vs-clients.png")
         script = f"""
-set terminal pngcairo size 800,500
+set terminal pngcairo noenhanced size 800,500
 set logscale x
 set grid
 set key top left
