@@ -92,21 +92,32 @@ static int listen_tmp(struct sockaddr_un *a, const char *tag, int flags, int bac
 
 /* ---- B1: the floor. A forked server answers each 1-byte request with one
  * fd by SCM_RIGHTS over a SEQPACKET socketpair; the client closes it. */
-/* One message of `len` bytes with one fd; 0 on success. */
-static int send_msg_fd(int s, const void *data, size_t len, int fd) {
-  struct iovec iov = {(void *)data, len};
-  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
-  struct msghdr m = {0};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = u.buf;
-  m.msg_controllen = sizeof u.buf;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+/* A message of `len` bytes carrying one fd by SCM_RIGHTS. */
+struct fd_msg {
+  struct msghdr m;
+  struct iovec iov;
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } cm;
+};
+
+static void fd_msg_init(struct fd_msg *f, const void *data, size_t len, int fd) {
+  memset(f, 0, sizeof *f);
+  f->iov = (struct iovec){(void *)data, len};
+  f->m.msg_iov = &f->iov;
+  f->m.msg_iovlen = 1;
+  f->m.msg_control = f->cm.buf;
+  f->m.msg_controllen = sizeof f->cm.buf;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&f->m);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  return sendmsg(s, &m, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+}
+
+/* One message of `len` bytes with one fd; 0 on success. */
+static int send_msg_fd(int s, const void *data, size_t len, int fd) {
+  struct fd_msg f;
+  fd_msg_init(&f, data, len, fd);
+  return sendmsg(s, &f.m, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
 }
 
 static int send_fd(int s, int fd) { return send_msg_fd(s, "x", 1, fd); }
@@ -203,15 +214,8 @@ static void uring_serve(int l, int conn, int u) {
   struct io_uring r;
   if (uring_init(&r, 4096)) _exit(3);
   static char in;
-  char x = 'x';
-  struct iovec iov = {&x, 1};
-  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } cm;
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &u, sizeof u);
+  struct fd_msg reply; /* the same reply for all, for as long as the ring lives */
+  fd_msg_init(&reply, "x", 1, u);
   struct io_uring_sqe *q;
   if (l >= 0) {
     q = uring_sqe(&r);
@@ -249,7 +253,7 @@ static void uring_serve(int l, int conn, int u) {
         continue;
       } else {
         q = uring_sqe(&r);
-        io_uring_prep_sendmsg(q, fd, &m, MSG_NOSIGNAL);
+        io_uring_prep_sendmsg(q, fd, &reply.m, MSG_NOSIGNAL);
         q->flags |= IOSQE_CQE_SKIP_SUCCESS;
         io_uring_sqe_set_data64(q, URING_SENT);
       }
@@ -275,7 +279,7 @@ static int uring_floor_server(pid_t *pid) {
   *pid = fork_server();
   if (*pid == 0) {
     close(sv[0]);
-    uring_serve(-1, sv[1], socket(AF_INET, SOCK_DGRAM, 0));
+    uring_serve(-1, sv[1], socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     _exit(0);
   }
   close(sv[1]);
@@ -847,7 +851,7 @@ static pid_t connect_uring_server(struct sockaddr_un *a) {
   int l = listen_tmp(a, "b5u", 0, 128);
   pid_t pid = fork_server();
   if (pid == 0) {
-    uring_serve(l, -1, socket(AF_INET, SOCK_DGRAM, 0));
+    uring_serve(l, -1, socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     _exit(0);
   }
   close(l);
