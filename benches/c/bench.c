@@ -90,6 +90,14 @@ static int listen_tmp(struct sockaddr_un *a, const char *tag, int flags, int bac
   return l;
 }
 
+/* The fd every server here hands over, s6's stored one included: a UDP
+ * socket, as the one sockpassd caches for the benchmarks. */
+static int handed_fd(void) {
+  int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (u < 0) die("socket", errno);
+  return u;
+}
+
 /* ---- B1: the floor. A forked server answers each 1-byte request with one
  * fd by SCM_RIGHTS over a SEQPACKET socketpair; the client closes it. */
 /* A message of `len` bytes carrying one fd by SCM_RIGHTS. */
@@ -159,7 +167,7 @@ static int floor_server(int epoll, pid_t *pid) {
   *pid = fork_server();
   if (*pid == 0) {
     close(sv[0]);
-    int u = socket(AF_INET, SOCK_DGRAM, 0), ep = -1;
+    int u = handed_fd(), ep = -1;
     struct epoll_event ev = {.events = EPOLLIN}, got[16];
     if (epoll && ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
                   epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &ev)))
@@ -279,7 +287,7 @@ static int uring_floor_server(pid_t *pid) {
   *pid = fork_server();
   if (*pid == 0) {
     close(sv[0]);
-    uring_serve(-1, sv[1], socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    uring_serve(-1, sv[1], handed_fd());
     _exit(0);
   }
   close(sv[1]);
@@ -457,7 +465,7 @@ static void s6_start(s6_fdholder_t *a, const char *path) {
 static void s6_store(const char *path, const char *id) {
   s6_fdholder_t a = S6_FDHOLDER_ZERO;
   s6_start(&a, path);
-  int u = socket(AF_INET, SOCK_DGRAM, 0);
+  int u = handed_fd();
   if (!s6_fdholder_store_g(&a, u, id, &tain_infinite, &deadline)) die("s6_fdholder_store", errno);
   s6_fdholder_end(&a);
 }
@@ -500,7 +508,7 @@ static pid_t connect_uring_server(struct sockaddr_un *a);
 static void tput(const char *kind, const char *path, const char *arg, int k, double secs) {
   raise_nofile();
   int port = atoi(arg);
-  int go[2], res[2];
+  int go[2], res[2], rdy[2];
   /* B5f, the floor: the B3f server (one epoll loop, one fd by SCM_RIGHTS
    * per 1-byte request) with the same client processes; B5u, the io_uring
    * floor's server (uring_serve) with them */
@@ -512,13 +520,14 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
     return;
   }
   pid_t fpid = isuring ? connect_uring_server(&fa) : isfloor ? connect_floor_server(&fa) : 0;
-  if (pipe(go) || pipe(res)) die("pipe", errno);
+  if (pipe(go) || pipe(res) || pipe(rdy)) die("pipe", errno);
   for (int i = 0; i < k; i++) {
     pid_t pid = fork();
     if (pid < 0) die("fork", errno);
     if (pid) continue;
     close(go[1]);
     close(res[0]);
+    close(rdy[0]);
     sockpass_client *c = NULL;
     s6_fdholder_t a = S6_FDHOLDER_ZERO;
     int s6 = !strcmp(kind, "s6");
@@ -526,7 +535,11 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
     if (isfloor) fc = connect_un(&fa);
     else if (s6) s6_start(&a, path);
     else c = sp_connect(path);
-    char b;
+    char b = 'c';
+    /* connected: say so, and let go of the pipe, so that the parent's read
+     * ends once every child has either said so or died */
+    if (write(rdy[1], &b, 1) != 1) _exit(1);
+    close(rdy[1]);
     if (read(go[0], &b, 1) < 0) _exit(1); /* start: the pipe closes */
     uint64_t end = now_ns() + (uint64_t)(secs * 1e9), ops = 0;
     static char tok[BATCH][SOCKPASS_TOKEN_SIZE];
@@ -566,7 +579,13 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
   }
   close(go[0]);
   close(res[1]);
-  usleep(200000 + k * 500); /* let every child connect */
+  close(rdy[1]);
+  /* start when every child is connected (a child that died is counted as
+   * failed below), not after a guess at how long connecting takes */
+  char rb[256];
+  for (ssize_t r; (r = read(rdy[0], rb, sizeof rb)) != 0;)
+    if (r < 0 && errno != EINTR) die("ready pipe", errno);
+  close(rdy[0]);
   close(go[1]);
   uint64_t total = 0, ops;
   int got = 0;
@@ -578,7 +597,9 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
   }
   int st, bad = 0;
   while (wait(&st) > 0) if (!WIFEXITED(st) || WEXITSTATUS(st)) bad++;
-  if (bad || got != k) { fprintf(stderr, "bench: %d clients failed\n", bad + (k - got)); exit(1); }
+  /* a failed child exits non-zero and reports nothing: count it once */
+  int failed = bad > k - got ? bad : k - got;
+  if (failed) { fprintf(stderr, "bench: %d of %d clients failed\n", failed, k); exit(1); }
   printf("RESULT B5_%s_c%d ops_per_s=%.0f clients=%d\n", kind, k, total / secs, k);
   fflush(stdout);
 }
@@ -641,7 +662,7 @@ static pid_t min_broker(struct sockaddr_un *a) {
   pid_t pid = fork_server();
   if (pid == 0) {
     int c = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    int u = socket(AF_INET, SOCK_DGRAM, 0), ep = epoll_create1(EPOLL_CLOEXEC);
+    int u = handed_fd(), ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP}, got[16];
     if (c < 0 || u < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev)) _exit(1);
     unsigned char q[1024], r[36] = {1, 0x82};
@@ -817,7 +838,7 @@ static pid_t connect_floor_server(struct sockaddr_un *a) {
   int l = listen_tmp(a, "b3f", SOCK_NONBLOCK, 128);
   pid_t pid = fork_server();
   if (pid == 0) {
-    int u = socket(AF_INET, SOCK_DGRAM, 0), ep = epoll_create1(EPOLL_CLOEXEC);
+    int u = handed_fd(), ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = l}, got[256];
     if (u < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev)) _exit(1);
     char b[64];
@@ -851,7 +872,7 @@ static pid_t connect_uring_server(struct sockaddr_un *a) {
   int l = listen_tmp(a, "b5u", 0, 128);
   pid_t pid = fork_server();
   if (pid == 0) {
-    uring_serve(l, -1, socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    uring_serve(l, -1, handed_fd());
     _exit(0);
   }
   close(l);
