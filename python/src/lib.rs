@@ -354,7 +354,7 @@ fn status(py: Python<'_>) -> PyResult<(Vec<SocketRow>, CountersRow)> {
 /// The path the default client connects to.
 #[pyfunction]
 fn default_socket_path() -> PathBuf {
-    sockpass::broker::default_socket_path()
+    sockpass::default_socket_path()
 }
 
 /// One connection to the broker; the connection is the lease.
@@ -391,7 +391,7 @@ impl PyClient {
     #[new]
     #[pyo3(signature = (path=None))]
     fn new(py: Python<'_>, path: Option<PathBuf>) -> PyResult<Self> {
-        let path = path.unwrap_or_else(sockpass::broker::default_socket_path);
+        let path = path.unwrap_or_else(sockpass::default_socket_path);
         let c = py.detach(|| Client::connect(&path)).map_err(to_pyerr)?;
         Ok(PyClient {
             inner: Mutex::new(Some(c)),

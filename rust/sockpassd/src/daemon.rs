@@ -2,7 +2,7 @@
 //! SIGTERM/SIGINT.
 
 use crate::args::Args;
-use sockpass::broker::{self, Broker, Config};
+use sockpass_broker::broker::{self, Broker, Config};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -76,11 +76,11 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
             "--socket-group" => {
                 let g = a.value(&k, v)?;
                 o.cfg.socket_group =
-                    Some(sockpass::policy::group_id(&g).map_err(|e| format!("{k}: {e}"))?);
+                    Some(sockpass_broker::policy::group_id(&g).map_err(|e| format!("{k}: {e}"))?);
             }
             "--policy" => {
                 let f = PathBuf::from(a.value_os(&k, v)?);
-                o.cfg.policy = sockpass::policy::Policy::load(&f)
+                o.cfg.policy = sockpass_broker::policy::Policy::load(&f)
                     .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
                 o.policy_file = Some(f);
             }
@@ -113,7 +113,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
                 return Ok(None);
             }
             "--handoff-version" => {
-                println!("{}", sockpass::handoff::FORMAT);
+                println!("{}", sockpass_broker::handoff::FORMAT);
                 return Ok(None);
             }
             _ => return Err(format!("unknown option {k}")),
@@ -177,7 +177,7 @@ fn which_signal(fd: &OwnedFd) -> &'static str {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     // Before anything else: the fds of a handed-over state must be CLOEXEC.
-    let handed = match sockpass::handoff::take_from_env() {
+    let handed = match sockpass_broker::handoff::take_from_env() {
         Ok(h) => h,
         Err(e) => {
             eprintln!("sockpassd: cannot take over from the previous image: {e}");
@@ -207,13 +207,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
         eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
         return 2;
     }
-    let mut path = o.socket.clone().unwrap_or_else(broker::default_socket_path);
+    let mut path = o
+        .socket
+        .clone()
+        .unwrap_or_else(sockpass::default_socket_path);
     if let Some(st) = handed {
         return serve_handed_over(st, o, path, stop, up);
     }
     // Sockets kept in the systemd fd store by a previous run come after the
     // socket unit's fds; take them out before adopting the listener.
-    let stored = match sockpass::fdstore::take_stored_from_env() {
+    let stored = match sockpass_broker::fdstore::take_stored_from_env() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("sockpassd: fd store: {e}");
@@ -282,7 +285,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
 
 /// The new image after an upgrade: carry on with the handed-over broker.
 fn serve_handed_over(
-    st: sockpass::handoff::State,
+    st: sockpass_broker::handoff::State,
     o: Opts,
     path: PathBuf,
     stop: OwnedFd,
@@ -316,7 +319,7 @@ fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
     let (Some(addr), Some(1..)) = (&up.notify_socket, max) else {
         return;
     };
-    match sockpass::fdstore::FdStore::connect(addr) {
+    match sockpass_broker::fdstore::FdStore::connect(addr) {
         Ok(st) => b.use_fd_store(st),
         Err(e) => eprintln!("sockpassd: fd store unusable: {e}"),
     }
@@ -401,12 +404,11 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         Some(exe) => {
             // Pre-flight: the exec has no way back, so the new binary must
             // first say it reads our handoff format.
-            sockpass::handoff::preflight(exe, sockpass::handoff::PREFLIGHT_TIMEOUT).and_then(|()| {
-                match &up.policy_file {
-                    Some(f) => sockpass::policy::Policy::load(f).map(|_| ()),
+            sockpass_broker::handoff::preflight(exe, sockpass_broker::handoff::PREFLIGHT_TIMEOUT)
+                .and_then(|()| match &up.policy_file {
+                    Some(f) => sockpass_broker::policy::Policy::load(f).map(|_| ()),
                     None => Ok(()),
-                }
-            })
+                })
         }
     };
     let Some(exe) = exe.filter(|_| checked.is_ok()) else {
@@ -424,7 +426,7 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         std::env::set_var("NOTIFY_SOCKET", n);
     }
     let (st, cfg) = b.into_state(activated);
-    let (st, err) = sockpass::handoff::exec(st, &exe, &up.args);
+    let (st, err) = sockpass_broker::handoff::exec(st, &exe, &up.args);
     std::env::remove_var("NOTIFY_SOCKET");
     match Broker::from_state(st, cfg) {
         Ok(mut b) => {

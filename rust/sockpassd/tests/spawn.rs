@@ -108,7 +108,7 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 fn udp() -> OwnedFd {
-    sockpass::create::create_socket(&"udp:127.0.0.1:0".parse().unwrap())
+    sockpass_broker::create::create_socket(&"udp:127.0.0.1:0".parse().unwrap())
         .unwrap()
         .fd
 }
@@ -232,8 +232,8 @@ fn start_ten() {
 }
 
 fn listener() -> (OwnedFd, u16) {
-    let c =
-        sockpass::create::create_socket(&"tcp:127.0.0.1:0?backlog=16".parse().unwrap()).unwrap();
+    let c = sockpass_broker::create::create_socket(&"tcp:127.0.0.1:0?backlog=16".parse().unwrap())
+        .unwrap();
     (c.fd, c.port)
 }
 

@@ -56,7 +56,7 @@ impl BindOptions {
             Err(_) => lookup_user(u)?,
         };
         let gid = match g {
-            Some(g) => crate::policy::group_id(g)?,
+            Some(g) => crate::sys::group_id(g)?,
             None => primary,
         };
         Ok((uid, gid))

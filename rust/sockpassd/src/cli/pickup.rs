@@ -46,7 +46,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     }
     let c = match conn_fd {
         Some(n) => sockpass::readiness::inherited_fd(n).and_then(Client::from_fd),
-        None => Client::connect(socket.unwrap_or_else(sockpass::broker::default_socket_path)),
+        None => Client::connect(socket.unwrap_or_else(sockpass::default_socket_path)),
     };
     let mut c = match c {
         Ok(c) => c,

@@ -215,7 +215,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             Source::Inherit => fds.push((inh, Some("unknown".into()))),
             Source::Listen(addr) => {
                 let spec = listen_spec(addr, datagram)?;
-                match sockpass::create::create_socket(&spec) {
+                match sockpass_broker::create::create_socket(&spec) {
                     Ok(c) => fds.push((Some(c.fd), None)),
                     Err(e) => return Ok(super::fail(&format!("listen on {addr}"), &e)),
                 }
@@ -223,9 +223,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             Source::Request(spec) => {
                 let spec: SocketSpec = spec.parse().map_err(|e| format!("--request: {e}"))?;
                 if client.is_none() {
-                    let path = socket
-                        .clone()
-                        .unwrap_or_else(sockpass::broker::default_socket_path);
+                    let path = socket.clone().unwrap_or_else(sockpass::default_socket_path);
                     match Client::connect(&path) {
                         Ok(c) => client = Some(c),
                         Err(e) => return Ok(super::fail("connect to the broker", &e)),

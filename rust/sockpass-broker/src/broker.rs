@@ -8,18 +8,18 @@
 //! client whose queue is full is not read from until it drains.
 
 use crate::create::create_socket;
-use crate::error::{Error, Kind, Result};
-use crate::fdpass::{recv_fds, send_fds, RecvError};
 use crate::fdstore::{self, FdStore};
 use crate::handoff;
 use crate::holders::{Holder, Holders, Owner};
-use crate::keyhash::KeyedState;
 use crate::policy::{Op, Policy};
-use crate::proto::{self, ty, Header, Request, SocketRequest};
-use crate::share::ShareMode;
-use crate::spec::SocketSpec;
-use crate::sys::{self, Creds};
-use crate::token::{Token, TokenBuildHasher, TokenSource};
+use sockpass::error::{Error, Kind, Result};
+use sockpass::fdpass::{recv_fds, send_fds, RecvError};
+use sockpass::keyhash::KeyedState;
+use sockpass::proto::{self, ty, Header, Request, SocketRequest};
+use sockpass::share::ShareMode;
+use sockpass::spec::SocketSpec;
+use sockpass::sys::{self, Creds};
+use sockpass::token::{Token, TokenBuildHasher, TokenSource};
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -115,26 +115,6 @@ impl Default for Config {
             socket_group: None,
             log: true,
         }
-    }
-}
-
-/// The default broker socket path: `$SOCKPASS_SOCKET`, else
-/// `/run/sockpass/sockpassd.sock` for root and
-/// `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` for others.
-pub fn default_socket_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOCKPASS_SOCKET").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/run/sockpass/sockpassd.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        Some(d) => Path::new(&d).join("sockpass/sockpassd.sock"),
-        // SAFETY: getuid cannot fail.
-        None => PathBuf::from(format!("/run/user/{}/sockpass/sockpassd.sock", unsafe {
-            libc::getuid()
-        })),
     }
 }
 
@@ -785,7 +765,10 @@ impl Broker {
                         continue;
                     }
                     _ => {
-                        self.log(format_args!("accept failed: {}", crate::error::strerror(e)));
+                        self.log(format_args!(
+                            "accept failed: {}",
+                            sockpass::error::strerror(e)
+                        ));
                         return;
                     }
                 }
@@ -977,7 +960,7 @@ impl Broker {
             let res = recv_fds(
                 c.fd.as_fd(),
                 &mut self.rbuf[..],
-                crate::fdpass::MAX_FDS,
+                sockpass::fdpass::MAX_FDS,
                 libc::MSG_DONTWAIT,
             );
             let (len, unexpected_fds) = match res {
@@ -993,7 +976,7 @@ impl Broker {
                     return;
                 }
                 Err(RecvError::Os(e)) => {
-                    let why = format!("receive failed: {}", crate::error::strerror(e));
+                    let why = format!("receive failed: {}", sockpass::error::strerror(e));
                     self.drop_conn(slot, &why);
                     return;
                 }
@@ -2131,7 +2114,7 @@ impl Broker {
         // The table can be far larger than a packet, so it travels as a
         // sealed memfd: one atomic snapshot, nothing kept in the broker.
         let memfd = CountedFd::new(
-            crate::memfd::from_bytes("sockpass-status", &table)?,
+            sockpass::memfd::from_bytes("sockpass-status", &table)?,
             &self.reply_fds,
         );
         proto::begin(&mut self.wbuf, ty::STATUS_OK, id);
@@ -2180,7 +2163,7 @@ impl Broker {
                 Err(libc::EAGAIN) => {}
                 Err(e) => {
                     self.wbuf = Vec::with_capacity(proto::MAX_MSG);
-                    let why = format!("send failed: {}", crate::error::strerror(e));
+                    let why = format!("send failed: {}", sockpass::error::strerror(e));
                     self.drop_conn(slot, &why);
                     return;
                 }
@@ -2223,7 +2206,7 @@ impl Broker {
                 }
                 Err(libc::EAGAIN) => return true,
                 Err(e) => {
-                    let why = format!("send failed: {}", crate::error::strerror(e));
+                    let why = format!("send failed: {}", sockpass::error::strerror(e));
                     self.drop_conn(slot, &why);
                     return false;
                 }
@@ -2304,7 +2287,7 @@ mod tests {
     /// leads to its entry.
     #[test]
     fn remembered_hits_are_bounded() {
-        let (listener, _peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let (listener, _peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
         let mut b = Broker::new(listener, Config::default()).unwrap();
         let spec: SocketSpec = "udp:127.0.0.1:9".parse().unwrap();
         let es = b.entries.insert(Entry {
@@ -2337,12 +2320,12 @@ mod tests {
     /// connections take them.
     #[test]
     fn spare_reference_vectors_are_bounded() {
-        let (listener, _peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let (listener, _peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
         let mut b = Broker::new(listener, Config::default()).unwrap();
         let t = Token::from_hex(&[b'a'; 48]).unwrap();
         let mut peers = Vec::new();
         let mut open = |b: &mut Broker, n: usize| {
-            let (fd, peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+            let (fd, peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
             peers.push(peer);
             let conn = b.new_conn(fd, peers.len() as u64, Creds::default());
             let slot = b.conns.insert(conn);
