@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-mod notify;
 mod readiness;
+mod server_socket;
 mod spawn;
 
 /// The Python exception for a core error: `errno` is `Error::code()`,
@@ -560,10 +560,10 @@ fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(readiness::report_ready_fd, m)?)?;
     m.add_function(wrap_pyfunction!(spawn::spawn, m)?)?;
     m.add_class::<spawn::PyChild>()?;
-    m.add_class::<notify::PyServerSocket>()?;
-    m.add_class::<notify::PyLazyServer>()?;
-    m.add_function(wrap_pyfunction!(notify::notifier_pair, m)?)?;
-    m.add_function(wrap_pyfunction!(notify::bind_in_namespace, m)?)?;
+    m.add_class::<server_socket::PyServerSocket>()?;
+    m.add_class::<server_socket::PyLazyServer>()?;
+    m.add_function(wrap_pyfunction!(server_socket::notifier_pair, m)?)?;
+    m.add_function(wrap_pyfunction!(server_socket::bind_in_namespace, m)?)?;
     m.setattr("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

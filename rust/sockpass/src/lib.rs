@@ -8,21 +8,24 @@
 //! - [`share`]: share modes and their compatibility;
 //! - [`token`]: the tokens that name references;
 //! - [`client`]: the blocking client;
-//! - [`notify`]: server sockets handed into daemons, with a notifier;
+//! - [`server_socket`]: server sockets handed into daemons, with a notifier
+//!   (the D-Bus `ServerSocket` handover);
+//! - [`activation`]: systemd socket activation (`LISTEN_FDS`);
 //! - [`readiness`]: waiting for a child to be ready (pipe, sd_notify, s6 fd);
 //! - [`dbus_address`]: D-Bus addresses of unix sockets;
 //! - [`error`]: typed errors shared by every layer.
 
+pub mod activation;
 pub mod client;
 pub mod dbus_address;
 pub mod error;
 pub mod fdpass;
 pub mod keyhash;
 pub mod memfd;
-pub mod notify;
 pub mod ns;
 pub mod proto;
 pub mod readiness;
+pub mod server_socket;
 pub mod share;
 pub mod spawn;
 pub mod spec;

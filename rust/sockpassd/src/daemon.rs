@@ -224,18 +224,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     // Socket activation: the socket file is the activator's, never removed here.
-    let activated =
-        match sockpass::notify::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
-            Ok(Some(s)) => {
-                path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
-                Some(s.into_fd())
-            }
-            Ok(None) => None,
-            Err(e) => {
-                eprintln!("sockpassd: socket activation: {e}");
-                return 1;
-            }
-        };
+    let activated = match sockpass::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
+        Ok(Some(s)) => {
+            path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
+            Some(s.into_fd())
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("sockpassd: socket activation: {e}");
+            return 1;
+        }
+    };
     let is_activated = activated.is_some();
     let bound = match activated {
         Some(l) => Ok(l),

@@ -466,8 +466,8 @@ fn a_socket_never_closes_while_referenced() {
 #[test]
 #[ignore]
 fn child_fd_audit() {
-    use sockpass::notify::{self, BindOptions, ServerSocket};
     use sockpass::readiness::{self, Method, Readiness};
+    use sockpass::server_socket::{self, BindOptions, ServerSocket};
     if !is_child() {
         return;
     }
@@ -522,16 +522,20 @@ fn child_fd_audit() {
     // The notify manager binds eagerly and lazily; the server side adopts,
     // waits for the notifier and accepts.
     let eager = dir.join("eager.sock");
-    let lfd = notify::bind_in_namespace(None, path_str(&eager).as_bytes(), &BindOptions::default())
-        .unwrap();
-    let (daemon_n, manager_n) = notify::notifier_pair().unwrap();
+    let lfd = server_socket::bind_in_namespace(
+        None,
+        path_str(&eager).as_bytes(),
+        &BindOptions::default(),
+    )
+    .unwrap();
+    let (daemon_n, manager_n) = server_socket::notifier_pair().unwrap();
     let mut srv = ServerSocket::adopt(lfd, Some(daemon_n)).unwrap();
     drop(manager_n);
     srv.wait(t).unwrap();
     let peer = std::os::unix::net::UnixStream::connect(&eager).unwrap();
     let (conn, _) = srv.accept().unwrap();
     drop((peer, conn, srv));
-    let mut lazy = notify::prepare_lazy(None, false).unwrap();
+    let mut lazy = server_socket::prepare_lazy(None, false).unwrap();
     let (sock, note) = (
         lazy.daemon_socket.take().unwrap(),
         lazy.daemon_notifier.take(),

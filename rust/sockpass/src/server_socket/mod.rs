@@ -3,10 +3,11 @@
 //! - [`server`]: the receiving side, which adopts a socket, waits for the
 //!   notifier, then accepts;
 //! - [`manager`]: the handing side, which binds inside another process's
-//!   namespaces and makes the notifier pair;
-//! - [`activation`]: systemd socket activation (`LISTEN_FDS`).
+//!   namespaces and makes the notifier pair.
+//!
+//! systemd socket activation (`LISTEN_FDS`) lives in `activation`, beside
+//! `readiness` (sd_notify): the systemd protocol pieces together.
 
-pub mod activation;
 pub mod manager;
 pub mod server;
 

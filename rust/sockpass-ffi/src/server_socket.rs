@@ -5,7 +5,8 @@
 //! socket activation (`LISTEN_FDS`).
 
 use crate::boundary::{call, fault};
-use sockpass::notify::{self, activation, BindOptions, LazyServer, ServerSocket};
+use sockpass::activation;
+use sockpass::server_socket::{self, BindOptions, LazyServer, ServerSocket};
 use sockpass::{Error, Kind};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
@@ -304,7 +305,7 @@ pub unsafe extern "C" fn sockpass_notifier_pair(fds_out: *mut c_int) -> c_int {
         if fds_out.is_null() {
             return Err(fault("fds_out"));
         }
-        let (r, w) = notify::notifier_pair()?;
+        let (r, w) = server_socket::notifier_pair()?;
         *fds_out = r.into_raw_fd();
         *fds_out.add(1) = w.into_raw_fd();
         Ok(0)
@@ -340,7 +341,7 @@ pub unsafe extern "C" fn sockpass_bind_in_namespace(
         let target = target_of(pid)?;
         let path = path_of(path, path_len)?;
         let opts = bind_options(mode, uid, gid, backlog)?;
-        Ok(notify::bind_in_namespace(target, path, &opts)?.into_raw_fd())
+        Ok(server_socket::bind_in_namespace(target, path, &opts)?.into_raw_fd())
     })
 }
 
@@ -375,7 +376,7 @@ pub unsafe extern "C" fn sockpass_lazy_server_new(
             return Err(fault("lazy_out, socket_out or notifier_out"));
         }
         let target = target_of(pid)?;
-        let mut l = notify::prepare_lazy(target, abstract_name != 0)?;
+        let mut l = server_socket::prepare_lazy(target, abstract_name != 0)?;
         let (Some(sock), Some(n)) = (l.daemon_socket.take(), l.daemon_notifier.take()) else {
             return Err(Error::protocol("the lazy server has no daemon fds"));
         };
@@ -610,7 +611,7 @@ mod tests {
 
     #[test]
     fn manager_gone_before_listen_is_not_ready() {
-        let (r, w) = notify::notifier_pair().unwrap();
+        let (r, w) = server_socket::notifier_pair().unwrap();
         let sock = sockpass::sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
         let mut s = std::ptr::null_mut();
         let rc = unsafe { sockpass_server_adopt(sock.as_raw_fd(), r.as_raw_fd(), 0, &mut s) };
