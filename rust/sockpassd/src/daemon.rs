@@ -2,13 +2,13 @@
 //! SIGTERM/SIGINT.
 
 use crate::args::Args;
-use sockpass_broker::broker::{self, Broker, Config};
+use sockpass_broker::broker::{self, Broker, Config, Limits};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-const USAGE: &str = "\
+const USAGE_HEAD: &str = "\
 usage: sockpassd [options]
 
 The sockpass socket broker. Creates bound sockets on request, caches and
@@ -23,12 +23,11 @@ options:
   --socket-group GROUP       group (name or gid) of the socket file
   --policy FILE              policy file (docs/POLICY.md); default: the built-in
                              policy (root anything, others ports 0 and 1024-65535)
-  --max-connections N        concurrent clients (default 8192, fitted to RLIMIT_NOFILE)
-  --max-refs-per-client N    references one client may hold (default 16384)
-  --max-sockets N            sockets the broker holds (default 65536, fitted)
-  --max-reservations N       reservations pending pick-up (default 1024)
-  --reservation-ttl SECONDS  how long a reservation waits (default 30; fractions allowed)
-  --notify                   send READY=1 to $NOTIFY_SOCKET once listening (an
+";
+
+// The limits' lines come from their table (sockpass_broker::broker::LIMIT_FLAGS).
+const USAGE_TAIL: &str =
+    "  --notify                   send READY=1 to $NOTIFY_SOCKET once listening (an
                              error if it is unset; when set, it is used anyway)
   --ready-fd N               write a newline to fd N and close it once listening
                              (s6 notification-fd; closing also fires a pipe notifier)
@@ -84,18 +83,9 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
                     .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
                 o.policy_file = Some(f);
             }
-            "--max-connections" => o.cfg.limits.max_connections = positive(&k, a.number(&k, v)?)?,
-            "--max-refs-per-client" => {
-                o.cfg.limits.max_refs_per_client = positive(&k, a.number(&k, v)?)?
-            }
-            "--max-sockets" => o.cfg.limits.max_sockets = positive(&k, a.number(&k, v)?)?,
-            "--max-reservations" => o.cfg.limits.max_reservations = positive(&k, a.number(&k, v)?)?,
-            "--reservation-ttl" => {
-                let secs: f64 = a.number(&k, v)?;
-                if !(secs > 0.0 && secs <= 86400.0) {
-                    return Err(format!("{k} must be between 0 and 86400 seconds"));
-                }
-                o.cfg.limits.reservation_ttl = std::time::Duration::from_secs_f64(secs);
+            k if Limits::is_flag(k) => {
+                let v = a.value(k, v)?;
+                o.cfg.limits.set_flag(k, &v).unwrap_or(Ok(()))?;
             }
             "--notify" => o.notify = true,
             "--ready-fd" => {
@@ -105,7 +95,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
             }
             "-q" | "--quiet" => o.cfg.log = false,
             "-h" | "--help" => {
-                print!("{USAGE}");
+                print!("{USAGE_HEAD}{}{USAGE_TAIL}", Limits::usage());
                 return Ok(None);
             }
             "-V" | "--version" => {
@@ -123,14 +113,6 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
         return Err(format!("unexpected argument {extra:?}"));
     }
     Ok(Some(o))
-}
-
-fn positive(name: &str, v: usize) -> Result<usize, String> {
-    if v == 0 {
-        Err(format!("{name} must be at least 1"))
-    } else {
-        Ok(v)
-    }
 }
 
 /// A signalfd for SIGTERM, SIGINT and SIGHUP (upgrade), blocked so they
