@@ -10,8 +10,8 @@
 use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString};
-use sockpass::client::{with_default, Client, Status};
-use sockpass::error::{Error, Kind};
+use sockpass::{with_default, Client, Status};
+use sockpass::{Error, Kind};
 use sockpass::{ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
@@ -528,7 +528,7 @@ impl PyClient {
     /// A client on a broker connection handed in as fd `fd` (taken over).
     #[staticmethod]
     fn from_fd(py: Python<'_>, fd: i32) -> PyResult<Self> {
-        let fd = sockpass::readiness::inherited_fd(fd).map_err(to_pyerr)?;
+        let fd = sockpass::inherited_fd(fd).map_err(to_pyerr)?;
         let c = py.detach(|| Client::from_fd(fd)).map_err(to_pyerr)?;
         Ok(PyClient {
             inner: Mutex::new(Some(c)),

@@ -1,9 +1,9 @@
 //! Turn a [`SocketSpec`] into a bound socket: socket(), the options that must
 //! precede bind(), bind(), and listen() when a backlog was asked for.
 
-use sockpass::error::{Error, Result};
-use sockpass::spec::{Proto, SocketSpec};
 use sockpass::sys;
+use sockpass::{Error, Result};
+use sockpass::{Proto, SocketSpec};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -110,7 +110,7 @@ pub fn create_socket(spec: &SocketSpec) -> Result<Created> {
             )
         };
         if r < 0 {
-            let e = sockpass::error::last_errno();
+            let e = sockpass::last_errno();
             let what = if e == libc::ENODEV {
                 format!("interface {dev:?} does not exist")
             } else {

@@ -8,9 +8,9 @@
 //! image calls [`take_from_env`], which marks every handed-over fd CLOEXEC
 //! again before anything else can start a process.
 
-use sockpass::error::{Error, Result};
 use sockpass::sys::Creds;
-use sockpass::token::Token;
+use sockpass::Token;
+use sockpass::{Error, Result};
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -422,7 +422,7 @@ fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
 pub fn check_executable(exe: &Path) -> Result<()> {
     let meta = std::fs::metadata(exe).map_err(|e| {
         Error::with_errno(
-            sockpass::error::Kind::BadRequest,
+            sockpass::Kind::BadRequest,
             e.raw_os_error().unwrap_or(libc::ENOENT),
             format!("upgrade binary {}: {e}", exe.display()),
         )
@@ -432,7 +432,7 @@ pub fn check_executable(exe: &Path) -> Result<()> {
     // SAFETY: valid C string.
     if !meta.is_file() || unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
         return Err(Error::with_errno(
-            sockpass::error::Kind::BadRequest,
+            sockpass::Kind::BadRequest,
             libc::EACCES,
             format!("upgrade binary {} is not an executable file", exe.display()),
         ));
@@ -453,7 +453,7 @@ pub fn preflight(exe: &Path, timeout: std::time::Duration) -> Result<()> {
     check_executable(exe)?;
     let refuse = |why: String| {
         Error::with_errno(
-            sockpass::error::Kind::BadRequest,
+            sockpass::Kind::BadRequest,
             libc::ENOEXEC,
             format!(
                 "upgrade binary {} is not a compatible sockpassd: {why}",

@@ -13,10 +13,10 @@
 //! release another client's token. The file format is in docs/POLICY.md and
 //! `contrib/policy.conf`.
 
-use sockpass::error::{Error, Kind, Result};
-use sockpass::share::ShareMode;
-use sockpass::spec::{Proto, SocketSpec};
 use sockpass::sys::Creds;
+use sockpass::ShareMode;
+use sockpass::{Error, Kind, Result};
+use sockpass::{Proto, SocketSpec};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -548,7 +548,7 @@ fn parse_net(s: &str) -> Result<(IpAddr, u8)> {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    let addr = sockpass::spec::parse_addr(a)
+    let addr = sockpass::parse_addr(a)
         .map_err(|_| Error::bad_request(format!("invalid address range {s:?}")))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {

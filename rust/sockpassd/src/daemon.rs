@@ -90,8 +90,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
             "--notify" => o.notify = true,
             "--ready-fd" => {
                 let n = a.number(&k, v)?;
-                o.ready_fd =
-                    Some(sockpass::readiness::inherited_fd(n).map_err(|e| format!("{k}: {e}"))?);
+                o.ready_fd = Some(sockpass::inherited_fd(n).map_err(|e| format!("{k}: {e}"))?);
             }
             "-q" | "--quiet" => o.cfg.log = false,
             "-h" | "--help" => {
@@ -206,7 +205,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     // Socket activation: the socket file is the activator's, never removed here.
-    let activated = match sockpass::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
+    let activated = match sockpass::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
         Ok(Some(s)) => {
             path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
             Some(s.into_fd())
@@ -425,11 +424,11 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
 /// `$NOTIFY_SOCKET` is set, as systemd services do, or `--notify`) and the
 /// `--ready-fd`.
 fn report_ready(fd: Option<OwnedFd>) -> sockpass::Result<()> {
-    sockpass::readiness::notify_ready_from_env()?;
+    sockpass::notify_ready_from_env()?;
     // The variable is for us, not for anything we might start.
     std::env::remove_var("NOTIFY_SOCKET");
     if let Some(fd) = fd {
-        sockpass::readiness::report_ready_fd(fd)?;
+        sockpass::report_ready_fd(fd)?;
     }
     Ok(())
 }

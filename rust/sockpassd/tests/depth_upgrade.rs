@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
@@ -117,7 +117,7 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
     let pid = b.pid();
     // Sockets held across the upgrades by a client that stays connected.
     let mut holder = b.client();
-    let held: Vec<sockpass::client::Grant> = [
+    let held: Vec<sockpass::Grant> = [
         "udp:127.0.0.1:0",
         "tcp:127.0.0.1:0?listen=16",
         "udp:127.0.0.1:0",

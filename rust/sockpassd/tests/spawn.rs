@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use sockpass::ns::{Namespaces, NsSet};
-use sockpass::spawn::{exit_code, EnvBase, Slot, Spawn};
 use sockpass::Kind;
+use sockpass::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::{Namespaces, NsSet};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

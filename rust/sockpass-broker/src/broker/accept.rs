@@ -3,10 +3,10 @@
 use super::conn::Conn;
 use super::event_loop::EV_CONN_BASE;
 use super::Broker;
-use sockpass::error::{Error, Kind};
 use sockpass::fdpass::send_fds;
 use sockpass::proto;
 use sockpass::sys::{self, Creds};
+use sockpass::{Error, Kind};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -44,10 +44,7 @@ impl Broker {
                         continue;
                     }
                     _ => {
-                        self.log(format_args!(
-                            "accept failed: {}",
-                            sockpass::error::strerror(e)
-                        ));
+                        self.log(format_args!("accept failed: {}", sockpass::strerror(e)));
                         return;
                     }
                 }

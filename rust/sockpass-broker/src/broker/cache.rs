@@ -5,7 +5,7 @@
 use super::slab::Slab;
 use crate::holders::Holders;
 use sockpass::keyhash::KeyedState;
-use sockpass::spec::SocketSpec;
+use sockpass::SocketSpec;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 

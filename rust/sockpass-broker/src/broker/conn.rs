@@ -4,11 +4,11 @@
 use super::event_loop::EV_CONN_BASE;
 use super::limits::{PIPELINE_PROBE_EVERY, SPARE_REFS};
 use super::Broker;
-use sockpass::error::Error;
 use sockpass::fdpass::{recv_fds, send_fds, RecvError};
 use sockpass::proto::{self, ty, Header};
 use sockpass::sys::Creds;
-use sockpass::token::Token;
+use sockpass::Error;
+use sockpass::Token;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -143,7 +143,7 @@ impl Broker {
                     return;
                 }
                 Err(RecvError::Os(e)) => {
-                    let why = format!("receive failed: {}", sockpass::error::strerror(e));
+                    let why = format!("receive failed: {}", sockpass::strerror(e));
                     self.drop_conn(slot, &why);
                     return;
                 }
@@ -256,7 +256,7 @@ impl Broker {
                 Err(libc::EAGAIN) => {}
                 Err(e) => {
                     self.wbuf = Vec::with_capacity(proto::MAX_MSG);
-                    let why = format!("send failed: {}", sockpass::error::strerror(e));
+                    let why = format!("send failed: {}", sockpass::strerror(e));
                     self.drop_conn(slot, &why);
                     return;
                 }
@@ -299,7 +299,7 @@ impl Broker {
                 }
                 Err(libc::EAGAIN) => return true,
                 Err(e) => {
-                    let why = format!("send failed: {}", sockpass::error::strerror(e));
+                    let why = format!("send failed: {}", sockpass::strerror(e));
                     self.drop_conn(slot, &why);
                     return false;
                 }

@@ -2,8 +2,8 @@
 
 use super::conn::Attach;
 use super::Broker;
-use sockpass::error::{Error, Result};
 use sockpass::proto::{self, ty, Request};
+use sockpass::{Error, Result};
 use std::time::{Duration, Instant};
 
 /// The result of handling one request: the reply is in `wbuf`; this says

@@ -2,7 +2,7 @@
 //! What an event does is the broker's (accept, connection I/O, expiry).
 
 use super::Broker;
-use sockpass::error::{Error, Result};
+use sockpass::{Error, Result};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 

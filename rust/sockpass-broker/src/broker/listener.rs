@@ -1,7 +1,7 @@
 //! The broker's listening socket.
 
-use sockpass::error::{Error, Kind, Result};
 use sockpass::sys;
+use sockpass::{Error, Kind, Result};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 

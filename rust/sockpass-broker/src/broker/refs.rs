@@ -8,9 +8,9 @@ use super::limits::EXPIRED_MEMORY;
 use super::Broker;
 use crate::holders::{Holder, Owner};
 use crate::policy::Op;
-use sockpass::error::{Error, Kind, Result};
 use sockpass::proto::{self, ty};
-use sockpass::token::{Token, TokenBuildHasher};
+use sockpass::{Error, Kind, Result};
+use sockpass::{Token, TokenBuildHasher};
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 

@@ -6,11 +6,11 @@ use super::dispatch::Reply;
 use super::Broker;
 use crate::create::create_socket;
 use crate::holders::{Holder, Holders, Owner};
-use sockpass::error::{Error, Kind, Result};
 use sockpass::proto::{self, ty, SocketRequest};
-use sockpass::share::ShareMode;
-use sockpass::spec::SocketSpec;
-use sockpass::token::Token;
+use sockpass::ShareMode;
+use sockpass::SocketSpec;
+use sockpass::Token;
+use sockpass::{Error, Kind, Result};
 use std::rc::Rc;
 use std::time::Instant;
 

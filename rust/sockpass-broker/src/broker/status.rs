@@ -5,8 +5,8 @@ use super::dispatch::Reply;
 use super::limits::MAX_REPLY_FDS;
 use super::Broker;
 use crate::holders::Owner;
-use sockpass::error::{Error, Kind, Result};
 use sockpass::proto::{self, ty};
+use sockpass::{Error, Kind, Result};
 
 impl Broker {
     pub(super) fn status(&mut self, id: u32) -> Result<Reply> {

@@ -8,8 +8,10 @@
 //! systemd socket activation (`LISTEN_FDS`) lives in `activation`, beside
 //! `readiness` (sd_notify): the systemd protocol pieces together.
 
-pub mod manager;
-pub mod server;
+pub(crate) mod manager;
+pub(crate) mod server;
 
-pub use manager::{bind_in_namespace, notifier_pair, prepare_lazy, BindOptions, LazyServer};
+pub use manager::{
+    bind_in_namespace, notifier_pair, prepare_lazy, BindOptions, LazyServer, Target,
+};
 pub use server::ServerSocket;

@@ -4,7 +4,7 @@
 //! Useful from the shell, and as a real client process in tests.
 
 use crate::args::Args;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{ShareMode, SocketSpec};
 use std::io::{Read, Write};
 use std::path::PathBuf;

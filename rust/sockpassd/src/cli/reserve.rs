@@ -4,7 +4,7 @@
 //! (`sockpassd --reservation-ttl`, default 30 s).
 
 use crate::args::Args;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{ShareMode, SocketSpec};
 use std::io::Write;
 use std::path::PathBuf;

@@ -10,10 +10,10 @@
 //! status (128 + signal), and forwards SIGTERM and SIGINT to it.
 
 use crate::args::Args;
-use sockpass::client::Client;
-use sockpass::ns::{Namespaces, NsSet};
-use sockpass::readiness::{Method, Readiness};
-use sockpass::spawn::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::Client;
+use sockpass::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::{Method, Readiness};
+use sockpass::{Namespaces, NsSet};
 use sockpass::{ShareMode, SocketSpec};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

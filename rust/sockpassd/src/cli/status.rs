@@ -3,7 +3,7 @@
 
 use super::json;
 use crate::args::Args;
-use sockpass::client::{Client, Status};
+use sockpass::{Client, Status};
 use std::path::PathBuf;
 
 pub fn run(mut a: Args) -> Result<i32, String> {

@@ -3,7 +3,7 @@
 //! connection. Allowed to root and to the broker's own uid.
 
 use crate::args::Args;
-use sockpass::client::Client;
+use sockpass::Client;
 use std::path::PathBuf;
 
 pub fn run(mut a: Args) -> Result<i32, String> {
