@@ -110,7 +110,7 @@ pub fn create_socket(spec: &SocketSpec) -> Result<Created> {
             )
         };
         if r < 0 {
-            let e = sockpass::last_errno();
+            let e = sockpass::sys::errno();
             let what = if e == libc::ENODEV {
                 format!("interface {dev:?} does not exist")
             } else {

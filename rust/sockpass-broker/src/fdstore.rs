@@ -9,11 +9,9 @@
 //! [`take_stored_from_env`] takes them out of the activation set.
 
 use sockpass::fdpass::send_fds;
-use sockpass::sys;
 use sockpass::{Error, Kind, Result};
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Names of the fds this module stores start with this.
 pub const NAME_PREFIX: &str = "sp.";
@@ -63,24 +61,7 @@ pub struct FdStore {
 impl FdStore {
     /// Connect to the notify socket `addr` (`/path` or `@abstract`).
     pub fn connect(addr: &OsStr) -> Result<FdStore> {
-        let b = addr.as_bytes();
-        let a = match b.first() {
-            Some(b'@') => [&[0u8][..], &b[1..]].concat(),
-            Some(b'/') => b.to_vec(),
-            _ => {
-                return Err(Error::bad_request(format!(
-                    "notify socket {:?} is neither an absolute path nor @abstract",
-                    addr.to_string_lossy()
-                )))
-            }
-        };
-        let sock = sys::unix_socket(libc::SOCK_DGRAM, false).map_err(|e| Error::os(e, "socket"))?;
-        sys::connect_unix(&sock, &a).map_err(|e| {
-            Error::os(
-                e,
-                format!("connect to notify socket {}", addr.to_string_lossy()),
-            )
-        })?;
+        let sock = sockpass::connect_notify_socket(addr)?;
         Ok(FdStore { sock })
     }
 
@@ -111,21 +92,9 @@ fn bad(msg: String) -> Error {
 /// only the fds left (the socket unit's, which systemd passes first), so
 /// socket activation sees just those. Without stored fds nothing changes.
 pub fn take_stored_from_env() -> Result<Vec<(String, String, OwnedFd)>> {
-    let (Ok(pid), Ok(n), Ok(names)) = (
-        std::env::var("LISTEN_PID"),
-        std::env::var("LISTEN_FDS"),
-        std::env::var("LISTEN_FDNAMES"),
-    ) else {
+    let (Some(n), Ok(names)) = (sockpass::listen_count()?, std::env::var("LISTEN_FDNAMES")) else {
         return Ok(Vec::new());
     };
-    if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(Vec::new());
-    }
-    let n: usize = n
-        .parse()
-        .ok()
-        .filter(|n| *n <= 4096)
-        .ok_or_else(|| bad(format!("LISTEN_FDS={n:?} is not a count of fds")))?;
     let names: Vec<&str> = names.split(':').collect();
     if names.len() != n {
         return Err(bad(format!(
@@ -148,18 +117,7 @@ pub fn take_stored_from_env() -> Result<Vec<(String, String, OwnedFd)>> {
     }
     let mut out = Vec::new();
     for (i, name) in names.iter().enumerate().skip(first_stored) {
-        let fd = 3 + i as RawFd;
-        if !sys::fd_is_open(fd) {
-            return Err(Error::with_errno(
-                Kind::BadRequest,
-                libc::EBADF,
-                format!("LISTEN_FDS={n} but fd {fd} is not open"),
-            ));
-        }
-        // SAFETY: fd is open and passed to this process to own.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        // SAFETY: as above; each fd is taken once.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = sockpass::take_listen_fd(sockpass::LISTEN_FDS_START + i as RawFd, n)?;
         match spec_of_name(name) {
             Some(spec) => out.push((name.to_string(), spec, fd)),
             // Not ours after all: closed, and said so by the caller's count.

@@ -578,17 +578,7 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>> {
 }
 
 fn lookup_user(name: &str) -> Result<u32> {
-    let c =
-        std::ffi::CString::new(name).map_err(|_| Error::bad_request("user name contains NUL"))?;
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the result is copied out.
-    let r = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
-        return Err(Error::bad_request(format!("unknown user {name:?}")));
-    }
-    Ok(pw.pw_uid)
+    sockpass::sys::lookup_user(name).map(|(uid, _)| uid)
 }
 
 pub use sockpass::sys::group_id;

@@ -19,42 +19,56 @@ fn bad(msg: String) -> Error {
 /// `LISTEN_*` variables are removed so children do not see them (call it
 /// while single-threaded, as for any environment change).
 pub fn listen_fds(unset: bool) -> Result<Vec<OwnedFd>> {
-    let pid = std::env::var("LISTEN_PID").ok();
-    let n = std::env::var("LISTEN_FDS").ok();
+    let n = listen_count();
     if unset {
         for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             std::env::remove_var(k);
         }
     }
-    let (Some(pid), Some(n)) = (pid, n) else {
-        return Ok(Vec::new());
+    let n = n?.unwrap_or(0);
+    (LISTEN_FDS_START..LISTEN_FDS_START + n as RawFd)
+        .map(|fd| take_listen_fd(fd, n))
+        .collect()
+}
+
+/// `LISTEN_FDS` when `LISTEN_PID` is this process: the one parser of the
+/// two variables (here and in the broker's fd store). `None` when either
+/// is unset or names another process.
+#[doc(hidden)]
+pub fn listen_count() -> Result<Option<usize>> {
+    let (Ok(pid), Ok(n)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
     };
     let pid: u32 = pid
         .parse()
         .map_err(|_| bad(format!("LISTEN_PID={pid:?} is not a pid")))?;
     if pid != std::process::id() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let n: RawFd = n
-        .parse()
+    n.parse()
         .ok()
-        .filter(|n| (0..=4096).contains(n))
-        .ok_or_else(|| bad(format!("LISTEN_FDS={n:?} is not a count of fds")))?;
-    let mut out = Vec::new();
-    for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
-        if !sys::fd_is_open(fd) {
-            return Err(Error::with_errno(
-                Kind::BadRequest,
-                libc::EBADF,
-                format!("LISTEN_FDS={n} but fd {fd} is not open"),
-            ));
-        }
-        // SAFETY: fd is open and passed to this process to own.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        // SAFETY: as above; each fd is taken once.
-        out.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        .filter(|n| *n <= 4096)
+        .map(Some)
+        .ok_or_else(|| bad(format!("LISTEN_FDS={n:?} is not a count of fds")))
+}
+
+/// Take inherited fd `fd` (one of `LISTEN_FDS=n`), checked open, owned and
+/// made CLOEXEC. Each fd must be taken once.
+#[doc(hidden)]
+pub fn take_listen_fd(fd: RawFd, n: usize) -> Result<OwnedFd> {
+    if !sys::fd_is_open(fd) {
+        return Err(Error::with_errno(
+            Kind::BadRequest,
+            libc::EBADF,
+            format!("LISTEN_FDS={n} but fd {fd} is not open"),
+        ));
     }
-    Ok(out)
+    // SAFETY: fd is open and passed to this process to own; the caller
+    // takes each number once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| Error::os(e.raw_os_error(), "fcntl FD_CLOEXEC"))?;
+    Ok(fd)
 }
 
 /// The one listening unix socket of type `ty` (`SOCK_STREAM`,

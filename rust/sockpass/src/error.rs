@@ -147,7 +147,7 @@ impl Error {
 
     /// The error for the current `errno` after a failed libc call.
     pub fn last_os(what: impl fmt::Display) -> Error {
-        Error::os(last_errno(), what)
+        Error::os(crate::sys::errno(), what)
     }
 
     pub fn bad_request(msg: impl Into<String>) -> Error {
@@ -244,12 +244,6 @@ impl From<io::Error> for Error {
             None => Error::new(Kind::Os, e.to_string()),
         }
     }
-}
-
-pub fn last_errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
 }
 
 pub fn strerror(errno: i32) -> String {

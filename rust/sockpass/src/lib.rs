@@ -33,6 +33,8 @@ mod token;
 #[doc(hidden)]
 pub mod fdpass;
 #[doc(hidden)]
+pub mod forking;
+#[doc(hidden)]
 pub mod keyhash;
 #[doc(hidden)]
 pub mod memfd;
@@ -41,11 +43,15 @@ pub mod proto;
 #[doc(hidden)]
 pub mod sys;
 #[doc(hidden)]
-pub use error::{last_errno, strerror};
+pub use error::strerror;
+#[doc(hidden)]
+pub use sys::errno as last_errno;
 #[doc(hidden)]
 pub use token::{TokenBuildHasher, TokenSource};
 
 pub use activation::{adopt_listen_socket, listen_fds, LISTEN_FDS_START};
+#[doc(hidden)]
+pub use activation::{listen_count, take_listen_fd};
 pub use client::{
     default_socket_path, with_default, Client, Grant, HolderStatus, Parts, Reservation,
     SocketStatus, Status, PIPELINE_WINDOW,
@@ -60,6 +66,8 @@ pub use error::{
     CODE_UNKNOWN_TOKEN,
 };
 pub use ns::{Namespaces, NsSet};
+#[doc(hidden)]
+pub use readiness::connect_notify_socket;
 pub use readiness::{
     inherited_fd, notify_ready_from_env, parse_notify, report_ready_fd, send_notify, Method,
     Readiness, MAX_NOTIFY_MESSAGE,

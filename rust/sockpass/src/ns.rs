@@ -6,6 +6,7 @@
 //! `EINVAL`, so `--ns all` would fail for every target without its own).
 
 use crate::error::{Error, Kind, Result};
+use crate::sys::errno;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -92,7 +93,7 @@ fn open_path(path: &str) -> std::result::Result<OwnedFd, i32> {
     // SAFETY: a valid C string; the fd is owned at once.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Err(crate::error::last_errno());
+        return Err(errno());
     }
     // SAFETY: fd was just opened by us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -222,12 +223,6 @@ fn same_file(fd: &OwnedFd, path: &str) -> bool {
             && libc::stat(c.as_ptr(), &mut b) == 0
             && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
     }
-}
-
-/// errno, readable in a forked child (no allocation).
-pub(crate) fn errno() -> i32 {
-    // SAFETY: __errno_location is always valid for the calling thread.
-    unsafe { *libc::__errno_location() }
 }
 
 #[cfg(test)]

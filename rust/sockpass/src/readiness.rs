@@ -382,12 +382,7 @@ impl Drop for Readiness {
 }
 
 fn set_nonblock(fd: &OwnedFd) -> Result<()> {
-    // SAFETY: fcntl on our fd.
-    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if fl < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-        return Err(Error::last_os("fcntl O_NONBLOCK"));
-    }
-    Ok(())
+    sys::set_nonblocking(fd.as_fd()).map_err(|e| Error::os(e, "fcntl O_NONBLOCK"))
 }
 
 /// s6: read what is there; true once a newline arrived. End of file
@@ -480,14 +475,11 @@ pub fn parse_notify(msg: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
 }
 
 /// NOTIFY_SOCKET's spelling to a sockaddr path: `@name` is abstract.
+/// NOTIFY_SOCKET's value (`/path` or `@abstract`) as a unix address.
 fn notify_sockaddr(addr: &OsStr) -> Result<Vec<u8>> {
     let b = addr.as_bytes();
     match b.first() {
-        Some(b'@') => {
-            let mut v = vec![0u8];
-            v.extend_from_slice(&b[1..]);
-            Ok(v)
-        }
+        Some(b'@') => Ok([&[0u8][..], &b[1..]].concat()),
         Some(b'/') => Ok(b.to_vec()),
         _ => Err(Error::bad_request(format!(
             "notify socket {:?} is neither an absolute path nor @abstract",
@@ -576,6 +568,16 @@ fn describe_exit(st: Option<(i32, i32)>) -> String {
 /// Send one sd_notify message (e.g. `b"READY=1"`) to the socket named as in
 /// NOTIFY_SOCKET (`/path` or `@abstract`).
 pub fn send_notify(addr: &OsStr, msg: &[u8]) -> Result<()> {
+    let s = connect_notify_socket(addr)?;
+    fdpass::send_fds(s.as_fd(), msg, &[], 0).map_err(|e| Error::os(e, "send to notify socket"))?;
+    Ok(())
+}
+
+/// A datagram socket connected to the notify socket named as in
+/// NOTIFY_SOCKET (`/path` or `@abstract`): the one parser of that variable's
+/// value, for `send_notify` and the broker's fd store.
+#[doc(hidden)]
+pub fn connect_notify_socket(addr: &OsStr) -> Result<OwnedFd> {
     let a = notify_sockaddr(addr)?;
     let s = sys::unix_socket(libc::SOCK_DGRAM, false).map_err(|e| Error::os(e, "socket"))?;
     sys::connect_unix(&s, &a).map_err(|e| {
@@ -584,8 +586,7 @@ pub fn send_notify(addr: &OsStr, msg: &[u8]) -> Result<()> {
             format!("connect to notify socket {}", addr.to_string_lossy()),
         )
     })?;
-    fdpass::send_fds(s.as_fd(), msg, &[], 0).map_err(|e| Error::os(e, "send to notify socket"))?;
-    Ok(())
+    Ok(s)
 }
 
 /// If `$NOTIFY_SOCKET` is set, send `READY=1` (and MAINPID) there; true if

@@ -39,7 +39,9 @@
 //! paused child, or dropping it, resumes it first.
 
 use crate::error::{Error, Kind, Result};
-use crate::ns::{errno, Namespaces};
+use crate::forking::{reap, wait_pid, ChildMask};
+use crate::ns::Namespaces;
+use crate::sys::errno;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -363,9 +365,6 @@ struct Plan {
     /// Sorted numbers that stay open through exec (targets), for close_range.
     keep: Vec<RawFd>,
     limit: RawFd,
-    sigset: libc::sigset_t,
-    /// `SIG_DFL` with an empty mask, for resetting handled signals.
-    default_action: libc::sigaction,
 }
 
 impl Plan {
@@ -537,13 +536,6 @@ impl Plan {
         let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|c| c.as_ptr()).collect();
         envp.push(std::ptr::null());
         // SAFETY: sigemptyset initialises the set.
-        let mut sigset: libc::sigset_t = unsafe { std::mem::zeroed() };
-        unsafe { libc::sigemptyset(&mut sigset) };
-        // SAFETY: a zeroed sigaction is SIG_DFL with no flags; the mask is
-        // initialised by sigemptyset.
-        let mut default_action: libc::sigaction = unsafe { std::mem::zeroed() };
-        default_action.sa_sigaction = libc::SIG_DFL;
-        unsafe { libc::sigemptyset(&mut default_action.sa_mask) };
         Ok(Plan {
             exe: cstring(exe.as_os_str(), "program")?,
             _argv_owned: argv_owned,
@@ -557,8 +549,6 @@ impl Plan {
             inherits,
             keep,
             limit,
-            sigset,
-            default_action,
         })
     }
 
@@ -575,29 +565,14 @@ impl Plan {
         let ns = s.join.as_ref();
         let pid_ns = ns.is_some_and(|n| n.joins_pid());
 
-        // Every signal blocked across the fork, so no handler of ours runs
-        // in the child before it has reset them (see child_main).
-        // SAFETY: sigfillset initialises the set; pthread_sigmask only
-        // changes this thread's mask, restored right after the fork.
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        }
-        // SAFETY: fork; the child runs only `child_main` (async-signal-safe
+        let (report_raw, go_raw) = (rw.as_raw_fd(), gr.as_raw_fd());
+        // SAFETY: the child runs only `child_main` (async-signal-safe
         // syscalls on `self`, prepared above) and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: in the child; see child_main.
-            unsafe { self.child_main(ns, pid_ns, rw.as_raw_fd(), gr.as_raw_fd()) }
-        }
-        let fork_errno = crate::error::last_errno();
-        // SAFETY: restores the mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-        if pid < 0 {
-            return Err(Error::os(fork_errno, "fork"));
-        }
+        let pid = unsafe {
+            crate::forking::fork(ChildMask::Empty, |reset| {
+                self.child_main(reset, ns, pid_ns, report_raw, go_raw)
+            })
+        }?;
         drop(rw);
         drop(gr);
         let paused = s.paused;
@@ -627,6 +602,7 @@ impl Plan {
     /// async-signal-safe calls; nothing allocates.
     unsafe fn child_main(
         &self,
+        reset: std::result::Result<(), i32>,
         ns: Option<&Namespaces>,
         pid_ns: bool,
         report: RawFd,
@@ -637,23 +613,11 @@ impl Plan {
             libc::write(report, rec.as_ptr().cast(), 12);
             libc::_exit(127);
         };
-        // Every signal is blocked (see run). Reset the handled ones to
-        // SIG_DFL before unblocking: a handler of the parent must not run
-        // here (its memory and fds are the parent's), nor make the wait for
-        // the go byte fail with EINTR. 1..65 is every Linux signal; glibc's
-        // internal ones give EINVAL and are skipped.
-        for sig in 1..65 {
-            let mut cur: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut cur) == 0
-                && cur.sa_sigaction != libc::SIG_DFL
-                && (cur.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
-                && libc::sigaction(sig, &self.default_action, std::ptr::null_mut()) != 0
-            {
-                fail(STEP_SIGNALS, errno());
-            }
-        }
-        if libc::sigprocmask(libc::SIG_SETMASK, &self.sigset, std::ptr::null_mut()) != 0 {
-            fail(STEP_SIGNALS, errno());
+        // Handlers reset and the mask emptied by forking::fork: no handler
+        // of the parent runs here, nor makes the wait for the go byte fail
+        // with EINTR.
+        if let Err(e) = reset {
+            fail(STEP_SIGNALS, e);
         }
         if let Some(ns) = ns {
             if let Err((i, e)) = ns.enter() {
@@ -866,20 +830,6 @@ fn step_error(rec: [i32; 3]) -> Error {
     )
 }
 
-fn wait_pid(pid: i32) -> Result<i32> {
-    let mut st = 0;
-    loop {
-        // SAFETY: waitpid on our own child.
-        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-        if r == pid {
-            return Ok(st);
-        }
-        if r < 0 && errno() != libc::EINTR {
-            return Err(Error::last_os(format!("waitpid {pid}")));
-        }
-    }
-}
-
 impl Child {
     /// The pid as the caller sees it.
     pub fn pid(&self) -> i32 {
@@ -922,7 +872,7 @@ impl Child {
             }
         }
         if let Some(first) = self.intermediate.take() {
-            let st = wait_pid(first)?;
+            let st = reap(first)?;
             if need_host {
                 // The real child never existed: its status is the first's.
                 self.status = Some(st);
@@ -930,7 +880,7 @@ impl Child {
         }
         if let Some(e) = failed {
             if self.status.is_none() && !need_host {
-                if let Ok(st) = wait_pid(self.pid) {
+                if let Ok(st) = reap(self.pid) {
                     self.status = Some(st);
                 }
             }
@@ -938,7 +888,7 @@ impl Child {
         }
         if need_host || need_ns {
             if !need_host && self.status.is_none() {
-                if let Ok(st) = wait_pid(self.pid) {
+                if let Ok(st) = reap(self.pid) {
                     self.status = Some(st);
                 }
             }
@@ -970,7 +920,7 @@ impl Child {
         match read_record(&report)? {
             None => Ok(()),
             Some(r) if r[0] == TAG_ERROR => {
-                let st = wait_pid(self.pid)?;
+                let st = reap(self.pid)?;
                 self.status = Some(st);
                 Err(step_error(r))
             }
@@ -986,7 +936,7 @@ impl Child {
             return Ok(st);
         }
         self.resume()?;
-        let st = wait_pid(self.pid)?;
+        let st = reap(self.pid)?;
         self.status = Some(st);
         Ok(st)
     }
@@ -999,15 +949,13 @@ impl Child {
         }
         let end = std::time::Instant::now() + timeout;
         loop {
-            let mut st = 0;
-            // SAFETY: waitpid on our own child.
-            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG) };
-            if r == self.pid {
-                self.status = Some(st);
-                return Ok(Some(st));
-            }
-            if r < 0 && errno() != libc::EINTR {
-                return Err(Error::last_os("waitpid"));
+            match wait_pid(self.pid, libc::WNOHANG) {
+                Ok(Some(st)) => {
+                    self.status = Some(st);
+                    return Ok(Some(st));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Error::os(e, "waitpid")),
             }
             if std::time::Instant::now() >= end {
                 return Ok(None);
@@ -1032,11 +980,11 @@ impl Child {
         // Nothing is left to resume.
         self.go = None;
         if let Some(first) = self.intermediate.take() {
-            let _ = wait_pid(first);
+            let _ = reap(first);
         }
         if self.status.is_none() {
             let _ = self.kill(libc::SIGKILL);
-            if let Ok(st) = wait_pid(self.pid) {
+            if let Ok(st) = reap(self.pid) {
                 self.status = Some(st);
             }
         }

@@ -4,8 +4,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+/// errno of the last failed call on this thread. Async-signal-safe (no
+/// allocation): a forked child may call it.
 pub fn errno() -> i32 {
-    crate::error::last_errno()
+    // SAFETY: __errno_location is always valid for the calling thread.
+    unsafe { *libc::__errno_location() }
 }
 
 pub fn setsockopt_int(fd: &impl AsFd, level: i32, opt: i32, v: i32) -> Result<(), i32> {
@@ -156,6 +159,12 @@ pub fn local_addr(fd: &impl AsFd) -> Result<SocketAddr, i32> {
 
 pub fn local_port(fd: &impl AsFd) -> Result<u16, i32> {
     local_addr(fd).map(|a| a.port())
+}
+
+/// Set `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), i32> {
+    let fl = rustix::fs::fcntl_getfl(fd).map_err(|e| e.raw_os_error())?;
+    rustix::fs::fcntl_setfl(fd, fl | rustix::fs::OFlags::NONBLOCK).map_err(|e| e.raw_os_error())
 }
 
 pub fn is_cloexec(fd: RawFd) -> bool {
@@ -315,19 +324,53 @@ pub fn group_id(name: &str) -> crate::error::Result<u32> {
 
 /// The gid of a group name (no number form), by getgrnam_r.
 pub fn lookup_group(name: &str) -> crate::error::Result<u32> {
-    use crate::error::Error;
-    let c =
-        std::ffi::CString::new(name).map_err(|_| Error::bad_request("group name contains NUL"))?;
+    let c = name_cstring(name, "group")?;
     // SAFETY: a zeroed libc::group is a valid out-parameter.
     let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 65536];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the result is copied out.
-    let r = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
-        return Err(Error::bad_request(format!("unknown group {name:?}")));
+    let found = with_growing_buffer(|buf, out: &mut *mut libc::group| {
+        // SAFETY: every pointer is valid for the call; buf is buf.len() long.
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), out) }
+    });
+    found
+        .map(|()| gr.gr_gid)
+        .ok_or_else(|| crate::error::Error::bad_request(format!("unknown group {name:?}")))
+}
+
+/// A user name's uid and primary gid (no number form), by getpwnam_r.
+pub fn lookup_user(name: &str) -> crate::error::Result<(u32, u32)> {
+    let c = name_cstring(name, "user")?;
+    // SAFETY: a zeroed libc::passwd is a valid out-parameter.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let found = with_growing_buffer(|buf, out: &mut *mut libc::passwd| {
+        // SAFETY: every pointer is valid for the call; buf is buf.len() long.
+        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), out) }
+    });
+    found
+        .map(|()| (pw.pw_uid, pw.pw_gid))
+        .ok_or_else(|| crate::error::Error::bad_request(format!("unknown user {name:?}")))
+}
+
+fn name_cstring(name: &str, what: &str) -> crate::error::Result<std::ffi::CString> {
+    std::ffi::CString::new(name)
+        .map_err(|_| crate::error::Error::bad_request(format!("{what} name contains NUL")))
+}
+
+/// Run a `get*nam_r` call with a buffer that doubles on ERANGE (up to
+/// 16 MiB); `Some(())` when it found the entry.
+fn with_growing_buffer<T>(
+    mut call: impl FnMut(&mut [libc::c_char], &mut *mut T) -> libc::c_int,
+) -> Option<()> {
+    let mut size = 16384;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        let mut out: *mut T = std::ptr::null_mut();
+        let r = call(&mut buf, &mut out);
+        if r == libc::ERANGE && size < 1 << 24 {
+            size *= 2;
+            continue;
+        }
+        return (r == 0 && !out.is_null()).then_some(());
     }
-    Ok(gr.gr_gid)
 }
 
 #[cfg(test)]

@@ -109,12 +109,6 @@ impl Broker {
 }
 
 pub(super) fn set_nonblock(fd: &OwnedFd) -> Result<()> {
-    // SAFETY: fcntl on our fd.
-    unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-            return Err(Error::last_os("fcntl O_NONBLOCK"));
-        }
-    }
-    Ok(())
+    sockpass::sys::set_nonblocking(std::os::fd::AsFd::as_fd(fd))
+        .map_err(|e| Error::os(e, "fcntl O_NONBLOCK"))
 }

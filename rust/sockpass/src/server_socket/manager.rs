@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Kind, Result};
 use crate::fdpass;
+use crate::forking::{self, ChildMask};
 use crate::ns::{Namespaces, NsSet};
 use crate::sys;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -53,7 +54,7 @@ impl BindOptions {
         };
         let (uid, primary) = match u.parse::<u32>() {
             Ok(n) => (n, u32::MAX),
-            Err(_) => lookup_user(u)?,
+            Err(_) => sys::lookup_user(u)?,
         };
         let gid = match g {
             Some(g) => crate::sys::group_id(g)?,
@@ -61,21 +62,6 @@ impl BindOptions {
         };
         Ok((uid, gid))
     }
-}
-
-/// A user's uid and primary gid.
-fn lookup_user(name: &str) -> Result<(u32, u32)> {
-    let bad = || Error::bad_request(format!("unknown user {name:?}"));
-    let c = std::ffi::CString::new(name).map_err(|_| bad())?;
-    // SAFETY: zeroed passwd; every pointer is valid for the call.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 65536];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    let r = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
-        return Err(bad());
-    }
-    Ok((pw.pw_uid, pw.pw_gid))
 }
 
 /// Whose namespaces: `None` is the caller's own. A path is bound in the
@@ -164,6 +150,8 @@ const STEP_CHOWN: u8 = 4;
 const STEP_CHMOD: u8 = 5;
 const STEP_LISTEN: u8 = 6;
 const STEP_SEND: u8 = 7;
+/// Resetting signal handlers after the fork.
+const STEP_SIGNALS: u8 = 9;
 
 impl Plan {
     fn new(target: Target, path: Option<&[u8]>, opts: &BindOptions) -> Result<Plan> {
@@ -229,16 +217,14 @@ impl Plan {
         self.open_namespaces()?;
         let (parent, child) = fdpass::socketpair(libc::SOCK_SEQPACKET)?;
         let existing_raw: RawFd = existing.map_or(-1, |f| f.as_raw_fd());
+        let child_raw = child.as_raw_fd();
         // SAFETY: the child runs only async-signal-safe calls (helper_main)
         // on data prepared above, then _exits.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(Error::last_os("fork"));
-        }
-        if pid == 0 {
-            // SAFETY: in the child; never returns.
-            unsafe { self.helper_main(child.as_raw_fd(), existing_raw) }
-        }
+        let pid = unsafe {
+            forking::fork(ChildMask::Parent, |reset| {
+                self.helper_main(reset, child_raw, existing_raw)
+            })
+        }?;
         drop(child);
         let mut buf = [0u8; 8];
         let got = fdpass::recv_fds(parent.as_fd(), &mut buf, 1, 0);
@@ -277,13 +263,19 @@ impl Plan {
             STEP_CHOWN => format!("chown {what}"),
             STEP_CHMOD => format!("chmod {what}"),
             STEP_LISTEN => format!("listen on {what}"),
+            STEP_SIGNALS => "reset signal handlers".into(),
             _ => "send the socket back".into(),
         };
         Error::os(errno, format!("{op}{ns}"))
     }
 
     /// The helper child. Async-signal-safe only.
-    unsafe fn helper_main(&self, report: RawFd, existing: RawFd) -> ! {
+    unsafe fn helper_main(
+        &self,
+        reset: std::result::Result<(), i32>,
+        report: RawFd,
+        existing: RawFd,
+    ) -> ! {
         let fail = |step: u8| -> ! {
             let e = sys::errno();
             let mut m = [0u8; 5];
@@ -292,6 +284,10 @@ impl Plan {
             libc::send(report, m.as_ptr().cast(), 5, libc::MSG_NOSIGNAL);
             libc::_exit(1)
         };
+        if let Err(e) = reset {
+            *libc::__errno_location() = e;
+            fail(STEP_SIGNALS);
+        }
         // Joins, then takes the target's root and cwd (a chrooted target's
         // paths resolve as it sees them).
         if let Some(ns) = &self.ns {
@@ -337,24 +333,14 @@ impl Plan {
             }
         }
         let m = [0u8; 5];
-        let mut cbuf = [0u64; 4];
-        let mut iov = libc::iovec {
-            iov_base: m.as_ptr() as *mut libc::c_void,
-            iov_len: 5,
+        let report = BorrowedFd::borrow_raw(report);
+        let sent = if existing < 0 {
+            fdpass::send_fds(report, &m, &[BorrowedFd::borrow_raw(sock)], 0)
+        } else {
+            fdpass::send_fds(report, &m, &[], 0)
         };
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if existing < 0 {
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, sock);
-        }
-        if libc::sendmsg(report, &msg, libc::MSG_NOSIGNAL) < 0 {
+        if let Err(e) = sent {
+            *libc::__errno_location() = e;
             fail(STEP_SEND);
         }
         libc::_exit(0)
@@ -363,21 +349,10 @@ impl Plan {
 
 /// Wait for the helper child; a short description of how it ended.
 fn reap(pid: i32) -> String {
-    let mut st = 0;
-    loop {
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && sys::errno() != libc::EINTR {
-            return "not waitable".into();
-        }
-    }
-    if libc::WIFEXITED(st) {
-        format!("exit status {}", libc::WEXITSTATUS(st))
-    } else {
-        format!("signal {}", libc::WTERMSIG(st))
+    match forking::reap(pid) {
+        Ok(st) if libc::WIFEXITED(st) => format!("exit status {}", libc::WEXITSTATUS(st)),
+        Ok(st) => format!("signal {}", libc::WTERMSIG(st)),
+        Err(_) => "not waitable".into(),
     }
 }
 

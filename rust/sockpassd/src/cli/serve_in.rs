@@ -122,36 +122,36 @@ fn start_binder(lazy: sockpass::LazyServer, o: &Opts) -> sockpass::Result<()> {
             format!("cannot fork the binder: {threads} threads running"),
         ));
     }
-    // SAFETY: single-threaded (checked above).
-    let a = unsafe { libc::fork() };
-    if a < 0 {
-        return Err(sockpass::Error::last_os("fork"));
-    }
-    if a == 0 {
-        // SAFETY: in the first child: fork the binder and leave at once.
-        let b = unsafe { libc::fork() };
-        if b != 0 {
-            unsafe { libc::_exit(i32::from(b < 0)) };
-        }
-        let code = match lazy.bind_and_notify(Some(o.pid), &o.path, &o.bind) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("sockpass: serve-in: lazy bind failed: {e}");
-                1
+    use sockpass::forking::{fork, reap, ChildMask};
+    // SAFETY: single-threaded (checked above), so the children may run
+    // ordinary code; both end in _exit.
+    let a = unsafe {
+        fork(ChildMask::Parent, |reset| {
+            if reset.is_err() {
+                libc::_exit(1);
             }
-        };
-        // SAFETY: leave without running the parent's exit handlers twice.
-        unsafe { libc::_exit(code) };
-    }
-    drop(lazy);
-    let mut st = 0;
-    loop {
-        // SAFETY: reaping our own first child.
-        let r = unsafe { libc::waitpid(a, &mut st, 0) };
-        if r == a || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
+            // The first child: fork the binder and leave at once.
+            let b = fork(ChildMask::Parent, |reset| {
+                let code = match reset.map_err(|e| sockpass::Error::os(e, "reset signals")) {
+                    Ok(()) => match lazy.bind_and_notify(Some(o.pid), &o.path, &o.bind) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("sockpass: serve-in: lazy bind failed: {e}");
+                            1
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("sockpass: serve-in: lazy bind failed: {e}");
+                        1
+                    }
+                };
+                // Leave without running the parent's exit handlers twice.
+                libc::_exit(code)
+            });
+            libc::_exit(i32::from(b.is_err()))
+        })
+    }?;
+    let st = reap(a)?;
     if !libc::WIFEXITED(st) || libc::WEXITSTATUS(st) != 0 {
         return Err(sockpass::Error::new(
             sockpass::Kind::ChildFailed,
