@@ -5,7 +5,13 @@
 //! fd that did arrive is owned, so it is closed if the caller does not keep it.
 
 use crate::error::{Error, Kind, Result};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use rustix::io::Errno;
+use rustix::net::{
+    AncillaryDrain, RecvAncillaryMessage, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Most fds one message may carry in either direction (the kernel's SCM_MAX_FD
 /// is 253).
@@ -54,6 +60,8 @@ impl RecvError {
 
 /// Send `data` with `fds` attached, as one message. Never raises SIGPIPE.
 /// `flags` is or-ed in (e.g. `MSG_DONTWAIT`). Returns the errno on failure.
+/// Async-signal-safe (no allocation, raw syscalls): a forked child may
+/// send its report with it.
 pub fn send_fds(
     sock: BorrowedFd<'_>,
     data: &[u8],
@@ -61,57 +69,24 @@ pub fn send_fds(
     flags: i32,
 ) -> std::result::Result<usize, i32> {
     assert!(fds.len() <= MAX_FDS);
-    // Not zeroed: only the header and fds written below are sent, and
+    let flags = SendFlags::from_bits_retain(flags as u32) | SendFlags::NOSIGNAL;
+    // Not zeroed: only the header and fds pushed are written and sent, and
     // zeroing 1 KiB on every call was a tenth of the hot path's instructions.
-    let mut cbuf = std::mem::MaybeUninit::<[u64; cmsg_words(MAX_FDS)]>::uninit();
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: zeroed msghdr, then pointers to live locals.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let space = unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) } as usize;
-        msg.msg_control = cbuf.as_mut_ptr().cast::<libc::c_void>();
-        msg.msg_controllen = space;
-        // SAFETY: the control buffer is large enough for one SCM_RIGHTS cmsg
-        // with fds.len() ints; CMSG_FIRSTHDR is non-null for it. The part
-        // sent is zeroed first (its padding too).
-        unsafe {
-            std::ptr::write_bytes(cbuf.as_mut_ptr().cast::<u8>(), 0, space);
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
-            let p = libc::CMSG_DATA(c) as *mut RawFd;
-            for (i, fd) in fds.iter().enumerate() {
-                std::ptr::write_unaligned(p.add(i), fd.as_raw_fd());
-            }
-        }
-    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
+    debug_assert!(pushed, "room for MAX_FDS");
     loop {
         // Without fds, send(2): the kernel then copies no msghdr in.
-        // SAFETY: msg and data point at live buffers.
-        let r = unsafe {
-            if fds.is_empty() {
-                libc::send(
-                    sock.as_raw_fd(),
-                    data.as_ptr().cast(),
-                    data.len(),
-                    flags | libc::MSG_NOSIGNAL,
-                )
-            } else {
-                libc::sendmsg(sock.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL)
-            }
+        let r = if fds.is_empty() {
+            rustix::net::send(sock, data, flags)
+        } else {
+            rustix::net::sendmsg(sock, &[IoSlice::new(data)], &mut control, flags)
         };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = crate::sys::errno();
-        if e != libc::EINTR {
-            return Err(e);
+        match r {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.raw_os_error()),
         }
     }
 }
@@ -194,7 +169,7 @@ unsafe fn recv_raw(
     // silently dropped by the kernel without our knowing.
     let room = max_fds.max(1);
     msg.msg_control = cbuf.as_mut_ptr().cast::<libc::c_void>();
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE((room * 4) as u32) } as usize;
+    msg.msg_controllen = rustix::cmsg_space!(ScmRights(room));
     let n = loop {
         // SAFETY: msg points at live buffers of the stated sizes.
         let r =
@@ -208,19 +183,15 @@ unsafe fn recv_raw(
         }
     };
     let before = fds.len();
-    // SAFETY: walk the control messages the kernel wrote within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                let bytes = (*c).cmsg_len - (data as usize - c as usize);
-                for i in 0..bytes / 4 {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    // SAFETY: the kernel wrote msg_controllen bytes of control messages at
+    // the start of cbuf (at most its size), so they are initialised.
+    let control = unsafe {
+        std::slice::from_raw_parts_mut(cbuf.as_mut_ptr().cast::<u8>(), msg.msg_controllen)
+    };
+    // SAFETY: as above: the control messages the kernel wrote.
+    for m in unsafe { AncillaryDrain::parse(control) } {
+        if let RecvAncillaryMessage::ScmRights(arrived) = m {
+            fds.extend(arrived);
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() - before > max_fds {
@@ -237,13 +208,13 @@ unsafe fn recv_raw(
 
 /// A connected pair of unix sockets of type `ty`, both CLOEXEC.
 pub fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd)> {
-    let mut sv = [-1; 2];
-    // SAFETY: sv has room for two fds.
-    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } < 0 {
-        return Err(Error::last_os("socketpair"));
-    }
-    // SAFETY: both are new fds we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+    rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::from_raw(ty as u32),
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::os(e.raw_os_error(), "socketpair"))
 }
 
 /// Send one fd with a payload on a blocking socket (convenience).

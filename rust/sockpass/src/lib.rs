@@ -15,6 +15,9 @@
 //! - `dbus_address`: D-Bus addresses of unix sockets;
 //! - `error`: typed errors shared by every layer.
 
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod activation;
 mod client;
 mod dbus_address;

@@ -213,15 +213,9 @@ impl Namespaces {
 /// Whether `fd` is the file at `path` (same device and inode), as nsenter
 /// compares namespaces. An unreadable `path` is "not the same".
 fn same_file(fd: &OwnedFd, path: &str) -> bool {
-    let Ok(c) = CString::new(path) else {
-        return false;
-    };
-    // SAFETY: fstat/stat write into zeroed structs.
-    let (mut a, mut b): (libc::stat, libc::stat) = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::fstat(fd.as_raw_fd(), &mut a) == 0
-            && libc::stat(c.as_ptr(), &mut b) == 0
-            && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    match (rustix::fs::fstat(fd), rustix::fs::stat(path)) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+        _ => false,
     }
 }
 

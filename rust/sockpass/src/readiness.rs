@@ -540,8 +540,9 @@ fn child_failed(pid: i32) -> Error {
 
 /// The exit status of `pid` without reaping it.
 fn child_status(pid: i32) -> Option<(i32, i32)> {
-    // SAFETY: waitid into a zeroed siginfo; WNOWAIT leaves the child waitable.
+    // SAFETY: all-zero is a valid siginfo_t.
     let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes into si; WNOWAIT leaves the child waitable.
     let r = unsafe {
         libc::waitid(
             libc::P_PID,

@@ -43,7 +43,7 @@ use crate::forking::{reap, wait_pid, ChildMask};
 use crate::ns::Namespaces;
 use crate::sys::errno;
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -279,52 +279,25 @@ fn cstring(s: &OsStr, what: &str) -> Result<CString> {
 }
 
 fn fd_limit() -> RawFd {
-    // SAFETY: getrlimit writes into a zeroed struct.
-    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 1024;
-    }
-    r.rlim_cur.min(i32::MAX as u64) as RawFd
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(RawFd::MAX, |n| n.min(i32::MAX as u64) as RawFd)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::last_os("pipe2"));
-    }
-    // SAFETY: both fds were just made.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::os(e.raw_os_error(), "pipe2"))
 }
 
 /// The go channel: (child's end, parent's end), both CLOEXEC.
 fn go_channel() -> Result<(OwnedFd, OwnedFd)> {
-    let mut p = [0; 2];
-    // SAFETY: socketpair writes two fds.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            p.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(Error::last_os("socketpair"));
-    }
-    // SAFETY: both fds were just made.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+    crate::fdpass::socketpair(libc::SOCK_STREAM)
 }
 
 /// Move `fd` to a number >= `min` (CLOEXEC), closing the old number.
 fn move_above(fd: OwnedFd, min: RawFd) -> Result<OwnedFd> {
-    // SAFETY: fcntl on an fd we own.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
-    if n < 0 {
-        return Err(Error::last_os("F_DUPFD_CLOEXEC"));
-    }
-    // SAFETY: n was just made.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    rustix::io::fcntl_dupfd_cloexec(&fd, min)
+        .map_err(|e| Error::os(e.raw_os_error(), "F_DUPFD_CLOEXEC"))
 }
 
 /// Look a bare program name up in PATH, as execvp would, but before the
@@ -791,19 +764,22 @@ pub struct Child {
 }
 
 fn read_record(fd: &OwnedFd) -> Result<Option<[i32; 3]>> {
-    let mut rec = [0i32; 3];
-    loop {
-        // SAFETY: reading into a 12-byte buffer.
-        let r = unsafe { libc::read(fd.as_raw_fd(), rec.as_mut_ptr().cast(), 12) };
-        if r < 0 && errno() == libc::EINTR {
-            continue;
+    let mut b = [0u8; 12];
+    let r = loop {
+        match rustix::io::read(fd, &mut b) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r,
         }
-        return match r {
-            12 => Ok(Some(rec)),
-            0 => Ok(None),
-            r if r < 0 => Err(Error::last_os("reading the child's report")),
-            _ => Err(Error::protocol("short record from the child")),
-        };
+    };
+    match r {
+        Ok(12) => {
+            Ok(Some([0, 4, 8].map(|i| {
+                i32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+            })))
+        }
+        Ok(0) => Ok(None),
+        Err(e) => Err(Error::os(e.raw_os_error(), "reading the child's report")),
+        Ok(_) => Err(Error::protocol("short record from the child")),
     }
 }
 
@@ -907,11 +883,10 @@ impl Child {
         let Some(go) = self.go.take() else {
             return Ok(());
         };
-        // SAFETY: one byte to the socket we own; MSG_NOSIGNAL: a child
-        // that died meanwhile gives EPIPE, not SIGPIPE here.
-        if unsafe { libc::send(go.as_raw_fd(), [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) } != 1
-        {
-            let e = Error::last_os("resuming the child");
+        // MSG_NOSIGNAL (always, in send_fds): a child that died meanwhile
+        // gives EPIPE, not SIGPIPE here.
+        if let Err(e) = crate::fdpass::send_fds(go.as_fd(), &[1], &[], 0) {
+            let e = Error::os(e, "resuming the child");
             self.kill_and_reap();
             return Err(e);
         }

@@ -1,8 +1,8 @@
 //! Small safe wrappers over libc calls used by several modules. Each returns
 //! the errno on failure; callers turn it into a typed error with context.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// errno of the last failed call on this thread. Async-signal-safe (no
 /// allocation): a forked child may call it.
@@ -57,7 +57,10 @@ pub struct Creds {
     pub gid: u32,
 }
 
+/// On libc, not rustix: a peer outside our pid namespace has pid 0, which
+/// rustix's `UCred` (a non-zero `Pid`) cannot hold.
 pub fn peer_creds(fd: &impl AsFd) -> Result<Creds, i32> {
+    // SAFETY: all-zero is a valid ucred.
     let mut c: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: c and len are valid for writing.
@@ -122,39 +125,10 @@ pub fn sockaddr_from(addr: IpAddr, port: u16) -> (libc::sockaddr_storage, libc::
 
 /// The local address of an inet socket.
 pub fn local_addr(fd: &impl AsFd) -> Result<SocketAddr, i32> {
-    // SAFETY: zeroed storage, then getsockname fills at most len bytes.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockname(
-            fd.as_fd().as_raw_fd(),
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(errno());
-    }
-    match ss.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says it is a sockaddr_in.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Ok(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says it is a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Ok(SocketAddr::new(
-                IpAddr::V6(ip),
-                u16::from_be(sin6.sin6_port),
-            ))
-        }
-        _ => Err(libc::EAFNOSUPPORT),
-    }
+    let a = rustix::net::getsockname(fd).map_err(|e| e.raw_os_error())?;
+    let a = SocketAddr::try_from(a).map_err(|e| e.raw_os_error())?;
+    // The address and port only (no IPv6 flow info or scope).
+    Ok(SocketAddr::new(a.ip(), a.port()))
 }
 
 pub fn local_port(fd: &impl AsFd) -> Result<u16, i32> {
@@ -181,27 +155,25 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 
 /// `dup` with CLOEXEC.
 pub fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd, i32> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own, or -1.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        // SAFETY: r is a new fd.
-        Ok(unsafe { OwnedFd::from_raw_fd(r) })
-    }
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| e.raw_os_error())
 }
 
 /// A unix socket of `ty` (SOCK_SEQPACKET…), CLOEXEC, optionally nonblocking.
 pub fn unix_socket(ty: i32, nonblock: bool) -> Result<OwnedFd, i32> {
-    let flags = libc::SOCK_CLOEXEC | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
-    // SAFETY: plain syscall.
-    let r = unsafe { libc::socket(libc::AF_UNIX, ty | flags, 0) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        // SAFETY: r is a new fd.
-        Ok(unsafe { OwnedFd::from_raw_fd(r) })
-    }
+    use rustix::net::SocketFlags;
+    let flags = SocketFlags::CLOEXEC
+        | if nonblock {
+            SocketFlags::NONBLOCK
+        } else {
+            SocketFlags::empty()
+        };
+    rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::from_raw(ty as u32),
+        flags,
+        None,
+    )
+    .map_err(|e| e.raw_os_error())
 }
 
 /// Build a `sockaddr_un` for a filesystem path or, when the path starts with
@@ -229,42 +201,29 @@ pub fn sockaddr_un(path: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t), 
     Ok((sun, len as libc::socklen_t))
 }
 
+/// `path` (checked as [`sockaddr_un`] does) as rustix's unix address.
+fn unix_addr(path: &[u8]) -> Result<rustix::net::SocketAddrUnix, i32> {
+    sockaddr_un(path)?;
+    match path.split_first() {
+        Some((0, name)) => rustix::net::SocketAddrUnix::new_abstract_name(name),
+        _ => rustix::net::SocketAddrUnix::new(path),
+    }
+    .map_err(|e| e.raw_os_error())
+}
+
 pub fn connect_unix(fd: &impl AsFd, path: &[u8]) -> Result<(), i32> {
-    let (sun, len) = sockaddr_un(path)?;
+    let a = unix_addr(path)?;
     loop {
-        // SAFETY: sun is a valid sockaddr_un of length len.
-        let r = unsafe {
-            libc::connect(
-                fd.as_fd().as_raw_fd(),
-                (&sun as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = errno();
-        if e != libc::EINTR {
-            return Err(e);
+        match rustix::net::connect(fd, &a) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.raw_os_error()),
         }
     }
 }
 
 pub fn bind_unix(fd: &impl AsFd, path: &[u8]) -> Result<(), i32> {
-    let (sun, len) = sockaddr_un(path)?;
-    // SAFETY: sun is a valid sockaddr_un of length len.
-    let r = unsafe {
-        libc::bind(
-            fd.as_fd().as_raw_fd(),
-            (&sun as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    rustix::net::bind(fd, &unix_addr(path)?).map_err(|e| e.raw_os_error())
 }
 
 /// Wait for `events` on one fd; returns the revents, 0 on timeout.

@@ -370,13 +370,16 @@ mod tests {
         let opts = BindOptions {
             mode: 0o640,
             // Our own ids: chown to them works as any user.
-            owner: Some(unsafe { (libc::getuid(), libc::getgid()) }),
+            owner: Some((
+                rustix::process::getuid().as_raw(),
+                rustix::process::getgid().as_raw(),
+            )),
             ..BindOptions::default()
         };
         let fd = bind_in_namespace(None, p.as_os_str().as_encoded_bytes(), &opts).unwrap();
         let m = std::fs::metadata(&p).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o640);
-        assert_eq!(m.uid(), unsafe { libc::getuid() });
+        assert_eq!(m.uid(), rustix::process::getuid().as_raw());
         assert!(crate::server_socket::server::is_listening(fd.as_fd()).unwrap());
         // Binding again at the same path fails with the bind step named.
         let e = bind_in_namespace(None, p.as_os_str().as_encoded_bytes(), &opts).unwrap_err();

@@ -27,13 +27,8 @@ fn bad(errno: i32, msg: String) -> Error {
 }
 
 /// `fstat` of any fd.
-pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat> {
-    // SAFETY: fstat writes into a zeroed struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(Error::last_os("fstat"));
-    }
-    Ok(st)
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<rustix::fs::Stat> {
+    rustix::fs::fstat(fd).map_err(|e| Error::os(e.raw_os_error(), "fstat"))
 }
 
 /// Check that `fd` is a socket of `domain` and `ty`, with a distinct error
@@ -78,9 +73,10 @@ pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> Result<bool> {
 /// The bound address of a unix socket: path bytes, or a NUL then the
 /// abstract name; empty when unbound.
 pub fn unix_local_path(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
-    // SAFETY: zeroed sockaddr_un; getsockname writes at most len bytes.
+    // SAFETY: all-zero is a valid sockaddr_un.
     let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most len bytes into sun.
     let r = unsafe {
         libc::getsockname(
             fd.as_raw_fd(),
@@ -320,16 +316,7 @@ fn manager_died() -> Error {
 
 /// True if `fd` has a peer (getpeername succeeds).
 fn peer_connected(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: zeroed storage; getpeername writes at most len bytes.
-    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    unsafe {
-        libc::getpeername(
-            fd.as_raw_fd(),
-            (&mut sa as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        ) == 0
-    }
+    rustix::net::getpeername(fd).is_ok()
 }
 
 /// A notifier must be the read end of a pipe or FIFO.
@@ -371,10 +358,13 @@ mod tests {
     }
 
     fn inet(ty: i32) -> OwnedFd {
-        // SAFETY: plain syscall; checked.
-        let r = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0) };
-        assert!(r >= 0);
-        unsafe { OwnedFd::from_raw_fd(r) }
+        rustix::net::socket_with(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::from_raw(ty as u32),
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
     }
 
     #[test]
