@@ -130,6 +130,7 @@ mod tests {
         // SAFETY: static NUL-terminated strings.
         let s = unsafe { std::ffi::CStr::from_ptr(a) };
         assert_eq!(s.to_str().unwrap(), "sharing conflict");
+        // SAFETY: sockpass_strerror returns a static NUL-terminated string.
         let s = unsafe { std::ffi::CStr::from_ptr(sockpass_strerror(i32::MIN)) };
         assert!(!s.to_bytes().is_empty());
     }

@@ -14,6 +14,8 @@
 // The exported functions check their pointers themselves (NULL gets -EFAULT);
 // callers must pass valid pointers otherwise, as every C API requires.
 #![allow(clippy::missing_safety_doc)]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod boundary;
 mod client;

@@ -242,6 +242,7 @@ mod tests {
     fn new(method: &std::ffi::CStr) -> (c_int, *mut sockpass_readiness, c_int) {
         let mut r = std::ptr::null_mut();
         let mut fd = -7;
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let rc = unsafe { sockpass_readiness_new(method.as_ptr(), &mut r, &mut fd) };
         (rc, r, fd)
     }
@@ -252,15 +253,22 @@ mod tests {
             let (rc, r, fd) = new(m);
             assert_eq!(rc, 0);
             assert!(fd >= 0);
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             assert!(unsafe { sockpass_readiness_fd(r) } >= 0);
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             assert_eq!(unsafe { sockpass_readiness_check(r) }, 0);
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             assert_eq!(unsafe { sockpass_readiness_wait(r, 10) }, -libc::ETIMEDOUT);
             let mut b = [0 as c_char; 8];
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             let n = unsafe { sockpass_readiness_notify_socket(r, b.as_mut_ptr(), b.len()) };
             assert_eq!(n, -libc::ENOENT);
             assert_eq!(sockpass_report_ready_fd(fd), 0);
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             assert_eq!(unsafe { sockpass_readiness_wait(r, 30_000) }, 0);
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             assert_eq!(unsafe { sockpass_readiness_check(r) }, 1);
+            // SAFETY: frees a handle this test made, once (or null, a no-op).
             unsafe { sockpass_readiness_free(r) };
         }
     }
@@ -270,19 +278,26 @@ mod tests {
         let (rc, r, fd) = new(c"notify");
         assert_eq!((rc, fd), (0, -1));
         let mut b = [0 as c_char; 256];
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let n = unsafe { sockpass_readiness_notify_socket(r, b.as_mut_ptr(), b.len()) };
         assert!(n > 0);
         let mut small = [0 as c_char; 2];
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let rc = unsafe { sockpass_readiness_notify_socket(r, small.as_mut_ptr(), small.len()) };
         assert_eq!(rc, -libc::ENOBUFS);
         let s = c"STATUS=starting\n";
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let rc = unsafe { sockpass_notify_send(b.as_ptr(), s.as_ptr(), s.count_bytes()) };
         assert_eq!(rc, 0);
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_readiness_check(r) }, 0);
         let s = c"READY=1\n";
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let rc = unsafe { sockpass_notify_send(b.as_ptr(), s.as_ptr(), s.count_bytes()) };
         assert_eq!(rc, 0);
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_readiness_wait(r, 30_000) }, 0);
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_readiness_free(r) };
     }
 
@@ -296,43 +311,56 @@ mod tests {
         let mut fd = -7;
         let null: *mut sockpass_readiness = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_readiness_new(std::ptr::null(), &mut r, &mut fd) },
             -libc::EFAULT
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_readiness_new(c"pipe".as_ptr(), std::ptr::null_mut(), &mut fd) },
             -libc::EFAULT
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_readiness_new(c"pipe".as_ptr(), &mut r, std::ptr::null_mut()) },
             -libc::EFAULT
         );
         assert_eq!((r, fd), (null, -7));
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         assert_eq!(unsafe { sockpass_readiness_check(null) }, -libc::EFAULT);
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         assert_eq!(unsafe { sockpass_readiness_wait(null, 0) }, -libc::EFAULT);
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         assert_eq!(unsafe { sockpass_readiness_fd(null) }, -libc::EFAULT);
         let (_, r, fd) = new(c"pipe");
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_readiness_wait_child(r, 0, 0) },
             -libc::EINVAL
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_readiness_wait_child(r, -3, 0) },
             -libc::EINVAL
         );
         assert_eq!(sockpass_report_ready_fd(fd), 0);
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_readiness_free(r) };
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_readiness_free(null) };
         assert_eq!(sockpass_report_ready_fd(-1), -libc::EBADF);
         assert_eq!(sockpass_report_ready_fd(1_000_000), -libc::EBADF);
         let big = vec![b'x'; 5000];
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let rc = unsafe {
             sockpass_notify_send(c"/nonexistent".as_ptr(), big.as_ptr().cast(), big.len())
         };
         assert_eq!(rc, -libc::EINVAL);
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         let rc = unsafe { sockpass_notify_send(c"/nonexistent".as_ptr(), std::ptr::null(), 1) };
         assert_eq!(rc, -libc::EFAULT);
         let rc =
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_notify_send(c"/nonexistent/x".as_ptr(), c"READY=1".as_ptr(), 7) };
         assert_eq!(rc, -libc::ENOENT);
     }

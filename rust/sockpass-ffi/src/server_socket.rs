@@ -516,29 +516,37 @@ mod tests {
         let p = t.path();
         let l = UnixListener::bind(&p).unwrap();
         let mut s = std::ptr::null_mut();
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let r = unsafe { sockpass_server_adopt(l.as_fd().as_raw_fd(), -1, 0, &mut s) };
         assert_eq!(r, 0);
         drop(l); // the server holds its own copy
         let mut buf = [0 as c_char; 256];
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let n = unsafe { sockpass_server_dbus_address(s, buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: the call above wrote a NUL-terminated string into buf.
         let a = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
         assert_eq!(n as usize, a.len());
         assert_eq!(a, format!("unix:path={}", p.display()));
         let _peer = UnixStream::connect(&p).unwrap();
         let mut c = sockpass_creds::default();
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let fd = unsafe { sockpass_server_accept(s, &mut c) };
         assert!(fd >= 0);
         // SAFETY: the accepted fd is ours.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
         assert_eq!(c.pid as u32, std::process::id());
-        assert_eq!(c.uid, unsafe { libc::geteuid() });
+        assert_eq!(c.uid, rustix::process::geteuid().as_raw());
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_server_notifier_fd(s) }, -libc::ENOENT);
         let mut small = [0 as c_char; 4];
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_server_dbus_address(s, small.as_mut_ptr(), small.len()) },
             -libc::ENOBUFS
         );
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_server_free(s) };
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_server_free(std::ptr::null_mut()) };
     }
 
@@ -549,6 +557,7 @@ mod tests {
         let l = UnixListener::bind(&p).unwrap();
         let mut s = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_server_adopt(l.as_fd().as_raw_fd(), -1, 0, &mut s) },
             0
         );
@@ -556,6 +565,7 @@ mod tests {
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 std::thread::spawn(move || {
+                    // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
                     let fd = unsafe {
                         sockpass_server_accept(addr as *mut sockpass_server, std::ptr::null_mut())
                     };
@@ -566,12 +576,14 @@ mod tests {
             })
             .collect();
         // Asking for the fd while others block in accept does not wait.
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert!(unsafe { sockpass_server_fd(s) } >= 0);
         let _a = UnixStream::connect(&p).unwrap();
         let _b = UnixStream::connect(&p).unwrap();
         for t in threads {
             t.join().unwrap();
         }
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_server_free(s) };
     }
 
@@ -580,31 +592,42 @@ mod tests {
         let t = TempSock::new("lazy");
         let p = t.path();
         let mut fds = [-1; 2];
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_notifier_pair(fds.as_mut_ptr()) }, 0);
         // SAFETY: both ends are ours now.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let sock = sockpass::sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
         let mut s = std::ptr::null_mut();
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let rc = unsafe {
             sockpass_server_adopt(sock.as_raw_fd(), r.as_raw_fd(), libc::SOCK_STREAM, &mut s)
         };
         assert_eq!(rc, 0);
         drop(r);
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_server_check(s) }, 0);
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert!(unsafe { sockpass_server_notifier_fd(s) } >= 0);
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         let (rc, m) = code(|| unsafe { sockpass_server_accept(s, std::ptr::null_mut()) });
         assert_eq!(rc, -sockpass::CODE_NOT_READY, "{m}");
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_server_wait(s, 10) }, -libc::ETIMEDOUT);
         // The manager binds and listens, then closes the write end.
         sockpass::sys::bind_unix(&sock, p.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::listen(sock.as_raw_fd(), 8) }, 0);
+        rustix::net::listen(&sock, 8).unwrap();
         drop(w);
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_server_wait(s, 30_000) }, 0);
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_server_check(s) }, 1);
         let _peer = UnixStream::connect(&p).unwrap();
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         let fd = unsafe { sockpass_server_accept(s, std::ptr::null_mut()) };
         assert!(fd >= 0);
+        // SAFETY: a new fd that nothing else owns.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_server_free(s) };
     }
 
@@ -613,13 +636,16 @@ mod tests {
         let (r, w) = sockpass::notifier_pair().unwrap();
         let sock = sockpass::sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
         let mut s = std::ptr::null_mut();
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let rc = unsafe { sockpass_server_adopt(sock.as_raw_fd(), r.as_raw_fd(), 0, &mut s) };
         assert_eq!(rc, 0);
         drop(w);
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_server_wait(s, 30_000) },
             -sockpass::CODE_NOT_READY
         );
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_server_free(s) };
     }
 
@@ -636,6 +662,7 @@ mod tests {
             (file.as_raw_fd(), -7, 0, -libc::EBADF),
         ];
         for (fd, n, ty, want) in cases {
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             let (rc, m) = code(|| unsafe { sockpass_server_adopt(fd, n, ty, &mut s) });
             assert_eq!(rc, want, "fd {fd} notifier {n} type {ty}: {m}");
             assert!(!m.is_empty());
@@ -648,34 +675,43 @@ mod tests {
             (sock.as_raw_fd(), libc::EINVAL),
             (a.as_raw_fd(), libc::EISCONN),
         ] {
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             let (rc, m) = code(|| unsafe { sockpass_server_adopt(fd, -1, 0, &mut s) });
             assert_eq!(rc, -want, "{m}");
             assert_eq!(s, sentinel);
         }
         let null = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_server_adopt(0, -1, 0, null) },
             -libc::EFAULT
         );
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         assert_eq!(unsafe { sockpass_server_check(null.cast()) }, -libc::EFAULT);
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_server_wait(null.cast(), 0) },
             -libc::EFAULT
         );
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         assert_eq!(unsafe { sockpass_server_fd(null.cast()) }, -libc::EFAULT);
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_server_accept(null.cast(), std::ptr::null_mut()) },
             -libc::EFAULT
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_notifier_pair(std::ptr::null_mut()) },
             -libc::EFAULT
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_server_adopt_activation(0, 0, null) },
             -libc::EFAULT
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_server_adopt_activation(99, 0, &mut s) },
             -libc::EINVAL
         );
@@ -686,6 +722,7 @@ mod tests {
         let t = TempSock::new("bind");
         let p = t.path();
         let b = p.as_os_str().as_encoded_bytes();
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let fd = unsafe {
             sockpass_bind_in_namespace(0, b.as_ptr().cast(), b.len(), 0o600, u32::MAX, u32::MAX, -1)
         };
@@ -697,9 +734,11 @@ mod tests {
         assert_eq!(mode, 0o600);
         let mut s = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_server_adopt(fd.as_raw_fd(), -1, 0, &mut s) },
             0
         );
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_server_free(s) };
         let rel = b"relative.sock";
         let long = [b'/'; 200];
@@ -714,6 +753,7 @@ mod tests {
             (0, b.as_ptr().cast(), b.len(), -1, -2, -libc::EINVAL),
         ];
         for (pid, ptr, len, mode, backlog, want) in bad {
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             let (rc, m) = code(|| unsafe {
                 sockpass_bind_in_namespace(pid, ptr, len, mode, keep, keep, backlog)
             });

@@ -512,17 +512,23 @@ mod tests {
     fn true_runs_and_exits_zero() {
         let mut s = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_spawn_new(c"/bin/true".as_ptr(), &mut s) },
             0
         );
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         assert_eq!(unsafe { sockpass_spawn_add_empty(s, std::ptr::null()) }, 0);
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_spawn_add_inherit(s) }, 1);
         let mut c = std::ptr::null_mut();
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         let pid = unsafe { sockpass_spawn_start(s, &mut c) };
         assert!(pid > 0);
         let mut st = -1;
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_child_wait(c, 30_000, &mut st) }, 1);
         assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0);
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_child_free(c) };
     }
 
@@ -530,6 +536,7 @@ mod tests {
     fn add_fds_is_all_or_nothing() {
         let mut s = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_spawn_new(c"/bin/true".as_ptr(), &mut s) },
             0
         );
@@ -545,21 +552,27 @@ mod tests {
             } else {
                 std::ptr::null()
             };
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             let rc = unsafe { sockpass_spawn_add_fds(s, fds.as_ptr(), fds.len() as _, nm) };
             assert_eq!(rc, want, "{fds:?}");
         }
         let fds = [0, SOCKPASS_SPAWN_EMPTY, SOCKPASS_SPAWN_INHERIT];
+        // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
         let rc = unsafe { sockpass_spawn_add_fds(s, fds.as_ptr(), 3, std::ptr::null()) };
         assert_eq!(rc, 0, "nothing was added by the refused calls");
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_spawn_add_inherit(s) }, 3);
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_spawn_add_fds(s, std::ptr::null(), 0, std::ptr::null()) },
             4
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_spawn_add_fds(s, std::ptr::null(), 1, std::ptr::null()) },
             -libc::EFAULT
         );
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_spawn_free(s) };
     }
 
@@ -567,11 +580,13 @@ mod tests {
     fn bad_input_gets_its_code() {
         let mut s = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_spawn_new(std::ptr::null(), &mut s) },
             -libc::EFAULT
         );
         assert!(s.is_null());
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_spawn_new(c"/bin/true".as_ptr(), &mut s) },
             0
         );
@@ -581,29 +596,38 @@ mod tests {
             (c"\x7f", -libc::EINVAL),
         ];
         for (name, want) in bad {
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             assert_eq!(unsafe { sockpass_spawn_add_fd(s, 0, name.as_ptr()) }, want);
         }
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_spawn_add_fd(s, -1, std::ptr::null()) },
             -libc::EBADF
         );
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_spawn_set_start(s, -3) }, -libc::EINVAL);
         assert_eq!(
+            // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
             unsafe { sockpass_spawn_setenv(s, c"K=V".as_ptr(), c"v".as_ptr()) },
             -libc::EINVAL
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_spawn_join(s, -1, std::ptr::null()) },
             -libc::EINVAL
         );
+        // SAFETY: the C API as C calls it: pointers to live locals, handles this test owns.
         assert_eq!(unsafe { sockpass_spawn_add_fd(s, 0, c"ok".as_ptr()) }, 0);
+        // SAFETY: frees a handle this test made, once (or null, a no-op).
         unsafe { sockpass_spawn_free(s) };
         let mut c = std::ptr::null_mut();
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_spawn_start(std::ptr::null_mut(), &mut c) },
             -libc::EFAULT
         );
         assert_eq!(
+            // SAFETY: the C API as C calls it; the null pointer is one it must refuse.
             unsafe { sockpass_child_wait(c, 0, std::ptr::null_mut()) },
             -libc::EFAULT
         );
