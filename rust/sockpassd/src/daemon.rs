@@ -139,8 +139,9 @@ fn stop_signals() -> std::io::Result<OwnedFd> {
 
 fn which_signal(fd: &OwnedFd) -> &'static str {
     use std::os::fd::AsRawFd;
-    // SAFETY: reading one siginfo into a properly sized buffer.
+    // SAFETY: all-zero is a valid signalfd_siginfo.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    // SAFETY: reading one siginfo into a properly sized buffer.
     let n = unsafe {
         libc::read(
             fd.as_raw_fd(),

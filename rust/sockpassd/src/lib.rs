@@ -2,6 +2,9 @@
 //! lives in the `sockpass` crate; this crate parses arguments, calls it, and
 //! prints.
 
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod args;
 pub mod cli;
 pub mod daemon;

@@ -674,6 +674,7 @@ fn bind_options_mode_on_the_host() {
     .unwrap();
     let m = std::fs::metadata(&p).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o604);
+    // SAFETY: geteuid has no preconditions.
     assert_eq!(m.uid(), unsafe { libc::geteuid() });
     drop(fd);
     let _ = std::fs::remove_dir_all(&dir);

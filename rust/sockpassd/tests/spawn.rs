@@ -103,7 +103,9 @@ fn run_ok(s: Spawn) -> i32 {
 
 fn pipe() -> (OwnedFd, OwnedFd) {
     let mut p = [0; 2];
+    // SAFETY: pipe2 writes two fds into p.
     assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both are new fds nothing else owns.
     unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
 }
 
@@ -115,7 +117,9 @@ fn udp() -> OwnedFd {
 
 /// Put a copy of `fd` at exactly `n` (CLOEXEC, like every fd we hold).
 fn at(fd: &OwnedFd, n: RawFd) -> OwnedFd {
+    // SAFETY: dup3 onto a number the test chose to free for it.
     assert_eq!(unsafe { libc::dup3(fd.as_raw_fd(), n, libc::O_CLOEXEC) }, n);
+    // SAFETY: n is the copy just made, owned by nothing else.
     unsafe { OwnedFd::from_raw_fd(n) }
 }
 
@@ -453,6 +457,7 @@ fn dropping_a_paused_child_resumes_it() {
     drop(c);
     // Not reaped by the drop: reap it here.
     let mut st = 0;
+    // SAFETY: waitpid on our own child, into a local.
     assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
     assert_eq!(exit_code(st), 0, "the program ran, no 127");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
@@ -480,10 +485,13 @@ fn a_paused_child_has_no_handlers_and_survives_signals() {
     let _serial = serial();
     // A handler without SA_RESTART in the parent (as CPython's SIGINT
     // handler): it must not run in the child nor break its wait with EINTR.
+    // SAFETY: all-zero is a valid sigaction (no flags, empty mask).
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
     act.sa_sigaction = on_winch as *const () as usize;
+    // SAFETY: as above.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     assert_eq!(
+        // SAFETY: installs on_winch, which does nothing (async-signal-safe).
         unsafe { libc::sigaction(libc::SIGWINCH, &act, &mut old) },
         0
     );
@@ -518,6 +526,7 @@ fn a_paused_child_has_no_handlers_and_survives_signals() {
     assert_eq!(exit_code(c.wait().unwrap()), 0);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
     assert_eq!(
+        // SAFETY: restores the handler saved above.
         unsafe { libc::sigaction(libc::SIGWINCH, &old, std::ptr::null_mut()) },
         0
     );
@@ -551,6 +560,7 @@ fn bad_input_is_refused_before_spawning() {
     let before = count_fds();
     // A closed source fd.
     let mut s = Spawn::new("/bin/true");
+    // SAFETY: deliberately a closed number: the spawn must refuse it.
     let closed = unsafe { std::os::fd::BorrowedFd::borrow_raw(999) };
     assert!(s.dup_fd(closed, None).is_err());
     // Invalid names (the empty name is valid, as in systemd).

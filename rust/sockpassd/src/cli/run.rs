@@ -408,8 +408,9 @@ fn forward_fd() -> std::io::Result<OwnedFd> {
 
 /// The next signal queued on a non-blocking signalfd, if any.
 fn read_signal(sfd: &OwnedFd) -> Option<i32> {
-    // SAFETY: read one signalfd_siginfo into a zeroed local.
+    // SAFETY: all-zero is a valid signalfd_siginfo.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    // SAFETY: read at most one signalfd_siginfo into the local.
     let n = unsafe {
         libc::read(
             sfd.as_raw_fd(),

@@ -212,8 +212,9 @@ pub fn can_bind(udp: bool, port: u16) -> bool {
 
 /// Inode of a socket fd, to tell whether two fds are the same socket.
 pub fn inode(fd: &OwnedFd) -> u64 {
-    // SAFETY: fstat into a zeroed struct.
+    // SAFETY: all-zero is a valid stat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the local.
     assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
     st.st_ino
 }
