@@ -74,8 +74,10 @@ pub fn send_fds(
     // zeroing 1 KiB on every call was a tenth of the hot path's instructions.
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
-    debug_assert!(pushed, "room for MAX_FDS");
+    if !fds.is_empty() {
+        let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(pushed, "room for MAX_FDS");
+    }
     loop {
         // Without fds, send(2): the kernel then copies no msghdr in.
         let r = if fds.is_empty() {
