@@ -7,6 +7,9 @@
 //! The friendly surface (enums, context managers, `socket.socket` objects)
 //! lives in the Python package around this module.
 
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString};
