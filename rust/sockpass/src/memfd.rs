@@ -2,29 +2,22 @@
 
 use crate::error::{Error, Result};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// A CLOEXEC memfd holding `data`, sealed against writes and resizing.
 pub fn from_bytes(name: &str, data: &[u8]) -> Result<OwnedFd> {
     let cname =
         std::ffi::CString::new(name).map_err(|_| Error::bad_request("memfd name contains NUL"))?;
-    // SAFETY: valid C string; the result is checked.
-    let r =
-        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if r < 0 {
-        return Err(Error::last_os("memfd_create"));
-    }
-    // SAFETY: r is a new fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(r) };
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(&cname, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(|e| Error::os(e.raw_os_error(), "memfd_create"))?;
     let mut f = std::fs::File::from(fd);
     f.write_all(data)
         .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "write memfd"))?;
     let fd = OwnedFd::from(f);
-    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl on our fd.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(Error::last_os("seal memfd"));
-    }
+    let seals = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL;
+    rustix::fs::fcntl_add_seals(&fd, seals)
+        .map_err(|e| Error::os(e.raw_os_error(), "seal memfd"))?;
     Ok(fd)
 }
 

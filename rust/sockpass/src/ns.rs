@@ -7,8 +7,7 @@
 
 use crate::error::{Error, Kind, Result};
 use crate::sys::errno;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// The namespaces that can be joined, in the order they are joined: user
 /// first (it grants the rights to join the rest), mount last (so nothing
@@ -89,14 +88,9 @@ pub struct Namespaces {
 }
 
 fn open_path(path: &str) -> std::result::Result<OwnedFd, i32> {
-    let c = CString::new(path).map_err(|_| libc::EINVAL)?;
-    // SAFETY: a valid C string; the fd is owned at once.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    // SAFETY: fd was just opened by us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| e.raw_os_error())
 }
 
 impl Namespaces {

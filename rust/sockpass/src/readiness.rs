@@ -67,13 +67,8 @@ pub(crate) fn remaining_ms(deadline: Option<Instant>) -> i32 {
 
 /// A pipe, both ends CLOEXEC: (read, write).
 pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut p = [-1; 2];
-    // SAFETY: p has room for two fds.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::last_os("pipe2"));
-    }
-    // SAFETY: both are new fds we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::os(e.raw_os_error(), "pipe2"))
 }
 
 #[derive(Debug)]
@@ -390,15 +385,12 @@ fn set_nonblock(fd: &OwnedFd) -> Result<()> {
 fn read_newline(fd: BorrowedFd<'_>) -> Result<bool> {
     let mut buf = [0u8; 512];
     loop {
-        // SAFETY: read into a local buffer.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            match sys::errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => return Ok(false),
-                e => return Err(Error::os(e, "read notification fd")),
-            }
-        }
+        let n = match rustix::io::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(false),
+            Err(e) => return Err(Error::os(e.raw_os_error(), "read notification fd")),
+        };
         if n == 0 {
             return Err(Error::with_errno(
                 Kind::NotReady,
@@ -406,7 +398,7 @@ fn read_newline(fd: BorrowedFd<'_>) -> Result<bool> {
                 "the notification fd was closed without a newline being written",
             ));
         }
-        if buf[..n as usize].contains(&b'\n') {
+        if buf[..n].contains(&b'\n') {
             return Ok(true);
         }
     }
@@ -489,13 +481,11 @@ fn notify_sockaddr(addr: &OsStr) -> Result<Vec<u8>> {
 }
 
 fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open returns a new fd or -1.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r < 0 {
-        return Err(Error::last_os(format!("pidfd_open({pid})")));
-    }
-    // SAFETY: r is a new fd we own (pidfds are always CLOEXEC).
-    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+    // pidfds are always CLOEXEC.
+    rustix::process::Pid::from_raw(pid)
+        .ok_or(rustix::io::Errno::INVAL)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+        .map_err(|e| Error::os(e.raw_os_error(), format!("pidfd_open({pid})")))
 }
 
 /// Whether `pid` has exited or is exiting: its pidfd is readable, or
@@ -606,14 +596,10 @@ pub fn notify_ready_from_env() -> Result<bool> {
 /// s6 / pipe: write a newline to the notification fd and close it.
 pub fn report_ready_fd(fd: OwnedFd) -> Result<()> {
     loop {
-        // SAFETY: write one byte from a static buffer.
-        let n = unsafe { libc::write(fd.as_raw_fd(), b"\n".as_ptr().cast(), 1) };
-        if n == 1 {
-            return Ok(());
-        }
-        let e = sys::errno();
-        if n < 0 && e != libc::EINTR {
-            return Err(Error::os(e, "write to the readiness fd"));
+        match rustix::io::write(&fd, b"\n") {
+            Ok(1) => return Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::os(e.raw_os_error(), "write to the readiness fd")),
         }
     }
 }
@@ -629,10 +615,10 @@ pub fn inherited_fd(n: RawFd) -> Result<OwnedFd> {
     }
     // Our own fds 0-2 stay ours; anything else inherited is set CLOEXEC so
     // it does not leak further.
-    // SAFETY: n is open and handed to us by our parent.
-    unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: the caller hands us this inherited fd to own.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    // SAFETY: n is open, and the caller hands us this inherited fd to own.
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
+    let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+    Ok(fd)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use crate::dbus_address;
 use crate::error::{Error, Kind, Result};
 use crate::sys::{self, Creds};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// A server socket handed in by a manager. Accepting is allowed only once it
@@ -273,22 +273,10 @@ impl ServerSocket {
             ));
         }
         let c = loop {
-            // SAFETY: accept4 on our fd; null address is allowed.
-            let r = unsafe {
-                libc::accept4(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if r >= 0 {
-                // SAFETY: r is a new fd we own.
-                break unsafe { OwnedFd::from_raw_fd(r) };
-            }
-            let e = sys::errno();
-            if e != libc::EINTR && e != libc::ECONNABORTED {
-                return Err(Error::os(e, "accept"));
+            match rustix::net::accept_with(&self.fd, rustix::net::SocketFlags::CLOEXEC) {
+                Ok(c) => break c,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => {}
+                Err(e) => return Err(Error::os(e.raw_os_error(), "accept")),
             }
         };
         let creds = sys::peer_creds(&c).map_err(|e| Error::os(e, "SO_PEERCRED"))?;
@@ -331,12 +319,9 @@ fn check_notifier(n: BorrowedFd<'_>) -> Result<()> {
             ),
         ));
     }
-    // SAFETY: F_GETFL on a valid fd.
-    let fl = unsafe { libc::fcntl(n.as_raw_fd(), libc::F_GETFL) };
-    if fl < 0 {
-        return Err(Error::last_os("fcntl F_GETFL on the notifier"));
-    }
-    if fl & libc::O_ACCMODE != libc::O_RDONLY {
+    let fl = rustix::fs::fcntl_getfl(n)
+        .map_err(|e| Error::os(e.raw_os_error(), "fcntl F_GETFL on the notifier"))?;
+    if fl & rustix::fs::OFlags::RWMODE != rustix::fs::OFlags::RDONLY {
         return Err(bad(
             libc::EBADF,
             "the notifier is not opened for reading only (the write end of a pipe?)".into(),
