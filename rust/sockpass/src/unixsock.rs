@@ -1,33 +1,580 @@
-//! Unix-domain sockets at a path: created with a requested mode and owner,
-//! replacing a stale socket file only when nothing listens on it.
+//! Unix-domain sockets at a path, bound by the one hardened binder that the
+//! broker's listener, Unix socket requests and the server-socket manager
+//! share ([`UnixBinder`]).
 //!
-//! Nothing here follows a symlink. The directory that will hold the socket
-//! is opened one component at a time with `O_NOFOLLOW`, and a path whose
-//! directories include a symlink is refused, so the policy's `path=` prefix
-//! (compared as text) is where the file really goes. The file is probed and
-//! unlinked relative to that directory, and bound by its absolute path (the
-//! address the socket keeps), then found again through the directory, or the
-//! request fails; its mode comes from the
-//! umask at `bind()` (no chmod by path), and its owner is set through an
-//! `O_PATH` handle on the file the bind made, checked first.
+//! The race it closes: a path is checked, then `bind()` resolves it again,
+//! and whoever can write a directory on the way swaps in a symlink between
+//! the two, so a root-owned socket appears in a directory they cannot
+//! write. The binder never resolves the path twice through anything a
+//! stranger can change:
 //!
-//! `create_unix` changes the process's umask and working directory around
-//! the probe and the bind, and restores them at once: its callers are
-//! single-threaded (the broker's event loop, `sockpass run` before it
-//! spawns).
+//! 1. The directory that will hold the socket is opened from `/` (or the
+//!    working directory, for a relative path) one component at a time with
+//!    `O_PATH | O_NOFOLLOW | O_DIRECTORY`; a symlink on the way is refused,
+//!    so a policy's `path=` prefix (compared as text) is where the file goes.
+//! 2. Each step also tells whether the path is *stable*: every directory
+//!    above the socket's own is owned by root (or by us) and writable by
+//!    nobody else, or sticky with the next directory owned by root (or us).
+//!    Then nobody else can rename, replace or mount over anything the path
+//!    runs through, so binding by the absolute path binds in the directory
+//!    just opened, and the socket keeps its absolute address (what
+//!    `getsockname`, D-Bus addresses and `sd_is_socket_unix` see). Otherwise
+//!    (a directory someone else can write, or a path too long for
+//!    `sun_path`), the socket is bound by its bare name from inside the
+//!    opened directory, so `getsockname` reports only the name; the bind
+//!    cannot land anywhere else. The socket's own directory may be
+//!    writable by anyone: `bind()` never follows a symlink at the name.
+//! 3. Both need a working directory and a umask of our own: the socket file
+//!    is created with exactly its mode (umask `!mode`), so no chmod by path
+//!    is needed. Both are process-wide, so the binder runs in a thread that
+//!    first takes a private copy of them (`unshare(CLONE_FS)`), or, where
+//!    that is refused (seccomp), in a forked child; the manager's helper
+//!    child calls [`UnixBinder::bind_in_child`] directly. The process's own
+//!    working directory and umask never change.
+//! 4. The result is checked by fd: the name in the opened directory must be
+//!    a socket with one link, owned by our effective uid (a file another
+//!    user put there is theirs; hard links to root's sockets are refused by
+//!    `protected_hardlinks`, and in a directory where the name can be
+//!    swapped at all, every candidate is a file the swapper could already
+//!    remove). Owner and, where a default ACL widened it, mode are then set
+//!    through an `O_PATH` handle to that very file (`fchownat` and
+//!    `fchmodat2` with `AT_EMPTY_PATH`, or `chmod` of its `/proc/self/fd`
+//!    link), never by path.
+//!
+//! A failure after the bind removes the file again, if the name still
+//! names the inode that was checked.
 
 use crate::create::Created;
 use crate::error::{Error, Kind, Result};
 use crate::spec::SocketSpec;
 use crate::sys;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// What to do with a file already at the socket's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Fail (`bind()` says `EADDRINUSE`).
+    Refuse,
+    /// Remove a socket file nobody listens on; refuse anything else.
+    ReplaceStale,
+}
+
+/// Where the binder failed, and why, as `(step, errno)`: what a forked
+/// child can report without allocating. [`UnixBinder::error`] words it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Opening directory component N (0-based) failed.
+    OpenDir(u16),
+    /// Directory component N is a symlink.
+    Symlink(u16),
+    /// Creating directory component N failed.
+    MakeDir(u16),
+    /// The name exists and is not a socket (errno EEXIST), or is a symlink
+    /// (ELOOP).
+    NotSocket,
+    /// Something listens on the existing socket.
+    Live,
+    /// Probing or removing a stale socket failed.
+    Stale,
+    /// Getting a private working directory and umask failed.
+    Private,
+    Bind,
+    /// After the bind the name is not our fresh socket.
+    Verify,
+    Chown,
+    Chmod,
+    Listen,
+}
+
+impl Step {
+    /// As two bytes, for a report from a child.
+    pub fn encode(self) -> [u8; 2] {
+        let (k, n) = match self {
+            Step::OpenDir(n) => (1, n),
+            Step::Symlink(n) => (2, n),
+            Step::MakeDir(n) => (3, n),
+            Step::NotSocket => (4, 0),
+            Step::Live => (5, 0),
+            Step::Stale => (6, 0),
+            Step::Private => (7, 0),
+            Step::Bind => (8, 0),
+            Step::Verify => (9, 0),
+            Step::Chown => (10, 0),
+            Step::Chmod => (11, 0),
+            Step::Listen => (12, 0),
+        };
+        [k, n.min(255) as u8]
+    }
+
+    pub fn decode(b: [u8; 2]) -> Step {
+        let n = u16::from(b[1]);
+        match b[0] {
+            1 => Step::OpenDir(n),
+            2 => Step::Symlink(n),
+            3 => Step::MakeDir(n),
+            4 => Step::NotSocket,
+            5 => Step::Live,
+            6 => Step::Stale,
+            7 => Step::Private,
+            8 => Step::Bind,
+            9 => Step::Verify,
+            10 => Step::Chown,
+            11 => Step::Chmod,
+            _ => Step::Listen,
+        }
+    }
+}
+
+/// A Unix socket path, split and checked before any syscall, and how to
+/// make the file. Binding allocates nothing, so a forked child may do it.
+#[derive(Clone, Debug)]
+pub struct UnixBinder {
+    path: CString,
+    dirs: Vec<CString>,
+    name: CString,
+    relative: bool,
+    /// The file's mode (default 0o666).
+    pub mode: u32,
+    /// Owner and group to give the file (`u32::MAX` leaves one as it is).
+    pub owner: Option<(u32, u32)>,
+    /// listen() after bind, with this backlog.
+    pub backlog: Option<i32>,
+    pub existing: Existing,
+    /// Create missing directories with this mode.
+    pub make_dirs: Option<u32>,
+}
+
+type Raw<T> = std::result::Result<T, (Step, i32)>;
+
+impl UnixBinder {
+    /// A binder for `path`: absolute (or relative to the working
+    /// directory), without `.` or `..` components or NUL bytes.
+    pub fn new(path: &[u8]) -> Result<UnixBinder> {
+        let bad = || {
+            Error::bad_request(format!(
+                "invalid Unix socket path {:?}",
+                String::from_utf8_lossy(path)
+            ))
+        };
+        let relative = path.first() != Some(&b'/');
+        let mut comps: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let name = comps.pop().ok_or_else(bad)?;
+        if path.ends_with(b"/") || path.contains(&0) {
+            return Err(bad());
+        }
+        if comps
+            .iter()
+            .chain([&name])
+            .any(|c| *c == b"." || *c == b"..")
+        {
+            return Err(bad());
+        }
+        let c = |b: &[u8]| CString::new(b).map_err(|_| bad());
+        Ok(UnixBinder {
+            path: c(path)?,
+            dirs: comps.into_iter().map(c).collect::<Result<_>>()?,
+            name: c(name)?,
+            relative,
+            mode: 0o666,
+            owner: None,
+            backlog: None,
+            existing: Existing::Refuse,
+            make_dirs: None,
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.to_str().unwrap_or("(not UTF-8)")
+    }
+
+    /// Bind `sock` at the path (see the module text); returns the socket
+    /// file's inode. Runs where the working directory and umask are private
+    /// to the binder, so the process's own never change.
+    pub fn bind(&self, sock: BorrowedFd<'_>) -> Result<u64> {
+        let raw = sock.as_raw_fd();
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: plain syscall; affects this thread only.
+                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                    return None;
+                }
+                // SAFETY: this thread's cwd and umask are its own now.
+                Some(unsafe { self.bind_in_child(raw) })
+            })
+            .join()
+            .unwrap_or(None)
+        });
+        match r {
+            Some(r) => r,
+            None => self.bind_forked(raw),
+        }
+        .map_err(|(step, e)| self.error(step, e))
+    }
+
+    /// The fallback where `unshare(CLONE_FS)` is refused: a child process
+    /// binds the socket (the fd is shared) and reports.
+    fn bind_forked(&self, sock: RawFd) -> Raw<u64> {
+        let (rd, wr) = crate::readiness::pipe().map_err(|e| (Step::Private, e.errno()))?;
+        // SAFETY: the child runs only async-signal-safe calls on data
+        // prepared before, then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err((Step::Private, sys::errno()));
+        }
+        if pid == 0 {
+            // SAFETY: in the child, which owns its cwd and umask.
+            let r = unsafe { self.bind_in_child(sock) };
+            let mut m = [0u8; 14];
+            match r {
+                Ok(ino) => m[6..14].copy_from_slice(&ino.to_ne_bytes()),
+                Err((step, e)) => {
+                    m[..2].copy_from_slice(&step.encode());
+                    m[2..6].copy_from_slice(&e.to_ne_bytes());
+                }
+            }
+            // SAFETY: write to our pipe, then leave.
+            unsafe {
+                libc::write(wr.as_raw_fd(), m.as_ptr().cast(), m.len());
+                libc::_exit(0)
+            }
+        }
+        drop(wr);
+        let mut m = [0u8; 14];
+        let mut got = 0;
+        while got < m.len() {
+            // SAFETY: reading into the unread tail of m.
+            let n =
+                unsafe { libc::read(rd.as_raw_fd(), m[got..].as_mut_ptr().cast(), m.len() - got) };
+            if n > 0 {
+                got += n as usize;
+            } else if n == 0 || sys::errno() != libc::EINTR {
+                break;
+            }
+        }
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        while unsafe { libc::waitpid(pid, &mut st, 0) } < 0 && sys::errno() == libc::EINTR {}
+        if got < m.len() {
+            return Err((Step::Private, libc::ECHILD));
+        }
+        let e = i32::from_ne_bytes(m[2..6].try_into().unwrap());
+        if m[0] != 0 {
+            return Err((Step::decode([m[0], m[1]]), e));
+        }
+        Ok(u64::from_ne_bytes(m[6..14].try_into().unwrap()))
+    }
+
+    /// The binder itself, for a caller whose working directory and umask
+    /// are its own (a forked child, or a thread after `unshare(CLONE_FS)`):
+    /// it changes both. Async-signal-safe; allocates nothing.
+    ///
+    /// # Safety
+    /// `sock` must be an open socket; the cwd and umask must be private.
+    pub unsafe fn bind_in_child(&self, sock: RawFd) -> Raw<u64> {
+        let (dir, stable) = self.open_parent()?;
+        if libc::fchdir(dir.0) != 0 {
+            return Err((Step::Private, sys::errno()));
+        }
+        // The bytes bind() gets: the absolute path where nobody else can
+        // change it, else the bare name in the directory we hold.
+        let path = self.path.as_bytes();
+        let use_path = stable && path.len() < 108;
+        let addr = if use_path { path } else { self.name.as_bytes() };
+        let Ok((sun, len)) = sys::sockaddr_un(addr) else {
+            return Err((Step::Bind, libc::ENAMETOOLONG));
+        };
+        if self.existing == Existing::ReplaceStale {
+            self.remove_if_stale(&dir, &sun, len)?;
+        }
+        libc::umask(!self.mode as libc::mode_t & 0o777);
+        if libc::bind(sock, (&sun as *const libc::sockaddr_un).cast(), len) != 0 {
+            return Err((Step::Bind, sys::errno()));
+        }
+        // Find what the bind made, through the directory we hold.
+        let f = libc::openat(
+            dir.0,
+            self.name.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        if f < 0 {
+            return Err((Step::Verify, sys::errno()));
+        }
+        let f = Fd(f);
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(f.0, &mut st) != 0 {
+            return Err((Step::Verify, sys::errno()));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+            || st.st_nlink != 1
+            || st.st_uid != libc::geteuid()
+        {
+            return Err((Step::Verify, libc::EEXIST));
+        }
+        let ino = st.st_ino;
+        let undo = |step: Step| -> (Step, i32) {
+            let e = sys::errno();
+            let mut now: libc::stat = std::mem::zeroed();
+            if libc::fstatat(
+                dir.0,
+                self.name.as_ptr(),
+                &mut now,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0
+                && now.st_ino == ino
+            {
+                libc::unlinkat(dir.0, self.name.as_ptr(), 0);
+            }
+            (step, e)
+        };
+        if let Some((uid, gid)) = self.owner {
+            if libc::fchownat(f.0, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) != 0 {
+                return Err(undo(Step::Chown));
+            }
+        }
+        // A default ACL on the directory overrides the umask.
+        if st.st_mode & 0o7777 != self.mode && !chmod_fd(f.0, self.mode) {
+            return Err(undo(Step::Chmod));
+        }
+        if let Some(b) = self.backlog {
+            if libc::listen(sock, b) != 0 {
+                return Err(undo(Step::Listen));
+            }
+        }
+        Ok(ino)
+    }
+
+    /// Walk to the socket's directory; also whether the path is stable.
+    unsafe fn open_parent(&self) -> Raw<(Fd, bool)> {
+        let start: &CStr = if self.relative { c"." } else { c"/" };
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let d = libc::open(start.as_ptr(), flags);
+        if d < 0 {
+            return Err((Step::OpenDir(0), sys::errno()));
+        }
+        let mut dir = Fd(d);
+        let mut st = fstat_raw(dir.0).map_err(|e| (Step::OpenDir(0), e))?;
+        let euid = libc::geteuid();
+        let trusted = |uid: u32| uid == 0 || uid == euid;
+        let mut stable = true;
+        for (i, c) in self.dirs.iter().enumerate() {
+            let i = i as u16;
+            let open = || libc::openat(dir.0, c.as_ptr(), flags | libc::O_NOFOLLOW);
+            let mut n = open();
+            if n < 0 && sys::errno() == libc::ENOENT {
+                if let Some(m) = self.make_dirs {
+                    if libc::mkdirat(dir.0, c.as_ptr(), m as libc::mode_t) != 0
+                        && sys::errno() != libc::EEXIST
+                    {
+                        return Err((Step::MakeDir(i), sys::errno()));
+                    }
+                    n = open();
+                }
+            }
+            if n < 0 {
+                let e = sys::errno();
+                let mut l: libc::stat = std::mem::zeroed();
+                let link = libc::fstatat(dir.0, c.as_ptr(), &mut l, libc::AT_SYMLINK_NOFOLLOW) == 0
+                    && l.st_mode & libc::S_IFMT == libc::S_IFLNK;
+                return Err(if link {
+                    (Step::Symlink(i), libc::ELOOP)
+                } else {
+                    (Step::OpenDir(i), e)
+                });
+            }
+            let next = Fd(n);
+            let nst = fstat_raw(next.0).map_err(|e| (Step::OpenDir(i), e))?;
+            // Can anyone but root or us change what `c` in `dir` names?
+            let shut = st.st_mode & 0o022 == 0;
+            let sticky = st.st_mode & libc::S_ISVTX != 0 && trusted(nst.st_uid);
+            stable &= trusted(st.st_uid) && (shut || sticky);
+            dir = next;
+            st = nst;
+        }
+        Ok((dir, stable))
+    }
+
+    /// If a socket file is at the name and nothing answers on it, remove
+    /// it. Anything else there (a live socket, a regular file, a symlink)
+    /// is an error.
+    unsafe fn remove_if_stale(
+        &self,
+        dir: &Fd,
+        sun: &libc::sockaddr_un,
+        len: libc::socklen_t,
+    ) -> Raw<()> {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstatat(
+            dir.0,
+            self.name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) != 0
+        {
+            return match sys::errno() {
+                libc::ENOENT => Ok(()),
+                e => Err((Step::Stale, e)),
+            };
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFSOCK => {}
+            libc::S_IFLNK => return Err((Step::NotSocket, libc::ELOOP)),
+            _ => return Err((Step::NotSocket, libc::EEXIST)),
+        }
+        // Probe with a socket of the file's own kind: try each type, since
+        // the file does not say which it is.
+        for ty in [libc::SOCK_STREAM, libc::SOCK_SEQPACKET, libc::SOCK_DGRAM] {
+            let p = libc::socket(
+                libc::AF_UNIX,
+                ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            );
+            if p < 0 {
+                return Err((Step::Stale, sys::errno()));
+            }
+            let p = Fd(p);
+            let r = libc::connect(p.0, (sun as *const libc::sockaddr_un).cast(), len);
+            match if r == 0 { 0 } else { sys::errno() } {
+                // A live listener with a full backlog says EAGAIN.
+                0 | libc::EAGAIN | libc::EINPROGRESS => return Err((Step::Live, libc::EADDRINUSE)),
+                libc::EPROTOTYPE => continue,
+                libc::ECONNREFUSED => {}
+                e => return Err((Step::Stale, e)),
+            }
+        }
+        // Stale: nothing listens. Remove it, unless it changed under us.
+        let mut now: libc::stat = std::mem::zeroed();
+        if libc::fstatat(
+            dir.0,
+            self.name.as_ptr(),
+            &mut now,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) == 0
+            && now.st_ino == st.st_ino
+            && libc::unlinkat(dir.0, self.name.as_ptr(), 0) != 0
+        {
+            return Err((Step::Stale, sys::errno()));
+        }
+        Ok(())
+    }
+
+    /// Word a `(step, errno)` failure.
+    pub fn error(&self, step: Step, errno: i32) -> Error {
+        let path = self.path();
+        let dir = |n: u16| {
+            let mut s = String::new();
+            if !self.relative {
+                s.push('/');
+            }
+            for c in self.dirs.iter().take(usize::from(n) + 1) {
+                s.push_str(&c.to_string_lossy());
+                s.push('/');
+            }
+            s.pop();
+            s
+        };
+        match step {
+            Step::OpenDir(n) => Error::os(errno, format!("cannot open directory {} of {path}", dir(n))),
+            Step::Symlink(n) => Error::with_errno(
+                Kind::NotAllowed,
+                libc::ELOOP,
+                format!("{} is a symlink; refusing to create or remove {path} through it", dir(n)),
+            ),
+            Step::MakeDir(n) => Error::os(errno, format!("cannot create socket directory {}", dir(n))),
+            Step::NotSocket => Error::with_errno(
+                Kind::AddressInUse,
+                libc::EEXIST,
+                if errno == libc::ELOOP {
+                    format!("{path} is a symlink; refusing to replace it")
+                } else {
+                    format!("{path} exists and is not a socket; refusing to replace it")
+                },
+            ),
+            Step::Live => Error::with_errno(
+                Kind::AddressInUse,
+                libc::EADDRINUSE,
+                format!("something listens on {path}; not replacing it"),
+            ),
+            Step::Stale => Error::os(errno, format!("cannot probe or remove the stale socket {path}")),
+            Step::Private => Error::os(errno, format!("cannot bind {path} race-free (no private working directory)")),
+            Step::Bind => Error::os(errno, format!("bind {path}")),
+            Step::Verify => Error::with_errno(
+                Kind::NotAllowed,
+                errno,
+                format!("{path} is not the socket just bound (replaced in its directory meanwhile?); not changing it"),
+            ),
+            Step::Chown => {
+                let (u, g) = self.owner.unwrap_or((u32::MAX, u32::MAX));
+                Error::os(errno, format!("chown {path} to {}:{}", u as i32, g as i32))
+            }
+            Step::Chmod => Error::os(errno, format!("chmod {path} to {:o}", self.mode)),
+            Step::Listen => Error::os(errno, format!("listen on {path}")),
+        }
+    }
+}
+
+/// chmod the file an `O_PATH` fd names: `fchmodat2(AT_EMPTY_PATH)` where
+/// the kernel has it, else its `/proc/self/fd` link (which names this very
+/// inode, not a path). Async-signal-safe.
+unsafe fn chmod_fd(fd: RawFd, mode: u32) -> bool {
+    const SYS_FCHMODAT2: libc::c_long = 452;
+    let r = libc::syscall(
+        SYS_FCHMODAT2,
+        fd,
+        c"".as_ptr(),
+        mode as libc::mode_t,
+        libc::AT_EMPTY_PATH,
+    );
+    if r == 0 {
+        return true;
+    }
+    // "/proc/self/fd/" + decimal fd + NUL, built on the stack.
+    let mut buf = [0u8; 32];
+    let pre = b"/proc/self/fd/";
+    buf[..pre.len()].copy_from_slice(pre);
+    let mut digits = [0u8; 10];
+    let (mut n, mut k) = (fd as u32, 0);
+    loop {
+        digits[k] = b'0' + (n % 10) as u8;
+        k += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for j in 0..k {
+        buf[pre.len() + j] = digits[k - 1 - j];
+    }
+    libc::chmod(buf.as_ptr().cast(), mode as libc::mode_t) == 0
+}
+
+/// A raw fd closed on drop, usable after fork (no allocation).
+struct Fd(RawFd);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn fstat_raw(fd: RawFd) -> std::result::Result<libc::stat, i32> {
+    // SAFETY: all-zero is a valid stat; the call fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open (O_PATH fds may be fstat'ed), st writable.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        Err(sys::errno())
+    } else {
+        Ok(st)
+    }
+}
 
 /// Create, bind (and, with a backlog, listen on) the Unix socket `spec` names.
 /// `spec` is canonical (its mode is set).
 pub fn create_unix(spec: &SocketSpec) -> Result<Created> {
-    let path = spec.path.as_str();
-    let (dir, name) = open_parent(path)?;
     let ty = spec.proto.sock_type();
     // SAFETY: plain syscall; the result is checked before it is owned.
     let raw = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
@@ -36,171 +583,44 @@ pub fn create_unix(spec: &SocketSpec) -> Result<Created> {
     }
     // SAFETY: raw is a fresh fd we own.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    o_set_buffers(&fd, spec)?;
-    let mode = spec.options.mode.unwrap_or(0o666) & 0o777;
-    {
-        // The stale-socket probe connects by the bare name from inside the
-        // directory that was opened without following links.
-        let _here = InDir::enter(&dir)?;
-        remove_if_stale(&dir, &name, path)?;
-        // The file gets exactly `mode` at creation, so no chmod (which would
-        // follow a symlink raced into its place) is needed. The bind itself
-        // takes the absolute path, because that is the address the socket
-        // keeps (getsockname, D-Bus addresses, ServerSocket::adopt); a
-        // directory swapped for a symlink in between is caught below, where
-        // the file must be found through the directory opened above.
-        // SAFETY: umask cannot fail.
-        let old = unsafe { libc::umask(!mode & 0o777) };
-        let r = sys::bind_unix(&fd, path.as_bytes());
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        r.map_err(|e| Error::os(e, format!("bind {spec}")))?;
-    }
-    // The file the bind made: a fresh socket inode of ours with one link.
-    // Anything else at the name was put there since; it is not touched.
-    let file = openat(&dir, &name, libc::O_PATH | libc::O_NOFOLLOW).map_err(|e| {
-        Error::with_errno(
-            Kind::NotAllowed,
-            e,
-            format!("{path} is not in its directory after bind (a directory replaced meanwhile?)"),
-        )
-    })?;
-    let st = fstat(&file).map_err(|e| Error::os(e, format!("stat {path}")))?;
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_nlink != 1 || st.st_uid != euid {
-        return Err(Error::with_errno(
-            Kind::NotAllowed,
-            libc::EEXIST,
-            format!("{path} was replaced after bind; not changing it"),
-        ));
-    }
-    let undo = |e: Error| {
-        if fstatat(&dir, &name).is_ok_and(|s| s.st_ino == st.st_ino) {
-            // SAFETY: dir is an open directory, name a valid C string.
-            unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
-        }
-        e
-    };
-    if let Some((uid, gid)) = spec.options.owner {
-        // SAFETY: file is an O_PATH fd; AT_EMPTY_PATH makes the call act on it.
-        let r = unsafe {
-            libc::fchownat(
-                file.as_raw_fd(),
-                c"".as_ptr(),
-                uid,
-                gid,
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        if r != 0 {
-            return Err(undo(Error::last_os(format!("chown {path} to {uid}:{gid}"))));
-        }
-    }
-    // A default ACL on the directory overrides the umask: set the mode on
-    // the inode itself (the /proc link names this very file, not a path).
-    if st.st_mode & 0o7777 != mode {
-        let via = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
-        // SAFETY: via is a valid C string.
-        if unsafe { libc::chmod(via.as_ptr(), mode as libc::mode_t) } != 0 {
-            return Err(undo(Error::last_os(format!("chmod {path} to {mode:o}"))));
-        }
-    }
-    if let Some(backlog) = spec.options.backlog {
-        // SAFETY: plain syscall on our fd.
-        if unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
-            return Err(undo(Error::last_os(format!("listen {spec}"))));
-        }
-    }
-    Ok(Created { fd, port: 0 })
-}
-
-fn o_set_buffers(fd: &OwnedFd, spec: &SocketSpec) -> Result<()> {
     for (name, opt, v) in [
         ("rcvbuf", libc::SO_RCVBUF, spec.options.rcvbuf),
         ("sndbuf", libc::SO_SNDBUF, spec.options.sndbuf),
     ] {
         if let Some(v) = v {
-            sys::setsockopt_int(fd, libc::SOL_SOCKET, opt, v as i32)
+            sys::setsockopt_int(&fd, libc::SOL_SOCKET, opt, v as i32)
                 .map_err(|e| Error::os(e, format!("setsockopt {name} for {spec}")))?;
         }
     }
-    Ok(())
+    if !spec.path.starts_with('/') {
+        return Err(Error::bad_request(format!(
+            "invalid Unix socket path {:?}",
+            spec.path
+        )));
+    }
+    let mut b = UnixBinder::new(spec.path.as_bytes())?;
+    b.mode = spec.options.mode.unwrap_or(0o666) & 0o777;
+    b.owner = spec.options.owner;
+    b.backlog = spec.options.backlog.map(|n| n.min(i32::MAX as u32) as i32);
+    b.existing = Existing::ReplaceStale;
+    b.bind(fd.as_fd())?;
+    Ok(Created { fd, port: 0 })
 }
 
-/// The directory that holds `path`, opened from `/` one component at a time
-/// without following a symlink, and the file's name in it. A symlink among
-/// the directories is refused: the path would not mean what it says.
-fn open_parent(path: &str) -> Result<(OwnedFd, CString)> {
-    let bad = || Error::bad_request(format!("invalid Unix socket path {path:?}"));
-    let (parent, name) = path.rsplit_once('/').ok_or_else(bad)?;
-    if !path.starts_with('/') || name.is_empty() || name == "." || name == ".." {
-        return Err(bad());
-    }
-    let cname = CString::new(name).map_err(|_| bad())?;
-    let mut dir = open_dir(None, c"/").map_err(|e| Error::os(e, "open /"))?;
-    let mut sofar = String::new();
-    for comp in parent.split('/').filter(|c| !c.is_empty()) {
-        sofar.push('/');
-        sofar.push_str(comp);
-        if comp == "." || comp == ".." {
-            return Err(bad());
-        }
-        let c = CString::new(comp).map_err(|_| bad())?;
-        dir = match open_dir(Some(&dir), &c) {
-            Ok(d) => d,
-            Err(e) => {
-                let link =
-                    fstatat(&dir, &c).is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFLNK);
-                return Err(if link {
-                    Error::with_errno(
-                        Kind::NotAllowed,
-                        libc::ELOOP,
-                        format!(
-                            "{sofar} is a symlink; refusing to create or remove {path} through it"
-                        ),
-                    )
-                } else {
-                    Error::os(e, format!("cannot open directory {sofar} of {path}"))
-                });
-            }
-        };
-    }
-    Ok((dir, cname))
-}
-
-/// Open directory `name` (in `at`, or absolute) as an O_PATH handle,
-/// failing if it is a symlink.
-fn open_dir(at: Option<&OwnedFd>, name: &CStr) -> std::result::Result<OwnedFd, i32> {
-    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    match at {
-        Some(d) => openat(d, name, flags),
-        None => {
-            // SAFETY: name is a valid C string.
-            let r = unsafe { libc::open(name.as_ptr(), flags | libc::O_CLOEXEC) };
-            if r < 0 {
-                Err(crate::error::last_errno())
-            } else {
-                // SAFETY: r is a new fd.
-                Ok(unsafe { OwnedFd::from_raw_fd(r) })
-            }
-        }
-    }
-}
-
-fn openat(dir: &OwnedFd, name: &CStr, flags: i32) -> std::result::Result<OwnedFd, i32> {
-    // SAFETY: dir is an open fd, name a valid C string.
-    let r = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
-    if r < 0 {
-        Err(crate::error::last_errno())
-    } else {
-        // SAFETY: r is a new fd.
-        Ok(unsafe { OwnedFd::from_raw_fd(r) })
-    }
+/// The socket's directory opened without following a symlink, and the
+/// file's name in it (for removing and finding files the binder made).
+fn open_parent(path: &str) -> Option<(OwnedFd, CString)> {
+    let b = UnixBinder::new(path.as_bytes()).ok()?;
+    // SAFETY: open_parent only opens and stats; the fd is then owned.
+    let (dir, _) = unsafe { b.open_parent() }.ok()?;
+    let raw = dir.0;
+    std::mem::forget(dir);
+    // SAFETY: raw is the directory fd open_parent returned, now ours.
+    Some((unsafe { OwnedFd::from_raw_fd(raw) }, b.name))
 }
 
 /// lstat of `name` in `dir`.
-fn fstatat(dir: &OwnedFd, name: &CStr) -> std::result::Result<libc::stat, i32> {
+fn fstatat(dir: &OwnedFd, name: &CStr) -> Option<libc::stat> {
     // SAFETY: all-zero is a valid stat; the call fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: dir is an open fd, name a valid C string, st writable.
@@ -212,106 +632,17 @@ fn fstatat(dir: &OwnedFd, name: &CStr) -> std::result::Result<libc::stat, i32> {
             libc::AT_SYMLINK_NOFOLLOW,
         )
     };
-    if r < 0 {
-        Err(crate::error::last_errno())
-    } else {
-        Ok(st)
-    }
-}
-
-fn fstat(fd: &OwnedFd) -> std::result::Result<libc::stat, i32> {
-    // SAFETY: all-zero is a valid stat; the call fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is open (O_PATH fds may be fstat'ed), st writable.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        Err(crate::error::last_errno())
-    } else {
-        Ok(st)
-    }
-}
-
-/// The working directory set to a directory handle until dropped.
-struct InDir {
-    back: OwnedFd,
-}
-
-impl InDir {
-    fn enter(dir: &OwnedFd) -> Result<InDir> {
-        let back = open_dir(None, c".").map_err(|e| Error::os(e, "open the working directory"))?;
-        // SAFETY: dir is an open directory fd (fchdir accepts O_PATH).
-        if unsafe { libc::fchdir(dir.as_raw_fd()) } != 0 {
-            return Err(Error::last_os("fchdir to the socket's directory"));
-        }
-        Ok(InDir { back })
-    }
-}
-
-impl Drop for InDir {
-    fn drop(&mut self) {
-        // SAFETY: back is an open directory fd.
-        unsafe { libc::fchdir(self.back.as_raw_fd()) };
-    }
-}
-
-/// If a socket file is at `name` in `dir` and nothing answers on it, remove
-/// it. Anything else there (a live socket, a regular file, a symlink) is an
-/// error. The working directory is `dir`.
-fn remove_if_stale(dir: &OwnedFd, name: &CStr, path: &str) -> Result<()> {
-    let st = match fstatat(dir, name) {
-        Ok(st) => st,
-        Err(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(Error::os(e, format!("stat {path}"))),
-    };
-    let fmt = st.st_mode & libc::S_IFMT;
-    if fmt != libc::S_IFSOCK {
-        let what = if fmt == libc::S_IFLNK {
-            "is a symlink"
-        } else {
-            "exists and is not a socket"
-        };
-        return Err(Error::with_errno(
-            Kind::AddressInUse,
-            libc::EEXIST,
-            format!("{path} {what}; refusing to replace it"),
-        ));
-    }
-    // Probe with a socket of the file's own kind: try each type, since the
-    // file does not say which it is.
-    for ty in [libc::SOCK_STREAM, libc::SOCK_SEQPACKET, libc::SOCK_DGRAM] {
-        let probe = sys::unix_socket(ty, true).map_err(|e| Error::os(e, "socket"))?;
-        match sys::connect_unix(&probe, name.to_bytes()) {
-            // Nonblocking stream connect to a live listener can be EAGAIN
-            // (backlog full): still live.
-            Ok(()) | Err(libc::EAGAIN) | Err(libc::EINPROGRESS) => {
-                return Err(Error::with_errno(
-                    Kind::AddressInUse,
-                    libc::EADDRINUSE,
-                    format!("something listens on {path}; not replacing it"),
-                ))
-            }
-            Err(libc::EPROTOTYPE) => continue,
-            Err(libc::ECONNREFUSED) => {}
-            Err(e) => return Err(Error::os(e, format!("cannot probe {path}"))),
-        }
-    }
-    // Stale: nothing listens. Replace it, unless it changed under us.
-    if fstatat(dir, name).is_ok_and(|n| n.st_ino == st.st_ino) {
-        // SAFETY: dir is an open directory, name a valid C string.
-        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-            return Err(Error::last_os(format!("remove {path}")));
-        }
-    }
-    Ok(())
+    (r == 0).then_some(st)
 }
 
 /// Remove the socket file of a Unix socket the broker is closing, if the file
 /// is still the one this socket is bound to (same inode as `ino`). Through no
 /// symlink.
 pub fn unlink_if_ours(path: &str, ino: u64) {
-    let Ok((dir, name)) = open_parent(path) else {
+    let Some((dir, name)) = open_parent(path) else {
         return;
     };
-    if fstatat(&dir, &name).is_ok_and(|s| s.st_ino == ino) {
+    if fstatat(&dir, &name).is_some_and(|s| s.st_ino == ino) {
         // SAFETY: dir is an open directory, name a valid C string.
         unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
     }
@@ -319,8 +650,8 @@ pub fn unlink_if_ours(path: &str, ino: u64) {
 
 /// The inode of the file at `path`, if any (through no symlink).
 pub fn path_ino(path: &str) -> Option<u64> {
-    let (dir, name) = open_parent(path).ok()?;
-    fstatat(&dir, &name).ok().map(|s| s.st_ino)
+    let (dir, name) = open_parent(path)?;
+    fstatat(&dir, &name).map(|s| s.st_ino)
 }
 
 #[cfg(test)]
@@ -342,16 +673,38 @@ mod tests {
         let p = d.join("s.sock");
         let mut spec = SocketSpec::unix(Proto::UnixStream, p.to_str().unwrap());
         spec.options.mode = Some(0o640);
+        // SAFETY: umask cannot fail; set back at once.
+        let um = unsafe { libc::umask(0o022) };
+        unsafe { libc::umask(um) };
+        let cwd = std::env::current_dir().unwrap();
         let c = create_unix(&spec.canonical()).unwrap();
         let m = std::fs::symlink_metadata(&p).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_eq!(path_ino(p.to_str().unwrap()), Some(m.ino()));
-        // The umask and working directory are back as they were.
-        // SAFETY: umask cannot fail; set it back at once.
-        let um = unsafe { libc::umask(0o022) };
-        unsafe { libc::umask(um) };
-        assert_ne!(um, !0o640 & 0o777);
-        assert_ne!(std::env::current_dir().unwrap(), d);
+        // The process's umask and working directory never changed.
+        let now = unsafe { libc::umask(0o022) };
+        unsafe { libc::umask(now) };
+        assert_eq!(now, um);
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        // A path whose directories only root can change keeps its address.
+        if d.starts_with("/tmp") || d.starts_with("/var/tmp") {
+            let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of_val(&sun) as libc::socklen_t;
+            unsafe {
+                libc::getsockname(
+                    c.fd.as_raw_fd(),
+                    (&mut sun as *mut libc::sockaddr_un).cast(),
+                    &mut len,
+                )
+            };
+            let got: Vec<u8> = sun
+                .sun_path
+                .iter()
+                .take_while(|&&b| b != 0)
+                .map(|&b| b as u8)
+                .collect();
+            assert_eq!(got, p.as_os_str().as_encoded_bytes());
+        }
         drop(c);
         unlink_if_ours(p.to_str().unwrap(), m.ino());
         assert!(!p.exists());
@@ -376,6 +729,40 @@ mod tests {
         assert!(e.message().contains("link is a symlink"), "{e}");
         assert!(!real.join("s.sock").exists());
         assert_eq!(path_ino(&via), None);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn stale_replaced_live_refused_dirs_made() {
+        let d = tmp("stale");
+        let p = d.join("a/b/s.sock");
+        let mut b = UnixBinder::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        b.make_dirs = Some(0o755);
+        b.backlog = Some(4);
+        b.existing = Existing::ReplaceStale;
+        let s1 = sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
+        b.bind(s1.as_fd()).unwrap();
+        // Live: refused.
+        let s2 = sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
+        let e = b.bind(s2.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), Kind::AddressInUse, "{e}");
+        // Stale once s1 is gone: replaced.
+        drop(s1);
+        let ino = b.bind(s2.as_fd()).unwrap();
+        assert_eq!(std::fs::symlink_metadata(&p).unwrap().ino(), ino);
+        // The fork fallback binds the same way.
+        let s3 = sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
+        let mut b3 = UnixBinder::new(d.join("a/f.sock").as_os_str().as_encoded_bytes()).unwrap();
+        b3.backlog = Some(1);
+        let ino3 = b3.bind_forked(s3.as_raw_fd()).unwrap();
+        assert_eq!(
+            std::fs::symlink_metadata(d.join("a/f.sock")).unwrap().ino(),
+            ino3
+        );
+        assert!(crate::notify::server::is_listening(s3.as_fd()).unwrap());
+        for bad in [&b"/a/../b"[..], b"/a/./b", b"/", b"/a/", b""] {
+            assert!(UnixBinder::new(bad).is_err(), "{bad:?}");
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 }
