@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
@@ -249,7 +249,7 @@ fn listener_and_manager_binds_racing_symlink_swaps_stay_put() {
     let (d, l) = (lay.granted.join("d"), lay.granted.join("l"));
     let stop = AtomicBool::new(false);
     let (mut ok, mut refused) = (0, 0);
-    let opts = sockpass::notify::manager::BindOptions {
+    let opts = sockpass::BindOptions {
         mode: 0o600,
         owner: Some((NOBODY, NOBODY)),
         ..Default::default()
@@ -263,13 +263,9 @@ fn listener_and_manager_binds_racing_symlink_swaps_stay_put() {
             i += 1;
             let p = d.join(format!("m{i}.sock"));
             let r = if i % 2 == 0 {
-                sockpass::broker::bind_listener_as(&p, 0o660, Some(NOBODY))
+                sockpass_broker::broker::bind_listener_as(&p, 0o660, Some(NOBODY))
             } else {
-                sockpass::notify::manager::bind_in_namespace(
-                    None,
-                    p.as_os_str().as_encoded_bytes(),
-                    &opts,
-                )
+                sockpass::bind_in_namespace(None, p.as_os_str().as_encoded_bytes(), &opts)
             };
             match r {
                 Ok(fd) => {

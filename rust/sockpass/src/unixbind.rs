@@ -1,6 +1,6 @@
-//! Unix-domain sockets at a path, bound by the one hardened binder that the
-//! broker's listener, Unix socket requests and the server-socket manager
-//! share ([`UnixBinder`]).
+//! The one hardened binder of Unix-domain sockets at a path ([`UnixBinder`]),
+//! shared by the broker's listener, its Unix socket requests
+//! (`sockpass_broker::unixsock`) and the server-socket manager.
 //!
 //! The race it closes: a path is checked, then `bind()` resolves it again,
 //! and whoever can write a directory on the way swaps in a symlink between
@@ -44,12 +44,10 @@
 //! A failure after the bind removes the file again, if the name still
 //! names the inode that was checked.
 
-use crate::create::Created;
 use crate::error::{Error, Kind, Result};
-use crate::spec::SocketSpec;
 use crate::sys;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// What to do with a file already at the socket's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -572,164 +570,30 @@ fn fstat_raw(fd: RawFd) -> std::result::Result<libc::stat, i32> {
     }
 }
 
-/// Create, bind (and, with a backlog, listen on) the Unix socket `spec` names.
-/// `spec` is canonical (its mode is set).
-pub fn create_unix(spec: &SocketSpec) -> Result<Created> {
-    let ty = spec.proto.sock_type();
-    // SAFETY: plain syscall; the result is checked before it is owned.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(Error::last_os(format!("socket() for {spec}")));
+impl UnixBinder {
+    /// The socket's directory, opened without following a symlink, and the
+    /// file's name in it: for finding and removing files the binder made.
+    pub fn open_dir(&self) -> Option<(OwnedFd, &CStr)> {
+        // SAFETY: open_parent only opens and stats; the fd is then owned.
+        let (dir, _) = unsafe { self.open_parent() }.ok()?;
+        let raw = dir.0;
+        std::mem::forget(dir);
+        // SAFETY: raw is the directory fd open_parent returned, now ours.
+        Some((unsafe { OwnedFd::from_raw_fd(raw) }, &self.name))
     }
-    // SAFETY: raw is a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    for (name, opt, v) in [
-        ("rcvbuf", libc::SO_RCVBUF, spec.options.rcvbuf),
-        ("sndbuf", libc::SO_SNDBUF, spec.options.sndbuf),
-    ] {
-        if let Some(v) = v {
-            sys::setsockopt_int(&fd, libc::SOL_SOCKET, opt, v as i32)
-                .map_err(|e| Error::os(e, format!("setsockopt {name} for {spec}")))?;
-        }
-    }
-    if !spec.path.starts_with('/') {
-        return Err(Error::bad_request(format!(
-            "invalid Unix socket path {:?}",
-            spec.path
-        )));
-    }
-    let mut b = UnixBinder::new(spec.path.as_bytes())?;
-    b.mode = spec.options.mode.unwrap_or(0o666) & 0o777;
-    b.owner = spec.options.owner;
-    b.backlog = spec.options.backlog.map(|n| n.min(i32::MAX as u32) as i32);
-    b.existing = Existing::ReplaceStale;
-    b.bind(fd.as_fd())?;
-    Ok(Created { fd, port: 0 })
-}
-
-/// The socket's directory opened without following a symlink, and the
-/// file's name in it (for removing and finding files the binder made).
-fn open_parent(path: &str) -> Option<(OwnedFd, CString)> {
-    let b = UnixBinder::new(path.as_bytes()).ok()?;
-    // SAFETY: open_parent only opens and stats; the fd is then owned.
-    let (dir, _) = unsafe { b.open_parent() }.ok()?;
-    let raw = dir.0;
-    std::mem::forget(dir);
-    // SAFETY: raw is the directory fd open_parent returned, now ours.
-    Some((unsafe { OwnedFd::from_raw_fd(raw) }, b.name))
-}
-
-/// lstat of `name` in `dir`.
-fn fstatat(dir: &OwnedFd, name: &CStr) -> Option<libc::stat> {
-    // SAFETY: all-zero is a valid stat; the call fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: dir is an open fd, name a valid C string, st writable.
-    let r = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    (r == 0).then_some(st)
-}
-
-/// Remove the socket file of a Unix socket the broker is closing, if the file
-/// is still the one this socket is bound to (same inode as `ino`). Through no
-/// symlink.
-pub fn unlink_if_ours(path: &str, ino: u64) {
-    let Some((dir, name)) = open_parent(path) else {
-        return;
-    };
-    if fstatat(&dir, &name).is_some_and(|s| s.st_ino == ino) {
-        // SAFETY: dir is an open directory, name a valid C string.
-        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
-    }
-}
-
-/// The inode of the file at `path`, if any (through no symlink).
-pub fn path_ino(path: &str) -> Option<u64> {
-    let (dir, name) = open_parent(path)?;
-    fstatat(&dir, &name).map(|s| s.st_ino)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Proto;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
 
     fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("sp-unixsock-{tag}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("sp-unixbind-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    #[test]
-    fn mode_without_chmod_and_symlinks_refused() {
-        let d = tmp("mode");
-        let p = d.join("s.sock");
-        let mut spec = SocketSpec::unix(Proto::UnixStream, p.to_str().unwrap());
-        spec.options.mode = Some(0o640);
-        // SAFETY: umask cannot fail; set back at once.
-        let um = unsafe { libc::umask(0o022) };
-        unsafe { libc::umask(um) };
-        let cwd = std::env::current_dir().unwrap();
-        let c = create_unix(&spec.canonical()).unwrap();
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        assert_eq!(m.mode() & 0o7777, 0o640);
-        assert_eq!(path_ino(p.to_str().unwrap()), Some(m.ino()));
-        // The process's umask and working directory never changed.
-        let now = unsafe { libc::umask(0o022) };
-        unsafe { libc::umask(now) };
-        assert_eq!(now, um);
-        assert_eq!(std::env::current_dir().unwrap(), cwd);
-        // A path whose directories only root can change keeps its address.
-        if d.starts_with("/tmp") || d.starts_with("/var/tmp") {
-            let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of_val(&sun) as libc::socklen_t;
-            unsafe {
-                libc::getsockname(
-                    c.fd.as_raw_fd(),
-                    (&mut sun as *mut libc::sockaddr_un).cast(),
-                    &mut len,
-                )
-            };
-            let got: Vec<u8> = sun
-                .sun_path
-                .iter()
-                .take_while(|&&b| b != 0)
-                .map(|&b| b as u8)
-                .collect();
-            assert_eq!(got, p.as_os_str().as_encoded_bytes());
-        }
-        drop(c);
-        unlink_if_ours(p.to_str().unwrap(), m.ino());
-        assert!(!p.exists());
-
-        // A symlink at the path to a regular file: refused, file untouched.
-        let target = d.join("target");
-        std::fs::write(&target, b"x").unwrap();
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::os::unix::fs::symlink(&target, &p).unwrap();
-        let e = create_unix(&spec.canonical()).unwrap_err();
-        assert!(e.message().contains("is a symlink"), "{e}");
-        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
-        std::fs::remove_file(&p).unwrap();
-
-        // A symlinked directory on the way: refused, nothing made there.
-        let real = d.join("real");
-        std::fs::create_dir(&real).unwrap();
-        std::os::unix::fs::symlink(&real, d.join("link")).unwrap();
-        let via = format!("{}/link/s.sock", d.to_str().unwrap());
-        let e = create_unix(&SocketSpec::unix(Proto::UnixDgram, &via).canonical()).unwrap_err();
-        assert_eq!(e.kind(), Kind::NotAllowed);
-        assert!(e.message().contains("link is a symlink"), "{e}");
-        assert!(!real.join("s.sock").exists());
-        assert_eq!(path_ino(&via), None);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -759,7 +623,7 @@ mod tests {
             std::fs::symlink_metadata(d.join("a/f.sock")).unwrap().ino(),
             ino3
         );
-        assert!(crate::notify::server::is_listening(s3.as_fd()).unwrap());
+        assert!(crate::server_socket::server::is_listening(s3.as_fd()).unwrap());
         for bad in [&b"/a/../b"[..], b"/a/./b", b"/", b"/a/", b""] {
             assert!(UnixBinder::new(bad).is_err(), "{bad:?}");
         }

@@ -11,15 +11,15 @@
 //!
 //! Sharing never crosses users implicitly: holders of different uids may
 //! share only if every one of them asked for `any` and the policy allows
-//! sharing across uids (`crate::share::compatible_users`). So a set that
+//! sharing across uids (`sockpass::compatible_users`). So a set that
 //! spans two uids holds only `any` references, and a request from a uid is
 //! judged by whether any other uid holds a reference at all. Each holder's
 //! uid is recorded when it joins (the requester's, also for a reservation a
 //! pick-up hands on: the reserver consented to the sharing).
 
-use crate::share::ShareMode;
-use crate::sys::Creds;
-use crate::token::Token;
+use sockpass::sys::Creds;
+use sockpass::ShareMode;
+use sockpass::Token;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -49,11 +49,11 @@ impl Holder {
     /// allows sharing between uids).
     pub fn refusal(
         &self,
-        spec: &crate::spec::SocketSpec,
+        spec: &sockpass::SocketSpec,
         huid: u32,
         (share, app, uid): (ShareMode, &str, u32),
         across: bool,
-    ) -> crate::error::Error {
+    ) -> sockpass::Error {
         let why = if uid == huid {
             String::new()
         } else if across {
@@ -65,8 +65,8 @@ impl Holder {
                 " (uid {uid} is not the holder's uid {huid}, and the policy forbids sharing across uids)"
             )
         };
-        crate::error::Error::with_errno(
-            crate::error::Kind::ShareConflict,
+        sockpass::Error::with_errno(
+            sockpass::Kind::ShareConflict,
             libc::EADDRINUSE,
             format!(
                 "{spec} is held by {:?} with share mode {}; a request by {app:?} with share mode {share} may not share it{why}",
@@ -141,7 +141,7 @@ impl Holders {
             .iter()
             .zip(&self.uid_of)
             .find(|(h, &hu)| {
-                !crate::share::compatible_users(share, app, uid, h.share, &h.app, hu, across)
+                !sockpass::compatible_users(share, app, uid, h.share, &h.app, hu, across)
             })
             .map(|(h, &hu)| (h, hu))
             .or(Some(first))
@@ -217,7 +217,7 @@ impl<'a> IntoIterator for &'a Holders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::share::{compatible_users, ShareMode::*};
+    use sockpass::{compatible_users, ShareMode::*};
 
     fn holder(n: u8, share: ShareMode, app: &str, uid: u32) -> Holder {
         let mut b = [0u8; Token::LEN];
