@@ -64,7 +64,7 @@ pub enum Existing {
 pub enum Step {
     /// Opening directory component N (0-based) failed.
     OpenDir(u16),
-    /// Directory component N is a symlink.
+    /// Directory component N is a symlink (or not a directory).
     Symlink(u16),
     /// Creating directory component N failed.
     MakeDir(u16),
@@ -373,14 +373,11 @@ impl UnixBinder {
                 }
             }
             if n < 0 {
-                let e = sys::errno();
-                let mut l: libc::stat = std::mem::zeroed();
-                let link = libc::fstatat(dir.0, c.as_ptr(), &mut l, libc::AT_SYMLINK_NOFOLLOW) == 0
-                    && l.st_mode & libc::S_IFMT == libc::S_IFLNK;
-                return Err(if link {
-                    (Step::Symlink(i), libc::ELOOP)
-                } else {
-                    (Step::OpenDir(i), e)
+                // With O_PATH|O_NOFOLLOW a symlink opens as itself, which
+                // O_DIRECTORY then refuses: ENOTDIR (ELOOP without O_PATH).
+                return Err(match sys::errno() {
+                    e @ (libc::ENOTDIR | libc::ELOOP) => (Step::Symlink(i), e),
+                    e => (Step::OpenDir(i), e),
                 });
             }
             let next = Fd(n);
@@ -478,8 +475,11 @@ impl UnixBinder {
             Step::OpenDir(n) => Error::os(errno, format!("cannot open directory {} of {path}", dir(n))),
             Step::Symlink(n) => Error::with_errno(
                 Kind::NotAllowed,
-                libc::ELOOP,
-                format!("{} is a symlink; refusing to create or remove {path} through it", dir(n)),
+                errno,
+                format!(
+                    "{} is a symlink or not a directory; refusing to create or remove {path} through it",
+                    dir(n)
+                ),
             ),
             Step::MakeDir(n) => Error::os(errno, format!("cannot create socket directory {}", dir(n))),
             Step::NotSocket => Error::with_errno(
