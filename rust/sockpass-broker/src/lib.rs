@@ -8,6 +8,9 @@
 //! - [`fdstore`]: sockets kept in systemd's fd store;
 //! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]).
 
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod broker;
 pub mod create;
 pub mod fdstore;
