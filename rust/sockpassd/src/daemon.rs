@@ -8,6 +8,14 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+/// The policy file read when `--policy` is not given and it exists; a
+/// packager may build with another (`SOCKPASS_DEFAULT_POLICY`, as meson's
+/// `-Ddefault_policy` passes it).
+const DEFAULT_POLICY: &str = match option_env!("SOCKPASS_DEFAULT_POLICY") {
+    Some(p) => p,
+    None => "/etc/sockpass/policy.conf",
+};
+
 const USAGE: &str = "\
 usage: sockpassd [options]
 
@@ -21,7 +29,9 @@ options:
   --socket-mode MODE         octal mode of the socket file (default 0666;
                              the policy decides what each client may ask for)
   --socket-group GROUP       group (name or gid) of the socket file
-  --policy FILE              policy file (docs/POLICY.md); default: the built-in
+  --policy FILE              policy file (docs/POLICY.md); default: {DEFAULT_POLICY}
+                             when it exists (a path in $SOCKPASSD_DEFAULT_POLICY
+                             instead, if set; empty: none), else the built-in
                              policy (root anything, others ports 0 and 1024-65535)
   --max-connections N        concurrent clients (default 8192, fitted to RLIMIT_NOFILE)
   --max-refs-per-client N    references one client may hold (default 16384)
@@ -105,7 +115,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
             }
             "-q" | "--quiet" => o.cfg.log = false,
             "-h" | "--help" => {
-                print!("{USAGE}");
+                print!("{}", USAGE.replace("{DEFAULT_POLICY}", DEFAULT_POLICY));
                 return Ok(None);
             }
             "-V" | "--version" => {
@@ -122,7 +132,27 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
     if let Some(extra) = a.next_raw() {
         return Err(format!("unexpected argument {extra:?}"));
     }
+    if o.policy_file.is_none() {
+        if let Some(f) = default_policy_file() {
+            o.cfg.policy = sockpass::policy::Policy::load(&f)
+                .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
+            o.policy_file = Some(f);
+        }
+    }
     Ok(Some(o))
+}
+
+/// The default policy file, if there is one: `$SOCKPASSD_DEFAULT_POLICY`
+/// (tests point it elsewhere; empty means none) or [`DEFAULT_POLICY`].
+fn default_policy_file() -> Option<PathBuf> {
+    let f = match std::env::var_os("SOCKPASSD_DEFAULT_POLICY") {
+        Some(v) if v.is_empty() => return None,
+        Some(v) => PathBuf::from(v),
+        None => PathBuf::from(DEFAULT_POLICY),
+    };
+    // A file that is not there means the built-in policy; anything else
+    // (unreadable, malformed) is the operator's to fix, so it stops us.
+    f.symlink_metadata().is_ok().then_some(f)
 }
 
 fn positive(name: &str, v: usize) -> Result<usize, String> {
