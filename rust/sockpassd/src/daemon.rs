@@ -423,6 +423,12 @@ fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool
 /// Returns only if the upgrade was refused or failed (the broker keeps
 /// serving), or with an exit code if the broker could not be rebuilt.
 fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Broker, i32> {
+    // systemd shows the service reloading until READY=1: the new image's,
+    // or ours below when the upgrade does not happen.
+    notify_service(
+        up,
+        &format!("RELOADING=1\nMONOTONIC_USEC={}\n", monotonic_usec()),
+    );
     let exe = b.pending_upgrade().flatten().or_else(|| up.exe.clone());
     let checked = match &exe {
         None => Err(sockpass::Error::bad_request(
@@ -441,6 +447,7 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
     };
     let Some(exe) = exe.filter(|_| checked.is_ok()) else {
         b.finish_upgrade(checked);
+        notify_service(up, "READY=1\n");
         return Ok(b);
     };
     if log {
@@ -459,6 +466,7 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
     match Broker::from_state(st, cfg) {
         Ok(mut b) => {
             b.finish_upgrade(Err(err));
+            notify_service(up, "READY=1\n");
             Ok(b)
         }
         Err(e) => {
@@ -466,6 +474,27 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
             Err(1)
         }
     }
+}
+
+/// An sd_notify message to the service manager that started us, if any
+/// (best effort: the broker serves on whatever it answers).
+fn notify_service(up: &Upgrade, msg: &str) {
+    if let Some(n) = &up.notify_socket {
+        if let Err(e) = sockpass::readiness::send_notify(n, msg.as_bytes()) {
+            eprintln!("sockpassd: notify socket: {e}");
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as RELOADING=1's MONOTONIC_USEC wants.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Tell whoever started us that the listener is up: sd_notify (when
