@@ -117,16 +117,27 @@ ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_
 step "valgrind (errors and definite/indirect leaks fail)"
 vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
     --show-leak-kinds=definite,indirect)
-python3 tests/c/run-example.py "$work/build/sockpassd" udp-echo "$work/build/c-examples/udp-echo" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" tcp-shared "$work/build/c-examples/tcp-shared" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/c-examples/activated-server" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/bad_input" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/server_notify" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/spawn" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/threads" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/handover" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" limit2 "$work/build/tests/c/limits" "${vg[@]}"
-# valgrind has no pidfd_open: the test then skips only its wait_child checks (run above under ASan).
-SOCKPASS_TEST_NO_PIDFD=1 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/readiness" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/consumer/consumer" "${vg[@]}"
+b=$work/build
+runs=("udp-echo $b/c-examples/udp-echo" "tcp-shared $b/c-examples/tcp-shared"
+  "plain $b/c-examples/activated-server" "plain $b/tests/c/bad_input" "plain $b/tests/c/server_notify"
+  "plain $b/tests/c/spawn" "plain $b/tests/c/threads" "plain $b/tests/c/handover" "limit2 $b/tests/c/limits"
+  "plain $b/tests/c/readiness" "plain $work/consumer/consumer")
+# valgrind is single-threaded: $(nproc) at a time, each with its own log,
+# shown in order. valgrind has no pidfd_open: readiness then skips only its
+# wait_child checks (run above under ASan).
+vg_failed=0
+for ((i = 0; i < ${#runs[@]}; i += $(nproc))); do
+  pids=()
+  for ((k = i; k < i + $(nproc) && k < ${#runs[@]}; k++)); do
+    read -r mode prog <<<"${runs[k]}"
+    SOCKPASS_TEST_NO_PIDFD=1 python3 tests/c/run-example.py "$b/sockpassd" "$mode" "$prog" "${vg[@]}" \
+      >"$work/vg-$k.log" 2>&1 &
+    pids+=($!)
+  done
+  for ((k = i; k < i + ${#pids[@]}; k++)); do
+    wait "${pids[k - i]}" || { echo "valgrind: ${runs[k]} failed:"; vg_failed=1; }
+    grep -v '^--[0-9]*-- ' "$work/vg-$k.log" || true
+  done
+done
+[ $vg_failed = 0 ] || exit 1
 echo "c: all passed"
