@@ -10,7 +10,9 @@
 //! - [`token`]: the tokens that name references;
 //! - [`policy`]: who may ask for what;
 //! - [`broker`]: the cache, references and connections, in one epoll loop;
-//! - [`client`]: the blocking client;
+//! - [`client`]: the blocking client (and [`client::shared`], the one threads
+//!   and forked children share);
+//! - [`forkgen`]: telling a fork's child from its parent without a syscall;
 //! - [`notify`]: server sockets handed into daemons, with a notifier;
 //! - [`readiness`]: waiting for a child to be ready (pipe, sd_notify, s6 fd);
 //! - [`dbus_address`]: D-Bus addresses of unix sockets;
@@ -23,6 +25,7 @@ pub mod dbus_address;
 pub mod error;
 pub mod fdpass;
 pub mod fdstore;
+pub mod forkgen;
 pub mod handoff;
 mod holders;
 mod keyhash;
