@@ -288,8 +288,11 @@ fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow) {
 
 /// The paths the default client tries, in order.
 #[pyfunction]
-fn default_socket_paths() -> Vec<PathBuf> {
+fn default_socket_paths() -> Vec<std::ffi::OsString> {
     sockpass::client::path::candidates()
+        .into_iter()
+        .map(PathBuf::into_os_string)
+        .collect()
 }
 
 /// One connection to the broker; the connection is the lease. Fork and
@@ -360,10 +363,11 @@ impl PyClient {
     }
 
     /// The path connected to; None for a client made from a handed-in
-    /// connection.
+    /// connection. A str, not a `pathlib.Path`: pyo3 imports that type on
+    /// first use behind a lock a fork's child could inherit held.
     #[getter]
-    fn path(&self, py: Python<'_>) -> Option<PathBuf> {
-        py.detach(|| self.inner.path())
+    fn path(&self, py: Python<'_>) -> Option<std::ffi::OsString> {
+        py.detach(|| self.inner.path()).map(PathBuf::into_os_string)
     }
 
     /// The broker's pid (from the handshake, done on first use).

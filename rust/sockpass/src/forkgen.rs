@@ -7,11 +7,10 @@
 //! process. A client made before the fork must therefore never use it in
 //! the child (see [`crate::client`] and [`crate::client::shared`]).
 
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static REGISTER: Once = Once::new();
+static REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Where the process-wide default client publishes its connection's fd
 /// (-1 if none): the child handler closes it, so a child that never calls
@@ -36,11 +35,17 @@ extern "C" fn in_child() {
 }
 
 /// Register the child handler (once per process; a child inherits it).
+/// Not a `Once`: a fork while another thread is inside `call_once` leaves
+/// the child's copy running forever, and the child would wait on it. Two
+/// threads racing here may both register; the handler is idempotent enough
+/// (the generation just moves by two).
 pub(crate) fn register() {
-    REGISTER.call_once(|| {
-        // SAFETY: a plain function with no captured state.
-        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
-    });
+    if REGISTERED.load(Ordering::Acquire) {
+        return;
+    }
+    // SAFETY: a plain function with no captured state.
+    unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    REGISTERED.store(true, Ordering::Release);
 }
 
 /// The current generation: 0 in the process that loaded the library, one
