@@ -417,13 +417,15 @@ impl PyClient {
         if self.user_closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
+        // Without connecting: a client with no connection holds nothing.
         Ok(py
             .detach(|| {
-                self.inner.with(|c| {
-                    Ok(match &r {
-                        Release::Fd(fd) => c.token_of(*fd).is_some(),
-                        Release::Token(t) => c.held().any(|(_, h)| h == *t),
-                    })
+                self.inner.peek(|c| {
+                    c.is_usable()
+                        && match &r {
+                            Release::Fd(fd) => c.token_of(*fd).is_some(),
+                            Release::Token(t) => c.held().any(|(_, h)| h == *t),
+                        }
                 })
             })
             .unwrap_or(false))

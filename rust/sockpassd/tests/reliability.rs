@@ -872,7 +872,12 @@ fn child_ctrunc() {
     // SAFETY: as above.
     unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &old), 0) };
     let refs = c.status().unwrap().counters.references;
-    println!("@@ {:?} {} refs {refs} {}", e.kind(), e.errno(), e.message());
+    println!(
+        "@@ {:?} {} refs {refs} {}",
+        e.kind(),
+        e.errno(),
+        e.message()
+    );
 }
 
 #[test]

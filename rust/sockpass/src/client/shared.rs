@@ -247,6 +247,13 @@ impl SharedClient {
         }
     }
 
+    /// `f` on the client if it has one, without connecting or calling the
+    /// broker (say, to look up what it holds).
+    pub fn peek<R>(&self, f: impl FnOnce(&Client) -> R) -> Option<R> {
+        let st = lock(self.current());
+        st.client.as_ref().map(f)
+    }
+
     /// Connect anew: a new lease holding nothing. In the same process the
     /// broker drops the old connection's references; in a fork's child the
     /// parent's are untouched. Also after [`SharedClient::close`].
