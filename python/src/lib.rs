@@ -10,16 +10,16 @@
 use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString};
-use sockpass::client::{Client, SharedClient, Status};
-use sockpass::error::{Error, Kind};
+use sockpass::{Client, SharedClient, Status};
+use sockpass::{Error, Kind};
 use sockpass::{ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-mod notify;
 mod readiness;
+mod server_socket;
 mod spawn;
 
 /// The Python exception for a core error: `errno` is `Error::code()`,
@@ -289,7 +289,7 @@ fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow) {
 /// The paths the default client tries, in order.
 #[pyfunction]
 fn default_socket_paths() -> Vec<std::ffi::OsString> {
-    sockpass::client::path::candidates()
+    sockpass::default_socket_paths()
         .into_iter()
         .map(PathBuf::into_os_string)
         .collect()
@@ -557,7 +557,7 @@ impl PyClient {
     /// A client on a broker connection handed in as fd `fd` (taken over).
     #[staticmethod]
     fn from_fd(py: Python<'_>, fd: i32) -> PyResult<Self> {
-        let fd = sockpass::readiness::inherited_fd(fd).map_err(to_pyerr)?;
+        let fd = sockpass::inherited_fd(fd).map_err(to_pyerr)?;
         let c = py.detach(|| Client::from_fd(fd)).map_err(to_pyerr)?;
         Ok(PyClient {
             inner: SharedClient::from_client(c),
@@ -583,10 +583,10 @@ fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(readiness::report_ready_fd, m)?)?;
     m.add_function(wrap_pyfunction!(spawn::spawn, m)?)?;
     m.add_class::<spawn::PyChild>()?;
-    m.add_class::<notify::PyServerSocket>()?;
-    m.add_class::<notify::PyLazyServer>()?;
-    m.add_function(wrap_pyfunction!(notify::notifier_pair, m)?)?;
-    m.add_function(wrap_pyfunction!(notify::bind_in_namespace, m)?)?;
+    m.add_class::<server_socket::PyServerSocket>()?;
+    m.add_class::<server_socket::PyLazyServer>()?;
+    m.add_function(wrap_pyfunction!(server_socket::notifier_pair, m)?)?;
+    m.add_function(wrap_pyfunction!(server_socket::bind_in_namespace, m)?)?;
     m.setattr("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

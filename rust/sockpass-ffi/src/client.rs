@@ -3,7 +3,7 @@
 //! Fork and recovery are the core's (`sockpass::client::shared`).
 
 use crate::boundary::{c_bytes, c_str, call, fault, opt_c_os_str, opt_c_str};
-use sockpass::client::{self, Client, Parts, SharedClient};
+use sockpass::{Client, Parts, SharedClient};
 use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::os::raw::{c_char, c_int, c_uint};
@@ -184,7 +184,7 @@ pub unsafe extern "C" fn sockpass_client_from_fd(
         if client_out.is_null() {
             return Err(fault("client_out"));
         }
-        let fd = sockpass::readiness::inherited_fd(fd)?;
+        let fd = sockpass::inherited_fd(fd)?;
         let c = Client::from_fd(fd)?;
         *client_out = sockpass_client::boxed(SharedClient::from_client(c));
         Ok(0)
@@ -245,7 +245,7 @@ pub unsafe extern "C" fn sockpass_client_set_timeout(
 #[no_mangle]
 pub extern "C" fn sockpass_set_default_timeout(timeout_ms: c_int) -> c_int {
     call(|| {
-        client::shared::default_client().set_timeout(self::timeout_ms(timeout_ms)?);
+        sockpass::default_client().set_timeout(self::timeout_ms(timeout_ms)?);
         Ok(0)
     })
 }
@@ -610,7 +610,7 @@ pub unsafe extern "C" fn sockpass_request_socket_default(
         let share = share_mode(share)?;
         let app = opt_c_str(app, "app", SOCKPASS_MAX_APP_NAME)?.unwrap_or("");
         check_token_buf(token_out, token_size)?;
-        let g = client::with_default(|c| c.request_socket(&spec, share, app))?;
+        let g = sockpass::with_default(|c| c.request_socket(&spec, share, app))?;
         write_token(token_out, &g.token);
         Ok(g.fd.into_raw_fd())
     })
@@ -624,7 +624,7 @@ pub unsafe extern "C" fn sockpass_request_socket_default(
 pub unsafe extern "C" fn sockpass_release_socket_default(token: *const c_char) -> c_int {
     call(|| {
         let t = token_of(token)?;
-        Ok(client::with_default(|c| c.release(&t))? as c_int)
+        Ok(sockpass::with_default(|c| c.release(&t))? as c_int)
     })
 }
 
@@ -634,5 +634,5 @@ pub unsafe extern "C" fn sockpass_release_socket_default(token: *const c_char) -
 /// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub extern "C" fn sockpass_release_fd_default(fd: c_int) -> c_int {
-    call(|| Ok(client::with_default(|c| c.release_fd(fd))? as c_int))
+    call(|| Ok(sockpass::with_default(|c| c.release_fd(fd))? as c_int))
 }

@@ -808,6 +808,10 @@ impl Client {
     /// flight, not one round trip each. Returns one result per token, in
     /// order; a lost connection or a timeout ends the call with `Err`.
     pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
+        // Also with nothing to release: a closed or inherited client says so.
+        if let Err(e) = self.usable() {
+            return self.settle(Err(e));
+        }
         let mut out = Vec::with_capacity(tokens.len());
         let res = self.release_batches(tokens, &mut out);
         let res = self.settle(res);
@@ -988,6 +992,15 @@ impl Drop for Client {
         // Before the fd closes: a child forked from now on leaves it alone.
         self.publish(-1);
     }
+}
+
+/// The default broker socket path: `$SOCKPASS_SOCKET`, else
+/// `/run/sockpass/sockpassd.sock` for root and
+/// `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` for others: where a broker
+/// binds, and the first place a client looks ([`path::candidates`] lists
+/// them all).
+pub fn default_socket_path() -> PathBuf {
+    path::candidates().remove(0)
 }
 
 #[cfg(test)]

@@ -240,8 +240,9 @@ unsafe fn recv_raw_lost(
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() - before > max_fds {
-        // Lost to the rlimit, not sent in excess: the message still counts.
-        let lost_only = fds.len() - before <= max_fds && msg.msg_flags & libc::MSG_TRUNC == 0;
+        // Lost to the rlimit (fewer arrived than there was room for), not
+        // sent in excess (which fills the room): the message still counts.
+        let lost_only = fds.len() - before < max_fds && msg.msg_flags & libc::MSG_TRUNC == 0;
         // Truncating closes every fd that did arrive.
         fds.truncate(before);
         if lost_ok && lost_only {

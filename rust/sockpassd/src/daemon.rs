@@ -2,13 +2,13 @@
 //! SIGTERM/SIGINT.
 
 use crate::args::Args;
-use sockpass::broker::{self, Broker, Config};
+use sockpass_broker::broker::{self, Broker, Config, Limits};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-const USAGE: &str = "\
+const USAGE_HEAD: &str = "\
 usage: sockpassd [options]
 
 The sockpass socket broker. Creates bound sockets on request, caches and
@@ -23,12 +23,11 @@ options:
   --socket-group GROUP       group (name or gid) of the socket file
   --policy FILE              policy file (docs/POLICY.md); default: the built-in
                              policy (root anything, others ports 0 and 1024-65535)
-  --max-connections N        concurrent clients (default 8192, fitted to RLIMIT_NOFILE)
-  --max-refs-per-client N    references one client may hold (default 16384)
-  --max-sockets N            sockets the broker holds (default 65536, fitted)
-  --max-reservations N       reservations pending pick-up (default 1024)
-  --reservation-ttl SECONDS  how long a reservation waits (default 30; fractions allowed)
-  --notify                   send READY=1 to $NOTIFY_SOCKET once listening (an
+";
+
+// The limits' lines come from their table (sockpass_broker::broker::LIMIT_FLAGS).
+const USAGE_TAIL: &str =
+    "  --notify                   send READY=1 to $NOTIFY_SOCKET once listening (an
                              error if it is unset; when set, it is used anyway)
   --ready-fd N               write a newline to fd N and close it once listening
                              (s6 notification-fd; closing also fires a pipe notifier)
@@ -76,36 +75,26 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
             "--socket-group" => {
                 let g = a.value(&k, v)?;
                 o.cfg.socket_group =
-                    Some(sockpass::policy::group_id(&g).map_err(|e| format!("{k}: {e}"))?);
+                    Some(sockpass_broker::policy::group_id(&g).map_err(|e| format!("{k}: {e}"))?);
             }
             "--policy" => {
                 let f = PathBuf::from(a.value_os(&k, v)?);
-                o.cfg.policy = sockpass::policy::Policy::load(&f)
+                o.cfg.policy = sockpass_broker::policy::Policy::load(&f)
                     .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
                 o.policy_file = Some(f);
             }
-            "--max-connections" => o.cfg.limits.max_connections = positive(&k, a.number(&k, v)?)?,
-            "--max-refs-per-client" => {
-                o.cfg.limits.max_refs_per_client = positive(&k, a.number(&k, v)?)?
-            }
-            "--max-sockets" => o.cfg.limits.max_sockets = positive(&k, a.number(&k, v)?)?,
-            "--max-reservations" => o.cfg.limits.max_reservations = positive(&k, a.number(&k, v)?)?,
-            "--reservation-ttl" => {
-                let secs: f64 = a.number(&k, v)?;
-                if !(secs > 0.0 && secs <= 86400.0) {
-                    return Err(format!("{k} must be between 0 and 86400 seconds"));
-                }
-                o.cfg.limits.reservation_ttl = std::time::Duration::from_secs_f64(secs);
+            k if Limits::is_flag(k) => {
+                let v = a.value(k, v)?;
+                o.cfg.limits.set_flag(k, &v).unwrap_or(Ok(()))?;
             }
             "--notify" => o.notify = true,
             "--ready-fd" => {
                 let n = a.number(&k, v)?;
-                o.ready_fd =
-                    Some(sockpass::readiness::inherited_fd(n).map_err(|e| format!("{k}: {e}"))?);
+                o.ready_fd = Some(sockpass::inherited_fd(n).map_err(|e| format!("{k}: {e}"))?);
             }
             "-q" | "--quiet" => o.cfg.log = false,
             "-h" | "--help" => {
-                print!("{USAGE}");
+                print!("{USAGE_HEAD}{}{USAGE_TAIL}", Limits::usage());
                 return Ok(None);
             }
             "-V" | "--version" => {
@@ -113,7 +102,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
                 return Ok(None);
             }
             "--handoff-version" => {
-                println!("{}", sockpass::handoff::FORMAT);
+                println!("{}", sockpass_broker::handoff::FORMAT);
                 return Ok(None);
             }
             _ => return Err(format!("unknown option {k}")),
@@ -123,14 +112,6 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
         return Err(format!("unexpected argument {extra:?}"));
     }
     Ok(Some(o))
-}
-
-fn positive(name: &str, v: usize) -> Result<usize, String> {
-    if v == 0 {
-        Err(format!("{name} must be at least 1"))
-    } else {
-        Ok(v)
-    }
 }
 
 /// A signalfd for SIGTERM, SIGINT and SIGHUP (upgrade), blocked so they
@@ -177,7 +158,7 @@ fn which_signal(fd: &OwnedFd) -> &'static str {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     // Before anything else: the fds of a handed-over state must be CLOEXEC.
-    let handed = match sockpass::handoff::take_from_env() {
+    let handed = match sockpass_broker::handoff::take_from_env() {
         Ok(h) => h,
         Err(e) => {
             eprintln!("sockpassd: cannot take over from the previous image: {e}");
@@ -207,13 +188,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
         eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
         return 2;
     }
-    let mut path = o.socket.clone().unwrap_or_else(broker::default_socket_path);
+    let mut path = o
+        .socket
+        .clone()
+        .unwrap_or_else(sockpass::default_socket_path);
     if let Some(st) = handed {
         return serve_handed_over(st, o, path, stop, up);
     }
     // Sockets kept in the systemd fd store by a previous run come after the
     // socket unit's fds; take them out before adopting the listener.
-    let stored = match sockpass::fdstore::take_stored_from_env() {
+    let stored = match sockpass_broker::fdstore::take_stored_from_env() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("sockpassd: fd store: {e}");
@@ -221,18 +205,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     // Socket activation: the socket file is the activator's, never removed here.
-    let activated =
-        match sockpass::notify::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
-            Ok(Some(s)) => {
-                path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
-                Some(s.into_fd())
-            }
-            Ok(None) => None,
-            Err(e) => {
-                eprintln!("sockpassd: socket activation: {e}");
-                return 1;
-            }
-        };
+    let activated = match sockpass::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
+        Ok(Some(s)) => {
+            path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
+            Some(s.into_fd())
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("sockpassd: socket activation: {e}");
+            return 1;
+        }
+    };
     let is_activated = activated.is_some();
     let bound = match activated {
         Some(l) => Ok(l),
@@ -282,7 +265,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
 
 /// The new image after an upgrade: carry on with the handed-over broker.
 fn serve_handed_over(
-    st: sockpass::handoff::State,
+    st: sockpass_broker::handoff::State,
     o: Opts,
     path: PathBuf,
     stop: OwnedFd,
@@ -316,7 +299,7 @@ fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
     let (Some(addr), Some(1..)) = (&up.notify_socket, max) else {
         return;
     };
-    match sockpass::fdstore::FdStore::connect(addr) {
+    match sockpass_broker::fdstore::FdStore::connect(addr) {
         Ok(st) => b.use_fd_store(st),
         Err(e) => eprintln!("sockpassd: fd store unusable: {e}"),
     }
@@ -401,12 +384,11 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         Some(exe) => {
             // Pre-flight: the exec has no way back, so the new binary must
             // first say it reads our handoff format.
-            sockpass::handoff::preflight(exe, sockpass::handoff::PREFLIGHT_TIMEOUT).and_then(|()| {
-                match &up.policy_file {
-                    Some(f) => sockpass::policy::Policy::load(f).map(|_| ()),
+            sockpass_broker::handoff::preflight(exe, sockpass_broker::handoff::PREFLIGHT_TIMEOUT)
+                .and_then(|()| match &up.policy_file {
+                    Some(f) => sockpass_broker::policy::Policy::load(f).map(|_| ()),
                     None => Ok(()),
-                }
-            })
+                })
         }
     };
     let Some(exe) = exe.filter(|_| checked.is_ok()) else {
@@ -424,7 +406,7 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         std::env::set_var("NOTIFY_SOCKET", n);
     }
     let (st, cfg) = b.into_state(activated);
-    let (st, err) = sockpass::handoff::exec(st, &exe, &up.args);
+    let (st, err) = sockpass_broker::handoff::exec(st, &exe, &up.args);
     std::env::remove_var("NOTIFY_SOCKET");
     match Broker::from_state(st, cfg) {
         Ok(mut b) => {
@@ -442,11 +424,11 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
 /// `$NOTIFY_SOCKET` is set, as systemd services do, or `--notify`) and the
 /// `--ready-fd`.
 fn report_ready(fd: Option<OwnedFd>) -> sockpass::Result<()> {
-    sockpass::readiness::notify_ready_from_env()?;
+    sockpass::notify_ready_from_env()?;
     // The variable is for us, not for anything we might start.
     std::env::remove_var("NOTIFY_SOCKET");
     if let Some(fd) = fd {
-        sockpass::readiness::report_ready_fd(fd)?;
+        sockpass::report_ready_fd(fd)?;
     }
     Ok(())
 }

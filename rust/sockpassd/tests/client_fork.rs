@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::{path, with_default};
+use sockpass::{default_socket_paths, with_default, SYSTEM_SOCKET};
 use sockpass::{Client, Kind, ShareMode, SocketSpec};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
@@ -59,7 +59,7 @@ fn udp_port(fd: &OwnedFd) -> Option<u16> {
 /// The references on `port` and the pids holding them, once the broker's
 /// count is `want` (a dead worker's connection is noticed a moment later).
 fn settled_refs(port: u16, want: u32) -> Vec<i32> {
-    let p = sockpass::client::path::candidates().remove(0);
+    let p = default_socket_paths().remove(0);
     wait_for("the broker's reference count to settle", || {
         let st = Client::connect(&p).unwrap().status().unwrap();
         match st.sockets.iter().find(|s| s.port == port) {
@@ -146,7 +146,11 @@ fn child_preforked_workers() {
         // leaves with _exit.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let ok = worker(&mut explicit, &parent_explicit.token, port);
+            // A panic must end this process, not unwind into the harness.
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                worker(&mut explicit, &parent_explicit.token, port)
+            }))
+            .unwrap_or(false);
             // SAFETY: leave without running the parent's destructors.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
@@ -187,8 +191,7 @@ fn child_fork_while_busy() {
     }
     let port = test_port();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let shared =
-        std::sync::Arc::new(sockpass::client::SharedClient::connect(None, None, false).unwrap());
+    let shared = std::sync::Arc::new(sockpass::SharedClient::connect(None, None, false).unwrap());
     let threads: Vec<_> = (0..2)
         .map(|i| {
             let (stop, shared) = (stop.clone(), shared.clone());
@@ -267,7 +270,7 @@ fn child_broker_restart() {
         return;
     }
     let port = test_port();
-    let p = path::candidates().remove(0);
+    let p = default_socket_paths().remove(0);
     let dir = temp_dir("fork-restart-child");
     let mut b = Broker::start_at(dir.clone(), p.clone(), &[]);
     let old = with_default(|c| c.request_socket(&spec(port), ShareMode::Any, "r")).unwrap();
@@ -384,7 +387,7 @@ fn child_system_broker() {
         println!("@@ skip: cannot mount a tmpfs on /run here");
         return;
     }
-    let _b = Broker::start_at(temp_dir("fork-system"), path::SYSTEM_SOCKET.into(), &[]);
+    let _b = Broker::start_at(temp_dir("fork-system"), SYSTEM_SOCKET.into(), &[]);
     // Nothing listens at the per-user path.
     let nowhere = temp_dir("fork-system-user");
     std::env::set_var("XDG_RUNTIME_DIR", &nowhere);
@@ -393,7 +396,7 @@ fn child_system_broker() {
     if pid == 0 {
         // SAFETY: plain syscalls in the child.
         let ok = unsafe { libc::setgid(65534) == 0 && libc::setuid(65534) == 0 };
-        let cands = path::candidates();
+        let cands = default_socket_paths();
         let found = Client::connect_default().and_then(|mut c| {
             c.hello()?;
             Ok(c.path().to_path_buf())
@@ -401,7 +404,7 @@ fn child_system_broker() {
         let good = ok
             && cands.len() == 2
             && cands[0] == nowhere.join("sockpass/sockpassd.sock")
-            && found.as_deref().ok() == Some(std::path::Path::new(path::SYSTEM_SOCKET));
+            && found.as_deref().ok() == Some(std::path::Path::new(SYSTEM_SOCKET));
         if !good {
             eprintln!("candidates {cands:?}, found {found:?}");
         }

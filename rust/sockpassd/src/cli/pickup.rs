@@ -4,7 +4,7 @@
 //! handed in on fd N instead of connecting to a path.
 
 use crate::args::Args;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::Token;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -45,8 +45,8 @@ pub fn run(mut a: Args) -> Result<i32, String> {
         return Err("pickup: give --fd or --socket, not both".into());
     }
     let c = match conn_fd {
-        Some(n) => sockpass::readiness::inherited_fd(n).and_then(Client::from_fd),
-        None => Client::connect(socket.unwrap_or_else(sockpass::broker::default_socket_path)),
+        Some(n) => sockpass::inherited_fd(n).and_then(Client::from_fd),
+        None => Client::connect(socket.unwrap_or_else(sockpass::default_socket_path)),
     };
     let mut c = match c {
         Ok(c) => c,

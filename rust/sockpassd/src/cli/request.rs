@@ -4,7 +4,7 @@
 //! Useful from the shell, and as a real client process in tests.
 
 use crate::args::Args;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{ShareMode, SocketSpec};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     if specs.is_empty() {
         return Err("request: give at least one socket spec, e.g. udp:127.0.0.1:5353".into());
     }
-    let path = socket.unwrap_or_else(sockpass::broker::default_socket_path);
+    let path = socket.unwrap_or_else(sockpass::default_socket_path);
     let mut c = match Client::connect(&path) {
         Ok(c) => c,
         Err(e) => return Ok(super::fail("request", &e)),

@@ -4,7 +4,7 @@
 //! (`sockpassd --reservation-ttl`, default 30 s).
 
 use crate::args::Args;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{ShareMode, SocketSpec};
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,7 +35,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             "reserve: give at least one socket spec, e.g. tcp:0.0.0.0:80?backlog=128".into(),
         );
     }
-    let path = socket.unwrap_or_else(sockpass::broker::default_socket_path);
+    let path = socket.unwrap_or_else(sockpass::default_socket_path);
     let mut c = match Client::connect(&path) {
         Ok(c) => c,
         Err(e) => return Ok(super::fail("reserve", &e)),

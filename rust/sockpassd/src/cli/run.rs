@@ -10,10 +10,10 @@
 //! status (128 + signal), and forwards SIGTERM and SIGINT to it.
 
 use crate::args::Args;
-use sockpass::client::Client;
-use sockpass::ns::{Namespaces, NsSet};
-use sockpass::readiness::{Method, Readiness};
-use sockpass::spawn::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::Client;
+use sockpass::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::{Method, Readiness};
+use sockpass::{Namespaces, NsSet};
 use sockpass::{ShareMode, SocketSpec};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -215,7 +215,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             Source::Inherit => fds.push((inh, Some("unknown".into()))),
             Source::Listen(addr) => {
                 let spec = listen_spec(addr, datagram)?;
-                match sockpass::create::create_socket(&spec) {
+                match sockpass_broker::create::create_socket(&spec) {
                     Ok(c) => fds.push((Some(c.fd), None)),
                     Err(e) => return Ok(super::fail(&format!("listen on {addr}"), &e)),
                 }
@@ -223,9 +223,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             Source::Request(spec) => {
                 let spec: SocketSpec = spec.parse().map_err(|e| format!("--request: {e}"))?;
                 if client.is_none() {
-                    let path = socket
-                        .clone()
-                        .unwrap_or_else(sockpass::broker::default_socket_path);
+                    let path = socket.clone().unwrap_or_else(sockpass::default_socket_path);
                     match Client::connect(&path) {
                         Ok(c) => client = Some(c),
                         Err(e) => return Ok(super::fail("connect to the broker", &e)),

@@ -3,7 +3,7 @@
 
 use super::json;
 use crate::args::Args;
-use sockpass::client::{Client, Status};
+use sockpass::{Client, Status};
 use std::path::PathBuf;
 
 pub fn run(mut a: Args) -> Result<i32, String> {
@@ -16,7 +16,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             _ => return Err(format!("status: unknown option {k}")),
         }
     }
-    let path = socket.unwrap_or_else(sockpass::broker::default_socket_path);
+    let path = socket.unwrap_or_else(sockpass::default_socket_path);
     let st = match Client::connect(&path).and_then(|mut c| c.status()) {
         Ok(s) => s,
         Err(e) => return Ok(super::fail("status", &e)),

@@ -3,7 +3,7 @@
 //! connection. Allowed to root and to the broker's own uid.
 
 use crate::args::Args;
-use sockpass::client::Client;
+use sockpass::Client;
 use std::path::PathBuf;
 
 pub fn run(mut a: Args) -> Result<i32, String> {
@@ -30,7 +30,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     if let Some(extra) = a.next_raw() {
         return Err(format!("upgrade: unexpected argument {extra:?}"));
     }
-    let path = socket.unwrap_or_else(sockpass::broker::default_socket_path);
+    let path = socket.unwrap_or_else(sockpass::default_socket_path);
     let mut c = match Client::connect(&path) {
         Ok(c) => c,
         Err(e) => return Ok(super::fail("upgrade", &e)),
