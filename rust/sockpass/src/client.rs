@@ -25,12 +25,12 @@ use crate::token::Token;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod connection;
 mod parts;
 pub mod path;
 pub mod shared;
@@ -146,36 +146,6 @@ fn closes_connection(e: &Error) -> bool {
     )
 }
 
-/// Set the receive and send timeouts of a broker connection.
-fn set_timeouts(fd: &OwnedFd, t: Option<Duration>) -> Result<()> {
-    let tv = match t {
-        Some(d) => libc::timeval {
-            tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
-            tv_usec: d.subsec_micros().max(u32::from(!d.is_zero())) as libc::suseconds_t,
-        },
-        None => libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: tv is a valid timeval.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(Error::last_os("setsockopt SO_RCVTIMEO/SO_SNDTIMEO"));
-        }
-    }
-    Ok(())
-}
-
 impl Client {
     /// Connect to the broker at the default path: `$SOCKPASS_SOCKET` if set;
     /// else, for root, the system path; else the per-user path
@@ -218,42 +188,10 @@ impl Client {
     /// stopped with its backlog full) and for every call after.
     pub fn connect_timeout(path: impl AsRef<Path>, timeout: Option<Duration>) -> Result<Client> {
         let path = path.as_ref();
-        let fd = Client::open(path, timeout)?;
+        let fd = connection::open(path, timeout)?;
         let mut c = Client::new(fd, path.to_path_buf());
         c.timeout = timeout;
         Ok(c)
-    }
-
-    /// A connected socket to the broker at `path`, with `timeout` set.
-    fn open(path: &Path, timeout: Option<Duration>) -> Result<OwnedFd> {
-        let bytes = path.as_os_str().as_bytes();
-        // Refused before anything else: a daemon retries "unavailable".
-        if let Err(e) = sys::sockaddr_un(bytes) {
-            return Err(Error::with_errno(
-                Kind::Os,
-                e,
-                format!(
-                    "broker socket path {} cannot be a unix socket address: {}",
-                    path.display(),
-                    crate::error::strerror(e)
-                ),
-            ));
-        }
-        let fd =
-            sys::unix_socket(libc::SOCK_SEQPACKET, false).map_err(|e| Error::os(e, "socket"))?;
-        if timeout.is_some() {
-            set_timeouts(&fd, timeout)?;
-        }
-        sys::connect_unix(&fd, bytes).map_err(|e| {
-            if e == libc::EAGAIN && timeout.is_some() {
-                return timed_out("sockpassd did not accept the connection in time");
-            }
-            unavailable(
-                e,
-                format_args!("cannot connect to sockpassd at {}", path.display()),
-            )
-        })?;
-        Ok(fd)
     }
 
     /// A client on a connection to the broker that someone else made and
@@ -331,7 +269,7 @@ impl Client {
         self.publish(-1);
         self.fd = None;
         self.forget_all();
-        let fd = Client::open(&self.path, self.timeout)?;
+        let fd = connection::open(&self.path, self.timeout)?;
         self.fd = Some(fd);
         self.publish(self.as_raw_fd());
         self.gen = crate::forkgen::at_connect();
@@ -453,7 +391,7 @@ impl Client {
         }
         if let Some(fd) = &self.fd {
             if self.gen == crate::forkgen::current() {
-                set_timeouts(fd, t)?;
+                connection::set_timeouts(fd, t)?;
             }
         }
         self.timeout = t;
