@@ -358,3 +358,34 @@ def test_listen_fds(tmp_path: pathlib.Path) -> None:
             timeout=TIMEOUT,
         )
         assert out.stdout.strip() == "[]"
+
+
+def test_default_app_name_is_the_module_run_with_dash_m(broker: Broker, tmp_path: pathlib.Path) -> None:
+    pkg = tmp_path / "svcpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "worker.py").write_text(
+        textwrap.dedent(
+            """
+            import sys, sockpass
+            fd, tok = sockpass.request_socket("127.0.0.1", int(sys.argv[1]), "udp", sockpass.SHARE_SAMEAPP)
+            print("@@", sockpass.default_app_name(), flush=True)
+            sys.stdin.readline()
+            """
+        )
+    )
+    port = free_port()
+    env = {**os.environ, "SOCKPASS_SOCKET": broker.path, "PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "svcpkg.worker", str(port)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert read_marked_line(child) == "svcpkg.worker"
+        assert refs_on(broker, port)[2] == ["svcpkg.worker"]
+        finish(child)
+    finally:
+        reap(child)
