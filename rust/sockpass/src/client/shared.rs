@@ -62,14 +62,53 @@ struct Slot {
     /// The connection's fd number, for a child to close its copy.
     fd: Arc<AtomicI32>,
     state: Mutex<State>,
+    /// The parent's slot this one replaced in a fork's child: leaked, and
+    /// kept reachable (from here, then from [`ORPHANS`]) so a leak checker
+    /// does not take it for lost memory.
+    parent: *mut Slot,
+    /// The next slot in [`ORPHANS`].
+    next_orphan: AtomicPtr<Slot>,
 }
 
+// SAFETY: `parent` is only ever stored and moved into ORPHANS, never
+// dereferenced but to link it there; the rest of a slot is Send and Sync.
+unsafe impl Send for Slot {}
+unsafe impl Sync for Slot {}
+
+/// Parents' slots whose child slot was freed: a lock-free stack (a child
+/// must not take a lock its parent may have held), never popped.
+static ORPHANS: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
+
 impl Slot {
-    fn new(why: Why) -> Slot {
+    fn new(why: Why, parent: *mut Slot) -> Slot {
         Slot {
             gen: forkgen::at_connect(),
             fd: Arc::new(AtomicI32::new(-1)),
             state: Mutex::new(State { client: None, why }),
+            parent,
+            next_orphan: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        orphan(self.parent);
+    }
+}
+
+/// Keep a leaked parent's slot reachable (`p` may be null).
+fn orphan(p: *mut Slot) {
+    // SAFETY: a parent's slot is leaked: it is never freed.
+    let Some(s) = (unsafe { p.as_ref() }) else {
+        return;
+    };
+    let mut head = ORPHANS.load(Ordering::Acquire);
+    loop {
+        s.next_orphan.store(head, Ordering::Relaxed);
+        match ORPHANS.compare_exchange(head, p, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(h) => head = h,
         }
     }
 }
@@ -161,7 +200,7 @@ impl SharedClient {
             } else {
                 Why::Forked
             };
-            let new = Box::into_raw(Box::new(Slot::new(why)));
+            let new = Box::into_raw(Box::new(Slot::new(why, p)));
             match self
                 .slot
                 .compare_exchange(p, new, Ordering::AcqRel, Ordering::Acquire)
@@ -182,8 +221,13 @@ impl SharedClient {
                     return unsafe { &*new };
                 }
                 // Another thread of this process won: use its slot.
-                // SAFETY: `new` was never published.
-                Err(_) => drop(unsafe { Box::from_raw(new) }),
+                Err(_) => {
+                    // SAFETY: `new` was never published; its `parent` is
+                    // the winner's too, so it is not orphaned here.
+                    let mut b = unsafe { Box::from_raw(new) };
+                    b.parent = ptr::null_mut();
+                    drop(b);
+                }
             }
         }
     }
@@ -330,6 +374,7 @@ impl Drop for SharedClient {
         } else {
             // The parent's: leak it, close only this process's copy.
             close_copy(&s.fd);
+            orphan(p);
         }
     }
 }
