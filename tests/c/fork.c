@@ -186,8 +186,16 @@ static void *busy(void *arg) {
  * at once on both clients; alarm() kills a child that hangs. */
 static void fork_during_calls(void) {
     pthread_t t1, t2;
-    int i;
+    sockpass_client *anchor = NULL;
+    int i, held;
     EXPECT(sockpass_client_new(NULL, &busy_client), 0);
+    /* Held throughout: the socket never closes while threads race for it
+     * (a thread releases before it closes its fd, so a socket made anew
+     * meanwhile would find the port still bound). */
+    EXPECT(sockpass_client_new(NULL, &anchor), 0);
+    held = sockpass_client_request_socket(anchor, SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_ANY,
+                                          "fork", NULL, 0);
+    EXPECT(held >= 0, 1);
     stop_threads = 0;
     pthread_create(&t1, NULL, busy, (void *)1);
     pthread_create(&t2, NULL, busy, NULL);
@@ -219,9 +227,11 @@ static void fork_during_calls(void) {
     stop_threads = 1;
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
-    /* The parent's clients still work. */
-    EXPECT(refs_settle(busy_client, 0), 0);
+    /* The parent's clients still work, and only the anchor's is left. */
+    EXPECT(refs_settle(busy_client, 1), 1);
     sockpass_client_free(busy_client);
+    sockpass_client_free(anchor);
+    close(held);
 }
 
 /* A unix seqpacket socket that accepts (the backlog) and never answers. */

@@ -176,6 +176,11 @@ BUSY = """
 import os, signal, socket, sys, threading, sockpass
 port = int(sys.argv[1])
 c = sockpass.Client()
+# Held throughout: the socket never closes while threads race for it (a
+# thread releases before it closes its fd, so a socket made anew meanwhile
+# would find the port still bound).
+anchor = sockpass.Client()
+held = anchor.request_socket("127.0.0.1", port, "udp", sockpass.SHARE_ANY)
 stop = False
 
 def busy(explicit):
