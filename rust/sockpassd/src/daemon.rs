@@ -35,14 +35,19 @@ const USAGE_TAIL: &str =
 
 SIGHUP (or `sockpass upgrade`) re-executes the binary in place (same pid),
 handing over every socket, reference, reservation and client connection.
-The new binary must first answer --handoff-version with this broker's
-handoff format within 5 s, or the upgrade is refused and nothing changes.
+The new binary must be a root-owned file that group and others cannot
+write; it is opened once and run by fd. It must answer --handoff-version
+with this broker's handoff format, then restore the real state in a child
+(--handoff-check), each within 5 s, or the upgrade is refused and nothing
+changes. A new image that fails before serving executes the old one again.
 
 Socket activation: with LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a
 listening unix seqpacket socket) is used instead of binding --socket.
   -h, --help                 this text
   -V, --version              print the version
   --handoff-version          print the upgrade handoff format this binary reads
+  --handoff-check            (used by an upgrade) restore the handed-over
+                             state without serving, print the format, exit
 ";
 
 struct Opts {
@@ -51,6 +56,8 @@ struct Opts {
     notify: bool,
     ready_fd: Option<OwnedFd>,
     policy_file: Option<PathBuf>,
+    /// `--handoff-check`: restore the handed-over state, do not serve.
+    check: bool,
 }
 
 fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
@@ -61,6 +68,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
         notify: false,
         ready_fd: None,
         policy_file: None,
+        check: false,
     };
     while let Some((k, v)) = a.next_option() {
         match k.as_str() {
@@ -101,6 +109,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
                 println!("sockpassd {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
             }
+            "--handoff-check" => o.check = true,
             "--handoff-version" => {
                 println!("{}", sockpass_broker::handoff::FORMAT);
                 return Ok(None);
@@ -160,29 +169,23 @@ pub fn main(args: Vec<OsString>) -> i32 {
     // Before anything else: the fds of a handed-over state must be CLOEXEC.
     let handed = match sockpass_broker::handoff::take_from_env() {
         Ok(h) => h,
-        Err(e) => {
-            eprintln!("sockpassd: cannot take over from the previous image: {e}");
-            return 1;
-        }
+        Err(e) => return give_up(format!("cannot take over from the previous image: {e}"), 1),
     };
     let mut up = Upgrade::new(&args);
     let mut o = match parse(args) {
         Ok(Some(o)) => o,
         Ok(None) => return 0,
-        Err(e) => {
-            eprintln!("sockpassd: {e}\n(see sockpassd --help)");
-            return 2;
-        }
+        Err(e) => return give_up(format!("{e}\n(see sockpassd --help)"), 2),
     };
     up.policy_file = o.policy_file.clone();
     let nofile = broker::raise_fd_limit();
     o.cfg.limits.fit_fd_limit(nofile);
+    if o.check {
+        return check_handed_over(handed, o);
+    }
     let stop = match stop_signals() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("sockpassd: cannot set up signal handling: {e}");
-            return 1;
-        }
+        Err(e) => return give_up(format!("cannot set up signal handling: {e}"), 1),
     };
     if o.notify && std::env::var_os("NOTIFY_SOCKET").is_none() {
         eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
@@ -263,6 +266,37 @@ pub fn main(args: Vec<OsString>) -> i32 {
     code
 }
 
+/// Say why we stop, and, in a new image that has not served yet, execute
+/// the old image again with the handed-over state (this returns only when
+/// there is no way back).
+fn give_up(msg: String, code: i32) -> i32 {
+    eprintln!("sockpassd: {msg}");
+    sockpass_broker::fallback::fall_back(&msg);
+    code
+}
+
+/// `--handoff-check` (the upgrade's probe, a child of the old image):
+/// rebuild the broker from the state exactly as [`serve_handed_over`]
+/// would, then exit without serving or closing anything in an orderly way:
+/// every socket stays the old image's.
+fn check_handed_over(st: Option<sockpass_broker::handoff::State>, o: Opts) -> i32 {
+    let Some(st) = st else {
+        eprintln!("sockpassd: --handoff-check: no handed-over state (it is for upgrades)");
+        return 2;
+    };
+    match Broker::from_state(st, o.cfg) {
+        Ok(b) => {
+            std::mem::forget(b);
+            println!("{}", sockpass_broker::handoff::FORMAT);
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("sockpassd: cannot rebuild the handed-over broker: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// The new image after an upgrade: carry on with the handed-over broker.
 fn serve_handed_over(
     st: sockpass_broker::handoff::State,
@@ -276,12 +310,24 @@ fn serve_handed_over(
     let mut b = match Broker::from_state(st, o.cfg) {
         Ok(b) => b,
         Err(e) => {
+            // Some handed-over fds are closed by now: no way back.
+            sockpass_broker::fallback::disarm();
             eprintln!("sockpassd: cannot rebuild the handed-over broker: {e}");
             return 1;
         }
     };
+    // Serving from here: a failure is no longer the upgrade's.
+    sockpass_broker::fallback::disarm();
     attach_fd_store(&mut b, &up);
-    b.finish_upgrade(Ok(()));
+    // Taken back after a failed upgrade: the requester learns why.
+    b.finish_upgrade(match sockpass_broker::fallback::failure_from_env() {
+        None => Ok(()),
+        Some(why) => Err(sockpass::Error::with_errno(
+            sockpass::Kind::BadRequest,
+            libc::ENOEXEC,
+            format!("upgrade failed, the previous binary serves again: {why}"),
+        )),
+    });
     let _ = report_ready(None);
     let code = serve(b, &stop, &up, is_activated, log);
     if !is_activated {
@@ -309,6 +355,9 @@ fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
 /// arguments, minus `--ready-fd` (that fd is used up).
 struct Upgrade {
     exe: Option<PathBuf>,
+    /// The running image, opened at start: what a failed new image executes
+    /// again (the file at `exe` may have been replaced since).
+    running: Option<sockpass_broker::exe::Exe>,
     args: Vec<OsString>,
     notify_socket: Option<OsString>,
     /// Re-read before an upgrade, so a broken file stops it here.
@@ -336,6 +385,7 @@ impl Upgrade {
         }
         Upgrade {
             exe: std::env::current_exe().ok(),
+            running: sockpass_broker::exe::Exe::running().ok(),
             args: kept,
             notify_socket: std::env::var_os("NOTIFY_SOCKET"),
             policy_file: None,
@@ -377,36 +427,39 @@ fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool
 /// serving), or with an exit code if the broker could not be rebuilt.
 fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Broker, i32> {
     let exe = b.pending_upgrade().flatten().or_else(|| up.exe.clone());
+    // Opened once: the checks and the exec run this same file.
     let checked = match &exe {
         None => Err(sockpass::Error::bad_request(
             "no upgrade binary given and the running one is unknown",
         )),
-        Some(exe) => {
-            // Pre-flight: the exec has no way back, so the new binary must
-            // first say it reads our handoff format.
-            sockpass_broker::handoff::preflight(exe, sockpass_broker::handoff::PREFLIGHT_TIMEOUT)
-                .and_then(|()| match &up.policy_file {
-                    Some(f) => sockpass_broker::policy::Policy::load(f).map(|_| ()),
-                    None => Ok(()),
-                })
-        }
+        Some(exe) => sockpass_broker::exe::Exe::open_target(exe).and_then(|target| {
+            // Pre-flight: the new binary must say it reads our handoff format.
+            target.preflight(sockpass_broker::handoff::PREFLIGHT_TIMEOUT)?;
+            if let Some(f) = &up.policy_file {
+                sockpass_broker::policy::Policy::load(f)?;
+            }
+            Ok(target)
+        }),
     };
-    let Some(exe) = exe.filter(|_| checked.is_ok()) else {
-        b.finish_upgrade(checked);
-        return Ok(b);
+    let target = match checked {
+        Ok(t) => t,
+        Err(e) => {
+            b.finish_upgrade(Err(e));
+            return Ok(b);
+        }
     };
     if log {
         eprintln!(
             "sockpassd[{}]: upgrading: executing {}",
             std::process::id(),
-            exe.display()
+            target.path().display()
         );
     }
     if let Some(n) = &up.notify_socket {
         std::env::set_var("NOTIFY_SOCKET", n);
     }
     let (st, cfg) = b.into_state(activated);
-    let (st, err) = sockpass_broker::handoff::exec(st, &exe, &up.args);
+    let (st, err) = sockpass_broker::handoff::exec(st, &target, up.running.as_ref(), &up.args);
     std::env::remove_var("NOTIFY_SOCKET");
     match Broker::from_state(st, cfg) {
         Ok(mut b) => {

@@ -279,28 +279,27 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
     assert_eq!(e.kind(), Kind::BadRequest, "{e}");
 
     // An executable file execve refuses (no ELF header, no #!): the
-    // pre-flight cannot run it.
+    // pre-flight does not get the format from it.
     let bad = b.dir.join("not-a-binary");
     std::fs::write(&bad, b"\0\0\0\0garbage").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
     let e = c.upgrade(Some(&bad)).unwrap_err();
-    assert!(
-        e.message()
-            .contains("not a compatible sockpassd: cannot run it"),
-        "{e}"
-    );
+    assert!(e.message().contains("not a compatible sockpassd"), "{e}");
 
-    // A binary that passes the pre-flight but that execve then refuses (it
-    // takes its own execute bit away when asked): the exec fails after the
-    // state was written, and the old image rebuilds its broker from it and
-    // carries on.
+    // A binary that passes the pre-flight and the probe but that execve
+    // then refuses (it takes its own execute bit away during the probe):
+    // the exec fails after the state was written, and the old image
+    // rebuilds its broker from it and carries on.
+    let vanishing_path = b.dir.join("vanishing");
     let vanishing = script(
         &b.dir,
         "vanishing",
         &format!(
-            "[ \"$1\" = --handoff-version ] && {{ chmod a-x \"$0\"; echo {}; exit 0; }}\nexit 1\n",
-            sockpass_broker::handoff::FORMAT
+            "[ \"$1\" = --handoff-version ] && {{ echo {}; exit 0; }}\n[ \"$1\" = --handoff-check ] && {{ chmod a-x {}; exec {} \"$@\"; }}\nexit 1\n",
+            sockpass_broker::handoff::FORMAT,
+            vanishing_path.display(),
+            sockpassd_bin().display()
         ),
     );
     let e = c.upgrade(Some(&vanishing)).unwrap_err();
