@@ -276,8 +276,13 @@ impl Exe {
     ) -> Result<(ExitStatus, Vec<u8>)> {
         use std::io::Read;
         const MAX_OUT: usize = 4096;
-        let (r, w) =
-            std::io::pipe().map_err(|e| Error::os(e.raw_os_error().unwrap_or(0), "pipe"))?;
+        let mut p = [0; 2];
+        // SAFETY: pipe2 into a local array; the fds are owned right after.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(Error::last_os("pipe2"));
+        }
+        // SAFETY: two new fds we own.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
         let w2 = w
             .try_clone()
             .map_err(|e| Error::os(e.raw_os_error().unwrap_or(0), "dup"))?;
@@ -298,7 +303,7 @@ impl Exe {
             let d = deadline.saturating_duration_since(Instant::now());
             d.as_millis().min(i32::MAX as u128) as i32
         };
-        let mut out = r;
+        let mut out = std::fs::File::from(r);
         let mut got = Vec::new();
         let mut eof = false;
         while !eof && left_ms() > 0 && got.len() <= MAX_OUT {

@@ -152,7 +152,11 @@ pub fn disarm() {
 pub fn fall_back(reason: &str) {
     let Ok(mut g) = ARMED.try_lock() else { return };
     let Some(plan) = g.take() else { return };
-    eprintln!(
+    // Never eprintln! here: it panics on a failing stderr, and this may
+    // run in the panic hook.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "sockpassd: upgrade failed in the new image ({reason}); executing {} again",
         plan.exe.path().display()
     );
@@ -168,6 +172,8 @@ pub fn fall_back(reason: &str) {
         plan.memfd.as_raw_fd().to_string().as_bytes(),
     );
     extra(FAILED_ENV, &reason);
+    // Exe::exec leaves its fd open for an interpreter: the old image closes it.
+    extra(EXE_ENV, plan.exe.raw().to_string().as_bytes());
     let all: Vec<RawFd> = plan
         .fds
         .iter()
@@ -181,7 +187,10 @@ pub fn fall_back(reason: &str) {
     for &fd in &all {
         let _ = crate::handoff::set_cloexec(fd, true);
     }
-    eprintln!("sockpassd: cannot execute the old image again: {e}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "sockpassd: cannot execute the old image again: {e}"
+    );
 }
 
 /// An old image taken back: why the upgrade failed (None: not a fallback).

@@ -206,30 +206,6 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
     assert_eq!(inherited_fds(pid), inherited_before);
 }
 
-/// The fds of `pid` without FD_CLOEXEC.
-fn inherited_fds(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let n: i32 = e.file_name().to_string_lossy().parse().unwrap();
-        let Ok(info) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let flags = info
-            .lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
-            .unwrap();
-        if flags & libc::O_CLOEXEC as u32 == 0 {
-            out.push(n);
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
 #[test]
 fn cache_identity_and_conflicts_survive_an_upgrade() {
     let b = Broker::start("upgrade-conflict");
@@ -327,15 +303,6 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
         .unwrap();
     drop::<OwnedFd>(g2.fd);
-}
-
-/// Write an executable shell script `name` in `dir`.
-fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
 }
 
 #[test]

@@ -351,3 +351,36 @@ pub fn connect_hello(p: &Path) -> sockpass::Result<Client> {
     c.hello()?;
     Ok(c)
 }
+
+/// The fds of `pid` without FD_CLOEXEC.
+pub fn inherited_fds(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let n: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        if flags & libc::O_CLOEXEC as u32 == 0 {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Write an executable shell script `name` in `dir`.
+pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
