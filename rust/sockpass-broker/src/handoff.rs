@@ -504,6 +504,22 @@ fn prepare_and_exec(
     Ok(target.exec(&argv, &envp))
 }
 
+/// An exec by fd names the process after the fd's number on older kernels
+/// (comm "5"): take the name from argv[0] again, as `pidof` expects.
+fn name_after_argv0() {
+    let Some(a0) = std::env::args_os().next() else {
+        return;
+    };
+    let base = a0.as_bytes().rsplit(|b| *b == b'/').next().unwrap_or(b"");
+    let Ok(name) = CString::new(&base[..base.len().min(15)]) else {
+        return;
+    };
+    if !name.as_bytes().is_empty() {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+}
+
 /// In a new image: take the state handed over by [`exec`], if any. Every
 /// handed-over fd is marked CLOEXEC again, and the variable is removed.
 pub fn take_from_env() -> Result<Option<State>> {
@@ -512,6 +528,7 @@ pub fn take_from_env() -> Result<Option<State>> {
     };
     std::env::remove_var(STATE_ENV);
     crate::fallback::drop_exe_fd();
+    name_after_argv0();
     let n: RawFd = v
         .to_str()
         .and_then(|s| s.parse().ok())

@@ -170,6 +170,13 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
 
     // Same process, same sockets, same references.
     assert_eq!(b.pid(), pid);
+    // Executed by fd, yet still named after the binary (pidof, journald).
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "sockpassd"
+    );
     assert_eq!(holder.broker_pid().unwrap() as i32, pid);
     let inodes = broker_socket_inodes(pid);
     for ino in &held_inodes {
