@@ -249,6 +249,7 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "keep")
         .unwrap();
     let before = b.status().counters;
+    let inherited_before = inherited_fds(b.pid());
 
     let e = c
         .upgrade(Some(std::path::Path::new("/nonexistent/sockpassd")))
@@ -303,6 +304,9 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
     assert_eq!(after.connections, before.connections);
     assert_eq!(c.release(&g.token).unwrap(), 0);
     assert_eq!(upgrades_logged(&b), 0);
+    // The failed exec left no fd without CLOEXEC (the state's, the target's,
+    // the running image's).
+    assert_eq!(inherited_fds(b.pid()), inherited_before);
     // The relative path is refused when the request arrives; the other
     // four by the daemon's checks or the failed exec.
     assert_eq!(b.log_text().matches("upgrade refused").count(), 4);
