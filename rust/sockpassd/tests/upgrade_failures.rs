@@ -151,6 +151,52 @@ fn a_new_image_that_fails_after_the_exec_hands_the_broker_back() {
 }
 
 #[test]
+fn a_new_image_that_panics_after_the_exec_hands_the_broker_back() {
+    let b = Broker::start("upgrade-panics-after-exec");
+    let mut holder = b.client();
+    let mut other = b.client();
+    let before = hold(&b, &mut holder);
+    // A real sockpassd for the checks; for the exec in place, this test
+    // binary as the new image: it takes the state and panics (below).
+    let real = sockpassd_bin();
+    let me = std::env::current_exe().unwrap();
+    let wrapper = script(
+        &b.dir,
+        "panics-after-exec",
+        &format!(
+            "case \"$1\" in --handoff-version|--handoff-check) exec {r} \"$@\";; esac\nSOCKPASS_CHILD=1 exec {me} new_image_that_panics --exact --ignored --nocapture --test-threads=1\n",
+            r = real.display(),
+            me = me.display()
+        ),
+    );
+    let e = holder.upgrade(Some(&wrapper)).unwrap_err();
+    assert!(
+        e.message()
+            .contains("upgrade failed, the previous binary serves again: the new image panicked"),
+        "{e}"
+    );
+    assert!(e.message().contains("cannot serve"), "{e}");
+    assert_kept(&b, &before, &mut other);
+    release_all(&mut holder, &before);
+    assert_eq!(holder.upgrade(None).unwrap() as i32, before.pid);
+}
+
+/// The new image of the test above: take the handed-over state as
+/// sockpassd does, then panic before serving.
+#[test]
+#[ignore = "run by a_new_image_that_panics_after_the_exec_hands_the_broker_back"]
+fn new_image_that_panics() {
+    if !is_child() {
+        return;
+    }
+    let st = sockpass_broker::handoff::take_from_env()
+        .unwrap()
+        .expect("a handed-over state");
+    assert!(!st.entries.is_empty());
+    panic!("this image cannot serve");
+}
+
+#[test]
 fn upgrade_targets_others_could_change_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let b = Broker::start("upgrade-target-perms");
