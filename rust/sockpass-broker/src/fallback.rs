@@ -5,10 +5,12 @@
 //! The new image arms the plan as soon as it has read the state's fd table
 //! ([`arm`]), before it owns anything. Until it serves ([`disarm`]), an error
 //! it catches ([`fall_back`]) or a panic (a hook, which runs before any
-//! unwinding closes an fd) executes the old binary again with the same state
-//! memfd and fds and [`FAILED_ENV`] saying why: the old image takes the
-//! broker back, answers the upgrade's requester with the error, and serves
-//! on. A new image killed by a signal after the exec runs no code: the probe
+//! unwinding closes an fd) or a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+//! SIGABRT: a handler with everything prepared, async-signal-safe) executes
+//! the old binary again with the same state memfd and fds and [`FAILED_ENV`]
+//! saying why: the old image takes the broker back, answers the upgrade's
+//! requester with the error, and serves on. A new image that hangs, is
+//! killed (SIGKILL) or fails before its code runs has no way back: the probe
 //! (`--handoff-check`, see `exe`) is what keeps such a binary from being
 //! executed in place.
 
@@ -18,6 +20,7 @@ use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
 /// The variable naming the plan memfd in the new image.
@@ -130,6 +133,9 @@ pub(crate) fn arm(memfd: &OwnedFd, fds: &[RawFd]) -> Result<()> {
         memfd,
         fds: fds.to_vec(),
     });
+    if let Some(plan) = ARMED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        arm_crash(plan);
+    }
     // The hook runs before unwinding drops (and closes) anything.
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -141,6 +147,7 @@ pub(crate) fn arm(memfd: &OwnedFd, fds: &[RawFd]) -> Result<()> {
 
 /// New image, serving: the way back is no longer needed.
 pub fn disarm() {
+    disarm_crash();
     if let Ok(mut g) = ARMED.try_lock() {
         g.take();
     }
@@ -152,6 +159,7 @@ pub fn disarm() {
 pub fn fall_back(reason: &str) {
     let Ok(mut g) = ARMED.try_lock() else { return };
     let Some(plan) = g.take() else { return };
+    disarm_crash();
     // Never eprintln! here: it panics on a failing stderr, and this may
     // run in the panic hook.
     use std::io::Write;
@@ -198,4 +206,146 @@ pub fn failure_from_env() -> Option<String> {
     let v = std::env::var_os(FAILED_ENV)?;
     std::env::remove_var(FAILED_ENV);
     Some(v.to_string_lossy().into_owned())
+}
+
+/// The signals a crash is: a handler for each executes the old image.
+const CRASH_SIGNALS: [(libc::c_int, &str); 5] = [
+    (libc::SIGSEGV, "SIGSEGV"),
+    (libc::SIGBUS, "SIGBUS"),
+    (libc::SIGILL, "SIGILL"),
+    (libc::SIGFPE, "SIGFPE"),
+    (libc::SIGABRT, "SIGABRT"),
+];
+
+/// The exec of the old image, prepared so that a signal handler has only
+/// async-signal-safe work left (fcntl, sigprocmask, execveat).
+struct CrashExec {
+    exe: RawFd,
+    /// Every fd to hand back: the state's, its memfd, the executable.
+    fds: Vec<RawFd>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// The slot of `envp` the handler points at its signal's reason.
+    reason_at: usize,
+    reasons: Vec<(libc::c_int, CString)>,
+    _strings: Vec<CString>,
+}
+
+static CRASH: AtomicPtr<CrashExec> = AtomicPtr::new(std::ptr::null_mut());
+/// The actions the crash handlers replaced (std's stack-overflow handler).
+static REPLACED: Mutex<Vec<(libc::c_int, usize, libc::sigset_t, libc::c_int)>> =
+    Mutex::new(Vec::new());
+
+fn arm_crash(plan: &Plan) {
+    let mut strings = plan.env.clone();
+    strings.push(
+        CString::new(format!(
+            "{}={}",
+            crate::handoff::STATE_ENV,
+            plan.memfd.as_raw_fd()
+        ))
+        .expect("no NUL"),
+    );
+    strings.push(CString::new(format!("{EXE_ENV}={}", plan.exe.raw())).expect("no NUL"));
+    let mut envp: Vec<*const libc::c_char> = strings.iter().map(|c| c.as_ptr()).collect();
+    let reason_at = envp.len();
+    let reasons: Vec<(libc::c_int, CString)> = CRASH_SIGNALS
+        .iter()
+        .map(|(sig, name)| {
+            let r = format!("{FAILED_ENV}=the new image was killed by {name} before it served");
+            (*sig, CString::new(r).expect("no NUL"))
+        })
+        .collect();
+    envp.push(reasons[0].1.as_ptr());
+    envp.push(std::ptr::null());
+    let mut argv: Vec<*const libc::c_char> = plan.args.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut fds = plan.fds.clone();
+    fds.push(plan.memfd.as_raw_fd());
+    fds.push(plan.exe.raw());
+    // The argv strings stay in the Plan, which outlives the handler (it is
+    // disarmed first whenever the Plan goes).
+    let c = Box::new(CrashExec {
+        exe: plan.exe.raw(),
+        fds,
+        argv,
+        envp,
+        reason_at,
+        reasons,
+        _strings: strings,
+    });
+    let old = CRASH.swap(Box::into_raw(c), Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: a pointer from Box::into_raw that no handler holds anymore.
+        drop(unsafe { Box::from_raw(old) });
+    }
+    let mut replaced = REPLACED.lock().unwrap_or_else(|p| p.into_inner());
+    for (sig, _) in CRASH_SIGNALS {
+        // SAFETY: sigaction with zeroed, then filled, structs.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_crash as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
+            libc::sigemptyset(&mut sa.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, &sa, &mut old) == 0 {
+                replaced.push((sig, old.sa_sigaction, old.sa_mask, old.sa_flags));
+            }
+        }
+    }
+}
+
+fn disarm_crash() {
+    let mut replaced = REPLACED.lock().unwrap_or_else(|p| p.into_inner());
+    for (sig, handler, mask, flags) in replaced.drain(..) {
+        // SAFETY: putting back the action sigaction gave us.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler;
+            sa.sa_mask = mask;
+            sa.sa_flags = flags;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    let old = CRASH.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: from Box::into_raw; the handlers are gone, nothing reads it.
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
+
+/// A crash before serving: execute the old image (async-signal-safe calls
+/// on data prepared by [`arm_crash`]); failing that, die of the signal.
+extern "C" fn on_crash(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let p = CRASH.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: prepared by arm_crash and never freed while a handler is
+        // installed; swapped out, so no other handler uses it.
+        let c = unsafe { &mut *p };
+        for (s, r) in &c.reasons {
+            if *s == sig {
+                c.envp[c.reason_at] = r.as_ptr();
+            }
+        }
+        // SAFETY: fcntl, sigprocmask and execveat are async-signal-safe; the
+        // arrays are NULL-terminated and alive.
+        unsafe {
+            for &fd in &c.fds {
+                let fl = libc::fcntl(fd, libc::F_GETFD);
+                if fl >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+                }
+            }
+            // The mask survives the exec: the old image must not start
+            // with this signal blocked.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            crate::exe::execveat_empty(c.exe, c.argv.as_ptr(), c.envp.as_ptr());
+        }
+    }
+    // SA_RESETHAND put the default action back: die of the signal.
+    // SAFETY: raise is async-signal-safe.
+    unsafe { libc::raise(sig) };
 }

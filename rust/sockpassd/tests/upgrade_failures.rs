@@ -23,6 +23,22 @@ struct Before {
     inodes: Vec<u64>,
     counters: sockpass::proto::Counters,
     inherited: Vec<i32>,
+    signals: (String, String),
+}
+
+/// The blocked and caught signal masks of `pid`: an image handed back
+/// after a crash must not keep the crash signal blocked, and a new image
+/// that serves must not keep the crash handlers.
+fn signal_masks(pid: i32) -> (String, String) {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let get = |k: &str| {
+        st.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    (get("SigBlk:"), get("SigCgt:"))
 }
 
 /// Sockets held by `holder` across the attempts.
@@ -41,6 +57,7 @@ fn hold(b: &Broker, holder: &mut sockpass::Client) -> Before {
         held,
         counters: b.status().counters,
         inherited: inherited_fds(b.pid()),
+        signals: signal_masks(b.pid()),
     }
 }
 
@@ -62,6 +79,7 @@ fn assert_kept(b: &Broker, before: &Before, other: &mut sockpass::Client) {
         )
     );
     assert_eq!(inherited_fds(before.pid), before.inherited);
+    assert_eq!(signal_masks(before.pid), before.signals);
     let g = other
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "other")
         .unwrap();
@@ -150,42 +168,66 @@ fn a_new_image_that_fails_after_the_exec_hands_the_broker_back() {
     assert_eq!(b.log_text().matches("upgraded in place").count(), 1);
 }
 
-#[test]
-fn a_new_image_that_panics_after_the_exec_hands_the_broker_back() {
-    let b = Broker::start("upgrade-panics-after-exec");
+/// Upgrade to this test binary as the new image (behind a wrapper that
+/// passes the real sockpassd's checks): it takes the state and fails as
+/// `how` says (below). The old image must take the broker back.
+fn new_image_fails_after_the_exec(tag: &str, how: &str, why: &str) {
+    let b = Broker::start(tag);
     let mut holder = b.client();
     let mut other = b.client();
     let before = hold(&b, &mut holder);
-    // A real sockpassd for the checks; for the exec in place, this test
-    // binary as the new image: it takes the state and panics (below).
     let real = sockpassd_bin();
     let me = std::env::current_exe().unwrap();
     let wrapper = script(
         &b.dir,
-        "panics-after-exec",
+        "fails-after-exec",
         &format!(
-            "case \"$1\" in --handoff-version|--handoff-check) exec {r} \"$@\";; esac\nSOCKPASS_CHILD=1 exec {me} new_image_that_panics --exact --ignored --nocapture --test-threads=1\n",
+            "case \"$1\" in --handoff-version|--handoff-check) exec {r} \"$@\";; esac\nSOCKPASS_CHILD=1 SP_FAIL_HOW={how} exec {me} new_image_that_fails --exact --ignored --nocapture --test-threads=1\n",
             r = real.display(),
             me = me.display()
         ),
     );
     let e = holder.upgrade(Some(&wrapper)).unwrap_err();
     assert!(
-        e.message()
-            .contains("upgrade failed, the previous binary serves again: the new image panicked"),
+        e.message().contains(&format!(
+            "upgrade failed, the previous binary serves again: {why}"
+        )),
         "{e}"
     );
-    assert!(e.message().contains("cannot serve"), "{e}");
     assert_kept(&b, &before, &mut other);
     release_all(&mut holder, &before);
     assert_eq!(holder.upgrade(None).unwrap() as i32, before.pid);
+    assert_eq!(b.log_text().matches("upgraded in place").count(), 1);
 }
 
-/// The new image of the test above: take the handed-over state as
-/// sockpassd does, then panic before serving.
 #[test]
-#[ignore = "run by a_new_image_that_panics_after_the_exec_hands_the_broker_back"]
-fn new_image_that_panics() {
+fn a_new_image_that_panics_after_the_exec_hands_the_broker_back() {
+    new_image_fails_after_the_exec(
+        "upgrade-panics-after-exec",
+        "panic",
+        "the new image panicked: panicked at",
+    );
+}
+
+#[test]
+fn a_new_image_that_crashes_after_the_exec_hands_the_broker_back() {
+    new_image_fails_after_the_exec(
+        "upgrade-segv-after-exec",
+        "segv",
+        "the new image was killed by SIGSEGV before it served",
+    );
+    new_image_fails_after_the_exec(
+        "upgrade-abort-after-exec",
+        "abort",
+        "the new image was killed by SIGABRT before it served",
+    );
+}
+
+/// The new image of the tests above: take the handed-over state as
+/// sockpassd does, then fail before serving.
+#[test]
+#[ignore = "run by the tests of a new image that fails after the exec"]
+fn new_image_that_fails() {
     if !is_child() {
         return;
     }
@@ -193,7 +235,15 @@ fn new_image_that_panics() {
         .unwrap()
         .expect("a handed-over state");
     assert!(!st.entries.is_empty());
-    panic!("this image cannot serve");
+    match std::env::var("SP_FAIL_HOW").unwrap().as_str() {
+        // SAFETY: raising a signal at ourselves.
+        "segv" => unsafe {
+            libc::raise(libc::SIGSEGV);
+        },
+        "abort" => std::process::abort(),
+        _ => panic!("this image cannot serve"),
+    }
+    unreachable!("the signal's handler returned");
 }
 
 #[test]
@@ -280,6 +330,7 @@ fn a_target_renamed_over_after_the_preflight_is_not_what_runs() {
         .contains("evil-ran"));
     assert!(checked_ran.exists(), "the checked file did not run");
     assert!(!evil_ran.exists(), "the file swapped in was executed");
+    assert_eq!(signal_masks(before.pid), before.signals);
     assert_eq!(b.log_text().matches("upgraded in place").count(), 1);
     let mut other = b.client();
     let g = other
