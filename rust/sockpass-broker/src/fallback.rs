@@ -6,11 +6,12 @@
 //! ([`arm`]), before it owns anything. Until it serves ([`disarm`]), an error
 //! it catches ([`fall_back`]) or a panic (a hook, which runs before any
 //! unwinding closes an fd) or a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
-//! SIGABRT: a handler with everything prepared, async-signal-safe) executes
+//! SIGABRT: a handler with everything prepared, async-signal-safe) or a hang
+//! (no serving within [`SERVE_WITHIN`]: the old image set an alarm) executes
 //! the old binary again with the same state memfd and fds and [`FAILED_ENV`]
 //! saying why: the old image takes the broker back, answers the upgrade's
-//! requester with the error, and serves on. A new image that hangs, is
-//! killed (SIGKILL) or fails before its code runs has no way back: the probe
+//! requester with the error, and serves on. A new image that is killed
+//! (SIGKILL) or fails before it has read the state's fd table has no way back: the probe
 //! (`--handoff-check`, see `exe`) is what keeps such a binary from being
 //! executed in place.
 
@@ -27,6 +28,9 @@ use std::sync::Mutex;
 pub const PLAN_ENV: &str = "SOCKPASS_FALLBACK_FD";
 /// The variable naming the new image's own executable fd (it closes it).
 pub const EXE_ENV: &str = "SOCKPASS_EXE_FD";
+/// How long a new image has from the exec until it serves, or it is taken
+/// to hang and the old image is executed again.
+pub const SERVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Set in an old image taken back after a failed upgrade: why it failed.
 pub const FAILED_ENV: &str = "SOCKPASS_UPGRADE_FAILED";
 const MAGIC: &[u8] = b"SPFALLv1";
@@ -209,12 +213,14 @@ pub fn failure_from_env() -> Option<String> {
 }
 
 /// The signals a crash is: a handler for each executes the old image.
-const CRASH_SIGNALS: [(libc::c_int, &str); 5] = [
-    (libc::SIGSEGV, "SIGSEGV"),
-    (libc::SIGBUS, "SIGBUS"),
-    (libc::SIGILL, "SIGILL"),
-    (libc::SIGFPE, "SIGFPE"),
-    (libc::SIGABRT, "SIGABRT"),
+const CRASH_SIGNALS: [(libc::c_int, &str); 6] = [
+    (libc::SIGSEGV, "was killed by SIGSEGV"),
+    (libc::SIGBUS, "was killed by SIGBUS"),
+    (libc::SIGILL, "was killed by SIGILL"),
+    (libc::SIGFPE, "was killed by SIGFPE"),
+    (libc::SIGABRT, "was killed by SIGABRT"),
+    // The old image's alarm: the new image hangs.
+    (libc::SIGALRM, "did not serve in time"),
 ];
 
 /// The exec of the old image, prepared so that a signal handler has only
@@ -251,9 +257,16 @@ fn arm_crash(plan: &Plan) {
     let reason_at = envp.len();
     let reasons: Vec<(libc::c_int, CString)> = CRASH_SIGNALS
         .iter()
-        .map(|(sig, name)| {
-            let r = format!("{FAILED_ENV}=the new image was killed by {name} before it served");
-            (*sig, CString::new(r).expect("no NUL"))
+        .map(|&(sig, what)| {
+            let r = if sig == libc::SIGALRM {
+                format!(
+                    "{FAILED_ENV}=the new image did not serve within {} s",
+                    SERVE_WITHIN.as_secs()
+                )
+            } else {
+                format!("{FAILED_ENV}=the new image {what} before it served")
+            };
+            (sig, CString::new(r).expect("no NUL"))
         })
         .collect();
     envp.push(reasons[0].1.as_ptr());
@@ -296,8 +309,16 @@ fn arm_crash(plan: &Plan) {
 }
 
 fn disarm_crash() {
+    // SAFETY: cancelling our alarm cannot fail.
+    unsafe { libc::alarm(0) };
     let mut replaced = REPLACED.lock().unwrap_or_else(|p| p.into_inner());
     for (sig, handler, mask, flags) in replaced.drain(..) {
+        // The old image ignored SIGALRM only for the watchdog.
+        let handler = if sig == libc::SIGALRM {
+            libc::SIG_DFL
+        } else {
+            handler
+        };
         // SAFETY: putting back the action sigaction gave us.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -330,6 +351,8 @@ extern "C" fn on_crash(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::
         // SAFETY: fcntl, sigprocmask and execveat are async-signal-safe; the
         // arrays are NULL-terminated and alive.
         unsafe {
+            // The old image must not inherit a pending alarm.
+            libc::alarm(0);
             for &fd in &c.fds {
                 let fl = libc::fcntl(fd, libc::F_GETFD);
                 if fl >= 0 {

@@ -501,7 +501,23 @@ fn prepare_and_exec(
     for fd in inherit.iter().copied().chain(raws.iter().copied()) {
         set_cloexec(fd, false)?;
     }
-    Ok(target.exec(&argv, &envp))
+    // A watchdog for a new image that hangs before it serves: an alarm,
+    // which survives the exec, ignored unless the new image arms its way
+    // back (then it executes this image again; see fallback).
+    if plan.is_some() {
+        // SAFETY: plain signal-disposition and timer calls.
+        unsafe {
+            libc::signal(libc::SIGALRM, libc::SIG_IGN);
+            libc::alarm(crate::fallback::SERVE_WITHIN.as_secs() as libc::c_uint);
+        }
+    }
+    let e = target.exec(&argv, &envp);
+    // SAFETY: as above, undone.
+    unsafe {
+        libc::alarm(0);
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+    }
+    Ok(e)
 }
 
 /// An exec by fd names the process after the fd's number on older kernels

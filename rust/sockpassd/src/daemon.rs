@@ -39,7 +39,8 @@ The new binary must be a root-owned file that group and others cannot
 write; it is opened once and run by fd. It must answer --handoff-version
 with this broker's handoff format, then restore the real state in a child
 (--handoff-check), each within 5 s, or the upgrade is refused and nothing
-changes. A new image that fails before serving executes the old one again.
+changes. A new image that fails, crashes or hangs (5 s) before serving
+executes the old one again.
 
 Socket activation: with LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a
 listening unix seqpacket socket) is used instead of binding --socket.
