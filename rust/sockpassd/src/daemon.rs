@@ -1,136 +1,195 @@
 //! `sockpassd`: parse options, bind the listener, run the broker until
 //! SIGTERM/SIGINT.
 
-use crate::args::Args;
+use clap::{Arg, ArgAction, ArgMatches, Command};
 use sockpass::broker::{self, Broker, Config};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-const USAGE: &str = "\
-usage: sockpassd [options]
-
-The sockpass socket broker. Creates bound sockets on request, caches and
-shares them, and hands them over by fd passing.
-
-options:
-  --socket PATH              listen here (default: $SOCKPASS_SOCKET, else
-                             /run/sockpass/sockpassd.sock as root,
-                             $XDG_RUNTIME_DIR/sockpass/sockpassd.sock otherwise)
-  --socket-mode MODE         octal mode of the socket file (default 0666;
-                             the policy decides what each client may ask for)
-  --socket-group GROUP       group (name or gid) of the socket file
-  --policy FILE              policy file (docs/POLICY.md); default: the built-in
-                             policy (root anything, others ports 0 and 1024-65535)
-  --max-connections N        concurrent clients (default 8192, fitted to RLIMIT_NOFILE)
-  --max-refs-per-client N    references one client may hold (default 16384)
-  --max-sockets N            sockets the broker holds (default 65536, fitted)
-  --max-reservations N       reservations pending pick-up (default 1024)
-  --reservation-ttl SECONDS  how long a reservation waits (default 30; fractions allowed)
-  --notify                   send READY=1 to $NOTIFY_SOCKET once listening (an
-                             error if it is unset; when set, it is used anyway)
-  --ready-fd N               write a newline to fd N and close it once listening
-                             (s6 notification-fd; closing also fires a pipe notifier)
-  -q, --quiet                log nothing but fatal errors
-
-SIGHUP (or `sockpass upgrade`) re-executes the binary in place (same pid),
-handing over every socket, reference, reservation and client connection.
-The new binary must first answer --handoff-version with this broker's
-handoff format within 5 s, or the upgrade is refused and nothing changes.
-
-Socket activation: with LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a
-listening unix seqpacket socket) is used instead of binding --socket.
-  -h, --help                 this text
-  -V, --version              print the version
-  --handoff-version          print the upgrade handoff format this binary reads
-";
+/// The `sockpassd` command line.
+pub fn command() -> Command {
+    let number = |name: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .value_name("N")
+            .value_parser(clap::value_parser!(u64).range(1..))
+            .help(help)
+    };
+    Command::new("sockpassd")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("The sockpass socket broker")
+        .long_about(
+            "The sockpass socket broker. Creates bound sockets on request (as its policy \
+             allows), caches and shares them, and hands them over by fd passing.",
+        )
+        .arg(
+            Arg::new("socket")
+                .long("socket")
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(
+                    "Listen here (default: $SOCKPASS_SOCKET, else /run/sockpass/sockpassd.sock \
+                     as root, $XDG_RUNTIME_DIR/sockpass/sockpassd.sock otherwise)",
+                ),
+        )
+        .arg(
+            Arg::new("socket-mode")
+                .long("socket-mode")
+                .value_name("MODE")
+                .value_parser(crate::cli::serve_in::parse_mode)
+                .help("Octal mode of the socket file (default 0666; the policy decides what each client may ask for)"),
+        )
+        .arg(
+            Arg::new("socket-group")
+                .long("socket-group")
+                .value_name("GROUP")
+                .help("Group (name or gid) of the socket file"),
+        )
+        .arg(
+            Arg::new("policy")
+                .long("policy")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(
+                    "Policy file (docs/POLICY.md); default: the built-in policy (root anything, \
+                     others ports 0 and 1024-65535)",
+                ),
+        )
+        .arg(number("max-connections", "Concurrent clients (default 8192, fitted to RLIMIT_NOFILE)"))
+        .arg(number("max-refs-per-client", "References one client may hold (default 16384)"))
+        .arg(number("max-sockets", "Sockets the broker holds (default 65536, fitted)"))
+        .arg(number("max-reservations", "Reservations pending pick-up (default 1024)"))
+        .arg(
+            Arg::new("reservation-ttl")
+                .long("reservation-ttl")
+                .value_name("SECONDS")
+                .value_parser(|v: &str| {
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|s| *s > 0.0 && *s <= 86400.0)
+                        .ok_or_else(|| format!("{v:?} is not between 0 and 86400 seconds"))
+                })
+                .help("How long a reservation waits (default 30; fractions allowed)"),
+        )
+        .arg(
+            Arg::new("notify")
+                .long("notify")
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Send READY=1 to $NOTIFY_SOCKET once listening (an error if it is unset; \
+                     when set, it is used anyway)",
+                ),
+        )
+        .arg(
+            Arg::new("fd-store")
+                .long("fd-store")
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Keep cached sockets in systemd's fd store ($NOTIFY_SOCKET; the unit sets \
+                     FileDescriptorStoreMax=, systemd 219 or later), whether or not $FDSTORE \
+                     is set (systemd 254 and later set it)",
+                ),
+        )
+        .arg(
+            Arg::new("ready-fd")
+                .long("ready-fd")
+                .value_name("N")
+                .value_parser(clap::value_parser!(i32).range(0..))
+                .help(
+                    "Write a newline to fd N and close it once listening (s6 \
+                     notification-fd; closing also fires a pipe notifier)",
+                ),
+        )
+        .arg(
+            Arg::new("quiet")
+                .short('q')
+                .long("quiet")
+                .action(ArgAction::SetTrue)
+                .help("Log nothing but fatal errors"),
+        )
+        .arg(
+            Arg::new("handoff-version")
+                .long("handoff-version")
+                .action(ArgAction::SetTrue)
+                .exclusive(true)
+                .help("Print the upgrade handoff format this binary reads"),
+        )
+        .after_help(
+            "Upgrades:\n  \
+             SIGHUP (or `sockpass upgrade`) re-executes the binary in place (same pid),\n  \
+             handing over every socket, reference, reservation and client connection.\n  \
+             The new binary must first answer --handoff-version with this broker's\n  \
+             handoff format within 5 s, or the upgrade is refused and nothing changes.\n\n\
+             Socket activation:\n  \
+             With LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a listening unix\n  \
+             seqpacket socket) is used instead of binding --socket.\n\n\
+             Exit status:\n  \
+             0    stopped by SIGTERM or SIGINT (or --help, --version)\n  \
+             1    could not start, or failed while running\n  \
+             2    bad command line",
+        )
+}
 
 struct Opts {
     socket: Option<PathBuf>,
     cfg: Config,
     notify: bool,
+    fd_store: bool,
     ready_fd: Option<OwnedFd>,
     policy_file: Option<PathBuf>,
 }
 
-fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
-    let mut a = Args::new(args);
+fn parse(m: &ArgMatches) -> Result<Opts, String> {
     let mut o = Opts {
-        socket: None,
+        socket: m.get_one::<PathBuf>("socket").cloned(),
         cfg: Config::default(),
-        notify: false,
+        notify: m.get_flag("notify"),
+        fd_store: m.get_flag("fd-store"),
         ready_fd: None,
         policy_file: None,
     };
-    while let Some((k, v)) = a.next_option() {
-        match k.as_str() {
-            "--socket" => o.socket = Some(PathBuf::from(a.value_os(&k, v)?)),
-            "--socket-mode" => {
-                let m = a.value(&k, v)?;
-                o.cfg.socket_mode = u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| format!("--socket-mode: {m:?} is not an octal mode"))?;
-            }
-            "--socket-group" => {
-                let g = a.value(&k, v)?;
-                o.cfg.socket_group =
-                    Some(sockpass::policy::group_id(&g).map_err(|e| format!("{k}: {e}"))?);
-            }
-            "--policy" => {
-                let f = PathBuf::from(a.value_os(&k, v)?);
-                o.cfg.policy = sockpass::policy::Policy::load(&f)
-                    .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
-                o.policy_file = Some(f);
-            }
-            "--max-connections" => o.cfg.limits.max_connections = positive(&k, a.number(&k, v)?)?,
-            "--max-refs-per-client" => {
-                o.cfg.limits.max_refs_per_client = positive(&k, a.number(&k, v)?)?
-            }
-            "--max-sockets" => o.cfg.limits.max_sockets = positive(&k, a.number(&k, v)?)?,
-            "--max-reservations" => o.cfg.limits.max_reservations = positive(&k, a.number(&k, v)?)?,
-            "--reservation-ttl" => {
-                let secs: f64 = a.number(&k, v)?;
-                if !(secs > 0.0 && secs <= 86400.0) {
-                    return Err(format!("{k} must be between 0 and 86400 seconds"));
-                }
-                o.cfg.limits.reservation_ttl = std::time::Duration::from_secs_f64(secs);
-            }
-            "--notify" => o.notify = true,
-            "--ready-fd" => {
-                let n = a.number(&k, v)?;
-                o.ready_fd =
-                    Some(sockpass::readiness::inherited_fd(n).map_err(|e| format!("{k}: {e}"))?);
-            }
-            "-q" | "--quiet" => o.cfg.log = false,
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(None);
-            }
-            "-V" | "--version" => {
-                println!("sockpassd {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            "--handoff-version" => {
-                println!("{}", sockpass::handoff::FORMAT);
-                return Ok(None);
-            }
-            _ => return Err(format!("unknown option {k}")),
-        }
+    if let Some(&mode) = m.get_one::<u32>("socket-mode") {
+        o.cfg.socket_mode = mode;
     }
-    if let Some(extra) = a.next_raw() {
-        return Err(format!("unexpected argument {extra:?}"));
+    if let Some(g) = m.get_one::<String>("socket-group") {
+        o.cfg.socket_group =
+            Some(sockpass::policy::group_id(g).map_err(|e| format!("--socket-group: {e}"))?);
     }
-    Ok(Some(o))
-}
-
-fn positive(name: &str, v: usize) -> Result<usize, String> {
-    if v == 0 {
-        Err(format!("{name} must be at least 1"))
-    } else {
-        Ok(v)
+    if let Some(f) = m.get_one::<PathBuf>("policy") {
+        o.cfg.policy = sockpass::policy::Policy::load(f)
+            .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
+        o.policy_file = Some(f.clone());
     }
+    let limit = |name: &str| {
+        m.get_one::<u64>(name)
+            .map(|&n| usize::try_from(n).unwrap_or(usize::MAX))
+    };
+    let l = &mut o.cfg.limits;
+    if let Some(n) = limit("max-connections") {
+        l.max_connections = n;
+    }
+    if let Some(n) = limit("max-refs-per-client") {
+        l.max_refs_per_client = n;
+    }
+    if let Some(n) = limit("max-sockets") {
+        l.max_sockets = n;
+    }
+    if let Some(n) = limit("max-reservations") {
+        l.max_reservations = n;
+    }
+    if let Some(&secs) = m.get_one::<f64>("reservation-ttl") {
+        l.reservation_ttl = std::time::Duration::from_secs_f64(secs);
+    }
+    if let Some(&n) = m.get_one::<i32>("ready-fd") {
+        o.ready_fd =
+            Some(sockpass::readiness::inherited_fd(n).map_err(|e| format!("--ready-fd: {e}"))?);
+    }
+    if m.get_flag("quiet") {
+        o.cfg.log = false;
+    }
+    Ok(o)
 }
 
 /// A signalfd for SIGTERM, SIGINT and SIGHUP (upgrade), blocked so they
@@ -185,15 +244,27 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     let mut up = Upgrade::new(&args);
-    let mut o = match parse(args) {
-        Ok(Some(o)) => o,
-        Ok(None) => return 0,
+    let m = match command().try_get_matches_from(std::iter::once("sockpassd".into()).chain(args)) {
+        Ok(m) => m,
+        // Help and version print to stdout and exit 0, usage errors 2.
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    if m.get_flag("handoff-version") {
+        println!("{}", sockpass::handoff::FORMAT);
+        return 0;
+    }
+    let mut o = match parse(&m) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("sockpassd: {e}\n(see sockpassd --help)");
             return 2;
         }
     };
     up.policy_file = o.policy_file.clone();
+    up.fd_store = o.fd_store;
     let nofile = broker::raise_fd_limit();
     o.cfg.limits.fit_fd_limit(nofile);
     let stop = match stop_signals() {
@@ -307,13 +378,21 @@ fn serve_handed_over(
     code
 }
 
-/// Under systemd with an fd store (`$FDSTORE` > 0 next to `$NOTIFY_SOCKET`),
-/// keep cached sockets there so a crash does not close them.
+/// Under systemd with an fd store, keep cached sockets there so a crash
+/// does not close them: when asked (`--fd-store`, which the unit passes with
+/// `FileDescriptorStoreMax=`: systemd 219 and later keep the fds) or when
+/// systemd says the store is there (`$FDSTORE` > 0, set since systemd 254).
 fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
     let max = std::env::var("FDSTORE")
         .ok()
         .and_then(|v| v.parse::<u32>().ok());
-    let (Some(addr), Some(1..)) = (&up.notify_socket, max) else {
+    if !up.fd_store && !matches!(max, Some(1..)) {
+        return;
+    }
+    let Some(addr) = &up.notify_socket else {
+        if up.fd_store {
+            eprintln!("sockpassd: --fd-store: $NOTIFY_SOCKET is not set; no fd store is used");
+        }
         return;
     };
     match sockpass::fdstore::FdStore::connect(addr) {
@@ -330,6 +409,8 @@ struct Upgrade {
     notify_socket: Option<OsString>,
     /// Re-read before an upgrade, so a broken file stops it here.
     policy_file: Option<PathBuf>,
+    /// `--fd-store`: push cached sockets to systemd's fd store.
+    fd_store: bool,
 }
 
 impl Upgrade {
@@ -356,6 +437,7 @@ impl Upgrade {
             args: kept,
             notify_socket: std::env::var_os("NOTIFY_SOCKET"),
             policy_file: None,
+            fd_store: false,
         }
     }
 }
