@@ -179,6 +179,7 @@ pub fn command() -> Command {
                 .long("ready-timeout")
                 .value_name("SECONDS")
                 .requires("wait-ready")
+                .allow_negative_numbers(true)
                 .value_parser(parse_seconds)
                 .help("Stop PROGRAM if it is not ready by then"),
         )
