@@ -41,7 +41,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
 
 fn completions(dir: &Path) -> std::io::Result<()> {
     for (mut cmd, name) in [
-        (super::command(), "sockpass"),
+        (super::documented_command(), "sockpass"),
         (crate::daemon::command(), "sockpassd"),
     ] {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
@@ -54,7 +54,7 @@ fn completions(dir: &Path) -> std::io::Result<()> {
 /// Sections every page ends with besides clap's: exit status, environment,
 /// see also.
 fn man_pages(dir: &Path) -> std::io::Result<()> {
-    let main = super::command();
+    let main = super::documented_command();
     let subs: Vec<String> = main
         .get_subcommands()
         .filter(|s| !s.is_hide_set())
@@ -112,18 +112,19 @@ fn write_page(
         man.render_subcommands_section(&mut f)?;
     }
     if let Some(extra) = cmd.get_after_long_help().or(cmd.get_after_help()) {
-        // Our after-help text is "Heading:\n  lines" blocks.
+        // Our after-help text is "Heading:\n  lines" blocks (kept as they
+        // are laid out) and headless paragraphs (filled).
         for block in extra.to_string().split("\n\n") {
-            let (head, body) = match block.split_once(":\n") {
-                Some((h, b)) if !h.contains('\n') => (h.to_uppercase(), b.to_string()),
-                _ => ("NOTES".to_string(), block.to_string()),
-            };
-            writeln!(f, ".SH \"{head}\"")?;
-            writeln!(f, ".nf")?;
-            for line in body.lines() {
-                writeln!(f, "{}", roff_escape(line))?;
+            match block.split_once(":\n") {
+                Some((head, body)) if !head.contains('\n') => {
+                    writeln!(f, ".SH \"{}\"\n.nf", head.to_uppercase())?;
+                    for line in body.lines() {
+                        writeln!(f, "{}", roff_escape(line))?;
+                    }
+                    writeln!(f, ".fi")?;
+                }
+                _ => writeln!(f, ".SH NOTES\n{}", roff_escape(&block.replace('\n', " ")))?,
             }
-            writeln!(f, ".fi")?;
         }
     }
     if !daemon {

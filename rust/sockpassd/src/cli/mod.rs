@@ -25,6 +25,12 @@ $XDG_RUNTIME_DIR/sockpass/sockpassd.sock otherwise).";
 
 /// The whole `sockpass` command line.
 pub fn command() -> Command {
+    documented_command().subcommand(generate::command())
+}
+
+/// The command line less the hidden `__generate` (which completions would
+/// otherwise offer).
+pub fn documented_command() -> Command {
     Command::new("sockpass")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Get sockets from the sockpass broker, and start programs with them")
@@ -36,14 +42,21 @@ pub fn command() -> Command {
         .after_help(format!("{BROKER_PATH_HELP}\n\n{}", exit::HELP))
         .subcommand_required(true)
         .arg_required_else_help(true)
-        .subcommand(status::command())
-        .subcommand(request::command())
-        .subcommand(reserve::command())
-        .subcommand(pickup::command())
+        // Every command's help ends with the exit codes (run and serve-in
+        // say more first).
+        .subcommands(
+            [
+                status::command(),
+                request::command(),
+                reserve::command(),
+                pickup::command(),
+                upgrade::command(),
+            ]
+            .map(|c| c.after_help(exit::HELP)),
+        )
         .subcommand(run::command())
         .subcommand(serve_in::command())
-        .subcommand(upgrade::command())
-        .subcommand(generate::command())
+        .subcommand(Command::new("version").about("Print the version"))
 }
 
 /// `--socket PATH`: the broker to talk to.
@@ -129,6 +142,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "run" => run::run(sub),
         "serve-in" => serve_in::run(sub),
         "upgrade" => upgrade::run(sub),
+        "version" => {
+            println!("sockpass {}", env!("CARGO_PKG_VERSION"));
+            Ok(exit::OK)
+        }
         generate::NAME => generate::run(sub),
         _ => unreachable!("clap knows every subcommand"),
     };

@@ -744,13 +744,23 @@ mod tests {
 
     #[test]
     fn listen_spellings() {
-        let s = |a: &str, d: bool| listen_spec(a, d).unwrap().to_string();
+        let s = |a: &str, d: bool| {
+            let kind = if d {
+                ListenKind::Datagram
+            } else {
+                ListenKind::Stream
+            };
+            listen_spec(a, kind).unwrap().to_string()
+        };
         assert!(s("8080", false).starts_with("tcp:0.0.0.0:8080?backlog="));
         assert_eq!(s("127.0.0.1:53", true), "udp:127.0.0.1:53");
         assert_eq!(s("udp:127.0.0.1:53", false), "udp:127.0.0.1:53");
         assert!(s("/run/x.sock", false).starts_with("unix:/run/x.sock"));
         assert!(s("/run/x.sock", true).starts_with("unix-dgram:"));
-        assert!(listen_spec("nonsense", false).is_err());
+        assert!(listen_spec("nonsense", ListenKind::Stream).is_err());
+        let sp = listen_spec("/run/x.sock", ListenKind::Seqpacket).unwrap();
+        assert!(sp.to_string().starts_with("unix-seqpacket:/run/x.sock"));
+        assert!(listen_spec("8080", ListenKind::Seqpacket).is_err());
         assert_eq!(parse_fd("7:web").unwrap(), (7, Some("web".into())));
         assert!(parse_fd("-1").is_err());
     }

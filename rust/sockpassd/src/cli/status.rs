@@ -49,17 +49,17 @@ pub fn to_json(st: &Status) -> String {
         if i > 0 {
             o.push(',');
         }
-        let path = if s.spec.proto.is_unix() {
-            json::string(&s.spec.path)
+        // A unix socket has a path and no address; the others the reverse.
+        let (address, path) = if s.spec.proto.is_unix() {
+            ("null".into(), json::string(&s.spec.path))
         } else {
-            "null".into()
+            (json::string(&s.spec.addr.to_string()), "null".into())
         };
         o.push_str(&format!(
-            "{{\"id\":{},\"spec\":{},\"proto\":\"{}\",\"address\":{},\"path\":{path},\"port\":{},\"refs\":{},\"holders\":[",
+            "{{\"id\":{},\"spec\":{},\"proto\":\"{}\",\"address\":{address},\"path\":{path},\"port\":{},\"refs\":{},\"holders\":[",
             s.id,
             json::string(&s.spec.to_string()),
             s.spec.proto.as_str(),
-            json::string(&s.spec.addr.to_string()),
             s.port,
             s.refs
         ));
@@ -114,8 +114,12 @@ pub fn short_spec(spec: &SocketSpec) -> String {
     s.to_string()
 }
 
-/// The table's width budget; a longer SOCKET goes on a line of its own.
+/// The table's width; a SOCKET too long for its column goes on a line of
+/// its own, and the APP column gets what is left (at least APP_MIN).
 const WIDTH: usize = 100;
+const APP_MIN: usize = 12;
+/// Wider specs go on a line of their own even when there is room, so the
+/// other columns stay put.
 const SOCKET_MAX: usize = 44;
 
 pub fn to_table(st: &Status) -> String {
@@ -127,50 +131,142 @@ pub fn to_table(st: &Status) -> String {
     if st.sockets.is_empty() {
         return o;
     }
-    let specs: Vec<String> = st.sockets.iter().map(|s| short_spec(&s.spec)).collect();
-    let w = specs
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .clamp(6, SOCKET_MAX);
-    // ID SOCKET PORT REFS PID UID SHARE APP: the app gets what is left.
-    let app_w = WIDTH - (6 + 1 + w + 1 + 5 + 1 + 4 + 2 + 8 + 1 + 6 + 1 + 5 + 1);
-    let row = |c: [&str; 8]| {
-        let app: String = c[7].chars().take(app_w).collect();
-        let [id, spec, port, refs, pid, uid, share, _] = c;
-        format!("{id:<6} {spec:<w$} {port:>5} {refs:>4}  {pid:<8} {uid:<6} {share:<5} {app}")
-            .trim_end()
-            .to_string()
-            + "\n"
-    };
-    o.push_str(&row([
-        "ID", "SOCKET", "PORT", "REFS", "PID", "UID", "SHARE", "APP",
-    ]));
-    for (s, spec) in st.sockets.iter().zip(&specs) {
+    // Cells: ID SOCKET PORT REFS PID UID SHARE APP, one row a holder (the
+    // socket's own cells on its first holder's row only).
+    let mut rows: Vec<[String; 8]> = Vec::new();
+    for s in &st.sockets {
         let port = if s.spec.proto.is_unix() || s.spec.proto == Proto::Raw {
             "-".to_string()
         } else {
             s.port.to_string()
         };
-        let (mut id, mut sp) = (s.id.to_string(), spec.as_str());
-        if spec.len() > w {
-            // Too long for its column: on a line of its own, in full.
-            o.push_str(&format!("{id:<6} {spec}\n"));
-            id.clear();
-            sp = "";
-        }
-        let mut first = Some((id, sp, port, s.refs.to_string()));
+        let mut first = Some([
+            s.id.to_string(),
+            short_spec(&s.spec),
+            port,
+            s.refs.to_string(),
+        ]);
         for h in &s.holders {
-            let (id, sp, port, refs) = first.take().unwrap_or_default();
+            let [id, spec, port, refs] = first.take().unwrap_or_default();
             let pid = if h.reserved {
                 "reserved".to_string()
             } else {
                 h.pid.to_string()
             };
             let (uid, share) = (h.uid.to_string(), h.share.to_string());
-            o.push_str(&row([&id, sp, &port, &refs, &pid, &uid, &share, &h.app]));
+            rows.push([id, spec, port, refs, pid, uid, share, h.app.clone()]);
         }
     }
+    let head = ["ID", "SOCKET", "PORT", "REFS", "PID", "UID", "SHARE", "APP"];
+    let mut w: [usize; 8] = head.map(str::len);
+    for r in &rows {
+        for (w, cell) in w.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    // Columns are one space apart; the socket gets what the others leave.
+    let others: usize = w[2..7].iter().sum::<usize>() + w[0] + 7;
+    w[1] = w[1]
+        .min(WIDTH.saturating_sub(others + APP_MIN))
+        .max(head[1].len());
+    let app_w = WIDTH.saturating_sub(others + w[1]).max(APP_MIN);
+    let line = |r: [&str; 8]| {
+        let app: String = r[7].chars().take(app_w).collect();
+        let l = format!(
+            "{:<iw$} {:<sw$} {:>pw$} {:>rw$} {:<dw$} {:<uw$} {:<hw$} {app}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            iw = w[0],
+            sw = w[1],
+            pw = w[2],
+            rw = w[3],
+            dw = w[4],
+            uw = w[5],
+            hw = w[6],
+        );
+        l.trim_end().to_string() + "\n"
+    };
+    o.push_str(&line(head));
+    for r in &rows {
+        let spec = if r[1].len() > w[1] {
+            // Too long for its column: in full on a line of its own.
+            o.push_str(&format!("{:<iw$} {}\n", r[0], r[1], iw = w[0]));
+            ""
+        } else {
+            &r[1]
+        };
+        let id = if spec.is_empty() { "" } else { &r[0] };
+        o.push_str(&line([id, spec, &r[2], &r[3], &r[4], &r[5], &r[6], &r[7]]));
+    }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockpass::client::{HolderStatus, SocketStatus};
+
+    fn socket(id: u64, spec: &str, app: &str, reserved: bool) -> SocketStatus {
+        let spec: SocketSpec = spec.parse().unwrap();
+        SocketStatus {
+            id,
+            port: spec.port,
+            spec,
+            refs: 2,
+            holders: vec![HolderStatus {
+                conn_id: 1,
+                pid: 4_194_304,
+                uid: 4_294_967_294,
+                gid: 0,
+                share: sockpass::ShareMode::Any,
+                reserved,
+                app: app.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_table_fits_100_columns_and_shows_what_differs() {
+        let long_app = "a-very-long-application-name-that-would-not-fit-anywhere-at-all";
+        let st = Status {
+            counters: Default::default(),
+            sockets: vec![
+                // As the broker reports them: every option spelled out.
+                socket(1, "tcp:[2001:db8::1]:8443?reuseaddr=1&reuseport=1&v6only=1&freebind=0&transparent=0&backlog=4096", long_app, false),
+                socket(2, "udp:127.0.0.1:53?reuseaddr=1&reuseport=0&freebind=0&transparent=0", "dns", true),
+                socket(3, "unix:/run/some-application/with/a/long/path/to/its/control.sock?mode=0660", "ctl", false),
+                socket(4, "unix:/run/app.sock?mode=0666", "app", false),
+            ],
+        };
+        let t = to_table(&st);
+        for line in t.lines() {
+            assert!(line.len() <= 100, "{} columns: {line}", line.len());
+        }
+        assert!(
+            t.contains("tcp:[2001:db8::1]:8443?reuseport=1&backlog=4096 "),
+            "{t}"
+        );
+        assert!(t.contains("udp:127.0.0.1:53 "), "{t}");
+        assert!(
+            t.contains(
+                "unix:/run/some-application/with/a/long/path/to/its/control.sock?mode=0660\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("unix:/run/app.sock "), "{t}");
+        assert!(!t.contains("0.0.0.0:0") && !t.contains("freebind"), "{t}");
+        assert!(t.contains("reserved"), "{t}");
+        let j = to_json(&st);
+        assert!(j.starts_with("{\"format\":1,"), "{j}");
+        assert!(
+            j.contains("\"address\":null,\"path\":\"/run/app.sock\""),
+            "{j}"
+        );
+        assert!(j.contains("\"address\":\"127.0.0.1\",\"path\":null"), "{j}");
+    }
 }
