@@ -397,7 +397,7 @@ impl Plan {
             }
         }
         let join = m.get_one::<i32>("join").map(|&pid| {
-            let set = m.get_one::<NsSet>("ns").cloned();
+            let set = m.get_one::<NsSet>("ns").copied();
             (pid, set.unwrap_or_else(NsSet::default_join))
         });
         Plan {
@@ -424,7 +424,7 @@ impl Plan {
             };
         }
         if let Some((pid, set)) = &self.join {
-            let ns = Namespaces::open(*pid, set.clone())
+            let ns = Namespaces::open(*pid, *set)
                 .map_err(|e| e.context(format_args!("join process {pid}")))?;
             sp.join(ns);
         }

@@ -167,6 +167,7 @@ pub fn to_table(st: &Status) -> String {
     // Columns are one space apart; the socket gets what the others leave.
     let others: usize = w[2..7].iter().sum::<usize>() + w[0] + 7;
     w[1] = w[1]
+        .min(SOCKET_MAX)
         .min(WIDTH.saturating_sub(others + APP_MIN))
         .max(head[1].len());
     let app_w = WIDTH.saturating_sub(others + w[1]).max(APP_MIN);
@@ -248,7 +249,7 @@ mod tests {
             assert!(line.len() <= 100, "{} columns: {line}", line.len());
         }
         assert!(
-            t.contains("tcp:[2001:db8::1]:8443?reuseport=1&backlog=4096 "),
+            t.contains("tcp:[2001:db8::1]:8443?reuseport=1&backlog=4096\n"),
             "{t}"
         );
         assert!(t.contains("udp:127.0.0.1:53 "), "{t}");
