@@ -56,7 +56,11 @@ pub fn documented_command() -> Command {
         )
         .subcommand(run::command())
         .subcommand(serve_in::command())
-        .subcommand(Command::new("version").about("Print the version").hide(true))
+        .subcommand(
+            Command::new("version")
+                .about("Print the version")
+                .hide(true),
+        )
 }
 
 /// `--socket PATH`: the broker to talk to.

@@ -453,6 +453,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     let start = plan.start;
     let (accept, inetd) = (m.get_flag("accept"), m.get_flag("inetd"));
     let wait_ready = m.get_one::<Method>("wait-ready").copied();
+    let timeout = m.get_one::<Duration>("ready-timeout").copied();
     if (accept || inetd) && sources.len() != 1 {
         return Err(format!(
             "run: --accept and --inetd take exactly one socket ({} given)",
@@ -559,7 +560,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
         if let Err(e) = as_inetd(&mut sp, fd) {
             return Ok(super::fail("run", &e));
         }
-        return Ok(run_child(sp, None, None, client));
+        return Ok(run_child(sp, wait_ready, timeout, client));
     }
 
     let mut sp = match plan.spawn() {
@@ -574,7 +575,6 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
             None => sp.slot(Slot::Empty { name }),
         };
     }
-    let timeout = m.get_one::<Duration>("ready-timeout").copied();
     Ok(run_child(sp, wait_ready, timeout, client))
 }
 
