@@ -88,6 +88,12 @@ fn options_go_anywhere_and_unavailable_is_69() {
     let o = sockpass(&["status", "--socket", &p, "--json"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o).0.starts_with("{\"format\":1,"), "{o:?}");
+    // run: the program starts at the first non-option, `--` optional, and
+    // its own options stay its own (-E after it is not run's).
+    let o = sockpass(&["run", "sh", "-c", "exit 3", "-E", "X=1"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let o = sockpass(&["run", "-E", "X=4", "sh", "-c", "exit $X"]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
     // No broker: 69 from every command that needs one.
     let gone = "/nonexistent/sockpassd.sock";
     for args in [
