@@ -125,6 +125,11 @@ pub fn command() -> Command {
              Socket activation:\n  \
              With LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a listening unix\n  \
              seqpacket socket) is used instead of binding --socket.\n\n\
+             Environment:\n  \
+             SOCKPASS_SOCKET  the socket path when --socket is not given\n  \
+             NOTIFY_SOCKET    where READY=1 and the fd store's messages go (systemd)\n  \
+             FDSTORE          > 0: systemd (254 and later) keeps fds for us, as --fd-store\n  \
+             LISTEN_PID, LISTEN_FDS  socket activation, above\n\n\
              Exit status:\n  \
              0    stopped by SIGTERM or SIGINT (or --help, --version)\n  \
              1    could not start, or failed while running\n  \
