@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::fdpass::{recv_fds, send_fds};
 use sockpass::proto::{self, ty};
 use sockpass::{ShareMode, SocketSpec, Token};

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockpass::handoff::State;
+use sockpass_broker::handoff::State;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockpass::readiness::parse_notify;
+use sockpass::parse_notify;
 
 fuzz_target!(|data: &[u8]| {
     match parse_notify(data) {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockpass::policy::{Op, Policy};
+use sockpass_broker::policy::{Op, Policy};
 use sockpass::sys::Creds;
 use sockpass::{ShareMode, SocketSpec};
 

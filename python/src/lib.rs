@@ -10,16 +10,16 @@
 use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString};
-use sockpass::client::{with_default, Client, Status};
-use sockpass::error::{Error, Kind};
+use sockpass::{with_default, Client, Status};
+use sockpass::{Error, Kind};
 use sockpass::{ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-mod notify;
 mod readiness;
+mod server_socket;
 mod spawn;
 
 /// The Python exception for a core error: `errno` is `Error::code()`,
@@ -354,7 +354,7 @@ fn status(py: Python<'_>) -> PyResult<(Vec<SocketRow>, CountersRow)> {
 /// The path the default client connects to.
 #[pyfunction]
 fn default_socket_path() -> PathBuf {
-    sockpass::broker::default_socket_path()
+    sockpass::default_socket_path()
 }
 
 /// One connection to the broker; the connection is the lease.
@@ -391,7 +391,7 @@ impl PyClient {
     #[new]
     #[pyo3(signature = (path=None))]
     fn new(py: Python<'_>, path: Option<PathBuf>) -> PyResult<Self> {
-        let path = path.unwrap_or_else(sockpass::broker::default_socket_path);
+        let path = path.unwrap_or_else(sockpass::default_socket_path);
         let c = py.detach(|| Client::connect(&path)).map_err(to_pyerr)?;
         Ok(PyClient {
             inner: Mutex::new(Some(c)),
@@ -528,7 +528,7 @@ impl PyClient {
     /// A client on a broker connection handed in as fd `fd` (taken over).
     #[staticmethod]
     fn from_fd(py: Python<'_>, fd: i32) -> PyResult<Self> {
-        let fd = sockpass::readiness::inherited_fd(fd).map_err(to_pyerr)?;
+        let fd = sockpass::inherited_fd(fd).map_err(to_pyerr)?;
         let c = py.detach(|| Client::from_fd(fd)).map_err(to_pyerr)?;
         Ok(PyClient {
             inner: Mutex::new(Some(c)),
@@ -560,10 +560,10 @@ fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(readiness::report_ready_fd, m)?)?;
     m.add_function(wrap_pyfunction!(spawn::spawn, m)?)?;
     m.add_class::<spawn::PyChild>()?;
-    m.add_class::<notify::PyServerSocket>()?;
-    m.add_class::<notify::PyLazyServer>()?;
-    m.add_function(wrap_pyfunction!(notify::notifier_pair, m)?)?;
-    m.add_function(wrap_pyfunction!(notify::bind_in_namespace, m)?)?;
+    m.add_class::<server_socket::PyServerSocket>()?;
+    m.add_class::<server_socket::PyLazyServer>()?;
+    m.add_function(wrap_pyfunction!(server_socket::notifier_pair, m)?)?;
+    m.add_function(wrap_pyfunction!(server_socket::bind_in_namespace, m)?)?;
     m.setattr("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 use crate::{closed, timeout_arg, to_pyerr};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use sockpass::readiness::{self, Method};
+use sockpass::Method;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use std::sync::Mutex;
 #[pyclass(module = "sockpass._sockpass", name = "Readiness", frozen)]
 pub struct PyReadiness {
     // Locked only with the GIL released (waits block).
-    inner: Mutex<Option<readiness::Readiness>>,
+    inner: Mutex<Option<sockpass::Readiness>>,
     method: String,
 }
 
@@ -22,7 +22,7 @@ impl PyReadiness {
     fn with<R: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut readiness::Readiness) -> sockpass::Result<R> + Send,
+        f: impl FnOnce(&mut sockpass::Readiness) -> sockpass::Result<R> + Send,
     ) -> PyResult<R> {
         let r = py.detach(|| {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -44,7 +44,7 @@ impl PyReadiness {
     fn create(method: &Bound<'_, PyAny>) -> PyResult<(PyReadiness, Option<i32>)> {
         let name = crate::str_arg(method, "method")?;
         let m: Method = name.parse().map_err(to_pyerr)?;
-        let (r, child) = readiness::Readiness::new(m).map_err(to_pyerr)?;
+        let (r, child) = sockpass::Readiness::new(m).map_err(to_pyerr)?;
         Ok((
             PyReadiness {
                 inner: Mutex::new(Some(r)),
@@ -121,21 +121,20 @@ impl PyReadiness {
 #[pyfunction]
 pub fn send_notify(py: Python<'_>, addr: OsString, msg: &Bound<'_, PyBytes>) -> PyResult<()> {
     let m = msg.as_bytes().to_vec();
-    py.detach(|| readiness::send_notify(&addr, &m))
+    py.detach(|| sockpass::send_notify(&addr, &m))
         .map_err(to_pyerr)
 }
 
 /// If NOTIFY_SOCKET is set, send READY=1 (and MAINPID) there; True if it was.
 #[pyfunction]
 pub fn notify_ready(py: Python<'_>) -> PyResult<bool> {
-    py.detach(readiness::notify_ready_from_env)
-        .map_err(to_pyerr)
+    py.detach(sockpass::notify_ready_from_env).map_err(to_pyerr)
 }
 
 /// s6 / pipe: write a newline to fd `fd` and close it (the fd is taken over).
 #[pyfunction]
 pub fn report_ready_fd(py: Python<'_>, fd: i32) -> PyResult<()> {
-    let fd = readiness::inherited_fd(fd).map_err(to_pyerr)?;
-    py.detach(|| readiness::report_ready_fd(fd))
+    let fd = sockpass::inherited_fd(fd).map_err(to_pyerr)?;
+    py.detach(|| sockpass::report_ready_fd(fd))
         .map_err(to_pyerr)
 }

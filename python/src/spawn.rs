@@ -4,9 +4,9 @@
 
 use crate::{closed, timeout_arg, to_pyerr};
 use pyo3::prelude::*;
-use sockpass::error::Error;
-use sockpass::ns::{Namespaces, NsSet};
-use sockpass::spawn::{Child, EnvBase, Slot, Spawn};
+use sockpass::Error;
+use sockpass::{Child, EnvBase, Slot, Spawn};
+use sockpass::{Namespaces, NsSet};
 use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::sync::Mutex;

@@ -5,6 +5,16 @@ set -euo pipefail
 . "$(dirname "$0")/../lib/env.sh"
 cd "$ROOT"
 cargo fmt --all --check
+# One-way rule: the client crate (linked by C and Python) never depends on the
+# broker crate; nor do the FFI crate and the Python extension.
+for p in sockpass sockpass-ffi; do
+  if cargo tree -p "$p" -e normal --prefix none | grep -q '^sockpass-broker '; then
+    echo "$p depends on sockpass-broker: the client side must not reach broker code"; exit 1
+  fi
+done
+if cargo tree --manifest-path python/Cargo.toml -e normal --prefix none | grep -q '^sockpass-broker '; then
+  echo "python/ depends on sockpass-broker"; exit 1
+fi
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --quiet
 cargo test --workspace --quiet 2>&1 | grep -v '^$'

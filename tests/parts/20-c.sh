@@ -37,6 +37,13 @@ extra=$(nm -D --defined-only "$work/build/libsockpass.so" | awk '$3 !~ /^sockpas
 [ -z "$extra" ] || { echo "symbols outside sockpass_*: $extra"; exit 1; }
 readelf -d "$work/build/libsockpass.so" | grep -q 'SONAME.*\[libsockpass.so.0\]'
 
+step "libsockpass.so holds no broker code"
+# The broker lives in the sockpass-broker crate, which the C library must not
+# link: its mangled names carry the crate name, and the old in-core modules
+# (sockpass::broker, handoff, policy, fdstore, unixsock) must not come back.
+broker=$(nm "$work/build/libsockpass.so" | grep -E 'sockpass_broker|8sockpass(6broker|7handoff|6policy|7fdstore|8unixsock)' | head -5 || true)
+[ -z "$broker" ] || { echo "libsockpass.so holds broker symbols:"; echo "$broker"; exit 1; }
+
 step "install to a prefix, build an example with pkg-config"
 meson install -C "$work/build" --quiet
 pc=$(dirname "$(find "$work/prefix" -name sockpass.pc)")

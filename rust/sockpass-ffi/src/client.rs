@@ -2,7 +2,7 @@
 //! process-wide default client behind two calls (BIND10's library style).
 
 use crate::boundary::{c_bytes, c_str, call, fault, opt_c_os_str, opt_c_str};
-use sockpass::client::{self, Client, Parts};
+use sockpass::{Client, Parts};
 use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::os::raw::{c_char, c_int, c_uint};
@@ -143,7 +143,7 @@ pub unsafe extern "C" fn sockpass_client_from_fd(
         if client_out.is_null() {
             return Err(fault("client_out"));
         }
-        let fd = sockpass::readiness::inherited_fd(fd)?;
+        let fd = sockpass::inherited_fd(fd)?;
         let c = Client::from_fd(fd)?;
         *client_out = sockpass_client::boxed(c);
         Ok(0)
@@ -507,7 +507,7 @@ pub unsafe extern "C" fn sockpass_request_socket_default(
         let share = share_mode(share)?;
         let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
         check_token_buf(token_out, token_size)?;
-        let g = client::with_default(|c| c.request_socket(&spec, share, app))?;
+        let g = sockpass::with_default(|c| c.request_socket(&spec, share, app))?;
         write_token(token_out, &g.token);
         Ok(g.fd.into_raw_fd())
     })
@@ -521,7 +521,7 @@ pub unsafe extern "C" fn sockpass_request_socket_default(
 pub unsafe extern "C" fn sockpass_release_socket_default(token: *const c_char) -> c_int {
     call(|| {
         let t = token_of(token)?;
-        Ok(client::with_default(|c| c.release(&t))? as c_int)
+        Ok(sockpass::with_default(|c| c.release(&t))? as c_int)
     })
 }
 
@@ -531,5 +531,5 @@ pub unsafe extern "C" fn sockpass_release_socket_default(token: *const c_char) -
 /// `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 #[no_mangle]
 pub extern "C" fn sockpass_release_fd_default(fd: c_int) -> c_int {
-    call(|| Ok(client::with_default(|c| c.release_fd(fd))? as c_int))
+    call(|| Ok(sockpass::with_default(|c| c.release_fd(fd))? as c_int))
 }

@@ -96,7 +96,7 @@ fn strerror(code: c_int) -> *const c_char {
     let msg = if code == SOCKPASS_E_PANIC {
         "internal error (panic caught)".to_string()
     } else {
-        sockpass::error::code_message(code)
+        sockpass::code_message(code)
     };
     let mut m = MESSAGES.lock().unwrap_or_else(|p| p.into_inner());
     m.entry(code)
@@ -107,7 +107,7 @@ fn strerror(code: c_int) -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sockpass::error as e;
+    use sockpass as e;
 
     // The header needs literals; these are the core's codes, never reused.
     #[test]

@@ -18,13 +18,17 @@
 mod boundary;
 mod client;
 mod errors;
-mod notify;
+// cbindgen writes include/sockpass.h in module order: server sockets come
+// before readiness, as they did when this module was named `notify`.
+mod server_socket;
+
 mod readiness;
 mod spawn;
 
 pub use client::*;
 pub use errors::*;
-pub use notify::*;
+pub use server_socket::*;
+
 pub use readiness::*;
 pub use spawn::*;
 

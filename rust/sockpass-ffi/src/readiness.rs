@@ -3,8 +3,8 @@
 //! notification fd; a daemon reports its own readiness.
 
 use crate::boundary::{c_str, call, fault};
-use sockpass::readiness::{self, Method, Readiness};
 use sockpass::{Error, Kind};
+use sockpass::{Method, Readiness};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
@@ -184,7 +184,7 @@ pub unsafe extern "C" fn sockpass_readiness_wait_child(
 /// (malformed address).
 #[no_mangle]
 pub extern "C" fn sockpass_notify_ready() -> c_int {
-    call(|| readiness::notify_ready_from_env().map(c_int::from))
+    call(|| sockpass::notify_ready_from_env().map(c_int::from))
 }
 
 /// Send one sd_notify message of `len` bytes (borrowed; e.g.
@@ -203,14 +203,14 @@ pub unsafe extern "C" fn sockpass_notify_send(
         if msg.is_null() {
             return Err(fault("msg"));
         }
-        if len > readiness::MAX_NOTIFY_MESSAGE {
+        if len > sockpass::MAX_NOTIFY_MESSAGE {
             return Err(Error::bad_request(format!(
                 "notify message is {len} bytes; at most {} are allowed",
-                readiness::MAX_NOTIFY_MESSAGE
+                sockpass::MAX_NOTIFY_MESSAGE
             )));
         }
         let m = std::slice::from_raw_parts(msg.cast::<u8>(), len);
-        readiness::send_notify(OsStr::new(a), m).map(|()| 0)
+        sockpass::send_notify(OsStr::new(a), m).map(|()| 0)
     })
 }
 
@@ -231,7 +231,7 @@ pub extern "C" fn sockpass_report_ready_fd(fd: c_int) -> c_int {
         }
         // SAFETY: fd is open and the caller hands it over.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        readiness::report_ready_fd(fd).map(|()| 0)
+        sockpass::report_ready_fd(fd).map(|()| 0)
     })
 }
 

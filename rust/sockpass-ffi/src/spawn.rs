@@ -3,9 +3,9 @@
 //! which gives a `sockpass_child`.
 
 use crate::boundary::{c_os_str, c_str, call, fault};
-use sockpass::ns::{Namespaces, NsSet};
-use sockpass::spawn::{self, Child, EnvBase, Slot, Spawn};
+use sockpass::{Child, EnvBase, Slot, Spawn};
 use sockpass::{Error, Kind};
+use sockpass::{Namespaces, NsSet};
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
 use std::os::raw::{c_char, c_int};
@@ -78,7 +78,7 @@ unsafe fn fd_name<'a>(p: *const c_char) -> sockpass::Result<Option<&'a str>> {
         return Ok(None);
     }
     let n = c_str(p, "name", SOCKPASS_MAX_FD_NAME)?;
-    spawn::validate_name(n)?;
+    sockpass::validate_name(n)?;
     Ok(Some(n))
 }
 

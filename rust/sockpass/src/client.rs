@@ -237,9 +237,9 @@ fn unavailable(errno: i32, what: impl std::fmt::Display) -> Error {
 
 impl Client {
     /// Connect to the broker at the default path (see
-    /// [`crate::broker::default_socket_path`]).
+    /// [`default_socket_path`]).
     pub fn connect_default() -> Result<Client> {
-        Client::connect(crate::broker::default_socket_path())
+        Client::connect(default_socket_path())
     }
 
     /// Connect to the broker at `path`. No message is exchanged yet (as
@@ -826,6 +826,26 @@ pub fn with_default<R>(f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
         *g = None;
     }
     res
+}
+
+/// The default broker socket path: `$SOCKPASS_SOCKET`, else
+/// `/run/sockpass/sockpassd.sock` for root and
+/// `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` for others.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SOCKPASS_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/sockpass/sockpassd.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(d) => Path::new(&d).join("sockpass/sockpassd.sock"),
+        // SAFETY: getuid cannot fail.
+        None => PathBuf::from(format!("/run/user/{}/sockpass/sockpassd.sock", unsafe {
+            libc::getuid()
+        })),
+    }
 }
 
 #[cfg(test)]

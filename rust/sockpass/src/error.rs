@@ -246,7 +246,7 @@ impl From<io::Error> for Error {
     }
 }
 
-pub(crate) fn last_errno() -> i32 {
+pub fn last_errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)

@@ -1,46 +1,73 @@
 //! sockpass: get sockets and other file descriptors to the processes that
 //! need them, on one Linux host.
 //!
-//! The crate is organised one concept a module:
-//! - [`spec`]: what socket is wanted, and its string form;
-//! - [`create`]: turn a spec into a bound socket;
-//! - [`fdpass`]: send and receive fds with `SCM_RIGHTS`;
-//! - [`proto`]: the broker wire format;
-//! - [`share`]: share modes and their compatibility;
-//! - [`token`]: the tokens that name references;
-//! - [`policy`]: who may ask for what;
-//! - [`broker`]: the cache, references and connections, in one epoll loop;
-//! - [`client`]: the blocking client;
-//! - [`notify`]: server sockets handed into daemons, with a notifier;
-//! - [`readiness`]: waiting for a child to be ready (pipe, sd_notify, s6 fd);
-//! - [`dbus_address`]: D-Bus addresses of unix sockets;
-//! - [`error`]: typed errors shared by every layer.
+//! The API is re-exported here from private modules, one concept a module:
+//! - `spec`: what socket is wanted, and its string form;
+//! - `fdpass`: send and receive fds with `SCM_RIGHTS`;
+//! - `proto`: the broker wire format;
+//! - `share`: share modes and their compatibility;
+//! - `token`: the tokens that name references;
+//! - `client`: the blocking client;
+//! - `server_socket`: server sockets handed into daemons, with a notifier
+//!   (the D-Bus `ServerSocket` handover);
+//! - `activation`: systemd socket activation (`LISTEN_FDS`);
+//! - `readiness`: waiting for a child to be ready (pipe, sd_notify, s6 fd);
+//! - `dbus_address`: D-Bus addresses of unix sockets;
+//! - `error`: typed errors shared by every layer.
 
-pub mod broker;
-pub mod client;
-pub mod create;
-pub mod dbus_address;
-pub mod error;
+mod activation;
+mod client;
+mod dbus_address;
+mod error;
+mod ns;
+mod readiness;
+mod server_socket;
+mod share;
+mod spawn;
+mod spec;
+mod token;
+
+// Low-level pieces the sibling crates (sockpass-broker, sockpass-ffi,
+// sockpassd, the Python extension, the fuzz targets) share with this one.
+// Not API: hidden from the docs, and free to change with the siblings.
+#[doc(hidden)]
 pub mod fdpass;
-pub mod fdstore;
-pub mod handoff;
-mod holders;
-mod keyhash;
+#[doc(hidden)]
+pub mod keyhash;
+#[doc(hidden)]
 pub mod memfd;
-pub mod notify;
-pub mod ns;
-pub mod policy;
+#[doc(hidden)]
 pub mod proto;
-pub mod readiness;
-pub mod share;
-pub mod spawn;
-pub mod spec;
+#[doc(hidden)]
 pub mod sys;
-pub mod token;
-pub mod unixsock;
+#[doc(hidden)]
+pub use error::{last_errno, strerror};
+#[doc(hidden)]
+pub use token::{TokenBuildHasher, TokenSource};
 
-pub use client::{Client, Grant, Status};
-pub use error::{Error, Kind, Result};
-pub use share::ShareMode;
-pub use spec::{Proto, SocketSpec};
+pub use activation::{adopt_listen_socket, listen_fds, LISTEN_FDS_START};
+pub use client::{
+    default_socket_path, with_default, Client, Grant, HolderStatus, Parts, Reservation,
+    SocketStatus, Status, PIPELINE_WINDOW,
+};
+pub use dbus_address::{
+    escape_value as dbus_escape_value, unescape_value as dbus_unescape_value,
+    unix_address as dbus_unix_address,
+};
+pub use error::{
+    code_message, Error, Kind, Result, CODE_BROKER_UNAVAILABLE, CODE_CHILD_FAILED,
+    CODE_LIMIT_REACHED, CODE_NOT_READY, CODE_PROTOCOL, CODE_SHARE_CONFLICT, CODE_TOKEN_EXPIRED,
+    CODE_UNKNOWN_TOKEN,
+};
+pub use ns::{Namespaces, NsSet};
+pub use readiness::{
+    inherited_fd, notify_ready_from_env, parse_notify, report_ready_fd, send_notify, Method,
+    Readiness, MAX_NOTIFY_MESSAGE,
+};
+pub use server_socket::{
+    bind_in_namespace, notifier_pair, prepare_lazy, BindOptions, LazyServer, ServerSocket, Target,
+};
+pub use share::{compatible, ShareMode};
+pub use spawn::{exit_code, validate_name, Child, EnvBase, Slot, Spawn};
+pub use spec::{parse_addr, Proto, SocketOptions, SocketSpec};
 pub use token::Token;

@@ -311,7 +311,7 @@ pub fn encode_status(out: &mut Vec<u8>, id: u32) {
 /// Decode a request; the header has been parsed and its version checked.
 /// An application name: UTF-8 without control characters. Printable ASCII,
 /// the usual case, is checked in one pass.
-pub(crate) fn app_name(b: &[u8]) -> Result<&str> {
+pub fn app_name(b: &[u8]) -> Result<&str> {
     if b.iter().all(|&c| (0x20..0x7f).contains(&c)) {
         // SAFETY: printable ASCII is UTF-8.
         return Ok(unsafe { std::str::from_utf8_unchecked(b) });

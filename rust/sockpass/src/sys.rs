@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-pub(crate) fn errno() -> i32 {
+pub fn errno() -> i32 {
     crate::error::last_errno()
 }
 
@@ -302,6 +302,32 @@ pub fn count_open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count().saturating_sub(1))
         .unwrap_or(0)
+}
+
+/// The gid of a group name (or a number), for `--socket-group` and the
+/// server-socket manager's `group=`.
+pub fn group_id(name: &str) -> crate::error::Result<u32> {
+    match name.parse::<u32>() {
+        Ok(g) => Ok(g),
+        Err(_) => lookup_group(name),
+    }
+}
+
+/// The gid of a group name (no number form), by getgrnam_r.
+pub fn lookup_group(name: &str) -> crate::error::Result<u32> {
+    use crate::error::Error;
+    let c =
+        std::ffi::CString::new(name).map_err(|_| Error::bad_request("group name contains NUL"))?;
+    // SAFETY: a zeroed libc::group is a valid out-parameter.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the result is copied out.
+    let r = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() {
+        return Err(Error::bad_request(format!("unknown group {name:?}")));
+    }
+    Ok(gr.gr_gid)
 }
 
 #[cfg(test)]

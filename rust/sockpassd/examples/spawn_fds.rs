@@ -2,7 +2,7 @@
 //! listens on N TCP sockets on 127.0.0.1 (as `systemd-socket-activate -l`
 //! does), starts PROGRAM with them as fds 3.. (LISTEN_FDS) through
 //! `sockpass::spawn`, waits for it and exits with its status.
-use sockpass::spawn::{exit_code, Spawn};
+use sockpass::{exit_code, Spawn};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 

@@ -2,7 +2,7 @@
 //! SIGTERM/SIGINT.
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use sockpass::broker::{self, Broker, Config};
+use sockpass_broker::broker::{self, Broker, Config, LIMIT_FLAGS};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -10,13 +10,6 @@ use std::path::PathBuf;
 
 /// The `sockpassd` command line.
 pub fn command() -> Command {
-    let number = |name: &'static str, help: &'static str| {
-        Arg::new(name)
-            .long(name)
-            .value_name("N")
-            .value_parser(clap::value_parser!(u64).range(1..))
-            .help(help)
-    };
     Command::new("sockpassd")
         .version(env!("CARGO_PKG_VERSION"))
         .about("The sockpass socket broker")
@@ -57,22 +50,14 @@ pub fn command() -> Command {
                      others ports 0 and 1024-65535)",
                 ),
         )
-        .arg(number("max-connections", "Concurrent clients (default 8192, fitted to RLIMIT_NOFILE)"))
-        .arg(number("max-refs-per-client", "References one client may hold (default 16384)"))
-        .arg(number("max-sockets", "Sockets the broker holds (default 65536, fitted)"))
-        .arg(number("max-reservations", "Reservations pending pick-up (default 1024)"))
-        .arg(
-            Arg::new("reservation-ttl")
-                .long("reservation-ttl")
-                .value_name("SECONDS")
-                .value_parser(|v: &str| {
-                    v.parse::<f64>()
-                        .ok()
-                        .filter(|s| *s > 0.0 && *s <= 86400.0)
-                        .ok_or_else(|| format!("{v:?} is not between 0 and 86400 seconds"))
-                })
-                .help("How long a reservation waits (default 30; fractions allowed)"),
-        )
+        // The limits' flags come from their table, as their help lines.
+        .args(LIMIT_FLAGS.iter().map(|f| {
+            let name = f.flag.trim_start_matches("--");
+            Arg::new(name)
+                .long(name)
+                .value_name(f.value)
+                .help(f.help)
+        }))
         .arg(
             Arg::new("notify")
                 .long("notify")
@@ -160,36 +145,20 @@ fn parse(m: &ArgMatches) -> Result<Opts, String> {
     }
     if let Some(g) = m.get_one::<String>("socket-group") {
         o.cfg.socket_group =
-            Some(sockpass::policy::group_id(g).map_err(|e| format!("--socket-group: {e}"))?);
+            Some(sockpass_broker::policy::group_id(g).map_err(|e| format!("--socket-group: {e}"))?);
     }
     if let Some(f) = m.get_one::<PathBuf>("policy") {
-        o.cfg.policy = sockpass::policy::Policy::load(f)
+        o.cfg.policy = sockpass_broker::policy::Policy::load(f)
             .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
         o.policy_file = Some(f.clone());
     }
-    let limit = |name: &str| {
-        m.get_one::<u64>(name)
-            .map(|&n| usize::try_from(n).unwrap_or(usize::MAX))
-    };
-    let l = &mut o.cfg.limits;
-    if let Some(n) = limit("max-connections") {
-        l.max_connections = n;
-    }
-    if let Some(n) = limit("max-refs-per-client") {
-        l.max_refs_per_client = n;
-    }
-    if let Some(n) = limit("max-sockets") {
-        l.max_sockets = n;
-    }
-    if let Some(n) = limit("max-reservations") {
-        l.max_reservations = n;
-    }
-    if let Some(&secs) = m.get_one::<f64>("reservation-ttl") {
-        l.reservation_ttl = std::time::Duration::from_secs_f64(secs);
+    for f in LIMIT_FLAGS {
+        if let Some(v) = m.get_one::<String>(f.flag.trim_start_matches("--")) {
+            o.cfg.limits.set_flag(f.flag, v).unwrap_or(Ok(()))?;
+        }
     }
     if let Some(&n) = m.get_one::<i32>("ready-fd") {
-        o.ready_fd =
-            Some(sockpass::readiness::inherited_fd(n).map_err(|e| format!("--ready-fd: {e}"))?);
+        o.ready_fd = Some(sockpass::inherited_fd(n).map_err(|e| format!("--ready-fd: {e}"))?);
     }
     if m.get_flag("quiet") {
         o.cfg.log = false;
@@ -241,7 +210,7 @@ fn which_signal(fd: &OwnedFd) -> &'static str {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     // Before anything else: the fds of a handed-over state must be CLOEXEC.
-    let handed = match sockpass::handoff::take_from_env() {
+    let handed = match sockpass_broker::handoff::take_from_env() {
         Ok(h) => h,
         Err(e) => {
             eprintln!("sockpassd: cannot take over from the previous image: {e}");
@@ -258,7 +227,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     if m.get_flag("handoff-version") {
-        println!("{}", sockpass::handoff::FORMAT);
+        println!("{}", sockpass_broker::handoff::FORMAT);
         return 0;
     }
     let mut o = match parse(&m) {
@@ -283,13 +252,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
         eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
         return 2;
     }
-    let mut path = o.socket.clone().unwrap_or_else(broker::default_socket_path);
+    let mut path = o
+        .socket
+        .clone()
+        .unwrap_or_else(sockpass::default_socket_path);
     if let Some(st) = handed {
         return serve_handed_over(st, o, path, stop, up);
     }
     // Sockets kept in the systemd fd store by a previous run come after the
     // socket unit's fds; take them out before adopting the listener.
-    let stored = match sockpass::fdstore::take_stored_from_env() {
+    let stored = match sockpass_broker::fdstore::take_stored_from_env() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("sockpassd: fd store: {e}");
@@ -297,18 +269,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     // Socket activation: the socket file is the activator's, never removed here.
-    let activated =
-        match sockpass::notify::activation::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
-            Ok(Some(s)) => {
-                path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
-                Some(s.into_fd())
-            }
-            Ok(None) => None,
-            Err(e) => {
-                eprintln!("sockpassd: socket activation: {e}");
-                return 1;
-            }
-        };
+    let activated = match sockpass::adopt_listen_socket(true, libc::SOCK_SEQPACKET) {
+        Ok(Some(s)) => {
+            path = PathBuf::from(std::ffi::OsStr::from_bytes(s.path()));
+            Some(s.into_fd())
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("sockpassd: socket activation: {e}");
+            return 1;
+        }
+    };
     let is_activated = activated.is_some();
     let bound = match activated {
         Some(l) => Ok(l),
@@ -358,7 +329,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
 
 /// The new image after an upgrade: carry on with the handed-over broker.
 fn serve_handed_over(
-    st: sockpass::handoff::State,
+    st: sockpass_broker::handoff::State,
     o: Opts,
     path: PathBuf,
     stop: OwnedFd,
@@ -400,7 +371,7 @@ fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
         }
         return;
     };
-    match sockpass::fdstore::FdStore::connect(addr) {
+    match sockpass_broker::fdstore::FdStore::connect(addr) {
         Ok(st) => b.use_fd_store(st),
         Err(e) => eprintln!("sockpassd: fd store unusable: {e}"),
     }
@@ -488,12 +459,11 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         Some(exe) => {
             // Pre-flight: the exec has no way back, so the new binary must
             // first say it reads our handoff format.
-            sockpass::handoff::preflight(exe, sockpass::handoff::PREFLIGHT_TIMEOUT).and_then(|()| {
-                match &up.policy_file {
-                    Some(f) => sockpass::policy::Policy::load(f).map(|_| ()),
+            sockpass_broker::handoff::preflight(exe, sockpass_broker::handoff::PREFLIGHT_TIMEOUT)
+                .and_then(|()| match &up.policy_file {
+                    Some(f) => sockpass_broker::policy::Policy::load(f).map(|_| ()),
                     None => Ok(()),
-                }
-            })
+                })
         }
     };
     let Some(exe) = exe.filter(|_| checked.is_ok()) else {
@@ -511,7 +481,7 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         std::env::set_var("NOTIFY_SOCKET", n);
     }
     let (st, cfg) = b.into_state(activated);
-    let (st, err) = sockpass::handoff::exec(st, &exe, &up.args);
+    let (st, err) = sockpass_broker::handoff::exec(st, &exe, &up.args);
     std::env::remove_var("NOTIFY_SOCKET");
     match Broker::from_state(st, cfg) {
         Ok(mut b) => {
@@ -529,11 +499,11 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
 /// `$NOTIFY_SOCKET` is set, as systemd services do, or `--notify`) and the
 /// `--ready-fd`.
 fn report_ready(fd: Option<OwnedFd>) -> sockpass::Result<()> {
-    sockpass::readiness::notify_ready_from_env()?;
+    sockpass::notify_ready_from_env()?;
     // The variable is for us, not for anything we might start.
     std::env::remove_var("NOTIFY_SOCKET");
     if let Some(fd) = fd {
-        sockpass::readiness::report_ready_fd(fd)?;
+        sockpass::report_ready_fd(fd)?;
     }
     Ok(())
 }

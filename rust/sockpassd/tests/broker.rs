@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use sockpass::client::Client;
 use sockpass::fdpass::{recv_fds, send_fds};
 use sockpass::proto;
+use sockpass::Client;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -343,7 +343,7 @@ fn share_mode_matrix_in_full() {
                 let mut c2 = b.client();
                 let g1 = c1.request_socket(&sp, m1, "a").unwrap();
                 let before = b.status();
-                let expect = sockpass::share::compatible(m2, a2, m1, "a");
+                let expect = sockpass::compatible(m2, a2, m1, "a");
                 // Independent statement of BIND10's rule, to check the code against.
                 let manual = match (m1, m2) {
                     (None, _) | (_, None) => false,
@@ -360,7 +360,7 @@ fn share_mode_matrix_in_full() {
                     Err(e) => {
                         assert!(!expect, "{m1:?}(a) then {m2:?}({a2}) should share: {e}");
                         assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
-                        assert_eq!(e.code(), sockpass::error::CODE_SHARE_CONFLICT);
+                        assert_eq!(e.code(), sockpass::CODE_SHARE_CONFLICT);
                         // A refusal changes no state.
                         let after = b.status();
                         assert_eq!(after.sockets, before.sockets);
@@ -426,7 +426,7 @@ fn release_errors_are_clear() {
     c1.release(&g.token).unwrap();
     let e = c1.release(&g.token).unwrap_err();
     assert_eq!(e.kind(), Kind::UnknownToken);
-    assert_eq!(e.code(), sockpass::error::CODE_UNKNOWN_TOKEN);
+    assert_eq!(e.code(), sockpass::CODE_UNKNOWN_TOKEN);
     assert_eq!(c1.release_fd(9999).unwrap_err().kind(), Kind::UnknownToken);
     assert_eq!(c1.release_fd(-1).unwrap_err().kind(), Kind::BadRequest);
 }
@@ -1527,7 +1527,7 @@ fn known_spec_bytes_are_answered_as_the_full_path_answers() {
 /// request.
 #[test]
 fn request_parts_sends_what_the_parts_say() {
-    use sockpass::client::Parts;
+    use sockpass::Parts;
     let b = Broker::start("parts");
     let (p1, p2) = (free_port(true), free_port(true));
     let mut c = b.client();

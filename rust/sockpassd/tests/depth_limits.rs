@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};

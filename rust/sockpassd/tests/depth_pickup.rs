@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
@@ -146,7 +146,7 @@ fn child_pickup_through_a_handed_in_connection() {
         Client::connect(&sock).is_err(),
         "the broker's path is out of reach here"
     );
-    let fd = sockpass::readiness::inherited_fd(3).unwrap();
+    let fd = sockpass::inherited_fd(3).unwrap();
     let mut c = Client::from_fd(fd).unwrap();
     assert!(c.path().as_os_str().is_empty());
     let t = std::env::var("TOKEN").unwrap().parse().unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -486,6 +486,6 @@ fn socket_file_mode_and_group() {
 #[test]
 fn shipped_example_policy_parses() {
     let f = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/policy.conf");
-    let p = sockpass::policy::Policy::load(&f).unwrap();
+    let p = sockpass_broker::policy::Policy::load(&f).unwrap();
     assert!(p.rules.len() >= 4);
 }

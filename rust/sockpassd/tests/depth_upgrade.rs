@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
@@ -117,7 +117,7 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
     let pid = b.pid();
     // Sockets held across the upgrades by a client that stays connected.
     let mut holder = b.client();
-    let held: Vec<sockpass::client::Grant> = [
+    let held: Vec<sockpass::Grant> = [
         "udp:127.0.0.1:0",
         "tcp:127.0.0.1:0?listen=16",
         "udp:127.0.0.1:0",
@@ -300,7 +300,7 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
         "vanishing",
         &format!(
             "[ \"$1\" = --handoff-version ] && {{ chmod a-x \"$0\"; echo {}; exit 0; }}\nexit 1\n",
-            sockpass::handoff::FORMAT
+            sockpass_broker::handoff::FORMAT
         ),
     );
     let e = c.upgrade(Some(&vanishing)).unwrap_err();
@@ -412,7 +412,7 @@ fn handoff_version_flag_prints_the_format() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        sockpass::handoff::FORMAT
+        sockpass_broker::handoff::FORMAT
     );
 }
 
@@ -532,7 +532,7 @@ fn cached_sockets_go_to_the_fd_store_and_leave_it_on_last_close() {
     assert!(name.starts_with("sp.") && !name.contains(':'), "{name}");
     let canonical = g.token; // the reference, released below
     assert_eq!(
-        sockpass::fdstore::spec_of_name(&name)
+        sockpass_broker::fdstore::spec_of_name(&name)
             .unwrap()
             .parse::<SocketSpec>()
             .unwrap()
@@ -620,7 +620,7 @@ fn stored_sockets_are_adopted_after_a_crash_and_expire_unclaimed() {
     let path = dir.join("sockpassd.sock");
     // What systemd would pass: the socket unit's listener, then two stored
     // sockets named by their specs.
-    let listener = sockpass::broker::bind_listener(&path, 0o666).unwrap();
+    let listener = sockpass_broker::broker::bind_listener(&path, 0o666).unwrap();
     let (p1, p2) = (free_port(true), free_port(false));
     let s1 = format!("udp:127.0.0.1:{p1}");
     let s2 = format!("tcp:127.0.0.1:{p2}?backlog=8");
@@ -632,8 +632,8 @@ fn stored_sockets_are_adopted_after_a_crash_and_expire_unclaimed() {
     );
     let names = format!(
         "sockpassd.socket:{}:{}",
-        sockpass::fdstore::fd_name(3, &s1).unwrap(),
-        sockpass::fdstore::fd_name(9, &s2).unwrap()
+        sockpass_broker::fdstore::fd_name(3, &s1).unwrap(),
+        sockpass_broker::fdstore::fd_name(9, &s2).unwrap()
     );
     let fds = [listener.as_raw_fd(), u1.as_raw_fd(), t2.as_raw_fd()];
     let mut cmd = Command::new("sh");

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use sockpass::readiness::{Method, Readiness};
 use sockpass::Kind;
+use sockpass::{Method, Readiness};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -220,7 +220,7 @@ s.sendto(sys.argv[1].encode()*int(sys.argv[2]), os.environ['NOTIFY_SOCKET'])\n";
         let e = r.wait(Some(WAIT)).unwrap_err();
         assert_eq!(e.kind(), kind, "{e}");
         // The socket stays usable: a good message afterwards is ready.
-        sockpass::readiness::send_notify(r.notify_socket_env().unwrap(), b"READY=1").unwrap();
+        sockpass::send_notify(r.notify_socket_env().unwrap(), b"READY=1").unwrap();
         r.wait(Some(WAIT)).unwrap();
     }
 }

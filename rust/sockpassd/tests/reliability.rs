@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use sockpass::client::{Client, Status};
+use sockpass::{Client, Status};
 use sockpass::{Kind, ShareMode, SocketSpec};
 use std::collections::HashMap;
 use std::io::Write;
@@ -466,8 +466,8 @@ fn a_socket_never_closes_while_referenced() {
 #[test]
 #[ignore]
 fn child_fd_audit() {
-    use sockpass::notify::{self, BindOptions, ServerSocket};
-    use sockpass::readiness::{self, Method, Readiness};
+    use sockpass::{BindOptions, ServerSocket};
+    use sockpass::{Method, Readiness};
     if !is_child() {
         return;
     }
@@ -510,28 +510,29 @@ fn child_fd_audit() {
     c.release_many(&[w.token]).unwrap();
     let _ = c.request_socket(&"udp:127.0.0.1:0".parse().unwrap(), ShareMode::None, "a");
     c.release_all().unwrap();
-    let _ = sockpass::client::with_default(|d| d.status().map(drop));
+    let _ = sockpass::with_default(|d| d.status().map(drop));
     // Readiness: a pipe the child reports on, and an sd_notify socket.
     let (mut rd, wfd) = Readiness::new(Method::Pipe).unwrap();
-    readiness::report_ready_fd(wfd.unwrap()).unwrap();
+    sockpass::report_ready_fd(wfd.unwrap()).unwrap();
     rd.wait(t).unwrap();
     let (mut nt, _) = Readiness::new(Method::Notify).unwrap();
-    readiness::send_notify(nt.notify_socket_env().unwrap(), b"READY=1").unwrap();
+    sockpass::send_notify(nt.notify_socket_env().unwrap(), b"READY=1").unwrap();
     nt.wait(t).unwrap();
     drop((rd, nt));
     // The notify manager binds eagerly and lazily; the server side adopts,
     // waits for the notifier and accepts.
     let eager = dir.join("eager.sock");
-    let lfd = notify::bind_in_namespace(None, path_str(&eager).as_bytes(), &BindOptions::default())
-        .unwrap();
-    let (daemon_n, manager_n) = notify::notifier_pair().unwrap();
+    let lfd =
+        sockpass::bind_in_namespace(None, path_str(&eager).as_bytes(), &BindOptions::default())
+            .unwrap();
+    let (daemon_n, manager_n) = sockpass::notifier_pair().unwrap();
     let mut srv = ServerSocket::adopt(lfd, Some(daemon_n)).unwrap();
     drop(manager_n);
     srv.wait(t).unwrap();
     let peer = std::os::unix::net::UnixStream::connect(&eager).unwrap();
     let (conn, _) = srv.accept().unwrap();
     drop((peer, conn, srv));
-    let mut lazy = notify::prepare_lazy(None, false).unwrap();
+    let mut lazy = sockpass::prepare_lazy(None, false).unwrap();
     let (sock, note) = (
         lazy.daemon_socket.take().unwrap(),
         lazy.daemon_notifier.take(),
@@ -547,7 +548,7 @@ fn child_fd_audit() {
     drop(srv);
     // Spawn a child with an fd plan.
     let (a, _b) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
-    let mut kid = sockpass::spawn::Spawn::new("/bin/true");
+    let mut kid = sockpass::Spawn::new("/bin/true");
     kid.fd(a, Some("x"));
     assert_eq!(kid.spawn().unwrap().wait().unwrap(), 0);
 
@@ -896,7 +897,7 @@ fn child_default_client_under_load() {
     let dir = std::path::PathBuf::from(std::env::var_os("SOCKPASS_DIR").unwrap());
     let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
     let one = || {
-        sockpass::client::with_default(|c| {
+        sockpass::with_default(|c| {
             let g = c.request_socket(&spec, ShareMode::None, "dflt")?;
             c.release(&g.token)
         })

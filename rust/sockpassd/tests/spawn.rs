@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use sockpass::ns::{Namespaces, NsSet};
-use sockpass::spawn::{exit_code, EnvBase, Slot, Spawn};
 use sockpass::Kind;
+use sockpass::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::{Namespaces, NsSet};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -108,7 +108,7 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 fn udp() -> OwnedFd {
-    sockpass::create::create_socket(&"udp:127.0.0.1:0".parse().unwrap())
+    sockpass_broker::create::create_socket(&"udp:127.0.0.1:0".parse().unwrap())
         .unwrap()
         .fd
 }
@@ -232,8 +232,8 @@ fn start_ten() {
 }
 
 fn listener() -> (OwnedFd, u16) {
-    let c =
-        sockpass::create::create_socket(&"tcp:127.0.0.1:0?backlog=16".parse().unwrap()).unwrap();
+    let c = sockpass_broker::create::create_socket(&"tcp:127.0.0.1:0?backlog=16".parse().unwrap())
+        .unwrap();
     (c.fd, c.port)
 }
 

@@ -6,8 +6,8 @@
 //! children, which are waited for.
 
 use super::run::{as_inetd, blocked_signals, forward_fd, read_signal, spawn_failed, unblock, Plan};
-use sockpass::client::Client;
-use sockpass::spawn::Child;
+use sockpass::Child;
+use sockpass::Client;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 

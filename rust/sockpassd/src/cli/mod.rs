@@ -115,7 +115,7 @@ pub fn parse_spec(s: &str) -> Result<sockpass::SocketSpec, String> {
 pub fn broker_path(m: &ArgMatches) -> PathBuf {
     m.get_one::<PathBuf>("socket")
         .cloned()
-        .unwrap_or_else(sockpass::broker::default_socket_path)
+        .unwrap_or_else(sockpass::default_socket_path)
 }
 
 pub fn share(m: &ArgMatches) -> sockpass::ShareMode {

@@ -5,7 +5,7 @@
 
 use super::{flag, hold_until_stdin_closes, socket_arg};
 use clap::{Arg, ArgMatches, Command};
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::Token;
 use std::io::Write;
 
@@ -45,7 +45,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     // A broker connection handed in by a manager (a container that cannot
     // see the broker's path).
     let c = match m.get_one::<i32>("fd") {
-        Some(&n) => sockpass::readiness::inherited_fd(n).and_then(Client::from_fd),
+        Some(&n) => sockpass::inherited_fd(n).and_then(Client::from_fd),
         None => Client::connect(super::broker_path(m)),
     };
     let mut c = match c {

@@ -5,7 +5,7 @@
 
 use super::{flag, hold_until_stdin_closes, share_args, socket_arg, specs_arg};
 use clap::{ArgMatches, Command};
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::SocketSpec;
 use std::io::Write;
 

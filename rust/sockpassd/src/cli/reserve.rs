@@ -5,7 +5,7 @@
 
 use super::{share_args, socket_arg, specs_arg};
 use clap::{ArgMatches, Command};
-use sockpass::client::Client;
+use sockpass::Client;
 use sockpass::SocketSpec;
 use std::io::Write;
 

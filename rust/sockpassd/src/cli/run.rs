@@ -13,11 +13,11 @@
 
 use super::{exit, flag, share_args, socket_arg};
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use sockpass::client::Client;
-use sockpass::ns::{Namespaces, NsSet};
-use sockpass::readiness::{Method, Readiness};
-use sockpass::spawn::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::Client;
 use sockpass::SocketSpec;
+use sockpass::{exit_code, EnvBase, Slot, Spawn};
+use sockpass::{Method, Readiness};
+use sockpass::{Namespaces, NsSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -497,7 +497,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
             Source::Inherit => fds.push((inh, Some("unknown".into()))),
             Source::Listen(addr) => {
                 let spec = listen_spec(addr, kind)?;
-                match sockpass::create::create_socket(&spec) {
+                match sockpass_broker::create::create_socket(&spec) {
                     Ok(c) => fds.push((Some(c.fd), None)),
                     Err(e) => return Ok(super::fail(&format!("listen on {addr}"), &e)),
                 }

@@ -10,7 +10,7 @@
 
 use super::flag;
 use clap::{Arg, ArgMatches, Command};
-use sockpass::notify::{self, BindOptions};
+use sockpass::BindOptions;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -111,13 +111,13 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     let shown = String::from_utf8_lossy(&o.path).replace('\0', "@");
     let what = format!("serve-in {} {shown}", o.pid);
     if !o.lazy {
-        let sock = match notify::bind_in_namespace(Some(o.pid), &o.path, &o.bind) {
+        let sock = match sockpass::bind_in_namespace(Some(o.pid), &o.path, &o.bind) {
             Ok(s) => s,
             Err(e) => return Ok(super::fail(&what, &e)),
         };
         return Ok(exec(&o.program, &[sock], &[]));
     }
-    let mut lazy = match notify::prepare_lazy(Some(o.pid), o.path.first() == Some(&0)) {
+    let mut lazy = match sockpass::prepare_lazy(Some(o.pid), o.path.first() == Some(&0)) {
         Ok(l) => l,
         Err(e) => return Ok(super::fail(&what, &e)),
     };
@@ -137,7 +137,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
 /// Fork a detached binder (a grandchild, so PROGRAM never has to reap it)
 /// that binds, listens and closes the notifier, then exits. This process is
 /// single-threaded (checked), so the binder may run ordinary code.
-fn start_binder(lazy: notify::LazyServer, o: &Opts) -> sockpass::Result<()> {
+fn start_binder(lazy: sockpass::LazyServer, o: &Opts) -> sockpass::Result<()> {
     let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
     if threads != 1 {
         return Err(sockpass::Error::new(

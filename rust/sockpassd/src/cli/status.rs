@@ -4,7 +4,7 @@
 
 use super::{flag, json, socket_arg};
 use clap::{ArgMatches, Command};
-use sockpass::client::{Client, Status};
+use sockpass::{Client, Status};
 use sockpass::{Proto, SocketSpec};
 
 /// The JSON's `format`: bumped when a field changes meaning or goes away
@@ -210,7 +210,7 @@ pub fn to_table(st: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sockpass::client::{HolderStatus, SocketStatus};
+    use sockpass::{HolderStatus, SocketStatus};
 
     fn socket(id: u64, spec: &str, app: &str, reserved: bool) -> SocketStatus {
         let spec: SocketSpec = spec.parse().unwrap();

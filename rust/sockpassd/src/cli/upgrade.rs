@@ -4,7 +4,7 @@
 
 use super::socket_arg;
 use clap::{Arg, ArgMatches, Command};
-use sockpass::client::Client;
+use sockpass::Client;
 use std::path::PathBuf;
 
 pub fn command() -> Command {

@@ -2,7 +2,7 @@
 //! free ports, and child client processes (this test binary re-executed).
 #![allow(dead_code)]
 
-use sockpass::client::{Client, Status};
+use sockpass::{Client, Status};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -361,7 +361,7 @@ fn check_notifier(n: BorrowedFd<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::manager::{bind_in_namespace, prepare_lazy, BindOptions};
+    use crate::server_socket::manager::{bind_in_namespace, prepare_lazy, BindOptions};
 
     fn tmpdir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("sockpass-srv-{tag}-{}", std::process::id()));

@@ -13,10 +13,10 @@
 //! release another client's token. The file format is in docs/POLICY.md and
 //! `contrib/policy.conf`.
 
-use crate::error::{Error, Kind, Result};
-use crate::share::ShareMode;
-use crate::spec::{Proto, SocketSpec};
-use crate::sys::Creds;
+use sockpass::sys::Creds;
+use sockpass::ShareMode;
+use sockpass::{Error, Kind, Result};
+use sockpass::{Proto, SocketSpec};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -428,7 +428,7 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
                 "uid" => Who::Uid(number(k, v)?),
                 "gid" => Who::Gid(number(k, v)?),
                 "user" => Who::Uid(lookup_user(v)?),
-                "group" => Who::Gid(lookup_group(v)?),
+                "group" => Who::Gid(sockpass::sys::lookup_group(v)?),
                 _ => {
                     return Err(Error::bad_request(format!(
                         "expected uid=, gid=, user= or group=, got {k:?}"
@@ -548,7 +548,7 @@ fn parse_net(s: &str) -> Result<(IpAddr, u8)> {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    let addr = crate::spec::parse_addr(a)
+    let addr = sockpass::parse_addr(a)
         .map_err(|_| Error::bad_request(format!("invalid address range {s:?}")))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
@@ -591,27 +591,7 @@ fn lookup_user(name: &str) -> Result<u32> {
     Ok(pw.pw_uid)
 }
 
-fn lookup_group(name: &str) -> Result<u32> {
-    let c =
-        std::ffi::CString::new(name).map_err(|_| Error::bad_request("group name contains NUL"))?;
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 65536];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the result is copied out.
-    let r = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
-        return Err(Error::bad_request(format!("unknown group {name:?}")));
-    }
-    Ok(gr.gr_gid)
-}
-
-/// The gid of a group name, for `--socket-group`.
-pub fn group_id(name: &str) -> Result<u32> {
-    match name.parse::<u32>() {
-        Ok(g) => Ok(g),
-        Err(_) => lookup_group(name),
-    }
-}
+pub use sockpass::sys::group_id;
 
 impl Default for Policy {
     fn default() -> Self {

@@ -1,9 +1,9 @@
 //! Turn a [`SocketSpec`] into a bound socket: socket(), the options that must
 //! precede bind(), bind(), and listen() when a backlog was asked for.
 
-use crate::error::{Error, Result};
-use crate::spec::{Proto, SocketSpec};
-use crate::sys;
+use sockpass::sys;
+use sockpass::{Error, Result};
+use sockpass::{Proto, SocketSpec};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -110,7 +110,7 @@ pub fn create_socket(spec: &SocketSpec) -> Result<Created> {
             )
         };
         if r < 0 {
-            let e = crate::error::last_errno();
+            let e = sockpass::last_errno();
             let what = if e == libc::ENODEV {
                 format!("interface {dev:?} does not exist")
             } else {
@@ -180,7 +180,7 @@ mod tests {
         let e =
             create_socket(&"udp:127.0.0.1:0?bindtodevice=nosuchif0".parse().unwrap()).unwrap_err();
         assert!(
-            e.message().contains("does not exist") || e.kind() == crate::Kind::NotAllowed,
+            e.message().contains("does not exist") || e.kind() == sockpass::Kind::NotAllowed,
             "{e}"
         );
     }

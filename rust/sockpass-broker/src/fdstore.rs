@@ -8,9 +8,9 @@
 //! the stored fds after the socket unit's, named in `LISTEN_FDNAMES`;
 //! [`take_stored_from_env`] takes them out of the activation set.
 
-use crate::error::{Error, Kind, Result};
-use crate::fdpass::send_fds;
-use crate::sys;
+use sockpass::fdpass::send_fds;
+use sockpass::sys;
+use sockpass::{Error, Kind, Result};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;

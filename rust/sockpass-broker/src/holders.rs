@@ -9,9 +9,9 @@
 //! addressed by position, which the broker keeps with each token (a
 //! removal moves the last holder into the gap and says which it was).
 
-use crate::share::ShareMode;
-use crate::sys::Creds;
-use crate::token::Token;
+use sockpass::sys::Creds;
+use sockpass::ShareMode;
+use sockpass::Token;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -82,7 +82,7 @@ impl Holders {
         // Refused: name a witness (the error path may scan).
         self.list
             .iter()
-            .find(|h| !crate::share::compatible(share, app, h.share, &h.app))
+            .find(|h| !sockpass::compatible(share, app, h.share, &h.app))
             .or(Some(first))
     }
 
@@ -143,7 +143,7 @@ impl<'a> IntoIterator for &'a Holders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::share::{compatible, ShareMode::*};
+    use sockpass::{compatible, ShareMode::*};
 
     fn holder(n: u8, share: ShareMode, app: &str) -> Holder {
         let mut b = [0u8; Token::LEN];

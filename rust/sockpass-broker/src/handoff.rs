@@ -8,9 +8,9 @@
 //! image calls [`take_from_env`], which marks every handed-over fd CLOEXEC
 //! again before anything else can start a process.
 
-use crate::error::{Error, Result};
-use crate::sys::Creds;
-use crate::token::Token;
+use sockpass::sys::Creds;
+use sockpass::Token;
+use sockpass::{Error, Result};
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -422,7 +422,7 @@ fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
 pub fn check_executable(exe: &Path) -> Result<()> {
     let meta = std::fs::metadata(exe).map_err(|e| {
         Error::with_errno(
-            crate::error::Kind::BadRequest,
+            sockpass::Kind::BadRequest,
             e.raw_os_error().unwrap_or(libc::ENOENT),
             format!("upgrade binary {}: {e}", exe.display()),
         )
@@ -432,7 +432,7 @@ pub fn check_executable(exe: &Path) -> Result<()> {
     // SAFETY: valid C string.
     if !meta.is_file() || unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
         return Err(Error::with_errno(
-            crate::error::Kind::BadRequest,
+            sockpass::Kind::BadRequest,
             libc::EACCES,
             format!("upgrade binary {} is not an executable file", exe.display()),
         ));
@@ -453,7 +453,7 @@ pub fn preflight(exe: &Path, timeout: std::time::Duration) -> Result<()> {
     check_executable(exe)?;
     let refuse = |why: String| {
         Error::with_errno(
-            crate::error::Kind::BadRequest,
+            sockpass::Kind::BadRequest,
             libc::ENOEXEC,
             format!(
                 "upgrade binary {} is not a compatible sockpassd: {why}",
@@ -482,7 +482,7 @@ pub fn preflight(exe: &Path, timeout: std::time::Duration) -> Result<()> {
     let mut got = Vec::new();
     let mut eof = false;
     while !eof && left_ms() > 0 && got.len() <= 256 {
-        match crate::sys::poll_one(out.as_fd(), libc::POLLIN, left_ms()) {
+        match sockpass::sys::poll_one(out.as_fd(), libc::POLLIN, left_ms()) {
             Ok(0) => break,
             Ok(_) => {
                 let mut buf = [0u8; 256];
@@ -508,7 +508,7 @@ pub fn preflight(exe: &Path, timeout: std::time::Duration) -> Result<()> {
             // SAFETY: pidfd is a new fd we own.
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
             while status.is_none() && left_ms() > 0 {
-                match crate::sys::poll_one(pidfd.as_fd(), libc::POLLIN, left_ms()) {
+                match sockpass::sys::poll_one(pidfd.as_fd(), libc::POLLIN, left_ms()) {
                     Ok(0) => break,
                     Ok(_) => status = child.try_wait().ok().flatten(),
                     Err(libc::EINTR) => {}
@@ -583,7 +583,7 @@ fn exec_encoded(bytes: &[u8], fds: &[OwnedFd], exe: &Path, args: &[OsString]) ->
         blob.extend_from_slice(&fd.as_raw_fd().to_le_bytes());
     }
     blob.extend_from_slice(bytes);
-    let memfd = crate::memfd::from_bytes("sockpassd-state", &blob)?;
+    let memfd = sockpass::memfd::from_bytes("sockpassd-state", &blob)?;
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::bad_request("argument contains NUL"));
     let cexe = cstr(exe.as_os_str().as_bytes())?;
     let mut argv = vec![cexe.clone()];
@@ -634,13 +634,13 @@ pub fn take_from_env() -> Result<Option<State>> {
         .and_then(|s| s.parse().ok())
         .filter(|n| *n >= 0)
         .ok_or_else(|| corrupt(&format!("{STATE_ENV}={v:?}")))?;
-    if !crate::sys::fd_is_open(n) {
+    if !sockpass::sys::fd_is_open(n) {
         return Err(corrupt(&format!("{STATE_ENV}={n} is not open")));
     }
     set_cloexec(n, true)?;
     // SAFETY: the previous image left this fd for us; nothing else owns it.
     let memfd = unsafe { OwnedFd::from_raw_fd(n) };
-    let blob = crate::memfd::read_all(memfd, MAX_STATE)?;
+    let blob = sockpass::memfd::read_all(memfd, MAX_STATE)?;
     if blob.len() < 12 || &blob[..8] != MAGIC {
         return Err(corrupt("bad magic"));
     }
@@ -653,7 +653,7 @@ pub fn take_from_env() -> Result<Option<State>> {
     for i in 0..nfds {
         let o = 12 + i * 4;
         let raw = RawFd::from_le_bytes(blob[o..o + 4].try_into().unwrap());
-        if raw < 0 || !crate::sys::fd_is_open(raw) {
+        if raw < 0 || !sockpass::sys::fd_is_open(raw) {
             return Err(corrupt(&format!("fd {raw} is not open")));
         }
         set_cloexec(raw, true)?;
@@ -690,7 +690,7 @@ mod tests {
     }
 
     fn fd() -> OwnedFd {
-        crate::memfd::from_bytes("t", b"x").unwrap()
+        sockpass::memfd::from_bytes("t", b"x").unwrap()
     }
 
     fn sample() -> State {
@@ -802,7 +802,7 @@ mod tests {
                 use std::os::fd::AsFd;
                 // A bounded wait, not a glance: another test's fork may
                 // hold a copy of a handed end until its child execs.
-                let ev = crate::sys::poll_one(k.as_fd(), libc::POLLIN, 10_000).unwrap();
+                let ev = sockpass::sys::poll_one(k.as_fd(), libc::POLLIN, 10_000).unwrap();
                 assert!(
                     ev & libc::POLLHUP != 0,
                     "a handed fd leaked on a corrupt state"

@@ -4,8 +4,8 @@
 
 use crate::{closed, timeout_arg, to_pyerr};
 use pyo3::prelude::*;
-use sockpass::notify::{self, manager::Target, BindOptions, LazyServer, ServerSocket};
-use sockpass::readiness::inherited_fd;
+use sockpass::inherited_fd;
+use sockpass::{BindOptions, LazyServer, ServerSocket, Target};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Mutex, RwLock};
 
@@ -67,7 +67,7 @@ impl PyServerSocket {
     /// passed (LISTEN_PID/LISTEN_FDS), or None without activation.
     #[staticmethod]
     fn from_activation(ty: i32, unset_env: bool) -> PyResult<Option<Self>> {
-        let s = notify::activation::adopt_listen_socket(unset_env, ty).map_err(to_pyerr)?;
+        let s = sockpass::adopt_listen_socket(unset_env, ty).map_err(to_pyerr)?;
         Ok(s.map(|s| PyServerSocket {
             inner: RwLock::new(Some(s)),
         }))
@@ -148,7 +148,7 @@ fn bind_options(mode: i64, owner: Option<(i64, i64)>, backlog: i64) -> PyResult<
 /// (read end for the daemon, write end for the manager); both the caller's.
 #[pyfunction]
 pub fn notifier_pair() -> PyResult<(i32, i32)> {
-    let (r, w) = notify::notifier_pair().map_err(to_pyerr)?;
+    let (r, w) = sockpass::notifier_pair().map_err(to_pyerr)?;
     Ok((r.into_raw_fd(), w.into_raw_fd()))
 }
 
@@ -165,7 +165,7 @@ pub fn bind_in_namespace(
     backlog: i64,
 ) -> PyResult<i32> {
     let o = bind_options(mode, owner, backlog)?;
-    py.detach(|| notify::bind_in_namespace(target, &path, &o))
+    py.detach(|| sockpass::bind_in_namespace(target, &path, &o))
         .map(|fd| fd.into_raw_fd())
         .map_err(to_pyerr)
 }
@@ -190,7 +190,7 @@ impl PyLazyServer {
     #[staticmethod]
     fn prepare(py: Python<'_>, target: Target, abstract_name: bool) -> PyResult<PyLazyServer> {
         let l = py
-            .detach(|| notify::prepare_lazy(target, abstract_name))
+            .detach(|| sockpass::prepare_lazy(target, abstract_name))
             .map_err(to_pyerr)?;
         Ok(PyLazyServer {
             inner: Mutex::new(Some(l)),

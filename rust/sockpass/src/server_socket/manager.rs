@@ -56,7 +56,7 @@ impl BindOptions {
             Err(_) => lookup_user(u)?,
         };
         let gid = match g {
-            Some(g) => crate::policy::group_id(g)?,
+            Some(g) => crate::sys::group_id(g)?,
             None => primary,
         };
         Ok((uid, gid))
@@ -402,7 +402,7 @@ mod tests {
         let m = std::fs::metadata(&p).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o640);
         assert_eq!(m.uid(), unsafe { libc::getuid() });
-        assert!(crate::notify::server::is_listening(fd.as_fd()).unwrap());
+        assert!(crate::server_socket::server::is_listening(fd.as_fd()).unwrap());
         // Binding again at the same path fails with the bind step named.
         let e = bind_in_namespace(None, p.as_os_str().as_encoded_bytes(), &opts).unwrap_err();
         assert_eq!(e.errno(), libc::EADDRINUSE, "{e}");
@@ -430,7 +430,7 @@ mod tests {
     fn abstract_names_and_missing_targets() {
         let name = format!("\0sockpass-mgr-test-{}", std::process::id());
         let fd = bind_in_namespace(None, name.as_bytes(), &BindOptions::default()).unwrap();
-        let s = crate::notify::ServerSocket::adopt(fd, None).unwrap();
+        let s = crate::server_socket::ServerSocket::adopt(fd, None).unwrap();
         assert!(s
             .dbus_address()
             .starts_with("unix:abstract=sockpass-mgr-test-"));

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use sockpass::fdpass;
-use sockpass::notify::{self, BindOptions, ServerSocket};
 use sockpass::Kind;
+use sockpass::{BindOptions, ServerSocket};
 use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -101,7 +101,7 @@ fn eager_handover_between_processes() {
     }
     let rv = Rendezvous::new("eager");
     let path = rv.dir.join("bus sock\u{e9}");
-    let sock = notify::bind_in_namespace(None, bytes(&path), &BindOptions::default()).unwrap();
+    let sock = sockpass::bind_in_namespace(None, bytes(&path), &BindOptions::default()).unwrap();
     let mut d = spawn_self("daemon_child", &rv.env());
     let mut c = rv.hand_over(&[&sock]);
     drop(sock);
@@ -150,7 +150,7 @@ fn blocked_in_poll(pid: i32) -> bool {
 fn lazy(tag: &str, bind_before_daemon_waits: bool) {
     let rv = Rendezvous::new(tag);
     let path = rv.dir.join("s");
-    let mut l = notify::prepare_lazy(None, false).unwrap();
+    let mut l = sockpass::prepare_lazy(None, false).unwrap();
     let (s, n) = (
         l.daemon_socket.take().unwrap(),
         l.daemon_notifier.take().unwrap(),
@@ -206,7 +206,7 @@ fn manager_child() {
     if !is_child() {
         return;
     }
-    let mut l = notify::prepare_lazy(None, false).unwrap();
+    let mut l = sockpass::prepare_lazy(None, false).unwrap();
     let s = l.daemon_socket.take().unwrap();
     let n = l.daemon_notifier.take().unwrap();
     let c = UnixStream::connect(std::env::var("RV").unwrap()).unwrap();
@@ -250,7 +250,7 @@ fn manager_killed_before_listen_is_a_distinct_error() {
 
 #[test]
 fn notifier_that_never_fires_times_out_and_stays_pending() {
-    let mut l = notify::prepare_lazy(None, false).unwrap();
+    let mut l = sockpass::prepare_lazy(None, false).unwrap();
     let mut s =
         ServerSocket::adopt(l.daemon_socket.take().unwrap(), l.daemon_notifier.take()).unwrap();
     let e = s.wait(Some(Duration::from_millis(100))).unwrap_err();
@@ -307,7 +307,7 @@ fn bad_input_child() {
             seen.push((what, e.errno()));
         }
         // The write end of a pipe as the notifier.
-        let (r, w) = notify::notifier_pair().unwrap();
+        let (r, w) = sockpass::notifier_pair().unwrap();
         let s = sockpass::sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
         let e = ServerSocket::adopt(s, Some(w)).unwrap_err();
         assert!(e.message().contains("write end"), "{e}");
@@ -316,14 +316,14 @@ fn bad_input_child() {
         // Manager-side failures leave nothing open either.
         let taken = dir.join("taken");
         let _ = std::fs::remove_file(&taken);
-        let ok = notify::bind_in_namespace(None, bytes(&taken), &BindOptions::default()).unwrap();
+        let ok = sockpass::bind_in_namespace(None, bytes(&taken), &BindOptions::default()).unwrap();
         let e =
-            notify::bind_in_namespace(None, bytes(&taken), &BindOptions::default()).unwrap_err();
+            sockpass::bind_in_namespace(None, bytes(&taken), &BindOptions::default()).unwrap_err();
         assert_eq!(e.errno(), libc::EADDRINUSE, "{e}");
-        let e = notify::bind_in_namespace(Some(i32::MAX), bytes(&taken), &BindOptions::default())
+        let e = sockpass::bind_in_namespace(Some(i32::MAX), bytes(&taken), &BindOptions::default())
             .unwrap_err();
         assert_eq!(e.errno(), libc::ESRCH, "{e}");
-        let l = notify::prepare_lazy(None, false).unwrap();
+        let l = sockpass::prepare_lazy(None, false).unwrap();
         let e = l
             .bind_and_notify(None, bytes(&taken), &BindOptions::default())
             .unwrap_err();
@@ -412,7 +412,7 @@ fn bind_inside_a_mount_namespace_and_connect_from_inside() {
         owner: Some((65534, 65534)),
         ..BindOptions::default()
     };
-    let fd = notify::bind_in_namespace(Some(ns.pid()), bytes(&path), &opts).unwrap();
+    let fd = sockpass::bind_in_namespace(Some(ns.pid()), bytes(&path), &opts).unwrap();
     // Only inside the namespace: the host's directory stays empty.
     assert!(!path.exists());
     let s = ServerSocket::adopt(fd, None).unwrap();
@@ -451,7 +451,7 @@ fn bind_inside_a_mount_namespace_and_connect_from_inside() {
     );
     // A missing directory fails, naming the target.
     let host_only = temp_dir("hostonly");
-    let e = notify::bind_in_namespace(
+    let e = sockpass::bind_in_namespace(
         Some(ns.pid()),
         bytes(&host_only.join("deeper/s")),
         &BindOptions::default(),
@@ -472,7 +472,7 @@ fn lazy_bind_inside_a_mount_namespace() {
     let dir = temp_dir("mntns-lazy");
     let ns = NsHolder::start(&dir);
     let path = dir.join("lazy");
-    let mut l = notify::prepare_lazy(Some(ns.pid()), false).unwrap();
+    let mut l = sockpass::prepare_lazy(Some(ns.pid()), false).unwrap();
     let mut s =
         ServerSocket::adopt(l.daemon_socket.take().unwrap(), l.daemon_notifier.take()).unwrap();
     assert!(!s.check().unwrap());
@@ -512,7 +512,7 @@ fn abstract_name_in_another_network_namespace() {
     let pid = holder.0.id() as i32;
     let name = format!("\0sockpass-test-netns-{}", std::process::id());
     let fd =
-        notify::bind_in_namespace(Some(pid), name.as_bytes(), &BindOptions::default()).unwrap();
+        sockpass::bind_in_namespace(Some(pid), name.as_bytes(), &BindOptions::default()).unwrap();
     let s = ServerSocket::adopt(fd, None).unwrap();
     assert_eq!(s.dbus_address(), format!("unix:abstract={}", &name[1..]));
     // Not reachable from our network namespace.
@@ -535,7 +535,7 @@ fn abstract_name_in_another_network_namespace() {
     // Lazy: the socket is made in the target's network namespace (abstract
     // names belong to the namespace a socket was created in), bound later.
     let lazy_name = format!("{name}-lazy");
-    let mut l = notify::prepare_lazy(Some(pid), true).unwrap();
+    let mut l = sockpass::prepare_lazy(Some(pid), true).unwrap();
     let mut s =
         ServerSocket::adopt(l.daemon_socket.take().unwrap(), l.daemon_notifier.take()).unwrap();
     l.bind_and_notify(Some(pid), lazy_name.as_bytes(), &BindOptions::default())
@@ -638,7 +638,7 @@ print(s.recv(200).decode())
 fn fd_of_notifier_is_pollable_in_an_event_loop() {
     // The notifier fd is what an event loop watches: it polls readable or
     // hung up exactly when the manager is done.
-    let mut l = notify::prepare_lazy(None, false).unwrap();
+    let mut l = sockpass::prepare_lazy(None, false).unwrap();
     let mut s =
         ServerSocket::adopt(l.daemon_socket.take().unwrap(), l.daemon_notifier.take()).unwrap();
     let raw = s.notifier_fd().unwrap().as_raw_fd();
@@ -663,7 +663,7 @@ fn fd_of_notifier_is_pollable_in_an_event_loop() {
 fn bind_options_mode_on_the_host() {
     let dir = temp_dir("mode");
     let p = dir.join("s");
-    let fd = notify::bind_in_namespace(
+    let fd = sockpass::bind_in_namespace(
         None,
         bytes(&p),
         &BindOptions {

@@ -17,9 +17,9 @@
 //! spawns).
 
 use crate::create::Created;
-use crate::error::{Error, Kind, Result};
-use crate::spec::SocketSpec;
-use crate::sys;
+use sockpass::sys;
+use sockpass::SocketSpec;
+use sockpass::{Error, Kind, Result};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -179,7 +179,7 @@ fn open_dir(at: Option<&OwnedFd>, name: &CStr) -> std::result::Result<OwnedFd, i
             // SAFETY: name is a valid C string.
             let r = unsafe { libc::open(name.as_ptr(), flags | libc::O_CLOEXEC) };
             if r < 0 {
-                Err(crate::error::last_errno())
+                Err(sockpass::last_errno())
             } else {
                 // SAFETY: r is a new fd.
                 Ok(unsafe { OwnedFd::from_raw_fd(r) })
@@ -192,7 +192,7 @@ fn openat(dir: &OwnedFd, name: &CStr, flags: i32) -> std::result::Result<OwnedFd
     // SAFETY: dir is an open fd, name a valid C string.
     let r = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
     if r < 0 {
-        Err(crate::error::last_errno())
+        Err(sockpass::last_errno())
     } else {
         // SAFETY: r is a new fd.
         Ok(unsafe { OwnedFd::from_raw_fd(r) })
@@ -213,7 +213,7 @@ fn fstatat(dir: &OwnedFd, name: &CStr) -> std::result::Result<libc::stat, i32> {
         )
     };
     if r < 0 {
-        Err(crate::error::last_errno())
+        Err(sockpass::last_errno())
     } else {
         Ok(st)
     }
@@ -224,7 +224,7 @@ fn fstat(fd: &OwnedFd) -> std::result::Result<libc::stat, i32> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open (O_PATH fds may be fstat'ed), st writable.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        Err(crate::error::last_errno())
+        Err(sockpass::last_errno())
     } else {
         Ok(st)
     }
@@ -326,7 +326,7 @@ pub fn path_ino(path: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Proto;
+    use sockpass::Proto;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn tmp(tag: &str) -> std::path::PathBuf {

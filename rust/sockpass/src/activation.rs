@@ -3,7 +3,7 @@
 //! socket already listens.
 
 use crate::error::{Error, Kind, Result};
-use crate::notify::server::ServerSocket;
+use crate::server_socket::server::ServerSocket;
 use crate::sys;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 

@@ -5,7 +5,7 @@
 //! socket activation (`LISTEN_FDS`).
 
 use crate::boundary::{call, fault};
-use sockpass::notify::{self, activation, BindOptions, LazyServer, ServerSocket};
+use sockpass::{BindOptions, LazyServer, ServerSocket};
 use sockpass::{Error, Kind};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
@@ -164,7 +164,7 @@ pub unsafe extern "C" fn sockpass_server_adopt_activation(
             return Err(fault("server_out"));
         }
         let ty = socket_type(r#type)?;
-        match activation::adopt_listen_socket(unset_env != 0, ty)? {
+        match sockpass::adopt_listen_socket(unset_env != 0, ty)? {
             Some(s) => {
                 *server_out = boxed(s);
                 Ok(1)
@@ -304,7 +304,7 @@ pub unsafe extern "C" fn sockpass_notifier_pair(fds_out: *mut c_int) -> c_int {
         if fds_out.is_null() {
             return Err(fault("fds_out"));
         }
-        let (r, w) = notify::notifier_pair()?;
+        let (r, w) = sockpass::notifier_pair()?;
         *fds_out = r.into_raw_fd();
         *fds_out.add(1) = w.into_raw_fd();
         Ok(0)
@@ -340,7 +340,7 @@ pub unsafe extern "C" fn sockpass_bind_in_namespace(
         let target = target_of(pid)?;
         let path = path_of(path, path_len)?;
         let opts = bind_options(mode, uid, gid, backlog)?;
-        Ok(notify::bind_in_namespace(target, path, &opts)?.into_raw_fd())
+        Ok(sockpass::bind_in_namespace(target, path, &opts)?.into_raw_fd())
     })
 }
 
@@ -375,7 +375,7 @@ pub unsafe extern "C" fn sockpass_lazy_server_new(
             return Err(fault("lazy_out, socket_out or notifier_out"));
         }
         let target = target_of(pid)?;
-        let mut l = notify::prepare_lazy(target, abstract_name != 0)?;
+        let mut l = sockpass::prepare_lazy(target, abstract_name != 0)?;
         let (Some(sock), Some(n)) = (l.daemon_socket.take(), l.daemon_notifier.take()) else {
             return Err(Error::protocol("the lazy server has no daemon fds"));
         };
@@ -593,7 +593,7 @@ mod tests {
         assert_eq!(unsafe { sockpass_server_check(s) }, 0);
         assert!(unsafe { sockpass_server_notifier_fd(s) } >= 0);
         let (rc, m) = code(|| unsafe { sockpass_server_accept(s, std::ptr::null_mut()) });
-        assert_eq!(rc, -sockpass::error::CODE_NOT_READY, "{m}");
+        assert_eq!(rc, -sockpass::CODE_NOT_READY, "{m}");
         assert_eq!(unsafe { sockpass_server_wait(s, 10) }, -libc::ETIMEDOUT);
         // The manager binds and listens, then closes the write end.
         sockpass::sys::bind_unix(&sock, p.as_os_str().as_encoded_bytes()).unwrap();
@@ -610,7 +610,7 @@ mod tests {
 
     #[test]
     fn manager_gone_before_listen_is_not_ready() {
-        let (r, w) = notify::notifier_pair().unwrap();
+        let (r, w) = sockpass::notifier_pair().unwrap();
         let sock = sockpass::sys::unix_socket(libc::SOCK_STREAM, false).unwrap();
         let mut s = std::ptr::null_mut();
         let rc = unsafe { sockpass_server_adopt(sock.as_raw_fd(), r.as_raw_fd(), 0, &mut s) };
@@ -618,7 +618,7 @@ mod tests {
         drop(w);
         assert_eq!(
             unsafe { sockpass_server_wait(s, 30_000) },
-            -sockpass::error::CODE_NOT_READY
+            -sockpass::CODE_NOT_READY
         );
         unsafe { sockpass_server_free(s) };
     }

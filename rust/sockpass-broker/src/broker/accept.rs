@@ -1,0 +1,171 @@
+//! Accepting clients, within the connection and fd limits.
+
+use super::conn::Conn;
+use super::event_loop::EV_CONN_BASE;
+use super::Broker;
+use sockpass::fdpass::send_fds;
+use sockpass::proto;
+use sockpass::sys::{self, Creds};
+use sockpass::{Error, Kind};
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// The fd kept in reserve for [`Broker::shed_one_connection`].
+pub(super) fn open_reserve() -> Option<OwnedFd> {
+    // SAFETY: open with a constant path; the result is a new fd or -1.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // SAFETY: fd is a new fd when non-negative.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Broker {
+    pub(super) fn accept_client(&mut self) {
+        // Refused clients (the connection limit, no fds) do not count.
+        for _ in 0..64 {
+            // SAFETY: accept4 returns a new fd we own, or -1.
+            let r = unsafe {
+                libc::accept4(
+                    self.listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                )
+            };
+            if r < 0 {
+                let e = sys::errno();
+                match e {
+                    libc::EAGAIN | libc::EINTR | libc::ECONNABORTED => return,
+                    libc::EMFILE | libc::ENFILE => {
+                        self.note_refusal("out of file descriptors");
+                        if !self.shed_one_connection(e) {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ => {
+                        self.log(format_args!("accept failed: {}", sockpass::strerror(e)));
+                        return;
+                    }
+                }
+            }
+            // SAFETY: r is a new fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(r) };
+            if self.conns.len() >= self.cfg.limits.max_connections {
+                // Closing at once keeps the backlog from filling with clients
+                // that would only wait. The ERROR with id 0 (best effort)
+                // tells the client why instead of a bare hang-up.
+                let e = Error::with_errno(
+                    Kind::LimitReached,
+                    libc::EUSERS,
+                    format!(
+                        "the broker serves {} connections, its limit",
+                        self.conns.len()
+                    ),
+                );
+                let mut msg = Vec::new();
+                proto::encode_error(&mut msg, 0, &e);
+                let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
+                drop(fd);
+                self.note_refusal("connection limit reached");
+                continue;
+            }
+            let creds = sys::peer_creds(&fd).unwrap_or_default();
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            let conn = self.new_conn(fd, id, creds);
+            let slot = self.conns.insert(conn);
+            let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
+            if self
+                .epoll
+                .ctl(
+                    libc::EPOLL_CTL_ADD,
+                    raw,
+                    (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                    EV_CONN_BASE + slot as u64,
+                )
+                .is_err()
+            {
+                self.conns.remove(slot);
+                return;
+            }
+            // A client sends its first request right after connecting, so it
+            // is usually waiting already: read it now rather than after one
+            // more epoll_wait (if not, one recvmsg says EAGAIN).
+            self.read_requests(slot);
+            // One client per wakeup: the listener is level-triggered, so
+            // more waiting wake the loop again, and the usual single client
+            // costs no accept4 that fails with EAGAIN.
+            return;
+        }
+    }
+
+    /// A new connection, starting with the last application name named
+    /// and a spare reference list (neither allocates).
+    pub(super) fn new_conn(&mut self, fd: OwnedFd, id: u64, creds: Creds) -> Conn {
+        Conn {
+            fd,
+            id,
+            creds,
+            default_app: None,
+            last_app: self.app_memo.clone(),
+            refs: self.spare_refs.pop().unwrap_or_default(),
+            outq: VecDeque::new(),
+            paused: false,
+            pipelining: false,
+            wakeups: 0,
+        }
+    }
+
+    /// Out of fds (`errno`) with a client waiting: spend the reserve fd to
+    /// accept it, send it an ERROR saying so and close it, then take the
+    /// reserve back. False when there is no reserve to spend (then the
+    /// listener stays readable and the next loop turn tries again).
+    pub(super) fn shed_one_connection(&mut self, errno: i32) -> bool {
+        let Some(r) = self.reserve.take() else {
+            self.reserve = open_reserve();
+            return false;
+        };
+        drop(r);
+        // SAFETY: accept4 returns a new fd we own, or -1.
+        let a = unsafe {
+            libc::accept4(
+                self.listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
+        };
+        if a >= 0 {
+            // SAFETY: a is a new fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(a) };
+            let e = Error::with_errno(
+                Kind::LimitReached,
+                errno,
+                "the broker is out of file descriptors; try again later",
+            );
+            let mut msg = Vec::new();
+            proto::encode_error(&mut msg, 0, &e);
+            let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
+        }
+        self.reserve = open_reserve();
+        a >= 0 && self.reserve.is_some()
+    }
+
+    pub(super) fn note_refusal(&mut self, why: &str) {
+        self.refused_conns += 1;
+        let now = Instant::now();
+        if self
+            .last_refusal_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.log(format_args!(
+                "refused {} connection(s): {why} ({} connections open)",
+                self.refused_conns,
+                self.conns.len()
+            ));
+            self.refused_conns = 0;
+            self.last_refusal_log = Some(now);
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! A client's connection: its state, the replies queued for it, and its
+//! I/O (read requests, send replies, flush the queue, drop it).
+
+use super::event_loop::EV_CONN_BASE;
+use super::limits::{PIPELINE_PROBE_EVERY, SPARE_REFS};
+use super::Broker;
+use sockpass::fdpass::{recv_fds, send_fds, RecvError};
+use sockpass::proto::{self, ty, Header};
+use sockpass::sys::Creds;
+use sockpass::Error;
+use sockpass::Token;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+
+/// The fd a reply carries.
+pub(super) enum Attach {
+    /// A cached socket, by entry slot and id. The entry outlives a queued
+    /// reply because the reply's token keeps a reference, so no dup is needed.
+    Entry(usize, u64),
+    /// An fd made for this reply (the status memfd).
+    Owned(CountedFd),
+}
+
+/// An fd the broker made for a reply, counted while it lives, so the fds
+/// that queued replies hold stay within the headroom under RLIMIT_NOFILE.
+pub(super) struct CountedFd {
+    /// Always Some until `into_fd` takes it.
+    fd: Option<OwnedFd>,
+    live: Rc<Cell<usize>>,
+}
+
+impl CountedFd {
+    pub(super) fn new(fd: OwnedFd, live: &Rc<Cell<usize>>) -> CountedFd {
+        live.set(live.get() + 1);
+        CountedFd {
+            fd: Some(fd),
+            live: live.clone(),
+        }
+    }
+
+    pub(super) fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The fd, no longer counted (handed over in an upgrade).
+    pub(super) fn into_fd(mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+}
+
+impl Drop for CountedFd {
+    fn drop(&mut self) {
+        self.live.set(self.live.get() - 1);
+    }
+}
+
+/// A reply waiting for the client to read.
+pub(super) struct Outgoing {
+    pub(super) bytes: Vec<u8>,
+    pub(super) attach: Option<Attach>,
+}
+
+pub(super) struct Conn {
+    pub(super) fd: OwnedFd,
+    pub(super) id: u64,
+    pub(super) creds: Creds,
+    pub(super) default_app: Option<Rc<str>>,
+    pub(super) last_app: Rc<str>,
+    /// The references this connection holds; each token's `TokenInfo`
+    /// knows its place here, so a release takes it out in O(1).
+    pub(super) refs: Vec<Token>,
+    pub(super) outq: VecDeque<Outgoing>,
+    /// EPOLLIN is off because the queue is full.
+    pub(super) paused: bool,
+    /// Seen to send requests without waiting for replies: read in batches.
+    pub(super) pipelining: bool,
+    pub(super) wakeups: u32,
+}
+
+impl Broker {
+    pub(super) fn conn_event(&mut self, slot: usize, flags: u32) {
+        if self.conns.get(slot).is_none() {
+            return;
+        }
+        if flags & libc::EPOLLOUT as u32 != 0 && !self.flush(slot) {
+            return;
+        }
+        if flags & libc::EPOLLIN as u32 != 0 {
+            self.read_requests(slot);
+        } else if flags & (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32 != 0 {
+            // Nothing left to read and the peer is gone.
+            self.drop_conn(slot, "hung up");
+        }
+    }
+
+    pub(super) fn read_requests(&mut self, slot: usize) {
+        // A synchronous client cannot send its next request before reading
+        // this reply, so reading on after one message mostly buys a recvmsg
+        // that returns EAGAIN. Read one per wakeup (level-triggered epoll
+        // wakes again if more wait) unless the client pipelines; probe now
+        // and then to notice when it starts.
+        let limit = match self.conns.get_mut(slot) {
+            Some(c) => {
+                c.wakeups = c.wakeups.wrapping_add(1);
+                if c.pipelining || c.wakeups % PIPELINE_PROBE_EVERY == 0 {
+                    self.cfg.limits.batch
+                } else {
+                    1
+                }
+            }
+            None => return,
+        };
+        let mut got = 0;
+        if self.rbuf.len() < proto::MAX_MSG {
+            // Still lent out: a request's handling read again.
+            self.rbuf = vec![0u8; proto::MAX_MSG];
+        }
+        for _ in 0..limit {
+            let Some(c) = self.conns.get(slot) else {
+                return;
+            };
+            if c.paused {
+                return;
+            }
+            let res = recv_fds(
+                c.fd.as_fd(),
+                &mut self.rbuf[..],
+                sockpass::fdpass::MAX_FDS,
+                libc::MSG_DONTWAIT,
+            );
+            let (len, unexpected_fds) = match res {
+                Ok(r) if r.len == 0 && r.fds.is_empty() => {
+                    self.drop_conn(slot, "disconnected");
+                    return;
+                }
+                Ok(r) => (r.len, r.fds.len()),
+                Err(RecvError::Os(libc::EAGAIN)) => {
+                    if let Some(c) = self.conns.get_mut(slot) {
+                        c.pipelining = got > 1;
+                    }
+                    return;
+                }
+                Err(RecvError::Os(e)) => {
+                    let why = format!("receive failed: {}", sockpass::strerror(e));
+                    self.drop_conn(slot, &why);
+                    return;
+                }
+                Err(RecvError::TruncatedPayload) => {
+                    let id = Header::parse(&self.rbuf[..]).map(|h| h.id).unwrap_or(0);
+                    let e =
+                        Error::protocol(format!("message larger than {} bytes", proto::MAX_MSG));
+                    self.reply_error(slot, id, &e);
+                    continue;
+                }
+                Err(RecvError::TruncatedFds) => {
+                    let id = Header::parse(&self.rbuf[..]).map(|h| h.id).unwrap_or(0);
+                    let e = Error::bad_request("file descriptors attached to a request are not accepted (closed; some were lost to MSG_CTRUNC)");
+                    self.reply_error(slot, id, &e);
+                    continue;
+                }
+            };
+            got += 1;
+            // Any fds that came with the request were closed when `res` was
+            // consumed above; the request is refused as a whole.
+            let msg_len = len;
+            let header = match Header::parse(&self.rbuf[..msg_len]) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Not even a header: this peer does not speak the protocol.
+                    self.reply_error(slot, 0, &e);
+                    self.drop_conn(slot, "sent a message without a valid header");
+                    return;
+                }
+            };
+            if unexpected_fds > 0 {
+                let e = Error::bad_request(format!(
+                    "{unexpected_fds} file descriptor(s) attached to a request are not accepted (closed)"
+                ));
+                self.reply_error(slot, header.id, &e);
+                continue;
+            }
+            if header.version != proto::VERSION {
+                let e = Error::protocol(format!(
+                    "unsupported protocol version {} (this broker speaks version {})",
+                    header.version,
+                    proto::VERSION
+                ));
+                self.reply_error(slot, header.id, &e);
+                continue;
+            }
+            // Lend the buffer out so the request can borrow it while self
+            // is mutated (a copy into a zeroed 1 KiB array cost a tenth of
+            // the broker's instructions per request).
+            let msg = std::mem::take(&mut self.rbuf);
+            let payload = &msg[proto::HEADER_LEN..msg_len];
+            let known = if header.ty == ty::REQUEST {
+                self.request_by_wire(slot, header.id, payload)
+            } else {
+                None
+            };
+            match known {
+                Some(res) => self.answer(slot, header.id, res),
+                None => match proto::decode_request(&header, payload) {
+                    Ok(req) => self.handle(slot, header.id, req),
+                    Err(e) => self.reply_error(slot, header.id, &e),
+                },
+            }
+            self.rbuf = msg;
+        }
+        // A full batch without running dry: the client pipelines.
+        if limit > 1 {
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.pipelining = true;
+            }
+        }
+    }
+
+    pub(super) fn reply_error(&mut self, slot: usize, id: u32, e: &Error) {
+        let mut out = std::mem::take(&mut self.wbuf);
+        proto::encode_error(&mut out, id, e);
+        self.send(slot, out, None);
+    }
+
+    /// Send a reply now, or queue it if the client's buffer is full.
+    pub(super) fn attached_fd<'a>(&'a self, a: &'a Option<Attach>) -> Option<BorrowedFd<'a>> {
+        match a {
+            Some(Attach::Entry(es, eid)) => self
+                .sockets
+                .get(*es)
+                .filter(|e| e.id == *eid)
+                .map(|e| e.fd.as_fd()),
+            Some(Attach::Owned(c)) => c.as_fd(),
+            None => None,
+        }
+    }
+
+    pub(super) fn send(&mut self, slot: usize, bytes: Vec<u8>, attach: Option<Attach>) {
+        let Some(c) = self.conns.get(slot) else {
+            self.wbuf = bytes;
+            return;
+        };
+        if c.outq.is_empty() {
+            let fd = self.attached_fd(&attach);
+            let fds: &[BorrowedFd<'_>] = match &fd {
+                Some(f) => std::slice::from_ref(f),
+                None => &[],
+            };
+            match send_fds(c.fd.as_fd(), &bytes, fds, libc::MSG_DONTWAIT) {
+                Ok(_) => {
+                    self.wbuf = bytes;
+                    self.wbuf.clear();
+                    return;
+                }
+                Err(libc::EAGAIN) => {}
+                Err(e) => {
+                    self.wbuf = Vec::with_capacity(proto::MAX_MSG);
+                    let why = format!("send failed: {}", sockpass::strerror(e));
+                    self.drop_conn(slot, &why);
+                    return;
+                }
+            }
+        }
+        self.wbuf = Vec::with_capacity(proto::MAX_MSG);
+        let max = self.cfg.limits.max_queued_replies;
+        let c = self.conns.get_mut(slot).unwrap();
+        c.outq.push_back(Outgoing { bytes, attach });
+        let raw = c.fd.as_raw_fd();
+        let mut ev = libc::EPOLLOUT | libc::EPOLLRDHUP;
+        if c.outq.len() >= max {
+            c.paused = true;
+        } else {
+            ev |= libc::EPOLLIN;
+        }
+        let _ = self.epoll.ctl(
+            libc::EPOLL_CTL_MOD,
+            raw,
+            ev as u32,
+            EV_CONN_BASE + slot as u64,
+        );
+    }
+
+    /// Send queued replies; returns false if the connection was dropped.
+    pub(super) fn flush(&mut self, slot: usize) -> bool {
+        loop {
+            let Some(c) = self.conns.get(slot) else {
+                return false;
+            };
+            let Some(o) = c.outq.front() else { break };
+            let fd = self.attached_fd(&o.attach);
+            let fds: &[BorrowedFd<'_>] = match &fd {
+                Some(f) => std::slice::from_ref(f),
+                None => &[],
+            };
+            match send_fds(c.fd.as_fd(), &o.bytes, fds, libc::MSG_DONTWAIT) {
+                Ok(_) => {
+                    self.conns.get_mut(slot).unwrap().outq.pop_front();
+                }
+                Err(libc::EAGAIN) => return true,
+                Err(e) => {
+                    let why = format!("send failed: {}", sockpass::strerror(e));
+                    self.drop_conn(slot, &why);
+                    return false;
+                }
+            }
+        }
+        let c = self.conns.get_mut(slot).unwrap();
+        let was_paused = c.paused;
+        c.paused = false;
+        let raw = c.fd.as_raw_fd();
+        let _ = self.epoll.ctl(
+            libc::EPOLL_CTL_MOD,
+            raw,
+            (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            EV_CONN_BASE + slot as u64,
+        );
+        if was_paused {
+            // Requests may be waiting that no new EPOLLIN edge will announce.
+            self.read_requests(slot);
+        }
+        self.conns.get(slot).is_some()
+    }
+
+    pub(super) fn drop_conn(&mut self, slot: usize, why: &str) {
+        let Some(c) = self.conns.remove(slot) else {
+            return;
+        };
+        let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, c.fd.as_raw_fd(), 0, 0);
+        let n = c.refs.len();
+        for t in &c.refs {
+            self.drop_reference(t);
+        }
+        if self.spare_refs.len() < SPARE_REFS && c.refs.capacity() <= SPARE_REFS {
+            let mut refs = c.refs;
+            refs.clear();
+            self.spare_refs.push(refs);
+        }
+        if n > 0 || why != "disconnected" {
+            self.log(format_args!(
+                "client {} (pid {} uid {}) gone ({why}), {n} reference(s) dropped",
+                c.id, c.creds.pid, c.creds.uid
+            ));
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The loop mechanics: epoll, its event tags, the wait and its timeout.
+//! What an event does is the broker's (accept, connection I/O, expiry).
+
+use super::Broker;
+use sockpass::{Error, Result};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+/// An epoll instance.
+pub(super) struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub(super) fn new() -> Result<Epoll> {
+        // SAFETY: plain syscall.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(Error::last_os("epoll_create1"));
+        }
+        // SAFETY: ep is a new fd.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(ep) }))
+    }
+
+    pub(super) fn ctl(&self, op: i32, fd: i32, events: u32, data: u64) -> Result<()> {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY: valid epoll fd and event struct.
+        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) } < 0 {
+            return Err(Error::last_os("epoll_ctl"));
+        }
+        Ok(())
+    }
+
+    /// Wait for events; the count, or the errno.
+    fn wait(
+        &self,
+        events: &mut [libc::epoll_event],
+        timeout: i32,
+    ) -> std::result::Result<usize, i32> {
+        // SAFETY: events has room for its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout,
+            )
+        };
+        if n < 0 {
+            return Err(sockpass::sys::errno());
+        }
+        Ok(n as usize)
+    }
+}
+
+pub(super) const EV_LISTENER: u64 = 0;
+pub(super) const EV_STOP: u64 = 1;
+pub(super) const EV_CONN_BASE: u64 = 16;
+
+impl Broker {
+    /// Serve until `stop` polls readable (a signalfd, an eventfd, a pipe).
+    pub fn run(&mut self, stop: Option<BorrowedFd<'_>>) -> Result<()> {
+        if let Some(s) = stop {
+            self.epoll.ctl(
+                libc::EPOLL_CTL_ADD,
+                s.as_raw_fd(),
+                libc::EPOLLIN as u32,
+                EV_STOP,
+            )?;
+        }
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            let timeout = self.next_timeout_ms();
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(libc::EINTR) => continue,
+                Err(e) => return Err(Error::os(e, "epoll_wait")),
+            };
+            for ev in &events[..n] {
+                let (data, flags) = (ev.u64, ev.events);
+                match data {
+                    EV_STOP => {
+                        if let Some(s) = stop {
+                            let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
+                        }
+                        return Ok(());
+                    }
+                    EV_LISTENER => self.accept_client(),
+                    d => self.conn_event((d - EV_CONN_BASE) as usize, flags),
+                }
+            }
+            self.expire_reservations();
+            if self.upgrade.is_some() {
+                // Hand over between events: every request read so far is
+                // answered or queued; the rest wait in the kernel for the
+                // new image.
+                if let Some(s) = stop {
+                    let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    pub(super) fn next_timeout_ms(&mut self) -> i32 {
+        self.earliest_deadline().map_or(-1, |d| {
+            let left = d.saturating_duration_since(Instant::now());
+            (left.as_millis().min(i32::MAX as u128) as i32).saturating_add(1)
+        })
+    }
+}
+
+pub(super) fn set_nonblock(fd: &OwnedFd) -> Result<()> {
+    // SAFETY: fcntl on our fd.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(Error::last_os("fcntl O_NONBLOCK"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The broker: one epoll loop that accepts clients on a `SOCK_SEQPACKET`
+//! listener, creates and caches bound sockets, counts references, enforces
+//! share modes and hands sockets out with `SCM_RIGHTS`.
+//!
+//! A client's connection is its lease: when it closes, every reference it
+//! holds is dropped. The loop never blocks on a client: replies that do not
+//! fit in a client's socket buffer wait in a bounded per-client queue, and a
+//! client whose queue is full is not read from until it drains.
+//!
+//! Where things go:
+//! - a message type: [`dispatch`] (`Broker::handle`), its handler beside
+//!   its concern ([`requests`], [`refs`], [`upgrade`], [`status`]);
+//! - a limit: [`limits`] (the field, its default and its `FLAGS` row);
+//! - per-connection I/O: [`conn`]; accepting clients: [`accept`];
+//! - the loop's mechanics (epoll, timeout): [`event_loop`], [`slab`];
+//! - the cache and its indexes: [`cache::Sockets`]; references,
+//!   reservations and their deadline: [`refs::References`].
+
+mod accept;
+mod cache;
+mod config;
+mod conn;
+mod dispatch;
+mod event_loop;
+mod limits;
+mod listener;
+mod refs;
+mod requests;
+mod slab;
+mod status;
+mod store;
+mod upgrade;
+
+pub use config::Config;
+pub use limits::{raise_fd_limit, LimitFlag, Limits, FD_HEADROOM, FLAGS as LIMIT_FLAGS};
+pub use listener::{bind_listener, bind_listener_as};
+
+use crate::fdstore::FdStore;
+use cache::Sockets;
+use conn::Conn;
+use dispatch::LogBudget;
+use event_loop::{set_nonblock, Epoll, EV_LISTENER};
+use refs::References;
+use slab::Slab;
+use sockpass::proto;
+use sockpass::sys;
+use sockpass::Result;
+use sockpass::{Token, TokenSource};
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Instant;
+use upgrade::PendingUpgrade;
+
+/// The broker state; its loop is in [`event_loop`].
+pub struct Broker {
+    cfg: Config,
+    listener: OwnedFd,
+    epoll: Epoll,
+    conns: Slab<Conn>,
+    /// Every socket held, with the cache and its indexes.
+    sockets: Sockets,
+    /// Every reference by token, and the reservations among them.
+    refs: References,
+    token_src: TokenSource,
+    next_conn_id: u64,
+    next_entry_id: u64,
+    /// Scratch buffers reused on the hot path.
+    /// Receive buffer, `MAX_MSG` long (empty while lent to a request).
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// The application name a connection last named, shared by the next
+    /// connection that names it too: the workers of one application
+    /// connect with the same name, and each would allocate its own copy.
+    app_memo: Rc<str>,
+    /// Emptied `Conn::refs` vectors of closed connections, for new ones
+    /// (at most [`limits::SPARE_REFS`], each at most that long): a client
+    /// that connects, asks once and goes allocates nothing for its references.
+    spare_refs: Vec<Vec<Token>>,
+    /// Connections refused since the last log line about it.
+    refused_conns: u64,
+    last_refusal_log: Option<Instant>,
+    /// Refused requests: each is logged, up to a budget a second.
+    refused_requests: LogBudget,
+    /// An upgrade asked for (by SIGHUP through the daemon, or UPGRADE).
+    upgrade: Option<PendingUpgrade>,
+    /// The systemd fd store, when running under systemd with one.
+    fd_store: Option<FdStore>,
+    /// An fd held in reserve (`/dev/null`): out of fds, the broker closes it
+    /// to accept the waiting client, tells it why and closes it, instead of
+    /// leaving the listener readable and spinning on EMFILE.
+    reserve: Option<OwnedFd>,
+    /// Live [`conn::CountedFd`]s (status memfds in flight).
+    reply_fds: Rc<Cell<usize>>,
+    /// Our pid, for HELLO_OK and log lines (an upgrade keeps it: the new
+    /// binary runs in this process).
+    pid: u32,
+}
+
+impl Broker {
+    /// A broker serving on an already-listening `SOCK_SEQPACKET` socket (from
+    /// [`bind_listener`] or socket activation).
+    pub fn new(listener: OwnedFd, cfg: Config) -> Result<Broker> {
+        set_nonblock(&listener)?;
+        let epoll = Epoll::new()?;
+        let b = Broker {
+            cfg,
+            listener,
+            epoll,
+            conns: Slab::new(),
+            sockets: Sockets::new(),
+            refs: References::new(),
+            token_src: TokenSource::new(),
+            next_conn_id: 1,
+            next_entry_id: 1,
+            rbuf: vec![0u8; proto::MAX_MSG],
+            wbuf: Vec::with_capacity(proto::MAX_MSG),
+            app_memo: Rc::from(""),
+            spare_refs: Vec::new(),
+            refused_conns: 0,
+            last_refusal_log: None,
+            refused_requests: LogBudget::default(),
+            upgrade: None,
+            fd_store: None,
+            reserve: accept::open_reserve(),
+            reply_fds: Rc::new(Cell::new(0)),
+            pid: std::process::id(),
+        };
+        b.epoll.ctl(
+            libc::EPOLL_CTL_ADD,
+            b.listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            EV_LISTENER,
+        )?;
+        Ok(b)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn log(&self, msg: std::fmt::Arguments<'_>) {
+        if self.cfg.log {
+            eprintln!("sockpassd[{}]: {}", self.pid, msg);
+        }
+    }
+
+    /// Counters for status and tests.
+    pub fn counters(&self) -> proto::Counters {
+        proto::Counters {
+            sockets: self.sockets.len() as u32,
+            references: self.refs.len() as u32,
+            connections: self.conns.len() as u32,
+            reservations: self.refs.reservations() as u32,
+            broker_fds: sys::count_open_fds() as u32,
+        }
+    }
+
+    /// Close every client and socket (on shutdown).
+    pub fn shutdown(&mut self) {
+        let slots: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for s in slots {
+            self.drop_conn(s, "broker shutting down");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::limits::SPARE_REFS;
+    use super::*;
+    use sockpass::sys::Creds;
+
+    /// Closed connections leave at most `SPARE_REFS` emptied reference
+    /// vectors, none with room for more than `SPARE_REFS` tokens, and new
+    /// connections take them.
+    #[test]
+    fn spare_reference_vectors_are_bounded() {
+        let (listener, _peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let mut b = Broker::new(listener, Config::default()).unwrap();
+        let t = Token::from_hex(&[b'a'; 48]).unwrap();
+        let mut peers = Vec::new();
+        let mut open = |b: &mut Broker, n: usize| {
+            let (fd, peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+            peers.push(peer);
+            let conn = b.new_conn(fd, peers.len() as u64, Creds::default());
+            let slot = b.conns.insert(conn);
+            b.conns
+                .get_mut(slot)
+                .unwrap()
+                .refs
+                .extend(std::iter::repeat_n(t, n));
+            slot
+        };
+        let sizes = [0usize, 1, 5, 16, 17, 100];
+        let slots: Vec<usize> = (0..60).map(|i| open(&mut b, sizes[i % 6])).collect();
+        for s in slots {
+            b.drop_conn(s, "disconnected");
+            assert!(b.spare_refs.len() <= SPARE_REFS);
+        }
+        assert_eq!(b.spare_refs.len(), SPARE_REFS);
+        let fits = |v: &Vec<Token>| v.is_empty() && v.capacity() <= SPARE_REFS;
+        assert!(b.spare_refs.iter().all(fits));
+        for i in 1..=4 {
+            open(&mut b, 1);
+            assert_eq!(b.spare_refs.len(), SPARE_REFS - i);
+        }
+    }
+}

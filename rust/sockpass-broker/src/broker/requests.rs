@@ -1,0 +1,283 @@
+//! SOCKET requests: policy, sharing, the cache, and the reference granted.
+
+use super::cache::Entry;
+use super::conn::Attach;
+use super::dispatch::Reply;
+use super::Broker;
+use crate::create::create_socket;
+use crate::holders::{Holder, Holders, Owner};
+use sockpass::proto::{self, ty, SocketRequest};
+use sockpass::ShareMode;
+use sockpass::SocketSpec;
+use sockpass::Token;
+use sockpass::{Error, Kind, Result};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// The file name of a process's executable, whole (comm is cut to 15
+/// bytes, so two long names could pass as one SAMEAPP application).
+fn exe_name(pid: i32) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_string_lossy();
+    let name = name.strip_suffix(" (deleted)").unwrap_or(&name);
+    // Application names carry no control characters (they reach logs).
+    Some(
+        name.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+    )
+}
+
+impl Broker {
+    pub(super) fn app_for(&mut self, slot: usize, app: &str) -> Rc<str> {
+        let c = self.conns.get_mut(slot).unwrap();
+        if app.is_empty() {
+            if let Some(d) = &c.default_app {
+                return d.clone();
+            }
+            let name = exe_name(c.creds.pid)
+                .or_else(|| {
+                    // No exe link (a kernel thread, or not ours to read):
+                    // comm, which the kernel cuts to 15 bytes.
+                    std::fs::read_to_string(format!("/proc/{}/comm", c.creds.pid))
+                        .map(|s| s.trim_end().to_string())
+                        .ok()
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| format!("pid{}", c.creds.pid));
+            let rc: Rc<str> = Rc::from(name.as_str());
+            c.default_app = Some(rc.clone());
+            return rc;
+        }
+        if &*c.last_app != app {
+            if &*self.app_memo != app {
+                self.app_memo = Rc::from(app);
+            }
+            c.last_app = self.app_memo.clone();
+        }
+        c.last_app.clone()
+    }
+
+    pub(super) fn request_socket(
+        &mut self,
+        slot: usize,
+        id: u32,
+        r: SocketRequest<'_>,
+    ) -> Result<Reply> {
+        let creds = self.conns.get(slot).unwrap().creds;
+        self.cfg.policy.check(&creds, &r.spec, r.share)?;
+        let reserve = r.flags & proto::REQ_RESERVE != 0;
+        let per_worker = r.flags & proto::REQ_PER_WORKER != 0;
+        if reserve && self.refs.reservations() >= self.cfg.limits.max_reservations {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!(
+                    "{} reservations are pending, the limit",
+                    self.refs.reservations()
+                ),
+            ));
+        }
+        if !reserve {
+            self.refs_room(slot)?;
+        }
+        let app = self.app_for(slot, r.app);
+        let spec = r.spec.into_canonical();
+        let conn_id = self.conns.get(slot).unwrap().id;
+        let owner = if reserve {
+            Owner::Reserved(Instant::now() + self.cfg.limits.reservation_ttl)
+        } else {
+            Owner::Conn(slot)
+        };
+        let holder = |token| Holder {
+            token,
+            owner,
+            share: r.share,
+            app: app.clone(),
+            creds,
+            conn_id,
+        };
+        if per_worker {
+            if spec.options.reuseport != Some(true) {
+                return Err(Error::bad_request(format!(
+                    "per-worker sockets need reuseport=1 ({spec} has reuseport off)"
+                )));
+            }
+            if spec.is_ephemeral() {
+                return Err(Error::bad_request(
+                    "per-worker sockets need a fixed port: a reuseport group is one port",
+                ));
+            }
+        }
+        // A cached socket with the same identity?
+        let cached = if spec.is_ephemeral() {
+            None
+        } else {
+            self.sockets.cached(&spec)
+        };
+        if let Some(es) = cached {
+            self.claim_adopted(es);
+        }
+        if !spec.is_ephemeral() {
+            self.check_sharing(&spec, r.share, &app, cached)?;
+        }
+        let (entry_slot, cached_hit) = match cached {
+            Some(es) if !per_worker => (es, true),
+            _ => {
+                if !spec.is_ephemeral() {
+                    if let Some(other) = self.sockets.same_address(&spec) {
+                        let opt = other.spec.differing_option(&spec).unwrap_or("options");
+                        return Err(Error::with_errno(
+                            Kind::ShareConflict,
+                            libc::EADDRINUSE,
+                            format!(
+                                "{} is held with a different {opt} than requested ({spec})",
+                                other.spec
+                            ),
+                        ));
+                    }
+                }
+                if self.sockets.len() >= self.cfg.limits.max_sockets {
+                    return Err(Error::with_errno(
+                        Kind::LimitReached,
+                        libc::EMFILE,
+                        format!("the broker holds {} sockets, its limit", self.sockets.len()),
+                    ));
+                }
+                let created = create_socket(&spec)?;
+                let eid = self.next_entry_id;
+                self.next_entry_id += 1;
+                // The spec stays as requested (port 0 for an ephemeral
+                // socket), so status never shows an ephemeral socket under
+                // the identity of a cached one the kernel's pick collides with.
+                let stored = spec.clone();
+                let keyed = !spec.is_ephemeral() && !per_worker;
+                let es = self.sockets.insert(Entry {
+                    id: eid,
+                    spec: stored,
+                    fd: created.fd,
+                    port: created.port,
+                    holders: Holders::with_capacity(1),
+                    keyed,
+                    per_worker,
+                    unix_ino: spec
+                        .proto
+                        .is_unix()
+                        .then(|| crate::unixsock::path_ino(&spec.path))
+                        .flatten(),
+                    store_name: None,
+                    adopted: false,
+                });
+                if keyed {
+                    self.store_entry(es);
+                }
+                (es, false)
+            }
+        };
+        if cached_hit && r.flags == 0 {
+            self.sockets.remember_hit(r.wire, entry_slot);
+        }
+        self.grant(id, entry_slot, holder, reserve, cached_hit)
+    }
+
+    /// Make a reference to entry `es` (its holder is `mk(token)`) and encode
+    /// the reply: RESERVED for a reservation, else SOCKET with the fd.
+    pub(super) fn grant(
+        &mut self,
+        id: u32,
+        es: usize,
+        mk: impl FnOnce(Token) -> Holder,
+        reserve: bool,
+        cached_hit: bool,
+    ) -> Result<Reply> {
+        let token = match self.token_src.make() {
+            Ok(t) => t,
+            Err(e) => {
+                self.close_if_unheld(es);
+                return Err(e);
+            }
+        };
+        self.add_ref(es, mk(token));
+        let e = self.sockets.get(es).unwrap();
+        let (eid, port) = (e.id, e.port);
+        if reserve {
+            // Held by nobody until picked up; the broker keeps the reference
+            // (counted as a reservation by `add_ref`).
+            proto::encode_socket_reply(&mut self.wbuf, ty::RESERVED, id, &token, port, cached_hit);
+            return Ok(Reply { attach: None });
+        }
+        proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, &token, port, cached_hit);
+        Ok(Reply {
+            attach: Some(Attach::Entry(es, eid)),
+        })
+    }
+
+    /// A plain REQUEST (no flags) whose spec bytes hit the cache before,
+    /// answered without decoding the spec again: the same checks as
+    /// `request_socket` on a cache hit, against the cached spec (the
+    /// canonical form of what these bytes decode to). None when it does not
+    /// apply or would be refused: the full path then decides, and words any
+    /// refusal exactly as it always does.
+    pub(super) fn request_by_wire(
+        &mut self,
+        slot: usize,
+        id: u32,
+        payload: &[u8],
+    ) -> Option<Result<Reply>> {
+        let [share, 0, n, rest @ ..] = payload else {
+            return None;
+        };
+        let (app, wire) = rest.split_at_checked(usize::from(*n))?;
+        let (es, eid) = self.sockets.hit(wire)?;
+        let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
+        let share = ShareMode::from_wire(*share).ok()?;
+        let app = proto::app_name(app).ok()?;
+        let c = self.conns.get(slot)?;
+        let (creds, conn_id) = (c.creds, c.id);
+        if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
+            return None;
+        }
+        // Sharing is judged on the name the reference will carry (an empty
+        // one is the client's executable's), as on the full path.
+        let app = self.app_for(slot, app);
+        let spec = &self.sockets.get(es)?.spec;
+        if self.check_sharing(spec, share, &app, Some(es)).is_err() {
+            return None;
+        }
+        let holder = |token| Holder {
+            token,
+            owner: Owner::Conn(slot),
+            share,
+            app,
+            creds,
+            conn_id,
+        };
+        Some(self.grant(id, es, holder, false, true))
+    }
+
+    /// Does a request `(share, app)` for `spec` agree with every holder of
+    /// the socket (or reuseport group) it would join? Both directions.
+    pub(super) fn check_sharing(
+        &self,
+        spec: &SocketSpec,
+        share: ShareMode,
+        app: &str,
+        cached: Option<usize>,
+    ) -> Result<()> {
+        let keyed = cached.and_then(|es| self.sockets.get(es));
+        let group = self.sockets.per_worker_group(spec);
+        for e in keyed.into_iter().chain(group) {
+            if let Some(h) = e.holders.find_incompatible(share, app) {
+                return Err(Error::with_errno(
+                    Kind::ShareConflict,
+                    libc::EADDRINUSE,
+                    format!(
+                        "{} is held by {:?} with share mode {}; a request by {:?} with share mode {} may not share it",
+                        e.spec, &*h.app, h.share, app, share
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! sockpass-broker: the broker side of sockpass, used by `sockpassd` only.
+//! The client library (`sockpass`) never depends on this crate, so the C
+//! library and the Python extension cannot reach broker code.
+//!
+//! - [`broker`]: the cache, references and connections, in one epoll loop;
+//! - [`policy`]: who may ask for what;
+//! - [`handoff`]: the broker's state handed to its successor on upgrade;
+//! - [`fdstore`]: sockets kept in systemd's fd store;
+//! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]).
+
+pub mod broker;
+pub mod create;
+pub mod fdstore;
+pub mod handoff;
+mod holders;
+pub mod policy;
+pub mod unixsock;
