@@ -240,73 +240,39 @@ print(s.type == socket.SOCK_STREAM, s.type == socket.SOCK_SEQPACKET, \
 s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), flush=True)\n\
 s.detach()";
 
+/// How the program `sockpass run ARGS -- PROGRAM` starts sees its fd 3:
+/// [`SHOW_SOCKET`]'s line.
+fn fd3_seen(args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--", "python3", "-c", SHOW_SOCKET, "3"]);
+    let (code, out, err) = finish(run_bg(&all));
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_string()
+}
+
 #[test]
 fn requested_stream_sockets_are_handed_over_listening() {
     let b = Broker::start("cli-listening");
     let p = path_str(&b.path);
-    let (code, out, err) = finish(run_bg(&[
-        "--socket",
-        &p,
-        "--request",
-        "tcp:127.0.0.1:0",
-        "--",
-        "python3",
-        "-c",
-        SHOW_SOCKET,
-        "3",
-    ]));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "True False 1", "listening, as systemd hands it");
-    let (code, out, err) = finish(run_bg(&[
-        "--socket",
-        &p,
-        "--no-listen",
-        "--request",
-        "tcp:127.0.0.1:0",
-        "--",
-        "python3",
-        "-c",
-        SHOW_SOCKET,
-        "3",
-    ]));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out.trim(),
-        "True False 0",
-        "--no-listen: as the broker made it"
-    );
+    let seen = |more: &[&str], spec: &str| {
+        let mut args = vec!["--socket", &p];
+        args.extend(more);
+        args.extend(["--request", spec]);
+        fd3_seen(&args)
+    };
+    // Listening, as systemd hands stream sockets over.
+    assert_eq!(seen(&[], "tcp:127.0.0.1:0"), "True False 1");
+    // --no-listen: as the broker made it.
+    assert_eq!(seen(&["--no-listen"], "tcp:127.0.0.1:0"), "True False 0");
     // A spec's own backlog is the one used.
-    let (code, out, err) = finish(run_bg(&[
-        "--socket",
-        &p,
-        "--request",
-        "tcp:127.0.0.1:0?backlog=3",
-        "--",
-        "python3",
-        "-c",
-        SHOW_SOCKET,
-        "3",
-    ]));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "True False 1");
+    assert_eq!(seen(&[], "tcp:127.0.0.1:0?backlog=3"), "True False 1");
 }
 
 #[test]
 fn seqpacket_and_inetd_as_systemd_socket_activate() {
     let dir = temp_dir("cli-seqpacket");
     let sock = path_str(&dir.join("s.sock"));
-    let (code, out, err) = finish(run_bg(&[
-        "-l",
-        &sock,
-        "--seqpacket",
-        "--",
-        "python3",
-        "-c",
-        SHOW_SOCKET,
-        "3",
-    ]));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "False True 1");
+    assert_eq!(fd3_seen(&["-l", &sock, "--seqpacket"]), "False True 1");
     // --inetd without --accept: the listening socket is stdin (and
     // stdout), and no LISTEN_FDS is set.
     let port = free_port(false).to_string();

@@ -39,7 +39,29 @@ fn installed(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// A root broker in a directory nobody can read, granting nobody `grants`.
+/// The daemon's path when its test can run: as root, with it installed.
+fn daemon_to_test(name: &str) -> Option<PathBuf> {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the broker and switch to uid 65534");
+        return None;
+    }
+    installed(name)
+}
+
+/// A free privileged port, for this test alone while the guard lives.
+fn privileged_port() -> Option<(std::sync::MutexGuard<'static, ()>, u16)> {
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    match free_privileged_port(&[]) {
+        Some(port) => Some((one, port)),
+        None => {
+            eprintln!("skipped: no privileged port is free on 127.0.0.1");
+            None
+        }
+    }
+}
+
+/// A root broker in a temp directory uid nobody may enter (0755), whose
+/// policy grants nobody `grants`.
 fn broker_for_nobody(tag: &str, grants: &[String]) -> (PathBuf, Broker) {
     let dir = temp_dir(tag);
     use std::os::unix::fs::PermissionsExt;
@@ -169,11 +191,7 @@ fn ask_tcp(port: u16, q: &[u8]) -> Vec<u8> {
 
 #[test]
 fn unbound_answers_over_udp_and_tcp_on_a_privileged_port_as_nobody() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the broker and switch to uid 65534");
-        return;
-    }
-    let Some(unbound) = installed("unbound") else {
+    let Some(unbound) = daemon_to_test("unbound") else {
         return;
     };
     // unbound takes activated sockets only where systemd runs (sd_booted):
@@ -185,9 +203,7 @@ fn unbound_answers_over_udp_and_tcp_on_a_privileged_port_as_nobody() {
         );
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(port) = free_privileged_port(&[]) else {
-        eprintln!("skipped: no privileged port is free on 127.0.0.1");
+    let Some((_one, port)) = privileged_port() else {
         return;
     };
     let (dir, b) = broker_for_nobody(
@@ -269,16 +285,10 @@ fn unbound_answers_over_udp_and_tcp_on_a_privileged_port_as_nobody() {
 
 #[test]
 fn gunicorn_serves_http_on_a_privileged_port_as_nobody() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the broker and switch to uid 65534");
-        return;
-    }
-    let Some(gunicorn) = installed("gunicorn") else {
+    let Some(gunicorn) = daemon_to_test("gunicorn") else {
         return;
     };
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(port) = free_privileged_port(&[]) else {
-        eprintln!("skipped: no privileged port is free on 127.0.0.1");
+    let Some((_one, port)) = privileged_port() else {
         return;
     };
     let (dir, b) = broker_for_nobody(

@@ -97,6 +97,18 @@ pub fn flag(name: &'static str, help: &'static str) -> Arg {
         .help(help)
 }
 
+/// `PROGRAM [ARGS...]`: the program to start, from the first argument that
+/// is not an option (or after `--`); everything after it is its own.
+pub fn program_arg(help: &'static str) -> Arg {
+    Arg::new("program")
+        .value_name("PROGRAM")
+        .required(true)
+        .num_args(1..)
+        .trailing_var_arg(true)
+        .value_parser(clap::value_parser!(OsString))
+        .help(help)
+}
+
 /// Socket specs as positional arguments (`SPEC...`).
 pub fn specs_arg(help: &'static str) -> Arg {
     Arg::new("spec")

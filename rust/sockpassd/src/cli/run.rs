@@ -183,17 +183,9 @@ pub fn command() -> Command {
                 .value_parser(parse_seconds)
                 .help("Stop PROGRAM if it is not ready by then"),
         )
-        .arg(
-            Arg::new("program")
-                .value_name("PROGRAM")
-                .required(true)
-                .num_args(1..)
-                .trailing_var_arg(true)
-                .value_parser(clap::value_parser!(OsString))
-                .help(
-                    "The program to start, and its arguments (after --, or the first non-option)",
-                ),
-        )
+        .arg(super::program_arg(
+            "The program to start, and its arguments (after --, or the first non-option)",
+        ))
         .after_help(format!(
             "Examples:\n  sockpass run --request tcp:0.0.0.0:80 -- gunicorn app:app\n  \
              sockpass run -l 8080 --accept --inetd -- cat\n\n{}",

@@ -38,15 +38,7 @@ pub fn command() -> Command {
                 .value_parser(clap::value_parser!(OsString))
                 .help("The socket's path there, or @NAME for an abstract name"),
         )
-        .arg(
-            Arg::new("program")
-                .value_name("PROGRAM")
-                .required(true)
-                .num_args(1..)
-                .trailing_var_arg(true)
-                .value_parser(clap::value_parser!(OsString))
-                .help("The program to run, and its arguments"),
-        )
+        .arg(super::program_arg("The program to run, and its arguments"))
         .arg(
             Arg::new("mode")
                 .long("mode")
