@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const NOBODY: u32 = 65534;
-
 /// One test at a time: each takes the highest free privileged port, which
 /// must not be the other's.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -81,7 +79,7 @@ fn broker_for_nobody(tag: &str, grants: &[String]) -> (PathBuf, Broker) {
 /// in `log`. With `systemd_booted`, in a mount namespace of its own where
 /// /run/systemd/system exists: daemons such as unbound take socket
 /// activation only when sd_booted() says systemd runs.
-fn run_as_nobody(args: &[String], log: &Path, systemd_booted: bool) -> Child {
+fn sockpass_run_as_nobody(args: &[String], log: &Path, systemd_booted: bool) -> Child {
     let out = std::fs::File::create(log).unwrap();
     let mut cmd = if systemd_booted {
         let mut c = Command::new("unshare");
@@ -249,7 +247,7 @@ fn unbound_answers_over_udp_and_tcp_on_a_privileged_port_as_nobody() {
     // unbound (sd_is_socket(fd, AF_INET, SOCK_STREAM, listening=1)) takes
     // both and answers, though it cannot bind the port itself.
     let log = dir.join("unbound.log");
-    let mut c = run_as_nobody(&args(&[]), &log, true);
+    let mut c = sockpass_run_as_nobody(&args(&[]), &log, true);
     let q = dns_query("hello.sockpass.test");
     let udp = until(&mut c, &log, "unbound to answer over UDP", || {
         ask_udp(port, &q)
@@ -274,7 +272,7 @@ fn unbound_answers_over_udp_and_tcp_on_a_privileged_port_as_nobody() {
         (!b.status().sockets.iter().any(|s| s.port == port)).then_some(())
     });
     let log2 = dir.join("unbound-no-listen.log");
-    let mut c = run_as_nobody(&args(&["--no-listen"]), &log2, true);
+    let mut c = sockpass_run_as_nobody(&args(&["--no-listen"]), &log2, true);
     let code = wait_child(&mut c).code();
     let text2 = std::fs::read_to_string(&log2).unwrap_or_default();
     assert_ne!(code, Some(0), "{text2}");
@@ -317,7 +315,7 @@ fn gunicorn_serves_http_on_a_privileged_port_as_nobody() {
         "1".into(),
         "hello:app".into(),
     ];
-    let mut c = run_as_nobody(&args, &log, false);
+    let mut c = sockpass_run_as_nobody(&args, &log, false);
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     let reply = until(&mut c, &log, "gunicorn to answer", || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

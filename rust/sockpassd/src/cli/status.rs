@@ -5,7 +5,7 @@
 use super::{flag, json, socket_arg};
 use clap::{ArgMatches, Command};
 use sockpass::{Client, Status};
-use sockpass::{Proto, SocketSpec};
+use sockpass::{Proto, SocketOptions, SocketSpec};
 
 /// The JSON's `format`: bumped when a field changes meaning or goes away
 /// (adding a field does not bump it).
@@ -84,33 +84,30 @@ pub fn to_json(st: &Status) -> String {
     o
 }
 
-/// The spec as the table shows it: options equal to their defaults left out
-/// (reuseaddr=1, v6only=1 on IPv6, the other flags off, mode 0666), so a
-/// real spec fits its column.
+/// The spec as the table shows it: options equal to what the broker makes
+/// of a spec that names none (its canonical defaults: reuseaddr on for TCP
+/// only, v6only on IPv6, the other flags off, mode 0666) left out, so a real
+/// spec fits its column.
 pub fn short_spec(spec: &SocketSpec) -> String {
+    let defaults = SocketSpec {
+        options: SocketOptions::default(),
+        ..spec.clone()
+    }
+    .into_canonical()
+    .options;
     let mut s = spec.clone();
     let o = &mut s.options;
-    let off = |v: &mut Option<bool>| {
-        if *v == Some(false) {
+    fn drop_default<T: PartialEq>(v: &mut Option<T>, default: Option<T>) {
+        if *v == default {
             *v = None;
         }
-    };
-    if o.reuseaddr == Some(true) {
-        o.reuseaddr = None;
     }
-    if o.v6only == Some(true) && spec.addr.is_ipv6() {
-        o.v6only = None;
-    }
-    off(&mut o.reuseport);
-    off(&mut o.freebind);
-    off(&mut o.transparent);
-    if o.mode == Some(0o666) {
-        o.mode = None;
-    }
-    // Raw sockets have no port; a unix socket's address is its path.
-    if spec.proto == Proto::Raw {
-        s.port = 0;
-    }
+    drop_default(&mut o.reuseaddr, defaults.reuseaddr);
+    drop_default(&mut o.reuseport, defaults.reuseport);
+    drop_default(&mut o.v6only, defaults.v6only);
+    drop_default(&mut o.freebind, defaults.freebind);
+    drop_default(&mut o.transparent, defaults.transparent);
+    drop_default(&mut o.mode, defaults.mode);
     s.to_string()
 }
 
@@ -239,7 +236,8 @@ mod tests {
             sockets: vec![
                 // As the broker reports them: every option spelled out.
                 socket(1, "tcp:[2001:db8::1]:8443?reuseaddr=1&reuseport=1&v6only=1&freebind=0&transparent=0&backlog=4096", long_app, false),
-                socket(2, "udp:127.0.0.1:53?reuseaddr=1&reuseport=0&freebind=0&transparent=0", "dns", true),
+                socket(2, "udp:127.0.0.1:53?reuseaddr=0&reuseport=0&freebind=0&transparent=0", "dns", true),
+                socket(5, "udp:127.0.0.1:54?reuseaddr=1&reuseport=0&freebind=0&transparent=0", "dns", true),
                 socket(3, "unix:/run/some-application/with/a/long/path/to/its/control.sock?mode=0660", "ctl", false),
                 socket(4, "unix:/run/app.sock?mode=0666", "app", false),
             ],
@@ -253,6 +251,8 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("udp:127.0.0.1:53 "), "{t}");
+        // reuseaddr=1 is TCP's default, not UDP's: shown for UDP.
+        assert!(t.contains("udp:127.0.0.1:54?reuseaddr=1 "), "{t}");
         assert!(
             t.contains(
                 "unix:/run/some-application/with/a/long/path/to/its/control.sock?mode=0660\n"
