@@ -45,10 +45,11 @@ pub fn command() -> Command {
                 .long("policy")
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
-                .help(
-                    "Policy file (docs/POLICY.md); default: the built-in policy (root anything, \
-                     others ports 0 and 1024-65535)",
-                ),
+                .help(format!(
+                    "Policy file (docs/POLICY.md); default: {DEFAULT_POLICY} when it exists (a \
+                     path in $SOCKPASSD_DEFAULT_POLICY instead, if set; empty: none), else the \
+                     built-in policy (root anything, others ports 0 and 1024-65535)"
+                )),
         )
         // The limits' flags come from their table, as their help lines.
         .args(LIMIT_FLAGS.iter().map(|f| {
@@ -122,6 +123,14 @@ pub fn command() -> Command {
         )
 }
 
+/// The policy file read when `--policy` is not given and it exists; a
+/// packager may build with another (`SOCKPASS_DEFAULT_POLICY`, as meson's
+/// `-Ddefault_policy` passes it).
+const DEFAULT_POLICY: &str = match option_env!("SOCKPASS_DEFAULT_POLICY") {
+    Some(p) => p,
+    None => "/etc/sockpass/policy.conf",
+};
+
 struct Opts {
     socket: Option<PathBuf>,
     cfg: Config,
@@ -163,7 +172,27 @@ fn parse(m: &ArgMatches) -> Result<Opts, String> {
     if m.get_flag("quiet") {
         o.cfg.log = false;
     }
+    if o.policy_file.is_none() {
+        if let Some(f) = default_policy_file() {
+            o.cfg.policy = sockpass_broker::policy::Policy::load(&f)
+                .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
+            o.policy_file = Some(f);
+        }
+    }
     Ok(o)
+}
+
+/// The default policy file, if there is one: `$SOCKPASSD_DEFAULT_POLICY`
+/// (tests point it elsewhere; empty means none) or [`DEFAULT_POLICY`].
+fn default_policy_file() -> Option<PathBuf> {
+    let f = match std::env::var_os("SOCKPASSD_DEFAULT_POLICY") {
+        Some(v) if v.is_empty() => return None,
+        Some(v) => PathBuf::from(v),
+        None => PathBuf::from(DEFAULT_POLICY),
+    };
+    // A file that is not there means the built-in policy; anything else
+    // (unreadable, malformed) is the operator's to fix, so it stops us.
+    f.symlink_metadata().is_ok().then_some(f)
 }
 
 /// A signalfd for SIGTERM, SIGINT and SIGHUP (upgrade), blocked so they
@@ -451,6 +480,12 @@ fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool
 /// Returns only if the upgrade was refused or failed (the broker keeps
 /// serving), or with an exit code if the broker could not be rebuilt.
 fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Broker, i32> {
+    // systemd shows the service reloading until READY=1: the new image's,
+    // or ours below when the upgrade does not happen.
+    notify_service(
+        up,
+        &format!("RELOADING=1\nMONOTONIC_USEC={}\n", monotonic_usec()),
+    );
     let exe = b.pending_upgrade().flatten().or_else(|| up.exe.clone());
     let checked = match &exe {
         None => Err(sockpass::Error::bad_request(
@@ -468,6 +503,7 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
     };
     let Some(exe) = exe.filter(|_| checked.is_ok()) else {
         b.finish_upgrade(checked);
+        notify_service(up, "READY=1\n");
         return Ok(b);
     };
     if log {
@@ -486,6 +522,7 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
     match Broker::from_state(st, cfg) {
         Ok(mut b) => {
             b.finish_upgrade(Err(err));
+            notify_service(up, "READY=1\n");
             Ok(b)
         }
         Err(e) => {
@@ -493,6 +530,27 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
             Err(1)
         }
     }
+}
+
+/// An sd_notify message to the service manager that started us, if any
+/// (best effort: the broker serves on whatever it answers).
+fn notify_service(up: &Upgrade, msg: &str) {
+    if let Some(n) = &up.notify_socket {
+        if let Err(e) = sockpass::send_notify(n, msg.as_bytes()) {
+            eprintln!("sockpassd: notify socket: {e}");
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as RELOADING=1's MONOTONIC_USEC wants.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Tell whoever started us that the listener is up: sd_notify (when

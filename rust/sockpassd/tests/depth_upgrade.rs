@@ -752,3 +752,60 @@ fn queued_replies_survive_an_upgrade_in_order() {
         .expect("queued replies in the upgrade log line");
     assert!(kept > 0, "no reply was queued at the handover: {log}");
 }
+
+/// The next notify message, whatever it says.
+fn next_notify_msg(rx: &OwnedFd) -> String {
+    use std::os::fd::AsFd;
+    let ready = sockpass::sys::poll_one(rx.as_fd(), libc::POLLIN, 30_000).unwrap();
+    assert!(ready != 0, "no notify message within 30 s");
+    let mut buf = [0u8; 4096];
+    let r = sockpass::fdpass::recv_fds(rx.as_fd(), &mut buf, 1, 0).unwrap();
+    String::from_utf8_lossy(&buf[..r.len]).into_owned()
+}
+
+#[test]
+fn the_service_manager_sees_reloading_then_ready_around_an_upgrade() {
+    let dir = temp_dir("notify-reload");
+    let notify = dir.join("notify");
+    let rx = notify_receiver(&notify);
+    let path = dir.join("sockpassd.sock");
+    let mut child = Reap(
+        Command::new(sockpassd_bin())
+            .arg("--socket")
+            .arg(&path)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("SOCKPASSD_DEFAULT_POLICY", "")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(next_notify_msg(&rx).starts_with("READY=1\n"));
+    let upgrade = |exe: Option<&str>| {
+        let mut c = Command::new(sockpass_bin());
+        c.arg("upgrade");
+        if let Some(e) = exe {
+            c.args(["--exe", e]);
+        }
+        c.arg("--socket").arg(&path).output().unwrap()
+    };
+    // Refused (not a sockpassd): ExecReload's command fails, and the
+    // service is ready again, on the old image.
+    let out = upgrade(Some("/bin/true"));
+    assert!(!out.status.success(), "{out:?}");
+    let msg = next_notify_msg(&rx);
+    let usec: u64 = field(&msg, "MONOTONIC_USEC=").parse().unwrap();
+    assert!(msg.starts_with("RELOADING=1\n") && usec > 0, "{msg:?}");
+    assert_eq!(next_notify_msg(&rx), "READY=1\n");
+    // Done: the command succeeds, and READY=1 comes from the new image
+    // (with its MAINPID, the same pid).
+    let out = upgrade(None);
+    assert!(out.status.success(), "{out:?}");
+    let msg = next_notify_msg(&rx);
+    assert!(msg.starts_with("RELOADING=1\n"), "{msg:?}");
+    let msg = next_notify_msg(&rx);
+    assert!(msg.starts_with("READY=1\n"), "{msg:?}");
+    assert_eq!(field(&msg, "MAINPID="), child.0.id().to_string());
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+}

@@ -70,12 +70,20 @@ impl Broker {
     }
 
     pub fn start_at(dir: PathBuf, path: PathBuf, extra: &[&str]) -> Broker {
+        Broker::start_env(dir, path, extra, &[])
+    }
+
+    /// With environment variables set; the host's default policy file
+    /// (/etc/sockpass/policy.conf) is never read unless `env` names one.
+    pub fn start_env(dir: PathBuf, path: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let log = dir.join("sockpassd.log");
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new(sockpassd_bin())
             .arg("--socket")
             .arg(&path)
             .args(extra)
+            .env("SOCKPASSD_DEFAULT_POLICY", "")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
