@@ -430,7 +430,8 @@ fn upgrade_needs_root_or_the_brokers_uid() {
         eprintln!("skipping: setpriv is not available");
         return;
     };
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Refused: the "denied" exit code (EX_NOPERM).
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("only root or uid"),
         "{out:?}"
@@ -532,6 +533,47 @@ fn cached_sockets_go_to_the_fd_store_and_leave_it_on_last_close() {
     drop(e);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
+}
+
+#[test]
+fn fd_store_flag_pushes_without_fdstore_env() {
+    // systemd before 254 keeps stored fds (FileDescriptorStoreMax=, since
+    // 219) but sets no $FDSTORE: --fd-store is what the unit passes then.
+    let dir = temp_dir("fdstore-flag");
+    let notify = dir.join("notify");
+    let rx = notify_receiver(&notify);
+    let start = |path: &std::path::Path, flag: bool| {
+        let mut cmd = Command::new(sockpassd_bin());
+        cmd.arg("--socket").arg(path);
+        if flag {
+            cmd.arg("--fd-store");
+        }
+        Reap(
+            cmd.env("NOTIFY_SOCKET", &notify)
+                .env_remove("FDSTORE")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(path.with_extension("log")).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // Without the flag nor $FDSTORE, nothing is stored.
+    let path = dir.join("plain.sock");
+    let child = start(&path, false);
+    let mut c = wait_for("broker", || Client::connect(&path).ok());
+    let s = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let g = c.request_socket(&s, ShareMode::Any, "a").unwrap();
+    no_store_msg(&rx);
+    drop((g, c, child));
+    // With it, the socket goes to the store.
+    let path = dir.join("flag.sock");
+    let _child = start(&path, true);
+    let mut c = wait_for("broker", || Client::connect(&path).ok());
+    let s = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let g = c.request_socket(&s, ShareMode::Any, "a").unwrap();
+    let (msg, fd) = next_store_msg(&rx);
+    assert!(msg.contains("FDSTORE=1"), "{msg:?}");
+    assert_eq!(inode(&fd.expect("stored fd")), inode(&g.fd));
 }
 
 /// A child killed and reaped even when the test fails.

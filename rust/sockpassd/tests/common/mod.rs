@@ -424,3 +424,16 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathB
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
 }
+
+/// A privileged port on 127.0.0.1 free for both UDP and TCP a moment ago,
+/// other than `not` (None when every one is taken). Needs root to bind.
+pub fn free_privileged_port(not: &[u16]) -> Option<u16> {
+    let first_free = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(1024)
+        .min(1024);
+    (1..first_free)
+        .rev()
+        .find(|p| !not.contains(p) && can_bind(true, *p) && can_bind(false, *p))
+}
