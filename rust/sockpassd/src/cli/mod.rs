@@ -123,11 +123,14 @@ pub fn parse_spec(s: &str) -> Result<sockpass::SocketSpec, String> {
     s.parse::<sockpass::SocketSpec>().map_err(|e| e.to_string())
 }
 
-/// The broker path a command's `--socket` names, or the default.
-pub fn broker_path(m: &ArgMatches) -> PathBuf {
-    m.get_one::<PathBuf>("socket")
-        .cloned()
-        .unwrap_or_else(sockpass::default_socket_path)
+/// A connection to the broker a command's `--socket` names, or else to the
+/// default one: `$SOCKPASS_SOCKET`, or (not root) the per-user path and then
+/// the system path, as every client looks for it.
+pub fn connect_broker(m: &ArgMatches) -> sockpass::Result<sockpass::Client> {
+    match m.get_one::<PathBuf>("socket") {
+        Some(p) => sockpass::Client::connect(p),
+        None => sockpass::Client::connect_default(),
+    }
 }
 
 pub fn share(m: &ArgMatches) -> sockpass::ShareMode {

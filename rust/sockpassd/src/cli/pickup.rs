@@ -46,7 +46,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     // see the broker's path).
     let c = match m.get_one::<i32>("fd") {
         Some(&n) => sockpass::inherited_fd(n).and_then(Client::from_fd),
-        None => Client::connect(super::broker_path(m)),
+        None => super::connect_broker(m),
     };
     let mut c = match c {
         Ok(c) => c,

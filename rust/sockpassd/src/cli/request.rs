@@ -5,7 +5,6 @@
 
 use super::{flag, hold_until_stdin_closes, share_args, socket_arg, specs_arg};
 use clap::{ArgMatches, Command};
-use sockpass::Client;
 use sockpass::SocketSpec;
 use std::io::Write;
 
@@ -45,7 +44,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     } else {
         0
     };
-    let mut c = match Client::connect(super::broker_path(m)) {
+    let mut c = match super::connect_broker(m) {
         Ok(c) => c,
         Err(e) => return Ok(super::fail("request", &e)),
     };

@@ -5,7 +5,6 @@
 
 use super::{share_args, socket_arg, specs_arg};
 use clap::{ArgMatches, Command};
-use sockpass::Client;
 use sockpass::SocketSpec;
 use std::io::Write;
 
@@ -25,7 +24,7 @@ pub fn command() -> Command {
 }
 
 pub fn run(m: &ArgMatches) -> Result<i32, String> {
-    let mut c = match Client::connect(super::broker_path(m)) {
+    let mut c = match super::connect_broker(m) {
         Ok(c) => c,
         Err(e) => return Ok(super::fail("reserve", &e)),
     };

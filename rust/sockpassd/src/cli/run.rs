@@ -496,7 +496,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
             }
             Source::Request(spec) => {
                 if client.is_none() {
-                    match Client::connect(super::broker_path(m)) {
+                    match super::connect_broker(m) {
                         Ok(c) => client = Some(c),
                         Err(e) => return Ok(super::fail("connect to the broker", &e)),
                     }

@@ -4,7 +4,7 @@
 
 use super::{flag, json, socket_arg};
 use clap::{ArgMatches, Command};
-use sockpass::{Client, Status};
+use sockpass::Status;
 use sockpass::{Proto, SocketOptions, SocketSpec};
 
 /// The JSON's `format`: bumped when a field changes meaning or goes away
@@ -27,7 +27,7 @@ pub fn command() -> Command {
 }
 
 pub fn run(m: &ArgMatches) -> Result<i32, String> {
-    let st = match Client::connect(super::broker_path(m)).and_then(|mut c| c.status()) {
+    let st = match super::connect_broker(m).and_then(|mut c| c.status()) {
         Ok(s) => s,
         Err(e) => return Ok(super::fail("status", &e)),
     };

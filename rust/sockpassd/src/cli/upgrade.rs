@@ -4,7 +4,6 @@
 
 use super::socket_arg;
 use clap::{Arg, ArgMatches, Command};
-use sockpass::Client;
 use std::path::PathBuf;
 
 pub fn command() -> Command {
@@ -35,7 +34,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
         ),
         p => p.cloned(),
     };
-    let mut c = match Client::connect(super::broker_path(m)) {
+    let mut c = match super::connect_broker(m) {
         Ok(c) => c,
         Err(e) => return Ok(super::fail("upgrade", &e)),
     };
