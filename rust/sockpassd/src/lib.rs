@@ -5,6 +5,5 @@
 // Every unsafe block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod args;
 pub mod cli;
 pub mod daemon;

@@ -426,6 +426,23 @@ fn child_system_broker() {
     // SAFETY: reaping our own child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
     assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "{st:#x}");
+    // The CLI looks in the same places: `sockpass status` as nobody, with no
+    // --socket and no SOCKPASS_SOCKET, reaches the system broker.
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(sockpass_bin())
+        .args(["status", "--json"])
+        .env("XDG_RUNTIME_DIR", &nowhere)
+        .env_remove("SOCKPASS_SOCKET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"format\""),
+        "sockpass status as nobody: {:?}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&nowhere);
     println!("@@ ok");
 }
