@@ -6,12 +6,16 @@
 //! - [`policy`]: who may ask for what;
 //! - [`handoff`]: the broker's state handed to its successor on upgrade;
 //! - [`fdstore`]: sockets kept in systemd's fd store;
-//! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]).
+//! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]);
+//! - [`log`]: log lines that never block the loop, rate limits;
+//! - [`closer`]: closing fds a client could have touched off the loop.
 
 pub mod broker;
+pub mod closer;
 pub mod create;
 pub mod fdstore;
 pub mod handoff;
 mod holders;
+pub mod log;
 pub mod policy;
 pub mod unixsock;

@@ -140,7 +140,21 @@ pub fn recv_fds_into(
     fds: &mut Vec<OwnedFd>,
 ) -> std::result::Result<usize, RecvError> {
     // SAFETY: buf is valid for writes of buf.len() bytes.
-    unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), max_fds, flags, fds) }
+    unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), max_fds, flags, fds, false) }
+}
+
+/// [`recv_fds_into`] for a caller that must choose how unexpected fds are
+/// closed (the broker closes them off its event loop: a close can block):
+/// every fd that arrived is appended to `fds`, also when an error
+/// (`MSG_CTRUNC`, `MSG_TRUNC`) is returned.
+pub fn recv_fds_keeping(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: i32,
+    fds: &mut Vec<OwnedFd>,
+) -> std::result::Result<usize, RecvError> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), MAX_FDS, flags, fds, true) }
 }
 
 /// [`recv_fds_into`] into a buffer not yet written, such as a vector's
@@ -163,6 +177,7 @@ pub fn recv_fds_into_uninit(
             max_fds,
             flags,
             fds,
+            false,
         )
     }
 }
@@ -176,6 +191,7 @@ unsafe fn recv_raw(
     max_fds: usize,
     flags: i32,
     fds: &mut Vec<OwnedFd>,
+    keep_on_error: bool,
 ) -> std::result::Result<usize, RecvError> {
     let max_fds = max_fds.min(MAX_FDS);
     // Not zeroed: the kernel writes what it reports in msg_controllen, and
@@ -225,11 +241,15 @@ unsafe fn recv_raw(
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() - before > max_fds {
         // Truncating closes every fd that did arrive.
-        fds.truncate(before);
+        if !keep_on_error {
+            fds.truncate(before);
+        }
         return Err(RecvError::TruncatedFds);
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
-        fds.truncate(before);
+        if !keep_on_error {
+            fds.truncate(before);
+        }
         return Err(RecvError::TruncatedPayload);
     }
     Ok(n)

@@ -175,6 +175,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     up.policy_file = o.policy_file.clone();
+    // From here on lines go through the broker's log (never blocks, never
+    // panics on a closed stderr).
+    sockpass_broker::log::set_quiet(!o.cfg.log);
     let nofile = broker::raise_fd_limit();
     o.cfg.limits.fit_fd_limit(nofile);
     let stop = match stop_signals() {
@@ -241,9 +244,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     if log {
-        eprintln!(
-            "sockpassd[{}]: listening on {} (version {}, max {} connections, {} sockets, {} references per client)",
-            std::process::id(),
+        sockpass_broker::log!(
+            Info,
+            "listening on {} (version {}, max {} connections, {} sockets, {} references per client)",
             path.display(),
             env!("CARGO_PKG_VERSION"),
             limits.max_connections,
@@ -254,7 +257,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     attach_fd_store(&mut b, &up);
     b.adopt_stored(stored);
     if let Err(e) = report_ready(o.ready_fd.take()) {
-        eprintln!("sockpassd: reporting readiness: {e}");
+        sockpass_broker::log!(Error, "reporting readiness: {e}");
     }
     let code = serve(b, &stop, &up, is_activated, log);
     if !is_activated {
@@ -301,7 +304,7 @@ fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
     };
     match sockpass_broker::fdstore::FdStore::connect(addr) {
         Ok(st) => b.use_fd_store(st),
-        Err(e) => eprintln!("sockpassd: fd store unusable: {e}"),
+        Err(e) => sockpass_broker::log!(Warning, "fd store unusable: {e}"),
     }
 }
 
@@ -347,7 +350,7 @@ impl Upgrade {
 fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool) -> i32 {
     loop {
         if let Err(e) = b.run(Some(stop.as_fd())) {
-            eprintln!("sockpassd: event loop failed: {e}");
+            sockpass_broker::log!(Error, "event loop failed: {e}");
             b.shutdown();
             return 1;
         }
@@ -355,10 +358,7 @@ fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool
             let sig = which_signal(stop);
             if sig != "SIGHUP" {
                 if log {
-                    eprintln!(
-                        "sockpassd[{}]: {sig} received, shutting down",
-                        std::process::id()
-                    );
+                    sockpass_broker::log!(Info, "{sig} received, shutting down");
                 }
                 b.shutdown();
                 return 0;
@@ -396,12 +396,10 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         return Ok(b);
     };
     if log {
-        eprintln!(
-            "sockpassd[{}]: upgrading: executing {}",
-            std::process::id(),
-            exe.display()
-        );
+        sockpass_broker::log!(Info, "upgrading: executing {}", exe.display());
     }
+    // The exec ends the logger thread: write what is queued first.
+    sockpass_broker::log::flush(std::time::Duration::from_millis(500));
     if let Some(n) = &up.notify_socket {
         std::env::set_var("NOTIFY_SOCKET", n);
     }
@@ -414,7 +412,10 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
             Ok(b)
         }
         Err(e) => {
-            eprintln!("sockpassd: upgrade failed ({err}) and the broker could not be rebuilt: {e}");
+            sockpass_broker::log!(
+                Error,
+                "upgrade failed ({err}) and the broker could not be rebuilt: {e}"
+            );
             Err(1)
         }
     }

@@ -3,6 +3,7 @@
 use super::conn::Conn;
 use super::event_loop::EV_CONN_BASE;
 use super::Broker;
+use crate::log::Level;
 use sockpass::fdpass::send_fds;
 use sockpass::proto;
 use sockpass::sys::{self, Creds};
@@ -44,7 +45,7 @@ impl Broker {
                         continue;
                     }
                     _ => {
-                        self.log(format_args!("accept failed: {}", sockpass::strerror(e)));
+                        self.note_refusal(&format!("accept failed: {}", sockpass::strerror(e)));
                         return;
                     }
                 }
@@ -70,7 +71,19 @@ impl Broker {
                 self.note_refusal("connection limit reached");
                 continue;
             }
-            let creds = sys::peer_creds(&fd).unwrap_or_default();
+            // Who the client is decides what it may do: without its
+            // credentials it gets nothing (never a default uid 0).
+            let creds = match sys::peer_creds(&fd) {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(fd);
+                    self.note_refusal(&format!(
+                        "cannot read the client's credentials (SO_PEERCRED: {})",
+                        sockpass::strerror(e)
+                    ));
+                    continue;
+                }
+            };
             let id = self.next_conn_id;
             self.next_conn_id += 1;
             let conn = self.new_conn(fd, id, creds);
@@ -159,11 +172,14 @@ impl Broker {
             .last_refusal_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
-            self.log(format_args!(
-                "refused {} connection(s): {why} ({} connections open)",
-                self.refused_conns,
-                self.conns.len()
-            ));
+            self.log_at(
+                Level::Warning,
+                format_args!(
+                    "refused {} connection(s): {why} ({} connections open)",
+                    self.refused_conns,
+                    self.conns.len()
+                ),
+            );
             self.refused_conns = 0;
             self.last_refusal_log = Some(now);
         }

@@ -5,7 +5,8 @@ use super::cache::{Entry, Sockets};
 use super::conn::Attach;
 use super::dispatch::Reply;
 use super::limits::EXPIRED_MEMORY;
-use super::Broker;
+use super::{Broker, Noisy};
+use crate::log::Level;
 use crate::holders::{Holder, Owner};
 use crate::policy::Op;
 use sockpass::proto::{self, ty};
@@ -158,10 +159,14 @@ impl Broker {
         for t in expired {
             self.drop_reference(&t);
             self.refs.note_expired(t);
-            self.log(format_args!(
-                "reservation {} expired uncollected; reference dropped",
-                t.short()
-            ));
+            self.log_noisy(
+                Noisy::Expired,
+                Level::Info,
+                format_args!(
+                    "reservation {} expired uncollected; reference dropped",
+                    t.short()
+                ),
+            );
         }
     }
 
@@ -170,7 +175,10 @@ impl Broker {
     pub(super) fn forget_entry(&mut self, e: &Entry) {
         if let (Some(st), Some(name)) = (&self.fd_store, &e.store_name) {
             if let Err(err) = st.remove(name) {
-                self.log(format_args!("fd store: cannot remove {name}: {err}"));
+                self.log_at(
+                    Level::Warning,
+                    format_args!("fd store: cannot remove {name}: {err}"),
+                );
             }
         }
         if let Some(ino) = e.unix_ino {

@@ -3,6 +3,7 @@
 
 use super::cache::Entry;
 use super::Broker;
+use crate::closer::OffLoopFd;
 use crate::fdstore::{self, FdStore};
 use crate::holders::{Holder, Holders, Owner};
 use sockpass::sys::{self, Creds};
@@ -93,7 +94,7 @@ impl Broker {
             let es = self.sockets.insert(Entry {
                 id: eid,
                 spec,
-                fd,
+                fd: OffLoopFd::new(fd),
                 port,
                 holders: Holders::with_capacity(1),
                 keyed: true,

@@ -7,6 +7,7 @@ use super::conn::{Attach, Conn, CountedFd, Outgoing};
 use super::dispatch::Reply;
 use super::event_loop::{set_nonblock, EV_CONN_BASE};
 use super::refs::{TokenInfo, NO_CONN};
+use crate::closer::OffLoopFd;
 use super::Broker;
 use crate::handoff;
 use crate::holders::{Holder, Holders, Owner};
@@ -145,7 +146,7 @@ impl Broker {
                 slot: slot as u64,
                 id: e.id,
                 spec: e.spec.to_string(),
-                fd: e.fd,
+                fd: e.fd.into_inner(),
                 port: e.port,
                 keyed: e.keyed,
                 per_worker: e.per_worker,
@@ -243,7 +244,7 @@ impl Broker {
                 Entry {
                     id: e.id,
                     spec,
-                    fd: e.fd,
+                    fd: OffLoopFd::new(e.fd),
                     port: e.port,
                     holders,
                     keyed: e.keyed,
