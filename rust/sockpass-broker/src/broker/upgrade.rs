@@ -195,6 +195,7 @@ impl Broker {
             next_conn_id: self.next_conn_id,
             next_entry_id: self.next_entry_id,
             next_token_seq: self.token_src.next_sequence(),
+            token_key: self.token_src.key(),
             conns,
             entries,
             expired: self.refs.expired().copied().collect(),
@@ -209,7 +210,7 @@ impl Broker {
         let mut b = Broker::new(st.listener, cfg)?;
         b.next_conn_id = st.next_conn_id;
         b.next_entry_id = st.next_entry_id;
-        b.token_src = TokenSource::with_next_sequence(st.next_token_seq);
+        b.token_src = TokenSource::resume(st.next_token_seq, st.token_key);
         b.refs.set_expired(st.expired);
         let now = Instant::now();
         for e in st.entries {
