@@ -85,7 +85,7 @@ fn logger() -> Option<&'static Logger> {
                 .name("sockpassd-log".into())
                 .spawn(move || {
                     for line in rx {
-                        write_line(&line);
+                        write_line(2, &line);
                         PENDING.fetch_sub(1, Ordering::Relaxed);
                     }
                 })
@@ -135,9 +135,9 @@ fn format_line(journal: bool, pid: u32, level: Level, args: fmt::Arguments<'_>) 
     buf
 }
 
-/// The logger thread's write of one line, then the drop count if any.
-fn write_line(line: &[u8]) {
-    if !write_all(line) {
+/// The logger thread's write of one line to `fd`, then the drop count if any.
+fn write_line(fd: i32, line: &[u8]) {
+    if !write_all(fd, line) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -151,19 +151,19 @@ fn write_line(line: &[u8]) {
             Level::Warning,
             format_args!("{n} log lines dropped"),
         );
-        if !write_all(&note) {
+        if !write_all(fd, &note) {
             DROPPED.fetch_add(n, Ordering::Relaxed);
         }
     }
 }
 
-/// Write to fd 2 until done or a real error. EAGAIN (someone else made
-/// the description non-blocking) waits for POLLOUT: this is the logger
-/// thread, it may wait.
-fn write_all(mut b: &[u8]) -> bool {
+/// Write to `fd` (stderr) until done or a real error. EAGAIN (someone else
+/// made the description non-blocking) waits for POLLOUT: this is the
+/// logger thread, it may wait.
+fn write_all(fd: i32, mut b: &[u8]) -> bool {
     while !b.is_empty() {
-        // SAFETY: writing from a valid buffer to fd 2.
-        let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        // SAFETY: writing from a valid buffer.
+        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
         if n > 0 {
             b = &b[n as usize..];
             continue;
@@ -172,7 +172,7 @@ fn write_all(mut b: &[u8]) -> bool {
             libc::EINTR => {}
             libc::EAGAIN => {
                 let mut p = libc::pollfd {
-                    fd: 2,
+                    fd,
                     events: libc::POLLOUT,
                     revents: 0,
                 };
@@ -290,6 +290,30 @@ mod tests {
         let (ok, suppressed) = b.take(t0 + Duration::from_secs(1));
         assert!(ok);
         assert_eq!(suppressed, 97);
+    }
+
+    /// Lines lost while writing was impossible are counted, and the count
+    /// is written after the next line that gets through; a write error
+    /// (EPIPE: the reader is gone) is one more lost line, not a panic.
+    #[test]
+    fn dropped_lines_are_reported_when_writing_resumes() {
+        ignore_sigpipe();
+        let mut p = [-1; 2];
+        // SAFETY: pipe2 into a local array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        DROPPED.store(5, Ordering::Relaxed);
+        write_line(p[1], b"next\n");
+        let mut buf = [0u8; 256];
+        // SAFETY: reading into a local buffer; closing our pipe fds.
+        let n = unsafe { libc::read(p[0], buf.as_mut_ptr().cast(), buf.len()) };
+        let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+        assert!(text.starts_with("next\n"), "{text}");
+        assert!(text.contains("5 log lines dropped"), "{text}");
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 0);
+        unsafe { libc::close(p[0]) };
+        write_line(p[1], b"into a pipe nobody reads any more\n");
+        assert_eq!(DROPPED.swap(0, Ordering::Relaxed), 1);
+        unsafe { libc::close(p[1]) };
     }
 
     #[test]

@@ -227,6 +227,27 @@ mod tests {
     use super::*;
     use sockpass::sys::Creds;
 
+    /// A client whose credentials cannot be read gets nothing: it is
+    /// dropped, never served as a default (uid 0). (`SO_PEERCRED` on an
+    /// accepted unix socket does not fail in practice, so the failure is
+    /// handed in.)
+    #[test]
+    fn unreadable_credentials_drop_the_client() {
+        use std::os::fd::AsFd;
+        let (listener, _peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let mut b = Broker::new(listener, Config::default()).unwrap();
+        let (fd, client) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        b.admit(fd, Err(libc::EINVAL));
+        assert_eq!(b.conns.len(), 0, "the client was not admitted");
+        let mut buf = [0u8; 16];
+        let r = sockpass::fdpass::recv_fds(client.as_fd(), &mut buf, 0, 0).unwrap();
+        assert_eq!(r.len, 0, "and its connection is closed");
+        let (fd, _client) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let creds = sockpass::sys::peer_creds(&fd);
+        b.admit(fd, creds);
+        assert_eq!(b.conns.len(), 1, "readable credentials are admitted");
+    }
+
     /// Closed connections leave at most `SPARE_REFS` emptied reference
     /// vectors, none with room for more than `SPARE_REFS` tokens, and new
     /// connections take them.
