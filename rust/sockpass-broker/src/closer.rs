@@ -249,7 +249,10 @@ mod tests {
         // by another test's fd: compare inodes).
         let t0 = Instant::now();
         while ino(raw) == mine {
-            assert!(t0.elapsed() < Duration::from_secs(10), "closer did not close");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "closer did not close"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -764,8 +764,7 @@ mod tests {
             (st.next_conn_id, st.next_entry_id, st.next_token_seq),
             (5, 9, 77)
         );
-        assert_eq!(st.token_key, [3, 4]
-        );
+        assert_eq!(st.token_key, [3, 4]);
         assert_eq!(st.upgrade_from, Some((2, 41)));
         let c = &st.conns[0];
         assert_eq!((c.slot, c.id, c.creds.uid), (2, 4, 11));

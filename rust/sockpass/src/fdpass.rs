@@ -140,7 +140,17 @@ pub fn recv_fds_into(
     fds: &mut Vec<OwnedFd>,
 ) -> std::result::Result<usize, RecvError> {
     // SAFETY: buf is valid for writes of buf.len() bytes.
-    unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), max_fds, flags, fds, false) }
+    unsafe {
+        recv_raw(
+            sock,
+            buf.as_mut_ptr(),
+            buf.len(),
+            max_fds,
+            flags,
+            fds,
+            false,
+        )
+    }
 }
 
 /// [`recv_fds_into`] for a caller that must choose how unexpected fds are

@@ -25,7 +25,6 @@ impl Token {
     pub fn as_bytes(&self) -> &[u8; Token::LEN] {
         &self.0
     }
-
 }
 
 /// A token hashes as its first 8 bytes: they are random, so equal tokens
@@ -287,10 +286,7 @@ mod tests {
     fn speck_test_vector() {
         let key = [0x0b0a0908_03020100u64, 0x1b1a1918_13121110u64];
         let rk = speck_schedule(key);
-        assert_eq!(
-            speck_encrypt(&rk, 0x3b726574_7475432d),
-            0x8c6fa548_454e028b
-        );
+        assert_eq!(speck_encrypt(&rk, 0x3b726574_7475432d), 0x8c6fa548_454e028b);
     }
 
     /// The visible sequence bytes are not the count, differ between
@@ -305,7 +301,10 @@ mod tests {
         }
         let mut b = TokenSource::resume(a.next_sequence(), a.key());
         for _ in 0..1000 {
-            assert!(seen.insert(tail(&b.make().unwrap())), "resumed source repeated");
+            assert!(
+                seen.insert(tail(&b.make().unwrap())),
+                "resumed source repeated"
+            );
         }
         // Small counts would show as small numbers; enciphered they do not.
         assert!(seen.iter().filter(|&&v| v < 1 << 32).count() < 5);

@@ -420,11 +420,13 @@ fn release_errors_are_clear() {
     // Another client's token reads exactly as one that never existed.
     let mut fake = *g.token.as_bytes();
     fake[0] ^= 1;
-    let none = c2
-        .release(&sockpass::Token::from_bytes(fake))
-        .unwrap_err();
+    let none = c2.release(&sockpass::Token::from_bytes(fake)).unwrap_err();
     assert_eq!(
-        (e.kind(), e.errno(), e.message().replace(&g.token.short(), "T")),
+        (
+            e.kind(),
+            e.errno(),
+            e.message().replace(&g.token.short(), "T")
+        ),
         (
             none.kind(),
             none.errno(),
@@ -435,8 +437,16 @@ fn release_errors_are_clear() {
     // Picking up a held (not reserved) token of another client: the same.
     let p = c2.pickup(&g.token).unwrap_err();
     assert_eq!(
-        (p.kind(), p.errno(), p.message().replace(&g.token.short(), "T")),
-        (e.kind(), e.errno(), e.message().replace(&g.token.short(), "T"))
+        (
+            p.kind(),
+            p.errno(),
+            p.message().replace(&g.token.short(), "T")
+        ),
+        (
+            e.kind(),
+            e.errno(),
+            e.message().replace(&g.token.short(), "T")
+        )
     );
     assert_eq!(
         b.status().counters.references,

@@ -224,10 +224,7 @@ fn a_lingering_fd_sent_with_a_message_does_not_block_the_broker() {
         return;
     }
     let mut b = Broker::start("linger-fd");
-    let mut child = spawn_nobody(
-        "child_sends_a_lingering_fd",
-        &[("SOCK", path_str(&b.path))],
-    );
+    let mut child = spawn_nobody("child_sends_a_lingering_fd", &[("SOCK", path_str(&b.path))]);
     let how = read_line(&mut child);
     eprintln!("sending a lingering fd to the broker: {how}");
     let (maj, min) = kernel_version();
@@ -275,7 +272,12 @@ fn child_lingers_a_broker_socket() {
     let (sa, len) = sockpass::sys::sockaddr_from("127.0.0.1".parse().unwrap(), port);
     // SAFETY: connect with a sockaddr sockaddr_from filled in.
     let r = unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len) };
-    assert_eq!(r, 0, "connect: {}", sockpass::strerror(sockpass::sys::errno()));
+    assert_eq!(
+        r,
+        0,
+        "connect: {}",
+        sockpass::strerror(sockpass::sys::errno())
+    );
     let (_peer, _) = l.accept().unwrap();
     set_linger(fd, 1000);
     let filled = fill(fd);
@@ -289,8 +291,7 @@ fn child_lingers_a_broker_socket() {
 /// set SO_LINGER on happens off the loop with linger off.
 #[test]
 fn a_lingering_broker_socket_released_by_its_client_does_not_block_the_broker() {
-    if !need_root("a_lingering_broker_socket_released_by_its_client_does_not_block_the_broker")
-    {
+    if !need_root("a_lingering_broker_socket_released_by_its_client_does_not_block_the_broker") {
         return;
     }
     let mut b = Broker::start("linger-sock");
@@ -472,7 +473,10 @@ fn journald_gets_priority_prefixes_others_a_level_word() {
     stops_promptly(&mut b);
     let text = std::fs::read_to_string(&logp).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(text.lines().any(|l| l.starts_with("<6>listening on ")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("<6>listening on ")),
+        "{text}"
+    );
     assert!(
         text.lines().any(|l| l.starts_with("<4>refused request")),
         "{text}"
@@ -508,7 +512,10 @@ fn client_caused_log_lines_are_rate_limited() {
     stops_promptly(&mut b);
     let lines = b.log_text().lines().count();
     eprintln!("{sent} bad messages in 3 s made {lines} log lines");
-    assert!(sent > 3000, "the flood was too slow to mean anything: {sent}");
+    assert!(
+        sent > 3000,
+        "the flood was too slow to mean anything: {sent}"
+    );
     assert!(lines < 300, "{lines} lines for {sent} messages");
 }
 

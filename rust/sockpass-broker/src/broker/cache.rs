@@ -3,11 +3,11 @@
 //! in step by [`Sockets`]' own methods.
 
 use super::slab::Slab;
+use crate::closer::OffLoopFd;
 use crate::holders::Holders;
 use sockpass::keyhash::KeyedState;
 use sockpass::SocketSpec;
 use std::collections::HashMap;
-use crate::closer::OffLoopFd;
 
 #[derive(Debug)]
 pub(super) struct Entry {

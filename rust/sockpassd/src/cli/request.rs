@@ -104,7 +104,7 @@ fn hold_until_stdin_closes(c: &Client, held: usize) {
             }
             break;
         }
-        let gone = (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) as i16;
+        let gone = libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR;
         if fds[1].revents & gone != 0 {
             let _ = writeln!(
                 std::io::stderr(),
