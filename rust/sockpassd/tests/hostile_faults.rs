@@ -451,6 +451,15 @@ fn a_closed_stderr_does_not_kill_the_broker() {
         b.child.as_mut().unwrap().try_wait().unwrap().is_none(),
         "the broker is alive"
     );
+    // SIGPIPE is ignored (bit 13 of SigIgn): a write to the closed pipe is
+    // EPIPE, not a fatal signal.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", b.pid())).unwrap();
+    let ign = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(ign & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE is ignored");
     stops_promptly(&mut b);
 }
 
