@@ -12,15 +12,25 @@
 //! that still holds the socket can switch it back on between our
 //! `setsockopt` and our `close`, then close its own fd first so ours is the
 //! last. So such fds are closed by a dedicated closer thread fed through a
-//! bounded queue: the loop never waits. Linger is still switched off first
-//! ([`linger_off`]), so winning that race is the only way to stall the
-//! closer, and a stalled closer delays only other closes. When the queue is
-//! full the fds are parked and handed over on a later call ([`flush`]);
-//! nothing is ever closed on the loop.
+//! bounded queue. Linger is still switched off first ([`linger_off`]), so
+//! winning that race is the only way to stall the closer, and a stalled
+//! closer delays only other closes. When the queue is full the fds are
+//! parked and handed over on a later call ([`flush`]); nothing is ever
+//! closed on the loop.
+//!
+//! A broker socket's port should be free when the client reads RELEASED, so
+//! for those the loop waits for the closer, at most [`SETTLE`]; a closer
+//! that overstays is left alone (no more waits) until it has caught up, so
+//! a stalled closer costs the loop one such wait, not one per close.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+/// How long the loop waits for a broker socket's close (see the module doc).
+pub const SETTLE: Duration = Duration::from_millis(5);
 
 /// Batches of fds waiting for the closer thread, at most.
 const QUEUE: usize = 4096;
@@ -72,9 +82,20 @@ struct Closer {
     tx: Option<SyncSender<Vec<OwnedFd>>>,
     /// Fds the queue had no room for, handed over on a later call.
     parked: Vec<OwnedFd>,
+    /// Batches handed to the closer thread.
+    sent: u64,
+    /// A wait for the closer timed out: no more waits until it caught up.
+    behind: bool,
 }
 
 static CLOSER: OnceLock<Mutex<Closer>> = OnceLock::new();
+/// Batches the closer thread has closed, and its signal for [`settle`].
+static CLOSED: AtomicU64 = AtomicU64::new(0);
+static DONE: OnceLock<(Mutex<()>, Condvar)> = OnceLock::new();
+
+fn done() -> &'static (Mutex<()>, Condvar) {
+    DONE.get_or_init(|| (Mutex::new(()), Condvar::new()))
+}
 
 fn closer() -> &'static Mutex<Closer> {
     CLOSER.get_or_init(|| {
@@ -85,12 +106,18 @@ fn closer() -> &'static Mutex<Closer> {
                 // Each batch is dropped (closed) here, off the loop.
                 for batch in rx {
                     drop(batch);
+                    let (m, cv) = done();
+                    let _g = m.lock().unwrap_or_else(|p| p.into_inner());
+                    CLOSED.fetch_add(1, Ordering::Release);
+                    cv.notify_all();
                 }
             })
             .is_ok();
         Mutex::new(Closer {
             tx: started.then_some(tx),
             parked: Vec::new(),
+            sent: 0,
+            behind: false,
         })
     })
 }
@@ -125,7 +152,10 @@ fn hand_over(c: &mut Closer) -> bool {
     };
     let batch = std::mem::take(&mut c.parked);
     match tx.try_send(batch) {
-        Ok(()) => true,
+        Ok(()) => {
+            c.sent += 1;
+            true
+        }
         Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
             c.parked = b;
             false
@@ -133,8 +163,34 @@ fn hand_over(c: &mut Closer) -> bool {
     }
 }
 
+/// Wait (at most [`SETTLE`]) until the closer has closed everything handed
+/// to it, unless it is behind from an earlier wait that timed out.
+pub fn settle() {
+    let target = {
+        let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
+        let closed = CLOSED.load(Ordering::Acquire);
+        if c.behind && closed < c.sent {
+            return;
+        }
+        c.behind = false;
+        if !c.parked.is_empty() {
+            return;
+        }
+        c.sent
+    };
+    let (m, cv) = done();
+    let g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let (_g, r) = cv
+        .wait_timeout_while(g, SETTLE, |_| CLOSED.load(Ordering::Acquire) < target)
+        .unwrap_or_else(|p| p.into_inner());
+    if r.timed_out() {
+        closer().lock().unwrap_or_else(|p| p.into_inner()).behind = true;
+    }
+}
+
 /// An fd a client could have touched (a broker socket it shares): dropping
-/// it closes it through [`close_off_loop`].
+/// it closes it through [`close_off_loop`] and waits for that within
+/// [`settle`]'s bound, so the port is free when the release is answered.
 #[derive(Debug)]
 pub struct OffLoopFd(Option<OwnedFd>);
 
@@ -168,7 +224,9 @@ impl AsRawFd for OffLoopFd {
 impl Drop for OffLoopFd {
     fn drop(&mut self) {
         if let Some(fd) = self.0.take() {
-            close_off_loop(vec![fd]);
+            if close_off_loop(vec![fd]) {
+                settle();
+            }
         }
     }
 }
