@@ -103,6 +103,7 @@ fn closer() -> &'static Mutex<Closer> {
         let started = std::thread::Builder::new()
             .name("sockpassd-close".into())
             .spawn(move || {
+                crate::log::block_signals();
                 // Each batch is dropped (closed) here, off the loop.
                 for batch in rx {
                     drop(batch);

@@ -84,6 +84,7 @@ fn logger() -> Option<&'static Logger> {
             std::thread::Builder::new()
                 .name("sockpassd-log".into())
                 .spawn(move || {
+                    block_signals();
                     for line in rx {
                         write_line(2, &line);
                         PENDING.fetch_sub(1, Ordering::Relaxed);
@@ -191,6 +192,18 @@ pub fn flush(max: Duration) {
     let t0 = Instant::now();
     while PENDING.load(Ordering::Relaxed) > 0 && t0.elapsed() < max {
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// For the broker's helper threads: every signal is for the main thread
+/// (its signalfd), never a helper whose default action would end the
+/// process.
+pub(crate) fn block_signals() {
+    // SAFETY: a full set, blocked in the calling thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
