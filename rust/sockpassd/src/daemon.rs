@@ -161,7 +161,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let handed = match sockpass_broker::handoff::take_from_env() {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("sockpassd: cannot take over from the previous image: {e}");
+            sockpass_broker::log!(Error, "cannot take over from the previous image: {e}");
             return 1;
         }
     };
@@ -183,12 +183,12 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let stop = match stop_signals() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("sockpassd: cannot set up signal handling: {e}");
+            sockpass_broker::log!(Error, "cannot set up signal handling: {e}");
             return 1;
         }
     };
     if o.notify && std::env::var_os("NOTIFY_SOCKET").is_none() {
-        eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
+        sockpass_broker::log!(Error, "--notify: $NOTIFY_SOCKET is not set");
         return 2;
     }
     let mut path = o
@@ -203,7 +203,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let stored = match sockpass_broker::fdstore::take_stored_from_env() {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("sockpassd: fd store: {e}");
+            sockpass_broker::log!(Error, "fd store: {e}");
             Vec::new()
         }
     };
@@ -215,7 +215,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         Ok(None) => None,
         Err(e) => {
-            eprintln!("sockpassd: socket activation: {e}");
+            sockpass_broker::log!(Error, "socket activation: {e}");
             return 1;
         }
     };
@@ -227,7 +227,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let listener = match bound {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("sockpassd: cannot start: {e}");
+            sockpass_broker::log!(Error, "cannot start: {e}");
             return 1;
         }
     };
@@ -236,7 +236,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let mut b = match Broker::new(listener, o.cfg) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("sockpassd: cannot start: {e}");
+            sockpass_broker::log!(Error, "cannot start: {e}");
             if !is_activated {
                 let _ = std::fs::remove_file(&path);
             }
@@ -279,7 +279,7 @@ fn serve_handed_over(
     let mut b = match Broker::from_state(st, o.cfg) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("sockpassd: cannot rebuild the handed-over broker: {e}");
+            sockpass_broker::log!(Error, "cannot rebuild the handed-over broker: {e}");
             return 1;
         }
     };
