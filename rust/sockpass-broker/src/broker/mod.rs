@@ -207,16 +207,18 @@ enum Noisy {
     Refusal,
     Gone,
     Expired,
+    Store,
 }
 
 impl Noisy {
-    const COUNT: usize = 3;
+    const COUNT: usize = 4;
 
     fn what(self) -> &'static str {
         match self {
             Noisy::Refusal => "refused request(s)",
             Noisy::Gone => "client(s) gone",
             Noisy::Expired => "expired reservation(s)",
+            Noisy::Store => "fd store failure(s)",
         }
     }
 }

@@ -185,10 +185,8 @@ impl Broker {
     pub(super) fn forget_entry(&mut self, e: &Entry) {
         if let (Some(st), Some(name)) = (&self.fd_store, &e.store_name) {
             if let Err(err) = st.remove(name) {
-                self.log_at(
-                    Level::Warning,
-                    format_args!("fd store: cannot remove {name}: {err}"),
-                );
+                let line = format!("fd store: cannot remove {name}: {err}");
+                self.log_noisy(Noisy::Store, Level::Warning, format_args!("{line}"));
             }
         }
         if let Some(ino) = e.unix_ino {
