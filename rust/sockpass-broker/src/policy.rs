@@ -247,6 +247,10 @@ pub fn in_net(a: &IpAddr, net: &IpAddr, len: u8) -> bool {
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// May references of different uids share one socket (each asked for
+    /// `any`)? `share-across-uids no` forbids it; `sameapp` never crosses
+    /// uids either way.
+    pub share_across_uids: bool,
 }
 
 const ALL_OPS: u8 = 7;
@@ -292,6 +296,7 @@ impl Policy {
                     0,
                 ),
             ],
+            share_across_uids: true,
         }
     }
 
@@ -390,17 +395,38 @@ impl Policy {
     /// error messages (`name:LINE`).
     pub fn parse(text: &str, name: &str) -> Result<Policy> {
         let mut rules = Vec::new();
+        let mut across: Option<bool> = None;
         for (i, line) in text.lines().enumerate() {
             let at = format!("{name}:{}", i + 1);
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
             }
+            if let Some(v) = line.strip_prefix("share-across-uids") {
+                let v = match v.split_whitespace().collect::<Vec<_>>()[..] {
+                    ["yes"] => true,
+                    ["no"] => false,
+                    _ => {
+                        return Err(Error::bad_request(format!(
+                            "{at}: expected share-across-uids yes or no, got {line:?}"
+                        )))
+                    }
+                };
+                if across.replace(v).is_some() {
+                    return Err(Error::bad_request(format!(
+                        "{at}: share-across-uids given twice"
+                    )));
+                }
+                continue;
+            }
             let rule = parse_rule(line, &at)
                 .map_err(|e| Error::bad_request(format!("{at}: {}", e.message())))?;
             rules.push(rule);
         }
-        Ok(Policy { rules })
+        Ok(Policy {
+            rules,
+            share_across_uids: across.unwrap_or(true),
+        })
     }
 }
 
@@ -605,6 +631,28 @@ mod tests {
 
     fn creds(uid: u32, gid: u32) -> Creds {
         Creds { pid: 1, uid, gid }
+    }
+
+    #[test]
+    fn share_across_uids_directive() {
+        assert!(Policy::builtin().share_across_uids);
+        assert!(Policy::parse("allow *", "p").unwrap().share_across_uids);
+        let p = Policy::parse("share-across-uids no\nallow *", "p").unwrap();
+        assert!(!p.share_across_uids && p.rules.len() == 1);
+        assert!(
+            Policy::parse("share-across-uids yes", "p")
+                .unwrap()
+                .share_across_uids
+        );
+        for bad in [
+            "share-across-uids",
+            "share-across-uids maybe",
+            "share-across-uids no no",
+            "share-across-uids no\nshare-across-uids yes",
+        ] {
+            let e = Policy::parse(bad, "p").unwrap_err();
+            assert!(e.message().contains("share-across-uids"), "{bad}: {e}");
+        }
     }
 
     #[test]
