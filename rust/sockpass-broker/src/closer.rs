@@ -30,7 +30,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long the loop waits for a broker socket's close (see the module doc).
-pub const SETTLE: Duration = Duration::from_millis(5);
+pub const SETTLE: Duration = Duration::from_millis(20);
 
 /// Batches of fds waiting for the closer thread, at most.
 const QUEUE: usize = 4096;
