@@ -3,6 +3,7 @@
 use super::conn::Conn;
 use super::event_loop::EV_CONN_BASE;
 use super::Broker;
+use crate::log::Level;
 use sockpass::fdpass::send_fds;
 use sockpass::proto;
 use sockpass::sys::{self, Creds};
@@ -44,7 +45,7 @@ impl Broker {
                         continue;
                     }
                     _ => {
-                        self.log(format_args!("accept failed: {}", sockpass::strerror(e)));
+                        self.note_refusal(&format!("accept failed: {}", sockpass::strerror(e)));
                         return;
                     }
                 }
@@ -70,34 +71,52 @@ impl Broker {
                 self.note_refusal("connection limit reached");
                 continue;
             }
-            let creds = sys::peer_creds(&fd).unwrap_or_default();
-            let id = self.next_conn_id;
-            self.next_conn_id += 1;
-            let conn = self.new_conn(fd, id, creds);
-            let slot = self.conns.insert(conn);
-            let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
-            if self
-                .epoll
-                .ctl(
-                    libc::EPOLL_CTL_ADD,
-                    raw,
-                    (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-                    EV_CONN_BASE + slot as u64,
-                )
-                .is_err()
-            {
-                self.conns.remove(slot);
-                return;
-            }
-            // A client sends its first request right after connecting, so it
-            // is usually waiting already: read it now rather than after one
-            // more epoll_wait (if not, one recvmsg says EAGAIN).
-            self.read_requests(slot);
+            let creds = sys::peer_creds(&fd);
+            self.admit(fd, creds);
             // One client per wakeup: the listener is level-triggered, so
             // more waiting wake the loop again, and the usual single client
             // costs no accept4 that fails with EAGAIN.
             return;
         }
+    }
+
+    /// Serve an accepted client known by `creds` (its `SO_PEERCRED`). Who
+    /// the client is decides what it may do: without its credentials it
+    /// gets nothing (dropped and logged; never a default uid 0).
+    pub(super) fn admit(&mut self, fd: OwnedFd, creds: Result<Creds, i32>) {
+        let creds = match creds {
+            Ok(c) => c,
+            Err(e) => {
+                drop(fd);
+                self.note_refusal(&format!(
+                    "cannot read the client's credentials (SO_PEERCRED: {})",
+                    sockpass::strerror(e)
+                ));
+                return;
+            }
+        };
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let conn = self.new_conn(fd, id, creds);
+        let slot = self.conns.insert(conn);
+        let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
+        if self
+            .epoll
+            .ctl(
+                libc::EPOLL_CTL_ADD,
+                raw,
+                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                EV_CONN_BASE + slot as u64,
+            )
+            .is_err()
+        {
+            self.conns.remove(slot);
+            return;
+        }
+        // A client sends its first request right after connecting, so it
+        // is usually waiting already: read it now rather than after one
+        // more epoll_wait (if not, one recvmsg says EAGAIN).
+        self.read_requests(slot);
     }
 
     /// A new connection, starting with the last application name named
@@ -159,11 +178,14 @@ impl Broker {
             .last_refusal_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
-            self.log(format_args!(
-                "refused {} connection(s): {why} ({} connections open)",
-                self.refused_conns,
-                self.conns.len()
-            ));
+            self.log_at(
+                Level::Warning,
+                format_args!(
+                    "refused {} connection(s): {why} ({} connections open)",
+                    self.refused_conns,
+                    self.conns.len()
+                ),
+            );
             self.refused_conns = 0;
             self.last_refusal_log = Some(now);
         }
