@@ -3,7 +3,7 @@
 //! library and the Python extension cannot reach broker code.
 //!
 //! - [`broker`]: the cache, references and connections, in one epoll loop;
-//! - [`policy`]: who may ask for what;
+//! - [`policy`]: who may ask for what; [`quota`]: how much each uid may hold;
 //! - [`handoff`]: the broker's state handed to its successor on upgrade;
 //! - [`fdstore`]: sockets kept in systemd's fd store;
 //! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]).
@@ -14,4 +14,5 @@ pub mod fdstore;
 pub mod handoff;
 mod holders;
 pub mod policy;
+pub mod quota;
 pub mod unixsock;

@@ -7,7 +7,7 @@
 use crate::error::{Error, Kind, Result};
 use crate::fdpass::{recv_fds_into_uninit, send_fds, RecvError};
 use crate::keyhash::KeyedState;
-use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
+use crate::proto::{self, ty, Counters, Header, Reader, StatusRow, UidRow};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys;
@@ -67,6 +67,9 @@ pub struct SocketStatus {
 pub struct Status {
     pub counters: Counters,
     pub sockets: Vec<SocketStatus>,
+    /// Each uid's use of the broker's tables and its quota, by uid (empty
+    /// from a broker older than per-uid quotas).
+    pub users: Vec<UidRow>,
 }
 
 /// Largest status table a client accepts.
@@ -803,7 +806,19 @@ impl Client {
             });
         }
         sockets.sort_by_key(|s| s.id);
-        Ok(Status { counters, sockets })
+        // The per-uid section follows the rows (older brokers end here).
+        let mut users = Vec::new();
+        if !r.rest().is_empty() {
+            let n = r.u32()?;
+            for _ in 0..n {
+                users.push(UidRow::decode(&mut r)?);
+            }
+        }
+        Ok(Status {
+            counters,
+            sockets,
+            users,
+        })
     }
 }
 

@@ -50,6 +50,8 @@ pub use client::{
     default_socket_path, with_default, Client, Grant, HolderStatus, Parts, Reservation,
     SocketStatus, Status, PIPELINE_WINDOW,
 };
+/// Per-uid use and quotas in [`Status::users`].
+pub use proto::{Counters, UidCounts, UidRow};
 pub use dbus_address::{
     escape_value as dbus_escape_value, unescape_value as dbus_unescape_value,
     unix_address as dbus_unix_address,

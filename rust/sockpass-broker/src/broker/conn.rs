@@ -9,7 +9,6 @@ use sockpass::proto::{self, ty, Header};
 use sockpass::sys::Creds;
 use sockpass::Error;
 use sockpass::Token;
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
@@ -19,41 +18,8 @@ pub(super) enum Attach {
     /// A cached socket, by entry slot and id. The entry outlives a queued
     /// reply because the reply's token keeps a reference, so no dup is needed.
     Entry(usize, u64),
-    /// An fd made for this reply (the status memfd).
-    Owned(CountedFd),
-}
-
-/// An fd the broker made for a reply, counted while it lives, so the fds
-/// that queued replies hold stay within the headroom under RLIMIT_NOFILE.
-pub(super) struct CountedFd {
-    /// Always Some until `into_fd` takes it.
-    fd: Option<OwnedFd>,
-    live: Rc<Cell<usize>>,
-}
-
-impl CountedFd {
-    pub(super) fn new(fd: OwnedFd, live: &Rc<Cell<usize>>) -> CountedFd {
-        live.set(live.get() + 1);
-        CountedFd {
-            fd: Some(fd),
-            live: live.clone(),
-        }
-    }
-
-    pub(super) fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|f| f.as_fd())
-    }
-
-    /// The fd, no longer counted (handed over in an upgrade).
-    pub(super) fn into_fd(mut self) -> Option<OwnedFd> {
-        self.fd.take()
-    }
-}
-
-impl Drop for CountedFd {
-    fn drop(&mut self) {
-        self.live.set(self.live.get() - 1);
-    }
+    /// A status table, shared by the replies that show the same state.
+    Table(Rc<OwnedFd>),
 }
 
 /// A reply waiting for the client to read.
@@ -66,6 +32,8 @@ pub(super) struct Conn {
     pub(super) fd: OwnedFd,
     pub(super) id: u64,
     pub(super) creds: Creds,
+    /// Its uid's row in [`super::users::Users`].
+    pub(super) user: usize,
     pub(super) default_app: Option<Rc<str>>,
     pub(super) last_app: Rc<str>,
     /// The references this connection holds; each token's `TokenInfo`
@@ -231,7 +199,7 @@ impl Broker {
                 .get(*es)
                 .filter(|e| e.id == *eid)
                 .map(|e| e.fd.as_fd()),
-            Some(Attach::Owned(c)) => c.as_fd(),
+            Some(Attach::Table(t)) => Some(t.as_fd()),
             None => None,
         }
     }
@@ -331,6 +299,9 @@ impl Broker {
         for t in &c.refs {
             self.drop_reference(t);
         }
+        self.users.get_mut(c.user).conns -= 1;
+        self.users.forget_if_idle(c.user);
+        self.changed();
         if self.spare_refs.len() < SPARE_REFS && c.refs.capacity() <= SPARE_REFS {
             let mut refs = c.refs;
             refs.clear();
