@@ -834,7 +834,11 @@ allow * path=/run/a/
             ("allow group=no-such-group-xyz\n", 1, "unknown group"),
             ("allow * port\n", 1, "expected KEY=VALUE"),
             ("limit * sockets=x\n", 1, "not a number"),
-            ("limit * sockets=1\nlimit * status=1\n", 2, "second 'limit *'"),
+            (
+                "limit * sockets=1\nlimit * status=1\n",
+                2,
+                "second 'limit *'",
+            ),
             ("limit group=x sockets=1\n", 1, "per uid"),
         ] {
             let e = Policy::parse(text, "f").unwrap_err();

@@ -75,9 +75,10 @@ impl QuotaLine {
         let who = match words.next() {
             Some("*") | Some("anyone") => QuotaWho::Others,
             Some(w) => match w.split_once('=') {
-                Some(("uid", v)) => QuotaWho::Uid(v.parse().map_err(|_| {
-                    Error::bad_request(format!("uid={v}: not a number"))
-                })?),
+                Some(("uid", v)) => QuotaWho::Uid(
+                    v.parse()
+                        .map_err(|_| Error::bad_request(format!("uid={v}: not a number")))?,
+                ),
                 Some(("user", v)) => QuotaWho::Uid(crate::policy::lookup_user(v)?),
                 _ => {
                     return Err(Error::bad_request(format!(
@@ -180,7 +181,13 @@ mod tests {
             (usize::MAX, 5, 8)
         );
         let q = resolve(base, &lines, 0, true);
-        assert_eq!(q, Quota { status: 2, ..Quota::UNLIMITED });
+        assert_eq!(
+            q,
+            Quota {
+                status: 2,
+                ..Quota::UNLIMITED
+            }
+        );
         assert!(check_unique(&lines, &QuotaLine::parse("uid=1000 status=1").unwrap()).is_err());
         for (bad, what) in [
             ("", "missing whom"),

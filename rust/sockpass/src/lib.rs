@@ -50,8 +50,6 @@ pub use client::{
     default_socket_path, with_default, Client, Grant, HolderStatus, Parts, Reservation,
     SocketStatus, Status, PIPELINE_WINDOW,
 };
-/// Per-uid use and quotas in [`Status::users`].
-pub use proto::{Counters, UidCounts, UidRow};
 pub use dbus_address::{
     escape_value as dbus_escape_value, unescape_value as dbus_unescape_value,
     unix_address as dbus_unix_address,
@@ -62,6 +60,8 @@ pub use error::{
     CODE_UNKNOWN_TOKEN,
 };
 pub use ns::{Namespaces, NsSet};
+/// Per-uid use and quotas in [`Status::users`].
+pub use proto::{Counters, UidCounts, UidRow};
 pub use readiness::{
     inherited_fd, notify_ready_from_env, parse_notify, report_ready_fd, send_notify, Method,
     Readiness, MAX_NOTIFY_MESSAGE,

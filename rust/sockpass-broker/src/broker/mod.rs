@@ -144,8 +144,12 @@ impl Broker {
             EV_LISTENER,
         )?;
         if let Some(fd) = b.status.inotify_fd() {
-            b.epoll
-                .ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, EV_STATUS_GONE)?;
+            b.epoll.ctl(
+                libc::EPOLL_CTL_ADD,
+                fd,
+                libc::EPOLLIN as u32,
+                EV_STATUS_GONE,
+            )?;
         }
         Ok(b)
     }

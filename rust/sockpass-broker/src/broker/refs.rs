@@ -358,7 +358,11 @@ impl Broker {
                 format!(
                     "the broker holds {} references, its limit{}",
                     self.refs.len(),
-                    if u.privileged { "" } else { " for unprivileged uids" }
+                    if u.privileged {
+                        ""
+                    } else {
+                        " for unprivileged uids"
+                    }
                 ),
             ));
         }

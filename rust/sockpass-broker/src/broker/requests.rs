@@ -79,7 +79,11 @@ impl Broker {
                     format!(
                         "{} reservations are pending, the limit{}",
                         self.refs.reservations(),
-                        if u.privileged { "" } else { " for unprivileged uids" }
+                        if u.privileged {
+                            ""
+                        } else {
+                            " for unprivileged uids"
+                        }
                     ),
                 ));
             }
@@ -152,7 +156,11 @@ impl Broker {
                         format!(
                             "the broker holds {} sockets, its limit{}",
                             self.sockets.len(),
-                            if u.privileged { "" } else { " for unprivileged uids" }
+                            if u.privileged {
+                                ""
+                            } else {
+                                " for unprivileged uids"
+                            }
                         ),
                     ));
                 }

@@ -80,11 +80,7 @@ impl StatusTables {
         let path = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
         // SAFETY: a NUL-terminated path; IN_IGNORED comes with any mask.
         let wd = unsafe {
-            libc::inotify_add_watch(
-                ino.as_raw_fd(),
-                path.as_ptr().cast(),
-                libc::IN_DELETE_SELF,
-            )
+            libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr().cast(), libc::IN_DELETE_SELF)
         };
         (wd >= 0).then_some(wd)
     }

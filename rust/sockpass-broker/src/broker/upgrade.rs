@@ -279,9 +279,7 @@ impl Broker {
                 let attach = match a {
                     handoff::AttachState::None => None,
                     handoff::AttachState::Entry(s, id) => Some(Attach::Entry(s as usize, id)),
-                    handoff::AttachState::Owned(fd) => {
-                        Some(Attach::Table(b.adopt_table(fd, user)))
-                    }
+                    handoff::AttachState::Owned(fd) => Some(Attach::Table(b.adopt_table(fd, user))),
                 };
                 outq.push_back(Outgoing { bytes, attach });
             }

@@ -83,12 +83,7 @@ impl Users {
             return s;
         }
         let privileged = uid == 0 || uid == broker_uid;
-        let quota = quota::resolve(
-            cfg.limits.uid_quota(),
-            &cfg.policy.limits,
-            uid,
-            privileged,
-        );
+        let quota = quota::resolve(cfg.limits.uid_quota(), &cfg.policy.limits, uid, privileged);
         let s = self.slab.insert(UserUse {
             uid,
             privileged,
