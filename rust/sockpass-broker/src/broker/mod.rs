@@ -158,10 +158,13 @@ impl Broker {
         &self.cfg
     }
 
-    /// Something a status table shows changed.
+    /// Something a status table shows changed: the tables built so far
+    /// are not shared again, and the broker lets go of them (they count
+    /// until their last holder closes them).
     #[inline]
     fn changed(&mut self) {
         self.gen = self.gen.wrapping_add(1);
+        self.status.forget_built();
     }
 
     fn log(&self, msg: std::fmt::Arguments<'_>) {

@@ -69,6 +69,14 @@ impl StatusTables {
         self.inotify.as_ref().map(|f| f.as_raw_fd())
     }
 
+    /// Stop sharing the tables built so far (the state changed).
+    #[inline]
+    pub(super) fn forget_built(&mut self) {
+        if !self.built.is_empty() {
+            self.built.clear();
+        }
+    }
+
     /// Tables alive, anywhere.
     pub(super) fn live(&self) -> usize {
         self.live.len()
@@ -124,10 +132,7 @@ impl Broker {
 
     /// Build the table for uid row `user`, within the bounds on live ones.
     fn build_status(&mut self, user: usize) -> Result<Rc<OwnedFd>> {
-        // Tables of an older state are not shared again: let them go (they
-        // stay counted until their last holder closes them).
         let gen = self.gen;
-        self.status.built.retain(|b| b.gen == gen);
         let u = self.users.get(user);
         let room = Limits::global_room(MAX_REPLY_FDS, u.privileged);
         if self.status.live() >= room {
