@@ -164,7 +164,11 @@ fn a_uid_at_its_connection_quota_leaves_root_and_other_uids_served() {
     // 256 connections: a uid may hold 1/8 (32), and 1/16 is kept for root.
     let b = Broker::start_with("quota-conns", &["--max-connections", "256"]);
     let sock = ("SOCK", path_str(&b.path));
-    let mut nobody = spawn_as(NOBODY, "child_connect_until_refused", &[sock.clone()]);
+    let mut nobody = spawn_as(
+        NOBODY,
+        "child_connect_until_refused",
+        std::slice::from_ref(&sock),
+    );
     let line = read_line(&mut nobody);
     assert!(line.starts_with("32 LimitReached: "), "{line}");
     assert!(
@@ -514,4 +518,65 @@ fn a_status_flood_that_never_reads_pins_a_bounded_number_of_tables() {
     });
     let e = Client::connect(&b.path).unwrap().status();
     assert!(e.is_ok(), "status after the flood: {e:?}");
+}
+
+#[test]
+fn per_uid_use_and_quotas_survive_an_upgrade() {
+    if !need_root("per_uid_use_and_quotas_survive_an_upgrade") {
+        return;
+    }
+    let b = Broker::start_with(
+        "quota-upgrade",
+        &[
+            "--max-sockets-per-uid",
+            "3",
+            "--max-connections-per-uid",
+            "5",
+        ],
+    );
+    let sock = ("SOCK", path_str(&b.path));
+    let mut socks = spawn_as(
+        NOBODY,
+        "child_sockets_until_refused",
+        std::slice::from_ref(&sock),
+    );
+    let line = read_line(&mut socks);
+    assert_eq!(
+        line,
+        format!("3 {}", refusal(NOBODY, "3 sockets", "sockets"))
+    );
+    let mut conns = spawn_as(
+        NOBODY,
+        "child_connect_until_refused",
+        std::slice::from_ref(&sock),
+    );
+    let line = read_line(&mut conns);
+    assert!(line.starts_with("4 LimitReached: "), "{line}");
+    let before = uid_row(&b, NOBODY).unwrap();
+    assert_eq!(
+        (
+            before.used.connections,
+            before.used.sockets,
+            before.used.references
+        ),
+        (5, 3, 3)
+    );
+    let pid = b.client().upgrade(None).expect("upgrade");
+    assert_eq!(pid as i32, b.pid());
+    // Rebuilt from the handed-over connections and references.
+    let after = uid_row(&b, NOBODY).unwrap();
+    assert_eq!((after.used, after.quota), (before.used, before.quota));
+    // Still enforced: nobody's next connection is over its quota.
+    let mut more = spawn_as(NOBODY, "child_sockets_until_refused", &[sock]);
+    let line = read_line(&mut more);
+    assert_eq!(
+        line,
+        format!("0 {}", refusal(NOBODY, "5 connections", "connections"))
+    );
+    finish(more);
+    finish(socks);
+    finish(conns);
+    wait_for("nobody's row to go", || {
+        uid_row(&b, NOBODY).is_none().then_some(())
+    });
 }
