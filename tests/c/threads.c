@@ -25,6 +25,8 @@
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static sockpass_client *shared;
+/* Holds one reference to the port for the whole test (see main). */
+static sockpass_client *anchor;
 static int port;
 
 /* EXPECT's counter is not atomic; threads check with this instead. */
@@ -148,7 +150,7 @@ static void run_threads(void *(*f)(void *)) {
 }
 
 int main(void) {
-    int i, j, fds_before, want, fd;
+    int i, j, fds_before, want, fd, anchor_fd;
     char tok[SOCKPASS_TOKEN_SIZE];
 
     /* The default client's connection lives as long as the process: open it
@@ -161,6 +163,14 @@ int main(void) {
     fds_before = count_fds();
     port = free_udp_port();
     EXPECT(sockpass_client_new(NULL, &shared), 0);
+    /* Another client holds the port throughout, so the socket never closes
+     * while threads race for it: UDP has SO_REUSEADDR off, so a socket
+     * re-created while a thread still has the old one open (it releases
+     * before it closes) would not bind. */
+    EXPECT(sockpass_client_new(NULL, &anchor), 0);
+    anchor_fd = sockpass_client_request_socket(anchor, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                               SOCKPASS_SHARE_ANY, "threads", NULL, 0);
+    EXPECT(anchor_fd >= 0, 1);
 
     /* 1. One client, 16 threads. */
     run_threads(on_shared_client);
@@ -171,7 +181,7 @@ int main(void) {
     fd = sockpass_client_request_socket(shared, SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_ANY,
                                         "threads", tok, sizeof tok);
     EXPECT(fd >= 0, 1);
-    EXPECT(sockpass_client_release(shared, tok), want);
+    EXPECT(sockpass_client_release(shared, tok), want + 1); /* + the anchor's */
     close(fd);
     EXPECT(sockpass_client_release_all(shared), want);
     for (i = 0; i < THREADS; i++) {
@@ -188,15 +198,18 @@ int main(void) {
     fd = sockpass_request_socket_default(SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_SAMEAPP,
                                          "threads", tok, sizeof tok);
     EXPECT(fd >= 0, 1);
-    EXPECT(sockpass_release_socket_default(tok), want);
+    EXPECT(sockpass_release_socket_default(tok), want + 1);
     close(fd);
     for (i = 0; i < THREADS; i++) {
         for (j = 0; j < kept[i].n; j++) {
             want--;
-            EXPECT(sockpass_release_socket_default(kept[i].tokens[j]), want);
+            EXPECT(sockpass_release_socket_default(kept[i].tokens[j]), want + 1);
             close(kept[i].fds[j]);
         }
     }
+    EXPECT(sockpass_client_release_fd(anchor, anchor_fd), 0);
+    close(anchor_fd);
+    sockpass_client_free(anchor);
 
     /* 3. Each thread's last error is its own. */
     pthread_barrier_init(&both_failed_or_not, NULL, THREADS);

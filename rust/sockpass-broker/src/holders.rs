@@ -8,6 +8,14 @@
 //! reference is O(1), however many references a socket has: holders are
 //! addressed by position, which the broker keeps with each token (a
 //! removal moves the last holder into the gap and says which it was).
+//!
+//! Sharing never crosses users implicitly: holders of different uids may
+//! share only if every one of them asked for `any` and the policy allows
+//! sharing across uids (`sockpass::compatible_users`). So a set that
+//! spans two uids holds only `any` references, and a request from a uid is
+//! judged by whether any other uid holds a reference at all. Each holder's
+//! uid is recorded when it joins (the requester's, also for a reservation a
+//! pick-up hands on: the reserver consented to the sharing).
 
 use sockpass::sys::Creds;
 use sockpass::ShareMode;
@@ -35,6 +43,39 @@ pub(crate) struct Holder {
     pub conn_id: u64,
 }
 
+impl Holder {
+    /// The sharing conflict a request `(share, app)` from `uid` meets in
+    /// this holder of `spec`, which joined as `huid` (`across`: the policy
+    /// allows sharing between uids).
+    pub fn refusal(
+        &self,
+        spec: &sockpass::SocketSpec,
+        huid: u32,
+        (share, app, uid): (ShareMode, &str, u32),
+        across: bool,
+    ) -> sockpass::Error {
+        let why = if uid == huid {
+            String::new()
+        } else if across {
+            format!(
+                " (uid {uid} is not the holder's uid {huid}; across uids only any with any shares)"
+            )
+        } else {
+            format!(
+                " (uid {uid} is not the holder's uid {huid}, and the policy forbids sharing across uids)"
+            )
+        };
+        sockpass::Error::with_errno(
+            sockpass::Kind::ShareConflict,
+            libc::EADDRINUSE,
+            format!(
+                "{spec} is held by {:?} with share mode {}; a request by {app:?} with share mode {share} may not share it{why}",
+                &*self.app, self.share
+            ),
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
     list: Vec<Holder>,
@@ -42,12 +83,17 @@ pub(crate) struct Holders {
     sameapps: u32,
     /// Distinct application names with their reference counts.
     apps: Vec<(Rc<str>, u32)>,
+    /// The uid each holder joined as, by position (kept beside `list`).
+    uid_of: Vec<u32>,
+    /// Distinct uids with their reference counts.
+    uids: Vec<(u32, u32)>,
 }
 
 impl Holders {
     pub fn with_capacity(n: usize) -> Holders {
         Holders {
             list: Vec::with_capacity(n),
+            uid_of: Vec::with_capacity(n),
             ..Holders::default()
         }
     }
@@ -64,13 +110,24 @@ impl Holders {
         self.list.iter()
     }
 
-    /// A holder that would refuse to share with `(share, app)`, or that
-    /// `(share, app)` would refuse; None when the request may join.
-    pub fn find_incompatible(&self, share: ShareMode, app: &str) -> Option<&Holder> {
-        let first = self.list.first()?;
+    /// A holder (and the uid it joined as) that would refuse to share with
+    /// `(share, app)` from `uid`, or that the request would refuse; None
+    /// when the request may join. `across` is the policy's consent to
+    /// sharing between uids at all.
+    pub fn find_incompatible(
+        &self,
+        share: ShareMode,
+        app: &str,
+        uid: u32,
+        across: bool,
+    ) -> Option<(&Holder, u32)> {
+        let first = (self.list.first()?, self.uid_of[0]);
+        let others = self.uids.iter().any(|&(u, _)| u != uid);
         let ok = match share {
             ShareMode::None => false,
             _ if self.nones > 0 => false,
+            // Another uid holds it: only `any` on every side, with consent.
+            _ if others => share == ShareMode::Any && across && self.sameapps == 0,
             // Every holder must carry this name.
             ShareMode::SameApp => self.apps.len() == 1 && &*self.apps[0].0 == app,
             // A sameapp holder means one name for all; it must be ours.
@@ -82,7 +139,11 @@ impl Holders {
         // Refused: name a witness (the error path may scan).
         self.list
             .iter()
-            .find(|h| !sockpass::compatible(share, app, h.share, &h.app))
+            .zip(&self.uid_of)
+            .find(|(h, &hu)| {
+                !sockpass::compatible_users(share, app, uid, h.share, &h.app, hu, across)
+            })
+            .map(|(h, &hu)| (h, hu))
             .or(Some(first))
     }
 
@@ -97,6 +158,12 @@ impl Holders {
             Some((_, n)) => *n += 1,
             None => self.apps.push((h.app.clone(), 1)),
         }
+        let uid = h.creds.uid;
+        match self.uids.iter_mut().find(|(u, _)| *u == uid) {
+            Some((_, n)) => *n += 1,
+            None => self.uids.push((uid, 1)),
+        }
+        self.uid_of.push(uid);
         self.list.push(h);
         self.list.len() - 1
     }
@@ -116,6 +183,13 @@ impl Holders {
             return None;
         }
         let h = self.list.swap_remove(pos);
+        let uid = self.uid_of.swap_remove(pos);
+        if let Some(p) = self.uids.iter().position(|&(u, _)| u == uid) {
+            self.uids[p].1 -= 1;
+            if self.uids[p].1 == 0 {
+                self.uids.swap_remove(p);
+            }
+        }
         match h.share {
             ShareMode::None => self.nones -= 1,
             ShareMode::SameApp => self.sameapps -= 1,
@@ -143,9 +217,9 @@ impl<'a> IntoIterator for &'a Holders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sockpass::{compatible, ShareMode::*};
+    use sockpass::{compatible_users, ShareMode::*};
 
-    fn holder(n: u8, share: ShareMode, app: &str) -> Holder {
+    fn holder(n: u8, share: ShareMode, app: &str, uid: u32) -> Holder {
         let mut b = [0u8; Token::LEN];
         b[0] = n;
         Holder {
@@ -153,47 +227,61 @@ mod tests {
             owner: Owner::Conn(0),
             share,
             app: Rc::from(app),
-            creds: Creds::default(),
+            creds: Creds {
+                uid,
+                ..Creds::default()
+            },
             conn_id: 0,
         }
     }
 
-    /// The summary must judge exactly as checking every holder would.
+    /// The summary must judge exactly as checking every holder would,
+    /// across uids too, with and without the policy's consent.
     #[test]
     fn summary_agrees_with_a_full_scan() {
         let modes = [None, SameApp, Any];
         let apps = ["a", "b"];
-        // Build every reachable holder set of up to 3 joins, then judge
-        // every possible next request both ways.
-        let mut sets: Vec<Vec<(ShareMode, &str)>> = vec![vec![]];
-        for _ in 0..3 {
-            let mut next = Vec::new();
-            for s in &sets {
-                for m in modes {
-                    for a in apps {
-                        if s.iter().all(|(hm, ha)| compatible(m, a, *hm, ha)) {
-                            let mut t = s.clone();
-                            t.push((m, a));
-                            next.push(t);
+        let uids = [0u32, 7];
+        for across in [true, false] {
+            let ok = |m, a, u, s: &[(ShareMode, &str, u32)]| {
+                s.iter()
+                    .all(|&(hm, ha, hu)| compatible_users(m, a, u, hm, ha, hu, across))
+            };
+            // Build every reachable holder set of up to 3 joins, then judge
+            // every possible next request both ways.
+            let mut sets: Vec<Vec<(ShareMode, &str, u32)>> = vec![vec![]];
+            for _ in 0..3 {
+                let mut next = Vec::new();
+                for s in &sets {
+                    for m in modes {
+                        for a in apps {
+                            for u in uids {
+                                if ok(m, a, u, s) {
+                                    let mut t = s.clone();
+                                    t.push((m, a, u));
+                                    next.push(t);
+                                }
+                            }
                         }
                     }
                 }
+                sets.extend(next);
             }
-            sets.extend(next);
-        }
-        for s in &sets {
-            let mut hs = Holders::default();
-            for (i, (m, a)) in s.iter().enumerate() {
-                hs.push(holder(i as u8, *m, a));
-            }
-            for m in modes {
-                for a in apps {
-                    let scan = s.iter().all(|(hm, ha)| compatible(m, a, *hm, ha));
-                    assert_eq!(
-                        hs.find_incompatible(m, a).is_none(),
-                        scan,
-                        "{s:?} + {m:?}({a})"
-                    );
+            for s in &sets {
+                let mut hs = Holders::default();
+                for (i, (m, a, u)) in s.iter().enumerate() {
+                    hs.push(holder(i as u8, *m, a, *u));
+                }
+                for m in modes {
+                    for a in apps {
+                        for u in uids {
+                            assert_eq!(
+                                hs.find_incompatible(m, a, u, across).is_none(),
+                                ok(m, a, u, s),
+                                "{s:?} + {m:?}({a}, uid {u}), across {across}"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -205,7 +293,7 @@ mod tests {
         // token byte -> position, kept as a caller keeps it
         let mut at = std::collections::HashMap::new();
         for i in 0..40u8 {
-            let p = hs.push(holder(i, Any, if i % 2 == 0 { "a" } else { "b" }));
+            let p = hs.push(holder(i, Any, if i % 2 == 0 { "a" } else { "b" }, 0));
             at.insert(i, p);
         }
         for i in (0..40u8).step_by(3) {
@@ -224,7 +312,7 @@ mod tests {
         while !hs.is_empty() {
             hs.swap_remove(0).unwrap();
         }
-        assert!(hs.is_empty() && hs.apps.is_empty());
-        assert!(hs.find_incompatible(None, "x").is_none());
+        assert!(hs.is_empty() && hs.apps.is_empty() && hs.uids.is_empty());
+        assert!(hs.find_incompatible(None, "x", 0, false).is_none());
     }
 }

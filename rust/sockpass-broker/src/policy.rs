@@ -250,6 +250,10 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// `limit` lines: per-uid quotas over the flags' defaults.
     pub limits: Vec<QuotaLine>,
+    /// May references of different uids share one socket (each asked for
+    /// `any`)? `share-across-uids no` forbids it; `sameapp` never crosses
+    /// uids either way.
+    pub share_across_uids: bool,
 }
 
 const ALL_OPS: u8 = 7;
@@ -296,6 +300,7 @@ impl Policy {
                 ),
             ],
             limits: Vec::new(),
+            share_across_uids: true,
         }
     }
 
@@ -395,6 +400,7 @@ impl Policy {
     pub fn parse(text: &str, name: &str) -> Result<Policy> {
         let mut rules = Vec::new();
         let mut limits = Vec::new();
+        let mut across: Option<bool> = None;
         for (i, line) in text.lines().enumerate() {
             let at = format!("{name}:{}", i + 1);
             let line = line.split('#').next().unwrap_or("").trim();
@@ -408,11 +414,32 @@ impl Policy {
                 limits.push(l);
                 continue;
             }
+            if let Some(v) = line.strip_prefix("share-across-uids") {
+                let v = match v.split_whitespace().collect::<Vec<_>>()[..] {
+                    ["yes"] => true,
+                    ["no"] => false,
+                    _ => {
+                        return Err(Error::bad_request(format!(
+                            "{at}: expected share-across-uids yes or no, got {line:?}"
+                        )))
+                    }
+                };
+                if across.replace(v).is_some() {
+                    return Err(Error::bad_request(format!(
+                        "{at}: share-across-uids given twice"
+                    )));
+                }
+                continue;
+            }
             let rule = parse_rule(line, &at)
                 .map_err(|e| Error::bad_request(format!("{at}: {}", e.message())))?;
             rules.push(rule);
         }
-        Ok(Policy { rules, limits })
+        Ok(Policy {
+            rules,
+            limits,
+            share_across_uids: across.unwrap_or(true),
+        })
     }
 }
 
@@ -423,7 +450,7 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
         Some("deny") => Action::Deny,
         Some(w) => {
             return Err(Error::bad_request(format!(
-                "expected allow, deny or limit, got {w:?}"
+                "expected allow, deny, limit or share-across-uids, got {w:?}"
             )))
         }
         None => unreachable!("empty lines are skipped"),
@@ -620,6 +647,28 @@ mod tests {
     }
 
     #[test]
+    fn share_across_uids_directive() {
+        assert!(Policy::builtin().share_across_uids);
+        assert!(Policy::parse("allow *", "p").unwrap().share_across_uids);
+        let p = Policy::parse("share-across-uids no\nallow *", "p").unwrap();
+        assert!(!p.share_across_uids && p.rules.len() == 1);
+        assert!(
+            Policy::parse("share-across-uids yes", "p")
+                .unwrap()
+                .share_across_uids
+        );
+        for bad in [
+            "share-across-uids",
+            "share-across-uids maybe",
+            "share-across-uids no no",
+            "share-across-uids no\nshare-across-uids yes",
+        ] {
+            let e = Policy::parse(bad, "p").unwrap_err();
+            assert!(e.message().contains("share-across-uids"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn builtin_default() {
         let p = Policy::builtin();
         let root = creds(0, 0);
@@ -812,7 +861,11 @@ allow * path=/run/a/
     #[test]
     fn malformed_files_name_the_line() {
         for (text, line, what) in [
-            ("allow *\npermit *\n", 2, "expected allow, deny or limit"),
+            (
+                "allow *\npermit *\n",
+                2,
+                "expected allow, deny, limit or share-across-uids",
+            ),
             ("allow\n", 1, "missing who"),
             ("\n\nallow uid=x\n", 3, "not a number"),
             ("allow * port=70000\n", 1, "invalid port"),

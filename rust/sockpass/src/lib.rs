@@ -41,6 +41,8 @@ pub mod proto;
 #[doc(hidden)]
 pub mod sys;
 #[doc(hidden)]
+pub mod unixbind;
+#[doc(hidden)]
 pub use error::{last_errno, strerror};
 #[doc(hidden)]
 pub use token::{TokenBuildHasher, TokenSource};
@@ -69,7 +71,7 @@ pub use readiness::{
 pub use server_socket::{
     bind_in_namespace, notifier_pair, prepare_lazy, BindOptions, LazyServer, ServerSocket, Target,
 };
-pub use share::{compatible, ShareMode};
+pub use share::{compatible, compatible_users, ShareMode};
 pub use spawn::{exit_code, validate_name, Child, EnvBase, Slot, Spawn};
 pub use spec::{parse_addr, Proto, SocketOptions, SocketSpec};
 pub use token::Token;

@@ -64,6 +64,27 @@ pub fn compatible(mode: ShareMode, app: &str, hmode: ShareMode, happ: &str) -> b
     mode.admits(app, happ) && hmode.admits(happ, app)
 }
 
+/// [`compatible`] between a request from `uid` and a holder that joined as
+/// `huid`. Within one uid the BIND10 matrix decides; across uids only `any`
+/// on both sides is consent (an application name is the client's to choose,
+/// so `sameapp` never reaches another user), and only if the policy allows
+/// sharing across uids at all (`across`).
+pub fn compatible_users(
+    mode: ShareMode,
+    app: &str,
+    uid: u32,
+    hmode: ShareMode,
+    happ: &str,
+    huid: u32,
+    across: bool,
+) -> bool {
+    if uid == huid {
+        compatible(mode, app, hmode, happ)
+    } else {
+        across && mode == ShareMode::Any && hmode == ShareMode::Any
+    }
+}
+
 impl FromStr for ShareMode {
     type Err = Error;
     fn from_str(s: &str) -> Result<ShareMode> {

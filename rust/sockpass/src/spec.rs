@@ -392,7 +392,11 @@ impl SocketSpec {
             o.mode = Some(o.mode.unwrap_or(0o666));
             return self;
         }
-        o.reuseaddr = Some(o.reuseaddr.unwrap_or(true));
+        // SO_REUSEADDR defaults on for TCP only (servers expect to rebind
+        // over TIME_WAIT). On UDP it would let any process of any uid that
+        // sets it too bind the same address and port and take datagrams
+        // meant for a socket held under share mode none.
+        o.reuseaddr = Some(o.reuseaddr.unwrap_or(proto == Proto::Tcp));
         // SO_REUSEPORT has no meaning for raw sockets (validate refuses it).
         if proto != Proto::Raw {
             o.reuseport = Some(o.reuseport.unwrap_or(false));
@@ -1006,10 +1010,14 @@ mod tests {
     #[test]
     fn canonical_resolves_defaults() {
         let a: SocketSpec = "udp:127.0.0.1:53".parse().unwrap();
-        let b: SocketSpec = "udp:127.0.0.1:53?reuseaddr=1".parse().unwrap();
+        let b: SocketSpec = "udp:127.0.0.1:53?reuseaddr=0".parse().unwrap();
         let c: SocketSpec = "udp:127.0.0.1:53?reuseport=1".parse().unwrap();
         assert_eq!(a.canonical(), b.canonical());
         assert_ne!(a.canonical(), c.canonical());
+        // TCP keeps SO_REUSEADDR on by default; UDP has it off.
+        let t: SocketSpec = "tcp:127.0.0.1:53".parse().unwrap();
+        assert_eq!(t.canonical().options.reuseaddr, Some(true));
+        assert_eq!(a.canonical().options.reuseaddr, Some(false));
         assert_eq!(
             a.canonical().differing_option(&c.canonical()),
             Some("reuseport")

@@ -129,6 +129,9 @@ fn release_all_also_releases_references_whose_fd_was_closed() {
     assert_eq!(c.release_all().unwrap(), refs as usize);
     assert!(b.status().sockets.is_empty(), "every reference released");
     assert_eq!(c.held().count(), 0);
+    // Our fd is the last: UDP has SO_REUSEADDR off, so the port is free
+    // again only once it is closed.
+    drop(g2);
     // Releasing by token works for an unmapped one as well.
     let g3 = c.request_socket(&sp, ShareMode::Any, "a").unwrap();
     let n = g3.fd.as_raw_fd();

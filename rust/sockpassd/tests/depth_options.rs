@@ -57,7 +57,8 @@ fn option_matrix_is_applied_before_bind() {
         .request_socket(&spec("udp:[::1]:0"), ShareMode::None, "m")
         .unwrap();
     assert_eq!(opt(&g6d.fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), 1);
-    assert_eq!(opt(&g6d.fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), 1);
+    // UDP: SO_REUSEADDR off unless asked for (issue 21 item 6).
+    assert_eq!(opt(&g6d.fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), 0);
 
     if !is_root() {
         eprintln!("skipping mark/transparent/bindtodevice: they need root (CAP_NET_ADMIN/RAW)");
@@ -101,7 +102,7 @@ fn options_are_identity_and_conflicts_name_the_option() {
     for (other, name) in [
         (base.clone(), "reuseport"),
         (format!("{base}?reuseport=1&rcvbuf=8192"), "rcvbuf"),
-        (format!("{base}?reuseport=1&reuseaddr=0"), "reuseaddr"),
+        (format!("{base}?reuseport=1&reuseaddr=1"), "reuseaddr"),
         (format!("{base}?reuseport=1&freebind=1"), "freebind"),
     ] {
         let before = b.status();
@@ -115,7 +116,7 @@ fn options_are_identity_and_conflicts_name_the_option() {
     // Spelling the defaults out names the same socket.
     let same = c2
         .request_socket(
-            &spec(&format!("{base}?reuseaddr=1&reuseport=1&freebind=0")),
+            &spec(&format!("{base}?reuseaddr=0&reuseport=1&freebind=0")),
             ShareMode::Any,
             "b",
         )

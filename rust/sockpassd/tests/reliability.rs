@@ -392,6 +392,9 @@ fn concurrent_clients_keep_exact_reference_counts() {
                         assert_eq!(before, 0, "two NONE holders of {mine} at once");
                         got.fetch_add(1, Ordering::Relaxed);
                         held[k].fetch_sub(1, Ordering::SeqCst);
+                        // Our fd first: a UDP socket has SO_REUSEADDR off,
+                        // so while any fd to it is open its port is taken.
+                        drop(x.fd);
                         c.release(&x.token).unwrap();
                     }
                     Err(e) => {
@@ -404,6 +407,10 @@ fn concurrent_clients_keep_exact_reference_counts() {
                     barrier.wait();
                     barrier.wait();
                 }
+                // Our fds first (the last release closes a socket whose
+                // port, SO_REUSEADDR off for UDP, another thread may ask
+                // for next).
+                drop((s, g.fd, u.fd));
                 c.release(&u.token).unwrap();
                 c.release(&g.token).unwrap();
             }

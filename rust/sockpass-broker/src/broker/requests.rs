@@ -129,7 +129,7 @@ impl Broker {
             self.claim_adopted(es);
         }
         if !spec.is_ephemeral() {
-            self.check_sharing(&spec, r.share, &app, cached)?;
+            self.check_sharing(&spec, r.share, &app, creds.uid, cached)?;
         }
         let (entry_slot, cached_hit) = match cached {
             Some(es) if !per_worker => (es, true),
@@ -265,7 +265,10 @@ impl Broker {
         // one is the client's executable's), as on the full path.
         let app = self.app_for(slot, app);
         let spec = &self.sockets.get(es)?.spec;
-        if self.check_sharing(spec, share, &app, Some(es)).is_err() {
+        if self
+            .check_sharing(spec, share, &app, creds.uid, Some(es))
+            .is_err()
+        {
             return None;
         }
         let holder = |token| Holder {
@@ -279,27 +282,23 @@ impl Broker {
         Some(self.grant(id, es, holder, user, false, true))
     }
 
-    /// Does a request `(share, app)` for `spec` agree with every holder of
-    /// the socket (or reuseport group) it would join? Both directions.
+    /// Does a request `(share, app)` from `uid` for `spec` agree with every
+    /// holder of the socket (or reuseport group) it would join? Both
+    /// directions; across uids only `any` with the policy's consent.
     pub(super) fn check_sharing(
         &self,
         spec: &SocketSpec,
         share: ShareMode,
         app: &str,
+        uid: u32,
         cached: Option<usize>,
     ) -> Result<()> {
         let keyed = cached.and_then(|es| self.sockets.get(es));
         let group = self.sockets.per_worker_group(spec);
+        let across = self.cfg.policy.share_across_uids;
         for e in keyed.into_iter().chain(group) {
-            if let Some(h) = e.holders.find_incompatible(share, app) {
-                return Err(Error::with_errno(
-                    Kind::ShareConflict,
-                    libc::EADDRINUSE,
-                    format!(
-                        "{} is held by {:?} with share mode {}; a request by {:?} with share mode {} may not share it",
-                        e.spec, &*h.app, h.share, app, share
-                    ),
-                ));
+            if let Some((h, huid)) = e.holders.find_incompatible(share, app, uid, across) {
+                return Err(h.refusal(&e.spec, huid, (share, app, uid), across));
             }
         }
         Ok(())

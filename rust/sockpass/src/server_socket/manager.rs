@@ -12,6 +12,7 @@ use crate::error::{Error, Kind, Result};
 use crate::fdpass;
 use crate::ns::{Namespaces, NsSet};
 use crate::sys;
+use crate::unixbind::{Step, UnixBinder};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// The notifier pair: `(read end for the daemon, write end for the
@@ -151,8 +152,10 @@ struct Plan {
     ns: Option<Namespaces>,
     join_net: bool,
     target: Target,
+    /// An abstract name's address (a path goes through `binder`).
     addr: Option<(libc::sockaddr_un, libc::socklen_t)>,
     cpath: Option<std::ffi::CString>,
+    binder: Option<UnixBinder>,
     opts: BindOptions,
 }
 
@@ -160,10 +163,10 @@ struct Plan {
 const STEP_SETNS: u8 = 1;
 const STEP_SOCKET: u8 = 2;
 const STEP_BIND: u8 = 3;
-const STEP_CHOWN: u8 = 4;
-const STEP_CHMOD: u8 = 5;
 const STEP_LISTEN: u8 = 6;
 const STEP_SEND: u8 = 7;
+/// The path binder failed; two more bytes say at which of its steps.
+const STEP_BINDER: u8 = 8;
 
 impl Plan {
     fn new(target: Target, path: Option<&[u8]>, opts: &BindOptions) -> Result<Plan> {
@@ -177,7 +180,7 @@ impl Plan {
             }
         }
         let addr = match path {
-            Some(p) => Some(sys::sockaddr_un(p).map_err(|e| {
+            Some(p) if abstract_ => Some(sys::sockaddr_un(p).map_err(|e| {
                 Error::with_errno(
                     Kind::BadRequest,
                     e,
@@ -188,7 +191,7 @@ impl Plan {
                     ),
                 )
             })?),
-            None => None,
+            _ => None,
         };
         let cpath = match path {
             Some(p) if !abstract_ => Some(
@@ -197,12 +200,23 @@ impl Plan {
             ),
             _ => None,
         };
+        let binder = match path {
+            Some(p) if !abstract_ => {
+                let mut b = UnixBinder::new(p)?;
+                b.mode = opts.mode & 0o777;
+                b.owner = opts.owner;
+                b.backlog = Some(opts.backlog);
+                Some(b)
+            }
+            _ => None,
+        };
         Ok(Plan {
             ns: None,
             join_net: abstract_,
             target,
             addr,
             cpath,
+            binder,
             opts: *opts,
         })
     }
@@ -252,6 +266,18 @@ impl Plan {
         }
         let step = buf[0];
         let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        if let (STEP_BINDER, Some(b)) = (step, &self.binder) {
+            let e = b.error(Step::decode([buf[5], buf[6]]), errno);
+            let ns = match self.target {
+                Some(pid) => format!(" in the namespaces of pid {pid}"),
+                None => String::new(),
+            };
+            return Err(Error::with_errno(
+                e.kind(),
+                e.errno(),
+                format!("{}{ns}", e.message()),
+            ));
+        }
         if step != 0 {
             return Err(self.step_error(step, errno));
         }
@@ -274,8 +300,6 @@ impl Plan {
             }
             STEP_SOCKET => "socket".into(),
             STEP_BIND => format!("bind {what}"),
-            STEP_CHOWN => format!("chown {what}"),
-            STEP_CHMOD => format!("chmod {what}"),
             STEP_LISTEN => format!("listen on {what}"),
             _ => "send the socket back".into(),
         };
@@ -309,28 +333,21 @@ impl Plan {
             }
             s
         };
-        if let Some((sun, len)) = &self.addr {
-            // No permissions until chmod: the file is never reachable wider
-            // than asked. Only this child's umask changes.
-            libc::umask(0o777);
+        if let Some(b) = &self.binder {
+            // The one hardened binder: no symlink followed, the mode set at
+            // creation, owner set through an fd (this child's cwd and umask
+            // are its own).
+            if let Err((step, e)) = b.bind_in_child(sock) {
+                let mut m = [0u8; 7];
+                m[0] = STEP_BINDER;
+                m[1..5].copy_from_slice(&e.to_ne_bytes());
+                m[5..7].copy_from_slice(&step.encode());
+                libc::send(report, m.as_ptr().cast(), 7, libc::MSG_NOSIGNAL);
+                libc::_exit(1)
+            }
+        } else if let Some((sun, len)) = &self.addr {
             if libc::bind(sock, (sun as *const libc::sockaddr_un).cast(), *len) != 0 {
                 fail(STEP_BIND);
-            }
-            if let Some(c) = &self.cpath {
-                if let Some((uid, gid)) = self.opts.owner {
-                    if libc::lchown(c.as_ptr(), uid, gid) != 0 {
-                        let e = sys::errno();
-                        libc::unlink(c.as_ptr());
-                        *libc::__errno_location() = e;
-                        fail(STEP_CHOWN);
-                    }
-                }
-                if libc::chmod(c.as_ptr(), self.opts.mode as libc::mode_t) != 0 {
-                    let e = sys::errno();
-                    libc::unlink(c.as_ptr());
-                    *libc::__errno_location() = e;
-                    fail(STEP_CHMOD);
-                }
             }
             if libc::listen(sock, self.opts.backlog) != 0 {
                 fail(STEP_LISTEN);

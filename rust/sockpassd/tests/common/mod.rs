@@ -240,6 +240,38 @@ pub fn spawn_self(test_name: &str, env: &[(&str, String)]) -> Child {
     cmd.spawn().unwrap()
 }
 
+/// uid and gid of `nobody`, whom hostile clients run as.
+pub const NOBODY: u32 = 65534;
+
+/// Run the child test `name` (see [`spawn_self`]) as uid/gid [`NOBODY`] with
+/// `env` (and no supplementary groups: std drops them when root sets a
+/// uid); return its "@@ " line. The child must succeed.
+pub fn run_as_nobody(name: &str, env: &[(&str, String)]) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("SOCKPASS_CHILD", "1")
+    .uid(NOBODY)
+    .gid(NOBODY)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut c = cmd.spawn().unwrap();
+    let line = read_line(&mut c);
+    let st = wait_child(&mut c);
+    assert!(st.success(), "child {name} failed: {st}");
+    line
+}
+
 pub fn is_child() -> bool {
     std::env::var_os("SOCKPASS_CHILD").is_some()
 }
