@@ -22,6 +22,22 @@ pub(super) enum Attach {
     Table(Rc<OwnedFd>),
 }
 
+/// A status table goes out as a fresh open file description of its memfd
+/// (opened through /proc at send time, closed right after): the replies
+/// share the memory, not a file offset, so clients reading theirs at once
+/// (`lseek` + `read`) do not move each other's. None: send the table's
+/// own fd (no /proc, or no fd to spare).
+fn own_description(a: &Option<Attach>) -> Option<OwnedFd> {
+    let Some(Attach::Table(t)) = a else {
+        return None;
+    };
+    let path = format!("/proc/self/fd/{}\0", t.as_raw_fd());
+    // SAFETY: a NUL-terminated path; the result is a new fd or -1.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // SAFETY: fd is new when non-negative.
+    (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
 /// A reply waiting for the client to read.
 pub(super) struct Outgoing {
     pub(super) bytes: Vec<u8>,
@@ -210,7 +226,11 @@ impl Broker {
             return;
         };
         if c.outq.is_empty() {
-            let fd = self.attached_fd(&attach);
+            let own = own_description(&attach);
+            let fd = own
+                .as_ref()
+                .map(|f| f.as_fd())
+                .or(self.attached_fd(&attach));
             let fds: &[BorrowedFd<'_>] = match &fd {
                 Some(f) => std::slice::from_ref(f),
                 None => &[],
@@ -256,7 +276,11 @@ impl Broker {
                 return false;
             };
             let Some(o) = c.outq.front() else { break };
-            let fd = self.attached_fd(&o.attach);
+            let own = own_description(&o.attach);
+            let fd = own
+                .as_ref()
+                .map(|f| f.as_fd())
+                .or(self.attached_fd(&o.attach));
             let fds: &[BorrowedFd<'_>] = match &fd {
                 Some(f) => std::slice::from_ref(f),
                 None => &[],
