@@ -23,7 +23,7 @@ pub const STATE_ENV: &str = "SOCKPASS_STATE_FD";
 /// The handoff format this build writes and reads. `sockpassd
 /// --handoff-version` prints it; [`Exe::preflight`] asks a new binary for
 /// it before the exec.
-pub const FORMAT: &str = "SPHANDv1";
+pub const FORMAT: &str = "SPHANDv2";
 const MAGIC: &[u8] = FORMAT.as_bytes();
 /// How long [`Exe::preflight`] and the probe each wait for the new binary
 /// (the event loop waits with them: requests queue, none fails).
@@ -40,6 +40,9 @@ pub struct State {
     pub next_conn_id: u64,
     pub next_entry_id: u64,
     pub next_token_seq: u64,
+    /// The key that hides the sequence in tokens (kept, so tokens made
+    /// after the upgrade never repeat earlier ones).
+    pub token_key: [u64; 2],
     pub conns: Vec<ConnState>,
     pub entries: Vec<EntryState>,
     pub expired: Vec<Token>,
@@ -211,6 +214,8 @@ impl State {
         w.u64(self.next_conn_id);
         w.u64(self.next_entry_id);
         w.u64(self.next_token_seq);
+        w.u64(self.token_key[0]);
+        w.u64(self.token_key[1]);
         match self.upgrade_from {
             Some((s, id)) => {
                 w.u8(1);
@@ -295,6 +300,7 @@ impl State {
         let next_conn_id = r.u64()?;
         let next_entry_id = r.u64()?;
         let next_token_seq = r.u64()?;
+        let token_key = [r.u64()?, r.u64()?];
         let upgrade_from = if r.bool()? {
             Some((r.u64()?, r.u32()?))
         } else {
@@ -392,6 +398,7 @@ impl State {
             next_conn_id,
             next_entry_id,
             next_token_seq,
+            token_key,
             conns,
             entries,
             expired,
@@ -611,6 +618,7 @@ mod tests {
             next_conn_id: 5,
             next_entry_id: 9,
             next_token_seq: 77,
+            token_key: [3, 4],
             conns: vec![ConnState {
                 slot: 2,
                 fd: fd(),
@@ -666,6 +674,7 @@ mod tests {
             (st.next_conn_id, st.next_entry_id, st.next_token_seq),
             (5, 9, 77)
         );
+        assert_eq!(st.token_key, [3, 4]);
         assert_eq!(st.upgrade_from, Some((2, 41)));
         let c = &st.conns[0];
         assert_eq!((c.slot, c.id, c.creds.uid), (2, 4, 11));

@@ -8,15 +8,19 @@
 //! - [`exe`]: the upgrade's binaries, opened once, checked, run by fd;
 //! - [`fallback`]: a new image that fails before serving runs the old one;
 //! - [`fdstore`]: sockets kept in systemd's fd store;
-//! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]).
+//! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]);
+//! - [`log`]: log lines that never block the loop, rate limits;
+//! - [`closer`]: closing fds a client could have touched off the loop.
 
 pub mod broker;
+pub mod closer;
 pub mod create;
 pub mod exe;
 pub mod fallback;
 pub mod fdstore;
 pub mod handoff;
 mod holders;
+pub mod log;
 pub mod policy;
 pub mod quota;
 pub mod unixsock;

@@ -140,7 +140,31 @@ pub fn recv_fds_into(
     fds: &mut Vec<OwnedFd>,
 ) -> std::result::Result<usize, RecvError> {
     // SAFETY: buf is valid for writes of buf.len() bytes.
-    unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), max_fds, flags, fds) }
+    unsafe {
+        recv_raw(
+            sock,
+            buf.as_mut_ptr(),
+            buf.len(),
+            max_fds,
+            flags,
+            fds,
+            false,
+        )
+    }
+}
+
+/// [`recv_fds_into`] for a caller that must choose how unexpected fds are
+/// closed (the broker closes them off its event loop: a close can block):
+/// every fd that arrived is appended to `fds`, also when an error
+/// (`MSG_CTRUNC`, `MSG_TRUNC`) is returned.
+pub fn recv_fds_keeping(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: i32,
+    fds: &mut Vec<OwnedFd>,
+) -> std::result::Result<usize, RecvError> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), MAX_FDS, flags, fds, true) }
 }
 
 /// [`recv_fds_into`] into a buffer not yet written, such as a vector's
@@ -163,6 +187,7 @@ pub fn recv_fds_into_uninit(
             max_fds,
             flags,
             fds,
+            false,
         )
     }
 }
@@ -176,8 +201,19 @@ unsafe fn recv_raw(
     max_fds: usize,
     flags: i32,
     fds: &mut Vec<OwnedFd>,
+    keep_on_error: bool,
 ) -> std::result::Result<usize, RecvError> {
-    recv_raw_lost(sock, buf, len, max_fds, flags, fds, false, &mut false)
+    recv_raw_lost(
+        sock,
+        buf,
+        len,
+        max_fds,
+        flags,
+        fds,
+        keep_on_error,
+        false,
+        &mut false,
+    )
 }
 
 /// # Safety
@@ -190,6 +226,7 @@ unsafe fn recv_raw_lost(
     max_fds: usize,
     flags: i32,
     fds: &mut Vec<OwnedFd>,
+    keep_on_error: bool,
     lost_ok: bool,
     lost: &mut bool,
 ) -> std::result::Result<usize, RecvError> {
@@ -244,15 +281,20 @@ unsafe fn recv_raw_lost(
         // sent in excess (which fills the room): the message still counts.
         let lost_only = fds.len() - before < max_fds && msg.msg_flags & libc::MSG_TRUNC == 0;
         // Truncating closes every fd that did arrive.
-        fds.truncate(before);
+        if !keep_on_error {
+            fds.truncate(before);
+        }
         if lost_ok && lost_only {
+            fds.truncate(before);
             *lost = true;
             return Ok(n);
         }
         return Err(RecvError::TruncatedFds);
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
-        fds.truncate(before);
+        if !keep_on_error {
+            fds.truncate(before);
+        }
         return Err(RecvError::TruncatedPayload);
     }
     Ok(n)
@@ -281,6 +323,7 @@ pub fn recv_fds_into_uninit_or_lost(
             max_fds,
             flags,
             fds,
+            false,
             true,
             fds_lost,
         )

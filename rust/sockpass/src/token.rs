@@ -2,8 +2,10 @@
 //!
 //! A token is 24 bytes: 16 from the kernel's random source (getrandom) and an
 //! 8-byte sequence number that the broker never repeats while it runs, so a
-//! token is unguessable and never reused. Its text form is 48 lowercase hex
-//! digits.
+//! token is unguessable and never reused. The sequence is enciphered with a
+//! per-broker random key (Speck64/128, a permutation of 64-bit blocks), so it
+//! stays unique but does not tell a client how many tokens were issued. Its
+//! text form is 48 lowercase hex digits.
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -22,11 +24,6 @@ impl Token {
 
     pub fn as_bytes(&self) -> &[u8; Token::LEN] {
         &self.0
-    }
-
-    /// The broker-assigned sequence number inside the token.
-    pub fn sequence(&self) -> u64 {
-        u64::from_le_bytes(self.0[16..].try_into().unwrap())
     }
 }
 
@@ -185,27 +182,44 @@ impl Token {
 }
 
 /// Makes tokens: random bytes from getrandom, read in batches so that the
-/// hot path does not make a syscall per token, plus a sequence number.
+/// hot path does not make a syscall per token, plus a sequence number
+/// enciphered with this source's key.
 pub struct TokenSource {
     pool: Box<[u8; 4096]>,
     used: usize,
     next_seq: u64,
+    key: [u64; 2],
+    rounds: [u32; SPECK_ROUNDS],
 }
 
 impl TokenSource {
+    /// A source with a fresh random key (all zero if getrandom fails: the
+    /// sequence is then visible, still unique).
     pub fn new() -> TokenSource {
+        let mut k = [0u8; 16];
+        let _ = crate::sys::fill_random(&mut k);
+        let key = [
+            u64::from_le_bytes(k[..8].try_into().unwrap()),
+            u64::from_le_bytes(k[8..].try_into().unwrap()),
+        ];
+        TokenSource::resume(1, key)
+    }
+
+    /// Continue a sequence under its key (when a broker takes over from
+    /// another), so no token repeats.
+    pub fn resume(seq: u64, key: [u64; 2]) -> TokenSource {
         TokenSource {
             pool: Box::new([0u8; 4096]),
             used: 4096,
-            next_seq: 1,
+            next_seq: seq.max(1),
+            key,
+            rounds: speck_schedule(key),
         }
     }
 
-    /// Continue a sequence (used when a broker takes over from another).
-    pub fn with_next_sequence(seq: u64) -> TokenSource {
-        let mut t = TokenSource::new();
-        t.next_seq = seq.max(1);
-        t
+    /// The key that hides the sequence (handed over on upgrade).
+    pub fn key(&self) -> [u64; 2] {
+        self.key
     }
 
     pub fn next_sequence(&self) -> u64 {
@@ -222,7 +236,8 @@ impl TokenSource {
         // Random bytes are used once: wipe them from the pool.
         self.pool[self.used..self.used + 16].fill(0);
         self.used += 16;
-        b[16..].copy_from_slice(&self.next_seq.to_le_bytes());
+        // A permutation: distinct sequence numbers give distinct bytes.
+        b[16..].copy_from_slice(&speck_encrypt(&self.rounds, self.next_seq).to_le_bytes());
         self.next_seq += 1;
         Ok(Token(b))
     }
@@ -234,9 +249,71 @@ impl Default for TokenSource {
     }
 }
 
+/// Speck64/128 (Beaulieu et al., "The SIMON and SPECK families of
+/// lightweight block ciphers", 2013): 64-bit blocks, 128-bit key.
+const SPECK_ROUNDS: usize = 27;
+
+fn speck_schedule(key: [u64; 2]) -> [u32; SPECK_ROUNDS] {
+    // Key words k0 (round key 0) and l0, l1, l2.
+    let mut k = key[0] as u32;
+    let mut l = [(key[0] >> 32) as u32, key[1] as u32, (key[1] >> 32) as u32];
+    let mut rk = [0u32; SPECK_ROUNDS];
+    for (i, r) in rk.iter_mut().enumerate() {
+        *r = k;
+        let li = (k.wrapping_add(l[i % 3].rotate_right(8))) ^ i as u32;
+        l[i % 3] = li;
+        k = k.rotate_left(3) ^ li;
+    }
+    rk
+}
+
+fn speck_encrypt(rk: &[u32; SPECK_ROUNDS], block: u64) -> u64 {
+    let (mut x, mut y) = ((block >> 32) as u32, block as u32);
+    for &k in rk {
+        x = x.rotate_right(8).wrapping_add(y) ^ k;
+        y = y.rotate_left(3) ^ x;
+    }
+    (u64::from(x) << 32) | u64::from(y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paper's test vector: key 1b1a1918 13121110 0b0a0908 03020100,
+    /// plaintext 3b726574 7475432d, ciphertext 8c6fa548 454e028b.
+    #[test]
+    fn speck_test_vector() {
+        let key = [0x0b0a0908_03020100u64, 0x1b1a1918_13121110u64];
+        let rk = speck_schedule(key);
+        assert_eq!(speck_encrypt(&rk, 0x3b726574_7475432d), 0x8c6fa548_454e028b);
+    }
+
+    /// The visible sequence bytes are not the count, differ between
+    /// brokers (keys), and stay distinct across a resumed source.
+    #[test]
+    fn sequence_is_hidden_and_unique_across_resume() {
+        let mut a = TokenSource::new();
+        let mut seen = std::collections::HashSet::new();
+        let tail = |t: &Token| u64::from_le_bytes(t.as_bytes()[16..].try_into().unwrap());
+        for _ in 0..1000 {
+            assert!(seen.insert(tail(&a.make().unwrap())));
+        }
+        let mut b = TokenSource::resume(a.next_sequence(), a.key());
+        for _ in 0..1000 {
+            assert!(
+                seen.insert(tail(&b.make().unwrap())),
+                "resumed source repeated"
+            );
+        }
+        // Small counts would show as small numbers; enciphered they do not.
+        assert!(seen.iter().filter(|&&v| v < 1 << 32).count() < 5);
+        let mut c = TokenSource::new();
+        assert_ne!(tail(&c.make().unwrap()), {
+            let mut a2 = TokenSource::resume(1, a.key());
+            tail(&a2.make().unwrap())
+        });
+    }
 
     #[test]
     fn unique_and_round_trip() {

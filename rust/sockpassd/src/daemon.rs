@@ -280,6 +280,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Err(e) => return give_up(format!("{e}\n(see sockpassd --help)"), 2),
     };
     up.policy_file = o.policy_file.clone();
+    // From here on lines go through the broker's log (never blocks, never
+    // panics on a closed stderr).
+    sockpass_broker::log::set_quiet(!o.cfg.log);
     up.fd_store = o.fd_store;
     let nofile = broker::raise_fd_limit();
     o.cfg.limits.fit_fd_limit(nofile);
@@ -291,7 +294,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Err(e) => return give_up(format!("cannot set up signal handling: {e}"), 1),
     };
     if o.notify && std::env::var_os("NOTIFY_SOCKET").is_none() {
-        eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
+        sockpass_broker::log!(Error, "--notify: $NOTIFY_SOCKET is not set");
         return 2;
     }
     let mut path = o
@@ -306,7 +309,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let stored = match sockpass_broker::fdstore::take_stored_from_env() {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("sockpassd: fd store: {e}");
+            sockpass_broker::log!(Error, "fd store: {e}");
             Vec::new()
         }
     };
@@ -318,7 +321,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         Ok(None) => None,
         Err(e) => {
-            eprintln!("sockpassd: socket activation: {e}");
+            sockpass_broker::log!(Error, "socket activation: {e}");
             return 1;
         }
     };
@@ -330,7 +333,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let listener = match bound {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("sockpassd: cannot start: {e}");
+            sockpass_broker::log!(Error, "cannot start: {e}");
             return 1;
         }
     };
@@ -339,7 +342,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let mut b = match Broker::new(listener, o.cfg) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("sockpassd: cannot start: {e}");
+            sockpass_broker::log!(Error, "cannot start: {e}");
             if !is_activated {
                 let _ = std::fs::remove_file(&path);
             }
@@ -347,9 +350,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     if log {
-        eprintln!(
-            "sockpassd[{}]: listening on {} (version {}, max {} connections, {} sockets, {} references per client)",
-            std::process::id(),
+        sockpass_broker::log!(
+            Info,
+            "listening on {} (version {}, max {} connections, {} sockets, {} references per client)",
             path.display(),
             env!("CARGO_PKG_VERSION"),
             limits.max_connections,
@@ -360,7 +363,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     attach_fd_store(&mut b, &up);
     b.adopt_stored(stored);
     if let Err(e) = report_ready(o.ready_fd.take()) {
-        eprintln!("sockpassd: reporting readiness: {e}");
+        sockpass_broker::log!(Error, "reporting readiness: {e}");
     }
     let code = serve(b, &stop, &up, is_activated, log);
     if !is_activated {
@@ -415,7 +418,7 @@ fn serve_handed_over(
         Err(e) => {
             // Some handed-over fds are closed by now: no way back.
             sockpass_broker::fallback::disarm();
-            eprintln!("sockpassd: cannot rebuild the handed-over broker: {e}");
+            sockpass_broker::log!(Error, "cannot rebuild the handed-over broker: {e}");
             return 1;
         }
     };
@@ -458,7 +461,7 @@ fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
     };
     match sockpass_broker::fdstore::FdStore::connect(addr) {
         Ok(st) => b.use_fd_store(st),
-        Err(e) => eprintln!("sockpassd: fd store unusable: {e}"),
+        Err(e) => sockpass_broker::log!(Warning, "fd store unusable: {e}"),
     }
 }
 
@@ -511,7 +514,7 @@ impl Upgrade {
 fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool) -> i32 {
     loop {
         if let Err(e) = b.run(Some(stop.as_fd())) {
-            eprintln!("sockpassd: event loop failed: {e}");
+            sockpass_broker::log!(Error, "event loop failed: {e}");
             b.shutdown();
             return 1;
         }
@@ -519,10 +522,7 @@ fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool
             let sig = which_signal(stop);
             if sig != "SIGHUP" {
                 if log {
-                    eprintln!(
-                        "sockpassd[{}]: {sig} received, shutting down",
-                        std::process::id()
-                    );
+                    sockpass_broker::log!(Info, "{sig} received, shutting down");
                 }
                 b.shutdown();
                 return 0;
@@ -570,12 +570,10 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
         }
     };
     if log {
-        eprintln!(
-            "sockpassd[{}]: upgrading: executing {}",
-            std::process::id(),
-            target.path().display()
-        );
+        sockpass_broker::log!(Info, "upgrading: executing {}", target.path().display());
     }
+    // The exec ends the logger thread: write what is queued first.
+    sockpass_broker::log::flush(std::time::Duration::from_millis(500));
     if let Some(n) = &up.notify_socket {
         std::env::set_var("NOTIFY_SOCKET", n);
     }
@@ -589,7 +587,10 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
             Ok(b)
         }
         Err(e) => {
-            eprintln!("sockpassd: upgrade failed ({err}) and the broker could not be rebuilt: {e}");
+            sockpass_broker::log!(
+                Error,
+                "upgrade failed ({err}) and the broker could not be rebuilt: {e}"
+            );
             Err(1)
         }
     }

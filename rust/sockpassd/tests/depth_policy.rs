@@ -466,7 +466,8 @@ fn releasing_others_tokens_needs_the_release_operation() {
         } else {
             let e = r.unwrap_err();
             assert_eq!(e.kind(), Kind::UnknownToken);
-            assert!(e.message().contains("another client"), "{e}");
+            // The same answer as a token that does not exist.
+            assert!(e.message().starts_with("unknown token"), "{e}");
             assert_eq!(b.status().counters.references, 1);
             assert_eq!(holder.release(&g.token).unwrap(), 0);
         }

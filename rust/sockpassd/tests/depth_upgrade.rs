@@ -336,7 +336,7 @@ fn upgrade_to_a_program_that_is_not_a_compatible_sockpassd_is_refused_before_the
         (std::path::Path::new("/bin/true"), "printed \"\""),
         (
             &old_format,
-            "printed \"SPHANDv0\", this broker hands over SPHANDv1",
+            "printed \"SPHANDv0\", this broker hands over SPHANDv2",
         ),
         (&failing, "ended with exit status: 2"),
     ] {

@@ -349,6 +349,26 @@ fn sockpassd_with_listen_fds_by_hand() {
     let (mut r, c) = start(Method::Fd(5), &mut activated(l, "--ready-fd 5"));
     r.wait_child(c.0.id() as i32, Some(WAIT)).unwrap();
     sockpass::Client::connect(&path).unwrap().status().unwrap();
+    // The adopted listener refuses fds too (SO_PASSRIGHTS=0 on it, inherited
+    // by accepted sockets; kernels that have the option: Linux 6.16+).
+    let probe = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt with an int on our socket (83: SO_PASSRIGHTS).
+    let has_passrights = unsafe {
+        libc::setsockopt(
+            probe.as_raw_fd(),
+            libc::SOL_SOCKET,
+            83,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if has_passrights {
+        let conn = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+        sockpass::sys::connect_unix(&conn, path.as_os_str().as_encoded_bytes()).unwrap();
+        let r = sockpass::fdpass::send_fds(conn.as_fd(), b"12345678", &[probe.as_fd()], 0);
+        assert_eq!(r.err(), Some(libc::EPERM), "fds refused at the kernel");
+    }
     // It serves the very socket we bound (fd 3), no other.
     let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", c.0.id())).unwrap();
     assert_eq!(fd3.to_string_lossy(), format!("socket:[{ino}]"));

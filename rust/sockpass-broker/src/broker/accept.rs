@@ -3,6 +3,7 @@
 use super::conn::Conn;
 use super::event_loop::EV_CONN_BASE;
 use super::Broker;
+use crate::log::Level;
 use sockpass::fdpass::send_fds;
 use sockpass::proto;
 use sockpass::sys::{self, Creds};
@@ -44,62 +45,86 @@ impl Broker {
                         continue;
                     }
                     _ => {
-                        self.log(format_args!("accept failed: {}", sockpass::strerror(e)));
+                        self.note_refusal(&format!("accept failed: {}", sockpass::strerror(e)));
                         return;
                     }
                 }
             }
             // SAFETY: r is a new fd.
             let fd = unsafe { OwnedFd::from_raw_fd(r) };
-            let creds = sys::peer_creds(&fd).unwrap_or_default();
-            let user = self.users.slot(creds.uid, &self.cfg, self.broker_uid);
-            if let Err(e) = self.conn_room(user) {
-                // Closing at once keeps the backlog from filling with clients
-                // that would only wait. The ERROR with id 0 (best effort)
-                // tells the client why instead of a bare hang-up.
-                let mut msg = Vec::new();
-                proto::encode_error(&mut msg, 0, &e);
-                let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
-                drop(fd);
-                self.users.forget_if_idle(user);
-                self.note_refusal(if e.message().contains("per-uid") {
-                    "per-uid connection quota reached"
-                } else {
-                    "connection limit reached"
-                });
+            let creds = sys::peer_creds(&fd);
+            if !self.admit(fd, creds) {
+                // Refused: the next waiting client may be served.
                 continue;
             }
-            let id = self.next_conn_id;
-            self.next_conn_id += 1;
-            let conn = self.new_conn(fd, id, creds, user);
-            let slot = self.conns.insert(conn);
-            self.users.get_mut(user).conns += 1;
-            self.changed();
-            let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
-            if self
-                .epoll
-                .ctl(
-                    libc::EPOLL_CTL_ADD,
-                    raw,
-                    (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-                    EV_CONN_BASE + slot as u64,
-                )
-                .is_err()
-            {
-                self.conns.remove(slot);
-                self.users.get_mut(user).conns -= 1;
-                self.users.forget_if_idle(user);
-                return;
-            }
-            // A client sends its first request right after connecting, so it
-            // is usually waiting already: read it now rather than after one
-            // more epoll_wait (if not, one recvmsg says EAGAIN).
-            self.read_requests(slot);
             // One client per wakeup: the listener is level-triggered, so
             // more waiting wake the loop again, and the usual single client
             // costs no accept4 that fails with EAGAIN.
             return;
         }
+    }
+
+    /// Serve an accepted client known by `creds` (its `SO_PEERCRED`). Who
+    /// the client is decides what it may do: without its credentials it
+    /// gets nothing (dropped and logged; never a default uid 0).
+    /// False when the client was refused (no credentials, the connection
+    /// limit or its uid's quota), so the caller may accept the next.
+    pub(super) fn admit(&mut self, fd: OwnedFd, creds: Result<Creds, i32>) -> bool {
+        let creds = match creds {
+            Ok(c) => c,
+            Err(e) => {
+                drop(fd);
+                self.note_refusal(&format!(
+                    "cannot read the client's credentials (SO_PEERCRED: {})",
+                    sockpass::strerror(e)
+                ));
+                return false;
+            }
+        };
+        let user = self.users.slot(creds.uid, &self.cfg, self.broker_uid);
+        if let Err(e) = self.conn_room(user) {
+            // Closing at once keeps the backlog from filling with clients
+            // that would only wait. The ERROR with id 0 (best effort)
+            // tells the client why instead of a bare hang-up.
+            let mut msg = Vec::new();
+            proto::encode_error(&mut msg, 0, &e);
+            let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
+            drop(fd);
+            self.users.forget_if_idle(user);
+            self.note_refusal(if e.message().contains("per-uid") {
+                "per-uid connection quota reached"
+            } else {
+                "connection limit reached"
+            });
+            return false;
+        }
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let conn = self.new_conn(fd, id, creds, user);
+        let slot = self.conns.insert(conn);
+        self.users.get_mut(user).conns += 1;
+        self.changed();
+        let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
+        if self
+            .epoll
+            .ctl(
+                libc::EPOLL_CTL_ADD,
+                raw,
+                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                EV_CONN_BASE + slot as u64,
+            )
+            .is_err()
+        {
+            self.conns.remove(slot);
+            self.users.get_mut(user).conns -= 1;
+            self.users.forget_if_idle(user);
+            return true;
+        }
+        // A client sends its first request right after connecting, so it
+        // is usually waiting already: read it now rather than after one
+        // more epoll_wait (if not, one recvmsg says EAGAIN).
+        self.read_requests(slot);
+        true
     }
 
     /// A new connection, starting with the last application name named
@@ -185,11 +210,14 @@ impl Broker {
             .last_refusal_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
-            self.log(format_args!(
-                "refused {} connection(s): {why} ({} connections open)",
-                self.refused_conns,
-                self.conns.len()
-            ));
+            self.log_at(
+                Level::Warning,
+                format_args!(
+                    "refused {} connection(s): {why} ({} connections open)",
+                    self.refused_conns,
+                    self.conns.len()
+                ),
+            );
             self.refused_conns = 0;
             self.last_refusal_log = Some(now);
         }

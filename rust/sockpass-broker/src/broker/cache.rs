@@ -3,17 +3,19 @@
 //! in step by [`Sockets`]' own methods.
 
 use super::slab::Slab;
+use crate::closer::OffLoopFd;
 use crate::holders::Holders;
 use sockpass::keyhash::KeyedState;
 use sockpass::SocketSpec;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 
 #[derive(Debug)]
 pub(super) struct Entry {
     pub(super) id: u64,
     pub(super) spec: SocketSpec,
-    pub(super) fd: OwnedFd,
+    /// Closed off the loop, linger off: the clients that hold it share its
+    /// file description and could make a close on the loop block.
+    pub(super) fd: OffLoopFd,
     pub(super) port: u16,
     /// One per reference.
     pub(super) holders: Holders,
@@ -268,7 +270,7 @@ mod tests {
         let es = b.insert(Entry {
             id: 7,
             spec,
-            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            fd: OffLoopFd::new(std::fs::File::open("/dev/null").unwrap().into()),
             port: 9,
             holders: Holders::default(),
             keyed: true,

@@ -3,8 +3,9 @@
 
 use super::event_loop::EV_CONN_BASE;
 use super::limits::{PIPELINE_PROBE_EVERY, SPARE_REFS};
-use super::Broker;
-use sockpass::fdpass::{recv_fds, send_fds, RecvError};
+use super::{Broker, Noisy};
+use crate::log::Level;
+use sockpass::fdpass::{recv_fds_keeping, send_fds, RecvError};
 use sockpass::proto::{self, ty, Header};
 use sockpass::sys::Creds;
 use sockpass::Error;
@@ -108,18 +109,28 @@ impl Broker {
             if c.paused {
                 return;
             }
-            let res = recv_fds(
+            // Fds that arrive anyway (kernels without SO_PASSRIGHTS) are
+            // closed on the closer thread: their close can block.
+            let mut fds = Vec::new();
+            let res = recv_fds_keeping(
                 c.fd.as_fd(),
                 &mut self.rbuf[..],
-                sockpass::fdpass::MAX_FDS,
                 libc::MSG_DONTWAIT,
+                &mut fds,
             );
-            let (len, unexpected_fds) = match res {
-                Ok(r) if r.len == 0 && r.fds.is_empty() => {
+            let unexpected_fds = fds.len();
+            if unexpected_fds > 0 && !crate::closer::close_off_loop(fds) {
+                // The closer is behind (a close that blocks): take no more
+                // fds from this client.
+                self.drop_conn(slot, "sent fds while the closer was busy");
+                return;
+            }
+            let len = match res {
+                Ok(0) if unexpected_fds == 0 => {
                     self.drop_conn(slot, "disconnected");
                     return;
                 }
-                Ok(r) => (r.len, r.fds.len()),
+                Ok(n) => n,
                 Err(RecvError::Os(libc::EAGAIN)) => {
                     if let Some(c) = self.conns.get_mut(slot) {
                         c.pipelining = got > 1;
@@ -146,8 +157,8 @@ impl Broker {
                 }
             };
             got += 1;
-            // Any fds that came with the request were closed when `res` was
-            // consumed above; the request is refused as a whole.
+            // Any fds that came with the request are on their way to the
+            // closer; the request is refused as a whole.
             let msg_len = len;
             let header = match Header::parse(&self.rbuf[..msg_len]) {
                 Ok(h) => h,
@@ -332,10 +343,14 @@ impl Broker {
             self.spare_refs.push(refs);
         }
         if n > 0 || why != "disconnected" {
-            self.log(format_args!(
-                "client {} (pid {} uid {}) gone ({why}), {n} reference(s) dropped",
-                c.id, c.creds.pid, c.creds.uid
-            ));
+            self.log_noisy(
+                Noisy::Gone,
+                Level::Info,
+                format_args!(
+                    "client {} (pid {} uid {}) gone ({why}), {n} reference(s) dropped",
+                    c.id, c.creds.pid, c.creds.uid
+                ),
+            );
         }
     }
 }

@@ -1,48 +1,15 @@
 //! Dispatch: the one place a message type is routed to its handler.
 
 use super::conn::Attach;
-use super::Broker;
+use super::{Broker, Noisy};
+use crate::log::Level;
 use sockpass::proto::{self, ty, Request};
 use sockpass::{Error, Result};
-use std::time::{Duration, Instant};
 
 /// The result of handling one request: the reply is in `wbuf`; this says
 /// which fd goes with it.
 pub(super) struct Reply {
     pub(super) attach: Option<Attach>,
-}
-
-/// At most `LogBudget::LINES` lines a second for one kind of event.
-#[derive(Debug, Default)]
-pub(super) struct LogBudget {
-    window: Option<Instant>,
-    lines: u32,
-    suppressed: u64,
-}
-
-impl LogBudget {
-    const LINES: u32 = 20;
-
-    /// Whether this event may be logged, and how many were suppressed in
-    /// the window that just ended (to be reported once).
-    fn take(&mut self, now: Instant) -> (bool, u64) {
-        let mut ended = 0;
-        if self
-            .window
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            ended = std::mem::take(&mut self.suppressed);
-            self.window = Some(now);
-            self.lines = 0;
-        }
-        if self.lines < LogBudget::LINES {
-            self.lines += 1;
-            (true, ended)
-        } else {
-            self.suppressed += 1;
-            (false, ended)
-        }
-    }
 }
 
 impl Broker {
@@ -100,21 +67,14 @@ impl Broker {
     /// nothing; past the budget a client flooding bad requests costs one
     /// summary line a second instead.
     pub(super) fn log_refusal(&mut self, slot: usize, e: &Error) {
-        if !self.cfg.log {
+        let Some(c) = self.conns.get(slot) else {
             return;
-        }
-        let (allowed, suppressed) = self.refused_requests.take(Instant::now());
-        if suppressed > 0 {
-            self.log(format_args!(
-                "{suppressed} more refused request(s) not logged in the last second"
-            ));
-        }
-        if allowed {
-            let c = self.conns.get(slot).unwrap();
-            self.log(format_args!(
-                "refused request from pid {} uid {}: {}",
-                c.creds.pid, c.creds.uid, e
-            ));
-        }
+        };
+        let (pid, uid) = (c.creds.pid, c.creds.uid);
+        self.log_noisy(
+            Noisy::Refusal,
+            Level::Warning,
+            format_args!("refused request from pid {pid} uid {uid}: {e}"),
+        );
     }
 }

@@ -37,9 +37,9 @@ pub use limits::{raise_fd_limit, LimitFlag, Limits, FD_HEADROOM, FLAGS as LIMIT_
 pub use listener::{bind_listener, bind_listener_as};
 
 use crate::fdstore::FdStore;
+use crate::log::{self as plog, Budget, Level};
 use cache::Sockets;
 use conn::Conn;
-use dispatch::LogBudget;
 use event_loop::{set_nonblock, Epoll, EV_LISTENER, EV_STATUS_GONE};
 use refs::References;
 use slab::Slab;
@@ -80,8 +80,9 @@ pub struct Broker {
     /// Connections refused since the last log line about it.
     refused_conns: u64,
     last_refusal_log: Option<Instant>,
-    /// Refused requests: each is logged, up to a budget a second.
-    refused_requests: LogBudget,
+    /// Lines a client can cause, each kind within a budget a second
+    /// (indexed by [`Noisy`]).
+    noisy: [Budget; Noisy::COUNT],
     /// An upgrade asked for (by SIGHUP through the daemon, or UPGRADE).
     upgrade: Option<PendingUpgrade>,
     /// The systemd fd store, when running under systemd with one.
@@ -109,6 +110,10 @@ impl Broker {
     /// [`bind_listener`] or socket activation).
     pub fn new(listener: OwnedFd, cfg: Config) -> Result<Broker> {
         set_nonblock(&listener)?;
+        // Clients send no fds: the kernel refuses them (EPERM to the
+        // sender) on every socket accepted from here on. Older kernels
+        // deliver them, and conn.rs closes them off the loop.
+        let refused_at_kernel = crate::closer::refuse_passed_fds(&listener);
         let epoll = Epoll::new()?;
         let b = Broker {
             cfg,
@@ -126,7 +131,7 @@ impl Broker {
             spare_refs: Vec::new(),
             refused_conns: 0,
             last_refusal_log: None,
-            refused_requests: LogBudget::default(),
+            noisy: Default::default(),
             upgrade: None,
             fd_store: None,
             reserve: accept::open_reserve(),
@@ -151,6 +156,11 @@ impl Broker {
                 EV_STATUS_GONE,
             )?;
         }
+        if !refused_at_kernel {
+            b.log(format_args!(
+                "the kernel cannot refuse fds sent by clients (no SO_PASSRIGHTS): they are closed off the event loop"
+            ));
+        }
         Ok(b)
     }
 
@@ -167,16 +177,42 @@ impl Broker {
         self.status.forget_built();
     }
 
+    /// An info line (`--quiet` drops it); never blocks (see [`crate::log`]).
     fn log(&self, msg: std::fmt::Arguments<'_>) {
-        if self.cfg.log {
-            eprintln!("sockpassd[{}]: {}", self.pid, msg);
+        self.log_at(Level::Info, msg);
+    }
+
+    fn log_at(&self, level: Level, msg: std::fmt::Arguments<'_>) {
+        if self.cfg.log || level == Level::Error {
+            plog::line(level, msg);
+        }
+    }
+
+    /// A line a client can cause: at most a budget a second of each kind,
+    /// the rest counted and reported in one line when the next is logged.
+    fn log_noisy(&mut self, kind: Noisy, level: Level, msg: std::fmt::Arguments<'_>) {
+        if !self.cfg.log {
+            return;
+        }
+        let (allowed, suppressed) = self.noisy[kind as usize].take(Instant::now());
+        if suppressed > 0 {
+            self.log_at(
+                level,
+                format_args!(
+                    "{suppressed} more {} not logged in the last second",
+                    kind.what()
+                ),
+            );
+        }
+        if allowed {
+            self.log_at(level, msg);
         }
     }
 
     /// Counters for status and tests.
     pub fn counters(&self) -> proto::Counters {
         proto::Counters {
-            broker_fds: sys::count_open_fds() as u32,
+            broker_fds: broker_fds(),
             ..self.counters_without_fds()
         }
     }
@@ -200,11 +236,61 @@ impl Broker {
     }
 }
 
+/// The kinds of log lines a client can cause, each with its own budget.
+#[derive(Clone, Copy)]
+enum Noisy {
+    Refusal,
+    Gone,
+    Expired,
+    Store,
+}
+
+impl Noisy {
+    const COUNT: usize = 4;
+
+    fn what(self) -> &'static str {
+        match self {
+            Noisy::Refusal => "refused request(s)",
+            Noisy::Gone => "client(s) gone",
+            Noisy::Expired => "expired reservation(s)",
+            Noisy::Store => "fd store failure(s)",
+        }
+    }
+}
+
+/// The broker's open fds. Closes handed to the closer thread count as done
+/// (it is not stalled) once it has caught up, within its bound.
+fn broker_fds() -> u32 {
+    crate::closer::settle();
+    sys::count_open_fds() as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::limits::SPARE_REFS;
     use super::*;
     use sockpass::sys::Creds;
+
+    /// A client whose credentials cannot be read gets nothing: it is
+    /// dropped, never served as a default (uid 0). (`SO_PEERCRED` on an
+    /// accepted unix socket does not fail in practice, so the failure is
+    /// handed in.)
+    #[test]
+    fn unreadable_credentials_drop_the_client() {
+        use std::os::fd::AsFd;
+        let (listener, _peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let mut b = Broker::new(listener, Config::default()).unwrap();
+        let (fd, client) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        b.admit(fd, Err(libc::EINVAL));
+        assert_eq!(b.conns.len(), 0, "the client was not admitted");
+        let mut buf = [0u8; 16];
+        let r = sockpass::fdpass::recv_fds(client.as_fd(), &mut buf, 0, 0).unwrap();
+        assert_eq!(r.len, 0, "and its connection is closed");
+        let (fd, _client) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let creds = sockpass::sys::peer_creds(&fd);
+        b.admit(fd, creds);
+        assert_eq!(b.conns.len(), 1, "readable credentials are admitted");
+    }
 
     /// Closed connections leave at most `SPARE_REFS` emptied reference
     /// vectors, none with room for more than `SPARE_REFS` tokens, and new

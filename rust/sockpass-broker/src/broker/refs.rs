@@ -5,8 +5,9 @@ use super::cache::{Entry, Sockets};
 use super::conn::Attach;
 use super::dispatch::Reply;
 use super::limits::EXPIRED_MEMORY;
-use super::Broker;
+use super::{Broker, Noisy};
 use crate::holders::{Holder, Owner};
+use crate::log::Level;
 use crate::policy::Op;
 use sockpass::proto::{self, ty};
 use sockpass::{Error, Kind, Result};
@@ -131,6 +132,16 @@ pub(super) struct TokenInfo {
     pub(super) user: u32,
 }
 
+/// The one answer for a token this client may not use, whether it exists
+/// (another client's) or not: the two must not be told apart.
+fn unknown_token(t: &Token) -> Error {
+    Error::with_errno(
+        Kind::UnknownToken,
+        libc::ENOENT,
+        format!("unknown token {}", t.short()),
+    )
+}
+
 /// `TokenInfo::conn_pos` of a reference no connection holds (a reservation).
 pub(super) const NO_CONN: u32 = u32::MAX;
 
@@ -161,10 +172,14 @@ impl Broker {
         for t in expired {
             self.drop_reference(&t);
             self.refs.note_expired(t);
-            self.log(format_args!(
-                "reservation {} expired uncollected; reference dropped",
-                t.short()
-            ));
+            self.log_noisy(
+                Noisy::Expired,
+                Level::Info,
+                format_args!(
+                    "reservation {} expired uncollected; reference dropped",
+                    t.short()
+                ),
+            );
         }
     }
 
@@ -175,7 +190,8 @@ impl Broker {
         self.users.forget_if_idle(e.user);
         if let (Some(st), Some(name)) = (&self.fd_store, &e.store_name) {
             if let Err(err) = st.remove(name) {
-                self.log(format_args!("fd store: cannot remove {name}: {err}"));
+                let line = format!("fd store: cannot remove {name}: {err}");
+                self.log_noisy(Noisy::Store, Level::Warning, format_args!("{line}"));
             }
         }
         if let Some(ino) = e.unix_ino {
@@ -227,11 +243,7 @@ impl Broker {
     /// Drop one reference by token; the references left on its socket.
     pub(super) fn release_one(&mut self, slot: usize, t: &Token) -> Result<u32> {
         let Some(info) = self.refs.get(t) else {
-            return Err(Error::with_errno(
-                Kind::UnknownToken,
-                libc::ENOENT,
-                format!("unknown token {}", t.short()),
-            ));
+            return Err(unknown_token(t));
         };
         let c = self.conns.get(slot).unwrap();
         let (creds, my_id) = (c.creds, c.id);
@@ -250,24 +262,16 @@ impl Broker {
                 .check_op(Op::ReleaseOther, &creds, &e.spec, h.share)
                 .is_err()
         {
-            return Err(Error::with_errno(
-                Kind::UnknownToken,
-                libc::ENOENT,
-                "that token belongs to another client; only its holder may release it",
-            ));
+            // The same answer as a token that does not exist, so a client
+            // cannot learn which tokens do.
+            return Err(unknown_token(t));
         }
         Ok(self.drop_reference(t))
     }
 
     /// Collect a reservation: the reference moves to this connection, once.
     pub(super) fn pickup(&mut self, slot: usize, id: u32, t: &Token) -> Result<Reply> {
-        let unknown = || {
-            Error::with_errno(
-                Kind::UnknownToken,
-                libc::ENOENT,
-                format!("unknown token {}", t.short()),
-            )
-        };
+        let unknown = || unknown_token(t);
         let expired = || {
             Error::with_errno(
                 Kind::TokenExpired,

@@ -4,6 +4,7 @@ use super::cache::Entry;
 use super::conn::Attach;
 use super::dispatch::Reply;
 use super::{Broker, Limits};
+use crate::closer::OffLoopFd;
 use crate::create::create_socket;
 use crate::holders::{Holder, Holders, Owner};
 use sockpass::proto::{self, ty, SocketRequest};
@@ -176,7 +177,7 @@ impl Broker {
                 let es = self.sockets.insert(Entry {
                     id: eid,
                     spec: stored,
-                    fd: created.fd,
+                    fd: OffLoopFd::new(created.fd),
                     port: created.port,
                     holders: Holders::with_capacity(1),
                     keyed,

@@ -19,7 +19,6 @@ use super::limits::{Limits, MAX_REPLY_FDS};
 use super::Broker;
 use crate::holders::Owner;
 use sockpass::proto::{self, ty, UidCounts, UidRow};
-use sockpass::sys;
 use sockpass::{Error, Kind, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
@@ -123,7 +122,7 @@ impl Broker {
         match self.status.fds {
             Some((at, n)) if !privileged && now.duration_since(at) < FD_COUNT_EVERY => n,
             _ => {
-                let n = sys::count_open_fds() as u32;
+                let n = super::broker_fds();
                 self.status.fds = Some((now, n));
                 n
             }

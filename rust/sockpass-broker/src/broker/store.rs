@@ -2,9 +2,11 @@
 //! and adopted back after a crash.
 
 use super::cache::Entry;
-use super::Broker;
+use super::{Broker, Noisy};
+use crate::closer::OffLoopFd;
 use crate::fdstore::{self, FdStore};
 use crate::holders::{Holder, Holders, Owner};
+use crate::log::Level;
 use sockpass::sys::{self, Creds};
 use sockpass::ShareMode;
 use sockpass::SocketSpec;
@@ -34,16 +36,23 @@ impl Broker {
     pub(super) fn store_entry(&mut self, es: usize) {
         let Some(st) = &self.fd_store else { return };
         let e = self.sockets.get(es).unwrap();
+        // Clients decide what is cached: these lines are theirs to cause.
         let Some(name) = fdstore::fd_name(e.id, &e.spec.to_string()) else {
-            self.log(format_args!(
-                "fd store: {} has too long a name to store",
-                e.spec
-            ));
+            let spec = e.spec.to_string();
+            self.log_noisy(
+                Noisy::Store,
+                Level::Warning,
+                format_args!("fd store: {spec} has too long a name to store"),
+            );
             return;
         };
         match st.store(&name, e.fd.as_fd()) {
             Ok(()) => self.sockets.get_mut(es).unwrap().store_name = Some(name),
-            Err(err) => self.log(format_args!("fd store: cannot store {name}: {err}")),
+            Err(err) => self.log_noisy(
+                Noisy::Store,
+                Level::Warning,
+                format_args!("fd store: cannot store {name}: {err}"),
+            ),
         }
     }
 
@@ -95,7 +104,7 @@ impl Broker {
             let es = self.sockets.insert(Entry {
                 id: eid,
                 spec,
-                fd,
+                fd: OffLoopFd::new(fd),
                 port,
                 holders: Holders::with_capacity(1),
                 keyed: true,

@@ -8,6 +8,7 @@ use super::dispatch::Reply;
 use super::event_loop::{set_nonblock, EV_CONN_BASE};
 use super::refs::{TokenInfo, NO_CONN};
 use super::Broker;
+use crate::closer::OffLoopFd;
 use crate::handoff;
 use crate::holders::{Holder, Holders, Owner};
 use sockpass::proto::{self, ty};
@@ -145,7 +146,7 @@ impl Broker {
                 slot: slot as u64,
                 id: e.id,
                 spec: e.spec.to_string(),
-                fd: e.fd,
+                fd: e.fd.into_inner(),
                 port: e.port,
                 keyed: e.keyed,
                 per_worker: e.per_worker,
@@ -198,6 +199,7 @@ impl Broker {
             next_conn_id: self.next_conn_id,
             next_entry_id: self.next_entry_id,
             next_token_seq: self.token_src.next_sequence(),
+            token_key: self.token_src.key(),
             conns,
             entries,
             expired: self.refs.expired().copied().collect(),
@@ -212,7 +214,7 @@ impl Broker {
         let mut b = Broker::new(st.listener, cfg)?;
         b.next_conn_id = st.next_conn_id;
         b.next_entry_id = st.next_entry_id;
-        b.token_src = TokenSource::with_next_sequence(st.next_token_seq);
+        b.token_src = TokenSource::resume(st.next_token_seq, st.token_key);
         b.refs.set_expired(st.expired);
         let now = Instant::now();
         for e in st.entries {
@@ -257,7 +259,7 @@ impl Broker {
                 Entry {
                     id: e.id,
                     spec,
-                    fd: e.fd,
+                    fd: OffLoopFd::new(e.fd),
                     port: e.port,
                     holders,
                     keyed: e.keyed,

@@ -3,7 +3,7 @@
 //! ends the process. The connection is the lease, so exiting releases them.
 //! Useful from the shell, and as a real client process in tests.
 
-use super::{flag, hold_until_stdin_closes, share_args, socket_arg, specs_arg};
+use super::{flag, share_args, socket_arg, specs_arg};
 use clap::{ArgMatches, Command};
 use sockpass::SocketSpec;
 use std::io::Write;
@@ -71,7 +71,50 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     let _ = out.flush();
     drop(out);
     if !m.get_flag("no-hold") {
-        hold_until_stdin_closes();
+        hold_watching_broker(&c, held.len());
     }
     Ok(super::exit::OK)
+}
+
+/// Hold until stdin reaches EOF (or the process is killed), and say so on
+/// stderr if the broker goes away meanwhile (its connection hangs up): the
+/// sockets stay ours, but nothing holds them in the broker any more.
+fn hold_watching_broker(c: &sockpass::Client, held: usize) {
+    use std::io::Read;
+    let mut sink = [0u8; 256];
+    let mut stdin = std::io::stdin();
+    let mut fds = [
+        libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: c.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if sockpass::sys::errno() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        let gone = libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR;
+        if fds[1].revents & gone != 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "sockpass: the broker went away (its connection closed); still holding {held} socket(s), no longer shared through it"
+            );
+            // Watch stdin only from now on.
+            fds[1].fd = -1;
+        }
+        if fds[0].revents != 0 && !matches!(stdin.read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
 }

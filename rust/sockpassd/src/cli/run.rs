@@ -655,16 +655,36 @@ fn run_child(
             }
         }
     }
+    // The broker connection (held while the child runs) is looked at once
+    // a second: a broker that went away is said once on stderr.
+    let mut broker_fd = client.as_ref().map(|c| c.as_raw_fd());
     let status = loop {
         match child.wait_timeout(Duration::ZERO) {
             Ok(Some(st)) => break st,
             Ok(None) => {}
             Err(e) => return super::fail("wait", &e),
         }
-        // SAFETY: sigwaitinfo on a set we blocked.
-        let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        let second = libc::timespec {
+            tv_sec: if broker_fd.is_some() { 1 } else { 3600 },
+            tv_nsec: 0,
+        };
+        // SAFETY: sigtimedwait on a set we blocked.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &second) };
         if sig == libc::SIGTERM || sig == libc::SIGINT {
             let _ = child.kill(sig);
+        }
+        if let Some(fd) = broker_fd {
+            // SAFETY: the client, and so its fd, lives until after the loop.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let gone = libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR;
+            if matches!(sockpass::sys::poll_one(fd, libc::POLLRDHUP, 0), Ok(r) if r & gone != 0) {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "sockpass: the broker went away (its connection closed); the program keeps its sockets"
+                );
+                broker_fd = None;
+            }
         }
     };
     drop(client);

@@ -131,7 +131,21 @@ impl Broker {
             .count()
     }
 
+    /// The broker's log so far. Lines are written by its logger thread a
+    /// moment after the event: wait until the file stops growing (30 ms,
+    /// at most 300 ms) so a line logged before a reply is there.
     pub fn log_text(&self) -> String {
+        let size = || std::fs::metadata(&self.log).map_or(0, |m| m.len());
+        let t0 = Instant::now();
+        let mut last = size();
+        while t0.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(30));
+            let now = size();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

@@ -1,0 +1,339 @@
+//! Closing fds a client could have touched without blocking the event loop.
+//!
+//! `close()` can block: the last close of a TCP socket with `SO_LINGER` on,
+//! unsent data and a peer that never reads waits up to the linger time
+//! (about 2^31 s); closing a file on FUSE or NFS may wait for its server
+//! (FLUSH). A client can arrange either for fds it sends us (refused at the
+//! kernel with `SO_PASSRIGHTS=0` where the kernel has it, see
+//! [`refuse_passed_fds`]) and for broker sockets it shares (it holds the
+//! same open file description, so it can set `SO_LINGER` on ours).
+//!
+//! Switching linger off right before `close()` alone is not sound: a client
+//! that still holds the socket can switch it back on between our
+//! `setsockopt` and our `close`, then close its own fd first so ours is the
+//! last. So such fds are closed by a dedicated closer thread fed through a
+//! bounded queue. Linger is still switched off first ([`linger_off`]), so
+//! winning that race is the only way to stall the closer, and a stalled
+//! closer delays only other closes. When the queue is full the fds are
+//! parked and handed over on a later call ([`flush`]); nothing is ever
+//! closed on the loop.
+//!
+//! A broker socket's port should be free when the client reads RELEASED, so
+//! for those the loop waits for the closer, at most [`SETTLE`]; a closer
+//! that overstays is left alone (no more waits) until it has caught up, so
+//! a stalled closer costs the loop one such wait, not one per close.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+/// How long the loop waits for a broker socket's close (see the module doc).
+pub const SETTLE: Duration = Duration::from_millis(20);
+
+/// Batches of fds waiting for the closer thread, at most.
+const QUEUE: usize = 4096;
+
+/// `SO_PASSRIGHTS` (Linux 6.16+, `include/uapi/asm-generic/socket.h`):
+/// 0 makes the kernel refuse `SCM_RIGHTS` sent to this socket (the sender
+/// gets EPERM); accepted sockets inherit it from the listener. Defined
+/// here because the libc crate does not have it yet.
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Refuse fds sent to `fd` (a listening socket) and to every socket
+/// accepted from it. False on kernels without `SO_PASSRIGHTS`: fds still
+/// arrive there and are closed through [`close_off_loop`].
+pub fn refuse_passed_fds(fd: &impl AsRawFd) -> bool {
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt with a valid int option value.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// Switch `SO_LINGER` off (`l_onoff = 0`): close returns at once and the
+/// kernel finishes the connection in the background. Harmless on fds that
+/// are not sockets (ENOTSOCK) or not TCP.
+pub fn linger_off(fd: &impl AsRawFd) {
+    let l = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid linger struct.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+struct Closer {
+    tx: Option<SyncSender<Vec<OwnedFd>>>,
+    /// Fds the queue had no room for, handed over on a later call.
+    parked: Vec<OwnedFd>,
+    /// Batches handed to the closer thread.
+    sent: u64,
+    /// A wait for the closer timed out: no more waits until it caught up.
+    behind: bool,
+}
+
+static CLOSER: OnceLock<Mutex<Closer>> = OnceLock::new();
+/// Batches the closer thread has closed, and its signal for [`settle`].
+static CLOSED: AtomicU64 = AtomicU64::new(0);
+static DONE: OnceLock<(Mutex<()>, Condvar)> = OnceLock::new();
+
+fn done() -> &'static (Mutex<()>, Condvar) {
+    DONE.get_or_init(|| (Mutex::new(()), Condvar::new()))
+}
+
+fn closer() -> &'static Mutex<Closer> {
+    CLOSER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Vec<OwnedFd>>(QUEUE);
+        let started = std::thread::Builder::new()
+            .name("sockpassd-close".into())
+            .spawn(move || {
+                crate::log::block_signals();
+                // Each batch is dropped (closed) here, off the loop.
+                for batch in rx {
+                    drop(batch);
+                    let (m, cv) = done();
+                    let _g = m.lock().unwrap_or_else(|p| p.into_inner());
+                    CLOSED.fetch_add(1, Ordering::Release);
+                    cv.notify_all();
+                }
+            })
+            .is_ok();
+        Mutex::new(Closer {
+            tx: started.then_some(tx),
+            parked: Vec::new(),
+            sent: 0,
+            behind: false,
+        })
+    })
+}
+
+/// Close `fds` on the closer thread, with linger switched off first.
+/// Returns false when the closer's queue is full (the fds are parked and
+/// go with a later call): the caller should stop taking fds from whoever
+/// sent these (drop that connection).
+pub fn close_off_loop(fds: Vec<OwnedFd>) -> bool {
+    for fd in &fds {
+        linger_off(fd);
+    }
+    let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
+    c.parked.extend(fds);
+    hand_over(&mut c)
+}
+
+/// Hand parked fds to the closer; true if none are left parked.
+pub fn flush() -> bool {
+    let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
+    hand_over(&mut c)
+}
+
+fn hand_over(c: &mut Closer) -> bool {
+    if c.parked.is_empty() {
+        return true;
+    }
+    let Some(tx) = &c.tx else {
+        // No closer thread could be started: keep them (bounded by the fd
+        // limit) rather than block.
+        return false;
+    };
+    let batch = std::mem::take(&mut c.parked);
+    match tx.try_send(batch) {
+        Ok(()) => {
+            c.sent += 1;
+            true
+        }
+        Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
+            c.parked = b;
+            false
+        }
+    }
+}
+
+/// Wait (at most [`SETTLE`]) until the closer has closed everything handed
+/// to it, unless it is behind from an earlier wait that timed out.
+pub fn settle() {
+    let target = {
+        let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
+        let closed = CLOSED.load(Ordering::Acquire);
+        if c.behind && closed < c.sent {
+            return;
+        }
+        c.behind = false;
+        if !c.parked.is_empty() {
+            return;
+        }
+        c.sent
+    };
+    let (m, cv) = done();
+    let g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let (_g, r) = cv
+        .wait_timeout_while(g, SETTLE, |_| CLOSED.load(Ordering::Acquire) < target)
+        .unwrap_or_else(|p| p.into_inner());
+    if r.timed_out() {
+        closer().lock().unwrap_or_else(|p| p.into_inner()).behind = true;
+    }
+}
+
+/// An fd a client could have touched (a broker socket it shares): dropping
+/// it closes it through [`close_off_loop`] and waits for that within
+/// [`settle`]'s bound, so the port is free when the release is answered.
+#[derive(Debug)]
+pub struct OffLoopFd(Option<OwnedFd>);
+
+impl OffLoopFd {
+    pub fn new(fd: OwnedFd) -> OffLoopFd {
+        OffLoopFd(Some(fd))
+    }
+
+    /// The fd itself, no longer closed off the loop (handed over in an
+    /// upgrade).
+    pub fn into_inner(mut self) -> OwnedFd {
+        self.0.take().expect("OffLoopFd holds its fd until taken")
+    }
+}
+
+impl AsFd for OffLoopFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0
+            .as_ref()
+            .expect("OffLoopFd holds its fd until taken")
+            .as_fd()
+    }
+}
+
+impl AsRawFd for OffLoopFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+impl Drop for OffLoopFd {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            if close_off_loop(vec![fd]) {
+                settle();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+    use std::time::{Duration, Instant};
+
+    fn sock(ty: i32) -> OwnedFd {
+        // SAFETY: a new socket fd or -1.
+        let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd is new.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn linger_of(fd: &OwnedFd) -> libc::linger {
+        let mut l = libc::linger {
+            l_onoff: 0,
+            l_linger: 0,
+        };
+        let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        // SAFETY: valid out pointers.
+        unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&mut l as *mut libc::linger).cast(),
+                &mut len,
+            )
+        };
+        l
+    }
+
+    /// A TCP socket with linger {1, 1000 s}, unsent data and a peer that
+    /// never reads: the call returns at once (the close happens on the
+    /// closer thread, linger off), and the fd is closed soon after.
+    #[test]
+    fn a_lingering_socket_is_closed_without_waiting() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_peer, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let fd: OwnedFd = s.into();
+        let on = libc::linger {
+            l_onoff: 1,
+            l_linger: 1000,
+        };
+        // SAFETY: valid linger struct.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&on as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(linger_of(&fd).l_onoff, 1);
+        let junk = [0u8; 65536];
+        // Fill the send buffer and the peer's receive buffer.
+        // SAFETY: sending from a valid buffer.
+        while unsafe { libc::send(fd.as_raw_fd(), junk.as_ptr().cast(), junk.len(), 0) } > 0 {}
+        let raw = fd.as_raw_fd();
+        let ino = |fd: i32| {
+            // SAFETY: fstat into a zeroed struct; fd may be closed.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+        };
+        let mine = ino(raw);
+        let t0 = Instant::now();
+        assert!(close_off_loop(vec![fd]));
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        // Closed soon after on the closer thread (the number may be reused
+        // by another test's fd: compare inodes).
+        let t0 = Instant::now();
+        while ino(raw) == mine {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "closer did not close"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn linger_off_switches_it_off() {
+        let s = sock(libc::SOCK_STREAM);
+        let on = libc::linger {
+            l_onoff: 1,
+            l_linger: 5,
+        };
+        // SAFETY: valid linger struct.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&on as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        linger_off(&s);
+        assert_eq!(linger_of(&s).l_onoff, 0);
+    }
+}
