@@ -332,7 +332,9 @@ fn status_tables_waiting_to_be_read_are_bounded() {
     });
     assert_limit(&e, "status tables are still open or unread, the limit");
     assert!(e.message().starts_with("48 "), "{e}");
-    assert!(rounds >= 47, "refused after {rounds} rounds");
+    // One new table a round; good's own (read and closed) count until the
+    // broker has seen them go, so a few rounds fewer may reach the bound.
+    assert!(rounds >= 40, "refused after {rounds} rounds");
     // The broker keeps at most the last table and those still queued in it.
     assert!(b.fd_count() < 64 + 16, "{} fds", b.fd_count());
     // Requests do not need a table: still served.
