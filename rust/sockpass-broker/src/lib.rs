@@ -3,7 +3,7 @@
 //! library and the Python extension cannot reach broker code.
 //!
 //! - [`broker`]: the cache, references and connections, in one epoll loop;
-//! - [`policy`]: who may ask for what;
+//! - [`policy`]: who may ask for what; [`quota`]: how much each uid may hold;
 //! - [`handoff`]: the broker's state handed to its successor on upgrade;
 //! - [`exe`]: the upgrade's binaries, opened once, checked, run by fd;
 //! - [`fallback`]: a new image that fails before serving runs the old one;
@@ -25,4 +25,5 @@ pub mod handoff;
 mod holders;
 pub mod log;
 pub mod policy;
+pub mod quota;
 pub mod unixsock;

@@ -13,6 +13,7 @@
 //! release another client's token. The file format is in docs/POLICY.md and
 //! `contrib/policy.conf`.
 
+use crate::quota::QuotaLine;
 use sockpass::sys::Creds;
 use sockpass::ShareMode;
 use sockpass::{Error, Kind, Result};
@@ -247,6 +248,8 @@ pub fn in_net(a: &IpAddr, net: &IpAddr, len: u8) -> bool {
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// `limit` lines: per-uid quotas over the flags' defaults.
+    pub limits: Vec<QuotaLine>,
     /// May references of different uids share one socket (each asked for
     /// `any`)? `share-across-uids no` forbids it; `sameapp` never crosses
     /// uids either way.
@@ -296,6 +299,7 @@ impl Policy {
                     0,
                 ),
             ],
+            limits: Vec::new(),
             share_across_uids: true,
         }
     }
@@ -395,11 +399,19 @@ impl Policy {
     /// error messages (`name:LINE`).
     pub fn parse(text: &str, name: &str) -> Result<Policy> {
         let mut rules = Vec::new();
+        let mut limits = Vec::new();
         let mut across: Option<bool> = None;
         for (i, line) in text.lines().enumerate() {
             let at = format!("{name}:{}", i + 1);
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("limit ") {
+                let l = QuotaLine::parse(rest)
+                    .and_then(|l| crate::quota::check_unique(&limits, &l).map(|_| l))
+                    .map_err(|e| Error::bad_request(format!("{at}: {}", e.message())))?;
+                limits.push(l);
                 continue;
             }
             if let Some(v) = line.strip_prefix("share-across-uids") {
@@ -425,6 +437,7 @@ impl Policy {
         }
         Ok(Policy {
             rules,
+            limits,
             share_across_uids: across.unwrap_or(true),
         })
     }
@@ -437,7 +450,7 @@ fn parse_rule(line: &str, at: &str) -> Result<Rule> {
         Some("deny") => Action::Deny,
         Some(w) => {
             return Err(Error::bad_request(format!(
-                "expected allow or deny, got {w:?}"
+                "expected allow, deny, limit or share-across-uids, got {w:?}"
             )))
         }
         None => unreachable!("empty lines are skipped"),
@@ -603,7 +616,7 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>> {
     Ok(r)
 }
 
-fn lookup_user(name: &str) -> Result<u32> {
+pub(crate) fn lookup_user(name: &str) -> Result<u32> {
     sockpass::sys::lookup_user(name).map(|(uid, _)| uid)
 }
 
@@ -838,7 +851,11 @@ allow * path=/run/a/
     #[test]
     fn malformed_files_name_the_line() {
         for (text, line, what) in [
-            ("allow *\npermit *\n", 2, "expected allow or deny"),
+            (
+                "allow *\npermit *\n",
+                2,
+                "expected allow, deny, limit or share-across-uids",
+            ),
             ("allow\n", 1, "missing who"),
             ("\n\nallow uid=x\n", 3, "not a number"),
             ("allow * port=70000\n", 1, "invalid port"),
@@ -859,6 +876,13 @@ allow * path=/run/a/
             ("allow user=no-such-user-xyz\n", 1, "unknown user"),
             ("allow group=no-such-group-xyz\n", 1, "unknown group"),
             ("allow * port\n", 1, "expected KEY=VALUE"),
+            ("limit * sockets=x\n", 1, "not a number"),
+            (
+                "limit * sockets=1\nlimit * status=1\n",
+                2,
+                "second 'limit *'",
+            ),
+            ("limit group=x sockets=1\n", 1, "per uid"),
         ] {
             let e = Policy::parse(text, "f").unwrap_err();
             assert_eq!(e.kind(), Kind::BadRequest);

@@ -76,6 +76,8 @@ pub use error::{
     CODE_UNKNOWN_TOKEN,
 };
 pub use ns::{Namespaces, NsSet};
+/// Per-uid use and quotas in [`Status::users`].
+pub use proto::{Counters, UidCounts, UidRow};
 #[doc(hidden)]
 pub use readiness::connect_notify_socket;
 pub use readiness::{

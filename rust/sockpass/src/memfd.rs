@@ -1,7 +1,7 @@
 //! Anonymous in-memory files, for payloads too large for one packet.
 
 use crate::error::{Error, Result};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 
 /// A CLOEXEC memfd holding `data`, sealed against writes and resizing.
@@ -23,12 +23,27 @@ pub fn from_bytes(name: &str, data: &[u8]) -> Result<OwnedFd> {
 
 /// Read a whole received memfd (or any file), at most `max` bytes.
 pub fn read_all(fd: OwnedFd, max: usize) -> Result<Vec<u8>> {
-    let mut f = std::fs::File::from(fd);
-    f.seek(SeekFrom::Start(0)).map_err(Error::from)?;
-    let mut out = Vec::new();
-    f.take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(Error::from)?;
+    // By offset (pread), not seek + read: a file description shared with
+    // another reader has one offset for both.
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::from(fd);
+    let mut out = vec![0u8; 64 * 1024];
+    let mut len = 0usize;
+    loop {
+        if len == out.len() {
+            if len > max {
+                break;
+            }
+            out.resize((len * 2).min(max + 1).max(len + 1), 0);
+        }
+        match f.read_at(&mut out[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::from(e)),
+        }
+    }
+    out.truncate(len);
     if out.len() > max {
         return Err(Error::protocol(format!("payload larger than {max} bytes")));
     }

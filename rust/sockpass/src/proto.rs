@@ -483,16 +483,20 @@ pub struct StatusRow {
 
 impl StatusRow {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.socket_id.to_le_bytes());
-        self.spec.encode(out);
-        out.extend_from_slice(&self.port.to_le_bytes());
-        out.extend_from_slice(&self.refs.to_le_bytes());
-        out.extend_from_slice(&self.conn_id.to_le_bytes());
-        out.extend_from_slice(&self.pid.to_le_bytes());
-        out.extend_from_slice(&self.uid.to_le_bytes());
-        out.extend_from_slice(&self.gid.to_le_bytes());
-        out.extend_from_slice(&[self.share.wire(), self.reserved as u8, self.app.len() as u8]);
-        out.extend_from_slice(self.app.as_bytes());
+        StatusRowRef {
+            socket_id: self.socket_id,
+            spec: &self.spec,
+            port: self.port,
+            refs: self.refs,
+            conn_id: self.conn_id,
+            pid: self.pid,
+            uid: self.uid,
+            gid: self.gid,
+            share: self.share,
+            reserved: self.reserved,
+            app: &self.app,
+        }
+        .encode(out);
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<StatusRow> {
@@ -521,6 +525,100 @@ impl StatusRow {
             share,
             reserved,
             app,
+        })
+    }
+}
+
+/// A status row by reference: the broker encodes its table without copying
+/// each spec and application name first.
+pub struct StatusRowRef<'a> {
+    pub socket_id: u64,
+    pub spec: &'a SocketSpec,
+    pub port: u16,
+    pub refs: u32,
+    pub conn_id: u64,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub share: ShareMode,
+    pub reserved: bool,
+    pub app: &'a str,
+}
+
+impl StatusRowRef<'_> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.socket_id.to_le_bytes());
+        self.spec.encode(out);
+        out.extend_from_slice(&self.port.to_le_bytes());
+        out.extend_from_slice(&self.refs.to_le_bytes());
+        out.extend_from_slice(&self.conn_id.to_le_bytes());
+        out.extend_from_slice(&self.pid.to_le_bytes());
+        out.extend_from_slice(&self.uid.to_le_bytes());
+        out.extend_from_slice(&self.gid.to_le_bytes());
+        out.extend_from_slice(&[self.share.wire(), self.reserved as u8, self.app.len() as u8]);
+        out.extend_from_slice(self.app.as_bytes());
+    }
+}
+
+/// One uid's counts in the status table: what it uses, or its quota
+/// (`u32::MAX`: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UidCounts {
+    pub connections: u32,
+    pub sockets: u32,
+    pub references: u32,
+    pub reservations: u32,
+    /// Status tables open.
+    pub status: u32,
+}
+
+/// One uid's row in the status table's per-uid section.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UidRow {
+    pub uid: u32,
+    pub used: UidCounts,
+    pub quota: UidCounts,
+}
+
+impl UidCounts {
+    fn encode(&self, out: &mut Vec<u8>) {
+        for v in [
+            self.connections,
+            self.sockets,
+            self.references,
+            self.reservations,
+            self.status,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<UidCounts> {
+        Ok(UidCounts {
+            connections: r.u32()?,
+            sockets: r.u32()?,
+            references: r.u32()?,
+            reservations: r.u32()?,
+            status: r.u32()?,
+        })
+    }
+}
+
+impl UidRow {
+    /// Encoded size: uid and two sets of five counters.
+    pub const LEN: usize = 44;
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.uid.to_le_bytes());
+        self.used.encode(out);
+        self.quota.encode(out);
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<UidRow> {
+        Ok(UidRow {
+            uid: r.u32()?,
+            used: UidCounts::decode(r)?,
+            quota: UidCounts::decode(r)?,
         })
     }
 }

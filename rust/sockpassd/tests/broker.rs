@@ -1257,6 +1257,18 @@ fn status_cli_prints_a_table_and_json() {
     assert!(text.contains("udp:127.0.0.1:0"), "{text}");
     assert!(text.contains(&format!(" {} ", g.port)), "{text}");
     assert!(text.contains("sameapp"), "{text}");
+    // The per-uid section: this uid's connections (this client and the
+    // CLI's), socket and reference, and no quota (it is the broker's uid).
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let row = format!(
+        "\n{uid:<10} {:>13} {:>13} {:>15} {:>13}",
+        "2/-", "1/-", "1/-", "0/-"
+    );
+    assert!(
+        text.contains("CONNECTIONS") && text.contains(&row),
+        "{text}"
+    );
     let out = Command::new(sockpass_bin())
         .args(["status", "--json", "--socket"])
         .arg(&b.path)
@@ -1266,6 +1278,12 @@ fn status_cli_prints_a_table_and_json() {
     assert!(json.contains("\"refs\":1"), "{json}");
     assert!(json.contains("\"app\":\"dns \\\"quoted\\\"\""), "{json}");
     assert!(json.contains(&format!("\"port\":{}", g.port)), "{json}");
+    assert!(
+        json.contains(&format!(
+            "\"users\":[{{\"uid\":{uid},\"used\":{{\"connections\":2,\"sockets\":1,\"references\":1,\"reservations\":0,"
+        )) && json.contains("\"quota\":{\"connections\":null,"),
+        "{json}"
+    );
     // No broker: a clear error and exit status 1.
     let out = Command::new(sockpass_bin())
         .args(["status", "--socket", "/nonexistent/x.sock"])

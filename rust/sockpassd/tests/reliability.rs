@@ -85,12 +85,50 @@ fn check_consistent(st: &Status) {
         total, st.counters.references,
         "counters agree with the table"
     );
+    // The per-uid section agrees with the table and the counters: each
+    // reference is charged to its holder's uid (a reservation to its
+    // reserver's), each socket to one uid, each connection to its uid.
+    let sum = |f: fn(&sockpass::UidRow) -> u32| st.users.iter().map(f).sum::<u32>();
+    assert_eq!(sum(|u| u.used.references), st.counters.references, "{st:?}");
+    assert_eq!(
+        sum(|u| u.used.connections),
+        st.counters.connections,
+        "{st:?}"
+    );
+    assert_eq!(
+        sum(|u| u.used.reservations),
+        st.counters.reservations,
+        "{st:?}"
+    );
+    assert_eq!(sum(|u| u.used.sockets), st.counters.sockets, "{st:?}");
+    for u in &st.users {
+        let rows = st
+            .sockets
+            .iter()
+            .flat_map(|s| &s.holders)
+            .filter(|h| h.uid == u.uid)
+            .count();
+        assert_eq!(u.used.references as usize, rows, "uid {}", u.uid);
+    }
     assert_eq!(st.counters.sockets as usize, st.sockets.len());
 }
 
 #[test]
 fn crash_soak_returns_to_baseline_exactly() {
-    let b = Broker::start("soak");
+    // Small per-uid quotas: as root, a quarter of the clients run as nobody
+    // and hit them while being killed at random points; the per-uid counts
+    // must agree with the table throughout and be gone at the end.
+    let b = Broker::start_with(
+        "soak",
+        &[
+            "--max-connections-per-uid",
+            "8",
+            "--max-sockets-per-uid",
+            "6",
+        ],
+    );
+    let as_nobody = is_root();
+    let mut nobody_clients = 0;
     let mut rng = Rng::new();
     let shared: Vec<String> = (0..3)
         .map(|i| {
@@ -160,13 +198,17 @@ fn crash_soak_returns_to_baseline_exactly() {
             }
         }
         let n_specs = args.len() - 5 - if shared_mode { 2 } else { 0 };
-        let child = Command::new(sockpass_bin())
-            .args(&args)
+        let mut cmd = Command::new(sockpass_bin());
+        cmd.args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        if as_nobody && rng.below(4) == 0 {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(65534).gid(65534);
+            nobody_clients += 1;
+        }
+        let child = cmd.spawn().unwrap();
         asked.insert(child.id() as i32, n_specs);
         if rng.below(3) == 0 {
             // Killed young: before it connects, or while its requests are
@@ -204,6 +246,10 @@ fn crash_soak_returns_to_baseline_exactly() {
     });
     let st = b.status();
     assert!(st.sockets.is_empty());
+    // No per-uid row is left behind but the status query's own.
+    assert_eq!(st.users.len(), 1, "{:?}", st.users);
+    assert_eq!(st.users[0].used.connections, 1);
+    assert_eq!(st.users[0].used.references + st.users[0].used.sockets, 0);
     let end_fds = quiet_fds();
     assert_eq!(end_fds, base_fds, "broker fds back to the baseline exactly");
     for s in &shared {
@@ -274,6 +320,10 @@ fn crash_soak_returns_to_baseline_exactly() {
         t0.elapsed(),
         ephemeral.len(),
         busy.len(),
+    );
+    eprintln!(
+        "crash soak: {nobody_clients} clients ran as nobody; {} refusal line(s) name its quotas",
+        log.matches("uid 65534 holds").count()
     );
     assert_eq!(killed, clients);
     assert!(

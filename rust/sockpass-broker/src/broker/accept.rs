@@ -52,27 +52,11 @@ impl Broker {
             }
             // SAFETY: r is a new fd.
             let fd = unsafe { OwnedFd::from_raw_fd(r) };
-            if self.conns.len() >= self.cfg.limits.max_connections {
-                // Closing at once keeps the backlog from filling with clients
-                // that would only wait. The ERROR with id 0 (best effort)
-                // tells the client why instead of a bare hang-up.
-                let e = Error::with_errno(
-                    Kind::LimitReached,
-                    libc::EUSERS,
-                    format!(
-                        "the broker serves {} connections, its limit",
-                        self.conns.len()
-                    ),
-                );
-                let mut msg = Vec::new();
-                proto::encode_error(&mut msg, 0, &e);
-                let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
-                drop(fd);
-                self.note_refusal("connection limit reached");
+            let creds = sys::peer_creds(&fd);
+            if !self.admit(fd, creds) {
+                // Refused: the next waiting client may be served.
                 continue;
             }
-            let creds = sys::peer_creds(&fd);
-            self.admit(fd, creds);
             // One client per wakeup: the listener is level-triggered, so
             // more waiting wake the loop again, and the usual single client
             // costs no accept4 that fails with EAGAIN.
@@ -83,7 +67,9 @@ impl Broker {
     /// Serve an accepted client known by `creds` (its `SO_PEERCRED`). Who
     /// the client is decides what it may do: without its credentials it
     /// gets nothing (dropped and logged; never a default uid 0).
-    pub(super) fn admit(&mut self, fd: OwnedFd, creds: Result<Creds, i32>) {
+    /// False when the client was refused (no credentials, the connection
+    /// limit or its uid's quota), so the caller may accept the next.
+    pub(super) fn admit(&mut self, fd: OwnedFd, creds: Result<Creds, i32>) -> bool {
         let creds = match creds {
             Ok(c) => c,
             Err(e) => {
@@ -92,13 +78,32 @@ impl Broker {
                     "cannot read the client's credentials (SO_PEERCRED: {})",
                     sockpass::strerror(e)
                 ));
-                return;
+                return false;
             }
         };
+        let user = self.users.slot(creds.uid, &self.cfg, self.broker_uid);
+        if let Err(e) = self.conn_room(user) {
+            // Closing at once keeps the backlog from filling with clients
+            // that would only wait. The ERROR with id 0 (best effort)
+            // tells the client why instead of a bare hang-up.
+            let mut msg = Vec::new();
+            proto::encode_error(&mut msg, 0, &e);
+            let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
+            drop(fd);
+            self.users.forget_if_idle(user);
+            self.note_refusal(if e.message().contains("per-uid") {
+                "per-uid connection quota reached"
+            } else {
+                "connection limit reached"
+            });
+            return false;
+        }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        let conn = self.new_conn(fd, id, creds);
+        let conn = self.new_conn(fd, id, creds, user);
         let slot = self.conns.insert(conn);
+        self.users.get_mut(user).conns += 1;
+        self.changed();
         let raw = self.conns.get(slot).unwrap().fd.as_raw_fd();
         if self
             .epoll
@@ -111,21 +116,25 @@ impl Broker {
             .is_err()
         {
             self.conns.remove(slot);
-            return;
+            self.users.get_mut(user).conns -= 1;
+            self.users.forget_if_idle(user);
+            return true;
         }
         // A client sends its first request right after connecting, so it
         // is usually waiting already: read it now rather than after one
         // more epoll_wait (if not, one recvmsg says EAGAIN).
         self.read_requests(slot);
+        true
     }
 
     /// A new connection, starting with the last application name named
     /// and a spare reference list (neither allocates).
-    pub(super) fn new_conn(&mut self, fd: OwnedFd, id: u64, creds: Creds) -> Conn {
+    pub(super) fn new_conn(&mut self, fd: OwnedFd, id: u64, creds: Creds, user: usize) -> Conn {
         Conn {
             fd,
             id,
             creds,
+            user,
             default_app: None,
             last_app: self.app_memo.clone(),
             refs: self.spare_refs.pop().unwrap_or_default(),
@@ -134,6 +143,29 @@ impl Broker {
             pipelining: false,
             wakeups: 0,
         }
+    }
+
+    /// May uid row `user` open one more connection? The global limit (less
+    /// the privileged reserve for others), then the uid's quota.
+    fn conn_room(&self, user: usize) -> sockpass::Result<()> {
+        let u = self.users.get(user);
+        let max = self.cfg.limits.max_connections;
+        if self.conns.len() >= super::Limits::global_room(max, u.privileged) {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!(
+                    "the broker serves {} connections, its limit{}",
+                    self.conns.len(),
+                    if self.conns.len() < max {
+                        " for unprivileged uids (the rest is kept for root)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        u.room("connections", u.conns, u.quota.connections)
     }
 
     /// Out of fds (`errno`) with a client waiting: spend the reserve fd to

@@ -31,6 +31,9 @@ pub(super) struct Entry {
     /// Taken from the fd store at start: held by the broker (an anonymous
     /// reservation) until the first request for its spec claims it.
     pub(super) adopted: bool,
+    /// The uid row of the request that created it, charged for it while it
+    /// lives (root's for one adopted from the fd store).
+    pub(super) user: usize,
 }
 
 /// Every socket the broker holds, by slot, and the indexes over them. An
@@ -275,6 +278,7 @@ mod tests {
             unix_ino: None,
             store_name: None,
             adopted: false,
+            user: 0,
         });
         for i in 0..1000u32 {
             b.remember_hit(&i.to_le_bytes(), es);

@@ -10,7 +10,6 @@ use sockpass::proto::{self, ty, Header};
 use sockpass::sys::Creds;
 use sockpass::Error;
 use sockpass::Token;
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
@@ -20,41 +19,24 @@ pub(super) enum Attach {
     /// A cached socket, by entry slot and id. The entry outlives a queued
     /// reply because the reply's token keeps a reference, so no dup is needed.
     Entry(usize, u64),
-    /// An fd made for this reply (the status memfd).
-    Owned(CountedFd),
+    /// A status table, shared by the replies that show the same state.
+    Table(Rc<OwnedFd>),
 }
 
-/// An fd the broker made for a reply, counted while it lives, so the fds
-/// that queued replies hold stay within the headroom under RLIMIT_NOFILE.
-pub(super) struct CountedFd {
-    /// Always Some until `into_fd` takes it.
-    fd: Option<OwnedFd>,
-    live: Rc<Cell<usize>>,
-}
-
-impl CountedFd {
-    pub(super) fn new(fd: OwnedFd, live: &Rc<Cell<usize>>) -> CountedFd {
-        live.set(live.get() + 1);
-        CountedFd {
-            fd: Some(fd),
-            live: live.clone(),
-        }
-    }
-
-    pub(super) fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|f| f.as_fd())
-    }
-
-    /// The fd, no longer counted (handed over in an upgrade).
-    pub(super) fn into_fd(mut self) -> Option<OwnedFd> {
-        self.fd.take()
-    }
-}
-
-impl Drop for CountedFd {
-    fn drop(&mut self) {
-        self.live.set(self.live.get() - 1);
-    }
+/// A status table goes out as a fresh open file description of its memfd
+/// (opened through /proc at send time, closed right after): the replies
+/// share the memory, not a file offset, so clients reading theirs at once
+/// (`lseek` + `read`) do not move each other's. None: send the table's
+/// own fd (no /proc, or no fd to spare).
+fn own_description(a: &Option<Attach>) -> Option<OwnedFd> {
+    let Some(Attach::Table(t)) = a else {
+        return None;
+    };
+    let path = format!("/proc/self/fd/{}\0", t.as_raw_fd());
+    // SAFETY: a NUL-terminated path; the result is a new fd or -1.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // SAFETY: fd is new when non-negative.
+    (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
 /// A reply waiting for the client to read.
@@ -67,6 +49,8 @@ pub(super) struct Conn {
     pub(super) fd: OwnedFd,
     pub(super) id: u64,
     pub(super) creds: Creds,
+    /// Its uid's row in [`super::users::Users`].
+    pub(super) user: usize,
     pub(super) default_app: Option<Rc<str>>,
     pub(super) last_app: Rc<str>,
     /// The references this connection holds; each token's `TokenInfo`
@@ -242,7 +226,7 @@ impl Broker {
                 .get(*es)
                 .filter(|e| e.id == *eid)
                 .map(|e| e.fd.as_fd()),
-            Some(Attach::Owned(c)) => c.as_fd(),
+            Some(Attach::Table(t)) => Some(t.as_fd()),
             None => None,
         }
     }
@@ -253,7 +237,11 @@ impl Broker {
             return;
         };
         if c.outq.is_empty() {
-            let fd = self.attached_fd(&attach);
+            let own = own_description(&attach);
+            let fd = own
+                .as_ref()
+                .map(|f| f.as_fd())
+                .or(self.attached_fd(&attach));
             let fds: &[BorrowedFd<'_>] = match &fd {
                 Some(f) => std::slice::from_ref(f),
                 None => &[],
@@ -299,7 +287,11 @@ impl Broker {
                 return false;
             };
             let Some(o) = c.outq.front() else { break };
-            let fd = self.attached_fd(&o.attach);
+            let own = own_description(&o.attach);
+            let fd = own
+                .as_ref()
+                .map(|f| f.as_fd())
+                .or(self.attached_fd(&o.attach));
             let fds: &[BorrowedFd<'_>] = match &fd {
                 Some(f) => std::slice::from_ref(f),
                 None => &[],
@@ -342,6 +334,9 @@ impl Broker {
         for t in &c.refs {
             self.drop_reference(t);
         }
+        self.users.get_mut(c.user).conns -= 1;
+        self.users.forget_if_idle(c.user);
+        self.changed();
         if self.spare_refs.len() < SPARE_REFS && c.refs.capacity() <= SPARE_REFS {
             let mut refs = c.refs;
             refs.clear();

@@ -37,7 +37,7 @@ impl Broker {
             Request::Release(t) => self.release(slot, id, &t),
             Request::ReleaseMany(ts) => self.release_many(slot, id, ts),
             Request::Pickup(t) => self.pickup(slot, id, &t),
-            Request::Status => self.status(id),
+            Request::Status => self.status(slot, id),
             Request::Upgrade(exe) => self.ask_upgrade(slot, id, exe),
         };
         self.answer(slot, id, res);

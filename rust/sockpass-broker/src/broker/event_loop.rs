@@ -53,6 +53,8 @@ impl Epoll {
 
 pub(super) const EV_LISTENER: u64 = 0;
 pub(super) const EV_STOP: u64 = 1;
+/// The inotify fd that reports status tables gone.
+pub(super) const EV_STATUS_GONE: u64 = 2;
 pub(super) const EV_CONN_BASE: u64 = 16;
 
 impl Broker {
@@ -84,6 +86,7 @@ impl Broker {
                         return Ok(());
                     }
                     EV_LISTENER => self.accept_client(),
+                    EV_STATUS_GONE => self.tables_gone(),
                     d => self.conn_event((d - EV_CONN_BASE) as usize, flags),
                 }
             }

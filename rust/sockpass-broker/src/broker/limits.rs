@@ -16,6 +16,10 @@ pub struct Limits {
     pub max_sockets: usize,
     /// Reservations awaiting pick-up, over all clients.
     pub max_reservations: usize,
+    /// References (tokens, reservations included), over all clients.
+    pub max_references: usize,
+    /// Per-uid quotas set by flags; None: a share of the global limit.
+    pub per_uid: PerUid,
     /// How long a reservation waits for its pick-up.
     pub reservation_ttl: Duration,
     /// Requests handled per readable event, for fairness between clients.
@@ -30,6 +34,8 @@ impl Default for Limits {
             max_queued_replies: 32,
             max_sockets: 65536,
             max_reservations: 1024,
+            max_references: 262_144,
+            per_uid: PerUid::default(),
             reservation_ttl: Duration::from_secs(30),
             batch: 32,
         }
@@ -43,6 +49,55 @@ impl Limits {
         let budget = nofile.saturating_sub(FD_HEADROOM as u64) as usize;
         self.max_connections = self.max_connections.min(budget / 2).max(1);
         self.max_sockets = self.max_sockets.min(budget - self.max_connections).max(1);
+    }
+}
+
+/// Per-uid quotas given as flags (None: the default share).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PerUid {
+    pub connections: Option<usize>,
+    pub sockets: Option<usize>,
+    pub references: Option<usize>,
+    pub reservations: Option<usize>,
+    pub status: Option<usize>,
+}
+
+/// A uid's default share of each global table: one uid at its quota leaves
+/// seven eighths to the others (as dbus-daemon's per-user quotas, or
+/// s6-ipcserverd's `-C` beside `-c`).
+pub const UID_SHARE: usize = 8;
+
+/// Each global table keeps this fraction (1/16) for privileged uids: other
+/// uids together are refused before it is full, so root is still served
+/// when many uids sit at their quotas.
+pub const PRIVILEGED_RESERVE: usize = 16;
+
+/// STATUS tables one uid may have open at once, by default.
+pub const STATUS_PER_UID: usize = 4;
+
+impl Limits {
+    /// The quota of a uid without a `limit` line (the flags, or a share of
+    /// each global limit as fitted).
+    pub fn uid_quota(&self) -> crate::quota::Quota {
+        let share = |n: usize| (n / UID_SHARE).max(1);
+        let p = &self.per_uid;
+        crate::quota::Quota {
+            connections: p.connections.unwrap_or(share(self.max_connections)),
+            sockets: p.sockets.unwrap_or(share(self.max_sockets)),
+            references: p.references.unwrap_or(share(self.max_references)),
+            reservations: p.reservations.unwrap_or(share(self.max_reservations)),
+            status: p.status.unwrap_or(STATUS_PER_UID),
+        }
+    }
+
+    /// The most of a global table (`max`) a uid may fill: all of it for a
+    /// privileged uid, all but [`PRIVILEGED_RESERVE`] for others.
+    pub fn global_room(max: usize, privileged: bool) -> usize {
+        if privileged {
+            max
+        } else {
+            max - max / PRIVILEGED_RESERVE
+        }
     }
 }
 
@@ -82,6 +137,42 @@ pub const FLAGS: &[LimitFlag] = &[
         set: |l, k, v| positive(k, v).map(|n| l.max_reservations = n),
     },
     LimitFlag {
+        flag: "--max-references",
+        value: "N",
+        help: "references over all clients (default 262144)",
+        set: |l, k, v| positive(k, v).map(|n| l.max_references = n),
+    },
+    LimitFlag {
+        flag: "--max-connections-per-uid",
+        value: "N",
+        help: "connections of one uid (default 1/8 of --max-connections)",
+        set: |l, k, v| positive(k, v).map(|n| l.per_uid.connections = Some(n)),
+    },
+    LimitFlag {
+        flag: "--max-sockets-per-uid",
+        value: "N",
+        help: "sockets one uid's requests created (default 1/8)",
+        set: |l, k, v| positive(k, v).map(|n| l.per_uid.sockets = Some(n)),
+    },
+    LimitFlag {
+        flag: "--max-references-per-uid",
+        value: "N",
+        help: "references of one uid (default 1/8 of --max-references)",
+        set: |l, k, v| positive(k, v).map(|n| l.per_uid.references = Some(n)),
+    },
+    LimitFlag {
+        flag: "--max-reservations-per-uid",
+        value: "N",
+        help: "reservations one uid made (default 1/8)",
+        set: |l, k, v| positive(k, v).map(|n| l.per_uid.reservations = Some(n)),
+    },
+    LimitFlag {
+        flag: "--max-status-per-uid",
+        value: "N",
+        help: "STATUS tables of one uid open at once (default 4)",
+        set: |l, k, v| positive(k, v).map(|n| l.per_uid.status = Some(n)),
+    },
+    LimitFlag {
         flag: "--reservation-ttl",
         value: "SECONDS",
         help: "how long a reservation waits (default 30; fractions allowed)",
@@ -99,11 +190,13 @@ pub const FLAGS: &[LimitFlag] = &[
 impl LimitFlag {
     /// The flag's `--help` line.
     pub fn usage(&self) -> String {
-        format!(
-            "  {:<27}{}\n",
-            format!("{} {}", self.flag, self.value),
-            self.help
-        )
+        let head = format!("{} {}", self.flag, self.value);
+        if head.len() < 27 {
+            format!("  {head:<27}{}\n", self.help)
+        } else {
+            // Too long for the column: the help goes on the next line.
+            format!("  {head}\n  {:<27}{}\n", "", self.help)
+        }
     }
 }
 
@@ -162,8 +255,10 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Status memfds alive at once, at most: the rest of FD_HEADROOM stays for
-/// the broker's own fds (epoll, signalfd, listener, reserve, logs).
+/// Status tables (memfds) alive at once, anywhere (in the broker, in a
+/// client's receive queue or fd table), at most: the rest of FD_HEADROOM
+/// stays for the broker's own fds (epoll, signalfd, listener, reserve,
+/// logs, inotify).
 pub(super) const MAX_REPLY_FDS: usize = FD_HEADROOM - 16;
 
 /// How many expired reservation tokens are remembered.

@@ -30,6 +30,7 @@ mod slab;
 mod status;
 mod store;
 mod upgrade;
+mod users;
 
 pub use config::Config;
 pub use limits::{raise_fd_limit, LimitFlag, Limits, FD_HEADROOM, FLAGS as LIMIT_FLAGS};
@@ -39,14 +40,13 @@ use crate::fdstore::FdStore;
 use crate::log::{self as plog, Budget, Level};
 use cache::Sockets;
 use conn::Conn;
-use event_loop::{set_nonblock, Epoll, EV_LISTENER};
+use event_loop::{set_nonblock, Epoll, EV_LISTENER, EV_STATUS_GONE};
 use refs::References;
 use slab::Slab;
 use sockpass::proto;
 use sockpass::sys;
 use sockpass::Result;
 use sockpass::{Token, TokenSource};
-use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
@@ -91,8 +91,15 @@ pub struct Broker {
     /// to accept the waiting client, tells it why and closes it, instead of
     /// leaving the listener readable and spinning on EMFILE.
     reserve: Option<OwnedFd>,
-    /// Live [`conn::CountedFd`]s (status memfds in flight).
-    reply_fds: Rc<Cell<usize>>,
+    /// Per-uid use and quotas.
+    users: users::Users,
+    /// The broker's own uid: privileged like root.
+    broker_uid: u32,
+    /// Bumped by every change a status table shows (references, sockets,
+    /// connections), so an unchanged table is built once and shared.
+    gen: u64,
+    /// Status tables: the one built last, and every one still open anywhere.
+    status: status::StatusTables,
     /// Our pid, for HELLO_OK and log lines (an upgrade keeps it: the new
     /// binary runs in this process).
     pid: u32,
@@ -128,7 +135,11 @@ impl Broker {
             upgrade: None,
             fd_store: None,
             reserve: accept::open_reserve(),
-            reply_fds: Rc::new(Cell::new(0)),
+            users: users::Users::new(),
+            // SAFETY: geteuid cannot fail.
+            broker_uid: unsafe { libc::geteuid() },
+            gen: 0,
+            status: status::StatusTables::new(),
             pid: std::process::id(),
         };
         b.epoll.ctl(
@@ -137,6 +148,14 @@ impl Broker {
             libc::EPOLLIN as u32,
             EV_LISTENER,
         )?;
+        if let Some(fd) = b.status.inotify_fd() {
+            b.epoll.ctl(
+                libc::EPOLL_CTL_ADD,
+                fd,
+                libc::EPOLLIN as u32,
+                EV_STATUS_GONE,
+            )?;
+        }
         if !refused_at_kernel {
             b.log(format_args!(
                 "the kernel cannot refuse fds sent by clients (no SO_PASSRIGHTS): they are closed off the event loop"
@@ -147,6 +166,15 @@ impl Broker {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Something a status table shows changed: the tables built so far
+    /// are not shared again, and the broker lets go of them (they count
+    /// until their last holder closes them).
+    #[inline]
+    fn changed(&mut self) {
+        self.gen = self.gen.wrapping_add(1);
+        self.status.forget_built();
     }
 
     /// An info line (`--quiet` drops it); never blocks (see [`crate::log`]).
@@ -184,16 +212,18 @@ impl Broker {
     /// Counters for status and tests.
     pub fn counters(&self) -> proto::Counters {
         proto::Counters {
+            broker_fds: broker_fds(),
+            ..self.counters_without_fds()
+        }
+    }
+
+    fn counters_without_fds(&self) -> proto::Counters {
+        proto::Counters {
             sockets: self.sockets.len() as u32,
             references: self.refs.len() as u32,
             connections: self.conns.len() as u32,
             reservations: self.refs.reservations() as u32,
-            // Closes handed to the closer thread count as done (it is not
-            // stalled) once it has caught up, within its bound.
-            broker_fds: {
-                crate::closer::settle();
-                sys::count_open_fds() as u32
-            },
+            broker_fds: 0,
         }
     }
 
@@ -226,6 +256,13 @@ impl Noisy {
             Noisy::Store => "fd store failure(s)",
         }
     }
+}
+
+/// The broker's open fds. Closes handed to the closer thread count as done
+/// (it is not stalled) once it has caught up, within its bound.
+fn broker_fds() -> u32 {
+    crate::closer::settle();
+    sys::count_open_fds() as u32
 }
 
 #[cfg(test)]
@@ -267,7 +304,9 @@ mod tests {
         let mut open = |b: &mut Broker, n: usize| {
             let (fd, peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
             peers.push(peer);
-            let conn = b.new_conn(fd, peers.len() as u64, Creds::default());
+            let user = b.users.slot(0, &b.cfg, 0);
+            b.users.get_mut(user).conns += 1;
+            let conn = b.new_conn(fd, peers.len() as u64, Creds::default(), user);
             let slot = b.conns.insert(conn);
             b.conns
                 .get_mut(slot)

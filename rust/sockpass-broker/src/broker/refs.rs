@@ -127,6 +127,9 @@ pub(super) struct TokenInfo {
     pub(super) entry: usize,
     pub(super) holder: u32,
     pub(super) conn_pos: u32,
+    /// The uid row it is charged to (the holder's; the reserver's while
+    /// reserved).
+    pub(super) user: u32,
 }
 
 /// The one answer for a token this client may not use, whether it exists
@@ -183,6 +186,8 @@ impl Broker {
     /// What a socket leaves outside the table when it goes: its name in
     /// the fd store, its unix socket file.
     pub(super) fn forget_entry(&mut self, e: &Entry) {
+        self.users.get_mut(e.user).sockets -= 1;
+        self.users.forget_if_idle(e.user);
         if let (Some(st), Some(name)) = (&self.fd_store, &e.store_name) {
             if let Err(err) = st.remove(name) {
                 let line = format!("fd store: cannot remove {name}: {err}");
@@ -281,9 +286,10 @@ impl Broker {
                 unknown()
             });
         };
-        self.refs_room(slot)?;
         let c = self.conns.get(slot).unwrap();
-        let (conn_creds, conn_id) = (c.creds, c.id);
+        let (conn_creds, conn_id, to) = (c.creds, c.id, c.user);
+        // Moving to another uid charges it one more reference.
+        self.ref_room(slot, true, info.user as usize != to)?;
         let e = self.sockets.get_mut(info.entry).unwrap();
         let h = e.holders.get_mut(info.holder as usize).unwrap();
         if matches!(h.owner, Owner::Reserved(_)) {
@@ -305,9 +311,17 @@ impl Broker {
         h.conn_id = conn_id;
         let (eid, port) = (e.id, e.port);
         self.refs.reservation_ended();
+        let from = info.user as usize;
+        let u = self.users.get_mut(from);
+        u.refs -= 1;
+        u.reservations -= 1;
+        self.users.get_mut(to).refs += 1;
+        self.users.forget_if_idle(from);
+        self.changed();
         let c = self.conns.get_mut(slot).unwrap();
         if let Some(i) = self.refs.get_mut(t) {
             i.conn_pos = c.refs.len() as u32;
+            i.user = to as u32;
         }
         c.refs.push(*t);
         proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, t, port, true);
@@ -316,25 +330,57 @@ impl Broker {
         })
     }
 
-    /// May connection `slot` take one more reference (`--max-refs-per-client`)?
-    pub(super) fn refs_room(&self, slot: usize) -> Result<()> {
-        let held = self.conns.get(slot).map_or(0, |c| c.refs.len());
-        if held >= self.cfg.limits.max_refs_per_client {
+    /// May connection `slot`'s uid take one more reference: the global
+    /// bound (less the privileged reserve for others) and its uid's quota;
+    /// with `on_conn`, the connection's own bound (`--max-refs-per-client`).
+    /// `charge` false: the uid's count would not grow (checked per
+    /// connection only). O(1): the uid row is the connection's index.
+    pub(super) fn ref_room(&self, slot: usize, on_conn: bool, charge: bool) -> Result<()> {
+        let Some(c) = self.conns.get(slot) else {
+            return Ok(());
+        };
+        let lim = &self.cfg.limits;
+        if on_conn && c.refs.len() >= lim.max_refs_per_client {
             return Err(Error::with_errno(
                 Kind::LimitReached,
                 libc::EUSERS,
                 format!(
-                    "this client already holds {held} references (limit {})",
-                    self.cfg.limits.max_refs_per_client
+                    "this client already holds {} references (limit {})",
+                    c.refs.len(),
+                    lim.max_refs_per_client
                 ),
             ));
         }
-        Ok(())
+        if !charge {
+            return Ok(());
+        }
+        let u = self.users.get(c.user);
+        if self.refs.len() >= super::Limits::global_room(lim.max_references, u.privileged) {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!(
+                    "the broker holds {} references, its limit{}",
+                    self.refs.len(),
+                    if u.privileged {
+                        ""
+                    } else {
+                        " for unprivileged uids"
+                    }
+                ),
+            ));
+        }
+        u.room("references", u.refs, u.quota.references)
+    }
+
+    /// May connection `slot` take one more reference (`--max-refs-per-client`)?
+    pub(super) fn refs_room(&self, slot: usize) -> Result<()> {
+        self.ref_room(slot, true, true)
     }
 
     /// Record a new reference: its holder joins entry `es`, and one that a
     /// connection holds joins that connection's list.
-    pub(super) fn add_ref(&mut self, es: usize, h: Holder) {
+    pub(super) fn add_ref(&mut self, es: usize, h: Holder, user: usize) {
         let token = h.token;
         let conn_pos = match h.owner {
             Owner::Conn(slot) => match self.conns.get_mut(slot) {
@@ -354,9 +400,14 @@ impl Broker {
                 entry: es,
                 holder,
                 conn_pos,
+                user: user as u32,
             },
             reserved,
         );
+        let u = self.users.get_mut(user);
+        u.refs += 1;
+        u.reservations += usize::from(reserved);
+        self.changed();
     }
 
     /// Forget a reference everywhere it is recorded (the token map, its
@@ -367,9 +418,15 @@ impl Broker {
         let info = self.refs.remove(t)?;
         let e = self.sockets.get_mut(info.entry)?;
         let (h, moved) = e.holders.swap_remove(info.holder as usize)?;
-        if matches!(h.owner, Owner::Reserved(_)) {
+        let reserved = matches!(h.owner, Owner::Reserved(_));
+        if reserved {
             self.refs.reservation_ended();
         }
+        let u = self.users.get_mut(info.user as usize);
+        u.refs -= 1;
+        u.reservations -= usize::from(reserved);
+        self.users.forget_if_idle(info.user as usize);
+        self.changed();
         // The last holder moved into the gap: its token says so.
         if let Some(m) = moved.and_then(|m| self.refs.get_mut(&m)) {
             m.holder = info.holder;

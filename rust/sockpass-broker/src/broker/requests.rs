@@ -3,7 +3,7 @@
 use super::cache::Entry;
 use super::conn::Attach;
 use super::dispatch::Reply;
-use super::Broker;
+use super::{Broker, Limits};
 use crate::closer::OffLoopFd;
 use crate::create::create_socket;
 use crate::holders::{Holder, Holders, Owner};
@@ -69,19 +69,29 @@ impl Broker {
         self.cfg.policy.check(&creds, &r.spec, r.share)?;
         let reserve = r.flags & proto::REQ_RESERVE != 0;
         let per_worker = r.flags & proto::REQ_PER_WORKER != 0;
-        if reserve && self.refs.reservations() >= self.cfg.limits.max_reservations {
-            return Err(Error::with_errno(
-                Kind::LimitReached,
-                libc::EUSERS,
-                format!(
-                    "{} reservations are pending, the limit",
-                    self.refs.reservations()
-                ),
-            ));
+        let user = self.conns.get(slot).unwrap().user;
+        if reserve {
+            let u = self.users.get(user);
+            let max = self.cfg.limits.max_reservations;
+            if self.refs.reservations() >= Limits::global_room(max, u.privileged) {
+                return Err(Error::with_errno(
+                    Kind::LimitReached,
+                    libc::EUSERS,
+                    format!(
+                        "{} reservations are pending, the limit{}",
+                        self.refs.reservations(),
+                        if u.privileged {
+                            ""
+                        } else {
+                            " for unprivileged uids"
+                        }
+                    ),
+                ));
+            }
+            u.room("reservations", u.reservations, u.quota.reservations)?;
         }
-        if !reserve {
-            self.refs_room(slot)?;
-        }
+        // A reservation is a reference too, but not the connection's.
+        self.ref_room(slot, !reserve, true)?;
         let app = self.app_for(slot, r.app);
         let spec = r.spec.into_canonical();
         let conn_id = self.conns.get(slot).unwrap().id;
@@ -138,13 +148,24 @@ impl Broker {
                         ));
                     }
                 }
-                if self.sockets.len() >= self.cfg.limits.max_sockets {
+                let u = self.users.get(user);
+                let max = self.cfg.limits.max_sockets;
+                if self.sockets.len() >= Limits::global_room(max, u.privileged) {
                     return Err(Error::with_errno(
                         Kind::LimitReached,
                         libc::EMFILE,
-                        format!("the broker holds {} sockets, its limit", self.sockets.len()),
+                        format!(
+                            "the broker holds {} sockets, its limit{}",
+                            self.sockets.len(),
+                            if u.privileged {
+                                ""
+                            } else {
+                                " for unprivileged uids"
+                            }
+                        ),
                     ));
                 }
+                u.room("sockets", u.sockets, u.quota.sockets)?;
                 let created = create_socket(&spec)?;
                 let eid = self.next_entry_id;
                 self.next_entry_id += 1;
@@ -168,7 +189,9 @@ impl Broker {
                         .flatten(),
                     store_name: None,
                     adopted: false,
+                    user,
                 });
+                self.users.get_mut(user).sockets += 1;
                 if keyed {
                     self.store_entry(es);
                 }
@@ -178,7 +201,7 @@ impl Broker {
         if cached_hit && r.flags == 0 {
             self.sockets.remember_hit(r.wire, entry_slot);
         }
-        self.grant(id, entry_slot, holder, reserve, cached_hit)
+        self.grant(id, entry_slot, holder, user, reserve, cached_hit)
     }
 
     /// Make a reference to entry `es` (its holder is `mk(token)`) and encode
@@ -188,6 +211,7 @@ impl Broker {
         id: u32,
         es: usize,
         mk: impl FnOnce(Token) -> Holder,
+        user: usize,
         reserve: bool,
         cached_hit: bool,
     ) -> Result<Reply> {
@@ -198,7 +222,7 @@ impl Broker {
                 return Err(e);
             }
         };
-        self.add_ref(es, mk(token));
+        self.add_ref(es, mk(token), user);
         let e = self.sockets.get(es).unwrap();
         let (eid, port) = (e.id, e.port);
         if reserve {
@@ -234,7 +258,7 @@ impl Broker {
         let share = ShareMode::from_wire(*share).ok()?;
         let app = proto::app_name(app).ok()?;
         let c = self.conns.get(slot)?;
-        let (creds, conn_id) = (c.creds, c.id);
+        let (creds, conn_id, user) = (c.creds, c.id, c.user);
         if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
             return None;
         }
@@ -256,7 +280,7 @@ impl Broker {
             creds,
             conn_id,
         };
-        Some(self.grant(id, es, holder, false, true))
+        Some(self.grant(id, es, holder, user, false, true))
     }
 
     /// Does a request `(share, app)` from `uid` for `spec` agree with every

@@ -86,6 +86,8 @@ impl Broker {
             };
             let eid = self.next_entry_id;
             self.next_entry_id += 1;
+            // Held by the broker: charged to root.
+            let root = self.users.slot(0, &self.cfg, self.broker_uid);
             let holder = Holder {
                 token,
                 owner: Owner::Reserved(Instant::now() + self.cfg.limits.reservation_ttl),
@@ -110,9 +112,11 @@ impl Broker {
                 unix_ino,
                 store_name: Some(name),
                 adopted: true,
+                user: root,
             });
+            self.users.get_mut(root).sockets += 1;
             // A reserved holder: `add_ref` counts the reservation.
-            self.add_ref(es, holder);
+            self.add_ref(es, holder, root);
             n += 1;
         }
         if n > 0 {

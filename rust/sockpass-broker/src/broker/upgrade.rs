@@ -3,7 +3,7 @@
 
 use super::cache::Entry;
 use super::config::Config;
-use super::conn::{Attach, Conn, CountedFd, Outgoing};
+use super::conn::{Attach, Conn, Outgoing};
 use super::dispatch::Reply;
 use super::event_loop::{set_nonblock, EV_CONN_BASE};
 use super::refs::{TokenInfo, NO_CONN};
@@ -169,9 +169,13 @@ impl Broker {
                     let a = match o.attach {
                         None => handoff::AttachState::None,
                         Some(Attach::Entry(s, id)) => handoff::AttachState::Entry(s as u64, id),
-                        Some(Attach::Owned(fd)) => match fd.into_fd() {
-                            Some(fd) => handoff::AttachState::Owned(fd),
-                            None => handoff::AttachState::None,
+                        // Shared with other replies: each gets its own fd.
+                        Some(Attach::Table(t)) => match Rc::try_unwrap(t) {
+                            Ok(fd) => handoff::AttachState::Owned(fd),
+                            Err(t) => match t.try_clone() {
+                                Ok(fd) => handoff::AttachState::Owned(fd),
+                                Err(_) => handoff::AttachState::None,
+                            },
                         },
                     };
                     (o.bytes, a)
@@ -216,7 +220,16 @@ impl Broker {
         for e in st.entries {
             let spec: SocketSpec = e.spec.parse()?;
             let mut holders = Holders::default();
+            // The creator is not handed over: the socket is charged to its
+            // first holder's uid (root's if none).
+            let first_uid = e.holders.first().map_or(0, |h| h.creds.uid);
+            let owner_user = b.users.slot(first_uid, &b.cfg, b.broker_uid);
+            b.users.get_mut(owner_user).sockets += 1;
             for h in e.holders {
+                let user = b.users.slot(h.creds.uid, &b.cfg, b.broker_uid);
+                let u = b.users.get_mut(user);
+                u.refs += 1;
+                u.reservations += usize::from(h.conn_slot.is_none());
                 let owner = match h.conn_slot {
                     Some(c) => Owner::Conn(c as usize),
                     None => Owner::Reserved(now + Duration::from_millis(h.reserved_ms)),
@@ -228,6 +241,7 @@ impl Broker {
                         entry: e.slot as usize,
                         holder: pos,
                         conn_pos: NO_CONN,
+                        user: user as u32,
                     },
                     h.conn_slot.is_none(),
                 );
@@ -253,26 +267,24 @@ impl Broker {
                     unix_ino: e.unix_ino,
                     store_name: e.store_name,
                     adopted: e.adopted,
+                    user: owner_user,
                 },
             );
         }
         for c in st.conns {
             let slot = c.slot as usize;
             set_nonblock(&c.fd)?;
-            let outq: VecDeque<Outgoing> = c
-                .outq
-                .into_iter()
-                .map(|(bytes, a)| Outgoing {
-                    bytes,
-                    attach: match a {
-                        handoff::AttachState::None => None,
-                        handoff::AttachState::Entry(s, id) => Some(Attach::Entry(s as usize, id)),
-                        handoff::AttachState::Owned(fd) => {
-                            Some(Attach::Owned(CountedFd::new(fd, &b.reply_fds)))
-                        }
-                    },
-                })
-                .collect();
+            let user = b.users.slot(c.creds.uid, &b.cfg, b.broker_uid);
+            b.users.get_mut(user).conns += 1;
+            let mut outq = VecDeque::with_capacity(c.outq.len());
+            for (bytes, a) in c.outq {
+                let attach = match a {
+                    handoff::AttachState::None => None,
+                    handoff::AttachState::Entry(s, id) => Some(Attach::Entry(s as usize, id)),
+                    handoff::AttachState::Owned(fd) => Some(Attach::Table(b.adopt_table(fd, user))),
+                };
+                outq.push_back(Outgoing { bytes, attach });
+            }
             let paused = outq.len() >= b.cfg.limits.max_queued_replies;
             let mut ev = libc::EPOLLRDHUP;
             if !outq.is_empty() {
@@ -288,6 +300,7 @@ impl Broker {
                     fd: c.fd,
                     id: c.id,
                     creds: c.creds,
+                    user,
                     default_app: c.default_app.map(|a| Rc::from(a.as_str())),
                     last_app: Rc::from(c.last_app.as_str()),
                     // Filled from the holders below: they say who holds what.

@@ -1,7 +1,7 @@
 //! The broker's status, as a client decodes it.
 
 use crate::error::Result;
-use crate::proto::{Counters, Reader, StatusRow};
+use crate::proto::{Counters, Reader, StatusRow, UidRow};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use std::collections::HashMap;
@@ -33,6 +33,9 @@ pub struct SocketStatus {
 pub struct Status {
     pub counters: Counters,
     pub sockets: Vec<SocketStatus>,
+    /// Each uid's use of the broker's tables and its quota, by uid (empty
+    /// from a broker older than per-uid quotas).
+    pub users: Vec<UidRow>,
 }
 
 /// The status table (the memfd's bytes) with the reply's counters.
@@ -64,5 +67,17 @@ pub(super) fn decode(counters: Counters, bytes: &[u8]) -> Result<Status> {
         });
     }
     sockets.sort_by_key(|s| s.id);
-    Ok(Status { counters, sockets })
+    // The per-uid section follows the rows (older brokers end here).
+    let mut users = Vec::new();
+    if !r.rest().is_empty() {
+        let n = r.u32()?;
+        for _ in 0..n {
+            users.push(UidRow::decode(&mut r)?);
+        }
+    }
+    Ok(Status {
+        counters,
+        sockets,
+        users,
+    })
 }

@@ -80,7 +80,69 @@ pub fn to_json(st: &Status) -> String {
         }
         o.push_str("]}");
     }
+    o.push_str("],\"users\":[");
+    for (i, u) in st.users.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str(&format!(
+            "{{\"uid\":{},\"used\":{},\"quota\":{}}}",
+            u.uid,
+            uid_counts_json(&u.used),
+            uid_counts_json(&u.quota)
+        ));
+    }
     o.push_str("]}");
+    o
+}
+
+/// One uid's counts as a JSON object; a quota of u32::MAX is null (none).
+fn uid_counts_json(c: &sockpass::UidCounts) -> String {
+    let n = |v: u32| {
+        if v == u32::MAX {
+            "null".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    format!(
+        "{{\"connections\":{},\"sockets\":{},\"references\":{},\"reservations\":{},\"status\":{}}}",
+        n(c.connections),
+        n(c.sockets),
+        n(c.references),
+        n(c.reservations),
+        n(c.status)
+    )
+}
+
+/// The per-uid section: each uid's use over its quota ("-": none).
+fn users_table(st: &Status) -> String {
+    if st.users.is_empty() {
+        return String::new();
+    }
+    let cell = |used: u32, max: u32| {
+        if max == u32::MAX {
+            format!("{used}/-")
+        } else {
+            format!("{used}/{max}")
+        }
+    };
+    let mut o = format!(
+        "\n{:<10} {:>13} {:>13} {:>15} {:>13} {:>9}\n",
+        "UID", "CONNECTIONS", "SOCKETS", "REFERENCES", "RESERVATIONS", "STATUS"
+    );
+    for u in &st.users {
+        let (a, q) = (&u.used, &u.quota);
+        o.push_str(&format!(
+            "{:<10} {:>13} {:>13} {:>15} {:>13} {:>9}\n",
+            u.uid,
+            cell(a.connections, q.connections),
+            cell(a.sockets, q.sockets),
+            cell(a.references, q.references),
+            cell(a.reservations, q.reservations),
+            cell(a.status, q.status)
+        ));
+    }
     o
 }
 
@@ -126,6 +188,7 @@ pub fn to_table(st: &Status) -> String {
         c.sockets, c.references, c.connections, c.reservations
     );
     if st.sockets.is_empty() {
+        o.push_str(&users_table(st));
         return o;
     }
     // Cells: ID SOCKET PORT REFS PID UID SHARE APP, one row a holder (the
@@ -201,6 +264,7 @@ pub fn to_table(st: &Status) -> String {
         let id = if spec.is_empty() { "" } else { &r[0] };
         o.push_str(&line([id, spec, &r[2], &r[3], &r[4], &r[5], &r[6], &r[7]]));
     }
+    o.push_str(&users_table(st));
     o
 }
 
@@ -233,6 +297,7 @@ mod tests {
         let long_app = "a-very-long-application-name-that-would-not-fit-anywhere-at-all";
         let st = Status {
             counters: Default::default(),
+            users: Vec::new(),
             sockets: vec![
                 // As the broker reports them: every option spelled out.
                 socket(1, "tcp:[2001:db8::1]:8443?reuseaddr=1&reuseport=1&v6only=1&freebind=0&transparent=0&backlog=4096", long_app, false),

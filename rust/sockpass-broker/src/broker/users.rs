@@ -1,0 +1,123 @@
+//! Per-uid use of the broker's tables and each uid's quota.
+//!
+//! A uid gets a row when its first connection is accepted (one hash lookup
+//! per connection); the connection, its references, the sockets its
+//! requests created and its status tables keep the row's slot, so every
+//! charge on the request path is an index, no hash and no allocation. The
+//! row goes when nothing is charged to it any more.
+
+use super::slab::Slab;
+use crate::quota::{self, Quota};
+use sockpass::keyhash::KeyedState;
+use sockpass::{Error, Kind, Result};
+use std::collections::HashMap;
+
+/// One uid's use and quota.
+#[derive(Debug)]
+pub(super) struct UserUse {
+    pub(super) uid: u32,
+    /// Root or the broker's own uid: may use the reserve of every table.
+    pub(super) privileged: bool,
+    pub(super) quota: Quota,
+    pub(super) conns: usize,
+    /// Sockets its requests created (a socket stays charged to its creator
+    /// while it lives, whoever else joins it).
+    pub(super) sockets: usize,
+    /// References it holds or reserved (reservations included).
+    pub(super) refs: usize,
+    pub(super) reservations: usize,
+    /// Status tables made for it that are still open anywhere.
+    pub(super) status: usize,
+}
+
+impl UserUse {
+    fn idle(&self) -> bool {
+        self.conns == 0
+            && self.sockets == 0
+            && self.refs == 0
+            && self.reservations == 0
+            && self.status == 0
+    }
+
+    /// Refuse if this uid's use of `what` (`used`) is at its quota `max`.
+    pub(super) fn room(&self, what: &str, used: usize, max: usize) -> Result<()> {
+        if used >= max {
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EUSERS,
+                format!(
+                    "uid {} holds {used} {what}, its limit (per-uid quota; see sockpassd --max-{}-per-uid and the policy's limit lines)",
+                    self.uid,
+                    flag_word(what)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn flag_word(what: &str) -> &str {
+    match what {
+        "status tables" => "status",
+        w => w,
+    }
+}
+
+/// Every uid with something charged to it.
+pub(super) struct Users {
+    slab: Slab<UserUse>,
+    by_uid: HashMap<u32, usize, KeyedState>,
+}
+
+impl Users {
+    pub(super) fn new() -> Users {
+        Users {
+            slab: Slab::new(),
+            by_uid: HashMap::default(),
+        }
+    }
+
+    /// The row of `uid`, made with its quota if it has none.
+    pub(super) fn slot(&mut self, uid: u32, cfg: &super::Config, broker_uid: u32) -> usize {
+        if let Some(&s) = self.by_uid.get(&uid) {
+            return s;
+        }
+        let privileged = uid == 0 || uid == broker_uid;
+        let quota = quota::resolve(cfg.limits.uid_quota(), &cfg.policy.limits, uid, privileged);
+        let s = self.slab.insert(UserUse {
+            uid,
+            privileged,
+            quota,
+            conns: 0,
+            sockets: 0,
+            refs: 0,
+            reservations: 0,
+            status: 0,
+        });
+        self.by_uid.insert(uid, s);
+        s
+    }
+
+    pub(super) fn get(&self, s: usize) -> &UserUse {
+        self.slab.get(s).expect("a charged uid has a row")
+    }
+
+    pub(super) fn get_mut(&mut self, s: usize) -> &mut UserUse {
+        self.slab.get_mut(s).expect("a charged uid has a row")
+    }
+
+    /// Drop the row if nothing is charged to it any more.
+    pub(super) fn forget_if_idle(&mut self, s: usize) {
+        if self.slab.get(s).is_some_and(UserUse::idle) {
+            let u = self.slab.remove(s).unwrap();
+            self.by_uid.remove(&u.uid);
+        }
+    }
+
+    /// Rows in uid order (status).
+    pub(super) fn sorted(&self) -> Vec<&UserUse> {
+        let mut v: Vec<&UserUse> = self.slab.iter().map(|(_, u)| u).collect();
+        v.sort_by_key(|u| u.uid);
+        v
+    }
+}
