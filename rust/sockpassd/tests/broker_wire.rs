@@ -1,0 +1,637 @@
+//! The broker end to end on the wire: the protocol document's bytes drive
+//! a real sockpassd, and bad input of every kind gets an error or a
+//! disconnect and disturbs nobody (split from broker.rs).
+
+mod common;
+
+use common::*;
+use sockpass::fdpass::{recv_fds, send_fds};
+use sockpass::proto;
+use sockpass::{Kind, ShareMode, SocketSpec};
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+fn spec(s: &str) -> SocketSpec {
+    s.parse().unwrap()
+}
+
+/// A raw protocol connection for bad-input tests.
+fn raw_conn(b: &Broker) -> OwnedFd {
+    let fd = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::connect_unix(&fd, path_str(&b.path).as_bytes()).unwrap();
+    let tv = libc::timeval {
+        tv_sec: 30,
+        tv_usec: 0,
+    };
+    // SAFETY: valid timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    fd
+}
+
+/// The hex bytes of step `step` in docs/PROTOCOL.md's "A minimal client,
+/// step by step" (the backquoted sequence with `|` separators).
+fn doc_step_bytes(doc: &str, step: u32) -> Vec<u8> {
+    let section = doc
+        .split("## A minimal client, step by step")
+        .nth(1)
+        .expect("PROTOCOL.md has the step-by-step section");
+    let start = section
+        .find(&format!("\n{step}. "))
+        .unwrap_or_else(|| panic!("step {step}"));
+    let rest = &section[start..];
+    let hex = rest.split('`').find(|t| t.contains(" | ")).unwrap();
+    // Up to a placeholder such as `<24 token bytes>`.
+    hex.split_whitespace()
+        .take_while(|t| !t.starts_with('<'))
+        .filter(|t| *t != "|")
+        .map(|t| u8::from_str_radix(t, 16).unwrap_or_else(|_| panic!("{t:?} in step {step}")))
+        .collect()
+}
+
+/// docs/PROTOCOL.md's step-by-step client, byte for byte from the document
+/// itself and without the Rust client: if the document and the broker
+/// drift apart, this fails.
+#[test]
+fn the_protocol_document_drives_the_broker() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/PROTOCOL.md"),
+    )
+    .unwrap();
+    let b = Broker::start("protocol-doc");
+    let conn = raw_conn(&b);
+    let mut buf = [0u8; 1024];
+
+    let hello = doc_step_bytes(&doc, 2);
+    send_fds(conn.as_fd(), &hello, &[], 0).unwrap();
+    let r = recv_fds(conn.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!((r.len, r.fds.len()), (20, 0));
+    assert_eq!(&buf[..8], &[1, 0x81, 0, 0, 1, 0, 0, 0], "HELLO_OK, id 1");
+    assert_eq!(buf[8], 1, "version");
+    assert_eq!(u32::from_le_bytes(buf[12..16].try_into().unwrap()), 1024);
+    assert_eq!(
+        u32::from_le_bytes(buf[16..20].try_into().unwrap()),
+        b.pid() as u32
+    );
+
+    // The document asks for 127.0.0.1:5353; the test uses a free port in
+    // its place (bytes 16..18: header 8, share/flags/n 3, "dns" 3, proto, family).
+    let mut req = doc_step_bytes(&doc, 3);
+    assert_eq!(u16::from_le_bytes([req[16], req[17]]), 5353);
+    let port = free_port(true);
+    req[16..18].copy_from_slice(&port.to_le_bytes());
+    send_fds(conn.as_fd(), &req, &[], 0).unwrap();
+    let r = recv_fds(conn.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!((r.len, r.fds.len()), (8 + 28, 1));
+    assert_eq!(&buf[..8], &[1, 0x82, 0, 0, 2, 0, 0, 0], "SOCKET, id 2");
+    assert_eq!(u16::from_le_bytes([buf[32], buf[33]]), port);
+    let udp = UdpSocket::from(r.fds.into_iter().next().unwrap());
+    assert_eq!(
+        udp.local_addr().unwrap().to_string(),
+        format!("127.0.0.1:{port}")
+    );
+    let st = b.status();
+    assert_eq!(
+        (st.sockets[0].refs, st.sockets[0].holders[0].app.as_str()),
+        (1, "dns")
+    );
+
+    let mut rel = doc_step_bytes(&doc, 5);
+    assert_eq!(
+        rel,
+        [1, 3, 0, 0, 3, 0, 0, 0],
+        "step 5 is the header; the token follows"
+    );
+    rel.extend_from_slice(&buf[8..32]);
+    send_fds(conn.as_fd(), &rel, &[], 0).unwrap();
+    let r = recv_fds(conn.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!(
+        &buf[..r.len],
+        &[1, 0x83, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0],
+        "RELEASED, 0 left"
+    );
+    assert!(b.status().sockets.is_empty());
+}
+
+/// What the broker did with one bad message.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Error(Kind),
+    /// An error reply, then the broker closes the connection.
+    ErrorThenDisconnect(Kind),
+}
+
+/// Send one message; read the error reply; then tell whether the broker
+/// kept the connection (it answers a HELLO) or closed it.
+fn send_raw(fd: &OwnedFd, msg: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Outcome {
+    send_fds(fd.as_fd(), msg, fds, 0).unwrap();
+    let mut buf = [0u8; proto::MAX_MSG];
+    let r = recv_fds(fd.as_fd(), &mut buf, 1, 0).expect("a reply");
+    assert!(r.len > 0, "the broker replies before anything else");
+    assert!(r.fds.is_empty(), "an error reply carries no fd");
+    let h = proto::Header::parse(&buf[..r.len]).unwrap();
+    assert_eq!(h.ty, proto::ty::ERROR, "expected an error reply");
+    let kind = proto::decode_error(&buf[proto::HEADER_LEN..r.len])
+        .unwrap()
+        .kind();
+    let mut hello = Vec::new();
+    proto::encode_hello(&mut hello, 99);
+    if send_fds(fd.as_fd(), &hello, &[], 0).is_err() {
+        return Outcome::ErrorThenDisconnect(kind);
+    }
+    match recv_fds(fd.as_fd(), &mut buf, 1, 0) {
+        Ok(r) if r.len > 0 => {
+            assert_eq!(
+                proto::Header::parse(&buf[..r.len]).unwrap().ty,
+                proto::ty::HELLO_OK
+            );
+            Outcome::Error(kind)
+        }
+        _ => Outcome::ErrorThenDisconnect(kind),
+    }
+}
+
+fn request_bytes(spec_s: &str, share: u8, app: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    proto::begin(&mut out, proto::ty::REQUEST, 5);
+    out.extend_from_slice(&[share, 0, app.len() as u8]);
+    out.extend_from_slice(app);
+    spec(spec_s).encode(&mut out);
+    out
+}
+
+#[test]
+fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
+    let b = Broker::start("badinput");
+    // A well-behaved client holds a socket throughout.
+    let mut good = b.client();
+    let held = good
+        .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::Any, "good")
+        .unwrap();
+    let fds_before = b.fd_count();
+
+    let valid = request_bytes("udp:127.0.0.1:0", 2, b"app");
+    let mut cases: Vec<(&str, Vec<u8>, Outcome)> = vec![
+        (
+            "garbage",
+            b"\xde\xad\xbe\xef garbage that is not a message".to_vec(),
+            Outcome::ErrorThenDisconnect(Kind::Protocol),
+        ),
+        (
+            "short header",
+            vec![1, 2, 0],
+            Outcome::ErrorThenDisconnect(Kind::Protocol),
+        ),
+        (
+            "unknown version",
+            {
+                let mut v = valid.clone();
+                v[0] = 9;
+                v
+            },
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "unknown type",
+            {
+                let mut v = valid.clone();
+                v[1] = 0x77;
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "truncated request",
+            valid[..valid.len() - 3].to_vec(),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "trailing bytes",
+            {
+                let mut v = valid.clone();
+                v.push(0);
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "oversized",
+            vec![1u8; proto::MAX_MSG * 4],
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "unknown share mode",
+            request_bytes("udp:127.0.0.1:0", 9, b"app"),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "non-UTF-8 app name",
+            request_bytes("udp:127.0.0.1:0", 2, b"\xff\xfe"),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "control chars in app name",
+            request_bytes("udp:127.0.0.1:0", 2, b"a\nb"),
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "unknown protocol",
+            {
+                let mut v = valid.clone();
+                v[proto::HEADER_LEN + 3 + 3] = 17;
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "unknown family",
+            {
+                let mut v = valid.clone();
+                v[proto::HEADER_LEN + 3 + 3 + 1] = 5;
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "bad HELLO magic",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::HELLO, 1);
+                v.extend_from_slice(b"NOPE\x01\x01\0\0");
+                v
+            },
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "HELLO for version 2 only",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::HELLO, 1);
+                v.extend_from_slice(b"SPAS\x02\x02\0\0");
+                v
+            },
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "release with a short token",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::RELEASE, 1);
+                v.extend_from_slice(&[0; 10]);
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+        (
+            "release of an unknown token",
+            {
+                let mut v = Vec::new();
+                proto::begin(&mut v, proto::ty::RELEASE, 1);
+                v.extend_from_slice(&[7; 24]);
+                v
+            },
+            Outcome::Error(Kind::UnknownToken),
+        ),
+        (
+            "nonzero reserved header bytes",
+            {
+                let mut v = valid.clone();
+                v[2] = 1;
+                v
+            },
+            Outcome::ErrorThenDisconnect(Kind::Protocol),
+        ),
+        (
+            "unknown option tag",
+            {
+                let mut v = valid.clone();
+                let n = v.len();
+                v[n - 1] = 1;
+                v.extend_from_slice(&[99, 1, 1]);
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
+        ),
+    ];
+    // An over-long app name cannot be built by the encoder; build it by hand.
+    let mut long = Vec::new();
+    proto::begin(&mut long, proto::ty::REQUEST, 5);
+    long.extend_from_slice(&[2, 0, 255]);
+    long.extend_from_slice(&[b'x'; 200]);
+    cases.push((
+        "app name longer than its bytes",
+        long,
+        Outcome::Error(Kind::BadRequest),
+    ));
+    // Address bytes that do not fit the family: an IPv4 family followed by
+    // 16 address bytes, an IPv6 family followed by 4 (family byte after
+    // header, share/flags/n, "app" and the protocol).
+    let fam = proto::HEADER_LEN + 3 + 3 + 1;
+    let mut v4_long = request_bytes("udp:[::1]:0", 2, b"app");
+    v4_long[fam] = 4;
+    cases.push((
+        "IPv4 family, 16 address bytes",
+        v4_long,
+        Outcome::Error(Kind::BadRequest),
+    ));
+    let mut v6_short = valid.clone();
+    v6_short[fam] = 6;
+    cases.push((
+        "IPv6 family, 4 address bytes",
+        v6_short,
+        Outcome::Error(Kind::BadRequest),
+    ));
+    // Every other field out of range. A REQUEST from a spec the parser would
+    // refuse, encoded as is (the decoder must refuse it again).
+    let req_for = |s: &SocketSpec| {
+        let mut v = Vec::new();
+        proto::begin(&mut v, proto::ty::REQUEST, 5);
+        v.extend_from_slice(&[2, 0, 3]);
+        v.extend_from_slice(b"app");
+        s.encode(&mut v);
+        v
+    };
+    let unix = |p: &str| req_for(&SocketSpec::unix(sockpass::Proto::UnixStream, p));
+    let mut unknown_flags = valid.clone();
+    unknown_flags[proto::HEADER_LEN + 1] = 0x80;
+    // The raw protocol number travels in the port field: 300 does not fit a byte.
+    let mut raw300 = req_for(&SocketSpec::raw("127.0.0.1".parse().unwrap(), 1));
+    raw300[fam + 1..fam + 3].copy_from_slice(&300u16.to_le_bytes());
+    let mut path_not_utf8 = unix("/tmp/ab");
+    let n = path_not_utf8.len();
+    path_not_utf8[n - 3..n - 1].copy_from_slice(b"\xff\xfe");
+    let mut path_past_bytes = unix("/tmp/ab");
+    path_past_bytes[fam + 1..fam + 3].copy_from_slice(&200u16.to_le_bytes());
+    let upgrade = |len: u16, bytes: &[u8]| {
+        let mut v = Vec::new();
+        proto::begin(&mut v, proto::ty::UPGRADE, 1);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(bytes);
+        v
+    };
+    // A RELEASE_MANY saying `n` tokens and carrying `carried` unknown ones.
+    let release_many = |n: u16, carried: usize| {
+        let mut v = Vec::new();
+        proto::begin(&mut v, proto::ty::RELEASE_MANY, 1);
+        v.extend_from_slice(&n.to_le_bytes());
+        v.extend(std::iter::repeat_n(7u8, 24 * carried));
+        v
+    };
+    let mut pickup_short = Vec::new();
+    proto::begin(&mut pickup_short, proto::ty::PICKUP, 1);
+    pickup_short.extend_from_slice(&[7; 10]);
+    let mut status_trailing = Vec::new();
+    proto::encode_status(&mut status_trailing, 1);
+    status_trailing.push(0);
+    // Protocol and family that do not go together (protocol byte before the family).
+    let mut udp_unix = unix("/tmp/x");
+    udp_unix[fam - 1] = sockpass::Proto::Udp.wire();
+    let mut unix_v4 = valid.clone();
+    unix_v4[fam - 1] = sockpass::Proto::UnixStream.wire();
+    for (name, msg) in [
+        ("unknown REQUEST flag bits", unknown_flags),
+        ("UDP with a Unix path", udp_unix),
+        ("Unix stream with an IPv4 address", unix_v4),
+        ("raw IP protocol 300", raw300),
+        ("relative Unix path", unix("tmp/s.sock")),
+        (
+            "over-long Unix path",
+            unix(&format!("/{}", "x".repeat(200))),
+        ),
+        ("Unix path with '..'", unix("/tmp/../etc/s.sock")),
+        ("non-UTF-8 Unix path", path_not_utf8),
+        ("Unix path length past its bytes", path_past_bytes),
+        ("UPGRADE length past its bytes", upgrade(100, b"/bin")),
+        ("non-UTF-8 UPGRADE path", upgrade(2, b"\xff\xfe")),
+        ("PICKUP with a short token", pickup_short),
+        ("STATUS with trailing bytes", status_trailing),
+        ("RELEASE_MANY of 0 tokens", release_many(0, 0)),
+        ("RELEASE_MANY saying 43 tokens", release_many(43, 42)),
+        ("RELEASE_MANY count past its tokens", release_many(3, 2)),
+        ("RELEASE_MANY with bytes past its tokens", {
+            let mut v = release_many(2, 2);
+            v.push(0);
+            v
+        }),
+    ] {
+        cases.push((name, msg, Outcome::Error(Kind::BadRequest)));
+    }
+    // Port > 65535 cannot be expressed on the wire (u16); the client layer refuses it.
+    assert_eq!(
+        SocketSpec::from_parts("udp", "127.0.0.1", 65536)
+            .unwrap_err()
+            .kind(),
+        Kind::BadRequest
+    );
+    assert_eq!(
+        SocketSpec::from_parts("udp", "300.1.1.1", 53)
+            .unwrap_err()
+            .kind(),
+        Kind::BadRequest
+    );
+    assert_eq!(
+        proto::encode_request(
+            &mut Vec::new(),
+            1,
+            &spec("udp:127.0.0.1:0"),
+            ShareMode::Any,
+            &"x".repeat(256),
+            0
+        )
+        .unwrap_err()
+        .kind(),
+        Kind::BadRequest
+    );
+
+    for (name, msg, want) in cases {
+        let fd = raw_conn(&b);
+        let got = send_raw(&fd, &msg, &[]);
+        assert_eq!(got, want, "case {name}");
+        // The well-behaved client is served after every case.
+        let g = good
+            .request_socket(&spec("tcp:127.0.0.1:0"), ShareMode::None, "good")
+            .unwrap();
+        good.release(&g.token).unwrap();
+    }
+
+    // The longest application name the wire allows (255 bytes) is served.
+    let fd = raw_conn(&b);
+    let longest = request_bytes("udp:127.0.0.1:0", 2, &[b'x'; 255]);
+    send_fds(fd.as_fd(), &longest, &[], 0).unwrap();
+    let mut buf = [0u8; proto::MAX_MSG];
+    let r = recv_fds(fd.as_fd(), &mut buf, 1, 0).unwrap();
+    assert_eq!(
+        (buf[1], r.fds.len()),
+        (proto::ty::SOCKET, 1),
+        "255-byte app name"
+    );
+    let st = b.status();
+    assert!(st
+        .sockets
+        .iter()
+        .any(|s| s.holders[0].app == "x".repeat(255)));
+    drop(fd);
+
+    // Requests carrying 1 and 250 fds: refused by the kernel (the broker's
+    // sockets have SO_PASSRIGHTS=0: EPERM, Linux 6.16+), or on older
+    // kernels refused by the broker with every fd closed.
+    let (x, _y) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
+    for n in [1usize, 250] {
+        let fd = raw_conn(&b);
+        let many: Vec<_> = (0..n).map(|_| x.as_fd()).collect();
+        match send_fds(fd.as_fd(), &valid, &many, 0) {
+            Err(libc::EPERM) => {
+                // Nothing arrived: the connection serves on.
+                let mut hello = Vec::new();
+                proto::encode_hello(&mut hello, 99);
+                send_fds(fd.as_fd(), &hello, &[], 0).unwrap();
+                let mut buf = [0u8; proto::MAX_MSG];
+                let r = recv_fds(fd.as_fd(), &mut buf, 1, 0).expect("a reply");
+                assert_eq!(
+                    proto::Header::parse(&buf[..r.len]).unwrap().ty,
+                    proto::ty::HELLO_OK
+                );
+            }
+            Err(e) => panic!("{n} fds: {}", sockpass::strerror(e)),
+            Ok(_) => {
+                let mut buf = [0u8; proto::MAX_MSG];
+                let r = recv_fds(fd.as_fd(), &mut buf, 1, 0).expect("a reply");
+                let kind = proto::decode_error(&buf[proto::HEADER_LEN..r.len])
+                    .unwrap()
+                    .kind();
+                assert_eq!(kind, Kind::BadRequest, "{n} fds");
+            }
+        }
+    }
+
+    // Connections from the cases above are gone; nothing leaked in the broker.
+    wait_for("broker fds back to baseline", || {
+        (b.fd_count() == fds_before).then_some(())
+    });
+    let st = b.status();
+    assert_eq!(st.counters.references, 1);
+    assert_eq!(st.sockets[0].holders[0].app, "good");
+    good.release(&held.token).unwrap();
+}
+
+#[test]
+fn flood_without_reading_is_bounded_and_others_are_served() {
+    let b = Broker::start("flood");
+    let fd = raw_conn(&b);
+    // SAFETY: make the flooder's sends nonblocking so the test cannot hang.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut status = Vec::new();
+    proto::encode_status(&mut status, 1);
+    let mut sent = 0;
+    for _ in 0..100_000 {
+        match send_fds(fd.as_fd(), &status, &[], libc::MSG_DONTWAIT) {
+            Ok(_) => sent += 1,
+            Err(_) => break,
+        }
+    }
+    assert!(sent > 10);
+    // The broker stops reading the flooder but serves everyone else.
+    let mut good = b.client();
+    for _ in 0..50 {
+        let g = good
+            .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "good")
+            .unwrap();
+        good.release(&g.token).unwrap();
+    }
+    let fds = b.fd_count();
+    assert!(fds < 200, "broker holds {fds} fds for one flooding client");
+    drop(fd);
+    // Left: `good` and the status query's own connection.
+    wait_for("flooder dropped", || {
+        (b.status().counters.connections == 2).then_some(())
+    });
+}
+
+/// A plain request whose spec bytes hit the cache before is answered
+/// without decoding them again. Everything else about it is still checked
+/// as on the full path, with the same answers: a bad share byte, a bad
+/// application name, a byte after the spec, a sharing conflict; and the
+/// remembered bytes never lead to a socket that went.
+#[test]
+fn known_spec_bytes_are_answered_as_the_full_path_answers() {
+    let b = Broker::start("knownspec");
+    let port = free_port(true);
+    let s = format!("udp:127.0.0.1:{port}");
+    let mut c = b.client();
+    // The second request is a cache hit, and its bytes are remembered; the
+    // third comes by them: the same socket, one more reference.
+    let g1 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    let g2 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    let g3 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    assert!(!g1.cached && g2.cached && g3.cached);
+    assert_eq!(inode(&g3.fd), inode(&g1.fd));
+    assert_eq!(b.status().sockets[0].refs, 3);
+
+    let raw = raw_conn(&b);
+    let mut trailing = request_bytes(&s, 2, b"a");
+    trailing.push(0);
+    let cases = [
+        ("share byte 9", request_bytes(&s, 9, b"a"), Kind::BadRequest),
+        (
+            "a control character in the app name",
+            request_bytes(&s, 2, b"a\x01"),
+            Kind::BadRequest,
+        ),
+        ("a byte after the spec", trailing, Kind::BadRequest),
+        (
+            "share none while others hold it",
+            request_bytes(&s, 0, b"a"),
+            Kind::ShareConflict,
+        ),
+        (
+            "sameapp under another name",
+            request_bytes(&s, 1, b"b"),
+            Kind::ShareConflict,
+        ),
+    ];
+    for (what, msg, kind) in cases {
+        assert!(
+            matches!(send_raw(&raw, &msg, &[]), Outcome::Error(k) if k == kind),
+            "{what}"
+        );
+    }
+    assert_eq!(b.status().sockets[0].refs, 3, "a refusal adds nothing");
+
+    // The socket goes, and another spec's socket takes its place in the
+    // broker's tables; the same bytes then make a new socket of their own,
+    // which is then remembered in its turn.
+    let old = inode(&g1.fd);
+    for g in [g1, g2, g3] {
+        c.release(&g.token).unwrap();
+    }
+    assert!(b.status().sockets.is_empty());
+    let other = loop {
+        let p = free_port(true);
+        if p != port {
+            break p;
+        }
+    };
+    let other = spec(&format!("udp:127.0.0.1:{other}"));
+    let go = c.request_socket(&other, ShareMode::Any, "a").unwrap();
+    let g4 = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+    assert!(!g4.cached);
+    assert_ne!(inode(&g4.fd), old);
+    assert_ne!(inode(&g4.fd), inode(&go.fd));
+    assert_eq!(sockpass::sys::local_port(&g4.fd).unwrap(), port);
+    for _ in 0..3 {
+        let g = c.request_socket(&spec(&s), ShareMode::Any, "a").unwrap();
+        assert!(g.cached);
+        assert_eq!(inode(&g.fd), inode(&g4.fd));
+    }
+    assert_eq!(b.status().sockets.len(), 2);
+}
