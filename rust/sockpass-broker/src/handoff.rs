@@ -66,6 +66,9 @@ pub enum AttachState {
     /// A cached socket: entry slot and entry id.
     Entry(u64, u64),
     Owned(OwnedFd),
+    /// Several cached sockets (a REQUEST_MANY reply). Tag 3, added within
+    /// format v1: a build that predates it only fails on such a reply.
+    Entries(Vec<(u64, u64)>),
 }
 
 #[derive(Debug)]
@@ -276,6 +279,14 @@ impl State {
                         w.u8(2);
                         w.fd(fd);
                     }
+                    AttachState::Entries(v) => {
+                        w.u8(3);
+                        w.u64(v.len() as u64);
+                        for (s, id) in v {
+                            w.u64(s);
+                            w.u64(id);
+                        }
+                    }
                 }
             }
         }
@@ -366,6 +377,13 @@ impl State {
                     0 => AttachState::None,
                     1 => AttachState::Entry(r.u64()?, r.u64()?),
                     2 => AttachState::Owned(r.fd()?),
+                    3 => {
+                        let n = r.count()?;
+                        let v = (0..n)
+                            .map(|_| Ok((r.u64()?, r.u64()?)))
+                            .collect::<Result<_>>()?;
+                        AttachState::Entries(v)
+                    }
                     _ => return Err(corrupt("attachment kind")),
                 };
                 outq.push((bytes, a));

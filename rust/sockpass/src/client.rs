@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+mod batch;
+
 /// A socket handed out by the broker.
 #[derive(Debug)]
 pub struct Grant {

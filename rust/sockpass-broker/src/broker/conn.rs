@@ -19,6 +19,8 @@ pub(super) enum Attach {
     /// A cached socket, by entry slot and id. The entry outlives a queued
     /// reply because the reply's token keeps a reference, so no dup is needed.
     Entry(usize, u64),
+    /// Several cached sockets (a REQUEST_MANY's reply), in order.
+    Entries(Vec<(usize, u64)>),
     /// An fd made for this reply (the status memfd).
     Owned(CountedFd),
 }
@@ -53,6 +55,23 @@ impl CountedFd {
 impl Drop for CountedFd {
     fn drop(&mut self) {
         self.live.set(self.live.get() - 1);
+    }
+}
+
+/// The fds of one reply, borrowed from where they live; one without
+/// allocating, as nearly every reply has.
+pub(super) enum AttachedFds<'a> {
+    One(Option<BorrowedFd<'a>>),
+    Many(Vec<BorrowedFd<'a>>),
+}
+
+impl<'a> AttachedFds<'a> {
+    fn as_slice(&self) -> &[BorrowedFd<'a>] {
+        match self {
+            AttachedFds::One(Some(f)) => std::slice::from_ref(f),
+            AttachedFds::One(None) => &[],
+            AttachedFds::Many(v) => v,
+        }
     }
 }
 
@@ -223,31 +242,31 @@ impl Broker {
         self.send(slot, out, None);
     }
 
-    /// Send a reply now, or queue it if the client's buffer is full.
-    pub(super) fn attached_fd<'a>(&'a self, a: &'a Option<Attach>) -> Option<BorrowedFd<'a>> {
+    /// The fds a reply carries (none for a socket gone meanwhile).
+    pub(super) fn attached_fds<'a>(&'a self, a: &'a Option<Attach>) -> AttachedFds<'a> {
+        let entry = |&(es, eid): &(usize, u64)| {
+            self.sockets
+                .get(es)
+                .filter(|e| e.id == eid)
+                .map(|e| e.fd.as_fd())
+        };
         match a {
-            Some(Attach::Entry(es, eid)) => self
-                .sockets
-                .get(*es)
-                .filter(|e| e.id == *eid)
-                .map(|e| e.fd.as_fd()),
-            Some(Attach::Owned(c)) => c.as_fd(),
-            None => None,
+            Some(Attach::Entry(es, eid)) => AttachedFds::One(entry(&(*es, *eid))),
+            Some(Attach::Owned(c)) => AttachedFds::One(c.as_fd()),
+            Some(Attach::Entries(v)) => AttachedFds::Many(v.iter().filter_map(entry).collect()),
+            None => AttachedFds::One(None),
         }
     }
 
+    /// Send a reply now, or queue it if the client's buffer is full.
     pub(super) fn send(&mut self, slot: usize, bytes: Vec<u8>, attach: Option<Attach>) {
         let Some(c) = self.conns.get(slot) else {
             self.wbuf = bytes;
             return;
         };
         if c.outq.is_empty() {
-            let fd = self.attached_fd(&attach);
-            let fds: &[BorrowedFd<'_>] = match &fd {
-                Some(f) => std::slice::from_ref(f),
-                None => &[],
-            };
-            match send_fds(c.fd.as_fd(), &bytes, fds, libc::MSG_DONTWAIT) {
+            let fds = self.attached_fds(&attach);
+            match send_fds(c.fd.as_fd(), &bytes, fds.as_slice(), libc::MSG_DONTWAIT) {
                 Ok(_) => {
                     self.wbuf = bytes;
                     self.wbuf.clear();
@@ -288,12 +307,8 @@ impl Broker {
                 return false;
             };
             let Some(o) = c.outq.front() else { break };
-            let fd = self.attached_fd(&o.attach);
-            let fds: &[BorrowedFd<'_>] = match &fd {
-                Some(f) => std::slice::from_ref(f),
-                None => &[],
-            };
-            match send_fds(c.fd.as_fd(), &o.bytes, fds, libc::MSG_DONTWAIT) {
+            let fds = self.attached_fds(&o.attach);
+            match send_fds(c.fd.as_fd(), &o.bytes, fds.as_slice(), libc::MSG_DONTWAIT) {
                 Ok(_) => {
                     self.conns.get_mut(slot).unwrap().outq.pop_front();
                 }

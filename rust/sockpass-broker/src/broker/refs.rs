@@ -314,8 +314,13 @@ impl Broker {
 
     /// May connection `slot` take one more reference (`--max-refs-per-client`)?
     pub(super) fn refs_room(&self, slot: usize) -> Result<()> {
+        self.refs_room_for(slot, 1)
+    }
+
+    /// May connection `slot` take `more` references?
+    pub(super) fn refs_room_for(&self, slot: usize, more: usize) -> Result<()> {
         let held = self.conns.get(slot).map_or(0, |c| c.refs.len());
-        if held >= self.cfg.limits.max_refs_per_client {
+        if held + more > self.cfg.limits.max_refs_per_client {
             return Err(Error::with_errno(
                 Kind::LimitReached,
                 libc::EUSERS,

@@ -168,6 +168,9 @@ impl Broker {
                     let a = match o.attach {
                         None => handoff::AttachState::None,
                         Some(Attach::Entry(s, id)) => handoff::AttachState::Entry(s as u64, id),
+                        Some(Attach::Entries(v)) => handoff::AttachState::Entries(
+                            v.into_iter().map(|(s, id)| (s as u64, id)).collect(),
+                        ),
                         Some(Attach::Owned(fd)) => match fd.into_fd() {
                             Some(fd) => handoff::AttachState::Owned(fd),
                             None => handoff::AttachState::None,
@@ -265,6 +268,9 @@ impl Broker {
                     attach: match a {
                         handoff::AttachState::None => None,
                         handoff::AttachState::Entry(s, id) => Some(Attach::Entry(s as usize, id)),
+                        handoff::AttachState::Entries(v) => Some(Attach::Entries(
+                            v.into_iter().map(|(s, id)| (s as usize, id)).collect(),
+                        )),
                         handoff::AttachState::Owned(fd) => {
                             Some(Attach::Owned(CountedFd::new(fd, &b.reply_fds)))
                         }

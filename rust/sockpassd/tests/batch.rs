@@ -1,0 +1,192 @@
+//! Batch requests (REQUEST_MANY) end to end: cached and new sockets in one
+//! batch, more specs than one message carries, and all or nothing when one
+//! spec is refused by the policy or by sharing (no reference kept, no
+//! socket left in the broker, no fd left in the client).
+
+mod common;
+
+use common::*;
+use sockpass::{Kind, ShareMode, SocketSpec};
+use std::sync::Mutex;
+
+/// The fd counts below are of this process: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn my_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn udp(port: u16) -> SocketSpec {
+    format!("udp:127.0.0.1:{port}").parse().unwrap()
+}
+
+fn batch(specs: &[SocketSpec], share: ShareMode) -> Vec<(SocketSpec, ShareMode, &'static str)> {
+    specs.iter().map(|s| (s.clone(), share, "batch")).collect()
+}
+
+#[test]
+fn cached_and_new_sockets_in_one_batch() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-mixed");
+    let cached: Vec<_> = (0..64).map(|_| udp(free_port(true))).collect();
+    let mut anchor = b.client();
+    let held = anchor
+        .request_many(&batch(&cached, ShareMode::Any))
+        .expect("anchor batch");
+    assert_eq!(held.len(), 64);
+    assert!(held.iter().all(|g| !g.cached));
+
+    let mut specs = batch(&cached, ShareMode::Any);
+    let fresh: Vec<SocketSpec> = (0..8)
+        .map(|_| "tcp:127.0.0.1:0?backlog=4".parse().unwrap())
+        .collect();
+    specs.extend(batch(&fresh, ShareMode::None));
+    let mut c = b.client();
+    let grants = c.request_many(&specs).expect("mixed batch");
+    assert_eq!(grants.len(), 72);
+    for (i, (g, h)) in grants.iter().zip(&held).enumerate() {
+        assert!(g.cached, "spec {i} came from the cache");
+        assert_eq!(
+            inode(&g.fd),
+            inode(&h.fd),
+            "spec {i} is the anchor's socket"
+        );
+        assert_eq!(g.port, cached[i].port);
+    }
+    for g in &grants[64..] {
+        assert!(!g.cached && g.port != 0);
+        // A listening TCP socket: connect to it.
+        std::net::TcpStream::connect(("127.0.0.1", g.port)).expect("connect to the new socket");
+    }
+    let st = b.status();
+    assert_eq!(st.counters.sockets, 72);
+    assert_eq!(st.counters.references, 64 + 72);
+    // Each grant is released by its own token.
+    assert_eq!(c.release(&grants[0].token).unwrap(), 1);
+    assert_eq!(c.release_all().unwrap(), 71);
+    assert_eq!(b.status().counters.sockets, 64);
+}
+
+#[test]
+fn more_specs_than_one_message_carries() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-many");
+    let specs: Vec<SocketSpec> = (0..300).map(|_| udp(0)).collect();
+    let mut c = b.client();
+    let grants = c
+        .request_many(&batch(&specs, ShareMode::None))
+        .expect("300 specs");
+    assert_eq!(grants.len(), 300);
+    let mut ports: Vec<u16> = grants.iter().map(|g| g.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 300, "300 distinct sockets");
+    assert_eq!(b.status().counters.references, 300);
+    drop(grants);
+    assert_eq!(c.release_all().unwrap(), 300);
+    assert_eq!(b.status().counters.sockets, 0);
+}
+
+/// Broker state and client fds are as they were after a refused batch.
+fn assert_nothing_left(b: &Broker, before: (u32, u32), fds: usize, free: &[u16]) {
+    let st = b.status();
+    assert_eq!(
+        (st.counters.sockets, st.counters.references),
+        before,
+        "no socket or reference left by the refused batch"
+    );
+    assert_eq!(my_fds(), fds, "no fd left in the client");
+    for p in free {
+        assert!(
+            can_bind(true, *p),
+            "port {p} created for the batch is free again"
+        );
+    }
+}
+
+#[test]
+fn a_batch_refused_by_policy_leaves_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let denied = free_port(true);
+    let dir = temp_dir("batch-policy");
+    let pol = dir.join("policy.conf");
+    std::fs::write(
+        &pol,
+        format!("deny * ops=request port={denied}\nallow * ops=request opts=all\n"),
+    )
+    .unwrap();
+    let path = dir.join("sockpassd.sock");
+    let b = Broker::start_at(dir.clone(), path, &["--policy", &path_str(&pol)]);
+    let shared = udp(free_port(true));
+    let mut anchor = b.client();
+    let _a = anchor
+        .request_socket(&shared, ShareMode::Any, "batch")
+        .unwrap();
+    let mut c = b.client();
+    let before = (1, 1);
+    let fds = my_fds();
+    // Small: refused before anything is made. Large: the policy refusal is
+    // in the last of several messages, the earlier ones are given back.
+    for n in [3, 100] {
+        let new: Vec<u16> = (0..n - 2).map(|_| free_port(true)).collect();
+        let mut specs: Vec<SocketSpec> = new.iter().map(|p| udp(*p)).collect();
+        specs.push(shared.clone());
+        specs.push(udp(denied));
+        let e = c
+            .request_many(&batch(&specs, ShareMode::Any))
+            .expect_err("a spec the policy denies");
+        assert_eq!(e.kind(), Kind::NotAllowed, "{e}");
+        assert!(
+            e.message().starts_with(&format!("spec {} of {n}: ", n - 1)),
+            "names the spec: {e}"
+        );
+        assert_nothing_left(&b, before, fds, &new);
+    }
+    // The connection is still in step.
+    let g = c.request_socket(&shared, ShareMode::Any, "batch").unwrap();
+    assert!(g.cached);
+}
+
+#[test]
+fn a_batch_refused_by_sharing_leaves_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-share");
+    let exclusive = udp(free_port(true));
+    let shared = udp(free_port(true));
+    let mut anchor = b.client();
+    let _x = anchor
+        .request_socket(&exclusive, ShareMode::None, "other")
+        .unwrap();
+    let _s = anchor
+        .request_socket(&shared, ShareMode::Any, "other")
+        .unwrap();
+    let mut c = b.client();
+    let fds = my_fds();
+    for n in [4, 90] {
+        let new: Vec<u16> = (0..n - 2).map(|_| free_port(true)).collect();
+        let mut specs: Vec<SocketSpec> = new.iter().map(|p| udp(*p)).collect();
+        specs.insert(1, shared.clone());
+        specs.push(exclusive.clone());
+        let e = c
+            .request_many(&batch(&specs, ShareMode::Any))
+            .expect_err("a spec held exclusively");
+        assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+        assert!(
+            e.message().starts_with(&format!("spec {} of {n}: ", n - 1)),
+            "names the spec: {e}"
+        );
+        assert_nothing_left(&b, (2, 2), fds, &new);
+    }
+    // Two specs of one batch that exclude each other: refused alike.
+    let p = free_port(true);
+    let specs = vec![
+        (udp(p), ShareMode::None, "batch"),
+        (udp(p), ShareMode::None, "batch"),
+    ];
+    let e = c
+        .request_many(&specs)
+        .expect_err("the batch conflicts with itself");
+    assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+    assert!(e.message().starts_with("spec 1 of 2: "), "{e}");
+    assert_nothing_left(&b, (2, 2), fds, &[p]);
+}
