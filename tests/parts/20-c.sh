@@ -91,6 +91,7 @@ python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/spawn" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/threads" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/handover" "${vg[@]}"
+python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/batch" "${vg[@]}"
 python3 tests/c/run-example.py "$work/build/sockpassd" limit2 "$work/build/tests/c/limits" "${vg[@]}"
 # valgrind has no pidfd_open: the test then skips only its wait_child checks (run above under ASan).
 SOCKPASS_TEST_NO_PIDFD=1 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/readiness" "${vg[@]}"

@@ -41,17 +41,22 @@ impl sockpass_client {
         }))
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut Client) -> sockpass::Result<R>) -> sockpass::Result<R> {
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Client) -> sockpass::Result<R>,
+    ) -> sockpass::Result<R> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut c)
     }
 }
 
-unsafe fn client_ref<'a>(c: *mut sockpass_client) -> sockpass::Result<&'a sockpass_client> {
+pub(crate) unsafe fn client_ref<'a>(
+    c: *mut sockpass_client,
+) -> sockpass::Result<&'a sockpass_client> {
     c.as_ref().ok_or_else(|| fault("client"))
 }
 
-fn share_mode(share: c_int) -> sockpass::Result<ShareMode> {
+pub(crate) fn share_mode(share: c_int) -> sockpass::Result<ShareMode> {
     ShareMode::from_int(share.into())
 }
 
@@ -83,7 +88,7 @@ fn check_token_buf(buf: *mut c_char, size: usize) -> sockpass::Result<()> {
     Ok(())
 }
 
-unsafe fn write_token(buf: *mut c_char, t: &Token) {
+pub(crate) unsafe fn write_token(buf: *mut c_char, t: &Token) {
     if buf.is_null() {
         return;
     }
