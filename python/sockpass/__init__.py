@@ -37,6 +37,7 @@ __all__ = [
     "SHARE_SAMEAPP",
     "SHARE_SAMENAME",
     "BadRequestError",
+    "BatchItem",
     "BrokerSocket",
     "BrokerUnavailableError",
     "Child",
@@ -56,6 +57,7 @@ __all__ = [
     "readiness",
     "release_socket",
     "request_socket",
+    "request_sockets",
     "request_spec",
     "reserve_socket",
     "spawn",
@@ -70,6 +72,9 @@ SHARE_SAMENAME: Final = Share.SAMENAME
 SHARE_ANY: Final = Share.ANY
 
 _Path: TypeAlias = str | os.PathLike[str]
+# One spec of a batch: a spec string (with the call's share mode and
+# application name), or (spec, share_mode) or (spec, share_mode, app_name).
+BatchItem: TypeAlias = str | tuple[str, Share | int] | tuple[str, Share | int, str | None]
 
 
 class Reservation(NamedTuple):
@@ -152,6 +157,20 @@ class Client:
         ``per_worker`` (with reuseport) gives this requester its own socket in
         the port's reuseport group instead of a shared one."""
         return self._native.request_spec(spec, share_mode, app_name, per_worker)
+
+    def request_sockets(
+        self,
+        specs: Iterable[BatchItem],
+        share_mode: Share | int = Share.NONE,
+        app_name: str | None = None,
+    ) -> list[tuple[int, str]]:
+        """Many sockets in one batch (one round trip for up to 36, their fds
+        in one message; more pipelined). Each item is a spec string, which
+        takes ``share_mode`` and ``app_name``, or a tuple ``(spec,
+        share_mode[, app_name])``. All or nothing: returns ``(fd, token)`` for
+        each, in order, or raises (naming the refused spec, ``spec I of N``)
+        with no reference kept and no fd left open."""
+        return self._native.request_sockets(specs, share_mode, app_name)
 
     def socket(
         self,
@@ -361,6 +380,24 @@ def request_spec(
     c = _client_for(socket_path)
     try:
         return c.request_spec(spec, share_mode, app_name, per_worker=per_worker)
+    except BrokerUnavailableError:
+        _drop_client(socket_path, c)
+        raise
+
+
+def request_sockets(
+    specs: Iterable[BatchItem],
+    share_mode: Share | int = Share.NONE,
+    app_name: str | None = None,
+    *,
+    socket_path: _Path | None = None,
+) -> list[tuple[int, str]]:
+    """Many sockets in one batch, all or nothing; see ``Client.request_sockets``."""
+    if socket_path is None:
+        return _sockpass.request_sockets(specs, share_mode, app_name)
+    c = _client_for(socket_path)
+    try:
+        return c.request_sockets(specs, share_mode, app_name)
     except BrokerUnavailableError:
         _drop_client(socket_path, c)
         raise

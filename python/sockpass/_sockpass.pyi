@@ -11,6 +11,7 @@ __all__ = [
     "request_socket",
     "release_socket",
     "request_spec",
+    "request_sockets",
     "reserve_socket",
     "pickup_socket",
     "status",
@@ -31,6 +32,7 @@ __all__ = [
 _HolderRow = tuple[int, int, int, int, int, bool, str]
 _SocketRow = tuple[int, str, int, int, list[_HolderRow]]
 _CountersRow = tuple[int, int, int, int, int]
+_BatchItem = str | tuple[str, int] | tuple[str, int, str | None]
 
 def request_socket(
     address: str, port: int, proto: str, share_mode: int, app_name: str | None = None
@@ -39,6 +41,9 @@ def release_socket(fd_or_token: int | str) -> int: ...
 def request_spec(
     spec: str, share_mode: int, app_name: str | None = None, per_worker: bool = False
 ) -> tuple[int, str]: ...
+def request_sockets(
+    specs: Iterable[_BatchItem], share_mode: int, app_name: str | None = None
+) -> list[tuple[int, str]]: ...
 def reserve_socket(
     address: str, port: int, proto: str, share_mode: int, app_name: str | None = None
 ) -> tuple[str, int]: ...
@@ -61,6 +66,9 @@ class Client:
     def request_spec(
         self, spec: str, share_mode: int, app_name: str | None = None, per_worker: bool = False
     ) -> tuple[int, str]: ...
+    def request_sockets(
+        self, specs: Iterable[_BatchItem], share_mode: int, app_name: str | None = None
+    ) -> list[tuple[int, str]]: ...
     def reserve_socket(
         self, address: str, port: int, proto: str, share_mode: int, app_name: str | None = None
     ) -> tuple[str, int]: ...
