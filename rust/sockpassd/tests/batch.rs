@@ -190,3 +190,33 @@ fn a_batch_refused_by_sharing_leaves_nothing() {
     assert!(e.message().starts_with("spec 1 of 2: "), "{e}");
     assert_nothing_left(&b, (2, 2), fds, &[p]);
 }
+
+#[test]
+fn the_cli_requests_several_specs_in_one_batch() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-cli");
+    let (p1, p2) = (free_port(true), free_port(true));
+    let run = |specs: &[String]| {
+        std::process::Command::new(sockpass_bin())
+            .args(["request", "--no-hold", "--socket", &path_str(&b.path)])
+            .args(specs)
+            .output()
+            .expect("run sockpass request")
+    };
+    let specs = [udp(p1).to_string(), udp(p2).to_string()];
+    let out = run(&specs);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ports: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(ports, [p1.to_string(), p2.to_string()], "{text}");
+    // The second spec is held exclusively: nothing is printed for the first.
+    let mut anchor = b.client();
+    let _x = anchor
+        .request_socket(&udp(p2), ShareMode::None, "other")
+        .unwrap();
+    let out = run(&specs);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec 1 of 2: "), "{err}");
+}
