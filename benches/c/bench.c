@@ -442,6 +442,68 @@ static void sp_uncached(const char *path, int port, size_t n, int cached, const 
   sockpass_client_free(c);
 }
 
+/* B10: batch requests (sockpass_client_request_many). 64 cached sockets in
+ * one call, 64 uncached (port 0: each created) in one call, and for
+ * comparison the 64 cached ones by 64 single requests; each timed with the
+ * closing of its fds, as B2 is; the references are released off the clock. */
+#define B10N 64
+static void batch_bench(const char *path, int base, size_t n) {
+  raise_nofile();
+  sockpass_client *holder = sp_connect(path), *c = sp_connect(path);
+  static char specbuf[B10N][40];
+  const char *specs[B10N], *uspecs[B10N];
+  int shares[B10N], ushares[B10N], ports[B10N], fds[B10N], got = 0;
+  for (int p = base; got < B10N && p < 65536; p++) {
+    int fd = sockpass_client_request_socket(holder, SOCKPASS_PROTO_UDP, "127.0.0.1", p,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+    if (fd == -EADDRINUSE) continue;
+    if (fd < 0) die("b10 populate", fd);
+    close(fd);
+    snprintf(specbuf[got], sizeof specbuf[got], "udp:127.0.0.1:%d", p);
+    specs[got] = specbuf[got];
+    uspecs[got] = "udp:127.0.0.1:0";
+    shares[got] = SOCKPASS_SHARE_ANY;
+    ushares[got] = SOCKPASS_SHARE_NONE;
+    ports[got++] = p;
+  }
+  if (got < B10N) die("b10: not enough free ports", -EADDRINUSE);
+  size_t warm = n / 10;
+  uint64_t *sc = malloc(n * sizeof *sc), *su = malloc(n * sizeof *su), *ss = malloc(n * sizeof *ss);
+  for (size_t i = 0; i < n + warm; i++) {
+    uint64_t t0 = now_ns(), t1, t2, t3;
+    int r = sockpass_client_request_many(c, specs, shares, NULL, B10N, fds, NULL, 0);
+    if (r != B10N) die("b10 cached batch", r < 0 ? r : -EPROTO);
+    for (int j = 0; j < B10N; j++) close(fds[j]);
+    t1 = now_ns();
+    if ((r = sockpass_client_release_all(c)) != B10N) die("b10 release_all", r < 0 ? r : -EPROTO);
+    t2 = now_ns();
+    r = sockpass_client_request_many(c, uspecs, ushares, NULL, B10N, fds, NULL, 0);
+    if (r != B10N) die("b10 uncached batch", r < 0 ? r : -EPROTO);
+    for (int j = 0; j < B10N; j++) close(fds[j]);
+    t3 = now_ns();
+    if ((r = sockpass_client_release_all(c)) != B10N) die("b10 release_all", r < 0 ? r : -EPROTO);
+    uint64_t t4 = now_ns();
+    for (int j = 0; j < B10N; j++) {
+      int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", ports[j],
+                                              SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+      if (fd < 0) die("b10 single", fd);
+      close(fd);
+    }
+    uint64_t t5 = now_ns();
+    if ((r = sockpass_client_release_all(c)) != B10N) die("b10 release_all", r < 0 ? r : -EPROTO);
+    if (i >= warm) {
+      sc[i - warm] = t1 - t0;
+      su[i - warm] = t3 - t2;
+      ss[i - warm] = t5 - t4;
+    }
+  }
+  report("B10_cached_64", sc, n);
+  report("B10_uncached_64", su, n);
+  report("B10s_cached_64_singles", ss, n);
+  sockpass_client_free(c);
+  sockpass_client_free(holder);
+}
+
 /* B7 helper: hold `sockets` cached sockets and `conns` idle connections,
  * print READY, then wait for stdin to close. */
 static void hold(const char *path, int base, int sockets, int conns) {
@@ -970,6 +1032,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(m, "uncached") && argc >= 5)
     sp_uncached(argv[2], atoi(argv[3]), atol(argv[4]), argc > 5 ? atoi(argv[5]) : 0,
                 argc > 6 ? argv[6] : "B4_uncached");
+  else if (!strcmp(m, "batch") && argc == 5) batch_bench(argv[2], atoi(argv[3]), atol(argv[4]));
   else if (!strcmp(m, "hold") && argc == 6) hold(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   else if (!strcmp(m, "s6store") && argc == 4) s6_store(argv[2], argv[3]);
   else if (!strcmp(m, "s6kept") && argc == 5) s6_kept(argv[2], argv[3], atol(argv[4]));
