@@ -220,3 +220,80 @@ fn the_cli_requests_several_specs_in_one_batch() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spec 1 of 2: "), "{err}");
 }
+
+fn highest_fd() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap()
+}
+
+/// Child: with RLIMIT_NOFILE 5 above its highest fd, ask for 20 sockets in
+/// one batch; print the error, the references the broker then holds for it
+/// and whether its fd count is as before.
+#[test]
+#[ignore]
+fn child_out_of_fds() {
+    if !is_child() {
+        return;
+    }
+    let mut c = sockpass::Client::connect(std::env::var("SOCK").unwrap()).unwrap();
+    c.hello().unwrap();
+    let top = highest_fd();
+    // Fill the gaps below the highest fd, so 5 numbers are left under the limit.
+    let mut fill = Vec::new();
+    loop {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&f) as u64;
+        fill.push(f);
+        if n >= top {
+            break;
+        }
+    }
+    let before = my_fds();
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on valid structs.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let low = libc::rlimit {
+            rlim_cur: top + 6,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+    }
+    let specs: Vec<SocketSpec> = (0..20).map(|_| udp(0)).collect();
+    let r = c.request_many(&batch(&specs, ShareMode::None));
+    // SAFETY: as above.
+    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &old), 0) };
+    let e = r.expect_err("20 fds do not fit under the limit");
+    let refs = c.status().unwrap().counters.references;
+    println!(
+        "@@ {:?} {} {} {}",
+        e.kind(),
+        e.errno(),
+        refs,
+        my_fds() == before
+    );
+}
+
+#[test]
+fn a_client_out_of_fds_releases_the_batch() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-emfile");
+    let mut child = spawn_self("child_out_of_fds", &[("SOCK", path_str(&b.path))]);
+    let line = read_line(&mut child);
+    assert!(wait_child(&mut child).success());
+    assert_eq!(
+        line, "LimitReached 24 0 true",
+        "error, references left, fds as before"
+    );
+    assert_eq!(
+        b.status().counters.sockets,
+        0,
+        "the batch's sockets are closed"
+    );
+}
