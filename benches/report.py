@@ -175,6 +175,7 @@ def main():
         return per_round(m, ("B10_uncached_64", "inproc_socket_bind", "B1_floor"), lambda u, a, b: ratio(u, 64 * a + 4 * b))
 
     bar("B10", "B10 64 uncached in one batch / (64 × socket+setsockopt+bind + 4 × B1) ≤ 1", b10u, 1.0)
+    L.append(f"| (B10f) | the floor: 64 fds in one SCM_RIGHTS message, received and closed / B1, for reference | {fr(rr('pinned', 'B10f_floor_64', 'B1_floor'))} | {fr(rr('unpinned', 'B10f_floor_64', 'B1_floor'))} | |")
     L.append(f"| (B10s) | 64 cached by single requests / B1, for reference | {fr(rr('pinned', 'B10s_cached_64_singles', 'B1_floor'))} | {fr(rr('unpinned', 'B10s_cached_64_singles', 'B1_floor'))} | |")
     bar("B9", "B9 Python / B2 ≤ 1.5", lambda m: rr(m, "B9_python_kept", "B2_cached_kept"), 1.5)
 
@@ -228,6 +229,7 @@ def main():
     names.append(("B9_python_kept", "B9 Python request_socket (as B2)"))
     names.append(("B10_cached_64", "B10 64 cached sockets in one batch request, close fds"))
     names.append(("B10_uncached_64", "B10 64 uncached sockets (port 0) in one batch request, close fds"))
+    names.append(("B10f_floor_64", "B10f floor: 1-byte request, 64 fds in one SCM_RIGHTS message, close them"))
     names.append(("B10s_cached_64_singles", "B10s the 64 cached sockets by 64 single requests"))
     L.append("## Latency (µs)")
     L.append("")

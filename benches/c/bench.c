@@ -447,8 +447,52 @@ static void sp_uncached(const char *path, int port, size_t n, int cached, const 
  * comparison the 64 cached ones by 64 single requests; each timed with the
  * closing of its fds, as B2 is; the references are released off the clock. */
 #define B10N 64
+/* B10f, the floor of B10: a forked server answering each 1-byte request with
+ * 64 fds in one SCM_RIGHTS message; the client receives and closes them. */
+static int floor64_server(pid_t *pid) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
+  *pid = fork_server();
+  if (*pid == 0) {
+    close(sv[0]);
+    int u = handed_fd(), fds[B10N];
+    for (int i = 0; i < B10N; i++) fds[i] = u;
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } cm;
+    struct iovec iov = {"x", 1};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                       .msg_controllen = sizeof cm.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    char b;
+    while (recv(sv[1], &b, 1, 0) == 1 && sendmsg(sv[1], &m, MSG_NOSIGNAL) == 1) {}
+    _exit(0);
+  }
+  close(sv[1]);
+  return sv[0];
+}
+
+static void floor64_turn(int s) {
+  char b = 'r';
+  union { struct cmsghdr h; char buf[CMSG_SPACE(B10N * sizeof(int))]; } u;
+  struct iovec iov = {&b, 1};
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                     .msg_controllen = sizeof u.buf};
+  if (send(s, &b, 1, 0) != 1) die("send", errno);
+  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1 || (m.msg_flags & MSG_CTRUNC)) die("floor64 recv", errno);
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  int fds[B10N];
+  if (!c || c->cmsg_len != CMSG_LEN(sizeof fds)) die("floor64 fds", EPROTO);
+  memcpy(fds, CMSG_DATA(c), sizeof fds);
+  for (int i = 0; i < B10N; i++) close(fds[i]);
+}
+
 static void batch_bench(const char *path, int base, size_t n) {
   raise_nofile();
+  pid_t fpid;
+  int fl = floor64_server(&fpid);
   sockpass_client *holder = sp_connect(path), *c = sp_connect(path);
   static char specbuf[B10N][40];
   const char *specs[B10N], *uspecs[B10N];
@@ -469,7 +513,10 @@ static void batch_bench(const char *path, int base, size_t n) {
   if (got < B10N) die("b10: not enough free ports", -EADDRINUSE);
   size_t warm = n / 10;
   uint64_t *sc = malloc(n * sizeof *sc), *su = malloc(n * sizeof *su), *ss = malloc(n * sizeof *ss);
+  uint64_t *sf = malloc(n * sizeof *sf);
   for (size_t i = 0; i < n + warm; i++) {
+    uint64_t f0 = now_ns();
+    floor64_turn(fl);
     uint64_t t0 = now_ns(), t1, t2, t3;
     int r = sockpass_client_request_many(c, specs, shares, NULL, B10N, fds, NULL, 0);
     if (r != B10N) die("b10 cached batch", r < 0 ? r : -EPROTO);
@@ -495,8 +542,12 @@ static void batch_bench(const char *path, int base, size_t n) {
       sc[i - warm] = t1 - t0;
       su[i - warm] = t3 - t2;
       ss[i - warm] = t5 - t4;
+      sf[i - warm] = t0 - f0;
     }
   }
+  close(fl);
+  waitpid(fpid, NULL, 0);
+  report("B10f_floor_64", sf, n);
   report("B10_cached_64", sc, n);
   report("B10_uncached_64", su, n);
   report("B10s_cached_64_singles", ss, n);
