@@ -735,6 +735,7 @@ mod tests {
                     (vec![1, 2, 3], AttachState::Entry(3, 8)),
                     (vec![4], AttachState::Owned(fd())),
                     (vec![], AttachState::None),
+                    (vec![5], AttachState::Entries(vec![(3, 8), (4, 10)])),
                 ],
                 pipelining: true,
             }],
@@ -780,6 +781,7 @@ mod tests {
         assert_eq!(c.default_app.as_deref(), Some("app"));
         assert!(matches!(c.outq[0].1, AttachState::Entry(3, 8)));
         assert!(matches!(c.outq[1].1, AttachState::Owned(_)));
+        assert!(matches!(&c.outq[3].1, AttachState::Entries(v) if v == &[(3, 8), (4, 10)]));
         let e = &st.entries[0];
         assert_eq!(
             (e.spec.as_str(), e.port, e.unix_ino),
