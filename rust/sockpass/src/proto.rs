@@ -659,6 +659,84 @@ impl StatusRow {
 mod tests {
     use super::*;
 
+    fn request_many(items: &[(&str, u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        begin_request_many(&mut out, 7);
+        for (spec, flags) in items {
+            let spec: SocketSpec = spec.parse().unwrap();
+            encode_request_item(&mut out, &spec, ShareMode::Any, "app", *flags).unwrap();
+        }
+        finish_request_many(&mut out, items.len());
+        out
+    }
+
+    fn decode(msg: &[u8]) -> Result<Request<'_>> {
+        let h = Header::parse(msg).unwrap();
+        decode_request(&h, &msg[HEADER_LEN..])
+    }
+
+    #[test]
+    fn request_many_round_trips_and_refuses_malformed_items() {
+        let msg = request_many(&[
+            ("udp:127.0.0.1:53", 0),
+            ("tcp:[::1]:80?reuseport=1", REQ_PER_WORKER),
+        ]);
+        let Request::SocketMany(v) = decode(&msg).unwrap() else {
+            panic!("not a REQUEST_MANY");
+        };
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].spec.to_string(), "tcp:[::1]:80?reuseport=1");
+        assert_eq!(
+            (v[1].share, v[1].app, v[1].flags),
+            (ShareMode::Any, "app", REQ_PER_WORKER)
+        );
+        // A count that is not the items', 0, or above the maximum.
+        for n in [0u16, 3, MAX_REQUEST_BATCH as u16 + 1] {
+            let mut m = msg.clone();
+            m[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&n.to_le_bytes());
+            assert_eq!(
+                decode(&m).unwrap_err().kind(),
+                Kind::BadRequest,
+                "count {n}"
+            );
+        }
+        // A spec length one byte too long takes the next item's first byte.
+        let mut m = msg.clone();
+        let at = HEADER_LEN + 2 + 3 + 3;
+        m[at] += 1;
+        let e = decode(&m).unwrap_err();
+        assert!(e.message().starts_with("spec "), "{e}");
+        // Trailing bytes after the last item.
+        let mut m = msg.clone();
+        m.push(0);
+        assert_eq!(decode(&m).unwrap_err().kind(), Kind::BadRequest);
+    }
+
+    #[test]
+    fn sockets_reply_decodes_its_entries() {
+        let t = Token::from_bytes([3; Token::LEN]);
+        let mut out = Vec::new();
+        out.extend_from_slice(&2u16.to_le_bytes());
+        encode_grant_entry(&mut out, &t, 53, true, false);
+        encode_grant_entry(&mut out, &t, 0, false, true);
+        let v = decode_sockets(&out).unwrap();
+        assert_eq!(
+            v[0],
+            GrantEntry {
+                token: t,
+                port: 53,
+                cached: true,
+                reserved: false
+            }
+        );
+        assert!(v[1].reserved && !v[1].cached);
+        assert!(decode_sockets(&out[..out.len() - 1]).is_err());
+        assert_eq!(
+            HEADER_LEN + 2 + MAX_REQUEST_BATCH * GRANT_ENTRY_LEN <= MAX_MSG,
+            true
+        );
+    }
+
     #[test]
     fn app_names_are_utf8_without_control_characters() {
         for ok in ["bench", "", "dns resolver", "nsd-é", "~!"] {
