@@ -731,10 +731,7 @@ mod tests {
         );
         assert!(v[1].reserved && !v[1].cached);
         assert!(decode_sockets(&out[..out.len() - 1]).is_err());
-        assert_eq!(
-            HEADER_LEN + 2 + MAX_REQUEST_BATCH * GRANT_ENTRY_LEN <= MAX_MSG,
-            true
-        );
+        const { assert!(HEADER_LEN + 2 + MAX_REQUEST_BATCH * GRANT_ENTRY_LEN <= MAX_MSG) };
     }
 
     #[test]
