@@ -58,6 +58,15 @@ fn cached_and_new_sockets_in_one_batch() {
         // A listening TCP socket: connect to it.
         std::net::TcpStream::connect(("127.0.0.1", g.port)).expect("connect to the new socket");
     }
+    // Again, by a third client: now by the spec bytes the broker remembers.
+    let mut c3 = b.client();
+    let again = c3
+        .request_many(&batch(&cached, ShareMode::Any))
+        .expect("again");
+    for (g, h) in again.iter().zip(&held) {
+        assert!(g.cached && inode(&g.fd) == inode(&h.fd));
+    }
+    assert_eq!(c3.release_all().unwrap(), 64);
     let st = b.status();
     assert_eq!(st.counters.sockets, 72);
     assert_eq!(st.counters.references, 64 + 72);

@@ -105,7 +105,14 @@ impl Broker {
         self.refs_room_for(slot, plain)?;
         let mut got: Vec<Granted> = Vec::with_capacity(n);
         for (i, r) in reqs.into_iter().enumerate() {
-            match self.obtain(slot, r) {
+            // A spec whose bytes hit the cache before skips decoding, as a
+            // single REQUEST does.
+            let hit = if r.flags == 0 {
+                self.grant_hit(slot, r.wire, r.share, r.app)
+            } else {
+                None
+            };
+            match hit.unwrap_or_else(|| self.obtain(slot, r)) {
                 Ok(g) => got.push(g),
                 Err(e) => {
                     for g in got.iter().rev() {
@@ -311,10 +318,23 @@ impl Broker {
             return None;
         };
         let (app, wire) = rest.split_at_checked(usize::from(*n))?;
-        let (es, eid) = self.sockets.hit(wire)?;
-        let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
         let share = ShareMode::from_wire(*share).ok()?;
         let app = proto::app_name(app).ok()?;
+        let g = self.grant_hit(slot, wire, share, app)?;
+        Some(g.map(|g| self.encode_grant(id, &g)))
+    }
+
+    /// A reference to the cached socket that spec bytes `wire` hit before
+    /// (a plain request: no flags), if nothing would refuse it.
+    fn grant_hit(
+        &mut self,
+        slot: usize,
+        wire: &[u8],
+        share: ShareMode,
+        app: &str,
+    ) -> Option<Result<Granted>> {
+        let (es, eid) = self.sockets.hit(wire)?;
+        let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
         let c = self.conns.get(slot)?;
         let (creds, conn_id) = (c.creds, c.id);
         if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
@@ -338,10 +358,7 @@ impl Broker {
             creds,
             conn_id,
         };
-        Some(
-            self.grant(es, holder, false, true)
-                .map(|g| self.encode_grant(id, &g)),
-        )
+        Some(self.grant(es, holder, false, true))
     }
 
     /// Does a request `(share, app)` from `uid` for `spec` agree with every
