@@ -58,7 +58,7 @@ int main(void) {
 
     /* 2. All or nothing: the second spec is held exclusively by another. */
     p = free_udp_port();
-    x = free_udp_port();
+    while ((x = free_udp_port()) == p) {}
     snprintf(specbuf[0], sizeof specbuf[0], "udp:127.0.0.1:%d", p);
     snprintf(specbuf[1], sizeof specbuf[1], "udp:127.0.0.1:%d", x);
     i = sockpass_client_request_spec(anchor, specbuf[1], SOCKPASS_SHARE_NONE, "other", NULL, 0);

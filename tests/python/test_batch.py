@@ -11,8 +11,18 @@ import sockpass
 from conftest import Broker, free_port
 
 
+def free_ports(n: int, *, not_: tuple[int, ...] = ()) -> list[int]:
+    """``n`` distinct free ports (the kernel's picks can repeat)."""
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port()
+        if p not in out and p not in not_:
+            out.append(p)
+    return out
+
+
 def test_a_batch_of_cached_and_new_sockets(broker: Broker, no_fd_leak: None) -> None:
-    ports = [free_port() for _ in range(40)]
+    ports = free_ports(40)
     with broker.client() as anchor, broker.client() as c:
         held = anchor.request_sockets([f"udp:127.0.0.1:{p}" for p in ports], sockpass.SHARE_ANY, "app")
         specs: list[sockpass.BatchItem] = [f"udp:127.0.0.1:{p}" for p in ports]
@@ -39,7 +49,7 @@ def test_a_refused_batch_leaves_nothing(broker: Broker, no_fd_leak: None) -> Non
     taken = free_port()
     with broker.client() as anchor, broker.client() as c:
         afd, _ = anchor.request_spec(f"udp:127.0.0.1:{taken}", sockpass.SHARE_NONE, "other")
-        new = [free_port() for _ in range(50)]
+        new = free_ports(50, not_=(taken,))
         specs = [f"udp:127.0.0.1:{p}" for p in new] + [f"udp:127.0.0.1:{taken}"]
         with pytest.raises(sockpass.ShareError, match="spec 50 of 51: "):
             c.request_sockets(specs, sockpass.SHARE_ANY)

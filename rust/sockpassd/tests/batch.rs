@@ -20,6 +20,19 @@ fn udp(port: u16) -> SocketSpec {
     format!("udp:127.0.0.1:{port}").parse().unwrap()
 }
 
+/// `n` distinct free UDP ports, none of `not` (the kernel's picks can repeat).
+fn free_ports(n: usize, not: &[u16]) -> Vec<u16> {
+    let mut seen: std::collections::HashSet<u16> = not.iter().copied().collect();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let p = free_port(true);
+        if seen.insert(p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn batch(specs: &[SocketSpec], share: ShareMode) -> Vec<(SocketSpec, ShareMode, &'static str)> {
     specs.iter().map(|s| (s.clone(), share, "batch")).collect()
 }
@@ -28,7 +41,7 @@ fn batch(specs: &[SocketSpec], share: ShareMode) -> Vec<(SocketSpec, ShareMode, 
 fn cached_and_new_sockets_in_one_batch() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = Broker::start("batch-mixed");
-    let cached: Vec<_> = (0..64).map(|_| udp(free_port(true))).collect();
+    let cached: Vec<_> = free_ports(64, &[]).into_iter().map(udp).collect();
     let mut anchor = b.client();
     let held = anchor
         .request_many(&batch(&cached, ShareMode::Any))
@@ -116,7 +129,8 @@ fn assert_nothing_left(b: &Broker, before: (u32, u32), fds: usize, free: &[u16])
 #[test]
 fn a_batch_refused_by_policy_leaves_nothing() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let denied = free_port(true);
+    let ps = free_ports(2, &[]);
+    let denied = ps[0];
     let dir = temp_dir("batch-policy");
     let pol = dir.join("policy.conf");
     std::fs::write(
@@ -126,7 +140,7 @@ fn a_batch_refused_by_policy_leaves_nothing() {
     .unwrap();
     let path = dir.join("sockpassd.sock");
     let b = Broker::start_at(dir.clone(), path, &["--policy", &path_str(&pol)]);
-    let shared = udp(free_port(true));
+    let shared = udp(ps[1]);
     let mut anchor = b.client();
     let _a = anchor
         .request_socket(&shared, ShareMode::Any, "batch")
@@ -137,7 +151,7 @@ fn a_batch_refused_by_policy_leaves_nothing() {
     // Small: refused before anything is made. Large: the policy refusal is
     // in the last of several messages, the earlier ones are given back.
     for n in [3, 100] {
-        let new: Vec<u16> = (0..n - 2).map(|_| free_port(true)).collect();
+        let new = free_ports(n - 2, &[denied, shared.port]);
         let mut specs: Vec<SocketSpec> = new.iter().map(|p| udp(*p)).collect();
         specs.push(shared.clone());
         specs.push(udp(denied));
@@ -160,8 +174,8 @@ fn a_batch_refused_by_policy_leaves_nothing() {
 fn a_batch_refused_by_sharing_leaves_nothing() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = Broker::start("batch-share");
-    let exclusive = udp(free_port(true));
-    let shared = udp(free_port(true));
+    let ps = free_ports(2, &[]);
+    let (exclusive, shared) = (udp(ps[0]), udp(ps[1]));
     let mut anchor = b.client();
     let _x = anchor
         .request_socket(&exclusive, ShareMode::None, "other")
@@ -172,7 +186,7 @@ fn a_batch_refused_by_sharing_leaves_nothing() {
     let mut c = b.client();
     let fds = my_fds();
     for n in [4, 90] {
-        let new: Vec<u16> = (0..n - 2).map(|_| free_port(true)).collect();
+        let new = free_ports(n - 2, &[exclusive.port, shared.port]);
         let mut specs: Vec<SocketSpec> = new.iter().map(|p| udp(*p)).collect();
         specs.insert(1, shared.clone());
         specs.push(exclusive.clone());
@@ -204,7 +218,8 @@ fn a_batch_refused_by_sharing_leaves_nothing() {
 fn the_cli_requests_several_specs_in_one_batch() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = Broker::start("batch-cli");
-    let (p1, p2) = (free_port(true), free_port(true));
+    let ps = free_ports(2, &[]);
+    let (p1, p2) = (ps[0], ps[1]);
     let run = |specs: &[String]| {
         std::process::Command::new(sockpass_bin())
             .args(["request", "--no-hold", "--socket", &path_str(&b.path)])
