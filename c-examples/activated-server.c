@@ -96,10 +96,15 @@ static int manager_main(const char *self) {
         fail("readiness", r);
         goto out;
     }
+    /* The path with its NUL must fit: say so rather than truncate it. */
+    if (strlen(path) >= sizeof(a.sun_path)) {
+        fprintf(stderr, "socket path too long: %s\n", path);
+        goto out;
+    }
     c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     memset(&a, 0, sizeof(a));
     a.sun_family = AF_UNIX;
-    strncpy(a.sun_path, path, sizeof(a.sun_path) - 1);
+    memcpy(a.sun_path, path, strlen(path) + 1);
     if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a)) != 0) {
         perror("connect");
     } else if ((n = read(c, msg, sizeof(msg) - 1)) > 0) {

@@ -29,6 +29,18 @@
 // TCP (`SOCK_STREAM`), bound and not listening unless the spec asks.
 #define SOCKPASS_PROTO_TCP 2
 
+// A raw IP socket (`SOCK_RAW`; the port argument is the IP protocol number).
+#define SOCKPASS_PROTO_RAW 3
+
+// A unix stream socket (the address is its path; port 0).
+#define SOCKPASS_PROTO_UNIX_STREAM 4
+
+// A unix datagram socket (the address is its path; port 0).
+#define SOCKPASS_PROTO_UNIX_DGRAM 5
+
+// A unix seqpacket socket (the address is its path; port 0).
+#define SOCKPASS_PROTO_UNIX_SEQPACKET 6
+
 // Nobody else may share the socket.
 #define SOCKPASS_SHARE_NONE 0
 
@@ -41,8 +53,16 @@
 // Bytes a token needs as text: 48 hex digits and the NUL.
 #define SOCKPASS_TOKEN_SIZE 49
 
-// Longest address, spec, path or application name accepted, in bytes.
+// Longest string any argument may be, in bytes (a longer one is
+// `-ENAMETOOLONG`). The broker bounds requests further: an application
+// name is at most `SOCKPASS_MAX_APP_NAME` bytes, a whole request message
+// 1024 bytes (address, options and name together), and a unix socket path
+// 107 bytes.
 #define SOCKPASS_MAX_STRING 4095
+
+// Longest application name the broker accepts, in bytes (a longer one is
+// `-ENAMETOOLONG`).
+#define SOCKPASS_MAX_APP_NAME 255
 
 // Request flag: a socket of this requester's own in the port's
 // `SO_REUSEPORT` group (the spec must ask for `reuseport=1` and a port),
@@ -101,6 +121,21 @@ typedef struct sockpass_child sockpass_child;
 // A connection to the broker. It holds the references to every socket it
 // received until they are released or the client is freed. Thread-safe:
 // calls on one client from several threads are serialised.
+//
+// After a lost connection, a protocol error or a timeout the client closes
+// its connection (the broker drops its references) and every later call
+// fails with `-SOCKPASS_E_BROKER_UNAVAILABLE` (`sockpass_last_error_errno()`
+// is `ENOTCONN`) until `sockpass_client_reconnect`.
+//
+// Fork: a client made before `fork()` belongs to the parent. In the child
+// every call on it fails with `-SOCKPASS_E_BROKER_UNAVAILABLE`
+// (`sockpass_last_error_errno()` is `ECHILD`), never with another process's
+// socket, and nothing the child does (calls, `sockpass_client_free`)
+// releases or disturbs the parent's references; the child's copy of the
+// connection is closed on its first call, by `sockpass_client_free`, or at
+// exec. `sockpass_client_reconnect` gives the child a connection (a lease)
+// of its own. The client's lock is never taken in the child if it was the
+// parent's, so a fork while another thread is in a call cannot hang it.
 typedef struct sockpass_client sockpass_client;
 
 // The manager's side of a lazy handover: a unix stream socket handed to
@@ -148,14 +183,17 @@ extern "C" {
 const char *sockpass_version(void);
 
 // Connect to the broker at `path`, or, if `path` is NULL, at the default
-// path (`$SOCKPASS_SOCKET`, else `/run/sockpass/sockpassd.sock` for root,
-// else `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock`).
+// path: `$SOCKPASS_SOCKET` if set; else `/run/sockpass/sockpassd.sock` for
+// root; else `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` and, if nobody
+// listens there, the system path `/run/sockpass/sockpassd.sock`.
 //
 // On success writes a new client to `*client_out` (free it with
 // `sockpass_client_free`) and returns 0. `path` is borrowed for the call;
 // it is bytes, as every path is (UTF-8 or not).
-// Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG`,
-// `-SOCKPASS_E_BROKER_UNAVAILABLE` (nobody listens at the path).
+// Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG` (`path` longer than
+// a unix socket address holds, 107 bytes), `-SOCKPASS_E_BROKER_UNAVAILABLE`
+// (nobody listens at the path; `sockpass_last_error_errno()` tells why:
+// `ENOENT`, `ECONNREFUSED`, `EACCES`, ...).
 //
 // It connects and sends nothing, as `s6_fdholder_start` does: a broker at
 // its connection limit (`-SOCKPASS_E_LIMIT_REACHED`) or one that speaks
@@ -186,15 +224,42 @@ int sockpass_client_from_fd(int fd,
 // `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_client_hello(sockpass_client *client);
 
+// Close the connection and connect anew to the same path, with the same
+// timeout: a new lease, holding nothing. Use it after an error closed the connection
+// (the broker has dropped the old references), or in a child after
+// `fork()` (the parent's references are untouched). Returns 0. Errors:
+// `-EFAULT` (`client` NULL), `-EINVAL` (a client made by
+// `sockpass_client_from_fd` has no path), `-ENAMETOOLONG`,
+// `-SOCKPASS_E_BROKER_UNAVAILABLE`, `-ETIMEDOUT`.
+int sockpass_client_reconnect(sockpass_client *client);
+
+// Time out every wait of this client for the broker (a reply, a send, a
+// reconnect) after `timeout_ms` milliseconds; a negative value waits
+// forever (the default). A call that times out fails with `-ETIMEDOUT`
+// and closes the connection (the reply may still come): reconnect after.
+// Returns 0. Errors: `-EFAULT` (`client` NULL), `-EINVAL` (0).
+int sockpass_client_set_timeout(sockpass_client *client,
+                                int timeout_ms);
+
+// `sockpass_client_set_timeout` for the process-wide default client (the
+// `sockpass_*_default` calls). After a timeout its next call connects anew.
+// Returns 0. Errors: `-EINVAL` (0).
+int sockpass_set_default_timeout(int timeout_ms);
+
 // Close the connection and free the client. The broker drops every
 // reference the client still holds; the fds the caller received stay open
-// and remain the caller's. NULL is a no-op.
+// and remain the caller's. In a child after `fork()`, for a client made in
+// the parent, only the child's copy of the connection is closed: the
+// parent keeps its references. NULL is a no-op.
 void sockpass_client_free(sockpass_client *client);
 
-// Request a socket: `proto` (`SOCKPASS_PROTO_*`), an IPv4 or IPv6 literal
-// `address`, a `port` (0..65535; 0: a fresh ephemeral port, never shared),
-// a `share` mode (`SOCKPASS_SHARE_*`) and an application name `app` (NULL
-// or "": this program's name). `client`, `address` and `app` are borrowed
+// Request a socket: `proto` (`SOCKPASS_PROTO_*`: for UDP and TCP an IPv4 or
+// IPv6 literal `address` and a `port`, 0..65535, 0 being a fresh ephemeral
+// port, never shared; for the unix kinds a path and port 0; for RAW the IP
+// protocol number as `port`; any other value is `-EINVAL`), a `share` mode
+// (`SOCKPASS_SHARE_*`) and an application name `app` (NULL or "": the
+// broker names the caller by its executable's file name, the basename of
+// `/proc/PID/exe`; at most `SOCKPASS_MAX_APP_NAME` bytes). `client`, `address` and `app` are borrowed
 // for the call; the client keeps the reference until it is released or
 // the client is freed.
 //
@@ -204,7 +269,11 @@ void sockpass_client_free(sockpass_client *client);
 // Errors: `-EFAULT`, `-EINVAL` (bad protocol, share mode, address or port),
 // `-ENOBUFS` (token buffer too small), `-ENAMETOOLONG`,
 // `-SOCKPASS_E_SHARE_CONFLICT`, `-EACCES` (policy), `-EADDRINUSE`,
-// `-SOCKPASS_E_LIMIT_REACHED`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+// `-SOCKPASS_E_LIMIT_REACHED`, `-EMFILE` (this process is at
+// `RLIMIT_NOFILE`: the socket could not be received, and its reference was
+// given back), `-ETIMEDOUT`, `-SOCKPASS_E_PROTOCOL`,
+// `-SOCKPASS_E_BROKER_UNAVAILABLE` (the last three close the connection:
+// see `sockpass_client`).
 int sockpass_client_request_socket(sockpass_client *client,
                                    int proto,
                                    const char *address,
@@ -315,8 +384,18 @@ int sockpass_client_pickup(sockpass_client *client,
                            const char *token);
 
 // `sockpass_client_request_socket` on the process-wide default client,
-// connected to the default path on first use. If the broker went away, the
-// next call connects anew. Thread-safe. `address` and `app` are borrowed
+// connected to the default path on first use. Thread-safe.
+//
+// The default client recovers by itself: after a lost connection, a
+// protocol error or a timeout (`sockpass_set_default_timeout`) it drops the
+// connection (and with it its references) and the next call connects anew;
+// a call whose send failed before the broker got anything (the broker
+// restarted) is retried once on a new connection. In a child after
+// `fork()` the first call makes a connection (a lease) of the child's own:
+// the child's sockets are its own, released when it exits, and the
+// parent's references are untouched (the child's copy of the parent's
+// connection is closed at the fork). A fork while another thread is in a
+// call does not hang the child. `address` and `app` are borrowed
 // for the call; the fd is the caller's (`O_CLOEXEC`); the token is written
 // into `token_out` if it is not NULL. Errors: as
 // `sockpass_client_request_socket`.
@@ -374,7 +453,12 @@ const char *sockpass_last_error_message(void);
 // The OS errno behind the last failed sockpass call in this thread, when
 // the returned code does not carry it: for `-SOCKPASS_E_CHILD_FAILED`, the
 // errno of the step that failed in the child (e.g. `ENOENT` from exec; the
-// message names the step). 0 if there is none, or after a success.
+// message names the step); for `-SOCKPASS_E_BROKER_UNAVAILABLE`, why:
+// `ENOENT` or `ECONNREFUSED` (no broker there), `EACCES` (not allowed to
+// connect), `ECONNRESET`/`EPIPE` (the connection was lost), `ENOTCONN`
+// (the client's connection was closed after an earlier error, or by its
+// owner), `ECHILD` (the client was made before `fork()`: see
+// `sockpass_client`). 0 if there is none, or after a success.
 int sockpass_last_error_errno(void);
 
 // The message for a code returned by any sockpass function (negative or

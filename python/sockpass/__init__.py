@@ -8,11 +8,39 @@
     sock.close()
     sockpass.release_socket(token)   # or release_socket(fd)
 
-The module functions use one process-wide client, connected lazily (to
-``$SOCKPASS_SOCKET`` or the default path), or with ``socket_path=`` one
-client per broker path. ``Client`` is for explicit paths and lifetimes. All
+The module functions use one connection per broker (per socket file,
+however it is named), connected lazily: to ``socket_path=`` or the default
+path (``$SOCKPASS_SOCKET``; else, for root, /run/sockpass/sockpassd.sock;
+else ``$XDG_RUNTIME_DIR/sockpass/sockpassd.sock`` and then the system path).
+They recover by themselves: after a lost connection, a protocol error or a
+timeout the next call connects anew (a new lease: the broker dropped the
+old one's references), and a call that failed before the broker got
+anything (the broker restarted) is retried once. ``reset()`` releases
+everything they hold. ``Client`` is for explicit paths and lifetimes. All
 logic lives in the Rust core (the private module ``sockpass._sockpass``);
 this package only gives it Python shapes.
+
+Timeouts: ``timeout=`` (seconds, None: wait forever) on ``Client`` and on
+the module functions (default ``getdefaulttimeout()``, set with
+``setdefaulttimeout()``, as the ``socket`` module has it). A call that
+times out raises ``TimeoutError`` and closes its connection, since the
+reply may still come.
+
+Fork: nothing a child does uses, releases or disturbs its parent's
+connection or references. The module functions in a child make the child a
+connection (a lease) of its own on its first call; its sockets are released
+when it exits. A ``Client`` made before the fork is the parent's: in the
+child it is ``closed``, its calls raise ``BrokerUnavailableError``
+(``os_errno`` ``ECHILD``), ``close()`` and ``with`` only close the child's
+copy of the connection (releasing nothing), a ``BrokerSocket`` closed in the
+child only closes its fd, and ``reconnect()`` gives the child a connection
+of its own. A fork while another thread is in a call does not hang the
+child. ``multiprocessing`` with "fork" and "spawn" both work.
+
+Application name: when ``app_name`` is None the program's name is sent: the
+module run with ``python -m`` (``__main__.__spec__.name``), else the main
+script's file name without ``.py``; with neither (``python -c``, the REPL)
+the broker names the caller by its executable.
 """
 
 from __future__ import annotations
@@ -24,9 +52,11 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Final, NamedTuple, Self, TypeAlias
 
-from . import _sockpass, notify, readiness
+from . import _module, _sockpass, notify, readiness
+from ._appname import app_name_or_default, default_app_name
 from ._errors import BadRequestError, BrokerUnavailableError, ChildFailedError, ShareError, TokenError
 from ._share import Proto, Share
+from ._listen import ListenFd, listen_fds
 from ._spawn import INHERIT, Child, spawn
 from ._status import Counters, HolderStatus, SocketStatus, _from_rows
 
@@ -45,13 +75,17 @@ __all__ = [
     "Client",
     "Counters",
     "HolderStatus",
+    "ListenFd",
     "Proto",
     "Share",
     "ShareError",
     "SocketStatus",
     "TokenError",
     "Reservation",
+    "default_app_name",
     "default_socket_path",
+    "getdefaulttimeout",
+    "listen_fds",
     "notify",
     "pickup_socket",
     "readiness",
@@ -60,6 +94,8 @@ __all__ = [
     "request_sockets",
     "request_spec",
     "reserve_socket",
+    "reset",
+    "setdefaulttimeout",
     "spawn",
     "status",
 ]
@@ -85,8 +121,16 @@ class Reservation(NamedTuple):
 
 
 def default_socket_path() -> str:
-    """The broker path the default client connects to."""
-    return os.fspath(_sockpass.default_socket_path())
+    """The first broker path the default client tries (see the module's
+    description for the others)."""
+    return os.fspath(_sockpass.default_socket_paths()[0])
+
+
+setdefaulttimeout = _module.setdefaulttimeout
+getdefaulttimeout = _module.getdefaulttimeout
+reset = _module.reset
+_DEFAULT = _module.DEFAULT_TIMEOUT
+_Timeout: TypeAlias = float | None | _module._Default
 
 
 class Client:
@@ -97,10 +141,18 @@ class Client:
 
     Making one connects and sends nothing: a broker at its connection
     limit, or one that speaks another protocol version, is reported by the
-    first call. ``hello()`` checks at once."""
+    first call. ``hello()`` checks at once.
 
-    def __init__(self, path: _Path | None = None) -> None:
-        self._native = _sockpass.Client(path)
+    ``timeout`` (seconds; None waits forever) bounds every wait for the
+    broker; a call that times out raises ``TimeoutError``. After a timeout,
+    a lost connection or a protocol error the connection is closed (the
+    broker drops its references): ``closed`` is then True, calls raise
+    ``BrokerUnavailableError``, and ``reconnect()`` makes a new one. In a
+    child after ``fork()`` the client is its parent's: see the package's
+    description."""
+
+    def __init__(self, path: _Path | None = None, *, timeout: float | None = None) -> None:
+        self._native = _sockpass.Client(path, timeout)
 
     @classmethod
     def from_fd(cls, fd: int) -> Self:
@@ -130,7 +182,22 @@ class Client:
 
     @property
     def closed(self) -> bool:
+        """True when no call can work: closed by ``close()``, closed after an
+        error, or made before a ``fork()`` in the parent."""
         return self._native.closed
+
+    def reconnect(self) -> None:
+        """A new connection to the same path (a new lease, holding nothing).
+        After an error the broker has dropped the old references; in a
+        fork's child the parent's are untouched."""
+        self._native.reconnect()
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Bound every wait for the broker (seconds; None: none)."""
+        self._native.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        return self._native.gettimeout()
 
     def request_socket(
         self,
@@ -142,7 +209,7 @@ class Client:
     ) -> tuple[int, str]:
         """Ask for a bound socket; returns ``(fd, token)``. The fd is the
         caller's to close (it is not inheritable)."""
-        return self._native.request_socket(address, port, proto, share_mode, app_name)
+        return self._native.request_socket(address, port, proto, share_mode, app_name_or_default(app_name))
 
     def request_spec(
         self,
@@ -156,7 +223,7 @@ class Client:
         carry options: ``"udp:0.0.0.0:53?reuseport=1"`` (docs/PROTOCOL.md).
         ``per_worker`` (with reuseport) gives this requester its own socket in
         the port's reuseport group instead of a shared one."""
-        return self._native.request_spec(spec, share_mode, app_name, per_worker)
+        return self._native.request_spec(spec, share_mode, app_name_or_default(app_name), per_worker)
 
     def request_sockets(
         self,
@@ -170,7 +237,7 @@ class Client:
         share_mode[, app_name])``. All or nothing: returns ``(fd, token)`` for
         each, in order, or raises (naming the refused spec, ``spec I of N``)
         with no reference kept and no fd left open."""
-        return self._native.request_sockets(specs, share_mode, app_name)
+        return self._native.request_sockets(_batch(specs, app_name), share_mode, app_name_or_default(app_name))
 
     def socket(
         self,
@@ -201,7 +268,9 @@ class Client:
         """Have the broker create and hold a socket for another process,
         which collects it with ``pickup(token)`` before the reservation
         expires. ``port`` in the result is the bound port."""
-        return Reservation(*self._native.reserve_socket(address, port, proto, share_mode, app_name))
+        return Reservation(
+            *self._native.reserve_socket(address, port, proto, share_mode, app_name_or_default(app_name))
+        )
 
     def pickup(self, token: str) -> tuple[int, str]:
         """Collect a reserved socket; returns ``(fd, token)``, the reference
@@ -250,15 +319,16 @@ class Client:
         return self._native.upgrade(exe)
 
     def close(self) -> None:
-        """Release everything and disconnect. Closing twice is a no-op."""
-        if self._native.closed:
-            return
+        """Release everything and disconnect. Closing twice is a no-op. In
+        a fork's child, for a client made in the parent, only the child's
+        copy of the connection is closed: nothing is released."""
         try:
-            # Explicitly, so the broker has dropped the references when
-            # close() returns (a bare disconnect is noticed asynchronously).
-            self._native.release_all()
-        except BrokerUnavailableError:
-            pass  # The broker is gone, and with it every reference.
+            if not self._native.closed:
+                # Explicitly, so the broker has dropped the references when
+                # close() returns (a bare disconnect is noticed asynchronously).
+                self._native.release_all()
+        except (BrokerUnavailableError, TimeoutError):
+            pass  # The connection is gone, and with it every reference.
         finally:
             self._native.close()
 
@@ -280,7 +350,9 @@ class Client:
 
 class BrokerSocket(_socket.socket):
     """A ``socket.socket`` made from a broker's fd; ``close()`` also releases
-    its reference (once, and not if its client is already closed)."""
+    its reference (once, and not if its client is already closed). In a
+    fork's child, for a socket inherited from the parent, ``close()`` only
+    closes the child's fd: the reference stays the parent's."""
 
     token: str
     client: Client
@@ -298,7 +370,7 @@ class BrokerSocket(_socket.socket):
         self._released = True
         try:
             self.client.release(self.token)
-        except (TokenError, BrokerUnavailableError):
+        except (TokenError, BrokerUnavailableError, TimeoutError):
             # Already released through the client, or the lease ended with
             # the broker connection: either way the reference is gone.
             pass
@@ -317,28 +389,21 @@ class BrokerSocket(_socket.socket):
         return d
 
 
-_path_clients: dict[str, Client] = {}
-_path_lock = threading.Lock()
+def _batch(specs: Iterable[BatchItem], app_name: str | None) -> Iterable[BatchItem]:
+    """The items with an application name of None given the default one, as
+    the single requests give it. A str is passed on for the core to refuse."""
+    if isinstance(specs, str):
+        return specs
+    return [
+        (s[0], s[1], app_name_or_default(app_name if s[2] is None else s[2]))
+        if isinstance(s, tuple) and len(s) == 3
+        else s
+        for s in specs
+    ]
 
 
-def _client_for(socket_path: _Path) -> Client:
-    # One client (one lease) per broker path, kept for the process's life,
-    # as the default client is.
-    key = os.fspath(socket_path)
-    with _path_lock:
-        c = _path_clients.get(key)
-        if c is None or c.closed:
-            c = _path_clients[key] = Client(key)
-        return c
-
-
-def _drop_client(socket_path: _Path, c: Client) -> None:
-    # After BrokerUnavailableError the next call connects anew, as the
-    # core's default client does.
-    with _path_lock:
-        if _path_clients.get(os.fspath(socket_path)) is c:
-            del _path_clients[os.fspath(socket_path)]
-    c._native.close()
+def _native_for(socket_path: _Path | None) -> _sockpass.Client:
+    return _module.client_for(socket_path)
 
 
 def request_socket(
@@ -349,20 +414,16 @@ def request_socket(
     app_name: str | None = None,
     *,
     socket_path: _Path | None = None,
+    timeout: _Timeout = _DEFAULT,
 ) -> tuple[int, str]:
     """Ask the broker for a socket bound to ``address``:``port``.
 
     ``proto`` is "UDP"/"TCP" (any case) or a ``Proto``. Returns ``(fd, token)``;
     the fd is the caller's (not inheritable). Release with
     ``release_socket(token)`` or ``release_socket(fd)``."""
-    if socket_path is None:
-        return _sockpass.request_socket(address, port, proto, share_mode, app_name)
-    c = _client_for(socket_path)
-    try:
-        return c.request_socket(address, port, proto, share_mode, app_name)
-    except BrokerUnavailableError:
-        _drop_client(socket_path, c)
-        raise
+    return _native_for(socket_path).request_socket(
+        address, port, proto, share_mode, app_name_or_default(app_name), timeout=_module.call_timeout(timeout)
+    )
 
 
 def request_spec(
@@ -372,17 +433,13 @@ def request_spec(
     *,
     per_worker: bool = False,
     socket_path: _Path | None = None,
+    timeout: _Timeout = _DEFAULT,
 ) -> tuple[int, str]:
     """``request_socket`` with a spec string that can carry socket options,
     e.g. ``"tcp:0.0.0.0:8080?reuseport=1"``; see ``Client.request_spec``."""
-    if socket_path is None:
-        return _sockpass.request_spec(spec, share_mode, app_name, per_worker)
-    c = _client_for(socket_path)
-    try:
-        return c.request_spec(spec, share_mode, app_name, per_worker=per_worker)
-    except BrokerUnavailableError:
-        _drop_client(socket_path, c)
-        raise
+    return _native_for(socket_path).request_spec(
+        spec, share_mode, app_name_or_default(app_name), per_worker, timeout=_module.call_timeout(timeout)
+    )
 
 
 def request_sockets(
@@ -391,16 +448,12 @@ def request_sockets(
     app_name: str | None = None,
     *,
     socket_path: _Path | None = None,
+    timeout: _Timeout = _DEFAULT,
 ) -> list[tuple[int, str]]:
     """Many sockets in one batch, all or nothing; see ``Client.request_sockets``."""
-    if socket_path is None:
-        return _sockpass.request_sockets(specs, share_mode, app_name)
-    c = _client_for(socket_path)
-    try:
-        return c.request_sockets(specs, share_mode, app_name)
-    except BrokerUnavailableError:
-        _drop_client(socket_path, c)
-        raise
+    return _native_for(socket_path).request_sockets(
+        _batch(specs, app_name), share_mode, app_name_or_default(app_name), timeout=_module.call_timeout(timeout)
+    )
 
 
 def reserve_socket(
@@ -411,51 +464,32 @@ def reserve_socket(
     app_name: str | None = None,
     *,
     socket_path: _Path | None = None,
+    timeout: _Timeout = _DEFAULT,
 ) -> Reservation:
     """Reserve a socket for another process to ``pickup_socket(token)``."""
-    if socket_path is None:
-        return Reservation(*_sockpass.reserve_socket(address, port, proto, share_mode, app_name))
-    c = _client_for(socket_path)
-    try:
-        return c.reserve_socket(address, port, proto, share_mode, app_name)
-    except BrokerUnavailableError:
-        _drop_client(socket_path, c)
-        raise
+    return Reservation(
+        *_native_for(socket_path).reserve_socket(
+            address, port, proto, share_mode, app_name_or_default(app_name), timeout=_module.call_timeout(timeout)
+        )
+    )
 
 
-def pickup_socket(token: str, *, socket_path: _Path | None = None) -> tuple[int, str]:
+def pickup_socket(token: str, *, socket_path: _Path | None = None, timeout: _Timeout = _DEFAULT) -> tuple[int, str]:
     """Collect a reserved socket by its token; returns ``(fd, token)``."""
-    if socket_path is None:
-        return _sockpass.pickup_socket(token)
-    c = _client_for(socket_path)
-    try:
-        return c.pickup(token)
-    except BrokerUnavailableError:
-        _drop_client(socket_path, c)
-        raise
+    return _native_for(socket_path).pickup(token, timeout=_module.call_timeout(timeout))
 
 
-def release_socket(fd_or_token: int | str, *, socket_path: _Path | None = None) -> int:
-    """Release one reference by fd or token; returns the references left on
-    that socket (0: the broker closed it)."""
-    if socket_path is None:
-        return _sockpass.release_socket(fd_or_token)
-    c = _client_for(socket_path)
-    try:
-        return c.release(fd_or_token)
-    except BrokerUnavailableError:
-        _drop_client(socket_path, c)
-        raise
+def release_socket(fd_or_token: int | str, *, socket_path: _Path | None = None, timeout: _Timeout = _DEFAULT) -> int:
+    """Release one reference by fd or token, through whichever of the
+    module's connections holds it (``socket_path`` picks one); returns the
+    references left on that socket (0: the broker closed it)."""
+    c = None if socket_path is not None else _module.holder_of(fd_or_token)
+    if c is None:
+        c = _native_for(socket_path)
+    return c.release(fd_or_token, timeout=_module.call_timeout(timeout))
 
 
-def status(*, socket_path: _Path | None = None) -> list[SocketStatus]:
+def status(*, socket_path: _Path | None = None, timeout: _Timeout = _DEFAULT) -> list[SocketStatus]:
     """Every socket the broker holds, and who holds it."""
-    if socket_path is None:
-        rows, _ = _sockpass.status()
-        return _from_rows(rows)
-    c = _client_for(socket_path)
-    try:
-        return c.status()
-    except BrokerUnavailableError:
-        _drop_client(socket_path, c)
-        raise
+    rows, _ = _native_for(socket_path).status(timeout=_module.call_timeout(timeout))
+    return _from_rows(rows)

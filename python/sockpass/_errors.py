@@ -22,7 +22,14 @@ class TokenError(OSError):
 
 
 class BrokerUnavailableError(ConnectionError):
-    """sockpassd could not be reached, or went away (errno 2004)."""
+    """sockpassd could not be reached, or went away (errno 2004).
+    ``os_errno`` says why: ``ENOENT`` or ``ECONNREFUSED`` (no broker
+    there), ``EACCES`` (not allowed to connect), ``ECONNRESET``/``EPIPE``
+    (the connection was lost), ``ENOTCONN`` (the client's connection was
+    closed after an earlier error: ``reconnect()``), ``ECHILD`` (the client
+    was made before ``fork()``, in the parent)."""
+
+    os_errno: int = 0
 
 
 class BadRequestError(OSError, ValueError):

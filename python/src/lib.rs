@@ -10,12 +10,12 @@
 use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString};
-use sockpass::{with_default, Client, Status};
+use sockpass::{Client, SharedClient, Status};
 use sockpass::{Error, Kind};
 use sockpass::{ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod readiness;
@@ -49,6 +49,10 @@ pub(crate) fn to_pyerr(e: Error) -> PyErr {
             // The failed step's own errno, which the code (2008) does not carry.
             let _ = err.value(py).setattr("child_errno", e.errno().max(0));
         }
+        if e.kind() == Kind::BrokerUnavailable {
+            // Why (ENOENT, ECONNREFUSED, EACCES, ...): the code is 2004.
+            let _ = err.value(py).setattr("os_errno", e.errno().max(0));
+        }
         err
     })
 }
@@ -67,6 +71,9 @@ pub(crate) fn timeout_arg(t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Durat
     let Some(t) = t.filter(|t| !t.is_none()) else {
         return Ok(None);
     };
+    if t.extract::<f64>().is_ok_and(|v| v == f64::INFINITY) {
+        return Ok(None);
+    }
     let secs: f64 = t.extract().map_err(|_| {
         PyTypeError::new_err(format!(
             "timeout must be a number of seconds or None, not {}",
@@ -336,144 +343,88 @@ fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow) {
     )
 }
 
-/// Ask the process-wide default client for a socket.
+/// The paths the default client tries, in order.
 #[pyfunction]
-#[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
-fn request_socket(
-    py: Python<'_>,
-    address: &Bound<'_, PyAny>,
-    port: &Bound<'_, PyAny>,
-    proto: &Bound<'_, PyAny>,
-    share_mode: &Bound<'_, PyAny>,
-    app_name: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(i32, String)> {
-    let r = request_args(address, port, proto, share_mode, app_name)?;
-    py.detach(|| with_default(|c| do_request(c, &r)))
-        .map_err(to_pyerr)
+fn default_socket_paths() -> Vec<std::ffi::OsString> {
+    sockpass::default_socket_paths()
+        .into_iter()
+        .map(PathBuf::into_os_string)
+        .collect()
 }
 
-/// Ask the default client for a socket by spec string.
-#[pyfunction]
-#[pyo3(signature = (spec, share_mode, app_name=None, per_worker=false))]
-fn request_spec(
-    py: Python<'_>,
-    spec: &Bound<'_, PyAny>,
-    share_mode: &Bound<'_, PyAny>,
-    app_name: Option<&Bound<'_, PyAny>>,
-    per_worker: bool,
-) -> PyResult<(i32, String)> {
-    let (r, flags) = spec_request_args(spec, share_mode, app_name, per_worker)?;
-    py.detach(|| with_default(|c| do_request_flags(c, &r, flags)))
-        .map_err(to_pyerr)
-}
-
-/// Ask the default client for many sockets in one batch, all or nothing.
-#[pyfunction]
-#[pyo3(signature = (specs, share_mode, app_name=None))]
-fn request_sockets(
-    py: Python<'_>,
-    specs: &Bound<'_, PyAny>,
-    share_mode: &Bound<'_, PyAny>,
-    app_name: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Vec<(i32, String)>> {
-    let rs = batch_args(specs, share_mode, app_name)?;
-    py.detach(|| with_default(|c| do_request_many(c, &rs)))
-        .map_err(to_pyerr)
-}
-
-/// Reserve a socket for someone else to pick up, through the default client.
-#[pyfunction]
-#[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
-fn reserve_socket(
-    py: Python<'_>,
-    address: &Bound<'_, PyAny>,
-    port: &Bound<'_, PyAny>,
-    proto: &Bound<'_, PyAny>,
-    share_mode: &Bound<'_, PyAny>,
-    app_name: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(String, u16)> {
-    let r = request_args(address, port, proto, share_mode, app_name)?;
-    py.detach(|| with_default(|c| do_reserve(c, &r)))
-        .map_err(to_pyerr)
-}
-
-/// Pick up a reserved socket through the default client.
-#[pyfunction]
-fn pickup_socket(py: Python<'_>, token: &Bound<'_, PyAny>) -> PyResult<(i32, String)> {
-    let t = token_arg(token)?;
-    py.detach(|| with_default(|c| do_pickup(c, &t)))
-        .map_err(to_pyerr)
-}
-
-/// Release through the process-wide default client; returns the references
-/// left on that socket.
-#[pyfunction]
-fn release_socket(py: Python<'_>, fd_or_token: &Bound<'_, PyAny>) -> PyResult<u32> {
-    let r = release_arg(fd_or_token)?;
-    py.detach(|| with_default(|c| do_release(c, &r)))
-        .map_err(to_pyerr)
-}
-
-/// The broker's status through the process-wide default client.
-#[pyfunction]
-fn status(py: Python<'_>) -> PyResult<(Vec<SocketRow>, CountersRow)> {
-    py.detach(|| with_default(|c| c.status()))
-        .map(status_rows)
-        .map_err(to_pyerr)
-}
-
-/// The path the default client connects to.
-#[pyfunction]
-fn default_socket_path() -> PathBuf {
-    sockpass::default_socket_path()
-}
-
-/// One connection to the broker; the connection is the lease.
+/// One connection to the broker; the connection is the lease. Fork and
+/// recovery are the core's (`sockpass::client::shared`).
 #[pyclass(module = "sockpass._sockpass", name = "Client", frozen)]
 struct PyClient {
-    // None once closed. Locked only with the GIL released, so a thread
-    // waiting for the broker never holds up the interpreter.
-    inner: Mutex<Option<Client>>,
-    path: PathBuf,
+    inner: SharedClient,
+    /// Closed by its owner: calls are a ValueError, as on a closed file.
+    user_closed: AtomicBool,
 }
+
+/// A per-call timeout: absent is the client's own; `inf` none.
+type CallTimeout<'a> = Option<&'a Bound<'a, PyAny>>;
 
 impl PyClient {
     fn with<R>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut Client) -> sockpass::Result<R> + Send,
+        f: impl FnMut(&mut Client) -> sockpass::Result<R> + Send,
     ) -> PyResult<R>
     where
         R: Send,
     {
-        let res = py.detach(|| {
-            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            g.as_mut().map(f)
-        });
-        match res {
-            None => Err(closed_err()),
-            Some(r) => r.map_err(to_pyerr),
+        self.with_timeout(py, None, f)
+    }
+
+    fn with_timeout<R>(
+        &self,
+        py: Python<'_>,
+        timeout: CallTimeout<'_>,
+        f: impl FnMut(&mut Client) -> sockpass::Result<R> + Send,
+    ) -> PyResult<R>
+    where
+        R: Send,
+    {
+        if self.user_closed.load(Ordering::Relaxed) {
+            return Err(closed_err());
         }
+        let t = match timeout {
+            None => self.inner.timeout(),
+            Some(t) => timeout_arg(Some(t))?,
+        };
+        py.detach(|| self.inner.with_timeout(t, f))
+            .map_err(to_pyerr)
     }
 }
 
 #[pymethods]
 impl PyClient {
+    /// `auto`: a module client, which reconnects by itself (after an error,
+    /// in a fork's child) instead of reporting.
     #[new]
-    #[pyo3(signature = (path=None))]
-    fn new(py: Python<'_>, path: Option<PathBuf>) -> PyResult<Self> {
-        let path = path.unwrap_or_else(sockpass::default_socket_path);
-        let c = py.detach(|| Client::connect(&path)).map_err(to_pyerr)?;
+    #[pyo3(signature = (path=None, timeout=None, auto=false))]
+    fn new(
+        py: Python<'_>,
+        path: Option<PathBuf>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        auto: bool,
+    ) -> PyResult<Self> {
+        let t = timeout_arg(timeout)?;
+        let c = py
+            .detach(|| SharedClient::connect(path.as_deref(), t, auto))
+            .map_err(to_pyerr)?;
         Ok(PyClient {
-            inner: Mutex::new(Some(c)),
-            path,
+            inner: c,
+            user_closed: AtomicBool::new(false),
         })
     }
 
-    /// None for a client made from a handed-in connection.
+    /// The path connected to; None for a client made from a handed-in
+    /// connection. A str, not a `pathlib.Path`: pyo3 imports that type on
+    /// first use behind a lock a fork's child could inherit held.
     #[getter]
-    fn path(&self) -> Option<PathBuf> {
-        (!self.path.as_os_str().is_empty()).then(|| self.path.clone())
+    fn path(&self, py: Python<'_>) -> Option<std::ffi::OsString> {
+        py.detach(|| self.inner.path()).map(PathBuf::into_os_string)
     }
 
     /// The broker's pid (from the handshake, done on first use).
@@ -487,17 +438,58 @@ impl PyClient {
         self.with(py, |c| c.hello())
     }
 
+    /// No connection this process can use: closed by its owner, closed
+    /// after an error, or made before a fork (then reconnect()).
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
-        py.detach(|| {
-            self.inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none()
-        })
+        self.user_closed.load(Ordering::Relaxed) || !py.detach(|| self.inner.is_open())
     }
 
-    #[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
+    /// Closed by close() (not only after an error).
+    #[getter]
+    fn user_closed(&self) -> bool {
+        self.user_closed.load(Ordering::Relaxed)
+    }
+
+    /// A new connection (a new lease, holding nothing).
+    fn reconnect(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.reconnect()).map_err(to_pyerr)?;
+        self.user_closed.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[pyo3(signature = (timeout))]
+    fn settimeout(&self, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.inner.set_timeout(timeout_arg(timeout)?);
+        Ok(())
+    }
+
+    fn gettimeout(&self) -> Option<f64> {
+        self.inner.timeout().map(|d| d.as_secs_f64())
+    }
+
+    /// Does this client hold the reference of `fd_or_token`?
+    fn holds(&self, py: Python<'_>, fd_or_token: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let r = release_arg(fd_or_token)?;
+        if self.user_closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        // Without connecting: a client with no connection holds nothing.
+        Ok(py
+            .detach(|| {
+                self.inner.peek(|c| {
+                    c.is_usable()
+                        && match &r {
+                            Release::Fd(fd) => c.token_of(*fd).is_some(),
+                            Release::Token(t) => c.held().any(|(_, h)| h == *t),
+                        }
+                })
+            })
+            .unwrap_or(false))
+    }
+
+    #[pyo3(signature = (address, port, proto, share_mode, app_name=None, *, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn request_socket(
         &self,
         py: Python<'_>,
@@ -506,12 +498,13 @@ impl PyClient {
         proto: &Bound<'_, PyAny>,
         share_mode: &Bound<'_, PyAny>,
         app_name: Option<&Bound<'_, PyAny>>,
+        timeout: CallTimeout<'_>,
     ) -> PyResult<(i32, String)> {
         let r = request_args(address, port, proto, share_mode, app_name)?;
-        self.with(py, |c| do_request(c, &r))
+        self.with_timeout(py, timeout, |c| do_request(c, &r))
     }
 
-    #[pyo3(signature = (spec, share_mode, app_name=None, per_worker=false))]
+    #[pyo3(signature = (spec, share_mode, app_name=None, per_worker=false, *, timeout=None))]
     fn request_spec(
         &self,
         py: Python<'_>,
@@ -519,25 +512,28 @@ impl PyClient {
         share_mode: &Bound<'_, PyAny>,
         app_name: Option<&Bound<'_, PyAny>>,
         per_worker: bool,
+        timeout: CallTimeout<'_>,
     ) -> PyResult<(i32, String)> {
         let (r, flags) = spec_request_args(spec, share_mode, app_name, per_worker)?;
-        self.with(py, |c| do_request_flags(c, &r, flags))
+        self.with_timeout(py, timeout, |c| do_request_flags(c, &r, flags))
     }
 
     /// Many sockets in one batch, all or nothing: `(fd, token)` each, in order.
-    #[pyo3(signature = (specs, share_mode, app_name=None))]
+    #[pyo3(signature = (specs, share_mode, app_name=None, *, timeout=None))]
     fn request_sockets(
         &self,
         py: Python<'_>,
         specs: &Bound<'_, PyAny>,
         share_mode: &Bound<'_, PyAny>,
         app_name: Option<&Bound<'_, PyAny>>,
+        timeout: CallTimeout<'_>,
     ) -> PyResult<Vec<(i32, String)>> {
         let rs = batch_args(specs, share_mode, app_name)?;
-        self.with(py, |c| do_request_many(c, &rs))
+        self.with_timeout(py, timeout, |c| do_request_many(c, &rs))
     }
 
-    #[pyo3(signature = (address, port, proto, share_mode, app_name=None))]
+    #[pyo3(signature = (address, port, proto, share_mode, app_name=None, *, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn reserve_socket(
         &self,
         py: Python<'_>,
@@ -546,19 +542,32 @@ impl PyClient {
         proto: &Bound<'_, PyAny>,
         share_mode: &Bound<'_, PyAny>,
         app_name: Option<&Bound<'_, PyAny>>,
+        timeout: CallTimeout<'_>,
     ) -> PyResult<(String, u16)> {
         let r = request_args(address, port, proto, share_mode, app_name)?;
-        self.with(py, |c| do_reserve(c, &r))
+        self.with_timeout(py, timeout, |c| do_reserve(c, &r))
     }
 
-    fn pickup(&self, py: Python<'_>, token: &Bound<'_, PyAny>) -> PyResult<(i32, String)> {
+    #[pyo3(signature = (token, *, timeout=None))]
+    fn pickup(
+        &self,
+        py: Python<'_>,
+        token: &Bound<'_, PyAny>,
+        timeout: CallTimeout<'_>,
+    ) -> PyResult<(i32, String)> {
         let t = token_arg(token)?;
-        self.with(py, |c| do_pickup(c, &t))
+        self.with_timeout(py, timeout, |c| do_pickup(c, &t))
     }
 
-    fn release(&self, py: Python<'_>, fd_or_token: &Bound<'_, PyAny>) -> PyResult<u32> {
+    #[pyo3(signature = (fd_or_token, *, timeout=None))]
+    fn release(
+        &self,
+        py: Python<'_>,
+        fd_or_token: &Bound<'_, PyAny>,
+        timeout: CallTimeout<'_>,
+    ) -> PyResult<u32> {
         let r = release_arg(fd_or_token)?;
-        self.with(py, |c| do_release(c, &r))
+        self.with_timeout(py, timeout, |c| do_release(c, &r))
     }
 
     /// One result per token, in order: the references left, or the
@@ -598,15 +607,22 @@ impl PyClient {
         })
     }
 
-    fn status(&self, py: Python<'_>) -> PyResult<(Vec<SocketRow>, CountersRow)> {
-        self.with(py, |c| c.status()).map(status_rows)
+    #[pyo3(signature = (*, timeout=None))]
+    fn status(
+        &self,
+        py: Python<'_>,
+        timeout: CallTimeout<'_>,
+    ) -> PyResult<(Vec<SocketRow>, CountersRow)> {
+        self.with_timeout(py, timeout, |c| c.status())
+            .map(status_rows)
     }
 
-    /// Drop the connection, and with it every reference still held.
+    /// Drop the connection, and with it every reference still held (in a
+    /// fork's child, only the child's copy of its parent's connection).
     /// Closing twice is a no-op.
     fn close(&self, py: Python<'_>) {
-        let c = py.detach(|| self.inner.lock().unwrap_or_else(|p| p.into_inner()).take());
-        drop(c);
+        self.user_closed.store(true, Ordering::Relaxed);
+        py.detach(|| self.inner.close());
     }
 
     /// A client on a broker connection handed in as fd `fd` (taken over).
@@ -615,8 +631,8 @@ impl PyClient {
         let fd = sockpass::inherited_fd(fd).map_err(to_pyerr)?;
         let c = py.detach(|| Client::from_fd(fd)).map_err(to_pyerr)?;
         Ok(PyClient {
-            inner: Mutex::new(Some(c)),
-            path: PathBuf::new(),
+            inner: SharedClient::from_client(c),
+            user_closed: AtomicBool::new(false),
         })
     }
 
@@ -630,14 +646,7 @@ impl PyClient {
 
 #[pymodule]
 fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(request_socket, m)?)?;
-    m.add_function(wrap_pyfunction!(release_socket, m)?)?;
-    m.add_function(wrap_pyfunction!(request_spec, m)?)?;
-    m.add_function(wrap_pyfunction!(request_sockets, m)?)?;
-    m.add_function(wrap_pyfunction!(reserve_socket, m)?)?;
-    m.add_function(wrap_pyfunction!(pickup_socket, m)?)?;
-    m.add_function(wrap_pyfunction!(status, m)?)?;
-    m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
+    m.add_function(wrap_pyfunction!(default_socket_paths, m)?)?;
     m.add_class::<PyClient>()?;
     m.add_class::<readiness::PyReadiness>()?;
     m.add_function(wrap_pyfunction!(readiness::send_notify, m)?)?;

@@ -103,7 +103,7 @@ int main(void) {
     EXPECT(sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", 0,
                                           SOCKPASS_SHARE_NONE, "\xff\xfe", token, sizeof(token)), -EINVAL);
     EXPECT(sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", 0,
-                                          SOCKPASS_SHARE_NONE, app, token, sizeof(token)), -EINVAL);
+                                          SOCKPASS_SHARE_NONE, app, token, sizeof(token)), -ENAMETOOLONG);
     EXPECT(sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, longstr, 0,
                                           SOCKPASS_SHARE_NONE, "t", token, sizeof(token)), -ENAMETOOLONG);
     EXPECT(sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", 0,

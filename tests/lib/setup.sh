@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 APT_PACKAGES=(pkg-config gcc g++ valgrind iproute2 util-linux procps
-  s6 libs6-dev skalibs-dev libsystemd-dev systemd python3-venv gnuplot-nox)
+  s6 libs6-dev skalibs-dev libsystemd-dev systemd python3-venv gnuplot-nox
+  unbound gunicorn)
 CBINDGEN_VERSION=0.29.4
 
 missing=()

@@ -4,12 +4,17 @@
 # library, the examples and the error-code test and runs them against a
 # real sockpassd; an installed prefix serves pkg-config; a meson project
 # takes sockpass as a subproject; all of it again under ASan+UBSan and
-# valgrind with zero errors and zero leaks.
+# valgrind with zero errors and zero leaks; `meson install` installs exactly
+# tests/install-files.txt; the systemd units verify and are hardened; release
+# and plain builds (as distributions make) compile.
 set -euo pipefail
 . "$(dirname "$0")/../lib/env.sh"
 cd "$ROOT"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-opts=(-Dcargo_target_dir="$CARGO_TARGET_DIR")
+# Warnings are errors here (not by default, for packagers); the Rust part in
+# cargo's debug profile shares the rust part's build (the default is release).
+opts=(-Dcargo_target_dir="$CARGO_TARGET_DIR" -Dcargo_profile=debug -Dwerror=true)
+sub_opts=(-Dsockpass:cargo_target_dir="$CARGO_TARGET_DIR" -Dsockpass:cargo_profile=debug)
 step() { echo "--- c: $*"; }
 
 step "header is what cbindgen generates"
@@ -51,17 +56,53 @@ export PKG_CONFIG_PATH="$pc"
 libdir=$(pkg-config --variable=libdir sockpass)
 # shellcheck disable=SC2046
 gcc -std=c99 -Wall -Wextra -Wpedantic -Werror c-examples/udp-echo.c -o "$work/udp-echo-pc" $(pkg-config --cflags --libs sockpass)
-LD_LIBRARY_PATH="$libdir" python3 tests/c/run-example.py "$work/prefix/bin/sockpassd" udp-echo "$work/udp-echo-pc"
+LD_LIBRARY_PATH="$libdir" python3 tests/c/run-example.py "$work/prefix/sbin/sockpassd" udp-echo "$work/udp-echo-pc"
 # shellcheck disable=SC2046
 gcc -std=c99 -Wall -Wextra -Wpedantic -Werror c-examples/udp-echo.c -o "$work/udp-echo-static" $(pkg-config --static --cflags sockpass) "$libdir/libsockpass.a" $(pkg-config --static --libs-only-l sockpass | sed 's/-lsockpass//')
-python3 tests/c/run-example.py "$work/prefix/bin/sockpassd" udp-echo "$work/udp-echo-static"
+python3 tests/c/run-example.py "$work/prefix/sbin/sockpassd" udp-echo "$work/udp-echo-static"
 unset PKG_CONFIG_PATH
+
+step "meson install ships exactly tests/install-files.txt"
+DESTDIR="$work/stage" meson install -C "$work/build" --quiet >/dev/null
+libdir_rel=${libdir#"$work/prefix/"}
+(cd "$work/stage$work/prefix" && find . \( -type f -o -type l \) | sed 's|^\./||' | sed "s|^$libdir_rel/|LIBDIR/|" | LC_ALL=C sort) > "$work/installed"
+grep -v '^#' tests/install-files.txt | LC_ALL=C sort > "$work/expected"
+if ! "$work/build/sockpass" __generate man "$work/gen-probe" >/dev/null 2>&1; then
+  echo "note: this sockpass has no '__generate' command: man pages and completions not expected"
+  grep -Ev '^share/(man|bash-completion|zsh|fish)/' "$work/expected" > "$work/expected.nogen"
+  mv "$work/expected.nogen" "$work/expected"
+fi
+diff -u "$work/expected" "$work/installed" || { echo "meson install changed: update tests/install-files.txt if that was meant"; exit 1; }
+grep -q "^ExecStart=$work/prefix/sbin/sockpassd " "$work/prefix/lib/systemd/system/sockpassd.service"
+grep -q "^ExecReload=$work/prefix/bin/sockpass upgrade " "$work/prefix/lib/systemd/system/sockpassd.service"
+
+step "systemd units: systemd-analyze verify, and security exposure 4.0 or lower"
+units=("$work/prefix/lib/systemd/system/sockpassd.service" "$work/prefix/lib/systemd/system/sockpassd.socket")
+if command -v systemd-analyze >/dev/null; then
+  # The man pages named by Documentation= are checked when installed.
+  if [ -e "$work/prefix/share/man/man8/sockpassd.8" ]; then man_check=(); else man_check=(--man=no); fi
+  out=$(MANPATH="$work/prefix/share/man" systemd-analyze verify "${man_check[@]}" "${units[@]}" 2>&1) \
+    || { echo "$out"; echo "systemd-analyze verify failed"; exit 1; }
+  [ -z "$out" ] || { echo "$out"; echo "systemd-analyze verify is not clean"; exit 1; }
+  sec=$(systemd-analyze security --offline=yes "${units[0]}" 2>&1) || { echo "$sec"; exit 1; }
+  level=$(sed -n 's/.*Overall exposure level for sockpassd.service: \([0-9.]*\).*/\1/p' <<<"$sec")
+  echo "exposure level: $level"
+  awk -v l="$level" 'BEGIN { exit !(l != "" && l <= 4.0) }' || { echo "$sec"; echo "exposure $level is above 4.0"; exit 1; }
+else
+  echo "skipped: systemd-analyze is not installed (apt-get install systemd)"
+fi
 
 step "a meson project with sockpass as a subproject"
 ln -sfn ../../.. tests/meson-consumer/subprojects/sockpass
-meson setup "$work/consumer" tests/meson-consumer -Dsockpass:cargo_target_dir="$CARGO_TARGET_DIR" >/dev/null
+meson setup "$work/consumer" tests/meson-consumer "${sub_opts[@]}" >/dev/null
 meson compile -C "$work/consumer" >/dev/null
 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/consumer/consumer"
+
+step "release and plain builds (as distributions make them) compile without warnings"
+for bt in release plain; do
+  meson setup "$work/$bt" --buildtype=$bt "${opts[@]}" >/dev/null
+  meson compile -C "$work/$bt" >/dev/null
+done
 
 step "AddressSanitizer + UBSan (leaks included)"
 meson setup "$work/asan" "${opts[@]}" -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
@@ -70,7 +111,7 @@ ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_
   meson test -C "$work/asan" --print-errorlogs
 
 step "the meson consumer under AddressSanitizer + UBSan"
-meson setup "$work/consumer-asan" tests/meson-consumer -Dsockpass:cargo_target_dir="$CARGO_TARGET_DIR" \
+meson setup "$work/consumer-asan" tests/meson-consumer "${sub_opts[@]}" \
   -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 meson compile -C "$work/consumer-asan" >/dev/null
 # Check that the sanitizers really are in (an unsanitized build would pass vacuously).
@@ -83,17 +124,27 @@ ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_
 step "valgrind (errors and definite/indirect leaks fail)"
 vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
     --show-leak-kinds=definite,indirect)
-python3 tests/c/run-example.py "$work/build/sockpassd" udp-echo "$work/build/c-examples/udp-echo" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" tcp-shared "$work/build/c-examples/tcp-shared" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/c-examples/activated-server" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/bad_input" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/server_notify" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/spawn" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/threads" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/handover" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/batch" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" limit2 "$work/build/tests/c/limits" "${vg[@]}"
-# valgrind has no pidfd_open: the test then skips only its wait_child checks (run above under ASan).
-SOCKPASS_TEST_NO_PIDFD=1 python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/build/tests/c/readiness" "${vg[@]}"
-python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/consumer/consumer" "${vg[@]}"
+b=$work/build
+runs=("udp-echo $b/c-examples/udp-echo" "tcp-shared $b/c-examples/tcp-shared"
+  "plain $b/c-examples/activated-server" "plain $b/tests/c/bad_input" "plain $b/tests/c/server_notify"
+  "plain $b/tests/c/spawn" "plain $b/tests/c/threads" "plain $b/tests/c/handover" "plain $b/tests/c/batch" "limit2 $b/tests/c/limits"
+  "plain $b/tests/c/readiness" "plain $work/consumer/consumer")
+# valgrind is single-threaded: $(nproc) at a time, each with its own log,
+# shown in order. valgrind has no pidfd_open: readiness then skips only its
+# wait_child checks (run above under ASan).
+vg_failed=0
+for ((i = 0; i < ${#runs[@]}; i += $(nproc))); do
+  pids=()
+  for ((k = i; k < i + $(nproc) && k < ${#runs[@]}; k++)); do
+    read -r mode prog <<<"${runs[k]}"
+    SOCKPASS_TEST_NO_PIDFD=1 python3 tests/c/run-example.py "$b/sockpassd" "$mode" "$prog" "${vg[@]}" \
+      >"$work/vg-$k.log" 2>&1 &
+    pids+=($!)
+  done
+  for ((k = i; k < i + ${#pids[@]}; k++)); do
+    wait "${pids[k - i]}" || { echo "valgrind: ${runs[k]} failed:"; vg_failed=1; }
+    grep -v '^--[0-9]*-- ' "$work/vg-$k.log" || true
+  done
+done
+[ $vg_failed = 0 ] || exit 1
 echo "c: all passed"

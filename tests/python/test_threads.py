@@ -110,7 +110,10 @@ def test_blocking_call_releases_the_gil(broker: Broker) -> None:
         os.kill(broker.pid, signal.SIGSTOP)
         # If the GIL were held while blocked, this test could not run on to
         # resume the broker; the watchdog does, so the test fails instead of hanging.
-        watchdog = subprocess.Popen(["sh", "-c", f"sleep {TIMEOUT}; kill -CONT {broker.pid}"])
+        # Its own process group, so killing it takes its sleep along.
+        watchdog = subprocess.Popen(
+            ["sh", "-c", f"sleep {TIMEOUT}; kill -CONT {broker.pid}"], start_new_session=True
+        )
         try:
             result: list[object] = []
             worker = threading.Thread(target=lambda: result.append(c.status()))
@@ -123,7 +126,7 @@ def test_blocking_call_releases_the_gil(broker: Broker) -> None:
                 assert f.read().rsplit(")", 1)[1].split()[0] == "T", "the broker was resumed: the GIL was held"
         finally:
             os.kill(broker.pid, signal.SIGCONT)
-            watchdog.kill()
+            os.killpg(watchdog.pid, signal.SIGKILL)
             watchdog.wait()
         worker.join(TIMEOUT)
         assert result == [[]]

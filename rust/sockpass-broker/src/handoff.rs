@@ -1,31 +1,32 @@
 //! Handing the broker's state to a new program image (upgrade by re-exec).
 //!
 //! The broker's state is flattened into a [`State`]: plain data plus the fds
-//! it owns. [`exec`] writes it into a sealed memfd, clears `FD_CLOEXEC` on
-//! exactly the fds being handed over and `execve`s the new binary with
-//! [`STATE_ENV`] naming the memfd. The pid stays, so supervisors see no
+//! it owns. [`exec`] writes it into a sealed memfd, has the new binary
+//! restore it in a child first (the probe, `--handoff-check`), then clears
+//! `FD_CLOEXEC` on exactly the fds being handed over and executes the new
+//! binary by fd with [`STATE_ENV`] naming the memfd. The pid stays, so supervisors see no
 //! change, and client connections survive because their fds do. The new
 //! image calls [`take_from_env`], which marks every handed-over fd CLOEXEC
 //! again before anything else can start a process.
 
+use crate::exe::Exe;
 use sockpass::sys::Creds;
 use sockpass::Token;
 use sockpass::{Error, Result};
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 /// The environment variable naming the state memfd in the new image.
 pub const STATE_ENV: &str = "SOCKPASS_STATE_FD";
 
 /// The handoff format this build writes and reads. `sockpassd
-/// --handoff-version` prints it; [`preflight`] asks a new binary for it
-/// before the exec.
+/// --handoff-version` prints it; [`Exe::preflight`] asks a new binary for
+/// it before the exec.
 pub const FORMAT: &str = "SPHANDv1";
 const MAGIC: &[u8] = FORMAT.as_bytes();
-/// How long [`preflight`] waits for `EXE --handoff-version` (the event loop
-/// waits with it: requests queue, none fails).
+/// How long [`Exe::preflight`] and the probe each wait for the new binary
+/// (the event loop waits with them: requests queue, none fails).
 pub const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The state memfd is read whole; this bounds a corrupt or hostile one.
 const MAX_STATE: usize = 1 << 30;
@@ -417,7 +418,7 @@ impl State {
     }
 }
 
-fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFD);
@@ -436,164 +437,37 @@ fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
     Ok(())
 }
 
-/// Check that `exe` is a regular file this process may execute.
-pub fn check_executable(exe: &Path) -> Result<()> {
-    let meta = std::fs::metadata(exe).map_err(|e| {
-        Error::with_errno(
-            sockpass::Kind::BadRequest,
-            e.raw_os_error().unwrap_or(libc::ENOENT),
-            format!("upgrade binary {}: {e}", exe.display()),
-        )
-    })?;
-    let c = CString::new(exe.as_os_str().as_bytes())
-        .map_err(|_| Error::bad_request("upgrade binary path contains NUL"))?;
-    // SAFETY: valid C string.
-    if !meta.is_file() || unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
-        return Err(Error::with_errno(
-            sockpass::Kind::BadRequest,
-            libc::EACCES,
-            format!("upgrade binary {} is not an executable file", exe.display()),
-        ));
-    }
-    Ok(())
-}
-
-/// Check, before anything is handed over, that `exe` is a sockpassd that
-/// reads the state this build writes: run `exe --handoff-version` (stdin and
-/// stderr null, no activation or state variables) and require it to exit 0
-/// within `timeout` having printed [`FORMAT`]. The exec itself has no way
-/// back, so a different program, an older format or a binary that does not
-/// start is refused here.
-pub fn preflight(exe: &Path, timeout: std::time::Duration) -> Result<()> {
-    use std::io::Read;
-    use std::os::fd::AsFd;
-    use std::process::{Command, Stdio};
-    check_executable(exe)?;
-    let refuse = |why: String| {
-        Error::with_errno(
-            sockpass::Kind::BadRequest,
-            libc::ENOEXEC,
-            format!(
-                "upgrade binary {} is not a compatible sockpassd: {why}",
-                exe.display()
-            ),
-        )
-    };
-    let mut child = Command::new(exe)
-        .arg("--handoff-version")
-        .env_remove(STATE_ENV)
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| refuse(format!("cannot run it: {e}")))?;
-    let deadline = std::time::Instant::now() + timeout;
-    let left_ms = || {
-        let d = deadline.saturating_duration_since(std::time::Instant::now());
-        d.as_millis().min(i32::MAX as u128) as i32
-    };
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let mut got = Vec::new();
-    let mut eof = false;
-    while !eof && left_ms() > 0 && got.len() <= 256 {
-        match sockpass::sys::poll_one(out.as_fd(), libc::POLLIN, left_ms()) {
-            Ok(0) => break,
-            Ok(_) => {
-                let mut buf = [0u8; 256];
-                match out.read(&mut buf) {
-                    Ok(0) => eof = true,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => eof = true,
-                }
-            }
-            Err(libc::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    drop(out);
-    // Its exit, within what is left of the deadline (a pidfd to wait on;
-    // without one, a child that closed its output is about to exit).
-    let mut status = child.try_wait().ok().flatten();
-    if status.is_none() && eof {
-        // SAFETY: plain syscall; the result is checked before it is owned.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-        if pidfd >= 0 {
-            // SAFETY: pidfd is a new fd we own.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
-            while status.is_none() && left_ms() > 0 {
-                match sockpass::sys::poll_one(pidfd.as_fd(), libc::POLLIN, left_ms()) {
-                    Ok(0) => break,
-                    Ok(_) => status = child.try_wait().ok().flatten(),
-                    Err(libc::EINTR) => {}
-                    Err(_) => break,
-                }
-            }
-        }
-    }
-    let status = match status {
-        Some(s) => s,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(refuse(if got.len() > 256 {
-                "'--handoff-version' printed more than a version".to_string()
-            } else {
-                format!(
-                    "it did not answer --handoff-version within {} s",
-                    timeout.as_secs_f64()
-                )
-            }));
-        }
-    };
-    let said = String::from_utf8_lossy(&got);
-    let said = said.trim();
-    if !status.success() {
-        return Err(refuse(format!(
-            "'--handoff-version' ended with {status}{}",
-            if said.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (it printed {:?})",
-                    said.chars().take(80).collect::<String>()
-                )
-            }
-        )));
-    }
-    if said != FORMAT {
-        return Err(refuse(format!(
-            "'--handoff-version' printed {:?}, this broker hands over {FORMAT}",
-            said.chars().take(80).collect::<String>()
-        )));
-    }
-    Ok(())
-}
-
-/// Replace this process's image with `exe argv[1..]`, handing `state` over.
+/// Replace this process's image with `target argv[1..]`, handing `state`
+/// over, once `target --handoff-check` has restored that very state in a
+/// child (see [`crate::exe`]). `running`, if known, is what the new image
+/// executes again should it fail before it serves (see [`crate::fallback`]).
 /// Returns only on failure, with the state back (every fd CLOEXEC again) so
 /// the caller can carry on serving.
-pub fn exec(state: State, exe: &Path, args: &[OsString]) -> (State, Error) {
+pub fn exec(
+    state: State,
+    target: &Exe,
+    running: Option<&Exe>,
+    args: &[OsString],
+) -> (State, Error) {
     let (bytes, fds) = state.encode();
-    match exec_encoded(&bytes, &fds, exe, args) {
-        Err(e) => {
-            for fd in &fds {
-                let _ = set_cloexec(fd.as_raw_fd(), true);
-            }
-            let st = State::decode(&bytes, fds).expect("state just encoded decodes");
-            (st, e)
-        }
-        Ok(never) => match never {},
+    let e = prepare_and_exec(&bytes, &fds, target, running, args).unwrap_or_else(|e| e);
+    for fd in &fds {
+        let _ = set_cloexec(fd.as_raw_fd(), true);
     }
+    if let Some(r) = running {
+        let _ = set_cloexec(r.raw(), true);
+    }
+    let st = State::decode(&bytes, fds).expect("state just encoded decodes");
+    (st, e)
 }
 
-enum Never {}
-
-fn exec_encoded(bytes: &[u8], fds: &[OwnedFd], exe: &Path, args: &[OsString]) -> Result<Never> {
+fn prepare_and_exec(
+    bytes: &[u8],
+    fds: &[OwnedFd],
+    target: &Exe,
+    running: Option<&Exe>,
+    args: &[OsString],
+) -> Result<Error> {
     let mut blob = Vec::with_capacity(bytes.len() + 16 + fds.len() * 4);
     blob.extend_from_slice(MAGIC);
     blob.extend_from_slice(&(fds.len() as u32).to_le_bytes());
@@ -602,15 +476,25 @@ fn exec_encoded(bytes: &[u8], fds: &[OwnedFd], exe: &Path, args: &[OsString]) ->
     }
     blob.extend_from_slice(bytes);
     let memfd = sockpass::memfd::from_bytes("sockpassd-state", &blob)?;
+    let raws: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    target.probe(args, memfd.as_raw_fd(), &raws, PREFLIGHT_TIMEOUT)?;
+    let plan = running
+        .map(|r| crate::fallback::write_plan(r, args))
+        .transpose()?;
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::bad_request("argument contains NUL"));
-    let cexe = cstr(exe.as_os_str().as_bytes())?;
-    let mut argv = vec![cexe.clone()];
+    let mut argv = vec![cstr(target.path().as_os_str().as_bytes())?];
     for a in args {
         argv.push(cstr(a.as_bytes())?);
     }
+    let ours = [
+        STATE_ENV,
+        crate::fallback::PLAN_ENV,
+        crate::fallback::EXE_ENV,
+        crate::fallback::FAILED_ENV,
+    ];
     let mut envp = Vec::new();
     for (k, v) in std::env::vars_os() {
-        if k == STATE_ENV {
+        if ours.iter().any(|n| k == *n) {
             continue;
         }
         let mut kv = k.as_bytes().to_vec();
@@ -618,26 +502,56 @@ fn exec_encoded(bytes: &[u8], fds: &[OwnedFd], exe: &Path, args: &[OsString]) ->
         kv.extend_from_slice(v.as_bytes());
         envp.push(cstr(&kv)?);
     }
+    let mut inherit = vec![memfd.as_raw_fd()];
     envp.push(cstr(
         format!("{STATE_ENV}={}", memfd.as_raw_fd()).as_bytes(),
     )?);
-    let argp: Vec<*const libc::c_char> = argv
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envpp: Vec<*const libc::c_char> = envp
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    set_cloexec(memfd.as_raw_fd(), false)?;
-    for fd in fds {
-        set_cloexec(fd.as_raw_fd(), false)?;
+    envp.push(cstr(
+        format!("{}={}", crate::fallback::EXE_ENV, target.raw()).as_bytes(),
+    )?);
+    if let (Some(plan), Some(r)) = (&plan, running) {
+        envp.push(cstr(
+            format!("{}={}", crate::fallback::PLAN_ENV, plan.as_raw_fd()).as_bytes(),
+        )?);
+        inherit.push(plan.as_raw_fd());
+        inherit.push(r.raw());
     }
-    // SAFETY: NUL-terminated arrays of valid C strings that outlive the call.
-    unsafe { libc::execve(cexe.as_ptr(), argp.as_ptr(), envpp.as_ptr()) };
-    Err(Error::last_os(format!("execve {}", exe.display())))
+    for fd in inherit.iter().copied().chain(raws.iter().copied()) {
+        set_cloexec(fd, false)?;
+    }
+    // A watchdog for a new image that hangs before it serves: an alarm,
+    // which survives the exec, ignored unless the new image arms its way
+    // back (then it executes this image again; see fallback).
+    if plan.is_some() {
+        // SAFETY: plain signal-disposition and timer calls.
+        unsafe {
+            libc::signal(libc::SIGALRM, libc::SIG_IGN);
+            libc::alarm(crate::fallback::SERVE_WITHIN.as_secs() as libc::c_uint);
+        }
+    }
+    let e = target.exec(&argv, &envp);
+    // SAFETY: as above, undone.
+    unsafe {
+        libc::alarm(0);
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+    }
+    Ok(e)
+}
+
+/// An exec by fd names the process after the fd's number on older kernels
+/// (comm "5"): take the name from argv[0] again, as `pidof` expects.
+fn name_after_argv0() {
+    let Some(a0) = std::env::args_os().next() else {
+        return;
+    };
+    let base = a0.as_bytes().rsplit(|b| *b == b'/').next().unwrap_or(b"");
+    let Ok(name) = CString::new(&base[..base.len().min(15)]) else {
+        return;
+    };
+    if !name.as_bytes().is_empty() {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
 }
 
 /// In a new image: take the state handed over by [`exec`], if any. Every
@@ -647,6 +561,8 @@ pub fn take_from_env() -> Result<Option<State>> {
         return Ok(None);
     };
     std::env::remove_var(STATE_ENV);
+    crate::fallback::drop_exe_fd();
+    name_after_argv0();
     let n: RawFd = v
         .to_str()
         .and_then(|s| s.parse().ok())
@@ -658,7 +574,10 @@ pub fn take_from_env() -> Result<Option<State>> {
     set_cloexec(n, true)?;
     // SAFETY: the previous image left this fd for us; nothing else owns it.
     let memfd = unsafe { OwnedFd::from_raw_fd(n) };
-    let blob = sockpass::memfd::read_all(memfd, MAX_STATE)?;
+    let blob = sockpass::memfd::read_all(
+        sockpass::sys::dup_cloexec(memfd.as_fd()).map_err(|e| Error::os(e, "dup"))?,
+        MAX_STATE,
+    )?;
     if blob.len() < 12 || &blob[..8] != MAGIC {
         return Err(corrupt("bad magic"));
     }
@@ -667,7 +586,7 @@ pub fn take_from_env() -> Result<Option<State>> {
     if blob.len() < body {
         return Err(corrupt("fd table"));
     }
-    let mut fds = Vec::with_capacity(nfds);
+    let mut raws = Vec::with_capacity(nfds);
     for i in 0..nfds {
         let o = 12 + i * 4;
         let raw = RawFd::from_le_bytes(blob[o..o + 4].try_into().unwrap());
@@ -675,37 +594,28 @@ pub fn take_from_env() -> Result<Option<State>> {
             return Err(corrupt(&format!("fd {raw} is not open")));
         }
         set_cloexec(raw, true)?;
-        // SAFETY: handed over to this image; each number appears once.
-        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+        raws.push(raw);
     }
-    State::decode(&blob[body..], fds).map(Some)
+    // From here until it serves, a failing image can go back to the old one.
+    if let Err(e) = crate::fallback::arm(&memfd, &raws) {
+        eprintln!("sockpassd: no way back if this upgrade fails: {e}");
+    }
+    // SAFETY: handed over to this image; each number appears once.
+    let fds = raws
+        .iter()
+        .map(|&r| unsafe { OwnedFd::from_raw_fd(r) })
+        .collect();
+    State::decode(&blob[body..], fds)
+        .map(Some)
+        .inspect_err(|_| {
+            // Decoding failed and closed the fds: there is nothing to go back with.
+            crate::fallback::disarm();
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn preflight_bounds_a_binary_that_never_answers() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = std::env::temp_dir().join(format!("sp-preflight-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let hang = d.join("hang");
-        std::fs::write(&hang, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let good = d.join("good");
-        std::fs::write(&good, format!("#!/bin/sh\necho {FORMAT}\n")).unwrap();
-        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let t0 = std::time::Instant::now();
-        let e = preflight(&hang, std::time::Duration::from_millis(300)).unwrap_err();
-        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
-        assert!(
-            e.message().contains("did not answer --handoff-version"),
-            "{e}"
-        );
-        preflight(&good, std::time::Duration::from_secs(5)).unwrap();
-        let _ = std::fs::remove_dir_all(&d);
-    }
 
     fn fd() -> OwnedFd {
         sockpass::memfd::from_bytes("t", b"x").unwrap()

@@ -5,11 +5,15 @@
 //! - [`broker`]: the cache, references and connections, in one epoll loop;
 //! - [`policy`]: who may ask for what;
 //! - [`handoff`]: the broker's state handed to its successor on upgrade;
+//! - [`exe`]: the upgrade's binaries, opened once, checked, run by fd;
+//! - [`fallback`]: a new image that fails before serving runs the old one;
 //! - [`fdstore`]: sockets kept in systemd's fd store;
 //! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]).
 
 pub mod broker;
 pub mod create;
+pub mod exe;
+pub mod fallback;
 pub mod fdstore;
 pub mod handoff;
 mod holders;

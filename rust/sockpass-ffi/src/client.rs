@@ -1,17 +1,26 @@
 //! The broker client: an opaque `sockpass_client` handle, and the
-//! process-wide default client behind two calls (BIND10's library style).
+//! process-wide default client behind a few calls (BIND10's library style).
+//! Fork and recovery are the core's (`sockpass::client::shared`).
 
 use crate::boundary::{c_bytes, c_str, call, fault, opt_c_os_str, opt_c_str};
-use sockpass::{Client, Parts};
+use sockpass::{Client, Parts, SharedClient};
 use sockpass::{Error, Kind, ShareMode, SocketSpec, Token};
 use std::os::fd::IntoRawFd;
 use std::os::raw::{c_char, c_int, c_uint};
-use std::sync::Mutex;
+use std::time::Duration;
 
 /// UDP (`SOCK_DGRAM`).
 pub const SOCKPASS_PROTO_UDP: c_int = 1;
 /// TCP (`SOCK_STREAM`), bound and not listening unless the spec asks.
 pub const SOCKPASS_PROTO_TCP: c_int = 2;
+/// A raw IP socket (`SOCK_RAW`; the port argument is the IP protocol number).
+pub const SOCKPASS_PROTO_RAW: c_int = 3;
+/// A unix stream socket (the address is its path; port 0).
+pub const SOCKPASS_PROTO_UNIX_STREAM: c_int = 4;
+/// A unix datagram socket (the address is its path; port 0).
+pub const SOCKPASS_PROTO_UNIX_DGRAM: c_int = 5;
+/// A unix seqpacket socket (the address is its path; port 0).
+pub const SOCKPASS_PROTO_UNIX_SEQPACKET: c_int = 6;
 
 /// Nobody else may share the socket.
 pub const SOCKPASS_SHARE_NONE: c_int = 0;
@@ -23,30 +32,61 @@ pub const SOCKPASS_SHARE_ANY: c_int = 2;
 /// Bytes a token needs as text: 48 hex digits and the NUL.
 pub const SOCKPASS_TOKEN_SIZE: usize = 49;
 
-/// Longest address, spec, path or application name accepted, in bytes.
+/// Longest string any argument may be, in bytes (a longer one is
+/// `-ENAMETOOLONG`). The broker bounds requests further: an application
+/// name is at most `SOCKPASS_MAX_APP_NAME` bytes, a whole request message
+/// 1024 bytes (address, options and name together), and a unix socket path
+/// 107 bytes.
 pub const SOCKPASS_MAX_STRING: usize = 4095;
+
+/// Longest application name the broker accepts, in bytes (a longer one is
+/// `-ENAMETOOLONG`).
+pub const SOCKPASS_MAX_APP_NAME: usize = 255;
 
 /// A connection to the broker. It holds the references to every socket it
 /// received until they are released or the client is freed. Thread-safe:
 /// calls on one client from several threads are serialised.
+///
+/// After a lost connection, a protocol error or a timeout the client closes
+/// its connection (the broker drops its references) and every later call
+/// fails with `-SOCKPASS_E_BROKER_UNAVAILABLE` (`sockpass_last_error_errno()`
+/// is `ENOTCONN`) until `sockpass_client_reconnect`.
+///
+/// Fork: a client made before `fork()` belongs to the parent. In the child
+/// every call on it fails with `-SOCKPASS_E_BROKER_UNAVAILABLE`
+/// (`sockpass_last_error_errno()` is `ECHILD`), never with another process's
+/// socket, and nothing the child does (calls, `sockpass_client_free`)
+/// releases or disturbs the parent's references; the child's copy of the
+/// connection is closed on its first call, by `sockpass_client_free`, or at
+/// exec. `sockpass_client_reconnect` gives the child a connection (a lease)
+/// of its own. The client's lock is never taken in the child if it was the
+/// parent's, so a fork while another thread is in a call cannot hang it.
 pub struct sockpass_client {
-    inner: Mutex<Client>,
+    inner: SharedClient,
 }
 
 impl sockpass_client {
     /// A new handle for C (freed by `sockpass_client_free`).
-    fn boxed(c: Client) -> *mut sockpass_client {
-        Box::into_raw(Box::new(sockpass_client {
-            inner: Mutex::new(c),
-        }))
+    fn boxed(inner: SharedClient) -> *mut sockpass_client {
+        Box::into_raw(Box::new(sockpass_client { inner }))
     }
 
     pub(crate) fn with<R>(
         &self,
-        f: impl FnOnce(&mut Client) -> sockpass::Result<R>,
+        f: impl FnMut(&mut Client) -> sockpass::Result<R>,
     ) -> sockpass::Result<R> {
-        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut c)
+        self.inner.with(f)
+    }
+}
+
+/// A timeout in milliseconds from C: negative is none (wait forever).
+fn timeout_ms(ms: c_int) -> sockpass::Result<Option<Duration>> {
+    match ms {
+        0 => Err(Error::bad_request(
+            "timeout 0 ms would fail every call (pass a negative value for none)",
+        )),
+        ms if ms < 0 => Ok(None),
+        ms => Ok(Some(Duration::from_millis(ms as u64))),
     }
 }
 
@@ -98,14 +138,17 @@ pub(crate) unsafe fn write_token(buf: *mut c_char, t: &Token) {
 }
 
 /// Connect to the broker at `path`, or, if `path` is NULL, at the default
-/// path (`$SOCKPASS_SOCKET`, else `/run/sockpass/sockpassd.sock` for root,
-/// else `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock`).
+/// path: `$SOCKPASS_SOCKET` if set; else `/run/sockpass/sockpassd.sock` for
+/// root; else `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` and, if nobody
+/// listens there, the system path `/run/sockpass/sockpassd.sock`.
 ///
 /// On success writes a new client to `*client_out` (free it with
 /// `sockpass_client_free`) and returns 0. `path` is borrowed for the call;
 /// it is bytes, as every path is (UTF-8 or not).
-/// Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG`,
-/// `-SOCKPASS_E_BROKER_UNAVAILABLE` (nobody listens at the path).
+/// Errors: `-EFAULT` (`client_out` NULL), `-ENAMETOOLONG` (`path` longer than
+/// a unix socket address holds, 107 bytes), `-SOCKPASS_E_BROKER_UNAVAILABLE`
+/// (nobody listens at the path; `sockpass_last_error_errno()` tells why:
+/// `ENOENT`, `ECONNREFUSED`, `EACCES`, ...).
 ///
 /// It connects and sends nothing, as `s6_fdholder_start` does: a broker at
 /// its connection limit (`-SOCKPASS_E_LIMIT_REACHED`) or one that speaks
@@ -120,10 +163,8 @@ pub unsafe extern "C" fn sockpass_client_new(
         if client_out.is_null() {
             return Err(fault("client_out"));
         }
-        let c = match opt_c_os_str(path, "path", crate::SOCKPASS_MAX_STRING)? {
-            Some(p) => Client::connect(p)?,
-            None => Client::connect_default()?,
-        };
+        let path = opt_c_os_str(path, "path", crate::SOCKPASS_MAX_STRING)?;
+        let c = SharedClient::connect(path.map(std::path::Path::new), None, false)?;
         *client_out = sockpass_client::boxed(c);
         Ok(0)
     })
@@ -150,7 +191,7 @@ pub unsafe extern "C" fn sockpass_client_from_fd(
         }
         let fd = sockpass::inherited_fd(fd)?;
         let c = Client::from_fd(fd)?;
-        *client_out = sockpass_client::boxed(c);
+        *client_out = sockpass_client::boxed(SharedClient::from_client(c));
         Ok(0)
     })
 }
@@ -171,9 +212,54 @@ pub unsafe extern "C" fn sockpass_client_hello(client: *mut sockpass_client) -> 
     })
 }
 
+/// Close the connection and connect anew to the same path, with the same
+/// timeout: a new lease, holding nothing. Use it after an error closed the connection
+/// (the broker has dropped the old references), or in a child after
+/// `fork()` (the parent's references are untouched). Returns 0. Errors:
+/// `-EFAULT` (`client` NULL), `-EINVAL` (a client made by
+/// `sockpass_client_from_fd` has no path), `-ENAMETOOLONG`,
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE`, `-ETIMEDOUT`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_reconnect(client: *mut sockpass_client) -> c_int {
+    call(|| {
+        client_ref(client)?.inner.reconnect()?;
+        Ok(0)
+    })
+}
+
+/// Time out every wait of this client for the broker (a reply, a send, a
+/// reconnect) after `timeout_ms` milliseconds; a negative value waits
+/// forever (the default). A call that times out fails with `-ETIMEDOUT`
+/// and closes the connection (the reply may still come): reconnect after.
+/// Returns 0. Errors: `-EFAULT` (`client` NULL), `-EINVAL` (0).
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_client_set_timeout(
+    client: *mut sockpass_client,
+    timeout_ms: c_int,
+) -> c_int {
+    call(|| {
+        let c = client_ref(client)?;
+        c.inner.set_timeout(self::timeout_ms(timeout_ms)?);
+        Ok(0)
+    })
+}
+
+/// `sockpass_client_set_timeout` for the process-wide default client (the
+/// `sockpass_*_default` calls). After a timeout its next call connects anew.
+/// Returns 0. Errors: `-EINVAL` (0).
+#[no_mangle]
+pub extern "C" fn sockpass_set_default_timeout(timeout_ms: c_int) -> c_int {
+    call(|| {
+        sockpass::default_client().set_timeout(self::timeout_ms(timeout_ms)?);
+        Ok(0)
+    })
+}
+
 /// Close the connection and free the client. The broker drops every
 /// reference the client still holds; the fds the caller received stay open
-/// and remain the caller's. NULL is a no-op.
+/// and remain the caller's. In a child after `fork()`, for a client made in
+/// the parent, only the child's copy of the connection is closed: the
+/// parent keeps its references. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_free(client: *mut sockpass_client) {
     if client.is_null() {
@@ -184,10 +270,13 @@ pub unsafe extern "C" fn sockpass_client_free(client: *mut sockpass_client) {
     }));
 }
 
-/// Request a socket: `proto` (`SOCKPASS_PROTO_*`), an IPv4 or IPv6 literal
-/// `address`, a `port` (0..65535; 0: a fresh ephemeral port, never shared),
-/// a `share` mode (`SOCKPASS_SHARE_*`) and an application name `app` (NULL
-/// or "": this program's name). `client`, `address` and `app` are borrowed
+/// Request a socket: `proto` (`SOCKPASS_PROTO_*`: for UDP and TCP an IPv4 or
+/// IPv6 literal `address` and a `port`, 0..65535, 0 being a fresh ephemeral
+/// port, never shared; for the unix kinds a path and port 0; for RAW the IP
+/// protocol number as `port`; any other value is `-EINVAL`), a `share` mode
+/// (`SOCKPASS_SHARE_*`) and an application name `app` (NULL or "": the
+/// broker names the caller by its executable's file name, the basename of
+/// `/proc/PID/exe`; at most `SOCKPASS_MAX_APP_NAME` bytes). `client`, `address` and `app` are borrowed
 /// for the call; the client keeps the reference until it is released or
 /// the client is freed.
 ///
@@ -197,7 +286,11 @@ pub unsafe extern "C" fn sockpass_client_free(client: *mut sockpass_client) {
 /// Errors: `-EFAULT`, `-EINVAL` (bad protocol, share mode, address or port),
 /// `-ENOBUFS` (token buffer too small), `-ENAMETOOLONG`,
 /// `-SOCKPASS_E_SHARE_CONFLICT`, `-EACCES` (policy), `-EADDRINUSE`,
-/// `-SOCKPASS_E_LIMIT_REACHED`, `-SOCKPASS_E_BROKER_UNAVAILABLE`.
+/// `-SOCKPASS_E_LIMIT_REACHED`, `-EMFILE` (this process is at
+/// `RLIMIT_NOFILE`: the socket could not be received, and its reference was
+/// given back), `-ETIMEDOUT`, `-SOCKPASS_E_PROTOCOL`,
+/// `-SOCKPASS_E_BROKER_UNAVAILABLE` (the last three close the connection:
+/// see `sockpass_client`).
 #[no_mangle]
 pub unsafe extern "C" fn sockpass_client_request_socket(
     client: *mut sockpass_client,
@@ -215,7 +308,7 @@ pub unsafe extern "C" fn sockpass_client_request_socket(
             let address = c_str(address, "address", crate::SOCKPASS_MAX_STRING)?;
             c.check_parts(proto.into(), address, port.into())?;
             let share = share_mode(share)?;
-            let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+            let app = opt_c_str(app, "app", SOCKPASS_MAX_APP_NAME)?.unwrap_or("");
             check_token_buf(token_out, token_size)?;
             let g = c.request_parts(Parts {
                 proto: proto.into(),
@@ -328,7 +421,7 @@ unsafe fn request_flags(
     token_size: usize,
 ) -> sockpass::Result<c_int> {
     let share = share_mode(share)?;
-    let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+    let app = opt_c_str(app, "app", SOCKPASS_MAX_APP_NAME)?.unwrap_or("");
     check_token_buf(token_out, token_size)?;
     let g = c.with(|c| c.request_with_flags(spec, share, app, flags))?;
     write_token(token_out, &g.token);
@@ -463,7 +556,7 @@ pub unsafe extern "C" fn sockpass_client_reserve_spec(
         let c = client_ref(client)?;
         let spec: SocketSpec = c_str(spec, "spec", crate::SOCKPASS_MAX_STRING)?.parse()?;
         let share = share_mode(share)?;
-        let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+        let app = opt_c_str(app, "app", SOCKPASS_MAX_APP_NAME)?.unwrap_or("");
         if token_out.is_null() {
             return Err(fault("token_out"));
         }
@@ -492,8 +585,18 @@ pub unsafe extern "C" fn sockpass_client_pickup(
 }
 
 /// `sockpass_client_request_socket` on the process-wide default client,
-/// connected to the default path on first use. If the broker went away, the
-/// next call connects anew. Thread-safe. `address` and `app` are borrowed
+/// connected to the default path on first use. Thread-safe.
+///
+/// The default client recovers by itself: after a lost connection, a
+/// protocol error or a timeout (`sockpass_set_default_timeout`) it drops the
+/// connection (and with it its references) and the next call connects anew;
+/// a call whose send failed before the broker got anything (the broker
+/// restarted) is retried once on a new connection. In a child after
+/// `fork()` the first call makes a connection (a lease) of the child's own:
+/// the child's sockets are its own, released when it exits, and the
+/// parent's references are untouched (the child's copy of the parent's
+/// connection is closed at the fork). A fork while another thread is in a
+/// call does not hang the child. `address` and `app` are borrowed
 /// for the call; the fd is the caller's (`O_CLOEXEC`); the token is written
 /// into `token_out` if it is not NULL. Errors: as
 /// `sockpass_client_request_socket`.
@@ -510,7 +613,7 @@ pub unsafe extern "C" fn sockpass_request_socket_default(
     call(|| {
         let spec = spec_of(proto, address, port)?;
         let share = share_mode(share)?;
-        let app = opt_c_str(app, "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+        let app = opt_c_str(app, "app", SOCKPASS_MAX_APP_NAME)?.unwrap_or("");
         check_token_buf(token_out, token_size)?;
         let g = sockpass::with_default(|c| c.request_socket(&spec, share, app))?;
         write_token(token_out, &g.token);

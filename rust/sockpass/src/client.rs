@@ -2,12 +2,22 @@
 //!
 //! One [`Client`] is one connection, and the connection is the lease: when it
 //! closes, the broker drops every reference the client held. A client never
-//! reconnects by itself; after [`Kind::BrokerUnavailable`] the caller decides.
+//! reconnects by itself: after a lost connection, a protocol error or a
+//! timeout it closes its connection (a reply may still come, and the next
+//! one would be out of step), and every later call fails with
+//! [`Kind::BrokerUnavailable`] until [`Client::reconnect`].
+//!
+//! Fork: a client made before `fork()` is its parent's. In the child every
+//! call fails with [`Kind::BrokerUnavailable`] (errno `ECHILD`) without
+//! touching the connection, so nothing the child does reaches the parent's
+//! lease; [`Client::reconnect`] makes the child a connection (and a lease)
+//! of its own, and dropping the client only closes the child's copy of the
+//! fd. Telling costs one atomic load a call ([`crate::forkgen`]).
 
 use crate::error::{Error, Kind, Result};
-use crate::fdpass::{recv_fds_into_uninit, send_fds, RecvError};
+use crate::fdpass::{recv_fds_into_uninit_or_lost, send_fds, RecvError};
 use crate::keyhash::KeyedState;
-use crate::proto::{self, ty, Counters, Header, Reader, StatusRow};
+use crate::proto::{self, ty, Counters, Header, Reader};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys;
@@ -15,12 +25,22 @@ use crate::token::Token;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod batch;
+mod connection;
+mod parts;
+pub mod path;
+pub mod shared;
+mod status;
+
+use parts::LastParts;
+pub use parts::Parts;
+pub use shared::{with_default, SharedClient};
+pub use status::{HolderStatus, SocketStatus, Status};
 
 /// A socket handed out by the broker.
 #[derive(Debug)]
@@ -40,35 +60,6 @@ pub struct Grant {
 pub struct Reservation {
     pub token: Token,
     pub port: u16,
-}
-
-/// One holder of a cached socket, as `status` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HolderStatus {
-    pub conn_id: u64,
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    pub share: ShareMode,
-    pub reserved: bool,
-    pub app: String,
-}
-
-/// A socket the broker holds, with all its references.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SocketStatus {
-    pub id: u64,
-    pub spec: SocketSpec,
-    pub port: u16,
-    pub refs: u32,
-    pub holders: Vec<HolderStatus>,
-}
-
-/// A snapshot of the broker.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Status {
-    pub counters: Counters,
-    pub sockets: Vec<SocketStatus>,
 }
 
 /// Largest status table a client accepts.
@@ -95,112 +86,20 @@ impl Hash for WholeToken {
     }
 }
 
-/// The last request made from its parts (as the C API passes them): the
-/// spec parsed from them and the request encoded from it. The same parts
-/// again are sent as they are, with a new id, without parsing the address
-/// or encoding the spec once more; a spec checked by
-/// [`Client::check_parts`] is not parsed again by the request that follows.
-/// One buffer holds the message, the address and the application name, and
-/// the message is encoded and sent from there: a client's first request
-/// allocates once for them, and no request copies its message.
-#[derive(Default)]
-struct LastParts {
-    /// Parsed from `proto`, `port` and the address
-    /// (`bytes[msg_end..addr_end]`).
-    spec: Option<SocketSpec>,
-    proto: i64,
-    port: i64,
-    /// `bytes[..msg_end]` is a request for `spec` with `share`, `flags` and
-    /// the application name `bytes[addr_end..]`.
-    encoded: bool,
-    share: Option<ShareMode>,
-    flags: u8,
-    msg_end: usize,
-    addr_end: usize,
-    bytes: Vec<u8>,
-}
-
-impl LastParts {
-    /// Was the kept spec made of these parts?
-    fn made_of(&self, proto: i64, address: &str, port: i64) -> bool {
-        self.spec.is_some()
-            && self.proto == proto
-            && self.port == port
-            && &self.bytes[self.msg_end..self.addr_end] == address.as_bytes()
-    }
-
-    /// Is the kept message the request these parts make?
-    fn matches(&self, p: &Parts<'_>) -> bool {
-        self.encoded
-            && self.made_of(p.proto, p.address, p.port)
-            && self.share == Some(p.share)
-            && self.flags == p.flags
-            && &self.bytes[self.addr_end..] == p.app.as_bytes()
-    }
-
-    fn msg(&self) -> &[u8] {
-        &self.bytes[..self.msg_end]
-    }
-
-    /// Parse the socket's parts, and keep them and the spec.
-    fn parse(&mut self, proto: i64, address: &str, port: i64) -> Result<()> {
-        self.spec = None;
-        self.encoded = false;
-        self.spec = Some(SocketSpec::from_proto_number(proto, address, port)?);
-        (self.proto, self.port) = (proto, port);
-        self.bytes.clear();
-        // Room for a short message and name too: one allocation, not one
-        // per part (and small enough for malloc's per-thread cache).
-        self.bytes.reserve(address.len() + 96);
-        self.bytes.extend_from_slice(address.as_bytes());
-        (self.msg_end, self.addr_end) = (0, self.bytes.len());
-        Ok(())
-    }
-
-    /// Encode the request `p` makes with `id`, and keep it.
-    fn encode(&mut self, id: u32, p: &Parts<'_>) -> Result<()> {
-        if !self.made_of(p.proto, p.address, p.port) {
-            self.parse(p.proto, p.address, p.port)?;
-        }
-        self.encoded = false;
-        let Some(spec) = &self.spec else {
-            unreachable!("parsed above")
-        };
-        // The message goes first: encoding starts from an empty buffer. The
-        // spec was validated when it was parsed.
-        let r = proto::encode_request(&mut self.bytes, id, spec, p.share, p.app, p.flags);
-        if let Err(e) = r {
-            // The kept address may be gone with the buffer's contents.
-            self.spec = None;
-            self.bytes.clear();
-            (self.msg_end, self.addr_end) = (0, 0);
-            return Err(e);
-        }
-        self.msg_end = self.bytes.len();
-        self.bytes.extend_from_slice(p.address.as_bytes());
-        self.addr_end = self.bytes.len();
-        self.bytes.extend_from_slice(p.app.as_bytes());
-        (self.share, self.flags, self.encoded) = (Some(p.share), p.flags, true);
-        Ok(())
-    }
-}
-
-/// A socket request in the terms the C API takes: a protocol number, an
-/// address string and a port, with the share mode, application name and
-/// request flags.
-#[derive(Clone, Copy, Debug)]
-pub struct Parts<'a> {
-    pub proto: i64,
-    pub address: &'a str,
-    pub port: i64,
-    pub share: ShareMode,
-    pub app: &'a str,
-    pub flags: u8,
-}
-
 pub struct Client {
-    fd: OwnedFd,
+    /// None once closed after an error ([`Client::reconnect`] opens anew).
+    fd: Option<OwnedFd>,
     path: PathBuf,
+    /// The fork generation the connection was made in ([`crate::forkgen`]).
+    gen: u64,
+    timeout: Option<Duration>,
+    /// Why the connection was closed, for the calls that follow.
+    closed_by: Option<String>,
+    /// The last send failed: the broker got nothing of that call.
+    send_failed: bool,
+    /// Where the connection's fd number is published for a fork's child to
+    /// close (see [`shared`]); -1 is stored before the fd is closed.
+    published: Option<Arc<AtomicI32>>,
     next_id: u32,
     broker_pid: u32,
     fd_tokens: HashMap<RawFd, Token, KeyedState>,
@@ -215,15 +114,13 @@ pub struct Client {
     fds: Vec<OwnedFd>,
     /// The last request made by parts, encoded ([`Client::request_parts`]).
     last: LastParts,
-    /// The broker refused or closed this connection: no call can succeed.
-    gone: bool,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("path", &self.path)
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.as_raw_fd())
             .field("held", &(self.fd_tokens.len() + self.unmapped.len()))
             .finish()
     }
@@ -237,28 +134,65 @@ fn unavailable(errno: i32, what: impl std::fmt::Display) -> Error {
     )
 }
 
+fn timed_out(what: &str) -> Error {
+    Error::with_errno(Kind::Timeout, libc::ETIMEDOUT, what)
+}
+
+/// Does `e` leave the connection out of step or gone? Then it is closed: a
+/// reply may still come, and would be taken for the next request's.
+fn closes_connection(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        Kind::BrokerUnavailable | Kind::Protocol | Kind::Timeout
+    )
+}
+
 impl Client {
-    /// Connect to the broker at the default path (see
-    /// [`default_socket_path`]).
+    /// Connect to the broker at the default path: `$SOCKPASS_SOCKET` if set;
+    /// else, for root, the system path; else the per-user path
+    /// (`$XDG_RUNTIME_DIR/sockpass/sockpassd.sock`) and, if nobody listens
+    /// there, the system path `/run/sockpass/sockpassd.sock`. See
+    /// [`path::candidates`].
     pub fn connect_default() -> Result<Client> {
-        Client::connect(default_socket_path())
+        Client::connect_default_timeout(None)
+    }
+
+    /// [`Client::connect_default`] with a timeout for the connect and for
+    /// every call after ([`Client::set_timeout`]).
+    pub fn connect_default_timeout(timeout: Option<Duration>) -> Result<Client> {
+        let paths = path::candidates();
+        let mut first = None;
+        for p in &paths {
+            match Client::connect_timeout(p, timeout) {
+                Ok(c) => return Ok(c),
+                // Not there (or not ours to use): try the next place.
+                Err(e) if e.kind() == Kind::BrokerUnavailable => {
+                    first.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first.unwrap_or_else(|| unavailable(libc::ENOENT, "no broker path")))
     }
 
     /// Connect to the broker at `path`. No message is exchanged yet (as
     /// `s6_fdholder_start`): a broker at its connection limit, or one that
     /// speaks another protocol version, is reported by the first call. Call
-    /// [`Client::hello`] to check at once.
+    /// [`Client::hello`] to check at once. A path too long for a unix
+    /// socket address is `ENAMETOOLONG` (an OS error, not "unavailable":
+    /// trying again cannot help).
     pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        Client::connect_timeout(path, None)
+    }
+
+    /// [`Client::connect`] with a timeout for the connect (a broker that is
+    /// stopped with its backlog full) and for every call after.
+    pub fn connect_timeout(path: impl AsRef<Path>, timeout: Option<Duration>) -> Result<Client> {
         let path = path.as_ref();
-        let fd =
-            sys::unix_socket(libc::SOCK_SEQPACKET, false).map_err(|e| Error::os(e, "socket"))?;
-        sys::connect_unix(&fd, path.as_os_str().as_bytes()).map_err(|e| {
-            unavailable(
-                e,
-                format_args!("cannot connect to sockpassd at {}", path.display()),
-            )
-        })?;
-        Ok(Client::new(fd, path.to_path_buf()))
+        let fd = connection::open(path, timeout)?;
+        let mut c = Client::new(fd, path.to_path_buf());
+        c.timeout = timeout;
+        Ok(c)
     }
 
     /// A client on a connection to the broker that someone else made and
@@ -268,7 +202,7 @@ impl Client {
     /// `SOCK_SEQPACKET` socket; it is taken over (closed on error) and made
     /// CLOEXEC. The broker knows the client by the credentials of whoever
     /// connected: the manager vouches for what it hands in. [`Client::path`]
-    /// is empty.
+    /// is empty, and such a client cannot [`Client::reconnect`].
     pub fn from_fd(fd: OwnedFd) -> Result<Client> {
         let ty = sys::getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| {
             Error::with_errno(
@@ -298,8 +232,13 @@ impl Client {
 
     fn new(fd: OwnedFd, path: PathBuf) -> Client {
         Client {
-            fd,
+            fd: Some(fd),
             path,
+            gen: crate::forkgen::at_connect(),
+            timeout: None,
+            closed_by: None,
+            send_failed: false,
+            published: None,
             next_id: 1,
             broker_pid: 0,
             fd_tokens: HashMap::default(),
@@ -311,8 +250,89 @@ impl Client {
             rbuf: Vec::with_capacity(proto::MAX_MSG),
             fds: Vec::with_capacity(1),
             last: LastParts::default(),
-            gone: false,
         }
+    }
+
+    /// Close the connection and connect anew to the same path (with the
+    /// same timeout): a new lease, holding nothing. In the same process the
+    /// broker drops every reference the old connection held; in a child
+    /// after `fork()` only the child's copy of its parent's connection is
+    /// closed, and the parent keeps its references. A client made by
+    /// [`Client::from_fd`] has no path and cannot reconnect.
+    pub fn reconnect(&mut self) -> Result<()> {
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::with_errno(
+                Kind::BadRequest,
+                libc::EINVAL,
+                "a client made from a handed-in connection has no path to reconnect to",
+            ));
+        }
+        self.publish(-1);
+        self.fd = None;
+        self.forget_all();
+        let fd = connection::open(&self.path, self.timeout)?;
+        self.fd = Some(fd);
+        self.publish(self.as_raw_fd());
+        self.gen = crate::forkgen::at_connect();
+        self.closed_by = None;
+        (self.next_id, self.broker_pid) = (1, 0);
+        Ok(())
+    }
+
+    /// Is there a connection this process may use (not closed after an
+    /// error, not inherited across a fork)?
+    pub fn is_usable(&self) -> bool {
+        self.fd.is_some() && self.gen == crate::forkgen::current()
+    }
+
+    /// Was the connection made in another process (this is a child forked
+    /// after it was made)?
+    pub fn is_inherited(&self) -> bool {
+        self.gen != crate::forkgen::current()
+    }
+
+    /// Close the connection after `e` (a lost connection, a protocol error,
+    /// a timeout), so no later reply is mistaken for another's; the broker
+    /// drops this lease's references. Calls fail until [`Client::reconnect`].
+    fn close_after(&mut self, e: &Error) {
+        self.publish(-1);
+        if self.fd.take().is_some() {
+            self.closed_by = Some(e.message().to_string());
+        }
+        self.forget_all();
+    }
+
+    /// Close the connection if `r` says it can no longer be trusted.
+    fn settle<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if closes_connection(e) {
+                self.close_after(e);
+            }
+        }
+        r
+    }
+
+    /// Did the last call fail in its send, before the broker got anything?
+    /// (Then it may be retried on a new connection.)
+    pub fn send_failed(&self) -> bool {
+        self.send_failed
+    }
+
+    /// Publish the connection's fd number into `cell` from now on.
+    pub(crate) fn publish_into(&mut self, cell: Arc<AtomicI32>) {
+        cell.store(self.as_raw_fd(), Ordering::Relaxed);
+        self.published = Some(cell);
+    }
+
+    fn publish(&self, fd: RawFd) {
+        if let Some(p) = &self.published {
+            p.store(fd, Ordering::Relaxed);
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.fd_tokens.clear();
+        self.unmapped.clear();
     }
 
     /// The version handshake: one round trip that checks the broker speaks
@@ -320,7 +340,12 @@ impl Client {
     /// limit). Returns the broker's pid. Optional: every request checks the
     /// version on its own.
     pub fn hello(&mut self) -> Result<u32> {
-        let id = self.take_id();
+        let r = self.hello_inner();
+        self.settle(r)
+    }
+
+    fn hello_inner(&mut self) -> Result<u32> {
+        let id = self.take_id()?;
         proto::encode_hello(&mut self.buf, id);
         self.send()?;
         let (h, n, _) = self.recv_reply(id, 0)?;
@@ -352,48 +377,73 @@ impl Client {
         Ok(self.broker_pid)
     }
 
-    /// The connection's fd (for callers that poll it to notice the broker going away).
+    /// The connection's fd (for callers that poll it to notice the broker
+    /// going away); -1 once closed.
     pub fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
 
-    /// Time out replies after `t` (None waits forever, the default).
+    /// Time out every wait for the broker (a reply, a send, a reconnect's
+    /// connect) after `t`; None waits forever, the default. A call that
+    /// times out fails with [`Kind::Timeout`] and closes the connection.
     pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<()> {
-        let tv = match t {
-            Some(d) => libc::timeval {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_usec: d.subsec_micros().max(if d.is_zero() { 0 } else { 1 })
-                    as libc::suseconds_t,
-            },
-            None => libc::timeval {
-                tv_sec: 0,
-                tv_usec: 0,
-            },
-        };
-        // SAFETY: tv is a valid timeval.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(Error::last_os("setsockopt SO_RCVTIMEO"));
+        if t == self.timeout {
+            return Ok(());
+        }
+        if let Some(fd) = &self.fd {
+            if self.gen == crate::forkgen::current() {
+                connection::set_timeouts(fd, t)?;
+            }
+        }
+        self.timeout = t;
+        Ok(())
+    }
+
+    /// The timeout set by [`Client::set_timeout`].
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The next message id, if this process may use the connection: every
+    /// call starts here.
+    fn take_id(&mut self) -> Result<u32> {
+        self.send_failed = false;
+        self.usable()?;
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        Ok(id)
+    }
+
+    /// Fail if this process may not use the connection (see [`Client::is_usable`]).
+    fn usable(&self) -> Result<()> {
+        if self.gen != crate::forkgen::current() {
+            return Err(Error::with_errno(
+                Kind::BrokerUnavailable,
+                libc::ECHILD,
+                "this sockpass client was made before fork(): its connection is the parent's; reconnect for one of this process's own",
+            ));
+        }
+        if self.fd.is_none() {
+            let why = self.closed_by.as_deref().unwrap_or("closed");
+            return Err(Error::with_errno(
+                Kind::BrokerUnavailable,
+                libc::ENOTCONN,
+                format!("the connection to sockpassd was closed after an error ({why}); reconnect"),
+            ));
         }
         Ok(())
     }
 
-    fn take_id(&mut self) -> u32 {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        id
+    /// The connection (take_id checked there is one).
+    fn sock(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.fd {
+            Some(f) => f.as_fd(),
+            None => unreachable!("take_id checks the connection"),
+        }
     }
 
     fn send(&mut self) -> Result<()> {
-        let r = send_fds(self.fd.as_fd(), &self.buf, &[], 0);
+        let r = send_fds(self.sock(), &self.buf, &[], 0);
         self.sent(r)
     }
 
@@ -401,7 +451,11 @@ impl Client {
     fn sent(&mut self, r: std::result::Result<usize, i32>) -> Result<()> {
         match r {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.refusal(unavailable(e, "sending to sockpassd"))),
+            Err(libc::EAGAIN) => Err(timed_out("sockpassd did not take the request in time")),
+            Err(e) => {
+                self.send_failed = true;
+                Err(self.refusal(unavailable(e, "sending to sockpassd")))
+            }
         }
     }
 
@@ -416,8 +470,10 @@ impl Client {
                 Ok(n) => {
                     return match Header::parse(&self.rbuf[..n]) {
                         Ok(h) if h.ty == ty::ERROR && h.id == 0 => {
-                            self.gone = true;
-                            proto::decode_error(&self.rbuf[proto::HEADER_LEN..n]).unwrap_or(e)
+                            let e =
+                                proto::decode_error(&self.rbuf[proto::HEADER_LEN..n]).unwrap_or(e);
+                            self.close_after(&e);
+                            e
                         }
                         _ => e,
                     }
@@ -431,13 +487,27 @@ impl Client {
 
     /// Receive one message into `rbuf`, its fds into `fds`; returns its length.
     fn recv_msg(&mut self, max_fds: usize, flags: i32) -> std::result::Result<usize, RecvError> {
+        self.recv_msg_lost(max_fds, flags, &mut false)
+    }
+
+    /// [`Client::recv_msg`]; `lost` is set when its fd was lost to `RLIMIT_NOFILE`.
+    fn recv_msg_lost(
+        &mut self,
+        max_fds: usize,
+        flags: i32,
+        lost: &mut bool,
+    ) -> std::result::Result<usize, RecvError> {
         self.rbuf.clear();
-        let n = recv_fds_into_uninit(
-            self.fd.as_fd(),
+        let Some(sock) = &self.fd else {
+            return Err(RecvError::Os(libc::ENOTCONN));
+        };
+        let n = recv_fds_into_uninit_or_lost(
+            sock.as_fd(),
             &mut self.rbuf.spare_capacity_mut()[..proto::MAX_MSG],
             max_fds,
             flags,
             &mut self.fds,
+            lost,
         )?;
         // SAFETY: the kernel wrote the n bytes it reported (n <= capacity).
         unsafe { self.rbuf.set_len(n) };
@@ -448,15 +518,22 @@ impl Client {
     /// is 0 or 1; more is a protocol error and they are closed). An ERROR
     /// reply becomes `Err`.
     fn recv_reply(&mut self, id: u32, max_fds: usize) -> Result<(Header, usize, Option<OwnedFd>)> {
+        self.recv_reply_lost(id, max_fds, &mut false)
+    }
+
+    /// [`Client::recv_reply`]; a reply whose fd was lost to
+    /// `RLIMIT_NOFILE` sets `lost` and comes without it.
+    fn recv_reply_lost(
+        &mut self,
+        id: u32,
+        max_fds: usize,
+        lost: &mut bool,
+    ) -> Result<(Header, usize, Option<OwnedFd>)> {
         debug_assert!(max_fds <= 1 && self.fds.is_empty());
-        let len = match self.recv_msg(max_fds, 0) {
+        let len = match self.recv_msg_lost(max_fds, 0, lost) {
             Ok(n) => n,
             Err(RecvError::Os(e)) if e == libc::EAGAIN => {
-                return Err(Error::with_errno(
-                    Kind::Timeout,
-                    libc::ETIMEDOUT,
-                    "sockpassd did not reply in time",
-                ))
+                return Err(timed_out("sockpassd did not reply in time"))
             }
             Err(RecvError::Os(e)) => {
                 return Err(self.refusal(unavailable(e, "receiving from sockpassd")))
@@ -466,7 +543,7 @@ impl Client {
         // At most one fd (max_fds <= 1): it is the caller's, whatever the
         // reply says, and closed if the reply is an error.
         let fd = self.fds.pop();
-        if len == 0 && fd.is_none() {
+        if len == 0 && fd.is_none() && !*lost {
             return Err(unavailable(
                 libc::ECONNRESET,
                 "sockpassd closed the connection",
@@ -476,8 +553,9 @@ impl Client {
         // An ERROR with id 0 is about the connection (e.g. the broker's
         // connection limit): the broker closes it after.
         if h.ty == ty::ERROR && h.id == 0 {
-            self.gone = true;
-            return Err(proto::decode_error(&self.rbuf[proto::HEADER_LEN..len])?);
+            let e = proto::decode_error(&self.rbuf[proto::HEADER_LEN..len])?;
+            self.close_after(&e);
+            return Err(e);
         }
         if h.id != id {
             return Err(Error::protocol(format!(
@@ -510,7 +588,18 @@ impl Client {
         flags: u8,
     ) -> Result<Grant> {
         spec.validate()?;
-        let id = self.take_id();
+        let r = self.request_inner(spec, share, app, flags);
+        self.settle(r)
+    }
+
+    fn request_inner(
+        &mut self,
+        spec: &SocketSpec,
+        share: ShareMode,
+        app: &str,
+        flags: u8,
+    ) -> Result<Grant> {
+        let id = self.take_id()?;
         proto::encode_request(&mut self.buf, id, spec, share, app, flags)?;
         self.send()?;
         self.socket_reply(id, "a socket request")
@@ -519,7 +608,8 @@ impl Client {
     /// Receive the SOCKET reply to `what` (message `id`) and keep its
     /// reference.
     fn socket_reply(&mut self, id: u32, what: &str) -> Result<Grant> {
-        let (h, n, fd) = self.recv_reply(id, 1)?;
+        let mut lost = false;
+        let (h, n, fd) = self.recv_reply_lost(id, 1, &mut lost)?;
         if h.ty != ty::SOCKET {
             return Err(Error::protocol(format!(
                 "unexpected reply {:#04x} to {what}",
@@ -530,6 +620,18 @@ impl Client {
         let token = r.token()?;
         let port = r.u16()?;
         let cached = r.u8()? != 0;
+        if lost {
+            // The kernel could not give us the fd (RLIMIT_NOFILE), but the
+            // broker counted the reference: give it back, so nothing stays
+            // held that nobody can use.
+            let e = Error::with_errno(
+                Kind::Os,
+                libc::EMFILE,
+                format!("{what}: the socket could not be received: this process is at RLIMIT_NOFILE (the reference was released)"),
+            );
+            self.release_inner(&token)?;
+            return Err(e);
+        }
         let fd = fd.ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
         self.track(fd.as_raw_fd(), token);
         Ok(Grant {
@@ -555,13 +657,18 @@ impl Client {
     /// last request is kept encoded, and the same parts again are sent as
     /// they were (a C daemon that asks for its socket again pays no parsing).
     pub fn request_parts(&mut self, p: Parts<'_>) -> Result<Grant> {
-        let id = self.take_id();
+        let r = self.request_parts_inner(p);
+        self.settle(r)
+    }
+
+    fn request_parts_inner(&mut self, p: Parts<'_>) -> Result<Grant> {
+        let id = self.take_id()?;
         if self.last.matches(&p) {
             proto::set_id(&mut self.last.bytes[..self.last.msg_end], id);
         } else {
             self.last.encode(id, &p)?;
         }
-        let r = send_fds(self.fd.as_fd(), self.last.msg(), &[], 0);
+        let r = send_fds(self.sock(), self.last.msg(), &[], 0);
         self.sent(r)?;
         self.socket_reply(id, "a socket request")
     }
@@ -574,7 +681,17 @@ impl Client {
         app: &str,
     ) -> Result<Reservation> {
         spec.validate()?;
-        let id = self.take_id();
+        let r = self.reserve_inner(spec, share, app);
+        self.settle(r)
+    }
+
+    fn reserve_inner(
+        &mut self,
+        spec: &SocketSpec,
+        share: ShareMode,
+        app: &str,
+    ) -> Result<Reservation> {
+        let id = self.take_id()?;
         proto::encode_request(&mut self.buf, id, spec, share, app, proto::REQ_RESERVE)?;
         self.send()?;
         let (h, n, _) = self.recv_reply(id, 0)?;
@@ -592,7 +709,12 @@ impl Client {
 
     /// Pick up a socket reserved for us; the token becomes ours.
     pub fn pickup(&mut self, token: &Token) -> Result<Grant> {
-        let id = self.take_id();
+        let r = self.pickup_inner(token);
+        self.settle(r)
+    }
+
+    fn pickup_inner(&mut self, token: &Token) -> Result<Grant> {
+        let id = self.take_id()?;
         proto::encode_token_msg(&mut self.buf, ty::PICKUP, id, token);
         self.send()?;
         self.socket_reply(id, "a pick-up")
@@ -601,7 +723,12 @@ impl Client {
     /// Release one reference by token; returns the references left on that
     /// socket (0: the broker closed it).
     pub fn release(&mut self, token: &Token) -> Result<u32> {
-        let id = self.take_id();
+        let r = self.release_inner(token);
+        self.settle(r)
+    }
+
+    fn release_inner(&mut self, token: &Token) -> Result<u32> {
+        let id = self.take_id()?;
         proto::encode_token_msg(&mut self.buf, ty::RELEASE, id, token);
         self.send()?;
         let (h, n, _) = self.recv_reply(id, 0)?;
@@ -620,8 +747,13 @@ impl Client {
     /// flight, not one round trip each. Returns one result per token, in
     /// order; a lost connection or a timeout ends the call with `Err`.
     pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
+        // Also with nothing to release: a closed or inherited client says so.
+        if let Err(e) = self.usable() {
+            return self.settle(Err(e));
+        }
         let mut out = Vec::with_capacity(tokens.len());
         let res = self.release_batches(tokens, &mut out);
+        let res = self.settle(res);
         // Forget what was released, also when the call ends early: one pass
         // over the fd map, not one per token (release_all of n held fds).
         let mut mapped = HashSet::with_hasher(KeyedState::default());
@@ -643,7 +775,7 @@ impl Client {
         let mut id = self.next_id;
         while read < batches.len() {
             while sent < batches.len() && sent - read < PIPELINE_WINDOW {
-                let rid = self.take_id();
+                let rid = self.take_id()?;
                 proto::encode_release_many(&mut self.buf, rid, batches[sent])?;
                 self.send()?;
                 sent += 1;
@@ -688,6 +820,8 @@ impl Client {
         if fd < 0 {
             return Err(Error::bad_request(format!("invalid file descriptor {fd}")));
         }
+        // Not "unknown fd" when the connection, and its map, are gone.
+        self.usable()?;
         let token = *self.fd_tokens.get(&fd).ok_or_else(|| {
             Error::with_errno(
                 Kind::UnknownToken,
@@ -743,13 +877,18 @@ impl Client {
     /// stays open and keeps its references; returns the broker's pid once
     /// the new image answers.
     pub fn upgrade(&mut self, exe: Option<&Path>) -> Result<u32> {
+        let r = self.upgrade_inner(exe);
+        self.settle(r)
+    }
+
+    fn upgrade_inner(&mut self, exe: Option<&Path>) -> Result<u32> {
         let exe = match exe {
             Some(p) => p
                 .to_str()
                 .ok_or_else(|| Error::bad_request("upgrade binary path is not UTF-8"))?,
             None => "",
         };
-        let id = self.take_id();
+        let id = self.take_id()?;
         self.buf.clear();
         proto::encode_upgrade(&mut self.buf, id, exe)?;
         self.send()?;
@@ -765,7 +904,12 @@ impl Client {
 
     /// A snapshot of every socket the broker holds and who holds it.
     pub fn status(&mut self) -> Result<Status> {
-        let id = self.take_id();
+        let r = self.status_inner();
+        self.settle(r)
+    }
+
+    fn status_inner(&mut self) -> Result<Status> {
+        let id = self.take_id()?;
         proto::encode_status(&mut self.buf, id);
         self.send()?;
         let (h, n, fd) = self.recv_reply(id, 1)?;
@@ -778,118 +922,25 @@ impl Client {
         let counters = Counters::decode(&mut Reader::new(&self.rbuf[proto::HEADER_LEN..n]))?;
         let table = fd.ok_or_else(|| Error::protocol("STATUS reply carried no table"))?;
         let bytes = crate::memfd::read_all(table, MAX_STATUS)?;
-        let mut r = Reader::new(&bytes);
-        let rows = r.u32()?;
-        let mut sockets: Vec<SocketStatus> = Vec::new();
-        let mut index: HashMap<u64, usize> = HashMap::new();
-        for _ in 0..rows {
-            let row = StatusRow::decode(&mut r)?;
-            let i = *index.entry(row.socket_id).or_insert_with(|| {
-                sockets.push(SocketStatus {
-                    id: row.socket_id,
-                    spec: row.spec.clone(),
-                    port: row.port,
-                    refs: row.refs,
-                    holders: Vec::new(),
-                });
-                sockets.len() - 1
-            });
-            sockets[i].holders.push(HolderStatus {
-                conn_id: row.conn_id,
-                pid: row.pid,
-                uid: row.uid,
-                gid: row.gid,
-                share: row.share,
-                reserved: row.reserved,
-                app: row.app,
-            });
-        }
-        sockets.sort_by_key(|s| s.id);
-        Ok(Status { counters, sockets })
+        status::decode(counters, &bytes)
     }
 }
 
-/// The process-wide default client (BIND10's library style): connected
-/// lazily to the default path on first use. After a `BrokerUnavailable`
-/// error, or the broker's refusal of the connection, it is discarded, and
-/// the next call connects anew (a new lease: the old connection's
-/// references were dropped by the broker).
-pub fn with_default<R>(f: impl FnOnce(&mut Client) -> Result<R>) -> Result<R> {
-    static DEFAULT: OnceLock<Mutex<Option<Client>>> = OnceLock::new();
-    let m = DEFAULT.get_or_init(|| Mutex::new(None));
-    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-    if g.is_none() {
-        *g = Some(Client::connect_default()?);
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Before the fd closes: a child forked from now on leaves it alone.
+        self.publish(-1);
     }
-    let res = f(g.as_mut().unwrap());
-    // Refused (the broker at its connection limit) counts as lost too: the
-    // broker closed the connection, and the next call connects anew.
-    if matches!(&res, Err(e) if e.kind() == Kind::BrokerUnavailable) || g.as_ref().unwrap().gone {
-        *g = None;
-    }
-    res
 }
 
 /// The default broker socket path: `$SOCKPASS_SOCKET`, else
 /// `/run/sockpass/sockpassd.sock` for root and
-/// `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` for others.
+/// `$XDG_RUNTIME_DIR/sockpass/sockpassd.sock` for others: where a broker
+/// binds, and the first place a client looks ([`path::candidates`] lists
+/// them all).
 pub fn default_socket_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOCKPASS_SOCKET").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/run/sockpass/sockpassd.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        Some(d) => Path::new(&d).join("sockpass/sockpassd.sock"),
-        // SAFETY: getuid cannot fail.
-        None => PathBuf::from(format!("/run/user/{}/sockpass/sockpassd.sock", unsafe {
-            libc::getuid()
-        })),
-    }
+    path::candidates().remove(0)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::hash::BuildHasher;
-
-    #[test]
-    fn whole_token_hash_sees_every_byte() {
-        // Tokens that differ only past their first 8 bytes (as a broker
-        // counting in the last bytes would make them) must not share a hash.
-        let s = KeyedState::default();
-        let hashes: HashSet<u64> = (0..1000u64)
-            .map(|i| {
-                let mut b = [7u8; Token::LEN];
-                b[16..].copy_from_slice(&i.to_le_bytes());
-                s.hash_one(WholeToken(Token::from_bytes(b)))
-            })
-            .collect();
-        assert_eq!(hashes.len(), 1000);
-    }
-
-    /// A spec built field by field, not parsed, is validated before anything
-    /// is sent: the peer here (not a broker) receives nothing.
-    #[test]
-    fn an_invalid_built_spec_is_refused_before_sending() {
-        let (mine, peer) = crate::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
-        let mut c = Client::new(mine, PathBuf::new());
-        // Were it sent, the wait for a reply ends instead of hanging.
-        c.set_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut built: SocketSpec = "udp:127.0.0.1:53".parse().unwrap();
-        built.options.backlog = Some(4);
-        let e = c.request_socket(&built, ShareMode::Any, "k").unwrap_err();
-        assert_eq!(e.kind(), Kind::BadRequest);
-        assert!(e.message().contains("TCP only"), "{e}");
-        let e = c.reserve_socket(&built, ShareMode::Any, "k").unwrap_err();
-        assert_eq!(e.kind(), Kind::BadRequest);
-        let mut buf = [0u8; 64];
-        assert_eq!(
-            crate::fdpass::recv_fds(peer.as_fd(), &mut buf, 0, libc::MSG_DONTWAIT).unwrap_err(),
-            RecvError::Os(libc::EAGAIN),
-            "nothing was sent"
-        );
-    }
-}
+mod tests;

@@ -177,6 +177,22 @@ unsafe fn recv_raw(
     flags: i32,
     fds: &mut Vec<OwnedFd>,
 ) -> std::result::Result<usize, RecvError> {
+    recv_raw_lost(sock, buf, len, max_fds, flags, fds, false, &mut false)
+}
+
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn recv_raw_lost(
+    sock: BorrowedFd<'_>,
+    buf: *mut u8,
+    len: usize,
+    max_fds: usize,
+    flags: i32,
+    fds: &mut Vec<OwnedFd>,
+    lost_ok: bool,
+    lost: &mut bool,
+) -> std::result::Result<usize, RecvError> {
     let max_fds = max_fds.min(MAX_FDS);
     // Not zeroed: the kernel writes what it reports in msg_controllen, and
     // only that is read.
@@ -224,8 +240,15 @@ unsafe fn recv_raw(
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() - before > max_fds {
+        // Lost to the rlimit (fewer arrived than there was room for), not
+        // sent in excess (which fills the room): the message still counts.
+        let lost_only = fds.len() - before < max_fds && msg.msg_flags & libc::MSG_TRUNC == 0;
         // Truncating closes every fd that did arrive.
         fds.truncate(before);
+        if lost_ok && lost_only {
+            *lost = true;
+            return Ok(n);
+        }
         return Err(RecvError::TruncatedFds);
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
@@ -233,6 +256,35 @@ unsafe fn recv_raw(
         return Err(RecvError::TruncatedPayload);
     }
     Ok(n)
+}
+
+/// [`recv_fds_into_uninit`] for a message whose fds may be lost to the
+/// receiver's `RLIMIT_NOFILE` (`MSG_CTRUNC`): instead of an error, the
+/// message is returned with `fds_lost` set (and no fd), so the receiver can
+/// still read what the message says (say, the token of a reference it must
+/// now give back). Any fd that did arrive is closed.
+pub fn recv_fds_into_uninit_or_lost(
+    sock: BorrowedFd<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    max_fds: usize,
+    flags: i32,
+    fds: &mut Vec<OwnedFd>,
+    fds_lost: &mut bool,
+) -> std::result::Result<usize, RecvError> {
+    *fds_lost = false;
+    // SAFETY: as in recv_fds_into_uninit.
+    unsafe {
+        recv_raw_lost(
+            sock,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            max_fds,
+            flags,
+            fds,
+            true,
+            fds_lost,
+        )
+    }
 }
 
 /// A connected pair of unix sockets of type `ty`, both CLOEXEC.

@@ -7,7 +7,9 @@
 //! - `proto`: the broker wire format;
 //! - `share`: share modes and their compatibility;
 //! - `token`: the tokens that name references;
-//! - `client`: the blocking client;
+//! - `client`: the blocking client (and `client::shared`, the one threads
+//!   and forked children share);
+//! - `forkgen`: telling a fork's child from its parent without a syscall;
 //! - `server_socket`: server sockets handed into daemons, with a notifier
 //!   (the D-Bus `ServerSocket` handover);
 //! - `activation`: systemd socket activation (`LISTEN_FDS`);
@@ -19,6 +21,7 @@ mod activation;
 mod client;
 mod dbus_address;
 mod error;
+mod forkgen;
 mod ns;
 mod readiness;
 mod server_socket;
@@ -48,9 +51,11 @@ pub use error::{last_errno, strerror};
 pub use token::{TokenBuildHasher, TokenSource};
 
 pub use activation::{adopt_listen_socket, listen_fds, LISTEN_FDS_START};
+pub use client::path::{candidates as default_socket_paths, SYSTEM_SOCKET};
+pub use client::shared::default_client;
 pub use client::{
     default_socket_path, with_default, Client, Grant, HolderStatus, Parts, Reservation,
-    SocketStatus, Status, PIPELINE_WINDOW,
+    SharedClient, SocketStatus, Status, PIPELINE_WINDOW,
 };
 pub use dbus_address::{
     escape_value as dbus_escape_value, unescape_value as dbus_unescape_value,

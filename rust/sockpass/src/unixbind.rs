@@ -612,7 +612,18 @@ mod tests {
         assert_eq!(e.kind(), Kind::AddressInUse, "{e}");
         // Stale once s1 is gone: replaced.
         drop(s1);
-        let ino = b.bind(s2.as_fd()).unwrap();
+        // A test forking on another thread may hold a copy of s1 for a
+        // moment (a forked child has every fd until it exits or execs), so
+        // the socket can read as live briefly: wait, bounded.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let ino = loop {
+            match b.bind(s2.as_fd()) {
+                Err(e) if e.kind() == Kind::AddressInUse && std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => break r.unwrap(),
+            }
+        };
         assert_eq!(std::fs::symlink_metadata(&p).unwrap().ino(), ino);
         // The fork fallback binds the same way.
         let s3 = sys::unix_socket(libc::SOCK_STREAM, false).unwrap();

@@ -1,117 +1,211 @@
 //! `sockpassd`: parse options, bind the listener, run the broker until
 //! SIGTERM/SIGINT.
 
-use crate::args::Args;
-use sockpass_broker::broker::{self, Broker, Config, Limits};
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use sockpass_broker::broker::{self, Broker, Config, LIMIT_FLAGS};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-const USAGE_HEAD: &str = "\
-usage: sockpassd [options]
+/// The `sockpassd` command line.
+pub fn command() -> Command {
+    Command::new("sockpassd")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("The sockpass socket broker")
+        .long_about(
+            "The sockpass socket broker. Creates bound sockets on request (as its policy \
+             allows), caches and shares them, and hands them over by fd passing.",
+        )
+        .arg(
+            Arg::new("socket")
+                .long("socket")
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(
+                    "Listen here (default: $SOCKPASS_SOCKET, else /run/sockpass/sockpassd.sock \
+                     as root, $XDG_RUNTIME_DIR/sockpass/sockpassd.sock otherwise)",
+                ),
+        )
+        .arg(
+            Arg::new("socket-mode")
+                .long("socket-mode")
+                .value_name("MODE")
+                .value_parser(crate::cli::serve_in::parse_mode)
+                .help("Octal mode of the socket file (default 0666; the policy decides what each client may ask for)"),
+        )
+        .arg(
+            Arg::new("socket-group")
+                .long("socket-group")
+                .value_name("GROUP")
+                .help("Group (name or gid) of the socket file"),
+        )
+        .arg(
+            Arg::new("policy")
+                .long("policy")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(format!(
+                    "Policy file (docs/POLICY.md); default: {DEFAULT_POLICY} when it exists (a \
+                     path in $SOCKPASSD_DEFAULT_POLICY instead, if set; empty: none), else the \
+                     built-in policy (root anything, others ports 0 and 1024-65535)"
+                )),
+        )
+        // The limits' flags come from their table, as their help lines.
+        .args(LIMIT_FLAGS.iter().map(|f| {
+            let name = f.flag.trim_start_matches("--");
+            Arg::new(name)
+                .long(name)
+                .value_name(f.value)
+                .help(f.help)
+        }))
+        .arg(
+            Arg::new("notify")
+                .long("notify")
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Send READY=1 to $NOTIFY_SOCKET once listening (an error if it is unset; \
+                     when set, it is used anyway)",
+                ),
+        )
+        .arg(
+            Arg::new("fd-store")
+                .long("fd-store")
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Keep cached sockets in systemd's fd store ($NOTIFY_SOCKET; the unit sets \
+                     FileDescriptorStoreMax=, systemd 219 or later), whether or not $FDSTORE \
+                     is set (systemd 254 and later set it)",
+                ),
+        )
+        .arg(
+            Arg::new("ready-fd")
+                .long("ready-fd")
+                .value_name("N")
+                .value_parser(clap::value_parser!(i32).range(0..))
+                .help(
+                    "Write a newline to fd N and close it once listening (s6 \
+                     notification-fd; closing also fires a pipe notifier)",
+                ),
+        )
+        .arg(
+            Arg::new("quiet")
+                .short('q')
+                .long("quiet")
+                .action(ArgAction::SetTrue)
+                .help("Log nothing but fatal errors"),
+        )
+        .arg(
+            Arg::new("handoff-version")
+                .long("handoff-version")
+                .action(ArgAction::SetTrue)
+                .exclusive(true)
+                .help("Print the upgrade handoff format this binary reads"),
+        )
+        .arg(
+            Arg::new("handoff-check")
+                .long("handoff-check")
+                .action(ArgAction::SetTrue)
+                .help("(used by an upgrade) Restore the handed-over state without serving, print the format, exit"),
+        )
+        .after_help(
+            "Upgrades:\n  \
+             SIGHUP (or `sockpass upgrade`) re-executes the binary in place (same pid),\n  \
+             handing over every socket, reference, reservation and client connection.\n  \
+             The new binary must be a root-owned file that group and others cannot\n  \
+             write; it is opened once and run by fd. It must answer --handoff-version\n  \
+             with this broker's handoff format, then restore the real state in a child\n  \
+             (--handoff-check), each within 5 s, or the upgrade is refused and nothing\n  \
+             changes. A new image that fails, crashes or hangs (5 s) before serving\n  \
+             executes the old one again.\n\n\
+             Socket activation:\n  \
+             With LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a listening unix\n  \
+             seqpacket socket) is used instead of binding --socket.\n\n\
+             Environment:\n  \
+             SOCKPASS_SOCKET  the socket path when --socket is not given\n  \
+             NOTIFY_SOCKET    where READY=1 and the fd store's messages go (systemd)\n  \
+             FDSTORE          > 0: systemd (254 and later) keeps fds for us, as --fd-store\n  \
+             LISTEN_PID, LISTEN_FDS  socket activation, above\n\n\
+             Exit status:\n  \
+             0    stopped by SIGTERM or SIGINT (or --help, --version)\n  \
+             1    could not start, or failed while running\n  \
+             2    bad command line",
+        )
+}
 
-The sockpass socket broker. Creates bound sockets on request, caches and
-shares them, and hands them over by fd passing.
-
-options:
-  --socket PATH              listen here (default: $SOCKPASS_SOCKET, else
-                             /run/sockpass/sockpassd.sock as root,
-                             $XDG_RUNTIME_DIR/sockpass/sockpassd.sock otherwise)
-  --socket-mode MODE         octal mode of the socket file (default 0666;
-                             the policy decides what each client may ask for)
-  --socket-group GROUP       group (name or gid) of the socket file
-  --policy FILE              policy file (docs/POLICY.md); default: the built-in
-                             policy (root anything, others ports 0 and 1024-65535)
-";
-
-// The limits' lines come from their table (sockpass_broker::broker::LIMIT_FLAGS).
-const USAGE_TAIL: &str =
-    "  --notify                   send READY=1 to $NOTIFY_SOCKET once listening (an
-                             error if it is unset; when set, it is used anyway)
-  --ready-fd N               write a newline to fd N and close it once listening
-                             (s6 notification-fd; closing also fires a pipe notifier)
-  -q, --quiet                log nothing but fatal errors
-
-SIGHUP (or `sockpass upgrade`) re-executes the binary in place (same pid),
-handing over every socket, reference, reservation and client connection.
-The new binary must first answer --handoff-version with this broker's
-handoff format within 5 s, or the upgrade is refused and nothing changes.
-
-Socket activation: with LISTEN_PID=<our pid> and LISTEN_FDS=1, fd 3 (a
-listening unix seqpacket socket) is used instead of binding --socket.
-  -h, --help                 this text
-  -V, --version              print the version
-  --handoff-version          print the upgrade handoff format this binary reads
-";
+/// The policy file read when `--policy` is not given and it exists; a
+/// packager may build with another (`SOCKPASS_DEFAULT_POLICY`, as meson's
+/// `-Ddefault_policy` passes it).
+const DEFAULT_POLICY: &str = match option_env!("SOCKPASS_DEFAULT_POLICY") {
+    Some(p) => p,
+    None => "/etc/sockpass/policy.conf",
+};
 
 struct Opts {
     socket: Option<PathBuf>,
     cfg: Config,
     notify: bool,
+    fd_store: bool,
     ready_fd: Option<OwnedFd>,
     policy_file: Option<PathBuf>,
+    /// `--handoff-check`: restore the handed-over state, do not serve.
+    check: bool,
 }
 
-fn parse(args: Vec<OsString>) -> Result<Option<Opts>, String> {
-    let mut a = Args::new(args);
+fn parse(m: &ArgMatches) -> Result<Opts, String> {
     let mut o = Opts {
-        socket: None,
+        socket: m.get_one::<PathBuf>("socket").cloned(),
         cfg: Config::default(),
-        notify: false,
+        notify: m.get_flag("notify"),
+        fd_store: m.get_flag("fd-store"),
         ready_fd: None,
         policy_file: None,
+        check: m.get_flag("handoff-check"),
     };
-    while let Some((k, v)) = a.next_option() {
-        match k.as_str() {
-            "--socket" => o.socket = Some(PathBuf::from(a.value_os(&k, v)?)),
-            "--socket-mode" => {
-                let m = a.value(&k, v)?;
-                o.cfg.socket_mode = u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| format!("--socket-mode: {m:?} is not an octal mode"))?;
-            }
-            "--socket-group" => {
-                let g = a.value(&k, v)?;
-                o.cfg.socket_group =
-                    Some(sockpass_broker::policy::group_id(&g).map_err(|e| format!("{k}: {e}"))?);
-            }
-            "--policy" => {
-                let f = PathBuf::from(a.value_os(&k, v)?);
-                o.cfg.policy = sockpass_broker::policy::Policy::load(&f)
-                    .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
-                o.policy_file = Some(f);
-            }
-            k if Limits::is_flag(k) => {
-                let v = a.value(k, v)?;
-                o.cfg.limits.set_flag(k, &v).unwrap_or(Ok(()))?;
-            }
-            "--notify" => o.notify = true,
-            "--ready-fd" => {
-                let n = a.number(&k, v)?;
-                o.ready_fd = Some(sockpass::inherited_fd(n).map_err(|e| format!("{k}: {e}"))?);
-            }
-            "-q" | "--quiet" => o.cfg.log = false,
-            "-h" | "--help" => {
-                print!("{USAGE_HEAD}{}{USAGE_TAIL}", Limits::usage());
-                return Ok(None);
-            }
-            "-V" | "--version" => {
-                println!("sockpassd {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            "--handoff-version" => {
-                println!("{}", sockpass_broker::handoff::FORMAT);
-                return Ok(None);
-            }
-            _ => return Err(format!("unknown option {k}")),
+    if let Some(&mode) = m.get_one::<u32>("socket-mode") {
+        o.cfg.socket_mode = mode;
+    }
+    if let Some(g) = m.get_one::<String>("socket-group") {
+        o.cfg.socket_group =
+            Some(sockpass_broker::policy::group_id(g).map_err(|e| format!("--socket-group: {e}"))?);
+    }
+    if let Some(f) = m.get_one::<PathBuf>("policy") {
+        o.cfg.policy = sockpass_broker::policy::Policy::load(f)
+            .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
+        o.policy_file = Some(f.clone());
+    }
+    for f in LIMIT_FLAGS {
+        if let Some(v) = m.get_one::<String>(f.flag.trim_start_matches("--")) {
+            o.cfg.limits.set_flag(f.flag, v).unwrap_or(Ok(()))?;
         }
     }
-    if let Some(extra) = a.next_raw() {
-        return Err(format!("unexpected argument {extra:?}"));
+    if let Some(&n) = m.get_one::<i32>("ready-fd") {
+        o.ready_fd = Some(sockpass::inherited_fd(n).map_err(|e| format!("--ready-fd: {e}"))?);
     }
-    Ok(Some(o))
+    if m.get_flag("quiet") {
+        o.cfg.log = false;
+    }
+    if o.policy_file.is_none() {
+        if let Some(f) = default_policy_file() {
+            o.cfg.policy = sockpass_broker::policy::Policy::load(&f)
+                .map_err(|e| format!("bad policy file {}: {e}", f.display()))?;
+            o.policy_file = Some(f);
+        }
+    }
+    Ok(o)
+}
+
+/// The default policy file, if there is one: `$SOCKPASSD_DEFAULT_POLICY`
+/// (tests point it elsewhere; empty means none) or [`DEFAULT_POLICY`].
+fn default_policy_file() -> Option<PathBuf> {
+    let f = match std::env::var_os("SOCKPASSD_DEFAULT_POLICY") {
+        Some(v) if v.is_empty() => return None,
+        Some(v) => PathBuf::from(v),
+        None => PathBuf::from(DEFAULT_POLICY),
+    };
+    // A file that is not there means the built-in policy; anything else
+    // (unreadable, malformed) is the operator's to fix, so it stops us.
+    f.symlink_metadata().is_ok().then_some(f)
 }
 
 /// A signalfd for SIGTERM, SIGINT and SIGHUP (upgrade), blocked so they
@@ -160,29 +254,41 @@ pub fn main(args: Vec<OsString>) -> i32 {
     // Before anything else: the fds of a handed-over state must be CLOEXEC.
     let handed = match sockpass_broker::handoff::take_from_env() {
         Ok(h) => h,
-        Err(e) => {
-            eprintln!("sockpassd: cannot take over from the previous image: {e}");
-            return 1;
-        }
+        Err(e) => return give_up(format!("cannot take over from the previous image: {e}"), 1),
     };
     let mut up = Upgrade::new(&args);
-    let mut o = match parse(args) {
-        Ok(Some(o)) => o,
-        Ok(None) => return 0,
+    let m = match command().try_get_matches_from(std::iter::once("sockpassd".into()).chain(args)) {
+        Ok(m) => m,
+        // Help and version print to stdout and exit 0; a usage error is 2,
+        // and in a new image it goes back to the old one (give_up).
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return e.exit_code();
+        }
         Err(e) => {
-            eprintln!("sockpassd: {e}\n(see sockpassd --help)");
-            return 2;
+            let msg = e.render().to_string();
+            let msg = msg.trim_end().trim_start_matches("error: ");
+            return give_up(msg.to_string(), e.exit_code());
         }
     };
+    if m.get_flag("handoff-version") {
+        println!("{}", sockpass_broker::handoff::FORMAT);
+        return 0;
+    }
+    let mut o = match parse(&m) {
+        Ok(o) => o,
+        Err(e) => return give_up(format!("{e}\n(see sockpassd --help)"), 2),
+    };
     up.policy_file = o.policy_file.clone();
+    up.fd_store = o.fd_store;
     let nofile = broker::raise_fd_limit();
     o.cfg.limits.fit_fd_limit(nofile);
+    if o.check {
+        return check_handed_over(handed, o);
+    }
     let stop = match stop_signals() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("sockpassd: cannot set up signal handling: {e}");
-            return 1;
-        }
+        Err(e) => return give_up(format!("cannot set up signal handling: {e}"), 1),
     };
     if o.notify && std::env::var_os("NOTIFY_SOCKET").is_none() {
         eprintln!("sockpassd: --notify: $NOTIFY_SOCKET is not set");
@@ -263,6 +369,37 @@ pub fn main(args: Vec<OsString>) -> i32 {
     code
 }
 
+/// Say why we stop, and, in a new image that has not served yet, execute
+/// the old image again with the handed-over state (this returns only when
+/// there is no way back).
+fn give_up(msg: String, code: i32) -> i32 {
+    eprintln!("sockpassd: {msg}");
+    sockpass_broker::fallback::fall_back(&msg);
+    code
+}
+
+/// `--handoff-check` (the upgrade's probe, a child of the old image):
+/// rebuild the broker from the state exactly as [`serve_handed_over`]
+/// would, then exit without serving or closing anything in an orderly way:
+/// every socket stays the old image's.
+fn check_handed_over(st: Option<sockpass_broker::handoff::State>, o: Opts) -> i32 {
+    let Some(st) = st else {
+        eprintln!("sockpassd: --handoff-check: no handed-over state (it is for upgrades)");
+        return 2;
+    };
+    match Broker::from_state(st, o.cfg) {
+        Ok(b) => {
+            std::mem::forget(b);
+            println!("{}", sockpass_broker::handoff::FORMAT);
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("sockpassd: cannot rebuild the handed-over broker: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// The new image after an upgrade: carry on with the handed-over broker.
 fn serve_handed_over(
     st: sockpass_broker::handoff::State,
@@ -276,12 +413,24 @@ fn serve_handed_over(
     let mut b = match Broker::from_state(st, o.cfg) {
         Ok(b) => b,
         Err(e) => {
+            // Some handed-over fds are closed by now: no way back.
+            sockpass_broker::fallback::disarm();
             eprintln!("sockpassd: cannot rebuild the handed-over broker: {e}");
             return 1;
         }
     };
+    // Serving from here: a failure is no longer the upgrade's.
+    sockpass_broker::fallback::disarm();
     attach_fd_store(&mut b, &up);
-    b.finish_upgrade(Ok(()));
+    // Taken back after a failed upgrade: the requester learns why.
+    b.finish_upgrade(match sockpass_broker::fallback::failure_from_env() {
+        None => Ok(()),
+        Some(why) => Err(sockpass::Error::with_errno(
+            sockpass::Kind::BadRequest,
+            libc::ENOEXEC,
+            format!("upgrade failed, the previous binary serves again: {why}"),
+        )),
+    });
     let _ = report_ready(None);
     let code = serve(b, &stop, &up, is_activated, log);
     if !is_activated {
@@ -290,13 +439,21 @@ fn serve_handed_over(
     code
 }
 
-/// Under systemd with an fd store (`$FDSTORE` > 0 next to `$NOTIFY_SOCKET`),
-/// keep cached sockets there so a crash does not close them.
+/// Under systemd with an fd store, keep cached sockets there so a crash
+/// does not close them: when asked (`--fd-store`, which the unit passes with
+/// `FileDescriptorStoreMax=`: systemd 219 and later keep the fds) or when
+/// systemd says the store is there (`$FDSTORE` > 0, set since systemd 254).
 fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
     let max = std::env::var("FDSTORE")
         .ok()
         .and_then(|v| v.parse::<u32>().ok());
-    let (Some(addr), Some(1..)) = (&up.notify_socket, max) else {
+    if !up.fd_store && !matches!(max, Some(1..)) {
+        return;
+    }
+    let Some(addr) = &up.notify_socket else {
+        if up.fd_store {
+            eprintln!("sockpassd: --fd-store: $NOTIFY_SOCKET is not set; no fd store is used");
+        }
         return;
     };
     match sockpass_broker::fdstore::FdStore::connect(addr) {
@@ -309,10 +466,15 @@ fn attach_fd_store(b: &mut Broker, up: &Upgrade) {
 /// arguments, minus `--ready-fd` (that fd is used up).
 struct Upgrade {
     exe: Option<PathBuf>,
+    /// The running image, opened at start: what a failed new image executes
+    /// again (the file at `exe` may have been replaced since).
+    running: Option<sockpass_broker::exe::Exe>,
     args: Vec<OsString>,
     notify_socket: Option<OsString>,
     /// Re-read before an upgrade, so a broken file stops it here.
     policy_file: Option<PathBuf>,
+    /// `--fd-store`: push cached sockets to systemd's fd store.
+    fd_store: bool,
 }
 
 impl Upgrade {
@@ -336,9 +498,11 @@ impl Upgrade {
         }
         Upgrade {
             exe: std::env::current_exe().ok(),
+            running: sockpass_broker::exe::Exe::running().ok(),
             args: kept,
             notify_socket: std::env::var_os("NOTIFY_SOCKET"),
             policy_file: None,
+            fd_store: false,
         }
     }
 }
@@ -376,41 +540,52 @@ fn serve(mut b: Broker, stop: &OwnedFd, up: &Upgrade, activated: bool, log: bool
 /// Returns only if the upgrade was refused or failed (the broker keeps
 /// serving), or with an exit code if the broker could not be rebuilt.
 fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Broker, i32> {
+    // systemd shows the service reloading until READY=1: the new image's,
+    // or ours below when the upgrade does not happen.
+    notify_service(
+        up,
+        &format!("RELOADING=1\nMONOTONIC_USEC={}\n", monotonic_usec()),
+    );
     let exe = b.pending_upgrade().flatten().or_else(|| up.exe.clone());
+    // Opened once: the checks and the exec run this same file.
     let checked = match &exe {
         None => Err(sockpass::Error::bad_request(
             "no upgrade binary given and the running one is unknown",
         )),
-        Some(exe) => {
-            // Pre-flight: the exec has no way back, so the new binary must
-            // first say it reads our handoff format.
-            sockpass_broker::handoff::preflight(exe, sockpass_broker::handoff::PREFLIGHT_TIMEOUT)
-                .and_then(|()| match &up.policy_file {
-                    Some(f) => sockpass_broker::policy::Policy::load(f).map(|_| ()),
-                    None => Ok(()),
-                })
-        }
+        Some(exe) => sockpass_broker::exe::Exe::open_target(exe).and_then(|target| {
+            // Pre-flight: the new binary must say it reads our handoff format.
+            target.preflight(sockpass_broker::handoff::PREFLIGHT_TIMEOUT)?;
+            if let Some(f) = &up.policy_file {
+                sockpass_broker::policy::Policy::load(f)?;
+            }
+            Ok(target)
+        }),
     };
-    let Some(exe) = exe.filter(|_| checked.is_ok()) else {
-        b.finish_upgrade(checked);
-        return Ok(b);
+    let target = match checked {
+        Ok(t) => t,
+        Err(e) => {
+            b.finish_upgrade(Err(e));
+            notify_service(up, "READY=1\n");
+            return Ok(b);
+        }
     };
     if log {
         eprintln!(
             "sockpassd[{}]: upgrading: executing {}",
             std::process::id(),
-            exe.display()
+            target.path().display()
         );
     }
     if let Some(n) = &up.notify_socket {
         std::env::set_var("NOTIFY_SOCKET", n);
     }
     let (st, cfg) = b.into_state(activated);
-    let (st, err) = sockpass_broker::handoff::exec(st, &exe, &up.args);
+    let (st, err) = sockpass_broker::handoff::exec(st, &target, up.running.as_ref(), &up.args);
     std::env::remove_var("NOTIFY_SOCKET");
     match Broker::from_state(st, cfg) {
         Ok(mut b) => {
             b.finish_upgrade(Err(err));
+            notify_service(up, "READY=1\n");
             Ok(b)
         }
         Err(e) => {
@@ -418,6 +593,27 @@ fn upgrade(mut b: Broker, up: &Upgrade, activated: bool, log: bool) -> Result<Br
             Err(1)
         }
     }
+}
+
+/// An sd_notify message to the service manager that started us, if any
+/// (best effort: the broker serves on whatever it answers).
+fn notify_service(up: &Upgrade, msg: &str) {
+    if let Some(n) = &up.notify_socket {
+        if let Err(e) = sockpass::send_notify(n, msg.as_bytes()) {
+            eprintln!("sockpassd: notify socket: {e}");
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as RELOADING=1's MONOTONIC_USEC wants.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Tell whoever started us that the listener is up: sd_notify (when

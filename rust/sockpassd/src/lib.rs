@@ -2,6 +2,5 @@
 //! lives in the `sockpass` crate; this crate parses arguments, calls it, and
 //! prints.
 
-pub mod args;
 pub mod cli;
 pub mod daemon;

@@ -1221,7 +1221,8 @@ fn status_cli_prints_a_table_and_json() {
         .args(["status", "--socket", "/nonexistent/x.sock"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // No broker there: EX_UNAVAILABLE, as every command.
+    assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to sockpassd"));
 }
 

@@ -248,7 +248,7 @@ fn cli_pickup_over_a_handed_in_connection() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
     let out = Command::new(sockpass_bin())
         .args(["pickup", "--fd", "9"])
         .arg(r.token.to_string())

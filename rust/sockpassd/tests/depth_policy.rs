@@ -125,6 +125,72 @@ fn policy_file_allows_and_denies_by_uid_and_names_the_rule() {
 }
 
 #[test]
+fn the_default_policy_file_is_read_when_present_and_no_policy_is_given() {
+    if !need_root("the_default_policy_file_is_read_when_present_and_no_policy_is_given") {
+        return;
+    }
+    let dir = temp_dir("policy-default-file");
+    let pol = dir.join("policy.conf");
+    // Denies nobody a port the built-in policy would give it.
+    std::fs::write(&pol, "allow uid=0 ops=all\ndeny user=nobody\n").unwrap();
+    let path = dir.join("sockpassd.sock");
+    let env = [("SOCKPASSD_DEFAULT_POLICY", path_str(&pol))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let b = Broker::start_env(dir.clone(), path.clone(), &[], &env);
+    let hi = free_port(true);
+    let line = run_as_nobody(
+        "child_requests",
+        &[
+            ("SOCK", path_str(&path)),
+            ("REQS", format!("udp:127.0.0.1:{hi} any")),
+        ],
+    );
+    assert!(
+        line.starts_with("NotAllowed") && line.contains("rule at policy.conf:2"),
+        "{line}"
+    );
+    drop(b);
+
+    // --policy wins over the default file.
+    let dir = temp_dir("policy-default-overridden");
+    let other = dir.join("other.conf");
+    std::fs::write(&other, "allow * port=1024-65535\n").unwrap();
+    let path = dir.join("sockpassd.sock");
+    let _b = Broker::start_env(
+        dir.clone(),
+        path.clone(),
+        &["--policy", &path_str(&other)],
+        &env,
+    );
+    let line = run_as_nobody(
+        "child_requests",
+        &[
+            ("SOCK", path_str(&path)),
+            ("REQS", format!("udp:127.0.0.1:{hi} any")),
+        ],
+    );
+    assert_eq!(line, "ok");
+
+    // A malformed default file stops the broker, naming the file and line
+    // (the first broker's directory went with it).
+    let pol = dir.join("policy.conf");
+    std::fs::write(&pol, "allow uid=0\nallow nobody-knows\n").unwrap();
+    let out = Command::new(sockpassd_bin())
+        .arg("--socket")
+        .arg(dir.join("never.sock"))
+        .env("SOCKPASSD_DEFAULT_POLICY", &pol)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("bad policy file {}", pol.display())) && err.contains(":2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn builtin_default_denies_privileged_ports_to_others() {
     if !need_root("builtin_default_denies_privileged_ports_to_others") {
         return;

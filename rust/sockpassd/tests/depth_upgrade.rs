@@ -170,6 +170,13 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
 
     // Same process, same sockets, same references.
     assert_eq!(b.pid(), pid);
+    // Executed by fd, yet still named after the binary (pidof, journald).
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "sockpassd"
+    );
     assert_eq!(holder.broker_pid().unwrap() as i32, pid);
     let inodes = broker_socket_inodes(pid);
     for ino in &held_inodes {
@@ -204,30 +211,6 @@ fn upgrade_under_load_by_sighup_and_cli_loses_nothing() {
     // only ones without it are those it inherited (stdio and whatever the
     // test harness leaves open), the same set as before the upgrades.
     assert_eq!(inherited_fds(pid), inherited_before);
-}
-
-/// The fds of `pid` without FD_CLOEXEC.
-fn inherited_fds(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let n: i32 = e.file_name().to_string_lossy().parse().unwrap();
-        let Ok(info) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let flags = info
-            .lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
-            .unwrap();
-        if flags & libc::O_CLOEXEC as u32 == 0 {
-            out.push(n);
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 #[test]
@@ -266,6 +249,7 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "keep")
         .unwrap();
     let before = b.status().counters;
+    let inherited_before = inherited_fds(b.pid());
 
     let e = c
         .upgrade(Some(std::path::Path::new("/nonexistent/sockpassd")))
@@ -279,28 +263,27 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
     assert_eq!(e.kind(), Kind::BadRequest, "{e}");
 
     // An executable file execve refuses (no ELF header, no #!): the
-    // pre-flight cannot run it.
+    // pre-flight does not get the format from it.
     let bad = b.dir.join("not-a-binary");
     std::fs::write(&bad, b"\0\0\0\0garbage").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
     let e = c.upgrade(Some(&bad)).unwrap_err();
-    assert!(
-        e.message()
-            .contains("not a compatible sockpassd: cannot run it"),
-        "{e}"
-    );
+    assert!(e.message().contains("not a compatible sockpassd"), "{e}");
 
-    // A binary that passes the pre-flight but that execve then refuses (it
-    // takes its own execute bit away when asked): the exec fails after the
-    // state was written, and the old image rebuilds its broker from it and
-    // carries on.
+    // A binary that passes the pre-flight and the probe but that execve
+    // then refuses (it takes its own execute bit away during the probe):
+    // the exec fails after the state was written, and the old image
+    // rebuilds its broker from it and carries on.
+    let vanishing_path = b.dir.join("vanishing");
     let vanishing = script(
         &b.dir,
         "vanishing",
         &format!(
-            "[ \"$1\" = --handoff-version ] && {{ chmod a-x \"$0\"; echo {}; exit 0; }}\nexit 1\n",
-            sockpass_broker::handoff::FORMAT
+            "[ \"$1\" = --handoff-version ] && {{ echo {}; exit 0; }}\n[ \"$1\" = --handoff-check ] && {{ chmod a-x {}; exec {} \"$@\"; }}\nexit 1\n",
+            sockpass_broker::handoff::FORMAT,
+            vanishing_path.display(),
+            sockpassd_bin().display()
         ),
     );
     let e = c.upgrade(Some(&vanishing)).unwrap_err();
@@ -321,6 +304,9 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
     assert_eq!(after.connections, before.connections);
     assert_eq!(c.release(&g.token).unwrap(), 0);
     assert_eq!(upgrades_logged(&b), 0);
+    // The failed exec left no fd without CLOEXEC (the state's, the target's,
+    // the running image's).
+    assert_eq!(inherited_fds(b.pid()), inherited_before);
     // The relative path is refused when the request arrives; the other
     // four by the daemon's checks or the failed exec.
     assert_eq!(b.log_text().matches("upgrade refused").count(), 4);
@@ -328,15 +314,6 @@ fn upgrade_to_a_missing_or_broken_binary_is_refused_and_serving_goes_on() {
         .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "")
         .unwrap();
     drop::<OwnedFd>(g2.fd);
-}
-
-/// Write an executable shell script `name` in `dir`.
-fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
 }
 
 #[test]
@@ -453,7 +430,8 @@ fn upgrade_needs_root_or_the_brokers_uid() {
         eprintln!("skipping: setpriv is not available");
         return;
     };
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Refused: the "denied" exit code (EX_NOPERM).
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("only root or uid"),
         "{out:?}"
@@ -555,6 +533,47 @@ fn cached_sockets_go_to_the_fd_store_and_leave_it_on_last_close() {
     drop(e);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
+}
+
+#[test]
+fn fd_store_flag_pushes_without_fdstore_env() {
+    // systemd before 254 keeps stored fds (FileDescriptorStoreMax=, since
+    // 219) but sets no $FDSTORE: --fd-store is what the unit passes then.
+    let dir = temp_dir("fdstore-flag");
+    let notify = dir.join("notify");
+    let rx = notify_receiver(&notify);
+    let start = |path: &std::path::Path, flag: bool| {
+        let mut cmd = Command::new(sockpassd_bin());
+        cmd.arg("--socket").arg(path);
+        if flag {
+            cmd.arg("--fd-store");
+        }
+        Reap(
+            cmd.env("NOTIFY_SOCKET", &notify)
+                .env_remove("FDSTORE")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(path.with_extension("log")).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // Without the flag nor $FDSTORE, nothing is stored.
+    let path = dir.join("plain.sock");
+    let child = start(&path, false);
+    let mut c = wait_for("broker", || Client::connect(&path).ok());
+    let s = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let g = c.request_socket(&s, ShareMode::Any, "a").unwrap();
+    no_store_msg(&rx);
+    drop((g, c, child));
+    // With it, the socket goes to the store.
+    let path = dir.join("flag.sock");
+    let _child = start(&path, true);
+    let mut c = wait_for("broker", || Client::connect(&path).ok());
+    let s = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let g = c.request_socket(&s, ShareMode::Any, "a").unwrap();
+    let (msg, fd) = next_store_msg(&rx);
+    assert!(msg.contains("FDSTORE=1"), "{msg:?}");
+    assert_eq!(inode(&fd.expect("stored fd")), inode(&g.fd));
 }
 
 /// A child killed and reaped even when the test fails.
@@ -709,4 +728,61 @@ fn queued_replies_survive_an_upgrade_in_order() {
         .and_then(|n| n.parse().ok())
         .expect("queued replies in the upgrade log line");
     assert!(kept > 0, "no reply was queued at the handover: {log}");
+}
+
+/// The next notify message, whatever it says.
+fn next_notify_msg(rx: &OwnedFd) -> String {
+    use std::os::fd::AsFd;
+    let ready = sockpass::sys::poll_one(rx.as_fd(), libc::POLLIN, 30_000).unwrap();
+    assert!(ready != 0, "no notify message within 30 s");
+    let mut buf = [0u8; 4096];
+    let r = sockpass::fdpass::recv_fds(rx.as_fd(), &mut buf, 1, 0).unwrap();
+    String::from_utf8_lossy(&buf[..r.len]).into_owned()
+}
+
+#[test]
+fn the_service_manager_sees_reloading_then_ready_around_an_upgrade() {
+    let dir = temp_dir("notify-reload");
+    let notify = dir.join("notify");
+    let rx = notify_receiver(&notify);
+    let path = dir.join("sockpassd.sock");
+    let mut child = Reap(
+        Command::new(sockpassd_bin())
+            .arg("--socket")
+            .arg(&path)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("SOCKPASSD_DEFAULT_POLICY", "")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(next_notify_msg(&rx).starts_with("READY=1\n"));
+    let upgrade = |exe: Option<&str>| {
+        let mut c = Command::new(sockpass_bin());
+        c.arg("upgrade");
+        if let Some(e) = exe {
+            c.args(["--exe", e]);
+        }
+        c.arg("--socket").arg(&path).output().unwrap()
+    };
+    // Refused (not a sockpassd): ExecReload's command fails, and the
+    // service is ready again, on the old image.
+    let out = upgrade(Some("/bin/true"));
+    assert!(!out.status.success(), "{out:?}");
+    let msg = next_notify_msg(&rx);
+    let usec: u64 = field(&msg, "MONOTONIC_USEC=").parse().unwrap();
+    assert!(msg.starts_with("RELOADING=1\n") && usec > 0, "{msg:?}");
+    assert_eq!(next_notify_msg(&rx), "READY=1\n");
+    // Done: the command succeeds, and READY=1 comes from the new image
+    // (with its MAINPID, the same pid).
+    let out = upgrade(None);
+    assert!(out.status.success(), "{out:?}");
+    let msg = next_notify_msg(&rx);
+    assert!(msg.starts_with("RELOADING=1\n"), "{msg:?}");
+    let msg = next_notify_msg(&rx);
+    assert!(msg.starts_with("READY=1\n"), "{msg:?}");
+    assert_eq!(field(&msg, "MAINPID="), child.0.id().to_string());
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
 }

@@ -595,13 +595,23 @@ fn bad_input_is_refused_before_spawning() {
     assert_eq!(count_fds(), before);
 }
 
-/// A process in fresh namespaces made by `unshare`; killed on drop.
+/// A process in fresh namespaces made by `unshare`; killed on drop, with
+/// the process it forked (with `--fork`, the init of a new pid namespace,
+/// which killing unshare alone would leave behind).
 struct Holder(std::process::Child);
 
 impl Holder {
     fn start(flags: &[&str]) -> Option<Holder> {
+        // --kill-child: should the test die before Drop runs, the kernel
+        // kills the forked child when unshare goes (PR_SET_PDEATHSIG).
+        let kill_child: &[&str] = if flags.contains(&"--fork") {
+            &["--kill-child"]
+        } else {
+            &[]
+        };
         let c = Command::new("unshare")
             .args(flags)
+            .args(kill_child)
             .args(["--", "sleep", "600"])
             .stdin(Stdio::null())
             .spawn()
@@ -625,6 +635,14 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
+        // The forked child first: it is unshare's to reap, and killing the
+        // init of a pid namespace ends everything in it.
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid()))
+            .unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+            // SAFETY: plain kill(2) on a pid that is our child's child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -183,12 +183,18 @@ fn bad_input_is_refused() {
     let (code, err) = finish(run(&["--join", "2147483000", "--", "true"]));
     assert_eq!(code, 1);
     assert!(err.contains("does not exist"), "{err}");
+    // Not found: 127, as shells; found but not executable: 126.
     let (code, err) = finish(run(&["--", "/nonexistent/prog"]));
-    assert_eq!(code, 1);
+    assert_eq!(code, 127);
     assert!(
         err.contains("exec") && err.contains("No such file"),
         "{err}"
     );
+    let (code, err) = finish(run(&["--", "/dev/null"]));
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    let (code, err) = finish(run(&["--", "/"]));
+    assert_eq!(code, 126, "{err}");
     let (code, _) = finish(run(&["--bogus", "--", "true"]));
     assert_eq!(code, 2);
     let mut c = run(&["--", "true"]);
@@ -481,17 +487,8 @@ fn unprivileged_service_gets_a_privileged_port_through_the_broker() {
         return;
     }
     const NOBODY: u32 = 65534;
-    let first_free = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|s| s.trim().parse::<u16>().ok())
-        .unwrap_or(1024)
-        .min(1024);
-    // A free privileged port: try to bind each (as root) until one works.
-    let Some(port) = (1..first_free)
-        .rev()
-        .find(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok())
-    else {
-        eprintln!("skipped: no privileged port is free (unprivileged ports start at {first_free})");
+    let Some(port) = free_privileged_port(&[]) else {
+        eprintln!("skipped: no privileged port is free on 127.0.0.1");
         return;
     };
     let dir = temp_dir("run-privport");
@@ -557,7 +554,8 @@ fn unprivileged_service_gets_a_privileged_port_through_the_broker() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Denied by the policy: its own exit code (EX_NOPERM).
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);

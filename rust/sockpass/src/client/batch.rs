@@ -3,11 +3,11 @@
 
 use super::{unavailable, Client, Grant, PIPELINE_WINDOW};
 use crate::error::{Error, Kind, Result};
-use crate::fdpass::{recv_fds_into, send_fds, RecvError};
+use crate::fdpass::{send_fds, RecvError};
 use crate::proto::{self, ty, GrantEntry, Header};
 use crate::share::ShareMode;
 use crate::spec::SocketSpec;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// One REQUEST_MANY to send: its bytes, and which specs it carries.
 struct Message {
@@ -23,7 +23,7 @@ type Answer = Result<Vec<(GrantEntry, OwnedFd)>>;
 /// specs and [`proto::MAX_MSG`] bytes.
 fn pack(
     specs: &[(SocketSpec, ShareMode, &str)],
-    mut id: impl FnMut() -> u32,
+    mut id: impl FnMut() -> Result<u32>,
 ) -> Result<Vec<Message>> {
     let mut msgs: Vec<Message> = Vec::new();
     let mut item = Vec::new();
@@ -37,7 +37,7 @@ fn pack(
         });
         if !fits {
             let mut bytes = Vec::with_capacity(proto::MAX_MSG);
-            proto::begin_request_many(&mut bytes, id());
+            proto::begin_request_many(&mut bytes, id()?);
             if bytes.len() + item.len() > proto::MAX_MSG {
                 return Err(Error::bad_request(format!(
                     "spec {i} of {}: too long for one message",
@@ -93,13 +93,21 @@ impl Client {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
+        let r = self.request_many_inner(specs);
+        self.settle(r)
+    }
+
+    fn request_many_inner(
+        &mut self,
+        specs: &[(SocketSpec, ShareMode, &str)],
+    ) -> Result<Vec<Grant>> {
         let msgs = pack(specs, || self.take_id())?;
         let mut answers: Vec<Answer> = Vec::with_capacity(msgs.len());
         let (mut sent, mut read) = (0, 0);
         let mut lost = None;
         while read < msgs.len() {
             while sent < msgs.len() && sent - read < PIPELINE_WINDOW {
-                let r = send_fds(self.fd.as_fd(), &msgs[sent].bytes, &[], 0);
+                let r = send_fds(self.sock(), &msgs[sent].bytes, &[], 0);
                 if let Err(e) = self.sent(r) {
                     lost = Some(e);
                     break;
@@ -151,46 +159,11 @@ impl Client {
     /// tokens are released, so the broker keeps nothing for it.
     fn sockets_reply(&mut self, id: u32, count: usize) -> Answer {
         debug_assert!(self.fds.is_empty());
-        // Zeroed, so the payload can be read when the fds were cut off.
-        self.rbuf.clear();
-        self.rbuf.resize(proto::MAX_MSG, 0);
-        let res = recv_fds_into(self.fd.as_fd(), &mut self.rbuf, count, 0, &mut self.fds);
+        let mut lost = false;
+        let res = self.recv_msg_lost(count, 0, &mut lost);
         let fds = std::mem::take(&mut self.fds);
         let len = match res {
             Ok(n) => n,
-            Err(RecvError::TruncatedFds) => {
-                let e = RecvError::TruncatedFds.into_error("the reply to a batch request");
-                let Ok(h) = Header::parse(&self.rbuf) else {
-                    return Err(e);
-                };
-                let entries = (h.ty == ty::SOCKETS && h.id == id)
-                    .then(|| {
-                        let n = u16::from_le_bytes([self.rbuf[8], self.rbuf[9]]) as usize;
-                        let end = proto::HEADER_LEN + 2 + n * proto::GRANT_ENTRY_LEN;
-                        (end <= proto::MAX_MSG)
-                            .then(|| proto::decode_sockets(&self.rbuf[proto::HEADER_LEN..end]).ok())
-                            .flatten()
-                    })
-                    .flatten();
-                let Some(entries) = entries else {
-                    return Err(e);
-                };
-                let tokens: Vec<_> = entries.iter().map(|g| g.token).collect();
-                let released = self.release_many(&tokens).is_ok();
-                return Err(Error::with_errno(
-                    Kind::LimitReached,
-                    libc::EMFILE,
-                    format!(
-                        "cannot receive the {} sockets of a batch (MSG_CTRUNC: out of file descriptors?); {}",
-                        entries.len(),
-                        if released {
-                            "their references were released"
-                        } else {
-                            "releasing their references failed too"
-                        }
-                    ),
-                ));
-            }
             Err(RecvError::Os(libc::EAGAIN)) => {
                 return Err(Error::with_errno(
                     Kind::Timeout,
@@ -203,6 +176,30 @@ impl Client {
             }
             Err(e) => return Err(e.into_error("reply from sockpassd")),
         };
+        if lost {
+            // The fds did not fit under RLIMIT_NOFILE (MSG_CTRUNC); the
+            // payload came whole: give its references back.
+            let h = Header::parse(&self.rbuf[..len])?;
+            if h.ty != ty::SOCKETS || h.id != id {
+                return Err(RecvError::TruncatedFds.into_error("the reply to a batch request"));
+            }
+            let entries = proto::decode_sockets(&self.rbuf[proto::HEADER_LEN..len])?;
+            let tokens: Vec<_> = entries.iter().map(|g| g.token).collect();
+            let released = self.release_many(&tokens).is_ok();
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EMFILE,
+                format!(
+                    "cannot receive the {} sockets of a batch (MSG_CTRUNC: out of file descriptors?); {}",
+                    entries.len(),
+                    if released {
+                        "their references were released"
+                    } else {
+                        "releasing their references failed too"
+                    }
+                ),
+            ));
+        }
         self.rbuf.truncate(len);
         if len == 0 && fds.is_empty() {
             return Err(unavailable(
@@ -212,11 +209,13 @@ impl Client {
         }
         let h = Header::parse(&self.rbuf)?;
         let payload = &self.rbuf[proto::HEADER_LEN..];
-        if h.ty == ty::ERROR && h.id == 0 {
-            self.gone = true;
-        }
         if h.ty == ty::ERROR && (h.id == 0 || h.id == id) {
-            return Err(proto::decode_error(payload)?);
+            let e = proto::decode_error(payload)?;
+            if h.id == 0 {
+                // About the connection (its limit): the broker closes it.
+                self.close_after(&e);
+            }
+            return Err(e);
         }
         if h.id != id {
             return Err(Error::protocol(format!(

@@ -3,49 +3,48 @@
 //! ends the process. The connection is the lease, so exiting releases them.
 //! Useful from the shell, and as a real client process in tests.
 
-use crate::args::Args;
-use sockpass::Client;
-use sockpass::{ShareMode, SocketSpec};
-use std::io::{Read, Write};
-use std::path::PathBuf;
+use super::{flag, hold_until_stdin_closes, share_args, socket_arg, specs_arg};
+use clap::{ArgMatches, Command};
+use sockpass::SocketSpec;
+use std::io::Write;
 
-pub fn run(mut a: Args) -> Result<i32, String> {
-    let mut socket: Option<PathBuf> = None;
-    let mut share = ShareMode::None;
-    let mut app = String::new();
-    let mut hold = true;
-    let mut reserve = false;
-    let mut flags = 0u8;
-    while let Some((k, v)) = a.next_option() {
-        match k.as_str() {
-            "--socket" => socket = Some(a.value_os(&k, v)?.into()),
-            "--share" => share = a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?,
-            "--app" => app = a.value(&k, v)?,
-            "--no-hold" => hold = false,
-            "--reserve" => reserve = true,
-            // Its own socket in the port's SO_REUSEPORT group (the spec
-            // must ask for reuseport=1), rather than the shared one.
-            "--per-worker" => flags |= sockpass::proto::REQ_PER_WORKER,
-            _ => return Err(format!("request: unknown option {k}")),
-        }
-    }
-    a.skip_separator();
-    let specs: Vec<SocketSpec> = a
-        .rest()
-        .iter()
-        .map(|s| {
-            let s = s.to_str().ok_or("request: spec is not UTF-8")?;
-            s.parse::<SocketSpec>().map_err(|e| format!("request: {e}"))
-        })
-        .collect::<Result<_, String>>()?;
-    if reserve && flags != 0 {
-        return Err("request: --per-worker sockets are held, not reserved; drop --reserve".into());
-    }
-    if specs.is_empty() {
-        return Err("request: give at least one socket spec, e.g. udp:127.0.0.1:5353".into());
-    }
-    let path = socket.unwrap_or_else(sockpass::default_socket_path);
-    let mut c = match Client::connect(&path) {
+pub fn command() -> Command {
+    Command::new("request")
+        .about("Request sockets and hold them until stdin closes")
+        .long_about(
+            "Request sockets from the broker, print PORT TOKEN SPEC per socket, and hold them \
+             until stdin closes (the connection is the lease).",
+        )
+        .arg(specs_arg(
+            "A socket spec, e.g. udp:127.0.0.1:5353 or tcp:0.0.0.0:80?backlog=128 (docs/PROTOCOL.md)",
+        ))
+        .args(share_args())
+        .arg(flag(
+            "reserve",
+            "Reserve the sockets for another process instead (as sockpass reserve)",
+        ))
+        .arg(
+            flag(
+                "per-worker",
+                "A socket of its own in the port's SO_REUSEPORT group (SPEC has reuseport=1) \
+                 instead of the shared one",
+            )
+            .conflicts_with("reserve"),
+        )
+        .arg(flag("no-hold", "Print and exit instead of holding the sockets"))
+        .arg(socket_arg())
+}
+
+pub fn run(m: &ArgMatches) -> Result<i32, String> {
+    let specs: Vec<&SocketSpec> = m.get_many("spec").unwrap_or_default().collect();
+    let (share, app) = (super::share(m), super::app(m));
+    let reserve = m.get_flag("reserve");
+    let flags = if m.get_flag("per-worker") {
+        sockpass::proto::REQ_PER_WORKER
+    } else {
+        0
+    };
+    let mut c = match super::connect_broker(m) {
         Ok(c) => c,
         Err(e) => return Ok(super::fail("request", &e)),
     };
@@ -53,10 +52,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     let mut out = std::io::stdout().lock();
     if !reserve && flags == 0 {
         // One batch: one round trip, all or nothing.
-        let batch: Vec<_> = specs
-            .iter()
-            .map(|s| (s.clone(), share, app.as_str()))
-            .collect();
+        let batch: Vec<_> = specs.iter().map(|s| ((*s).clone(), share, app)).collect();
         match c.request_many(&batch) {
             Ok(gs) => {
                 for (g, spec) in gs.into_iter().zip(&specs) {
@@ -67,9 +63,9 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             Err(e) => return Ok(super::fail("request", &e)),
         }
     }
-    for spec in specs.iter().filter(|_| reserve || flags != 0) {
+    for spec in specs.into_iter().filter(|_| reserve || flags != 0) {
         if reserve {
-            match c.reserve_socket(spec, share, &app) {
+            match c.reserve_socket(spec, share, app) {
                 Ok(r) => {
                     let _ = writeln!(out, "{} {} {}", r.port, r.token, spec);
                 }
@@ -77,7 +73,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             }
             continue;
         }
-        match c.request_with_flags(spec, share, &app, flags) {
+        match c.request_with_flags(spec, share, app, flags) {
             Ok(g) => {
                 let _ = writeln!(out, "{} {} {}", g.port, g.token, spec);
                 held.push(g);
@@ -87,11 +83,8 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     }
     let _ = out.flush();
     drop(out);
-    if hold {
-        // Hold until stdin reaches EOF (or the process is killed).
-        let mut sink = [0u8; 256];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    if !m.get_flag("no-hold") {
+        hold_until_stdin_closes();
     }
-    Ok(0)
+    Ok(super::exit::OK)
 }

@@ -1,33 +1,237 @@
-//! `sockpass run [options] -- PROGRAM [ARGS...]`: start PROGRAM with sockets
+//! `sockpass run [options] [--] PROGRAM [ARGS...]`: start PROGRAM with sockets
 //! as systemd socket activation does (`LISTEN_FDS`, `LISTEN_PID`,
 //! `LISTEN_FDNAMES`), through [`sockpass::spawn`]. The sockets come from
 //! `-l` (made here), `--request` (from the broker; the connection, and so
 //! the lease, is held while PROGRAM runs) or `--fd` (inherited), in the
 //! order given; `--empty` leaves a slot's number closed and `--inherit`
-//! passes on whatever we inherited at that number. `--fdname` follows
-//! `systemd-socket-activate`. With `--wait-ready notify|fd:N|pipe` ([`sockpass::readiness`])
-//! it prints PROGRAM's pid once PROGRAM reports ready. Exits with PROGRAM's
-//! status (128 + signal), and forwards SIGTERM and SIGINT to it.
+//! passes on whatever we inherited at that number. Stream sockets are handed
+//! over listening, as systemd does. `--fdname`, `--accept`, `--inetd`,
+//! `--datagram` and `--seqpacket` follow `systemd-socket-activate`. With
+//! `--wait-ready notify|fd:N|pipe` ([`sockpass::readiness`]) it prints
+//! PROGRAM's pid once PROGRAM reports ready. Exits with PROGRAM's status
+//! (128 + signal), and forwards SIGTERM and SIGINT to it.
 
-use crate::args::Args;
+use super::{exit, flag, share_args, socket_arg};
+use clap::{Arg, ArgAction, ArgMatches, Command};
 use sockpass::Client;
+use sockpass::SocketSpec;
 use sockpass::{exit_code, EnvBase, Slot, Spawn};
 use sockpass::{Method, Readiness};
 use sockpass::{Namespaces, NsSet};
-use sockpass::{ShareMode, SocketSpec};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// One fd source, in command-line order.
 enum Source {
     Listen(String),
-    Request(String),
+    Request(SocketSpec),
     Fd(i32, Option<String>),
     Empty,
     Inherit,
+}
+
+/// The options that make slots, in the order they are listed in `--help`.
+const SLOT_ARGS: [&str; 5] = ["listen", "request", "fd", "empty", "inherit"];
+
+pub fn command() -> Command {
+    // A flag that may be given many times and whose every occurrence is a
+    // slot: its indices place the slots among the others.
+    let slot_flag = |name: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .num_args(0)
+            .action(ArgAction::Append)
+            .default_missing_value("")
+            .help(help)
+    };
+    Command::new("run")
+        .about("Start a program with sockets, by systemd socket activation")
+        .long_about(
+            "Start PROGRAM with sockets by systemd socket activation (LISTEN_FDS, LISTEN_PID, \
+             LISTEN_FDNAMES, from fd 3 or --start; LISTEN_FDS_FIRST_FD when not 3). Each -l, \
+             --request, --fd, --empty and --inherit is a slot, numbered in command-line order. \
+             Stream sockets are handed over listening (as systemd and systemd-socket-activate \
+             do) unless --no-listen. Exits with PROGRAM's status and forwards SIGTERM and \
+             SIGINT to it.",
+        )
+        .arg(
+            Arg::new("listen")
+                .short('l')
+                .long("listen")
+                .value_name("ADDRESS")
+                .action(ArgAction::Append)
+                .help(
+                    "Slot: a socket made here: a path or @NAME (unix), PORT or HOST:PORT (TCP, \
+                     UDP with -d), or a tcp:/udp:/unix: spec",
+                ),
+        )
+        .arg(
+            Arg::new("request")
+                .long("request")
+                .value_name("SPEC")
+                .action(ArgAction::Append)
+                .value_parser(super::parse_spec)
+                .help("Slot: a socket from the broker, held while PROGRAM runs"),
+        )
+        .arg(
+            Arg::new("fd")
+                .long("fd")
+                .value_name("N[:NAME]")
+                .action(ArgAction::Append)
+                .value_parser(parse_fd)
+                .help("Slot: our inherited fd N, named NAME"),
+        )
+        .arg(slot_flag(
+            "empty",
+            "Slot: leave the slot's number closed (counted in LISTEN_FDS, named empty)",
+        ))
+        .arg(slot_flag(
+            "inherit",
+            "Slot: whatever run inherited at the slot's number (nothing: closed)",
+        ))
+        .arg(
+            flag("datagram", "-l makes datagram sockets (UDP, unix-dgram)")
+                .short('d')
+                .conflicts_with("seqpacket"),
+        )
+        .arg(flag("seqpacket", "-l PATH makes unix seqpacket sockets"))
+        .arg(flag(
+            "no-listen",
+            "Hand stream sockets from --request over as the broker made them (listening only \
+             when their spec has a backlog)",
+        ))
+        .arg(flag(
+            "accept",
+            "Accept connections on the one listening socket and start PROGRAM for each, with \
+             the connection as its socket",
+        ))
+        .arg(flag(
+            "inetd",
+            "Pass the one socket (with --accept: each connection) as stdin and stdout instead \
+             of by LISTEN_FDS",
+        ))
+        .arg(
+            Arg::new("fdname")
+                .long("fdname")
+                .value_name("NAME[:NAME...]")
+                .action(ArgAction::Append)
+                .help(
+                    "Names for LISTEN_FDNAMES, as systemd-socket-activate: one name names every \
+                     slot; a count mismatch only warns; --fd N:NAME keeps its own",
+                ),
+        )
+        .arg(socket_arg())
+        .args(share_args())
+        .arg(
+            Arg::new("start")
+                .long("start")
+                .value_name("N")
+                .value_parser(clap::value_parser!(i32).range(0..))
+                .default_value("3")
+                .help("The number of the first slot"),
+        )
+        .arg(
+            Arg::new("setenv")
+                .short('E')
+                .long("setenv")
+                .value_name("VAR[=VALUE]")
+                .action(ArgAction::Append)
+                .value_parser(clap::value_parser!(OsString))
+                .help("Set VAR in PROGRAM's environment (VAR alone: our own value)"),
+        )
+        .arg(
+            Arg::new("unsetenv")
+                .short('U')
+                .long("unsetenv")
+                .value_name("VAR")
+                .action(ArgAction::Append)
+                .value_parser(clap::value_parser!(OsString))
+                .help("Unset VAR in PROGRAM's environment"),
+        )
+        .arg(flag("clear-env", "Start PROGRAM with an empty environment"))
+        .arg(
+            Arg::new("join")
+                .long("join")
+                .value_name("PID")
+                .value_parser(clap::value_parser!(i32))
+                .help("Start PROGRAM in PID's namespaces"),
+        )
+        .arg(
+            Arg::new("ns")
+                .long("ns")
+                .value_name("LIST")
+                .requires("join")
+                .value_parser(|l: &str| l.parse::<NsSet>().map_err(|e| e.to_string()))
+                .help("Which namespaces --join enters (net,mnt,uts,ipc,pid,user,cgroup)"),
+        )
+        .arg(
+            Arg::new("wait-ready")
+                .long("wait-ready")
+                .value_name("notify|fd:N|pipe")
+                .value_parser(|m: &str| m.parse::<Method>().map_err(|e| e.to_string()))
+                .conflicts_with("accept")
+                .help("Print PROGRAM's pid once it reports ready this way"),
+        )
+        .arg(
+            Arg::new("ready-timeout")
+                .long("ready-timeout")
+                .value_name("SECONDS")
+                .requires("wait-ready")
+                .allow_negative_numbers(true)
+                .value_parser(parse_seconds)
+                .help("Stop PROGRAM if it is not ready by then"),
+        )
+        .arg(super::program_arg(
+            "The program to start, and its arguments (after --, or the first non-option)",
+        ))
+        .after_help(format!(
+            "Examples:\n  sockpass run --request tcp:0.0.0.0:80 -- gunicorn app:app\n  \
+             sockpass run -l 8080 --accept --inetd -- cat\n\n{}",
+            exit::HELP
+        ))
+}
+
+fn parse_seconds(v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{v:?} is not a positive number of seconds"))
+}
+
+/// The slot sources in command-line order.
+fn sources(m: &ArgMatches) -> Vec<Source> {
+    let mut v: Vec<(usize, Source)> = Vec::new();
+    for name in SLOT_ARGS {
+        let Some(idx) = m.indices_of(name) else {
+            continue;
+        };
+        let idx: Vec<usize> = idx.collect();
+        let made: Vec<Source> = match name {
+            "listen" => m
+                .get_many::<String>(name)
+                .unwrap_or_default()
+                .map(|a| Source::Listen(a.clone()))
+                .collect(),
+            "request" => m
+                .get_many::<SocketSpec>(name)
+                .unwrap_or_default()
+                .map(|s| Source::Request(s.clone()))
+                .collect(),
+            "fd" => m
+                .get_many::<(i32, Option<String>)>(name)
+                .unwrap_or_default()
+                .map(|(n, s)| Source::Fd(*n, s.clone()))
+                .collect(),
+            "empty" => idx.iter().map(|_| Source::Empty).collect(),
+            _ => idx.iter().map(|_| Source::Inherit).collect(),
+        };
+        v.extend(idx.into_iter().zip(made));
+    }
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, s)| s).collect()
 }
 
 /// `--fdname` as `systemd-socket-activate` (252) does it: each option is
@@ -68,20 +272,41 @@ fn split_fdnames(v: &str) -> Vec<String> {
     }
 }
 
+/// What kind of socket `-l` makes: `-d/--datagram`, `--seqpacket`, or a
+/// stream socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenKind {
+    Stream,
+    Datagram,
+    Seqpacket,
+}
+
 /// Turn a `systemd-socket-activate -l` style address into a spec: a path
 /// (or `@name`) is a unix socket, a bare port or HOST:PORT is TCP (UDP with
 /// `--datagram`), `tcp:`/`udp:`/`unix:` specs are taken as they are.
-pub fn listen_spec(addr: &str, datagram: bool) -> Result<SocketSpec, String> {
+pub fn listen_spec(addr: &str, kind: ListenKind) -> Result<SocketSpec, String> {
     let parsed = if addr.starts_with('/') || addr.starts_with('@') || addr.starts_with("./") {
-        let proto = if datagram { "unix-dgram" } else { "unix" };
+        let proto = match kind {
+            ListenKind::Stream => "unix",
+            ListenKind::Datagram => "unix-dgram",
+            ListenKind::Seqpacket => "unix-seqpacket",
+        };
         format!("{proto}:{addr}").parse::<SocketSpec>()
     } else if addr
         .split_once(':')
         .is_some_and(|(p, _)| p.parse::<sockpass::Proto>().is_ok())
     {
         addr.parse::<SocketSpec>()
+    } else if kind == ListenKind::Seqpacket {
+        return Err(format!(
+            "--listen {addr:?}: --seqpacket applies to unix paths only"
+        ));
     } else {
-        let proto = if datagram { "udp" } else { "tcp" };
+        let proto = if kind == ListenKind::Datagram {
+            "udp"
+        } else {
+            "tcp"
+        };
         if addr.bytes().all(|b| b.is_ascii_digit()) {
             format!("{proto}:0.0.0.0:{addr}").parse::<SocketSpec>()
         } else {
@@ -94,6 +319,21 @@ pub fn listen_spec(addr: &str, datagram: bool) -> Result<SocketSpec, String> {
         spec.options.backlog = Some(libc::SOMAXCONN as u32);
     }
     Ok(spec)
+}
+
+/// Make a stream socket from the broker listen, as socket activation hands
+/// them over: with its spec's backlog, else SOMAXCONN. listen() on a socket
+/// that already listens only sets its backlog again.
+fn make_listen(fd: &OwnedFd, spec: &SocketSpec) -> sockpass::Result<()> {
+    if !spec.proto.listens() {
+        return Ok(());
+    }
+    let backlog = spec.options.backlog.unwrap_or(libc::SOMAXCONN as u32);
+    // SAFETY: listen on our own fd.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
+        return Err(sockpass::Error::last_os(format!("listen {spec}")));
+    }
+    Ok(())
 }
 
 fn parse_fd(v: &str) -> Result<(i32, Option<String>), String> {
@@ -109,77 +349,111 @@ fn parse_fd(v: &str) -> Result<(i32, Option<String>), String> {
     Ok((n, name))
 }
 
-pub fn run(mut a: Args) -> Result<i32, String> {
-    let mut sources = Vec::new();
-    let mut datagram = false;
-    let mut socket: Option<PathBuf> = None;
-    let mut share = ShareMode::None;
-    let mut app = String::new();
-    let mut fdnames: Vec<String> = Vec::new();
-    let mut start: i32 = 3;
-    let mut env: Vec<(OsString, Option<OsString>)> = Vec::new();
-    let mut clear_env = false;
-    let mut join: Option<i32> = None;
-    let mut ns_list: Option<String> = None;
-    let mut wait_ready: Option<Method> = None;
-    let mut ready_timeout: Option<Duration> = None;
-    while let Some((k, v)) = a.next_option() {
-        match k.as_str() {
-            "-l" | "--listen" => sources.push(Source::Listen(a.value(&k, v)?)),
-            "-d" | "--datagram" => datagram = true,
-            "--request" => sources.push(Source::Request(a.value(&k, v)?)),
-            "--fd" => {
-                let (n, name) = parse_fd(&a.value(&k, v)?)?;
-                sources.push(Source::Fd(n, name));
+/// What every child of one `run` gets besides its sockets: the program,
+/// its environment and the namespaces it joins.
+pub struct Plan {
+    program: Vec<OsString>,
+    start: i32,
+    clear_env: bool,
+    env: Vec<(OsString, Option<OsString>)>,
+    join: Option<(i32, NsSet)>,
+}
+
+impl Plan {
+    fn from_matches(m: &ArgMatches) -> Plan {
+        let mut env: Vec<(OsString, Option<OsString>)> = Vec::new();
+        // In command-line order: a later -E or -U of one VAR wins.
+        let mut ops: Vec<(usize, OsString, bool)> = Vec::new();
+        for (name, set) in [("setenv", true), ("unsetenv", false)] {
+            if let (Some(idx), Some(vals)) = (m.indices_of(name), m.get_many::<OsString>(name)) {
+                ops.extend(idx.zip(vals).map(|(i, v)| (i, v.clone(), set)));
             }
-            "--empty" => sources.push(Source::Empty),
-            "--inherit" => sources.push(Source::Inherit),
-            "--fdname" => fdnames.extend(split_fdnames(&a.value(&k, v)?)),
-            "--socket" => socket = Some(a.value_os(&k, v)?.into()),
-            "--share" => share = a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?,
-            "--app" => app = a.value(&k, v)?,
-            "--start" => start = a.number(&k, v)?,
-            "-E" | "--setenv" => {
-                let kv = a.value_os(&k, v)?;
-                let b = kv.as_bytes();
-                match b.iter().position(|&c| c == b'=') {
-                    Some(i) => env.push((
-                        OsStr::from_bytes(&b[..i]).into(),
-                        Some(OsStr::from_bytes(&b[i + 1..]).into()),
-                    )),
-                    // VAR alone passes on our own value, as systemd-socket-activate.
-                    None => {
-                        let val = std::env::var_os(&kv);
-                        env.push((kv, val));
-                    }
+        }
+        ops.sort_by_key(|o| o.0);
+        for (_, kv, set) in ops {
+            if !set {
+                env.push((kv, None));
+                continue;
+            }
+            let b = kv.as_bytes();
+            match b.iter().position(|&c| c == b'=') {
+                Some(i) => env.push((
+                    OsStr::from_bytes(&b[..i]).into(),
+                    Some(OsStr::from_bytes(&b[i + 1..]).into()),
+                )),
+                // VAR alone passes on our own value, as systemd-socket-activate.
+                None => {
+                    let val = std::env::var_os(&kv);
+                    env.push((kv, val));
                 }
             }
-            "-U" | "--unsetenv" => env.push((a.value_os(&k, v)?, None)),
-            "--clear-env" => clear_env = true,
-            "--join" => join = Some(a.number(&k, v)?),
-            "--ns" => ns_list = Some(a.value(&k, v)?),
-            "--wait-ready" => {
-                wait_ready = Some(a.value(&k, v)?.parse().map_err(|e| format!("{k}: {e}"))?)
-            }
-            "--ready-timeout" => {
-                let v = a.value(&k, v)?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
-                    .ok_or_else(|| format!("{k}: {v:?} is not a positive number of seconds"))?;
-                ready_timeout = Some(Duration::from_secs_f64(secs));
-            }
-            _ => return Err(format!("run: unknown option {k}")),
+        }
+        let join = m.get_one::<i32>("join").map(|&pid| {
+            let set = m.get_one::<NsSet>("ns").copied();
+            (pid, set.unwrap_or_else(NsSet::default_join))
+        });
+        Plan {
+            program: m.get_many("program").expect("required").cloned().collect(),
+            start: *m.get_one("start").expect("has a default"),
+            clear_env: m.get_flag("clear-env"),
+            env,
+            join,
         }
     }
-    a.skip_separator();
-    let argv = a.rest();
-    let Some(program) = argv.first() else {
-        return Err("run: give a program after --, e.g. sockpass run -l 8080 -- myserver".into());
+
+    /// A spawn of the program with its environment and namespaces, no
+    /// sockets yet.
+    pub fn spawn(&self) -> sockpass::Result<Spawn> {
+        let mut sp = Spawn::new(&self.program[0]);
+        sp.args(&self.program[1..]).start(self.start);
+        if self.clear_env {
+            sp.env_base(EnvBase::Clear);
+        }
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => sp.setenv(k, v),
+                None => sp.unsetenv(k),
+            };
+        }
+        if let Some((pid, set)) = &self.join {
+            let ns = Namespaces::open(*pid, *set)
+                .map_err(|e| e.context(format_args!("join process {pid}")))?;
+            sp.join(ns);
+        }
+        Ok(sp)
+    }
+}
+
+/// Put one socket at stdin and stdout, inetd style, with no LISTEN_FDS.
+pub fn as_inetd(sp: &mut Spawn, fd: OwnedFd) -> sockpass::Result<()> {
+    let copy = sockpass::sys::dup_cloexec(fd.as_fd())
+        .map_err(|e| sockpass::Error::os(e, "dup for stdout"))?;
+    sp.fd_at(fd, 0).fd_at(copy, 1).listen_env(false);
+    Ok(())
+}
+
+pub fn run(m: &ArgMatches) -> Result<i32, String> {
+    let kind = if m.get_flag("datagram") {
+        ListenKind::Datagram
+    } else if m.get_flag("seqpacket") {
+        ListenKind::Seqpacket
+    } else {
+        ListenKind::Stream
     };
-    if ns_list.is_some() && join.is_none() {
-        return Err("run: --ns needs --join PID".into());
+    let sources = sources(m);
+    let plan = Plan::from_matches(m);
+    let start = plan.start;
+    let (accept, inetd) = (m.get_flag("accept"), m.get_flag("inetd"));
+    let wait_ready = m.get_one::<Method>("wait-ready").copied();
+    let timeout = m.get_one::<Duration>("ready-timeout").copied();
+    if (accept || inetd) && sources.len() != 1 {
+        return Err(format!(
+            "run: --accept and --inetd take exactly one socket ({} given)",
+            sources.len()
+        ));
+    }
+    if inetd && wait_ready == Some(Method::Pipe) {
+        return Err("run: --wait-ready pipe adds a slot, which --inetd has no room for".into());
     }
 
     // Inherit slots first, before we open anything: what sits at the
@@ -214,25 +488,30 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             // Named "unknown" as the core names an inherit slot.
             Source::Inherit => fds.push((inh, Some("unknown".into()))),
             Source::Listen(addr) => {
-                let spec = listen_spec(addr, datagram)?;
+                let spec = listen_spec(addr, kind)?;
                 match sockpass_broker::create::create_socket(&spec) {
                     Ok(c) => fds.push((Some(c.fd), None)),
                     Err(e) => return Ok(super::fail(&format!("listen on {addr}"), &e)),
                 }
             }
             Source::Request(spec) => {
-                let spec: SocketSpec = spec.parse().map_err(|e| format!("--request: {e}"))?;
                 if client.is_none() {
-                    let path = socket.clone().unwrap_or_else(sockpass::default_socket_path);
-                    match Client::connect(&path) {
+                    match super::connect_broker(m) {
                         Ok(c) => client = Some(c),
                         Err(e) => return Ok(super::fail("connect to the broker", &e)),
                     }
                 }
-                match client.as_mut().unwrap().request_socket(&spec, share, &app) {
-                    Ok(g) => fds.push((Some(g.fd), None)),
+                let c = client.as_mut().expect("connected above");
+                let g = match c.request_socket(spec, super::share(m), super::app(m)) {
+                    Ok(g) => g,
                     Err(e) => return Ok(super::fail(&format!("request {spec}"), &e)),
+                };
+                if !m.get_flag("no-listen") {
+                    if let Err(e) = make_listen(&g.fd, spec) {
+                        return Ok(super::fail(&format!("request {spec}"), &e));
+                    }
                 }
+                fds.push((Some(g.fd), None));
             }
             Source::Fd(n, name) => {
                 // SAFETY: borrowed only to duplicate it; a closed number
@@ -248,22 +527,38 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             }
         }
     }
+    let fdnames: Vec<String> = m
+        .get_many::<String>("fdname")
+        .unwrap_or_default()
+        .flat_map(|v| split_fdnames(v))
+        .collect();
     let (names, warn) = fdnames_for(&fdnames, fds.len());
     if let Some(w) = warn {
         eprintln!("sockpass: warning: {w}");
     }
 
-    let mut sp = Spawn::new(program);
-    sp.args(&argv[1..]).start(start);
-    if clear_env {
-        sp.env_base(EnvBase::Clear);
-    }
-    for (k, v) in &env {
-        match v {
-            Some(v) => sp.setenv(k, v),
-            None => sp.unsetenv(k),
+    if accept || inetd {
+        let Some((Some(fd), own)) = fds.pop() else {
+            return Err("run: --accept and --inetd need a socket, not an empty slot".into());
         };
+        let name = own.or(names.into_iter().next().flatten());
+        if accept {
+            return Ok(super::accept::serve(fd, name, inetd, &plan, client));
+        }
+        let mut sp = match plan.spawn() {
+            Ok(sp) => sp,
+            Err(e) => return Ok(super::fail("run", &e)),
+        };
+        if let Err(e) = as_inetd(&mut sp, fd) {
+            return Ok(super::fail("run", &e));
+        }
+        return Ok(run_child(sp, wait_ready, timeout, client));
     }
+
+    let mut sp = match plan.spawn() {
+        Ok(sp) => sp,
+        Err(e) => return Ok(super::fail("run", &e)),
+    };
     for ((fd, own), given) in fds.into_iter().zip(names) {
         // A name of the slot's own (`--fd N:NAME`) beats `--fdname`.
         let name = own.or(given);
@@ -272,17 +567,18 @@ pub fn run(mut a: Args) -> Result<i32, String> {
             None => sp.slot(Slot::Empty { name }),
         };
     }
-    if let Some(pid) = join {
-        let set = match &ns_list {
-            Some(l) => l.parse::<NsSet>().map_err(|e| format!("--ns: {e}"))?,
-            None => NsSet::default_join(),
-        };
-        match Namespaces::open(pid, set) {
-            Ok(ns) => sp.join(ns),
-            Err(e) => return Ok(super::fail(&format!("join process {pid}"), &e)),
-        };
-    }
+    Ok(run_child(sp, wait_ready, timeout, client))
+}
 
+/// Start the child, wait for its readiness if asked, forward SIGTERM and
+/// SIGINT until it exits, and return its status. `client` (the lease on
+/// requested sockets) is held until then.
+fn run_child(
+    mut sp: Spawn,
+    wait_ready: Option<Method>,
+    ready_timeout: Option<Duration>,
+    client: Option<Client>,
+) -> i32 {
     // Readiness: notify passes NOTIFY_SOCKET; fd:N puts the pipe's write
     // end at N (outside LISTEN_FDS); pipe adds it as the last slot, named
     // "ready".
@@ -290,7 +586,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     if let Some(m) = wait_ready {
         let (r, w) = match Readiness::new(m) {
             Ok(x) => x,
-            Err(e) => return Ok(super::fail("--wait-ready", &e)),
+            Err(e) => return super::fail("--wait-ready", &e),
         };
         match (m, w) {
             (Method::Notify, _) => {
@@ -317,7 +613,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
         Ok(c) => c,
         Err(e) => {
             unblock(&set);
-            return Ok(super::fail("run", &e));
+            return spawn_failed(&e);
         }
     };
     if let Some(mut r) = ready {
@@ -363,7 +659,7 @@ pub fn run(mut a: Args) -> Result<i32, String> {
         match child.wait_timeout(Duration::ZERO) {
             Ok(Some(st)) => break st,
             Ok(None) => {}
-            Err(e) => return Ok(super::fail("wait", &e)),
+            Err(e) => return super::fail("wait", &e),
         }
         // SAFETY: sigwaitinfo on a set we blocked.
         let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
@@ -373,10 +669,19 @@ pub fn run(mut a: Args) -> Result<i32, String> {
     };
     drop(client);
     unblock(&set);
-    Ok(exit_code(status))
+    exit_code(status)
 }
 
-fn blocked_signals() -> libc::sigset_t {
+/// Report a failed spawn: 127 or 126 when the exec failed (as shells).
+pub fn spawn_failed(e: &sockpass::Error) -> i32 {
+    let code = super::fail("run", e);
+    if e.kind() == sockpass::Kind::ChildFailed && e.message().contains("failed to exec") {
+        return exit::for_exec_errno(e.errno());
+    }
+    code
+}
+
+pub(super) fn blocked_signals() -> libc::sigset_t {
     // SAFETY: sigset manipulation on a local set; sigprocmask on this
     // single-threaded process.
     unsafe {
@@ -391,7 +696,7 @@ fn blocked_signals() -> libc::sigset_t {
 }
 
 /// A signalfd for the forwarded signals (blocked by [`blocked_signals`]).
-fn forward_fd() -> std::io::Result<OwnedFd> {
+pub(super) fn forward_fd() -> std::io::Result<OwnedFd> {
     // SAFETY: sigset manipulation on a local set; signalfd returns a new fd.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -407,7 +712,7 @@ fn forward_fd() -> std::io::Result<OwnedFd> {
 }
 
 /// The next signal queued on a non-blocking signalfd, if any.
-fn read_signal(sfd: &OwnedFd) -> Option<i32> {
+pub(super) fn read_signal(sfd: &OwnedFd) -> Option<i32> {
     // SAFETY: read one signalfd_siginfo into a zeroed local.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let n = unsafe {
@@ -420,7 +725,7 @@ fn read_signal(sfd: &OwnedFd) -> Option<i32> {
     (n == std::mem::size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo as i32)
 }
 
-fn unblock(set: &libc::sigset_t) {
+pub(super) fn unblock(set: &libc::sigset_t) {
     // SAFETY: restores what blocked_signals blocked.
     unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
 }
@@ -431,13 +736,23 @@ mod tests {
 
     #[test]
     fn listen_spellings() {
-        let s = |a: &str, d: bool| listen_spec(a, d).unwrap().to_string();
+        let s = |a: &str, d: bool| {
+            let kind = if d {
+                ListenKind::Datagram
+            } else {
+                ListenKind::Stream
+            };
+            listen_spec(a, kind).unwrap().to_string()
+        };
         assert!(s("8080", false).starts_with("tcp:0.0.0.0:8080?backlog="));
         assert_eq!(s("127.0.0.1:53", true), "udp:127.0.0.1:53");
         assert_eq!(s("udp:127.0.0.1:53", false), "udp:127.0.0.1:53");
         assert!(s("/run/x.sock", false).starts_with("unix:/run/x.sock"));
         assert!(s("/run/x.sock", true).starts_with("unix-dgram:"));
-        assert!(listen_spec("nonsense", false).is_err());
+        assert!(listen_spec("nonsense", ListenKind::Stream).is_err());
+        let sp = listen_spec("/run/x.sock", ListenKind::Seqpacket).unwrap();
+        assert!(sp.to_string().starts_with("unix-seqpacket:/run/x.sock"));
+        assert!(listen_spec("8080", ListenKind::Seqpacket).is_err());
         assert_eq!(parse_fd("7:web").unwrap(), (7, Some("web".into())));
         assert!(parse_fd("-1").is_err());
     }

@@ -8,14 +8,66 @@
 //! as fd 4 (`SOCKPASS_NOTIFIER_FD=4`); a detached binder process binds and
 //! listens, then closes the notifier's write end.
 
-use crate::args::Args;
+use super::flag;
+use clap::{Arg, ArgMatches, Command};
 use sockpass::BindOptions;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 
-const USAGE: &str = "serve-in PID PATH [--mode M] [--owner U[:G]] [--lazy] -- PROGRAM [ARGS...]";
+pub fn command() -> Command {
+    Command::new("serve-in")
+        .about("Run a program with a unix socket bound inside another process's namespaces")
+        .long_about(
+            "Bind a unix stream socket at PATH inside PID's mount namespace (@NAME: abstract, \
+             in its network namespace) and run PROGRAM with it as fd 3 (LISTEN_FDS=1, \
+             LISTEN_FDNAMES=server). PROGRAM replaces this process.",
+        )
+        .arg(
+            Arg::new("pid")
+                .value_name("PID")
+                .required(true)
+                .value_parser(clap::value_parser!(i32).range(1..))
+                .help("The process whose namespaces the socket is bound in"),
+        )
+        .arg(
+            Arg::new("path")
+                .value_name("PATH")
+                .required(true)
+                .value_parser(clap::value_parser!(OsString))
+                .help("The socket's path there, or @NAME for an abstract name"),
+        )
+        .arg(super::program_arg("The program to run, and its arguments"))
+        .arg(
+            Arg::new("mode")
+                .long("mode")
+                .value_name("MODE")
+                .value_parser(parse_mode)
+                .help("The socket file's octal mode"),
+        )
+        .arg(
+            Arg::new("owner")
+                .long("owner")
+                .value_name("USER[:GROUP]")
+                .value_parser(|o: &str| BindOptions::parse_owner(o).map_err(|e| e.to_string()))
+                .help("The socket file's owner"),
+        )
+        .arg(flag(
+            "lazy",
+            "Hand the socket over unbound, with a notifier as fd 4 (SOCKPASS_NOTIFIER_FD) that \
+             fires once it listens",
+        ))
+        .after_help(super::exit::HELP)
+}
+
+/// An octal file mode (`0660`, `0o660`).
+pub fn parse_mode(m: &str) -> Result<u32, String> {
+    u32::from_str_radix(m.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{m:?} is not an octal mode"))
+}
 
 struct Opts {
     pid: i32,
@@ -25,66 +77,29 @@ struct Opts {
     program: Vec<OsString>,
 }
 
-fn parse(mut a: Args) -> Result<Opts, String> {
+fn parse(m: &ArgMatches) -> Opts {
     let mut bind = BindOptions::default();
-    let mut lazy = false;
-    let mut pos: Vec<OsString> = Vec::new();
-    loop {
-        if a.skip_separator() {
-            break;
-        }
-        match a.next_option() {
-            Some((k, v)) => match k.as_str() {
-                "--mode" => {
-                    let m = a.value(&k, v)?;
-                    bind.mode = u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                        .ok()
-                        .filter(|m| *m <= 0o7777)
-                        .ok_or_else(|| format!("--mode: {m:?} is not an octal mode"))?;
-                }
-                "--owner" => {
-                    let o = a.value(&k, v)?;
-                    bind.owner =
-                        Some(BindOptions::parse_owner(&o).map_err(|e| format!("{k}: {e}"))?);
-                }
-                "--lazy" => lazy = true,
-                _ => return Err(format!("serve-in: unknown option {k}")),
-            },
-            None => match a.next_raw() {
-                Some(p) => pos.push(p),
-                None => break,
-            },
-        }
+    if let Some(&mode) = m.get_one::<u32>("mode") {
+        bind.mode = mode;
     }
-    let program = a.rest();
-    let [pid, path] = <[OsString; 2]>::try_from(pos)
-        .map_err(|_| format!("serve-in: expected PID and PATH\nusage: sockpass {USAGE}"))?;
-    if program.is_empty() {
-        return Err(format!(
-            "serve-in: no program given after --\nusage: sockpass {USAGE}"
-        ));
-    }
-    let pid = pid
-        .to_str()
-        .and_then(|p| p.parse::<i32>().ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| format!("serve-in: {pid:?} is not a pid"))?;
+    bind.owner = m.get_one("owner").copied();
+    let path = m.get_one::<OsString>("path").expect("required");
     // `@name` is an abstract name, as NOTIFY_SOCKET and ss(8) spell it.
     let path = match path.as_bytes() {
         [b'@', name @ ..] => [&[0u8][..], name].concat(),
         p => p.to_vec(),
     };
-    Ok(Opts {
-        pid,
+    Opts {
+        pid: *m.get_one("pid").expect("required"),
         path,
         bind,
-        lazy,
-        program,
-    })
+        lazy: m.get_flag("lazy"),
+        program: m.get_many("program").expect("required").cloned().collect(),
+    }
 }
 
-pub fn run(a: Args) -> Result<i32, String> {
-    let o = parse(a)?;
+pub fn run(m: &ArgMatches) -> Result<i32, String> {
+    let o = parse(m);
     let shown = String::from_utf8_lossy(&o.path).replace('\0', "@");
     let what = format!("serve-in {} {shown}", o.pid);
     if !o.lazy {
@@ -162,7 +177,8 @@ fn start_binder(lazy: sockpass::LazyServer, o: &Opts) -> sockpass::Result<()> {
 }
 
 /// Replace this process by `program` with `fds` as 3, 4, ... and the
-/// socket-activation variables. Returns only on failure (exit code 127).
+/// socket-activation variables. Returns only on failure (127 when the
+/// program was not found, 126 when it could not be executed).
 fn exec(program: &[OsString], fds: &[OwnedFd], env: &[(&str, String)]) -> i32 {
     // Move the fds above the target range first so no dup2 clobbers one
     // still to be moved.
@@ -183,7 +199,7 @@ fn exec(program: &[OsString], fds: &[OwnedFd], env: &[(&str, String)]) -> i32 {
         Ok(h) => h,
         Err(e) => {
             eprintln!("sockpass: serve-in: dup: {e}");
-            return 1;
+            return super::exit::FAILURE;
         }
     };
     let raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
@@ -212,5 +228,5 @@ fn exec(program: &[OsString], fds: &[OwnedFd], env: &[(&str, String)]) -> i32 {
         "sockpass: serve-in: cannot run {}: {e}",
         program[0].to_string_lossy()
     );
-    127
+    super::exit::for_exec_errno(e.raw_os_error().unwrap_or(libc::ENOENT))
 }

@@ -70,12 +70,20 @@ impl Broker {
     }
 
     pub fn start_at(dir: PathBuf, path: PathBuf, extra: &[&str]) -> Broker {
+        Broker::start_env(dir, path, extra, &[])
+    }
+
+    /// With environment variables set; the host's default policy file
+    /// (/etc/sockpass/policy.conf) is never read unless `env` names one.
+    pub fn start_env(dir: PathBuf, path: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let log = dir.join("sockpassd.log");
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new(sockpassd_bin())
             .arg("--socket")
             .arg(&path)
             .args(extra)
+            .env("SOCKPASSD_DEFAULT_POLICY", "")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
@@ -382,4 +390,50 @@ pub fn connect_hello(p: &Path) -> sockpass::Result<Client> {
     let mut c = Client::connect(p)?;
     c.hello()?;
     Ok(c)
+}
+
+/// The fds of `pid` without FD_CLOEXEC.
+pub fn inherited_fds(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let n: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        if flags & libc::O_CLOEXEC as u32 == 0 {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Write an executable shell script `name` in `dir`.
+pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A privileged port on 127.0.0.1 free for both UDP and TCP a moment ago,
+/// other than `not` (None when every one is taken). Needs root to bind.
+pub fn free_privileged_port(not: &[u16]) -> Option<u16> {
+    let first_free = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(1024)
+        .min(1024);
+    (1..first_free)
+        .rev()
+        .find(|p| !not.contains(p) && can_bind(true, *p) && can_bind(false, *p))
 }
