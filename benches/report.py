@@ -169,6 +169,14 @@ def main():
     bar("B5", "B5 throughput / s6 at 64 clients ≥ 2", lambda m: b5(m, "sp"), 2.0, ge=True)
     L.append(f"| (B5f, B5u) | the floors / s6 at 64 clients, for reference: epoll (B5f), io_uring (B5u) | {fr(b5('pinned', 'floor'))}, {fr(b5('pinned', 'uring'))} | {fr(b5('unpinned', 'floor'))}, {fr(b5('unpinned', 'uring'))} | |")
     bar("B6", "B6 at 10,000 cached / at 10 ≤ 1.1", lambda m: rr(m, "B6_cached_10000", "B6_cached_10"), 1.1)
+    bar("B10", "B10 64 cached in one batch / B1 ≤ 4", lambda m: rr(m, "B10_cached_64", "B1_floor"), 4.0)
+
+    def b10u(m):
+        return per_round(m, ("B10_uncached_64", "inproc_socket_bind", "B1_floor"), lambda u, a, b: ratio(u, 64 * a + 4 * b))
+
+    bar("B10", "B10 64 uncached in one batch / (64 × socket+setsockopt+bind + 4 × B1) ≤ 1", b10u, 1.0)
+    L.append(f"| (B10f) | the floor: 64 fds in one SCM_RIGHTS message, received and closed / B1, for reference | {fr(rr('pinned', 'B10f_floor_64', 'B1_floor'))} | {fr(rr('unpinned', 'B10f_floor_64', 'B1_floor'))} | |")
+    L.append(f"| (B10s) | 64 cached by single requests / B1, for reference | {fr(rr('pinned', 'B10s_cached_64_singles', 'B1_floor'))} | {fr(rr('unpinned', 'B10s_cached_64_singles', 'B1_floor'))} | |")
     bar("B9", "B9 Python / B2 ≤ 1.5", lambda m: rr(m, "B9_python_kept", "B2_cached_kept"), 1.5)
 
     def rss(name):
@@ -219,6 +227,10 @@ def main():
         names.append((f"B6u_uncached_{c}", f"B6u uncached request with {c} cached sockets"))
     names.append(("B6g_cached_after_10000_gone", "B6g cached request after 10,000 cached sockets came and went"))
     names.append(("B9_python_kept", "B9 Python request_socket (as B2)"))
+    names.append(("B10_cached_64", "B10 64 cached sockets in one batch request, close fds"))
+    names.append(("B10_uncached_64", "B10 64 uncached sockets (port 0) in one batch request, close fds"))
+    names.append(("B10f_floor_64", "B10f floor: 1-byte request, 64 fds in one SCM_RIGHTS message, close them"))
+    names.append(("B10s_cached_64_singles", "B10s the 64 cached sockets by 64 single requests"))
     L.append("## Latency (µs)")
     L.append("")
     L.append("| benchmark | pinned median | pinned p99 | unpinned median | unpinned p99 | n |")

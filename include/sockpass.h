@@ -419,6 +419,32 @@ int sockpass_release_socket_default(const char *token);
 // `-SOCKPASS_E_BROKER_UNAVAILABLE`.
 int sockpass_release_fd_default(int fd);
 
+// Request `n` sockets in one batch: socket `i` is the spec string
+// `specs[i]` (as for `sockpass_client_request_spec`) with share mode
+// `shares[i]` (`SOCKPASS_SHARE_*`) and application name `apps[i]` (`apps`
+// NULL, or `apps[i]` NULL or "": this program's name). Every array is
+// borrowed for the call. All or nothing: on any error no reference is kept
+// and no fd is left open, and the last error message names the refused
+// spec (`spec I of N: ...`).
+//
+// On success returns `n`, writes socket `i`'s fd (`O_CLOEXEC`, owned by the
+// caller) to `fds_out[i]` and, if `tokens_out` is not NULL, its token (48 hex
+// digits and a NUL) at `tokens_out + i * SOCKPASS_TOKEN_SIZE`; `tokens_size`
+// must then be at least `n * SOCKPASS_TOKEN_SIZE`. Nothing is written on
+// failure. Up to 36 sockets travel in one message, more in several, all in
+// flight at once. Errors: `-EFAULT` (`client`, `specs`, `shares` or
+// `fds_out` NULL with `n` > 0, a NULL spec), `-EINVAL` (a malformed spec or
+// share mode, `n` > `INT_MAX`), `-ENOBUFS` (token buffer too small), and
+// those of `sockpass_client_request_spec` for the refused spec.
+int sockpass_client_request_many(sockpass_client *client,
+                                 const char *const *specs,
+                                 const int *shares,
+                                 const char *const *apps,
+                                 size_t n,
+                                 int *fds_out,
+                                 char *tokens_out,
+                                 size_t tokens_size);
+
 // The detail of the last failed sockpass call in this thread ("" after a
 // successful one). The pointer stays valid until the next sockpass call in
 // this thread; do not free it.

@@ -442,6 +442,119 @@ static void sp_uncached(const char *path, int port, size_t n, int cached, const 
   sockpass_client_free(c);
 }
 
+/* B10: batch requests (sockpass_client_request_many). 64 cached sockets in
+ * one call, 64 uncached (port 0: each created) in one call, and for
+ * comparison the 64 cached ones by 64 single requests; each timed with the
+ * closing of its fds, as B2 is; the references are released off the clock. */
+#define B10N 64
+/* B10f, the floor of B10: a forked server answering each 1-byte request with
+ * 64 fds in one SCM_RIGHTS message; the client receives and closes them. */
+static int floor64_server(pid_t *pid) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) die("socketpair", errno);
+  *pid = fork_server();
+  if (*pid == 0) {
+    close(sv[0]);
+    int u = handed_fd(), fds[B10N];
+    for (int i = 0; i < B10N; i++) fds[i] = u;
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } cm;
+    struct iovec iov = {"x", 1};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                       .msg_controllen = sizeof cm.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    char b;
+    while (recv(sv[1], &b, 1, 0) == 1 && sendmsg(sv[1], &m, MSG_NOSIGNAL) == 1) {}
+    _exit(0);
+  }
+  close(sv[1]);
+  return sv[0];
+}
+
+static void floor64_turn(int s) {
+  char b = 'r';
+  union { struct cmsghdr h; char buf[CMSG_SPACE(B10N * sizeof(int))]; } u;
+  struct iovec iov = {&b, 1};
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                     .msg_controllen = sizeof u.buf};
+  if (send(s, &b, 1, 0) != 1) die("send", errno);
+  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1 || (m.msg_flags & MSG_CTRUNC)) die("floor64 recv", errno);
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  int fds[B10N];
+  if (!c || c->cmsg_len != CMSG_LEN(sizeof fds)) die("floor64 fds", EPROTO);
+  memcpy(fds, CMSG_DATA(c), sizeof fds);
+  for (int i = 0; i < B10N; i++) close(fds[i]);
+}
+
+static void batch_bench(const char *path, int base, size_t n) {
+  raise_nofile();
+  pid_t fpid;
+  int fl = floor64_server(&fpid);
+  sockpass_client *holder = sp_connect(path), *c = sp_connect(path);
+  static char specbuf[B10N][40];
+  const char *specs[B10N], *uspecs[B10N];
+  int shares[B10N], ushares[B10N], ports[B10N], fds[B10N], got = 0;
+  for (int p = base; got < B10N && p < 65536; p++) {
+    int fd = sockpass_client_request_socket(holder, SOCKPASS_PROTO_UDP, "127.0.0.1", p,
+                                            SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+    if (fd == -EADDRINUSE) continue;
+    if (fd < 0) die("b10 populate", fd);
+    close(fd);
+    snprintf(specbuf[got], sizeof specbuf[got], "udp:127.0.0.1:%d", p);
+    specs[got] = specbuf[got];
+    uspecs[got] = "udp:127.0.0.1:0";
+    shares[got] = SOCKPASS_SHARE_ANY;
+    ushares[got] = SOCKPASS_SHARE_NONE;
+    ports[got++] = p;
+  }
+  if (got < B10N) die("b10: not enough free ports", -EADDRINUSE);
+  size_t warm = n / 10;
+  uint64_t *sc = malloc(n * sizeof *sc), *su = malloc(n * sizeof *su), *ss = malloc(n * sizeof *ss);
+  uint64_t *sf = malloc(n * sizeof *sf);
+  for (size_t i = 0; i < n + warm; i++) {
+    uint64_t f0 = now_ns();
+    floor64_turn(fl);
+    uint64_t t0 = now_ns(), t1, t2, t3;
+    int r = sockpass_client_request_many(c, specs, shares, NULL, B10N, fds, NULL, 0);
+    if (r != B10N) die("b10 cached batch", r < 0 ? r : -EPROTO);
+    for (int j = 0; j < B10N; j++) close(fds[j]);
+    t1 = now_ns();
+    if ((r = sockpass_client_release_all(c)) != B10N) die("b10 release_all", r < 0 ? r : -EPROTO);
+    t2 = now_ns();
+    r = sockpass_client_request_many(c, uspecs, ushares, NULL, B10N, fds, NULL, 0);
+    if (r != B10N) die("b10 uncached batch", r < 0 ? r : -EPROTO);
+    for (int j = 0; j < B10N; j++) close(fds[j]);
+    t3 = now_ns();
+    if ((r = sockpass_client_release_all(c)) != B10N) die("b10 release_all", r < 0 ? r : -EPROTO);
+    uint64_t t4 = now_ns();
+    for (int j = 0; j < B10N; j++) {
+      int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", ports[j],
+                                              SOCKPASS_SHARE_ANY, "bench", NULL, 0);
+      if (fd < 0) die("b10 single", fd);
+      close(fd);
+    }
+    uint64_t t5 = now_ns();
+    if ((r = sockpass_client_release_all(c)) != B10N) die("b10 release_all", r < 0 ? r : -EPROTO);
+    if (i >= warm) {
+      sc[i - warm] = t1 - t0;
+      su[i - warm] = t3 - t2;
+      ss[i - warm] = t5 - t4;
+      sf[i - warm] = t0 - f0;
+    }
+  }
+  close(fl);
+  waitpid(fpid, NULL, 0);
+  report("B10f_floor_64", sf, n);
+  report("B10_cached_64", sc, n);
+  report("B10_uncached_64", su, n);
+  report("B10s_cached_64_singles", ss, n);
+  sockpass_client_free(c);
+  sockpass_client_free(holder);
+}
+
 /* B7 helper: hold `sockets` cached sockets and `conns` idle connections,
  * print READY, then wait for stdin to close. */
 static void hold(const char *path, int base, int sockets, int conns) {
@@ -970,6 +1083,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(m, "uncached") && argc >= 5)
     sp_uncached(argv[2], atoi(argv[3]), atol(argv[4]), argc > 5 ? atoi(argv[5]) : 0,
                 argc > 6 ? argv[6] : "B4_uncached");
+  else if (!strcmp(m, "batch") && argc == 5) batch_bench(argv[2], atoi(argv[3]), atol(argv[4]));
   else if (!strcmp(m, "hold") && argc == 6) hold(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   else if (!strcmp(m, "s6store") && argc == 4) s6_store(argv[2], argv[3]);
   else if (!strcmp(m, "s6kept") && argc == 5) s6_kept(argv[2], argv[3], atol(argv[4]));

@@ -67,6 +67,7 @@ __all__ = [
     "SHARE_SAMEAPP",
     "SHARE_SAMENAME",
     "BadRequestError",
+    "BatchItem",
     "BrokerSocket",
     "BrokerUnavailableError",
     "Child",
@@ -90,6 +91,7 @@ __all__ = [
     "readiness",
     "release_socket",
     "request_socket",
+    "request_sockets",
     "request_spec",
     "reserve_socket",
     "reset",
@@ -106,6 +108,9 @@ SHARE_SAMENAME: Final = Share.SAMENAME
 SHARE_ANY: Final = Share.ANY
 
 _Path: TypeAlias = str | os.PathLike[str]
+# One spec of a batch: a spec string (with the call's share mode and
+# application name), or (spec, share_mode) or (spec, share_mode, app_name).
+BatchItem: TypeAlias = str | tuple[str, Share | int] | tuple[str, Share | int, str | None]
 
 
 class Reservation(NamedTuple):
@@ -219,6 +224,20 @@ class Client:
         ``per_worker`` (with reuseport) gives this requester its own socket in
         the port's reuseport group instead of a shared one."""
         return self._native.request_spec(spec, share_mode, app_name_or_default(app_name), per_worker)
+
+    def request_sockets(
+        self,
+        specs: Iterable[BatchItem],
+        share_mode: Share | int = Share.NONE,
+        app_name: str | None = None,
+    ) -> list[tuple[int, str]]:
+        """Many sockets in one batch (one round trip for up to 36, their fds
+        in one message; more pipelined). Each item is a spec string, which
+        takes ``share_mode`` and ``app_name``, or a tuple ``(spec,
+        share_mode[, app_name])``. All or nothing: returns ``(fd, token)`` for
+        each, in order, or raises (naming the refused spec, ``spec I of N``)
+        with no reference kept and no fd left open."""
+        return self._native.request_sockets(_batch(specs, app_name), share_mode, app_name_or_default(app_name))
 
     def socket(
         self,
@@ -370,6 +389,19 @@ class BrokerSocket(_socket.socket):
         return d
 
 
+def _batch(specs: Iterable[BatchItem], app_name: str | None) -> Iterable[BatchItem]:
+    """The items with an application name of None given the default one, as
+    the single requests give it. A str is passed on for the core to refuse."""
+    if isinstance(specs, str):
+        return specs
+    return [
+        (s[0], s[1], app_name_or_default(app_name if s[2] is None else s[2]))
+        if isinstance(s, tuple) and len(s) == 3
+        else s
+        for s in specs
+    ]
+
+
 def _native_for(socket_path: _Path | None) -> _sockpass.Client:
     return _module.client_for(socket_path)
 
@@ -407,6 +439,20 @@ def request_spec(
     e.g. ``"tcp:0.0.0.0:8080?reuseport=1"``; see ``Client.request_spec``."""
     return _native_for(socket_path).request_spec(
         spec, share_mode, app_name_or_default(app_name), per_worker, timeout=_module.call_timeout(timeout)
+    )
+
+
+def request_sockets(
+    specs: Iterable[BatchItem],
+    share_mode: Share | int = Share.NONE,
+    app_name: str | None = None,
+    *,
+    socket_path: _Path | None = None,
+    timeout: _Timeout = _DEFAULT,
+) -> list[tuple[int, str]]:
+    """Many sockets in one batch, all or nothing; see ``Client.request_sockets``."""
+    return _native_for(socket_path).request_sockets(
+        _batch(specs, app_name), share_mode, app_name_or_default(app_name), timeout=_module.call_timeout(timeout)
     )
 
 

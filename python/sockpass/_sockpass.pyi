@@ -25,6 +25,7 @@ __all__ = [
 _HolderRow = tuple[int, int, int, int, int, bool, str]
 _SocketRow = tuple[int, str, int, int, list[_HolderRow]]
 _CountersRow = tuple[int, int, int, int, int]
+_BatchItem = str | tuple[str, int] | tuple[str, int, str | None]
 # Per call: absent is the client's own timeout; float("inf") is none.
 _Timeout = float | None
 
@@ -66,6 +67,14 @@ class Client:
         *,
         timeout: _Timeout = None,
     ) -> tuple[int, str]: ...
+    def request_sockets(
+        self,
+        specs: Iterable[_BatchItem],
+        share_mode: int,
+        app_name: str | None = None,
+        *,
+        timeout: _Timeout = None,
+    ) -> list[tuple[int, str]]: ...
     def reserve_socket(
         self,
         address: str,

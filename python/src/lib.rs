@@ -159,6 +159,63 @@ fn spec_request_args(
     Ok((Request { spec, share, app }, flags))
 }
 
+/// The specs of a batch: each a spec string (with the call's share mode
+/// and application name) or a tuple `(spec, share_mode[, app_name])`.
+fn batch_args(
+    specs: &Bound<'_, PyAny>,
+    share_mode: &Bound<'_, PyAny>,
+    app_name: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<Request>> {
+    if specs.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "specs must be an iterable of specs, not a str",
+        ));
+    }
+    let share = share_arg(share_mode)?;
+    let app = app_arg(app_name)?;
+    let mut out = Vec::new();
+    for (i, item) in specs.try_iter()?.enumerate() {
+        let item = item?;
+        let (spec, share, app) = if item.is_instance_of::<PyString>() {
+            (item, share, app.clone())
+        } else if let Ok(t) = item.cast::<pyo3::types::PyTuple>() {
+            if !(2..=3).contains(&t.len()) {
+                return Err(PyTypeError::new_err(format!(
+                    "specs[{i}] must be a str or a tuple (spec, share_mode[, app_name])"
+                )));
+            }
+            let app = if t.len() == 3 {
+                app_arg(Some(&t.get_item(2)?))?
+            } else {
+                app.clone()
+            };
+            (t.get_item(0)?, share_arg(&t.get_item(1)?)?, app)
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "specs[{i}] must be a str or a tuple (spec, share_mode[, app_name]), not {}",
+                item.get_type().name()?
+            )));
+        };
+        let spec: SocketSpec = str_arg(&spec, &format!("specs[{i}]"))?
+            .parse()
+            .map_err(|e: Error| to_pyerr(e.context(format_args!("specs[{i}]"))))?;
+        out.push(Request { spec, share, app });
+    }
+    Ok(out)
+}
+
+fn do_request_many(c: &mut Client, rs: &[Request]) -> sockpass::Result<Vec<(i32, String)>> {
+    let batch: Vec<_> = rs
+        .iter()
+        .map(|r| (r.spec.clone(), r.share, r.app.as_str()))
+        .collect();
+    let grants = c.request_many(&batch)?;
+    Ok(grants
+        .into_iter()
+        .map(|g| (g.fd.into_raw_fd(), g.token.to_string()))
+        .collect())
+}
+
 fn share_arg(share_mode: &Bound<'_, PyAny>) -> PyResult<ShareMode> {
     match int_arg(share_mode, "share_mode")? {
         Some(v) => ShareMode::from_int(v).map_err(to_pyerr),
@@ -462,6 +519,20 @@ impl PyClient {
     ) -> PyResult<(i32, String)> {
         let (r, flags) = spec_request_args(spec, share_mode, app_name, per_worker)?;
         self.with_timeout(py, timeout, |c| do_request_flags(c, &r, flags))
+    }
+
+    /// Many sockets in one batch, all or nothing: `(fd, token)` each, in order.
+    #[pyo3(signature = (specs, share_mode, app_name=None, *, timeout=None))]
+    fn request_sockets(
+        &self,
+        py: Python<'_>,
+        specs: &Bound<'_, PyAny>,
+        share_mode: &Bound<'_, PyAny>,
+        app_name: Option<&Bound<'_, PyAny>>,
+        timeout: CallTimeout<'_>,
+    ) -> PyResult<Vec<(i32, String)>> {
+        let rs = batch_args(specs, share_mode, app_name)?;
+        self.with_timeout(py, timeout, |c| do_request_many(c, &rs))
     }
 
     #[pyo3(signature = (address, port, proto, share_mode, app_name=None, *, timeout=None))]

@@ -70,6 +70,9 @@ pub enum AttachState {
     /// A cached socket: entry slot and entry id.
     Entry(u64, u64),
     Owned(OwnedFd),
+    /// Several cached sockets (a REQUEST_MANY reply). Tag 3, added within
+    /// format v1: a build that predates it only fails on such a reply.
+    Entries(Vec<(u64, u64)>),
 }
 
 #[derive(Debug)]
@@ -282,6 +285,14 @@ impl State {
                         w.u8(2);
                         w.fd(fd);
                     }
+                    AttachState::Entries(v) => {
+                        w.u8(3);
+                        w.u64(v.len() as u64);
+                        for (s, id) in v {
+                            w.u64(s);
+                            w.u64(id);
+                        }
+                    }
                 }
             }
         }
@@ -373,6 +384,13 @@ impl State {
                     0 => AttachState::None,
                     1 => AttachState::Entry(r.u64()?, r.u64()?),
                     2 => AttachState::Owned(r.fd()?),
+                    3 => {
+                        let n = r.count()?;
+                        let v = (0..n)
+                            .map(|_| Ok((r.u64()?, r.u64()?)))
+                            .collect::<Result<_>>()?;
+                        AttachState::Entries(v)
+                    }
                     _ => return Err(corrupt("attachment kind")),
                 };
                 outq.push((bytes, a));
@@ -635,6 +653,7 @@ mod tests {
                     (vec![1, 2, 3], AttachState::Entry(3, 8)),
                     (vec![4], AttachState::Owned(fd())),
                     (vec![], AttachState::None),
+                    (vec![5], AttachState::Entries(vec![(3, 8), (4, 10)])),
                 ],
                 pipelining: true,
             }],
@@ -681,6 +700,7 @@ mod tests {
         assert_eq!(c.default_app.as_deref(), Some("app"));
         assert!(matches!(c.outq[0].1, AttachState::Entry(3, 8)));
         assert!(matches!(c.outq[1].1, AttachState::Owned(_)));
+        assert!(matches!(&c.outq[3].1, AttachState::Entries(v) if v == &[(3, 8), (4, 10)]));
         let e = &st.entries[0];
         assert_eq!(
             (e.spec.as_str(), e.port, e.unix_ino),

@@ -71,7 +71,10 @@ impl sockpass_client {
         Box::into_raw(Box::new(sockpass_client { inner }))
     }
 
-    fn with<R>(&self, f: impl FnMut(&mut Client) -> sockpass::Result<R>) -> sockpass::Result<R> {
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnMut(&mut Client) -> sockpass::Result<R>,
+    ) -> sockpass::Result<R> {
         self.inner.with(f)
     }
 }
@@ -87,11 +90,13 @@ fn timeout_ms(ms: c_int) -> sockpass::Result<Option<Duration>> {
     }
 }
 
-unsafe fn client_ref<'a>(c: *mut sockpass_client) -> sockpass::Result<&'a sockpass_client> {
+pub(crate) unsafe fn client_ref<'a>(
+    c: *mut sockpass_client,
+) -> sockpass::Result<&'a sockpass_client> {
     c.as_ref().ok_or_else(|| fault("client"))
 }
 
-fn share_mode(share: c_int) -> sockpass::Result<ShareMode> {
+pub(crate) fn share_mode(share: c_int) -> sockpass::Result<ShareMode> {
     ShareMode::from_int(share.into())
 }
 
@@ -123,7 +128,7 @@ fn check_token_buf(buf: *mut c_char, size: usize) -> sockpass::Result<()> {
     Ok(())
 }
 
-unsafe fn write_token(buf: *mut c_char, t: &Token) {
+pub(crate) unsafe fn write_token(buf: *mut c_char, t: &Token) {
     if buf.is_null() {
         return;
     }

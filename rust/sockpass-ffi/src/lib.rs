@@ -19,6 +19,8 @@
 
 mod boundary;
 mod client;
+// After the client in include/sockpass.h.
+mod batch;
 mod errors;
 // cbindgen writes include/sockpass.h in module order: server sockets come
 // before readiness, as they did when this module was named `notify`.
@@ -27,6 +29,7 @@ mod server_socket;
 mod readiness;
 mod spawn;
 
+pub use batch::*;
 pub use client::*;
 pub use errors::*;
 pub use server_socket::*;

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod batch;
 mod connection;
 mod parts;
 pub mod path;

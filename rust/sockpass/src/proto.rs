@@ -26,6 +26,7 @@ pub mod ty {
     pub const PICKUP: u8 = 0x05;
     pub const UPGRADE: u8 = 0x06;
     pub const RELEASE_MANY: u8 = 0x07;
+    pub const REQUEST_MANY: u8 = 0x08;
     pub const HELLO_OK: u8 = 0x81;
     pub const SOCKET: u8 = 0x82;
     pub const RELEASED: u8 = 0x83;
@@ -33,6 +34,7 @@ pub mod ty {
     pub const RESERVED: u8 = 0x85;
     pub const UPGRADED: u8 = 0x86;
     pub const RELEASED_MANY: u8 = 0x87;
+    pub const SOCKETS: u8 = 0x88;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -145,6 +147,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One grant in a SOCKETS reply: token, port, cached, reserved.
+pub const GRANT_ENTRY_LEN: usize = Token::LEN + 4;
+/// Most specs one REQUEST_MANY carries: as many grants as fit in the reply
+/// (36; their fds are far below the kernel's 253 a message).
+pub const MAX_REQUEST_BATCH: usize = (MAX_MSG - HEADER_LEN - 2) / GRANT_ENTRY_LEN;
+
 /// A decoded request (client → broker).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -153,6 +161,8 @@ pub enum Request<'a> {
         max_version: u8,
     },
     Socket(SocketRequest<'a>),
+    /// 1 to [`MAX_REQUEST_BATCH`] socket requests, granted all or none.
+    SocketMany(Vec<SocketRequest<'a>>),
     Release(Token),
     /// 1 to [`MAX_RELEASE_BATCH`] tokens, released in order.
     ReleaseMany(Tokens<'a>),
@@ -219,6 +229,86 @@ pub fn encode_request(
     out.extend_from_slice(app.as_bytes());
     spec.encode(out);
     Ok(())
+}
+
+/// The start of a REQUEST_MANY; add its specs with [`encode_request_item`]
+/// and then [`finish_request_many`].
+pub fn begin_request_many(out: &mut Vec<u8>, id: u32) {
+    begin(out, ty::REQUEST_MANY, id);
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// One spec of a REQUEST_MANY: `share · flags · app len · app · u16 spec
+/// len · spec`.
+pub fn encode_request_item(
+    out: &mut Vec<u8>,
+    spec: &SocketSpec,
+    share: ShareMode,
+    app: &str,
+    flags: u8,
+) -> Result<()> {
+    if app.len() > MAX_APP {
+        return Err(Error::bad_request(format!(
+            "application name is {} bytes, the limit is {MAX_APP}",
+            app.len()
+        )));
+    }
+    out.extend_from_slice(&[share.wire(), flags, app.len() as u8]);
+    out.extend_from_slice(app.as_bytes());
+    let at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    spec.encode(out);
+    let n = (out.len() - at - 2) as u16;
+    out[at..at + 2].copy_from_slice(&n.to_le_bytes());
+    Ok(())
+}
+
+/// Write the count of specs into a REQUEST_MANY.
+pub fn finish_request_many(out: &mut [u8], n: usize) {
+    out[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&(n as u16).to_le_bytes());
+}
+
+/// One entry of a SOCKETS reply.
+pub fn encode_grant_entry(
+    out: &mut Vec<u8>,
+    token: &Token,
+    port: u16,
+    cached: bool,
+    reserved: bool,
+) {
+    out.extend_from_slice(token.as_bytes());
+    out.extend_from_slice(&port.to_le_bytes());
+    out.extend_from_slice(&[cached as u8, reserved as u8]);
+}
+
+/// One entry of a SOCKETS reply, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantEntry {
+    pub token: Token,
+    pub port: u16,
+    pub cached: bool,
+    /// A reservation: no fd for it in the message.
+    pub reserved: bool,
+}
+
+/// The entries of a SOCKETS reply (payload after the header).
+pub fn decode_sockets(payload: &[u8]) -> Result<Vec<GrantEntry>> {
+    let mut r = Reader::new(payload);
+    let n = r.u16()? as usize;
+    if n == 0 || n > MAX_REQUEST_BATCH {
+        return Err(Error::protocol(format!("a SOCKETS reply with {n} entries")));
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(GrantEntry {
+            token: r.token()?,
+            port: r.u16()?,
+            cached: r.u8()? != 0,
+            reserved: r.u8()? != 0,
+        });
+    }
+    r.end()?;
+    Ok(v)
 }
 
 pub fn encode_token_msg(out: &mut Vec<u8>, ty: u8, id: u32, token: &Token) {
@@ -326,6 +416,21 @@ pub fn app_name(b: &[u8]) -> Result<&str> {
     Ok(app)
 }
 
+/// Share mode, flags and application name, as a REQUEST and each spec of
+/// a REQUEST_MANY begin.
+fn request_head<'a>(r: &mut Reader<'a>) -> Result<(ShareMode, u8, &'a str)> {
+    let share = ShareMode::from_wire(r.u8()?)?;
+    let flags = r.u8()?;
+    if flags & !REQ_KNOWN != 0 {
+        return Err(Error::bad_request(format!(
+            "unknown request flags {flags:#x}"
+        )));
+    }
+    let n = r.u8()? as usize;
+    let app = app_name(r.bytes(n)?)?;
+    Ok((share, flags, app))
+}
+
 pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> {
     let mut r = Reader::new(payload);
     let req = match h.ty {
@@ -342,15 +447,7 @@ pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> 
             }
         }
         ty::REQUEST => {
-            let share = ShareMode::from_wire(r.u8()?)?;
-            let flags = r.u8()?;
-            if flags & !REQ_KNOWN != 0 {
-                return Err(Error::bad_request(format!(
-                    "unknown request flags {flags:#x}"
-                )));
-            }
-            let n = r.u8()? as usize;
-            let app = app_name(r.bytes(n)?)?;
+            let (share, flags, app) = request_head(&mut r)?;
             let (spec, used) = SocketSpec::decode(r.rest())?;
             let wire = r.bytes(used)?;
             Request::Socket(SocketRequest {
@@ -360,6 +457,39 @@ pub fn decode_request<'a>(h: &Header, payload: &'a [u8]) -> Result<Request<'a>> 
                 flags,
                 wire,
             })
+        }
+        ty::REQUEST_MANY => {
+            let n = r.u16()? as usize;
+            if n == 0 || n > MAX_REQUEST_BATCH {
+                return Err(Error::bad_request(format!(
+                    "a REQUEST_MANY carries 1 to {MAX_REQUEST_BATCH} specs, not {n}"
+                )));
+            }
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n {
+                let item = (|| {
+                    let (share, flags, app) = request_head(&mut r)?;
+                    let len = r.u16()? as usize;
+                    let wire = r.bytes(len)?;
+                    let (spec, used) = SocketSpec::decode(wire)?;
+                    if used != len {
+                        return Err(Error::bad_request(format!(
+                            "{} bytes after the spec",
+                            len - used
+                        )));
+                    }
+                    Ok(SocketRequest {
+                        spec,
+                        share,
+                        app,
+                        flags,
+                        wire,
+                    })
+                })()
+                .map_err(|e: Error| e.context(format_args!("spec {i} of {n}")))?;
+                v.push(item);
+            }
+            Request::SocketMany(v)
         }
         ty::RELEASE => Request::Release(r.token()?),
         ty::RELEASE_MANY => {
@@ -626,6 +756,81 @@ impl UidRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request_many(items: &[(&str, u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        begin_request_many(&mut out, 7);
+        for (spec, flags) in items {
+            let spec: SocketSpec = spec.parse().unwrap();
+            encode_request_item(&mut out, &spec, ShareMode::Any, "app", *flags).unwrap();
+        }
+        finish_request_many(&mut out, items.len());
+        out
+    }
+
+    fn decode(msg: &[u8]) -> Result<Request<'_>> {
+        let h = Header::parse(msg).unwrap();
+        decode_request(&h, &msg[HEADER_LEN..])
+    }
+
+    #[test]
+    fn request_many_round_trips_and_refuses_malformed_items() {
+        let msg = request_many(&[
+            ("udp:127.0.0.1:53", 0),
+            ("tcp:[::1]:80?reuseport=1", REQ_PER_WORKER),
+        ]);
+        let Request::SocketMany(v) = decode(&msg).unwrap() else {
+            panic!("not a REQUEST_MANY");
+        };
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].spec.to_string(), "tcp:[::1]:80?reuseport=1");
+        assert_eq!(
+            (v[1].share, v[1].app, v[1].flags),
+            (ShareMode::Any, "app", REQ_PER_WORKER)
+        );
+        // A count that is not the items', 0, or above the maximum.
+        for n in [0u16, 3, MAX_REQUEST_BATCH as u16 + 1] {
+            let mut m = msg.clone();
+            m[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&n.to_le_bytes());
+            assert_eq!(
+                decode(&m).unwrap_err().kind(),
+                Kind::BadRequest,
+                "count {n}"
+            );
+        }
+        // A spec length one byte too long takes the next item's first byte.
+        let mut m = msg.clone();
+        let at = HEADER_LEN + 2 + 3 + 3;
+        m[at] += 1;
+        let e = decode(&m).unwrap_err();
+        assert!(e.message().starts_with("spec "), "{e}");
+        // Trailing bytes after the last item.
+        let mut m = msg.clone();
+        m.push(0);
+        assert_eq!(decode(&m).unwrap_err().kind(), Kind::BadRequest);
+    }
+
+    #[test]
+    fn sockets_reply_decodes_its_entries() {
+        let t = Token::from_bytes([3; Token::LEN]);
+        let mut out = Vec::new();
+        out.extend_from_slice(&2u16.to_le_bytes());
+        encode_grant_entry(&mut out, &t, 53, true, false);
+        encode_grant_entry(&mut out, &t, 0, false, true);
+        let v = decode_sockets(&out).unwrap();
+        assert_eq!(
+            v[0],
+            GrantEntry {
+                token: t,
+                port: 53,
+                cached: true,
+                reserved: false
+            }
+        );
+        assert!(v[1].reserved && !v[1].cached);
+        assert!(decode_sockets(&out[..out.len() - 1]).is_err());
+        const { assert!(HEADER_LEN + 2 + MAX_REQUEST_BATCH * GRANT_ENTRY_LEN <= MAX_MSG) };
+    }
 
     #[test]
     fn app_names_are_utf8_without_control_characters() {

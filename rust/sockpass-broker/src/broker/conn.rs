@@ -21,6 +21,8 @@ pub(super) enum Attach {
     Entry(usize, u64),
     /// A status table, shared by the replies that show the same state.
     Table(Rc<OwnedFd>),
+    /// Several cached sockets (a REQUEST_MANY's reply), in order.
+    Entries(Vec<(usize, u64)>),
 }
 
 /// A status table goes out as a fresh open file description of its memfd
@@ -37,6 +39,23 @@ fn own_description(a: &Option<Attach>) -> Option<OwnedFd> {
     let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
     // SAFETY: fd is new when non-negative.
     (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// The fds of one reply, borrowed from where they live; one without
+/// allocating, as nearly every reply has.
+pub(super) enum AttachedFds<'a> {
+    One(Option<BorrowedFd<'a>>),
+    Many(Vec<BorrowedFd<'a>>),
+}
+
+impl<'a> AttachedFds<'a> {
+    fn as_slice(&self) -> &[BorrowedFd<'a>] {
+        match self {
+            AttachedFds::One(Some(f)) => std::slice::from_ref(f),
+            AttachedFds::One(None) => &[],
+            AttachedFds::Many(v) => v,
+        }
+    }
 }
 
 /// A reply waiting for the client to read.
@@ -218,19 +237,23 @@ impl Broker {
         self.send(slot, out, None);
     }
 
-    /// Send a reply now, or queue it if the client's buffer is full.
-    pub(super) fn attached_fd<'a>(&'a self, a: &'a Option<Attach>) -> Option<BorrowedFd<'a>> {
+    /// The fds a reply carries (none for a socket gone meanwhile).
+    pub(super) fn attached_fds<'a>(&'a self, a: &'a Option<Attach>) -> AttachedFds<'a> {
+        let entry = |&(es, eid): &(usize, u64)| {
+            self.sockets
+                .get(es)
+                .filter(|e| e.id == eid)
+                .map(|e| e.fd.as_fd())
+        };
         match a {
-            Some(Attach::Entry(es, eid)) => self
-                .sockets
-                .get(*es)
-                .filter(|e| e.id == *eid)
-                .map(|e| e.fd.as_fd()),
-            Some(Attach::Table(t)) => Some(t.as_fd()),
-            None => None,
+            Some(Attach::Entry(es, eid)) => AttachedFds::One(entry(&(*es, *eid))),
+            Some(Attach::Table(t)) => AttachedFds::One(Some(t.as_fd())),
+            Some(Attach::Entries(v)) => AttachedFds::Many(v.iter().filter_map(entry).collect()),
+            None => AttachedFds::One(None),
         }
     }
 
+    /// Send a reply now, or queue it if the client's buffer is full.
     pub(super) fn send(&mut self, slot: usize, bytes: Vec<u8>, attach: Option<Attach>) {
         let Some(c) = self.conns.get(slot) else {
             self.wbuf = bytes;
@@ -238,15 +261,11 @@ impl Broker {
         };
         if c.outq.is_empty() {
             let own = own_description(&attach);
-            let fd = own
-                .as_ref()
-                .map(|f| f.as_fd())
-                .or(self.attached_fd(&attach));
-            let fds: &[BorrowedFd<'_>] = match &fd {
-                Some(f) => std::slice::from_ref(f),
-                None => &[],
+            let fds = match &own {
+                Some(f) => AttachedFds::One(Some(f.as_fd())),
+                None => self.attached_fds(&attach),
             };
-            match send_fds(c.fd.as_fd(), &bytes, fds, libc::MSG_DONTWAIT) {
+            match send_fds(c.fd.as_fd(), &bytes, fds.as_slice(), libc::MSG_DONTWAIT) {
                 Ok(_) => {
                     self.wbuf = bytes;
                     self.wbuf.clear();
@@ -288,15 +307,11 @@ impl Broker {
             };
             let Some(o) = c.outq.front() else { break };
             let own = own_description(&o.attach);
-            let fd = own
-                .as_ref()
-                .map(|f| f.as_fd())
-                .or(self.attached_fd(&o.attach));
-            let fds: &[BorrowedFd<'_>] = match &fd {
-                Some(f) => std::slice::from_ref(f),
-                None => &[],
+            let fds = match &own {
+                Some(f) => AttachedFds::One(Some(f.as_fd())),
+                None => self.attached_fds(&o.attach),
             };
-            match send_fds(c.fd.as_fd(), &o.bytes, fds, libc::MSG_DONTWAIT) {
+            match send_fds(c.fd.as_fd(), &o.bytes, fds.as_slice(), libc::MSG_DONTWAIT) {
                 Ok(_) => {
                     self.conns.get_mut(slot).unwrap().outq.pop_front();
                 }

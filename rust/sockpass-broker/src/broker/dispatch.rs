@@ -34,6 +34,7 @@ impl Broker {
                 }
             }
             Request::Socket(r) => self.request_socket(slot, id, r),
+            Request::SocketMany(rs) => self.request_many(slot, id, rs),
             Request::Release(t) => self.release(slot, id, &t),
             Request::ReleaseMany(ts) => self.release_many(slot, id, ts),
             Request::Pickup(t) => self.pickup(slot, id, &t),

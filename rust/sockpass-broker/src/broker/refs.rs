@@ -336,11 +336,22 @@ impl Broker {
     /// `charge` false: the uid's count would not grow (checked per
     /// connection only). O(1): the uid row is the connection's index.
     pub(super) fn ref_room(&self, slot: usize, on_conn: bool, charge: bool) -> Result<()> {
+        self.refs_room_n(slot, on_conn, charge, 1)
+    }
+
+    /// May connection `slot` take `more` references at once (a batch): the
+    /// same bounds as [`Broker::ref_room`], for all of them.
+    pub(super) fn refs_room_for(&self, slot: usize, more: usize) -> Result<()> {
+        self.refs_room_n(slot, true, true, more)
+    }
+
+    fn refs_room_n(&self, slot: usize, on_conn: bool, charge: bool, more: usize) -> Result<()> {
         let Some(c) = self.conns.get(slot) else {
             return Ok(());
         };
         let lim = &self.cfg.limits;
-        if on_conn && c.refs.len() >= lim.max_refs_per_client {
+        let more = more.max(1);
+        if on_conn && c.refs.len() + more > lim.max_refs_per_client {
             return Err(Error::with_errno(
                 Kind::LimitReached,
                 libc::EUSERS,
@@ -355,7 +366,7 @@ impl Broker {
             return Ok(());
         }
         let u = self.users.get(c.user);
-        if self.refs.len() >= super::Limits::global_room(lim.max_references, u.privileged) {
+        if self.refs.len() + more > super::Limits::global_room(lim.max_references, u.privileged) {
             return Err(Error::with_errno(
                 Kind::LimitReached,
                 libc::EUSERS,
@@ -370,7 +381,7 @@ impl Broker {
                 ),
             ));
         }
-        u.room("references", u.refs, u.quota.references)
+        u.room("references", u.refs + more - 1, u.quota.references)
     }
 
     /// May connection `slot` take one more reference (`--max-refs-per-client`)?

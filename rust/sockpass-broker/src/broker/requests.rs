@@ -29,6 +29,16 @@ fn exe_name(pid: i32) -> Option<String> {
     )
 }
 
+/// A reference just made, before its reply is encoded.
+pub(super) struct Granted {
+    token: Token,
+    es: usize,
+    eid: u64,
+    port: u16,
+    cached: bool,
+    reserve: bool,
+}
+
 impl Broker {
     pub(super) fn app_for(&mut self, slot: usize, app: &str) -> Rc<str> {
         let c = self.conns.get_mut(slot).unwrap();
@@ -65,6 +75,71 @@ impl Broker {
         id: u32,
         r: SocketRequest<'_>,
     ) -> Result<Reply> {
+        let g = self.obtain(slot, r)?;
+        Ok(self.encode_grant(id, &g))
+    }
+
+    /// A REQUEST_MANY, all or nothing: policy and the per-client limit are
+    /// checked for every spec first; then each is served in order as a
+    /// REQUEST would be (so a later spec is judged against the references
+    /// the earlier ones made), and on a refusal the references already made
+    /// are dropped again, which closes the sockets created for this batch.
+    pub(super) fn request_many(
+        &mut self,
+        slot: usize,
+        id: u32,
+        reqs: Vec<SocketRequest<'_>>,
+    ) -> Result<Reply> {
+        let n = reqs.len();
+        let at = |i: usize, e: Error| e.context(format_args!("spec {i} of {n}"));
+        let creds = self.conns.get(slot).unwrap().creds;
+        for (i, r) in reqs.iter().enumerate() {
+            self.cfg
+                .policy
+                .check(&creds, &r.spec, r.share)
+                .map_err(|e| at(i, e))?;
+        }
+        let plain = reqs
+            .iter()
+            .filter(|r| r.flags & proto::REQ_RESERVE == 0)
+            .count();
+        self.refs_room_for(slot, plain)?;
+        let mut got: Vec<Granted> = Vec::with_capacity(n);
+        for (i, r) in reqs.into_iter().enumerate() {
+            // A spec whose bytes hit the cache before skips decoding, as a
+            // single REQUEST does.
+            let hit = if r.flags == 0 {
+                self.grant_hit(slot, r.wire, r.share, r.app)
+            } else {
+                None
+            };
+            match hit.unwrap_or_else(|| self.obtain(slot, r)) {
+                Ok(g) => got.push(g),
+                Err(e) => {
+                    for g in got.iter().rev() {
+                        self.drop_reference(&g.token);
+                    }
+                    return Err(at(i, e));
+                }
+            }
+        }
+        proto::begin(&mut self.wbuf, ty::SOCKETS, id);
+        self.wbuf.extend_from_slice(&(n as u16).to_le_bytes());
+        let mut fds = Vec::with_capacity(plain);
+        for g in &got {
+            proto::encode_grant_entry(&mut self.wbuf, &g.token, g.port, g.cached, g.reserve);
+            if !g.reserve {
+                fds.push((g.es, g.eid));
+            }
+        }
+        Ok(Reply {
+            attach: Some(Attach::Entries(fds)),
+        })
+    }
+
+    /// Serve one socket request: policy, sharing, the cache or a new
+    /// socket, and the reference made (not yet encoded).
+    fn obtain(&mut self, slot: usize, r: SocketRequest<'_>) -> Result<Granted> {
         let creds = self.conns.get(slot).unwrap().creds;
         self.cfg.policy.check(&creds, &r.spec, r.share)?;
         let reserve = r.flags & proto::REQ_RESERVE != 0;
@@ -201,20 +276,18 @@ impl Broker {
         if cached_hit && r.flags == 0 {
             self.sockets.remember_hit(r.wire, entry_slot);
         }
-        self.grant(id, entry_slot, holder, user, reserve, cached_hit)
+        self.grant(entry_slot, holder, user, reserve, cached_hit)
     }
 
-    /// Make a reference to entry `es` (its holder is `mk(token)`) and encode
-    /// the reply: RESERVED for a reservation, else SOCKET with the fd.
+    /// Make a reference to entry `es` (its holder is `mk(token)`).
     pub(super) fn grant(
         &mut self,
-        id: u32,
         es: usize,
         mk: impl FnOnce(Token) -> Holder,
         user: usize,
         reserve: bool,
-        cached_hit: bool,
-    ) -> Result<Reply> {
+        cached: bool,
+    ) -> Result<Granted> {
         let token = match self.token_src.make() {
             Ok(t) => t,
             Err(e) => {
@@ -224,17 +297,34 @@ impl Broker {
         };
         self.add_ref(es, mk(token), user);
         let e = self.sockets.get(es).unwrap();
-        let (eid, port) = (e.id, e.port);
-        if reserve {
-            // Held by nobody until picked up; the broker keeps the reference
-            // (counted as a reservation by `add_ref`).
-            proto::encode_socket_reply(&mut self.wbuf, ty::RESERVED, id, &token, port, cached_hit);
-            return Ok(Reply { attach: None });
-        }
-        proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, &token, port, cached_hit);
-        Ok(Reply {
-            attach: Some(Attach::Entry(es, eid)),
+        Ok(Granted {
+            token,
+            es,
+            eid: e.id,
+            port: e.port,
+            cached,
+            reserve,
         })
+    }
+
+    /// The reply to a REQUEST: RESERVED for a reservation (held by the
+    /// broker until picked up), else SOCKET with the fd.
+    fn encode_grant(&mut self, id: u32, g: &Granted) -> Reply {
+        if g.reserve {
+            proto::encode_socket_reply(
+                &mut self.wbuf,
+                ty::RESERVED,
+                id,
+                &g.token,
+                g.port,
+                g.cached,
+            );
+            return Reply { attach: None };
+        }
+        proto::encode_socket_reply(&mut self.wbuf, ty::SOCKET, id, &g.token, g.port, g.cached);
+        Reply {
+            attach: Some(Attach::Entry(g.es, g.eid)),
+        }
     }
 
     /// A plain REQUEST (no flags) whose spec bytes hit the cache before,
@@ -253,10 +343,23 @@ impl Broker {
             return None;
         };
         let (app, wire) = rest.split_at_checked(usize::from(*n))?;
-        let (es, eid) = self.sockets.hit(wire)?;
-        let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
         let share = ShareMode::from_wire(*share).ok()?;
         let app = proto::app_name(app).ok()?;
+        let g = self.grant_hit(slot, wire, share, app)?;
+        Some(g.map(|g| self.encode_grant(id, &g)))
+    }
+
+    /// A reference to the cached socket that spec bytes `wire` hit before
+    /// (a plain request: no flags), if nothing would refuse it.
+    fn grant_hit(
+        &mut self,
+        slot: usize,
+        wire: &[u8],
+        share: ShareMode,
+        app: &str,
+    ) -> Option<Result<Granted>> {
+        let (es, eid) = self.sockets.hit(wire)?;
+        let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
         let c = self.conns.get(slot)?;
         let (creds, conn_id, user) = (c.creds, c.id, c.user);
         if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
@@ -280,7 +383,7 @@ impl Broker {
             creds,
             conn_id,
         };
-        Some(self.grant(id, es, holder, user, false, true))
+        Some(self.grant(es, holder, user, false, true))
     }
 
     /// Does a request `(share, app)` from `uid` for `spec` agree with every

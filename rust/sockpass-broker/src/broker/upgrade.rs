@@ -177,6 +177,9 @@ impl Broker {
                                 Err(_) => handoff::AttachState::None,
                             },
                         },
+                        Some(Attach::Entries(v)) => handoff::AttachState::Entries(
+                            v.into_iter().map(|(s, id)| (s as u64, id)).collect(),
+                        ),
                     };
                     (o.bytes, a)
                 })
@@ -281,6 +284,9 @@ impl Broker {
                 let attach = match a {
                     handoff::AttachState::None => None,
                     handoff::AttachState::Entry(s, id) => Some(Attach::Entry(s as usize, id)),
+                    handoff::AttachState::Entries(v) => Some(Attach::Entries(
+                        v.into_iter().map(|(s, id)| (s as usize, id)).collect(),
+                    )),
                     handoff::AttachState::Owned(fd) => Some(Attach::Table(b.adopt_table(fd, user))),
                 };
                 outq.push_back(Outgoing { bytes, attach });

@@ -50,7 +50,20 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     };
     let mut held = Vec::new();
     let mut out = std::io::stdout().lock();
-    for spec in specs {
+    if !reserve && flags == 0 {
+        // One batch: one round trip, all or nothing.
+        let batch: Vec<_> = specs.iter().map(|s| ((*s).clone(), share, app)).collect();
+        match c.request_many(&batch) {
+            Ok(gs) => {
+                for (g, spec) in gs.into_iter().zip(&specs) {
+                    let _ = writeln!(out, "{} {} {}", g.port, g.token, spec);
+                    held.push(g);
+                }
+            }
+            Err(e) => return Ok(super::fail("request", &e)),
+        }
+    }
+    for spec in specs.into_iter().filter(|_| reserve || flags != 0) {
         if reserve {
             match c.reserve_socket(spec, share, app) {
                 Ok(r) => {

@@ -1,0 +1,242 @@
+//! Batch requests: many sockets in one round trip (REQUEST_MANY), all or
+//! nothing.
+
+use super::{unavailable, Client, Grant, PIPELINE_WINDOW};
+use crate::error::{Error, Kind, Result};
+use crate::fdpass::{send_fds, RecvError};
+use crate::proto::{self, ty, GrantEntry, Header};
+use crate::share::ShareMode;
+use crate::spec::SocketSpec;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// One REQUEST_MANY to send: its bytes, and which specs it carries.
+struct Message {
+    bytes: Vec<u8>,
+    first: usize,
+    count: usize,
+}
+
+/// What one SOCKETS reply brought: its grants with their fds, or why not.
+type Answer = Result<Vec<(GrantEntry, OwnedFd)>>;
+
+/// Pack the specs into messages of at most [`proto::MAX_REQUEST_BATCH`]
+/// specs and [`proto::MAX_MSG`] bytes.
+fn pack(
+    specs: &[(SocketSpec, ShareMode, &str)],
+    mut id: impl FnMut() -> Result<u32>,
+) -> Result<Vec<Message>> {
+    let mut msgs: Vec<Message> = Vec::new();
+    let mut item = Vec::new();
+    for (i, (spec, share, app)) in specs.iter().enumerate() {
+        spec.validate()
+            .map_err(|e| e.context(format_args!("spec {i} of {}", specs.len())))?;
+        item.clear();
+        proto::encode_request_item(&mut item, spec, *share, app, 0)?;
+        let fits = msgs.last().is_some_and(|m| {
+            m.count < proto::MAX_REQUEST_BATCH && m.bytes.len() + item.len() <= proto::MAX_MSG
+        });
+        if !fits {
+            let mut bytes = Vec::with_capacity(proto::MAX_MSG);
+            proto::begin_request_many(&mut bytes, id()?);
+            if bytes.len() + item.len() > proto::MAX_MSG {
+                return Err(Error::bad_request(format!(
+                    "spec {i} of {}: too long for one message",
+                    specs.len()
+                )));
+            }
+            msgs.push(Message {
+                bytes,
+                first: i,
+                count: 0,
+            });
+        }
+        let m = msgs.last_mut().unwrap();
+        m.bytes.extend_from_slice(&item);
+        m.count += 1;
+    }
+    for m in &mut msgs {
+        proto::finish_request_many(&mut m.bytes, m.count);
+    }
+    Ok(msgs)
+}
+
+/// The broker names a refused spec by its place in its message ("spec 3 of
+/// 36: …"); name it by its place in the whole call instead.
+fn renumber(e: Error, first: usize, total: usize) -> Error {
+    let m = e.message();
+    let rest = m
+        .strip_prefix("spec ")
+        .and_then(|r| r.split_once(": "))
+        .and_then(|(num, rest)| {
+            let i: usize = num.split_once(" of ")?.0.parse().ok()?;
+            Some((i, rest))
+        });
+    match rest {
+        Some((i, rest)) => Error::with_errno(
+            e.kind(),
+            e.errno(),
+            format!("spec {} of {total}: {rest}", first + i),
+        ),
+        None => e,
+    }
+}
+
+impl Client {
+    /// Ask for many sockets at once: each spec with its share mode and
+    /// application name (empty: my executable's name), as
+    /// [`Client::request_socket`] would. All or nothing: on any refusal no
+    /// reference is kept and no fd is left open, and the error names the
+    /// spec (`spec I of N: …`). Up to [`proto::MAX_REQUEST_BATCH`] specs
+    /// travel in one message, their fds in one `SCM_RIGHTS` message; more
+    /// are pipelined, still about one round trip.
+    pub fn request_many(&mut self, specs: &[(SocketSpec, ShareMode, &str)]) -> Result<Vec<Grant>> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = self.request_many_inner(specs);
+        self.settle(r)
+    }
+
+    fn request_many_inner(
+        &mut self,
+        specs: &[(SocketSpec, ShareMode, &str)],
+    ) -> Result<Vec<Grant>> {
+        let msgs = pack(specs, || self.take_id())?;
+        let mut answers: Vec<Answer> = Vec::with_capacity(msgs.len());
+        let (mut sent, mut read) = (0, 0);
+        let mut lost = None;
+        while read < msgs.len() {
+            while sent < msgs.len() && sent - read < PIPELINE_WINDOW {
+                let r = send_fds(self.sock(), &msgs[sent].bytes, &[], 0);
+                if let Err(e) = self.sent(r) {
+                    lost = Some(e);
+                    break;
+                }
+                sent += 1;
+            }
+            if lost.is_some() && read == sent {
+                break;
+            }
+            let m = &msgs[read];
+            let id = Header::parse(&m.bytes)?.id;
+            let a = self.sockets_reply(id, m.count);
+            read += 1;
+            let fatal = matches!(&a, Err(e) if matches!(e.kind(), Kind::BrokerUnavailable | Kind::Timeout | Kind::Protocol) && !e.message().contains("MSG_CTRUNC"));
+            answers.push(a.map_err(|e| renumber(e, m.first, specs.len())));
+            if fatal {
+                break;
+            }
+        }
+        let failed = lost.or_else(|| answers.iter().find_map(|a| a.as_ref().err().cloned()));
+        let grants = answers.into_iter().filter_map(|a| a.ok()).flatten();
+        match failed {
+            None => {
+                let mut out = Vec::with_capacity(specs.len());
+                for (g, fd) in grants {
+                    self.track(fd.as_raw_fd(), g.token);
+                    out.push(Grant {
+                        fd,
+                        token: g.token,
+                        port: g.port,
+                        cached: g.cached,
+                    });
+                }
+                Ok(out)
+            }
+            Some(e) => {
+                // All or nothing: give back what the other messages got.
+                let tokens: Vec<_> = grants.map(|(g, _fd)| g.token).collect();
+                if !tokens.is_empty() {
+                    let _ = self.release_many(&tokens);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Receive the SOCKETS reply to message `id` of `count` specs. If its
+    /// fds cannot all be received (MSG_CTRUNC, say at RLIMIT_NOFILE), its
+    /// tokens are released, so the broker keeps nothing for it.
+    fn sockets_reply(&mut self, id: u32, count: usize) -> Answer {
+        debug_assert!(self.fds.is_empty());
+        let mut lost = false;
+        let res = self.recv_msg_lost(count, 0, &mut lost);
+        let fds = std::mem::take(&mut self.fds);
+        let len = match res {
+            Ok(n) => n,
+            Err(RecvError::Os(libc::EAGAIN)) => {
+                return Err(Error::with_errno(
+                    Kind::Timeout,
+                    libc::ETIMEDOUT,
+                    "sockpassd did not reply in time",
+                ))
+            }
+            Err(RecvError::Os(e)) => {
+                return Err(self.refusal(unavailable(e, "receiving from sockpassd")))
+            }
+            Err(e) => return Err(e.into_error("reply from sockpassd")),
+        };
+        if lost {
+            // The fds did not fit under RLIMIT_NOFILE (MSG_CTRUNC); the
+            // payload came whole: give its references back.
+            let h = Header::parse(&self.rbuf[..len])?;
+            if h.ty != ty::SOCKETS || h.id != id {
+                return Err(RecvError::TruncatedFds.into_error("the reply to a batch request"));
+            }
+            let entries = proto::decode_sockets(&self.rbuf[proto::HEADER_LEN..len])?;
+            let tokens: Vec<_> = entries.iter().map(|g| g.token).collect();
+            let released = self.release_many(&tokens).is_ok();
+            return Err(Error::with_errno(
+                Kind::LimitReached,
+                libc::EMFILE,
+                format!(
+                    "cannot receive the {} sockets of a batch (MSG_CTRUNC: out of file descriptors?); {}",
+                    entries.len(),
+                    if released {
+                        "their references were released"
+                    } else {
+                        "releasing their references failed too"
+                    }
+                ),
+            ));
+        }
+        self.rbuf.truncate(len);
+        if len == 0 && fds.is_empty() {
+            return Err(unavailable(
+                libc::ECONNRESET,
+                "sockpassd closed the connection",
+            ));
+        }
+        let h = Header::parse(&self.rbuf)?;
+        let payload = &self.rbuf[proto::HEADER_LEN..];
+        if h.ty == ty::ERROR && (h.id == 0 || h.id == id) {
+            let e = proto::decode_error(payload)?;
+            if h.id == 0 {
+                // About the connection (its limit): the broker closes it.
+                self.close_after(&e);
+            }
+            return Err(e);
+        }
+        if h.id != id {
+            return Err(Error::protocol(format!(
+                "reply for request {} while waiting for {id}",
+                h.id
+            )));
+        }
+        if h.ty != ty::SOCKETS {
+            return Err(Error::protocol(format!(
+                "unexpected reply {:#04x} to a batch request",
+                h.ty
+            )));
+        }
+        let entries = proto::decode_sockets(payload)?;
+        if entries.len() != count || entries.iter().any(|g| g.reserved) || fds.len() != count {
+            return Err(Error::protocol(format!(
+                "a SOCKETS reply with {} entries and {} fds to a batch of {count}",
+                entries.len(),
+                fds.len()
+            )));
+        }
+        Ok(entries.into_iter().zip(fds).collect())
+    }
+}
