@@ -12,7 +12,6 @@ use sockpass::fdpass::send_fds;
 use sockpass::{Client, ShareMode, SocketSpec};
 use std::io::{BufRead, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,24 +28,7 @@ fn need_root(what: &str) -> bool {
 /// Run the child test `name` as nobody, stdin piped (closing it ends the
 /// child), stdout piped for its "@@ " line.
 fn spawn_nobody(name: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("SOCKPASS_CHILD", "1")
-    .uid(NOBODY)
-    .gid(NOBODY)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
+    spawn_child_as(NOBODY, name, env, Stdio::piped())
 }
 
 /// End a child started by [`spawn_nobody`] (close its stdin) and reap it.

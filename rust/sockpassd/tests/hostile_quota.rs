@@ -12,8 +12,7 @@ use sockpass::{Client, ShareMode, SocketSpec};
 use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const NOBODY: u32 = 65534;
@@ -35,24 +34,7 @@ fn need_root(what: &str) -> bool {
 /// Start the child test `name` as `uid` with `env`. It reports one "@@ "
 /// line and then holds what it made until its stdin closes.
 fn spawn_as(uid: u32, name: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("SOCKPASS_CHILD", "1")
-    .uid(uid)
-    .gid(uid)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
+    spawn_child_as(uid, name, env, Stdio::piped())
 }
 
 /// The "@@ " lines a child writes, as they come (read on a thread, so

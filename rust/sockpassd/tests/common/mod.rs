@@ -266,10 +266,11 @@ pub fn spawn_self(test_name: &str, env: &[(&str, String)]) -> Child {
 /// uid and gid of `nobody`, whom hostile clients run as.
 pub const NOBODY: u32 = 65534;
 
-/// Run the child test `name` (see [`spawn_self`]) as uid/gid [`NOBODY`] with
-/// `env` (and no supplementary groups: std drops them when root sets a
-/// uid); return its "@@ " line. The child must succeed.
-pub fn run_as_nobody(name: &str, env: &[(&str, String)]) -> String {
+/// Start the child test `name` (see [`spawn_self`]) as uid/gid `uid` (no
+/// supplementary groups: std drops them when root sets a uid) with `env`,
+/// its stdout piped for its "@@ " lines and its stdin as given (a piped
+/// stdin lets the parent end a child that holds what it made).
+pub fn spawn_child_as(uid: u32, name: &str, env: &[(&str, String)], stdin: Stdio) -> Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -280,15 +281,21 @@ pub fn run_as_nobody(name: &str, env: &[(&str, String)]) -> String {
         "--test-threads=1",
     ])
     .env("SOCKPASS_CHILD", "1")
-    .uid(NOBODY)
-    .gid(NOBODY)
-    .stdin(Stdio::null())
+    .uid(uid)
+    .gid(uid)
+    .stdin(stdin)
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut c = cmd.spawn().unwrap();
+    cmd.spawn().unwrap()
+}
+
+/// Run the child test `name` as [`NOBODY`] with `env`; return its "@@ "
+/// line. The child must succeed.
+pub fn run_as_nobody(name: &str, env: &[(&str, String)]) -> String {
+    let mut c = spawn_child_as(NOBODY, name, env, Stdio::null());
     let line = read_line(&mut c);
     let st = wait_child(&mut c);
     assert!(st.success(), "child {name} failed: {st}");
