@@ -445,6 +445,29 @@ fn upgrade_needs_root_or_the_brokers_uid() {
 // ---- the systemd fd store (no systemd needed: the test plays its part) ----
 
 /// A datagram socket standing in for systemd's notify socket.
+/// A sockpassd in a temp dir whose `$NOTIFY_SOCKET` is a datagram socket
+/// the test reads (`rx`), with `env` set too; its log is `dir/log`.
+fn notified_broker(
+    tag: &str,
+    env: &[(&str, &str)],
+) -> (std::path::PathBuf, OwnedFd, std::path::PathBuf, Reap) {
+    let dir = temp_dir(tag);
+    let notify = dir.join("notify");
+    let rx = notify_receiver(&notify);
+    let path = dir.join("sockpassd.sock");
+    let mut cmd = Command::new(sockpassd_bin());
+    cmd.arg("--socket")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = Reap(cmd.spawn().unwrap());
+    (dir, rx, path, child)
+}
+
 fn notify_receiver(path: &std::path::Path) -> OwnedFd {
     let fd = sockpass::sys::unix_socket(libc::SOCK_DGRAM, false).unwrap();
     sockpass::sys::bind_unix(&fd, path.as_os_str().as_encoded_bytes()).unwrap();
@@ -484,21 +507,7 @@ fn field<'a>(msg: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn cached_sockets_go_to_the_fd_store_and_leave_it_on_last_close() {
-    let dir = temp_dir("fdstore-push");
-    let notify = dir.join("notify");
-    let rx = notify_receiver(&notify);
-    let path = dir.join("sockpassd.sock");
-    let mut child = Reap(
-        Command::new(sockpassd_bin())
-            .arg("--socket")
-            .arg(&path)
-            .env("NOTIFY_SOCKET", &notify)
-            .env("FDSTORE", "64")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (_dir, rx, path, mut child) = notified_broker("fdstore-push", &[("FDSTORE", "64")]);
     let mut c = wait_for("broker", || Client::connect(&path).ok());
     let port = free_port(true);
     let s = spec(&format!("udp:127.0.0.1:{port}"));
@@ -742,21 +751,8 @@ fn next_notify_msg(rx: &OwnedFd) -> String {
 
 #[test]
 fn the_service_manager_sees_reloading_then_ready_around_an_upgrade() {
-    let dir = temp_dir("notify-reload");
-    let notify = dir.join("notify");
-    let rx = notify_receiver(&notify);
-    let path = dir.join("sockpassd.sock");
-    let mut child = Reap(
-        Command::new(sockpassd_bin())
-            .arg("--socket")
-            .arg(&path)
-            .env("NOTIFY_SOCKET", &notify)
-            .env("SOCKPASSD_DEFAULT_POLICY", "")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (_dir, rx, path, mut child) =
+        notified_broker("notify-reload", &[("SOCKPASSD_DEFAULT_POLICY", "")]);
     assert!(next_notify_msg(&rx).starts_with("READY=1\n"));
     let upgrade = |exe: Option<&str>| {
         let mut c = Command::new(sockpass_bin());
