@@ -855,7 +855,7 @@ fn references_stay_consistent_through_interleaved_operations() {
 fn request_parts_sends_what_the_parts_say() {
     use sockpass::Parts;
     let b = Broker::start("parts");
-    let (p1, p2) = (free_port(true), free_port(true));
+    let [p1, p2] = free_ports(true);
     let mut c = b.client();
     let parts = |port: u16, share: ShareMode, app: &'static str| Parts {
         proto: 1, // UDP

@@ -184,6 +184,29 @@ pub fn wait_child(c: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// `N` different free ports: each is held until all are picked (two
+/// separate picks can return the same port).
+pub fn free_ports<const N: usize>(udp: bool) -> [u16; N] {
+    let held: Vec<HeldPort> = (0..N)
+        .map(|_| {
+            if udp {
+                HeldPort::Udp(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            } else {
+                HeldPort::Tcp(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            }
+        })
+        .collect();
+    std::array::from_fn(|k| match &held[k] {
+        HeldPort::Udp(s) => s.local_addr().unwrap().port(),
+        HeldPort::Tcp(s) => s.local_addr().unwrap().port(),
+    })
+}
+
+enum HeldPort {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener),
+}
+
 /// A port that was free a moment ago for `proto` on 127.0.0.1.
 pub fn free_port(udp: bool) -> u16 {
     if udp {
