@@ -2,6 +2,9 @@
 //! free ports, and child client processes (this test binary re-executed).
 #![allow(dead_code)]
 
+pub mod daemons;
+pub mod load;
+
 use sockpass::{Client, Status};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
