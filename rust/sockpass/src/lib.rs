@@ -13,6 +13,8 @@
 //! - `server_socket`: server sockets handed into daemons, with a notifier
 //!   (the D-Bus `ServerSocket` handover);
 //! - `activation`: systemd socket activation (`LISTEN_FDS`);
+//! - `supervise`: one program across restarts (old and new instance
+//!   overlapping on the same sockets);
 //! - `readiness`: waiting for a child to be ready (pipe, sd_notify, s6 fd);
 //! - `dbus_address`: D-Bus addresses of unix sockets;
 //! - `error`: typed errors shared by every layer.
@@ -31,6 +33,7 @@ mod server_socket;
 mod share;
 mod spawn;
 mod spec;
+mod supervise;
 mod token;
 
 // Low-level pieces the sibling crates (sockpass-broker, sockpass-ffi,
@@ -90,4 +93,8 @@ pub use server_socket::{
 pub use share::{compatible, compatible_users, ShareMode};
 pub use spawn::{exit_code, validate_name, Child, EnvBase, Slot, Spawn};
 pub use spec::{parse_addr, Proto, SocketOptions, SocketSpec};
+pub use supervise::{
+    attach_readiness, describe_status, Event as SuperviseEvent, Options as SuperviseOptions,
+    RestartFailure, Restarted, Supervisor,
+};
 pub use token::Token;

@@ -147,6 +147,25 @@ impl Namespaces {
         })
     }
 
+    /// Another handle on the same namespaces (each fd duplicated), for a
+    /// plan spawned more than once (a supervisor's next instance).
+    pub fn try_clone(&self) -> Result<Namespaces> {
+        let dup = |f: &OwnedFd| {
+            f.try_clone()
+                .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EBADF), "dup"))
+        };
+        Ok(Namespaces {
+            pid: self.pid,
+            fds: self
+                .fds
+                .iter()
+                .map(|(i, f)| Ok((*i, dup(f)?)))
+                .collect::<Result<_>>()?,
+            root: self.root.as_ref().map(dup).transpose()?,
+            cwd: self.cwd.as_ref().map(dup).transpose()?,
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
     }

@@ -263,7 +263,7 @@ impl Readiness {
     /// child is exiting or gone is its death, not readiness: the kernel
     /// closes a dying process's fds before its pidfd becomes readable, so
     /// the child's state is read rather than raced.
-    fn check_child(&mut self, child: Option<(i32, BorrowedFd<'_>)>) -> Result<bool> {
+    pub(crate) fn check_child(&mut self, child: Option<(i32, BorrowedFd<'_>)>) -> Result<bool> {
         let (Source::Pipe(f), Some((pid, pidfd)), false) = (&self.src, child, self.ready) else {
             return self.check();
         };
@@ -480,7 +480,7 @@ fn notify_sockaddr(addr: &OsStr) -> Result<Vec<u8>> {
     }
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     // pidfds are always CLOEXEC.
     rustix::process::Pid::from_raw(pid)
         .ok_or(rustix::io::Errno::INVAL)

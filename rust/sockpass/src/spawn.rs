@@ -48,6 +48,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod copy;
+
 /// One slot of the fd plan.
 #[derive(Debug)]
 pub enum Slot {

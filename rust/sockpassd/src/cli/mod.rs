@@ -13,9 +13,11 @@ pub mod json;
 pub mod pickup;
 pub mod request;
 pub mod reserve;
+pub mod restart;
 pub mod run;
 pub mod serve_in;
 pub mod status;
+pub mod supervise;
 pub mod upgrade;
 
 /// What every command's `--help` and the man pages end with.
@@ -55,6 +57,7 @@ pub fn documented_command() -> Command {
             .map(|c| c.after_help(exit::HELP)),
         )
         .subcommand(run::command())
+        .subcommand(restart::command().after_help(exit::HELP))
         .subcommand(serve_in::command())
         .subcommand(
             Command::new("version")
@@ -159,6 +162,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "reserve" => reserve::run(sub),
         "pickup" => pickup::run(sub),
         "run" => run::run(sub),
+        "restart" => restart::run(sub),
         "serve-in" => serve_in::run(sub),
         "upgrade" => upgrade::run(sub),
         "version" => {

@@ -9,14 +9,15 @@
 //! `--datagram` and `--seqpacket` follow `systemd-socket-activate`. With
 //! `--wait-ready notify|fd:N|pipe` ([`sockpass::readiness`]) it prints
 //! PROGRAM's pid once PROGRAM reports ready. Exits with PROGRAM's status
-//! (128 + signal), and forwards SIGTERM and SIGINT to it.
+//! (128 + signal); SIGUSR2 restarts PROGRAM on the same sockets and other
+//! signals are forwarded ([`super::supervise`]).
 
 use super::{exit, flag, share_args, socket_arg};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use sockpass::Client;
+use sockpass::Method;
 use sockpass::SocketSpec;
-use sockpass::{exit_code, EnvBase, Slot, Spawn};
-use sockpass::{Method, Readiness};
+use sockpass::{EnvBase, Slot, Spawn};
 use sockpass::{Namespaces, NsSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -53,8 +54,11 @@ pub fn command() -> Command {
              LISTEN_FDNAMES, from fd 3 or --start; LISTEN_FDS_FIRST_FD when not 3). Each -l, \
              --request, --fd, --empty and --inherit is a slot, numbered in command-line order. \
              Stream sockets are handed over listening (as systemd and systemd-socket-activate \
-             do) unless --no-listen. Exits with PROGRAM's status and forwards SIGTERM and \
-             SIGINT to it.",
+             do) unless --no-listen. Exits with PROGRAM's status. SIGUSR2 (or `sockpass \
+             restart NAME` with --name) restarts PROGRAM without closing a socket: a new \
+             instance starts beside the old one, and the old one is stopped once the new one \
+             is ready. SIGTERM and SIGINT go to every instance; SIGHUP, SIGQUIT, SIGUSR1 and \
+             SIGWINCH to the current one.",
         )
         .arg(
             Arg::new("listen")
@@ -183,6 +187,7 @@ pub fn command() -> Command {
                 .value_parser(parse_seconds)
                 .help("Stop PROGRAM if it is not ready by then"),
         )
+        .args(super::supervise::args())
         .arg(super::program_arg(
             "The program to start, and its arguments (after --, or the first non-option)",
         ))
@@ -193,7 +198,7 @@ pub fn command() -> Command {
         ))
 }
 
-fn parse_seconds(v: &str) -> Result<Duration, String> {
+pub(super) fn parse_seconds(v: &str) -> Result<Duration, String> {
     v.parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
@@ -445,7 +450,6 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
     let start = plan.start;
     let (accept, inetd) = (m.get_flag("accept"), m.get_flag("inetd"));
     let wait_ready = m.get_one::<Method>("wait-ready").copied();
-    let timeout = m.get_one::<Duration>("ready-timeout").copied();
     if (accept || inetd) && sources.len() != 1 {
         return Err(format!(
             "run: --accept and --inetd take exactly one socket ({} given)",
@@ -552,7 +556,7 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
         if let Err(e) = as_inetd(&mut sp, fd) {
             return Ok(super::fail("run", &e));
         }
-        return Ok(run_child(sp, wait_ready, timeout, client));
+        return Ok(run_child(sp, m, client));
     }
 
     let mut sp = match plan.spawn() {
@@ -567,129 +571,16 @@ pub fn run(m: &ArgMatches) -> Result<i32, String> {
             None => sp.slot(Slot::Empty { name }),
         };
     }
-    Ok(run_child(sp, wait_ready, timeout, client))
+    Ok(run_child(sp, m, client))
 }
 
-/// Start the child, wait for its readiness if asked, forward SIGTERM and
-/// SIGINT until it exits, and return its status. `client` (the lease on
-/// requested sockets) is held until then.
-fn run_child(
-    mut sp: Spawn,
-    wait_ready: Option<Method>,
-    ready_timeout: Option<Duration>,
-    client: Option<Client>,
-) -> i32 {
-    // Readiness: notify passes NOTIFY_SOCKET; fd:N puts the pipe's write
-    // end at N (outside LISTEN_FDS); pipe adds it as the last slot, named
-    // "ready".
-    let mut ready = None;
-    if let Some(m) = wait_ready {
-        let (r, w) = match Readiness::new(m) {
-            Ok(x) => x,
-            Err(e) => return super::fail("--wait-ready", &e),
-        };
-        match (m, w) {
-            (Method::Notify, _) => {
-                if let Some(v) = r.notify_socket_env() {
-                    sp.setenv("NOTIFY_SOCKET", v);
-                }
-            }
-            (Method::Fd(n), Some(w)) => {
-                sp.fd_at(w, n);
-            }
-            (_, Some(w)) => {
-                sp.fd(w, Some("ready"));
-            }
-            (_, None) => {}
-        }
-        ready = Some(r);
-    }
-
-    // SIGTERM and SIGINT are blocked here and forwarded; SIGCHLD is blocked
-    // too so the wait below wakes on it without a race. The child starts
-    // with an empty mask (spawn resets it).
-    let set = blocked_signals();
-    let mut child = match sp.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            unblock(&set);
-            return spawn_failed(&e);
-        }
-    };
-    if let Some(mut r) = ready {
-        // Signals stay blocked meanwhile: SIGTERM and SIGINT are read from
-        // a signalfd polled with the readiness fd and forwarded at once, so
-        // a child that never gets ready can still be stopped through us. A
-        // child that exits first is reported in the loop below.
-        let pid = child.pid();
-        let res = match forward_fd() {
-            Ok(sfd) => {
-                let mut forward = || {
-                    while let Some(sig) = read_signal(&sfd) {
-                        let _ = child.kill(sig);
-                    }
-                    Ok(())
-                };
-                r.wait_child_watching(pid, ready_timeout, sfd.as_fd(), &mut forward)
-            }
-            Err(e) => {
-                eprintln!("sockpass: signalfd: {e}; signals wait until the child is ready");
-                r.wait_child(pid, ready_timeout)
-            }
-        };
-        match res {
-            Ok(()) => {
-                use std::io::Write;
-                let mut out = std::io::stdout();
-                let _ = writeln!(out, "{}", child.pid());
-                let _ = out.flush();
-            }
-            Err(e) if e.kind() == sockpass::Kind::Timeout => {
-                // A supervisor waiting for readiness treats this as failure:
-                // stop the child; its status (128+SIGTERM) is ours.
-                eprintln!("sockpass: the child did not report ready: {e}; stopping it");
-                let _ = child.kill(libc::SIGTERM);
-            }
-            Err(e) => {
-                eprintln!("sockpass: the child did not report ready: {e}");
-            }
-        }
-    }
-    // The broker connection (held while the child runs) is looked at once
-    // a second: a broker that went away is said once on stderr.
-    let mut broker_fd = client.as_ref().map(|c| c.as_raw_fd());
-    let status = loop {
-        match child.wait_timeout(Duration::ZERO) {
-            Ok(Some(st)) => break st,
-            Ok(None) => {}
-            Err(e) => return super::fail("wait", &e),
-        }
-        let second = libc::timespec {
-            tv_sec: if broker_fd.is_some() { 1 } else { 3600 },
-            tv_nsec: 0,
-        };
-        // SAFETY: sigtimedwait on a set we blocked.
-        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &second) };
-        if sig == libc::SIGTERM || sig == libc::SIGINT {
-            let _ = child.kill(sig);
-        }
-        if let Some(fd) = broker_fd {
-            // SAFETY: the client, and so its fd, lives until after the loop.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let gone = libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR;
-            if matches!(sockpass::sys::poll_one(fd, libc::POLLRDHUP, 0), Ok(r) if r & gone != 0) {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "sockpass: the broker went away (its connection closed); the program keeps its sockets"
-                );
-                broker_fd = None;
-            }
-        }
-    };
-    drop(client);
-    unblock(&set);
-    exit_code(status)
+/// Start the child under a [`sockpass::Supervisor`] (see
+/// [`super::supervise`]): readiness, signals, restarts, `--name`.
+fn run_child(sp: Spawn, m: &ArgMatches, client: Option<Client>) -> i32 {
+    let opts = super::supervise::options(m);
+    let ready_timeout = m.get_one::<Duration>("ready-timeout").copied();
+    let name = m.get_one::<String>("name").map(String::as_str);
+    super::supervise::run_child(sp, opts, ready_timeout, client, name)
 }
 
 /// Report a failed spawn: 127 or 126 when the exec failed (as shells).
