@@ -13,6 +13,8 @@ mod common;
 use common::daemons::*;
 use common::load::*;
 use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const RESTARTS: usize = 10;
@@ -28,7 +30,7 @@ const UDP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Answers each kind of request must get from every new instance before
 /// the next restart: the load runs through the restarts, not around them.
-const BETWEEN: u64 = 20;
+const BETWEEN: u64 = 200;
 
 /// A socket the program must keep across restarts: TCP or UDP on `port`,
 /// and its inode.
@@ -87,8 +89,13 @@ fn restart(run: &mut Run, n: usize, held: &[Held], tallies: &[&Tally]) -> Vec<i3
     let mut pids = vec![one_instance(run, 0, "the program to start")];
     for i in 1..=n {
         let old = *pids.last().unwrap();
+        let t = ms();
         run.signal(libc::SIGUSR2);
         let new = one_instance(run, old, &format!("restart {i} to replace pid {old}"));
+        eprintln!(
+            "restart {i}: SIGUSR2 at {t} ms, pid {old} replaced by {new} at {} ms",
+            ms()
+        );
         for h in held {
             h.check(new);
         }
@@ -137,7 +144,7 @@ fn gunicorn_restarts_under_load_without_refusing_or_resetting_a_connection() {
         "gunicorn, {RESTARTS} restarts (pids {pids:?}): HTTP {c}; answered by {} worker pids",
         workers.len()
     );
-    let why = || format!("{:?}\n{}", http.errors(), run.text());
+    let why = || format!("HTTP {:?}\n{}", http.errors(), run.text());
     assert_eq!((c.refused, c.reset), (0, 0), "{}", why());
     assert_eq!(c.failed(), 0, "{}", why());
     // Every instance's worker answered (its first, or more if one died).
@@ -182,8 +189,116 @@ fn unbound_restarts_under_load_answering_udp_and_tcp() {
         )
     };
     assert!(u.ok_percent() >= 99.9, "{}", why());
-    assert_eq!((t.refused, t.reset), (0, 0), "{}", why());
+    assert_eq!(t.refused, 0, "{}", why());
+    // unbound 1.17 does not drain on SIGTERM: in the event-loop pass that
+    // reads the signal it may still accept one connection (and read its
+    // query), then exits and closes it unanswered (a reset if the query
+    // was unread, else an EOF). With one TCP client thread that is at most
+    // one connection a restart, and its query is answered when asked
+    // again on a new connection (by the new instance), as RFC 7766 clients
+    // do. No query is lost.
     assert_eq!(t.failed(), 0, "{}", why());
+    assert!(t.retried <= RESTARTS as u64, "{}", why());
     let text = run.text();
     assert_eq!(run.stop(), 0, "unbound stops cleanly on SIGTERM: {text}");
+}
+
+/// `sockpass restart CTL` (as root, which run's control socket lets in):
+/// its exit code and what it wrote.
+fn sockpass_restart(ctl: &Path) -> (i32, String) {
+    let out = Command::new(sockpass_bin())
+        .arg("restart")
+        .arg(ctl)
+        .args(["--timeout", "60"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sockpass restart");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_new_gunicorn_that_fails_to_start_leaves_the_old_one_serving() {
+    let Some(g) = Setup::gunicorn("restart-fail") else {
+        return;
+    };
+    let port = g.port;
+    // run's control socket (--name with a /: its path), in a directory of
+    // nobody's, for `sockpass restart`.
+    let ctl_dir = g.dir.join("ctl");
+    std::fs::create_dir(&ctl_dir).unwrap();
+    std::os::unix::fs::chown(&ctl_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let ctl = ctl_dir.join("gunicorn");
+    let args = g.gunicorn_args(
+        &[
+            "--wait-ready",
+            "notify",
+            "--restart-timeout",
+            "3",
+            "--name",
+            &path_str(&ctl),
+        ],
+        &["--preload"],
+    );
+    let mut run = g.run(&args, "gunicorn.log", false);
+    run.until("gunicorn to answer", || http_get(port));
+    let old = one_instance(&mut run, 0, "gunicorn to start");
+    let held = Held::find(false, port, old);
+    let mut load = Load::default();
+    let http = load.spawn(2, || http_probe(port, REQUEST_TIMEOUT));
+    assert!(http.progress(BETWEEN, WAIT), "{:?}", http.errors());
+    let app = g.dir.join("hello.py");
+    let serving = |run: &mut Run, what: &str| {
+        assert_eq!(run.instances(), [old], "{what}: {}", run.text());
+        held.check(old);
+        assert!(http.progress(BETWEEN, WAIT), "{what}: {:?}", http.errors());
+    };
+
+    // An app that cannot load: the new instance exits before READY=1.
+    std::fs::write(&app, "def app(:\n").unwrap();
+    let (code, said) = sockpass_restart(&ctl);
+    assert_ne!(code, 0, "sockpass restart: {said}");
+    assert!(said.contains("before it was ready"), "{said}");
+    eprintln!("sockpass restart exited {code}: {}", said.trim());
+    let log = run.text();
+    assert!(
+        log.contains("restart 1 failed") && log.contains(&format!("instance {old} keeps serving")),
+        "{log}"
+    );
+    serving(&mut run, "after a new instance that exits");
+
+    // An app that takes too long to load: not ready within
+    // --restart-timeout, the new instance is stopped.
+    std::fs::write(&app, "import time\ntime.sleep(60)\n").unwrap();
+    run.signal(libc::SIGUSR2);
+    let log = run.log.clone();
+    run.until("restart 2 to fail", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("restart 2 failed").then_some(())
+    });
+    serving(&mut run, "after a new instance that is not ready in time");
+
+    // The app mended: the next restart replaces the old instance.
+    wsgi_app(&g.dir);
+    let (code, said) = sockpass_restart(&ctl);
+    let new = one_instance(&mut run, old, "restart 3 to replace the old instance");
+    assert_eq!((code, said.trim()), (0, new.to_string().as_str()));
+    held.check(new);
+    assert!(http.progress(BETWEEN, WAIT), "{:?}", http.errors());
+    load.finish();
+    let c = http.counts();
+    for l in run
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("sockpass: restart"))
+    {
+        eprintln!("{l}");
+    }
+    eprintln!("gunicorn, 2 failed restarts and 1 that worked (pids {old}, {new}): HTTP {c}");
+    let why = || format!("HTTP {:?}\n{}", http.errors(), run.text());
+    assert_eq!((c.refused, c.reset), (0, 0), "{}", why());
+    assert_eq!(c.failed(), 0, "{}", why());
+    let text = run.text();
+    assert_eq!(run.stop(), 0, "gunicorn stops cleanly on SIGTERM: {text}");
 }

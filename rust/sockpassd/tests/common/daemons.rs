@@ -263,6 +263,8 @@ pub fn listeners_on_port(udp: bool, port: u16) -> Vec<u64> {
     // TCP_LISTEN is 0A; an unconnected UDP socket is TCP_CLOSE, 07.
     let state = if udp { "07" } else { "0A" };
     let text = std::fs::read_to_string(file).unwrap_or_default();
+    // A socket may show more than once when the table changes while it
+    // is read.
     let mut v: Vec<u64> = text
         .lines()
         .skip(1)
@@ -273,6 +275,7 @@ pub fn listeners_on_port(udp: bool, port: u16) -> Vec<u64> {
         })
         .collect();
     v.sort_unstable();
+    v.dedup();
     v
 }
 

@@ -20,6 +20,9 @@ pub enum Outcome {
     Refused,
     /// ECONNRESET, EPIPE, or EOF before the whole response.
     Reset(String),
+    /// Reset (the reason given), then answered in full on a new
+    /// connection.
+    Retried(String),
     /// No answer within the per-request timeout.
     Timeout(String),
     /// Anything else (a wrong answer, another error).
@@ -32,16 +35,18 @@ pub struct Counts {
     pub ok: u64,
     pub refused: u64,
     pub reset: u64,
+    pub retried: u64,
     pub timeout: u64,
     pub other: u64,
 }
 
 impl Counts {
     pub fn total(&self) -> u64 {
-        self.ok + self.refused + self.reset + self.timeout + self.other
+        self.ok + self.refused + self.reset + self.retried + self.timeout + self.other
     }
+    /// Requests not answered, even on a retry.
     pub fn failed(&self) -> u64 {
-        self.total() - self.ok
+        self.total() - self.ok - self.retried
     }
     /// Percentage answered.
     pub fn ok_percent(&self) -> f64 {
@@ -61,8 +66,23 @@ impl std::fmt::Display for Counts {
             self.reset,
             self.timeout,
             self.other
-        )
+        )?;
+        if self.retried > 0 {
+            write!(
+                f,
+                "; {} more reset, then answered on a new connection",
+                self.retried
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// Milliseconds since the first call in this process: when a request
+/// failed, to set beside the restarts' times.
+pub fn ms() -> u128 {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    T0.get_or_init(Instant::now).elapsed().as_millis()
 }
 
 /// One kind of request's tally, shared by its threads.
@@ -71,6 +91,7 @@ pub struct Tally {
     ok: AtomicU64,
     refused: AtomicU64,
     reset: AtomicU64,
+    retried: AtomicU64,
     timeout: AtomicU64,
     other: AtomicU64,
     /// The first few failures, for the test's message.
@@ -90,6 +111,7 @@ impl Tally {
             }
             Outcome::Refused => (&self.refused, Some("refused".to_string())),
             Outcome::Reset(w) => (&self.reset, Some(format!("reset: {w}"))),
+            Outcome::Retried(w) => (&self.retried, Some(format!("reset, retried: {w}"))),
             Outcome::Timeout(w) => (&self.timeout, Some(format!("timed out: {w}"))),
             Outcome::Other(w) => (&self.other, Some(w)),
         };
@@ -97,7 +119,7 @@ impl Tally {
         if let Some(why) = why {
             let mut e = self.errors.lock().unwrap();
             if e.len() < 10 {
-                e.push(why);
+                e.push(format!("at {} ms: {why}", ms()));
             }
         }
     }
@@ -108,6 +130,7 @@ impl Tally {
             ok: g(&self.ok),
             refused: g(&self.refused),
             reset: g(&self.reset),
+            retried: g(&self.retried),
             timeout: g(&self.timeout),
             other: g(&self.other),
         }
@@ -280,11 +303,14 @@ pub fn dns_udp_probe(port: u16, name: &'static str, want: [u8; 4], timeout: Dura
 }
 
 /// DNS queries for `name` over TCP, a new connection for each, answered
-/// with `want` within `timeout`.
+/// with `want` within `timeout`. A query whose connection is reset or
+/// closed unanswered is asked again once on a new connection, as RFC 7766
+/// has DNS clients do ("clients SHOULD retry unanswered queries if the
+/// connection closes before receiving all outstanding responses"): it
+/// counts as [`Outcome::Retried`] if answered then.
 pub fn dns_tcp_probe(port: u16, name: &'static str, want: [u8; 4], timeout: Duration) -> Probe {
     let mut id: u16 = 0;
-    Box::new(move || {
-        id = id.wrapping_add(1);
+    let ask = move |id: u16| {
         let mut s = match TcpStream::connect_timeout(&loopback(port), timeout) {
             Ok(s) => s,
             Err(e) => return tcp_error("connect", e),
@@ -295,6 +321,16 @@ pub fn dns_tcp_probe(port: u16, name: &'static str, want: [u8; 4], timeout: Dura
             Ok(r) if dns_answer_id(id, &r) == Some(want) => Outcome::Ok(String::new()),
             Ok(_) => Outcome::Other(format!("wrong answer to query {id}")),
             Err(e) => tcp_error("query", e),
+        }
+    };
+    Box::new(move || {
+        id = id.wrapping_add(1);
+        match ask(id) {
+            Outcome::Reset(why) => match ask(id) {
+                Outcome::Ok(_) => Outcome::Retried(why),
+                again => again,
+            },
+            o => o,
         }
     })
 }
