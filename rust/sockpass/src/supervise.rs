@@ -228,6 +228,11 @@ impl Supervisor {
         &self.opts
     }
 
+    /// Change the options; they apply from the next restart on.
+    pub fn options_mut(&mut self) -> &mut Options {
+        &mut self.opts
+    }
+
     /// The current instance's pid; `None` once none is left.
     pub fn pid(&self) -> Option<i32> {
         self.current.as_ref().map(|i| i.child.pid())
