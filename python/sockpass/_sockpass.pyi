@@ -20,6 +20,8 @@ __all__ = [
     "bind_in_namespace",
     "spawn",
     "Child",
+    "supervise",
+    "Supervisor",
 ]
 
 _HolderRow = tuple[int, int, int, int, int, bool, str]
@@ -174,3 +176,28 @@ class Child:
     def resume(self) -> None: ...
     def wait(self, timeout: float | None = None) -> int | None: ...
     def kill(self, sig: int) -> None: ...
+def supervise(
+    argv: list[str],
+    slots: list[tuple[int | None, str | None, bool]],
+    env: list[tuple[str, str]] | None,
+    setenv: list[tuple[str, str | None]],
+    start: int,
+    listen_env: bool,
+    join_pid: int | None,
+    namespaces: str | None,
+    ready: str | None,
+    ready_timeout: float,
+    grace: float,
+    stop_signal: int,
+    drain_timeout: float,
+) -> Supervisor: ...
+@final
+class Supervisor:
+    @property
+    def pid(self) -> int | None: ...
+    def wait_ready(self, timeout: float | None = None) -> None: ...
+    def restart(self) -> int: ...
+    def signal(self, sig: int) -> None: ...
+    def terminate(self, sig: int) -> None: ...
+    def wait(self, timeout: float | None = None) -> int | None: ...
+    def close(self) -> None: ...

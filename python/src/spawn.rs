@@ -13,13 +13,13 @@ use std::sync::Mutex;
 
 /// One slot as the Python side hands it over: (fd or None for an empty
 /// slot, name, inherit).
-type PySlot = (Option<i32>, Option<String>, bool);
+pub(crate) type PySlot = (Option<i32>, Option<String>, bool);
 
 /// Build the plan. The fds are duplicated now, so the caller keeps its own.
 /// `env` replaces the environment; `setenv` sets (or, with None, unsets)
 /// variables over that base or the inherited one.
 #[allow(clippy::too_many_arguments)]
-fn plan(
+pub(crate) fn plan(
     argv: Vec<OsString>,
     slots: Vec<PySlot>,
     env: Option<Vec<(OsString, OsString)>>,
