@@ -176,15 +176,18 @@ class Child:
     def resume(self) -> None: ...
     def wait(self, timeout: float | None = None) -> int | None: ...
     def kill(self, sig: int) -> None: ...
+_PlanArgs = tuple[
+    list[str],
+    list[tuple[int | None, str | None, bool]],
+    list[tuple[str, str]] | None,
+    list[tuple[str, str | None]],
+    int,
+    bool,
+    int | None,
+    str | None,
+]
 def supervise(
-    argv: list[str],
-    slots: list[tuple[int | None, str | None, bool]],
-    env: list[tuple[str, str]] | None,
-    setenv: list[tuple[str, str | None]],
-    start: int,
-    listen_env: bool,
-    join_pid: int | None,
-    namespaces: str | None,
+    plan_args: _PlanArgs,
     ready: str | None,
     ready_timeout: float,
     grace: float,

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Mapping, Sequence
 
 from . import _sockpass
-from ._spawn import _Arg, _Fd, _slot
+from ._spawn import _Arg, _Fd, _plan_args
 
 __all__ = ["Supervisor"]
 
@@ -48,14 +48,7 @@ class Supervisor:
         drain_timeout: float = 30.0,
     ) -> None:
         self._native = _sockpass.supervise(
-            [os.fsdecode(a) for a in argv],
-            [_slot(s) for s in fds],
-            None if env is None else list(env.items()),
-            [] if setenv is None else list(setenv.items()),
-            start,
-            listen_env,
-            join_pid,
-            namespaces,
+            _plan_args(argv, fds, env, setenv, start, listen_env, join_pid, namespaces),
             ready,
             float(ready_timeout),
             float(grace),

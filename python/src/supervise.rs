@@ -2,11 +2,10 @@
 //! instance overlapping on the same fds. A translation of
 //! `sockpass::supervise` only.
 
-use crate::spawn::{plan, PySlot};
+use crate::spawn::{plan, PlanArgs};
 use crate::{closed, timeout_arg, to_pyerr};
 use pyo3::prelude::*;
 use sockpass::{SuperviseOptions, Supervisor};
-use std::ffi::OsString;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,18 +19,10 @@ fn secs(v: f64, what: &str) -> PyResult<Duration> {
 
 /// Start the first instance; see `sockpass.Supervisor` for the arguments.
 #[pyfunction]
-#[pyo3(signature = (argv, slots, env, setenv, start, listen_env, join_pid, namespaces, ready, ready_timeout, grace, stop_signal, drain_timeout))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (plan_args, ready, ready_timeout, grace, stop_signal, drain_timeout))]
 pub fn supervise(
     py: Python<'_>,
-    argv: Vec<OsString>,
-    slots: Vec<PySlot>,
-    env: Option<Vec<(OsString, OsString)>>,
-    setenv: Vec<(OsString, Option<OsString>)>,
-    start: i32,
-    listen_env: bool,
-    join_pid: Option<i32>,
-    namespaces: Option<String>,
+    plan_args: PlanArgs,
     ready: Option<String>,
     ready_timeout: f64,
     grace: f64,
@@ -47,6 +38,7 @@ pub fn supervise(
     };
     let sup = py
         .detach(|| {
+            let (argv, slots, env, setenv, start, listen_env, join_pid, namespaces) = plan_args;
             let recipe = plan(
                 argv, slots, env, setenv, start, listen_env, join_pid, namespaces, false,
             )?;

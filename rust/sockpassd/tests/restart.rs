@@ -162,6 +162,12 @@ impl Drop for Run {
     }
 }
 
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 fn alive(pid: i32) -> bool {
     // A reaped process has no /proc entry (a zombie still has one: state Z).
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -186,8 +192,12 @@ fn sigusr2_restart_keeps_the_socket_and_replaces_the_process() {
     // The socket the instance has at fd 3 is the one it reports.
     let link = std::fs::read_link(format!("/proc/{old}/fd/3")).unwrap();
     assert_eq!(link.to_string_lossy(), format!("socket:[{ino}]"));
+    let fds_before = fd_count(r.pid());
     r.signal(libc::SIGUSR2);
     let err = r.wait_err("restart 1: done");
+    // run holds what it held before: the instance's copies and its
+    // readiness channel are closed.
+    assert_eq!(fd_count(r.pid()), fds_before, "{err}");
     let (new, ino2) = r.ask();
     assert_ne!(new, old, "{err}");
     assert_eq!(ino2, ino, "the same listening socket");
