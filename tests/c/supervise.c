@@ -6,7 +6,8 @@
  * -SOCKPASS_E_CHILD_FAILED with status 3 and the old one serves on; one
  * never ready is -ETIMEDOUT, stopped by SIGTERM and reaped; terminate and
  * wait give the current instance's status; bad input gets its code; no fd
- * leaks. Needs no broker (and pidfd_open: not run under valgrind). */
+ * leaks. Needs no broker. Under valgrind (no pidfd_open) the supervisor
+ * looks for exits with waitid. */
 #define _GNU_SOURCE
 #include <sockpass.h>
 
