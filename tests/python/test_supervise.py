@@ -71,7 +71,7 @@ def test_restart_keeps_the_socket(tmp_path: pathlib.Path, listener: socket.socke
             [sys.executable, "-S", "-c", SERVER, str(mode)],
             fds=[(listener, "web")],
             ready="notify",
-            ready_timeout=1.0,
+            ready_timeout=5.0,  # the never-ready instance waits this long
         )
     with sup:
         sup.wait_ready(30)
@@ -113,7 +113,7 @@ def test_grace_without_readiness(tmp_path: pathlib.Path, listener: socket.socket
     port = listener.getsockname()[1]
     with listener:
         sup = sockpass.Supervisor(
-            [sys.executable, "-S", "-c", SERVER, str(mode)], fds=[listener], grace=0.3, drain_timeout=5
+            [sys.executable, "-S", "-c", SERVER, str(mode)], fds=[listener], grace=5, drain_timeout=5
         )
     with sup:
         first, ino = ask(port)

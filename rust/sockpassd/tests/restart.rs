@@ -168,20 +168,14 @@ fn fd_count(pid: i32) -> usize {
         .count()
 }
 
+/// Whether `pid` still exists, a zombie not yet reaped included.
 fn alive(pid: i32) -> bool {
-    // A reaped process has no /proc entry (a zombie still has one: state Z).
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn gone(pid: i32) {
     wait_for("the old instance to be reaped", || {
-        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        (!alive(pid)).then_some(())
     });
 }
 
@@ -318,7 +312,9 @@ fn a_restart_asked_for_during_one_is_queued() {
 
 #[test]
 fn without_readiness_a_grace_period_stands_in() {
-    let mut r = Run::start("grace", &["--restart-grace", "0.3", "--drain-timeout", "5"]);
+    // Long enough for a loaded machine to start Python and see it exit 3
+    // within the grace (or the exit would come after the handover).
+    let mut r = Run::start("grace", &["--restart-grace", "5", "--drain-timeout", "5"]);
     let (old, ino) = r.ask();
     r.mode("exit3");
     let (code, _, err) = r.restart_cmd();
@@ -331,4 +327,74 @@ fn without_readiness_a_grace_period_stands_in() {
     assert_eq!(r.ask(), (new, ino));
     gone(old);
     assert_eq!(r.finish(libc::SIGTERM), 128 + libc::SIGTERM);
+}
+
+#[test]
+fn library_event_loop_queues_one_restart_and_reaps_every_instance() {
+    use sockpass::{SuperviseEvent as Event, SuperviseOptions, Supervisor};
+    let dir = temp_dir("lib");
+    std::fs::write(dir.join("server.py"), SERVER).unwrap();
+    std::fs::write(dir.join("mode"), "ok").unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut sp = sockpass::Spawn::new("python3");
+    sp.arg("-S").arg(dir.join("server.py")).arg(&dir);
+    sp.fd(std::os::fd::OwnedFd::from(l), Some("web"));
+    let opts = SuperviseOptions {
+        ready: Some(sockpass::Method::Notify),
+        ..SuperviseOptions::default()
+    };
+    let mut sup = Supervisor::start(sp, opts).unwrap();
+    sup.wait_ready(Some(WAIT)).unwrap();
+    let first = sup.pid().unwrap();
+    std::fs::write(dir.join("mode"), "slow").unwrap();
+    assert_eq!(sup.request_restart().unwrap(), 1);
+    assert_eq!(sup.request_restart().unwrap(), 2, "queued");
+    assert_eq!(sup.request_restart().unwrap(), 2, "joins the queued one");
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    while !seen
+        .iter()
+        .any(|e| matches!(e, Event::Restarted(r) if r.id == 2))
+    {
+        assert!(t0.elapsed() < WAIT, "{seen:?}");
+        seen.extend(sup.advance());
+        sup.poll(None, Some(Duration::from_secs(1))).unwrap();
+    }
+    let kinds: Vec<(u64, &str)> = seen
+        .iter()
+        .map(|e| match e {
+            Event::HandedOver { id, .. } => (*id, "handed over"),
+            Event::Restarted(r) => (r.id, "restarted"),
+            Event::RestartFailed(f) => (f.id, "failed"),
+            Event::Exited(_) => (0, "exited"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "handed over"),
+            (1, "restarted"),
+            (2, "handed over"),
+            (2, "restarted")
+        ]
+    );
+    let started: Vec<i32> = std::fs::read_to_string(dir.join("started"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(started.len(), 3);
+    assert_eq!(sup.pid(), Some(started[2]));
+    assert!(!alive(first) && !alive(started[1]));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    assert!(s.starts_with(&format!("{} ", started[2])), "{s}");
+    sup.terminate(libc::SIGTERM);
+    let st = sup.wait_timeout(Some(WAIT)).unwrap().expect("exited");
+    assert!(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM);
+    assert!(sup.request_restart().is_err());
+    assert!(!alive(started[2]));
+    let _ = std::fs::remove_dir_all(&dir);
 }
