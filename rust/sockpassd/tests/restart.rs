@@ -56,12 +56,16 @@ impl Run {
     /// server DIR`, its stderr in DIR/err; waits until it serves.
     fn start(tag: &str, extra: &[&str]) -> Run {
         let dir = temp_dir(tag);
+        let ctl = path_str(&dir.join("ctl"));
+        Run::start_named(dir, &ctl, extra)
+    }
+
+    fn start_named(dir: PathBuf, name: &str, extra: &[&str]) -> Run {
         std::fs::write(dir.join("server.py"), SERVER).unwrap();
         std::fs::write(dir.join("mode"), "ok").unwrap();
         let err = std::fs::File::create(dir.join("err")).unwrap();
-        let ctl = path_str(&dir.join("ctl"));
         let child = Command::new(sockpass_bin())
-            .args(["run", "-l", "tcp:127.0.0.1:0", "--name", &ctl])
+            .args(["run", "-l", "tcp:127.0.0.1:0", "--name", name])
             .args(extra)
             .args(["--", "python3", "-S"])
             .arg(dir.join("server.py"))
@@ -126,9 +130,13 @@ impl Run {
     }
 
     fn restart_cmd(&self) -> (i32, String, String) {
+        self.restart_by(&path_str(&self.dir.join("ctl")))
+    }
+
+    fn restart_by(&self, what: &str) -> (i32, String, String) {
         let out = Command::new(sockpass_bin())
             .arg("restart")
-            .arg(self.dir.join("ctl"))
+            .arg(what)
             .args(["--timeout", "60"])
             .output()
             .unwrap();
@@ -186,12 +194,9 @@ fn sigusr2_restart_keeps_the_socket_and_replaces_the_process() {
     // The socket the instance has at fd 3 is the one it reports.
     let link = std::fs::read_link(format!("/proc/{old}/fd/3")).unwrap();
     assert_eq!(link.to_string_lossy(), format!("socket:[{ino}]"));
-    let fds_before = fd_count(r.pid());
     r.signal(libc::SIGUSR2);
     let err = r.wait_err("restart 1: done");
-    // run holds what it held before: the instance's copies and its
-    // readiness channel are closed.
-    assert_eq!(fd_count(r.pid()), fds_before, "{err}");
+    let fds_after_one = fd_count(r.pid());
     let (new, ino2) = r.ask();
     assert_ne!(new, old, "{err}");
     assert_eq!(ino2, ino, "the same listening socket");
@@ -212,6 +217,11 @@ fn sigusr2_restart_keeps_the_socket_and_replaces_the_process() {
             .filter(|s| s.trim() == new.to_string())
     });
     assert_eq!(r.ask().0, new);
+    // Another restart leaves run holding what it held: each instance's
+    // copies and readiness channel are closed.
+    r.signal(libc::SIGUSR2);
+    let err = r.wait_err("restart 2: done");
+    assert_eq!(fd_count(r.pid()), fds_after_one, "{err}");
     // run's exit status is the current instance's (SIGUSR1 makes it exit 42).
     assert_eq!(r.finish(libc::SIGUSR1), 42);
     assert!(!r.dir.join("ctl").exists(), "the control socket is removed");
@@ -277,7 +287,14 @@ fn a_new_instance_never_ready_is_stopped_after_the_timeout() {
     assert_eq!(code, 128 + libc::SIGTERM, "{err}");
     assert!(err.contains("was not ready within"), "{err}");
     assert!(t0.elapsed() >= Duration::from_millis(900));
-    let hung = *r.started().last().unwrap();
+    // Its pid from the message (under load it may be stopped before it
+    // wrote anything).
+    let hung: i32 = err
+        .split("new instance ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
     assert_ne!(hung, old);
     assert!(!alive(hung), "the hung instance is reaped");
     assert_eq!(r.ask(), (old, ino));
@@ -397,4 +414,31 @@ fn library_event_loop_queues_one_restart_and_reaps_every_instance() {
     assert!(sup.request_restart().is_err());
     assert!(!alive(started[2]));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn restart_by_name_in_the_runtime_dir_and_by_pid() {
+    let dir = temp_dir("named");
+    let name = format!("sockpass-test-{}", std::process::id());
+    let mut r = Run::start_named(dir, &name, &["--wait-ready", "notify"]);
+    let (first, ino) = r.ask();
+    // By name, by run's pid, by the program's pid.
+    let (code, out, err) = r.restart_by(&name);
+    assert_eq!(code, 0, "{err}");
+    let second: i32 = out.trim().parse().unwrap();
+    assert_ne!(second, first);
+    let (code, out, err) = r.restart_by(&r.pid().to_string());
+    assert_eq!(code, 0, "{err}");
+    let third: i32 = out.trim().parse().unwrap();
+    let (code, out, err) = r.restart_by(&third.to_string());
+    assert_eq!(code, 0, "{err}");
+    let fourth: i32 = out.trim().parse().unwrap();
+    assert_eq!(r.ask(), (fourth, ino));
+    // A pid that is no sockpass run, and a name nobody holds.
+    let (code, _, err) = r.restart_by(&std::process::id().to_string());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a sockpass run with a --name"), "{err}");
+    let (code, _, err) = r.restart_by(&format!("{name}-none"));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(r.finish(libc::SIGTERM), 128 + libc::SIGTERM);
 }
