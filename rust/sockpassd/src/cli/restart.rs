@@ -181,7 +181,8 @@ impl Endpoint {
         &self.path
     }
 
-    /// Take one pending client and its request (waited for at most 1 s):
+    /// Take one pending client and its request (waited for at most 200 ms:
+    /// `sockpass restart` sends it with the connect; the loop waits meanwhile):
     /// only our own uid or root may ask. `None`: nothing usable.
     pub fn accept(&self) -> Option<(OwnedFd, Vec<u8>)> {
         // SAFETY: accept4 on our listener; a new fd is owned at once.
@@ -208,7 +209,7 @@ impl Endpoint {
             );
             return None;
         }
-        sys::poll_one(conn.as_fd(), libc::POLLIN, 1000).ok()?;
+        sys::poll_one(conn.as_fd(), libc::POLLIN, 200).ok()?;
         let mut buf = [0u8; 64];
         let n = recv(&conn, &mut buf, libc::MSG_DONTWAIT).ok()?;
         Some((conn, buf[..n].to_vec()))
