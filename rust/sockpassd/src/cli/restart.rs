@@ -276,7 +276,7 @@ pub fn answer(ev: &sockpass::SuperviseEvent) -> Option<(u64, Vec<u8>)> {
 
 pub fn command() -> Command {
     Command::new("restart")
-        .about("Restart a program that `sockpass run --name NAME` runs, and wait for the outcome")
+        .about("Restart the program a `sockpass run --name NAME` runs, and wait for the outcome")
         .long_about(
             "Ask the `sockpass run --name NAME` that runs a program to restart it (as SIGUSR2 \
              does: a new instance on the same sockets, the old one stopped once the new one is \
@@ -285,12 +285,10 @@ pub fn command() -> Command {
              instance keeps serving), the new instance's exit code (128+N for signal N) when \
              it had one, else 1.",
         )
-        .arg(
-            Arg::new("name")
-                .value_name("NAME")
-                .required(true)
-                .help("The --name given to sockpass run (a path with a /: its control socket)"),
-        )
+        .arg(Arg::new("name").value_name("NAME").required(true).help(
+            "The --name given to sockpass run (a path with a /: its control socket; a \
+                     number: the pid of that sockpass run or of its program)",
+        ))
         .arg(
             Arg::new("timeout")
                 .long("timeout")
