@@ -164,6 +164,11 @@ typedef struct sockpass_server sockpass_server;
 // builder is normally filled by one thread.
 typedef struct sockpass_spawn sockpass_spawn;
 
+// A supervised program: the recipe (a `sockpass_spawn` plan and the fds
+// it holds), the readiness method and the current instance. Thread-safe:
+// calls are serialised (a blocking restart or wait holds the others back).
+typedef struct sockpass_supervisor sockpass_supervisor;
+
 // A peer's credentials (`SO_PEERCRED`), as the kernel recorded them when
 // the peer connected.
 typedef struct {
@@ -848,6 +853,90 @@ int sockpass_child_wait(sockpass_child *child,
 // Errors: `-EFAULT`, `-EINVAL` (bad signal).
 int sockpass_child_kill(sockpass_child *child,
                         int sig);
+
+// Start the first instance of `spawn` (consumed, freed with its fds
+// whether or not this succeeds) under a supervisor. `ready_method` is
+// `"notify"`, `"pipe"` or `"fd:N"` (each instance gets its own channel,
+// as `sockpass_readiness_new` makes), or NULL: a new instance alive
+// through the grace period counts as ready. Defaults: ready timeout 60 s,
+// grace 1 s, stop signal `SIGTERM`, drain timeout 30 s (see
+// `sockpass_supervisor_set_timeouts`).
+//
+// On success writes a new supervisor to `*supervisor_out` and returns the
+// first instance's pid. Errors: `-EFAULT`, `-EINVAL` (unknown method), and
+// those of `sockpass_spawn_start`.
+int sockpass_supervisor_start(sockpass_spawn *spawn,
+                              const char *ready_method,
+                              sockpass_supervisor **supervisor_out);
+
+// Free the handle and the fds it holds. It neither stops nor reaps the
+// instances (stop them first: `sockpass_supervisor_terminate` and
+// `sockpass_supervisor_wait`). NULL is a no-op.
+void sockpass_supervisor_free(sockpass_supervisor *supervisor);
+
+// Set the restart timings, in milliseconds (negative: keep the current
+// one): how long a new instance may take to be ready, the grace period
+// that stands in without a readiness method, and how long a stopped
+// instance may take to exit before `SIGKILL`. Returns 0. Errors:
+// `-EFAULT`.
+int sockpass_supervisor_set_timeouts(sockpass_supervisor *supervisor,
+                                     int ready_timeout_ms,
+                                     int grace_ms,
+                                     int drain_timeout_ms);
+
+// The signal that stops an old instance after a handover (and a new one
+// that failed); default `SIGTERM`. Returns 0. Errors: `-EFAULT`,
+// `-EINVAL` (not a signal number).
+int sockpass_supervisor_set_stop_signal(sockpass_supervisor *supervisor,
+                                        int sig);
+
+// The current instance's pid. Errors: `-EFAULT`, `-ESRCH` (none is left).
+int sockpass_supervisor_pid(sockpass_supervisor *supervisor);
+
+// Wait until the first instance is ready, at most `timeout_ms` (negative:
+// no limit); without a readiness method this returns at once. Returns 0.
+// Errors: `-EFAULT`, `-SOCKPASS_E_CHILD_FAILED` (it exited first),
+// `-ETIMEDOUT` (it is left running), `-SOCKPASS_E_NOT_READY`,
+// `-SOCKPASS_E_PROTOCOL`.
+int sockpass_supervisor_wait_ready(sockpass_supervisor *supervisor,
+                                   int timeout_ms);
+
+// Restart: start a new instance with the same fds, wait until it is ready,
+// make it current, stop the old one (stop signal, then `SIGKILL` after the
+// drain timeout) and reap it. Blocks until then; returns the new pid.
+//
+// On failure the new instance has been stopped and reaped and the old one
+// serves on; `sockpass_supervisor_failed_status` gives the new instance's
+// wait status. Errors: `-EFAULT`, `-SOCKPASS_E_CHILD_FAILED` (it exited
+// before it was ready, or could not start), `-ETIMEDOUT` (not ready within
+// the ready timeout), `-SOCKPASS_E_NOT_READY`, `-EINVAL` (no instance is
+// running, or terminating).
+int sockpass_supervisor_restart(sockpass_supervisor *supervisor);
+
+// The raw wait status (`WIFEXITED`, ...) of the new instance of the last
+// restart that failed: returns 1 and writes it to `*status_out`, or 0 if
+// there is none (no restart failed, or its instance never started).
+// Errors: `-EFAULT`.
+int sockpass_supervisor_failed_status(sockpass_supervisor *supervisor,
+                                      int *status_out);
+
+// Send `sig` to the current instance. Returns 0. Errors: `-EFAULT`,
+// `-EINVAL`.
+int sockpass_supervisor_kill(sockpass_supervisor *supervisor,
+                             int sig);
+
+// Shut down: send `sig` to every instance and refuse further restarts;
+// then `sockpass_supervisor_wait`. Returns 0. Errors: `-EFAULT`.
+int sockpass_supervisor_terminate(sockpass_supervisor *supervisor,
+                                  int sig);
+
+// Wait until no instance is left, at most `timeout_ms` (negative: no
+// limit). Returns 1 and writes the last current instance's raw wait status
+// to `*status_out` (if not NULL), or 0 if one still runs. Errors:
+// `-EFAULT`.
+int sockpass_supervisor_wait(sockpass_supervisor *supervisor,
+                             int timeout_ms,
+                             int *status_out);
 
 #ifdef __cplusplus
 }  // extern "C"

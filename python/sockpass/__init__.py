@@ -58,6 +58,7 @@ from ._errors import BadRequestError, BrokerUnavailableError, ChildFailedError, 
 from ._share import Proto, Share
 from ._listen import ListenFd, listen_fds
 from ._spawn import INHERIT, Child, spawn
+from ._supervise import Supervisor
 from ._status import Counters, HolderStatus, SocketStatus, _from_rows
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "Share",
     "ShareError",
     "SocketStatus",
+    "Supervisor",
     "TokenError",
     "Reservation",
     "default_app_name",

@@ -20,6 +20,8 @@ __all__ = [
     "bind_in_namespace",
     "spawn",
     "Child",
+    "supervise",
+    "Supervisor",
 ]
 
 _HolderRow = tuple[int, int, int, int, int, bool, str]
@@ -174,3 +176,31 @@ class Child:
     def resume(self) -> None: ...
     def wait(self, timeout: float | None = None) -> int | None: ...
     def kill(self, sig: int) -> None: ...
+_PlanArgs = tuple[
+    list[str],
+    list[tuple[int | None, str | None, bool]],
+    list[tuple[str, str]] | None,
+    list[tuple[str, str | None]],
+    int,
+    bool,
+    int | None,
+    str | None,
+]
+def supervise(
+    plan_args: _PlanArgs,
+    ready: str | None,
+    ready_timeout: float,
+    grace: float,
+    stop_signal: int,
+    drain_timeout: float,
+) -> Supervisor: ...
+@final
+class Supervisor:
+    @property
+    def pid(self) -> int | None: ...
+    def wait_ready(self, timeout: float | None = None) -> None: ...
+    def restart(self) -> int: ...
+    def signal(self, sig: int) -> None: ...
+    def terminate(self, sig: int) -> None: ...
+    def wait(self, timeout: float | None = None) -> int | None: ...
+    def close(self) -> None: ...

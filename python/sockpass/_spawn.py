@@ -118,7 +118,22 @@ def spawn(
     ``join_pid`` is an error. ``paused`` stops it before exec until
     ``resume()``. Set-up or exec failures raise ``OSError`` errno 2008,
     and leave no process behind."""
-    native = _sockpass.spawn(
+    native = _sockpass.spawn(*_plan_args(argv, fds, env, setenv, start, listen_env, join_pid, namespaces), paused)
+    return Child(native)
+
+
+def _plan_args(
+    argv: Sequence[_Arg],
+    fds: Sequence[_Fd | tuple[_Fd, str]],
+    env: Mapping[str, str] | None,
+    setenv: Mapping[str, str | None] | None,
+    start: int,
+    listen_env: bool,
+    join_pid: int | None,
+    namespaces: str | None,
+) -> _sockpass._PlanArgs:
+    """The native plan arguments, shared by ``spawn`` and ``Supervisor``."""
+    return (
         [os.fsdecode(a) for a in argv],
         [_slot(s) for s in fds],
         None if env is None else list(env.items()),
@@ -127,6 +142,4 @@ def spawn(
         listen_env,
         join_pid,
         namespaces,
-        paused,
     )
-    return Child(native)

@@ -24,6 +24,7 @@ use std::time::Duration;
 mod readiness;
 mod server_socket;
 mod spawn;
+mod supervise;
 
 /// The Python exception for a core error: `errno` is `Error::code()`,
 /// `strerror` the core's message. Classes for sockpass's own kinds live in
@@ -657,6 +658,8 @@ fn _sockpass(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(readiness::report_ready_fd, m)?)?;
     m.add_function(wrap_pyfunction!(spawn::spawn, m)?)?;
     m.add_class::<spawn::PyChild>()?;
+    m.add_function(wrap_pyfunction!(supervise::supervise, m)?)?;
+    m.add_class::<supervise::PySupervisor>()?;
     m.add_class::<server_socket::PyServerSocket>()?;
     m.add_class::<server_socket::PyLazyServer>()?;
     m.add_function(wrap_pyfunction!(server_socket::notifier_pair, m)?)?;

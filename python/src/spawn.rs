@@ -13,13 +13,26 @@ use std::sync::Mutex;
 
 /// One slot as the Python side hands it over: (fd or None for an empty
 /// slot, name, inherit).
-type PySlot = (Option<i32>, Option<String>, bool);
+pub(crate) type PySlot = (Option<i32>, Option<String>, bool);
+
+/// `plan`'s arguments but `paused`, as `sockpass._spawn._plan_args` makes
+/// them (for `supervise`).
+pub(crate) type PlanArgs = (
+    Vec<OsString>,
+    Vec<PySlot>,
+    Option<Vec<(OsString, OsString)>>,
+    Vec<(OsString, Option<OsString>)>,
+    i32,
+    bool,
+    Option<i32>,
+    Option<String>,
+);
 
 /// Build the plan. The fds are duplicated now, so the caller keeps its own.
 /// `env` replaces the environment; `setenv` sets (or, with None, unsets)
 /// variables over that base or the inherited one.
 #[allow(clippy::too_many_arguments)]
-fn plan(
+pub(crate) fn plan(
     argv: Vec<OsString>,
     slots: Vec<PySlot>,
     env: Option<Vec<(OsString, OsString)>>,

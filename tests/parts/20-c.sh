@@ -128,7 +128,7 @@ b=$work/build
 runs=("udp-echo $b/c-examples/udp-echo" "tcp-shared $b/c-examples/tcp-shared"
   "plain $b/c-examples/activated-server" "plain $b/tests/c/bad_input" "plain $b/tests/c/server_notify"
   "plain $b/tests/c/spawn" "plain $b/tests/c/threads" "plain $b/tests/c/handover" "plain $b/tests/c/batch" "limit2 $b/tests/c/limits"
-  "plain $b/tests/c/readiness" "plain $work/consumer/consumer")
+  "plain $b/tests/c/readiness" "plain $b/tests/c/supervise" "plain $work/consumer/consumer")
 # valgrind is single-threaded: $(nproc) at a time, each with its own log,
 # shown in order. valgrind has no pidfd_open: readiness then skips only its
 # wait_child checks (run above under ASan).

@@ -28,6 +28,7 @@ mod server_socket;
 
 mod readiness;
 mod spawn;
+mod supervise;
 
 pub use batch::*;
 pub use client::*;
@@ -36,6 +37,7 @@ pub use server_socket::*;
 
 pub use readiness::*;
 pub use spawn::*;
+pub use supervise::*;
 
 /// The library version, as the three parts of the project version.
 pub const SOCKPASS_VERSION_MAJOR: u32 = 0;

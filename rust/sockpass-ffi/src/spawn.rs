@@ -414,18 +414,23 @@ pub unsafe extern "C" fn sockpass_spawn_start(
         if spawn.is_null() {
             return Err(fault("spawn"));
         }
-        let s = Box::from_raw(spawn);
+        let s = take_builder(spawn);
         if child_out.is_null() {
             return Err(fault("child_out"));
         }
-        let s = s.inner.into_inner().unwrap_or_else(|p| p.into_inner());
-        let c = s.s.spawn()?;
+        let c = s.spawn()?;
         let pid = c.pid();
         *child_out = Box::into_raw(Box::new(sockpass_child {
             inner: Mutex::new(c),
         }));
         Ok(pid)
     })
+}
+
+/// Take the plan out of a (non-NULL) builder, freeing the handle.
+pub(crate) unsafe fn take_builder(spawn: *mut sockpass_spawn) -> Spawn {
+    let s = Box::from_raw(spawn);
+    s.inner.into_inner().unwrap_or_else(|p| p.into_inner()).s
 }
 
 /// Free the handle. It neither kills nor reaps a running process: wait for

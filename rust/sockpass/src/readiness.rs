@@ -283,7 +283,7 @@ impl Readiness {
         Ok(self.ready)
     }
 
-    fn wait_inner(
+    pub(crate) fn wait_inner(
         &mut self,
         child: Option<(i32, BorrowedFd<'_>)>,
         mut extra: Option<(BorrowedFd<'_>, &mut dyn FnMut() -> Result<()>)>,

@@ -48,8 +48,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod copy;
-
 /// One slot of the fd plan.
 #[derive(Debug)]
 pub enum Slot {
@@ -988,3 +986,6 @@ pub fn exit_code(status: i32) -> i32 {
         1
     }
 }
+
+// `Spawn::try_clone`, for a supervisor's next instance.
+mod copy;

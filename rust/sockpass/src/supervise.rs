@@ -104,18 +104,25 @@ pub enum Event {
     Exited(i32),
 }
 
-/// One running instance: its process, a pidfd to watch it, and (while it
-/// starts) its readiness channel.
+/// One running instance: its process, a pidfd to watch it (none where the
+/// kernel has no `pidfd_open`: its exit is then looked for every
+/// [`NO_PIDFD_TICK`]), and (while it starts) its readiness channel.
 #[derive(Debug)]
 struct Instance {
     child: Child,
-    pidfd: OwnedFd,
+    pidfd: Option<OwnedFd>,
     ready: Option<Readiness>,
 }
 
+/// How often instances without a pidfd are looked at.
+const NO_PIDFD_TICK: Duration = Duration::from_millis(50);
+
 impl Instance {
     fn exited(&self) -> bool {
-        sys::poll_one(self.pidfd.as_fd(), libc::POLLIN, 0).is_ok_and(|r| r != 0)
+        match &self.pidfd {
+            Some(p) => sys::poll_one(p.as_fd(), libc::POLLIN, 0).is_ok_and(|r| r != 0),
+            None => exited_nowait(self.child.pid()),
+        }
     }
 
     /// Reap an instance whose pidfd said it exited (does not block then).
@@ -228,6 +235,11 @@ impl Supervisor {
         &self.opts
     }
 
+    /// Change the options; they apply from the next restart on.
+    pub fn options_mut(&mut self) -> &mut Options {
+        &mut self.opts
+    }
+
     /// The current instance's pid; `None` once none is left.
     pub fn pid(&self) -> Option<i32> {
         self.current.as_ref().map(|i| i.child.pid())
@@ -270,9 +282,10 @@ impl Supervisor {
         let Some(r) = cur.ready.as_mut() else {
             return Ok(());
         };
-        let res = match extra {
-            Some((fd, f)) => r.wait_child_watching(pid, timeout, fd, f),
-            None => r.wait_child(pid, timeout),
+        let res = match (&cur.pidfd, extra) {
+            (None, extra) => r.wait_inner(None, extra, timeout),
+            (Some(_), Some((fd, f))) => r.wait_child_watching(pid, timeout, fd, f),
+            (Some(_), None) => r.wait_child(pid, timeout),
         };
         if res.is_ok() {
             // Its channel is done with (a notify socket's directory goes).
@@ -383,7 +396,10 @@ impl Supervisor {
     /// The fds an event loop should poll for `POLLIN` before calling
     /// [`Supervisor::advance`] (valid until then).
     pub fn poll_fds(&self) -> Vec<RawFd> {
-        let mut v: Vec<RawFd> = self.instances().map(|i| i.pidfd.as_raw_fd()).collect();
+        let mut v: Vec<RawFd> = self
+            .instances()
+            .filter_map(|i| i.pidfd.as_ref().map(|p| p.as_raw_fd()))
+            .collect();
         if let Phase::Starting { new, .. } = &self.phase {
             if let Some(r) = &new.ready {
                 v.push(r.fd().as_raw_fd());
@@ -398,13 +414,18 @@ impl Supervisor {
         if !self.events.is_empty() {
             return Some(Instant::now());
         }
-        match &self.phase {
+        let at = match &self.phase {
             Phase::Idle => None,
             Phase::Starting { deadline, .. } => Some(*deadline),
             Phase::Stopping {
                 kill_at, killed, ..
             } => (!killed).then_some(*kill_at),
+        };
+        if self.instances().any(|i| i.pidfd.is_none()) {
+            let tick = Instant::now() + NO_PIDFD_TICK;
+            return Some(at.map_or(tick, |a| a.min(tick)));
         }
+        at
     }
 
     /// Take in what happened, without blocking: readiness, exits, timeouts.
@@ -455,7 +476,7 @@ impl Supervisor {
             } => {
                 let pid = new.child.pid();
                 let verdict = match new.ready.as_mut() {
-                    Some(r) => r.check_child(Some((pid, new.pidfd.as_fd()))),
+                    Some(r) => r.check_child(new.pidfd.as_ref().map(|p| (pid, p.as_fd()))),
                     None => Ok(false),
                 };
                 match verdict {
@@ -694,7 +715,9 @@ fn spawn_instance(recipe: &Spawn, opts: &Options) -> Result<Instance> {
         .transpose()?;
     let mut child = sp.spawn()?;
     let pidfd = match child.resume().and_then(|()| pidfd_open(child.pid())) {
-        Ok(p) => p,
+        Ok(p) => Some(p),
+        // No pidfds here (an old kernel, valgrind): looked at by waitid.
+        Err(e) if e.errno() == libc::ENOSYS => None,
         Err(e) => {
             let _ = child.kill(libc::SIGKILL);
             let _ = child.wait();
@@ -706,4 +729,21 @@ fn spawn_instance(recipe: &Spawn, opts: &Options) -> Result<Instance> {
         pidfd,
         ready,
     })
+}
+
+/// Whether child `pid` has exited, without reaping it.
+fn exited_nowait(pid: i32) -> bool {
+    // SAFETY: all-zero is a valid siginfo_t.
+    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes into si; WNOWAIT leaves the child waitable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut si,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    // SAFETY: si_pid is set by waitid (0 while the child runs).
+    r == 0 && unsafe { si.si_pid() } != 0
 }

@@ -177,6 +177,12 @@ fn man_pages_and_completions_are_generated() {
         );
     }
     assert!(page("sockpass-run.1").contains("\\-\\-accept"));
+    assert!(page("sockpass-run.1").contains("\\-\\-drain\\-timeout"));
+    let p = page("sockpass-restart.1");
+    assert!(
+        p.contains("EXIT STATUS") && p.contains("\\-\\-timeout"),
+        "{p}"
+    );
     assert!(page("sockpassd.8").contains("\\-\\-fd\\-store"));
     assert!(!man.join("sockpass-__generate.1").exists());
     for f in [

@@ -18,29 +18,85 @@ use std::time::Duration;
 /// The request a client sends.
 pub const RESTART: &[u8] = b"restart";
 
-/// Where the control socket of instance NAME lives.
+/// The directory of named control sockets: `/run/sockpass/run` as root,
+/// else `$XDG_RUNTIME_DIR/sockpass/run` (`/run/user/UID/...` without it).
+fn run_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/sockpass/run");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(d) => Path::new(&d).join("sockpass/run"),
+        // SAFETY: getuid cannot fail.
+        None => PathBuf::from(format!("/run/user/{}/sockpass/run", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
+/// The control socket of the `sockpass run` with pid `pid`, or of the one
+/// whose instance `pid` is: a listening seqpacket socket in [`run_dir`]
+/// that process holds (`/proc/PID/fd` against `/proc/net/unix`).
+fn path_of_pid(pid: i32) -> Result<PathBuf, String> {
+    let held = |p: i32| -> Vec<u64> {
+        std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let l = std::fs::read_link(e.ok()?.path()).ok()?;
+                let l = l.to_str()?;
+                l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .collect()
+    };
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        });
+    let table = std::fs::read_to_string("/proc/net/unix").map_err(|e| e.to_string())?;
+    let dir = run_dir();
+    for p in std::iter::once(pid).chain(parent.filter(|&p| p > 1)) {
+        let inodes = held(p);
+        // "Num RefCount Protocol Flags Type St Inode Path": a listening
+        // (flag __SO_ACCEPTCON) seqpacket (type 5) socket with a path.
+        let found = table.lines().skip(1).find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let (flags, ty, inode, path) = (w.get(3)?, w.get(4)?, w.get(6)?, w.get(7)?);
+            let listening = u32::from_str_radix(flags, 16).ok()? & 0x10000 != 0;
+            let ours = inodes.contains(&inode.parse().ok()?);
+            (listening && ours && *ty == "0005" && Path::new(path).starts_with(&dir))
+                .then(|| PathBuf::from(path))
+        });
+        if let Some(f) = found {
+            return Ok(f);
+        }
+    }
+    Err(format!(
+        "process {pid} is not a sockpass run with a --name (nor one's instance) \
+         that this user can see"
+    ))
+}
+
+/// Where the control socket of instance NAME lives (a pid: that run's).
 pub fn path_for(name: &str) -> Result<PathBuf, String> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    if name.is_empty() || name == "." || name == ".." || name.len() > 64 {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 64
+        || name.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(format!(
-            "{name:?} is not a usable name (1 to 64 bytes, not . or ..; a path has a /)"
+            "{name:?} is not a usable name (1 to 64 bytes, not . or .., not only digits, \
+             which name a pid; a path has a /)"
         ));
     }
-    // SAFETY: geteuid cannot fail.
-    let dir = if unsafe { libc::geteuid() } == 0 {
-        PathBuf::from("/run/sockpass/run")
-    } else {
-        match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-            Some(d) => Path::new(&d).join("sockpass/run"),
-            // SAFETY: getuid cannot fail.
-            None => PathBuf::from(format!("/run/user/{}/sockpass/run", unsafe {
-                libc::getuid()
-            })),
-        }
-    };
-    Ok(dir.join(name))
+    Ok(run_dir().join(name))
 }
 
 /// The listening control socket; its file goes with it.
@@ -125,7 +181,8 @@ impl Endpoint {
         &self.path
     }
 
-    /// Take one pending client and its request (waited for at most 1 s):
+    /// Take one pending client and its request (waited for at most 200 ms:
+    /// `sockpass restart` sends it with the connect; the loop waits meanwhile):
     /// only our own uid or root may ask. `None`: nothing usable.
     pub fn accept(&self) -> Option<(OwnedFd, Vec<u8>)> {
         // SAFETY: accept4 on our listener; a new fd is owned at once.
@@ -152,7 +209,7 @@ impl Endpoint {
             );
             return None;
         }
-        sys::poll_one(conn.as_fd(), libc::POLLIN, 1000).ok()?;
+        sys::poll_one(conn.as_fd(), libc::POLLIN, 200).ok()?;
         let mut buf = [0u8; 64];
         let n = recv(&conn, &mut buf, libc::MSG_DONTWAIT).ok()?;
         Some((conn, buf[..n].to_vec()))
@@ -219,7 +276,7 @@ pub fn answer(ev: &sockpass::SuperviseEvent) -> Option<(u64, Vec<u8>)> {
 
 pub fn command() -> Command {
     Command::new("restart")
-        .about("Restart a program that `sockpass run --name NAME` runs, and wait for the outcome")
+        .about("Restart the program a `sockpass run --name NAME` runs, and wait for the outcome")
         .long_about(
             "Ask the `sockpass run --name NAME` that runs a program to restart it (as SIGUSR2 \
              does: a new instance on the same sockets, the old one stopped once the new one is \
@@ -228,12 +285,10 @@ pub fn command() -> Command {
              instance keeps serving), the new instance's exit code (128+N for signal N) when \
              it had one, else 1.",
         )
-        .arg(
-            Arg::new("name")
-                .value_name("NAME")
-                .required(true)
-                .help("The --name given to sockpass run (a path with a /: its control socket)"),
-        )
+        .arg(Arg::new("name").value_name("NAME").required(true).help(
+            "The --name given to sockpass run (a path with a /: its control socket; a \
+                     number: the pid of that sockpass run or of its program)",
+        ))
         .arg(
             Arg::new("timeout")
                 .long("timeout")
@@ -245,7 +300,10 @@ pub fn command() -> Command {
 
 pub fn run(m: &ArgMatches) -> Result<i32, String> {
     let name = m.get_one::<String>("name").expect("required");
-    let path = path_for(name)?;
+    let path = match name.parse::<i32>() {
+        Ok(pid) if pid > 0 => path_of_pid(pid)?,
+        _ => path_for(name)?,
+    };
     let timeout = m.get_one::<Duration>("timeout").copied();
     let sock = sys::unix_socket(libc::SOCK_SEQPACKET, false).map_err(|e| e.to_string())?;
     if let Err(e) = sys::connect_unix(&sock, path.as_os_str().as_bytes()) {
