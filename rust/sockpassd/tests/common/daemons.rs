@@ -403,9 +403,18 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// None (skipped, with a message) when `name` cannot be tested here.
-    fn new(name: &str, tag: &str, protos: &[&str]) -> Option<Setup> {
+    /// None (skipped, with a message) when `name` cannot be tested here
+    /// or `possible` says so.
+    fn new(
+        name: &str,
+        tag: &str,
+        protos: &[&str],
+        possible: impl FnOnce() -> bool,
+    ) -> Option<Setup> {
         let program = daemon_to_test(name)?;
+        if !possible() {
+            return None;
+        }
         let (one, port) = privileged_port()?;
         let grants: Vec<String> = protos
             .iter()
@@ -426,17 +435,14 @@ impl Setup {
         // unbound takes activated sockets only where systemd runs
         // (sd_booted): a mount namespace of the test's own shows it
         // /run/systemd/system.
-        if !mount_namespace_possible() {
-            return None;
-        }
-        let s = Setup::new("unbound", tag, &["udp", "tcp"])?;
+        let s = Setup::new("unbound", tag, &["udp", "tcp"], mount_namespace_possible)?;
         unbound_conf(&s.dir, s.port);
         Some(s)
     }
 
     /// gunicorn for TCP with [`wsgi_app`] in the dir.
     pub fn gunicorn(tag: &str) -> Option<Setup> {
-        let s = Setup::new("gunicorn", tag, &["tcp"])?;
+        let s = Setup::new("gunicorn", tag, &["tcp"], || true)?;
         wsgi_app(&s.dir);
         Some(s)
     }
