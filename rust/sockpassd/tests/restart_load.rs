@@ -115,10 +115,14 @@ fn restart(run: &mut Run, n: usize, held: &[Held], tallies: &[&Tally]) -> Vec<i3
 /// gunicorn serving, started by `sockpass run --wait-ready notify`:
 /// gunicorn 20.1 speaks sd_notify (READY=1 once its arbiter booted), and
 /// with --preload it imports the app before that, so an app that cannot
-/// load is a start that fails, not a ready one.
+/// load is a start that fails, not a ready one. Two sync workers: one
+/// may be busy with a slow request while the other answers.
 fn start_gunicorn(tag: &str) -> Option<(Setup, Run)> {
     let g = Setup::gunicorn(tag)?;
-    let args = g.gunicorn_args(&["--wait-ready", "notify"], &["--preload"]);
+    let args = g.gunicorn_args(
+        &["--wait-ready", "notify"],
+        &["--workers", "2", "--preload"],
+    );
     let mut run = g.run(&args, "gunicorn.log", false);
     let port = g.port;
     run.until("gunicorn to answer", || http_get(port));
@@ -134,21 +138,41 @@ fn gunicorn_restarts_under_load_without_refusing_or_resetting_a_connection() {
     let first = one_instance(&mut run, 0, "gunicorn to start");
     let held = [Held::find(false, port, first)];
     let mut load = Load::default();
-    let http = load.spawn(2, || http_probe(port, REQUEST_TIMEOUT));
+    let http = load.spawn(2, || http_probe(port, "/", REQUEST_TIMEOUT));
+    // A client that asks for half-second responses without letting up: an
+    // old worker is most often in the middle of one when told to stop.
+    let slow = load.spawn(1, || http_probe(port, "/slow", REQUEST_TIMEOUT));
     assert!(http.progress(BETWEEN, WAIT), "{:?}", http.errors());
     let pids = restart(&mut run, RESTARTS, &held, &[&http]);
     load.finish();
-    let c = http.counts();
-    let workers = http.tags();
+    let (c, sc) = (http.counts(), slow.counts());
+    let tags: Vec<(String, u64)> = http.tags().into_iter().chain(slow.tags()).collect();
+    let workers: std::collections::BTreeSet<&str> = tags
+        .iter()
+        .filter_map(|(t, _)| t.split(' ').next())
+        .collect();
+    let drained: u64 = tags
+        .iter()
+        .filter(|(t, _)| t.ends_with(" stopping"))
+        .map(|(_, n)| n)
+        .sum();
     eprintln!(
-        "gunicorn, {RESTARTS} restarts (pids {pids:?}): HTTP {c}; answered by {} worker pids",
+        "gunicorn, {RESTARTS} restarts (pids {pids:?}): HTTP {c}; slow HTTP {sc}; answered \
+         by {} worker pids, {drained} by a worker already sent SIGTERM",
         workers.len()
     );
-    let why = || format!("HTTP {:?}\n{}", http.errors(), run.text());
-    assert_eq!((c.refused, c.reset), (0, 0), "{}", why());
-    assert_eq!(c.failed(), 0, "{}", why());
-    // Every instance's worker answered (its first, or more if one died).
+    let why = || {
+        let errors = [http.errors(), slow.errors()].concat();
+        format!("HTTP {errors:?}\n{}", run.text())
+    };
+    for c in [c, sc] {
+        assert_eq!((c.refused, c.reset), (0, 0), "{}", why());
+        assert_eq!(c.failed(), 0, "{}", why());
+    }
+    // Every instance's worker answered (its first, or more if one died),
+    // and old workers finished what they had begun after SIGTERM.
     assert!(workers.len() > RESTARTS, "{workers:?}");
+    assert!(drained > 0, "{tags:?}");
     let text = run.text();
     assert_eq!(run.stop(), 0, "gunicorn stops cleanly on SIGTERM: {text}");
 }
@@ -239,14 +263,14 @@ fn a_new_gunicorn_that_fails_to_start_leaves_the_old_one_serving() {
             "--name",
             &path_str(&ctl),
         ],
-        &["--preload"],
+        &["--workers", "1", "--preload"],
     );
     let mut run = g.run(&args, "gunicorn.log", false);
     run.until("gunicorn to answer", || http_get(port));
     let old = one_instance(&mut run, 0, "gunicorn to start");
     let held = Held::find(false, port, old);
     let mut load = Load::default();
-    let http = load.spawn(2, || http_probe(port, REQUEST_TIMEOUT));
+    let http = load.spawn(2, || http_probe(port, "/", REQUEST_TIMEOUT));
     assert!(http.progress(BETWEEN, WAIT), "{:?}", http.errors());
     let app = g.dir.join("hello.py");
     let serving = |run: &mut Run, what: &str| {

@@ -56,7 +56,11 @@ fn gunicorn_serves_http_on_a_privileged_port_as_nobody() {
         return;
     };
     let port = g.port;
-    let mut c = g.run(&g.gunicorn_args(&[], &[]), "gunicorn.log", false);
+    let mut c = g.run(
+        &g.gunicorn_args(&[], &["--workers", "1"]),
+        "gunicorn.log",
+        false,
+    );
     let reply = c.until("gunicorn to answer", || http_get(port));
     let text = || c.text();
     assert!(

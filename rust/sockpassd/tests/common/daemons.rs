@@ -306,15 +306,39 @@ pub const HELLO_A: [u8; 4] = [192, 0, 2, 7];
 
 /// The WSGI app `hello:app` in `dir`: "hello from uid U pid P", with a
 /// Content-Length so a client can tell a whole response from a cut one.
+/// `/slow` takes half a second; a response given after the worker was
+/// sent SIGTERM (gunicorn's graceful stop) ends in " stopping": the app
+/// chains a handler of its own before gunicorn's on its first request.
 pub fn wsgi_app(dir: &Path) {
     std::fs::write(
         dir.join("hello.py"),
-        "import os\n\
-         def app(environ, start_response):\n\
-         \x20   body = b'hello from uid %d pid %d' % (os.getuid(), os.getpid())\n\
-         \x20   start_response('200 OK', [('Content-Type', 'text/plain'),\n\
-         \x20                             ('Content-Length', str(len(body)))])\n\
-         \x20   return [body]\n",
+        r#"import os, signal, time
+stopping = False
+chained = False
+
+def chain():
+    theirs = signal.getsignal(signal.SIGTERM)
+    def mark(sig, frame):
+        global stopping
+        stopping = True
+        if callable(theirs):
+            theirs(sig, frame)
+    signal.signal(signal.SIGTERM, mark)
+
+def app(environ, start_response):
+    global chained
+    if not chained:
+        chain()
+        chained = True
+    if environ.get('PATH_INFO') == '/slow':
+        time.sleep(0.5)
+    body = b'hello from uid %d pid %d' % (os.getuid(), os.getpid())
+    if stopping:
+        body += b' stopping'
+    start_response('200 OK', [('Content-Type', 'text/plain'),
+                              ('Content-Length', str(len(body)))])
+    return [body]
+"#,
     )
     .unwrap();
 }
@@ -466,15 +490,9 @@ impl Setup {
         self.run_args(opts, &["udp", "tcp"], &["-d".into(), "-c".into(), conf])
     }
 
-    /// `sockpass run OPTS ... -- gunicorn --chdir DIR --workers 1 ARGS
-    /// hello:app`.
+    /// `sockpass run OPTS ... -- gunicorn --chdir DIR ARGS hello:app`.
     pub fn gunicorn_args(&self, opts: &[&str], args: &[&str]) -> Vec<String> {
-        let mut g = vec![
-            "--chdir".to_string(),
-            path_str(&self.dir),
-            "--workers".into(),
-            "1".into(),
-        ];
+        let mut g = vec!["--chdir".to_string(), path_str(&self.dir)];
         g.extend(args.iter().map(|s| s.to_string()));
         g.push("hello:app".into());
         self.run_args(opts, &["tcp"], &g)

@@ -3,7 +3,7 @@
 //! connection or a fresh query id) and count how each one ended.
 
 use super::daemons::{ask_tcp_on, dns_answer_id, dns_query_id};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,8 +96,8 @@ pub struct Tally {
     other: AtomicU64,
     /// The first few failures, for the test's message.
     errors: Mutex<Vec<String>>,
-    /// Distinct tags of the answers (e.g. the answering process).
-    tags: Mutex<BTreeSet<String>>,
+    /// How many answers had each tag (e.g. the answering process).
+    tags: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Tally {
@@ -105,7 +105,7 @@ impl Tally {
         let (n, why) = match o {
             Outcome::Ok(tag) => {
                 if !tag.is_empty() {
-                    self.tags.lock().unwrap().insert(tag);
+                    *self.tags.lock().unwrap().entry(tag).or_default() += 1;
                 }
                 (&self.ok, None)
             }
@@ -140,7 +140,7 @@ impl Tally {
         self.errors.lock().unwrap().clone()
     }
 
-    pub fn tags(&self) -> BTreeSet<String> {
+    pub fn tags(&self) -> BTreeMap<String, u64> {
         self.tags.lock().unwrap().clone()
     }
 
@@ -216,11 +216,12 @@ fn tcp_error(what: &str, e: std::io::Error) -> Outcome {
     }
 }
 
-/// HTTP/1.1 GET / with `Connection: close` on a new connection each time
-/// (gunicorn's sync worker closes every connection after one response),
-/// the whole response read (Content-Length bytes of body), within
-/// `timeout`. Tagged with the response body's last word (the app's pid).
-pub fn http_probe(port: u16, timeout: Duration) -> Probe {
+/// HTTP/1.1 GET `path` with `Connection: close` on a new connection each
+/// time (gunicorn's sync worker closes every connection after one
+/// response), the whole response read (Content-Length bytes of body),
+/// within `timeout`. Tagged with what follows "pid " in the body (see
+/// [`super::daemons::wsgi_app`]).
+pub fn http_probe(port: u16, path: &'static str, timeout: Duration) -> Probe {
     Box::new(move || {
         let mut s = match TcpStream::connect_timeout(&loopback(port), timeout) {
             Ok(s) => s,
@@ -228,8 +229,8 @@ pub fn http_probe(port: u16, timeout: Duration) -> Probe {
         };
         s.set_read_timeout(Some(timeout)).unwrap();
         s.set_write_timeout(Some(timeout)).unwrap();
-        let req = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        if let Err(e) = s.write_all(req) {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        if let Err(e) = s.write_all(req.as_bytes()) {
             return tcp_error("send", e);
         }
         let mut r = Vec::new();
@@ -250,7 +251,7 @@ pub fn http_probe(port: u16, timeout: Duration) -> Probe {
         });
         match len {
             Some(n) if n == body.len() => {
-                Outcome::Ok(body.rsplit(' ').next().unwrap_or("").to_string())
+                Outcome::Ok(body.split_once("pid ").map_or("", |t| t.1).to_string())
             }
             Some(n) if n > body.len() => {
                 Outcome::Reset(format!("EOF after {} of {n} bytes of body", body.len()))
