@@ -2,6 +2,9 @@
 //! free ports, and child client processes (this test binary re-executed).
 #![allow(dead_code)]
 
+mod daemons;
+pub use daemons::*;
+
 use sockpass::{Client, Status};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -405,6 +408,25 @@ pub fn socket_inodes(pid: i32) -> std::collections::HashSet<u64> {
 /// Inodes of the sockets in this network namespace bound to local `port`
 /// (from /proc/net/{tcp,tcp6,udp,udp6}).
 pub fn sockets_on_port(udp: bool, port: u16) -> Vec<u64> {
+    proc_net_sockets(udp, port)
+        .into_iter()
+        .map(|(_, inode)| inode)
+        .collect()
+}
+
+/// Inodes of the TCP sockets listening on local `port` in this network
+/// namespace (accepted connections share the port; they are left out).
+pub fn listening_on_port(port: u16) -> Vec<u64> {
+    const TCP_LISTEN: u8 = 0x0a;
+    proc_net_sockets(false, port)
+        .into_iter()
+        .filter(|&(state, _)| state == TCP_LISTEN)
+        .map(|(_, inode)| inode)
+        .collect()
+}
+
+/// (state, inode) of each socket on local `port`, from /proc/net.
+fn proc_net_sockets(udp: bool, port: u16) -> Vec<(u8, u64)> {
     let mut v = Vec::new();
     let files: [&str; 2] = if udp {
         ["/proc/net/udp", "/proc/net/udp6"]
@@ -421,8 +443,10 @@ pub fn sockets_on_port(udp: bool, port: u16) -> Vec<u64> {
             let p = local
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if p == Some(port) {
-                v.extend(cols.get(9).and_then(|i| i.parse::<u64>().ok()));
+            let state = cols.get(3).and_then(|s| u8::from_str_radix(s, 16).ok());
+            let inode = cols.get(9).and_then(|i| i.parse::<u64>().ok());
+            if let (true, Some(state), Some(inode)) = (p == Some(port), state, inode) {
+                v.push((state, inode));
             }
         }
     }

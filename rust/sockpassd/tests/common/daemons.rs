@@ -1,0 +1,427 @@
+//! Real daemons from Debian run by `sockpass run` as uid nobody through a
+//! root broker (third_party.rs, catch_bind_real.rs): finding them, the
+//! broker whose policy grants nobody, the supervised process tree (reaped
+//! whole, daemons that fork included), and small HTTP and DNS clients.
+
+use super::{
+    free_privileged_port, is_root, path_str, sockpass_bin, temp_dir, Broker, NOBODY, WAIT,
+};
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One daemon test at a time in a test binary: each takes the highest free
+/// privileged port, which must not be another's.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The program's path, or None (skip) when it is not installed; in CI a
+/// missing program is a failure, since setup installs it.
+pub fn installed(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed (tests/lib/setup.sh installs it)"
+        );
+        eprintln!("skipped: {name} is not installed (tests/lib/setup.sh installs it)");
+    }
+    found
+}
+
+/// The daemon's path when its test can run: as root, with it installed.
+pub fn daemon_to_test(name: &str) -> Option<PathBuf> {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the broker and switch to uid 65534");
+        return None;
+    }
+    installed(name)
+}
+
+/// A free privileged port, for this test alone while the guard lives.
+pub fn privileged_port() -> Option<(std::sync::MutexGuard<'static, ()>, u16)> {
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    match free_privileged_port(&[]) {
+        Some(port) => Some((one, port)),
+        None => {
+            eprintln!("skipped: no privileged port is free on 127.0.0.1");
+            None
+        }
+    }
+}
+
+/// A root broker in a temp directory uid nobody may enter (0755), whose
+/// policy grants nobody `grants`.
+pub fn broker_for_nobody(tag: &str, grants: &[String]) -> (PathBuf, Broker) {
+    let dir = temp_dir(tag);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pol = dir.join("policy.conf");
+    let rules: String = grants
+        .iter()
+        .map(|g| format!("allow uid={NOBODY} {g}\n"))
+        .collect();
+    std::fs::write(&pol, rules).unwrap();
+    let path = dir.join("sockpassd.sock");
+    let b = Broker::start_at(dir.clone(), path, &["--policy", &path_str(&pol)]);
+    (dir, b)
+}
+
+/// A directory uid nobody owns, for a daemon's files (its temp dirs, pid
+/// file, logs).
+pub fn nobody_dir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
+    d
+}
+
+/// `sockpass run` (and what it starts), as uid nobody, in a process group
+/// of its own; on drop every process of the tree is killed and the
+/// supervisor reaped.
+pub struct Supervised {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// `sockpass run ARGS` as uid nobody (setpriv: no PAM session), its output
+/// in `log`. With `systemd_booted`, in a mount namespace of its own where
+/// /run/systemd/system exists: daemons such as unbound take socket
+/// activation only when sd_booted() says systemd runs. Each program in the
+/// chain execs the next, so the child's pid is sockpass run's.
+pub fn sockpass_run_as_nobody(args: &[String], log: &Path, systemd_booted: bool) -> Supervised {
+    let out = std::fs::File::create(log).unwrap();
+    let mut cmd = if systemd_booted {
+        let mut c = Command::new("unshare");
+        c.args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --make-rprivate / && \
+             if [ -d /run/systemd ]; then d=/run/systemd; else d=/run; fi && \
+             mount -t tmpfs -o mode=755 tmpfs $d && mkdir -p /run/systemd/system && \
+             exec \"$@\"",
+            "sh",
+        ]);
+        c
+    } else {
+        Command::new("env")
+    };
+    cmd.args([
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ])
+    .arg(sockpass_bin())
+    .arg("run")
+    .args(args)
+    .process_group(0)
+    .stdin(Stdio::null())
+    .stdout(out.try_clone().unwrap())
+    .stderr(out);
+    Supervised {
+        child: cmd.spawn().expect("start sockpass run"),
+        log: log.to_path_buf(),
+    }
+}
+
+impl Supervised {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What sockpass run and its program wrote so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait, bounded, for `f` to give a value while sockpass run runs; an
+    /// exit first or a wait that runs out fails with the log.
+    pub fn until<T>(&mut self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let t0 = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!(
+                    "waiting for {what}: sockpass run exited ({st}):\n{}",
+                    self.text()
+                );
+            }
+            if t0.elapsed() > WAIT {
+                panic!(
+                    "timed out after {WAIT:?} waiting for {what}:\n{}",
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (bounded) for sockpass run to exit; its exit code (-1: killed).
+    pub fn wait(&mut self) -> i32 {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "sockpass run did not exit within {WAIT:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM sockpass run (it forwards it to the program) and return its
+    /// exit code once it and every process it started are gone.
+    pub fn stop(mut self) -> i32 {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let code = self.wait();
+        let t0 = Instant::now();
+        while !self.tree().is_empty() {
+            assert!(
+                t0.elapsed() < WAIT,
+                "processes of sockpass run outlived it by {WAIT:?}: {:?}",
+                self.tree()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        code
+    }
+
+    /// Processes left of the tree: the process group's members and
+    /// sockpass run's descendants (a program may leave the group).
+    pub fn tree(&self) -> Vec<i32> {
+        let procs = processes();
+        let mut out: Vec<i32> = procs
+            .iter()
+            .filter(|p| p.pgid == self.pid() && p.state != 'Z')
+            .map(|p| p.pid)
+            .collect();
+        let mut stack = vec![self.pid()];
+        while let Some(parent) = stack.pop() {
+            for p in procs.iter().filter(|p| p.ppid == parent) {
+                if !out.contains(&p.pid) && p.state != 'Z' {
+                    out.push(p.pid);
+                }
+                stack.push(p.pid);
+            }
+        }
+        out
+    }
+
+    /// The descendants of sockpass run whose command line starts with
+    /// `prefix` (nginx names its processes "nginx: master process ...").
+    pub fn programs(&self, prefix: &str) -> Vec<Proc> {
+        let tree = self.tree();
+        processes()
+            .into_iter()
+            .filter(|p| {
+                p.pid != self.pid() && tree.contains(&p.pid) && p.cmdline.starts_with(prefix)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        // Everything at once: a master killed first would leave its
+        // workers to init.
+        for pid in self.tree() {
+            // SAFETY: SIGKILL to processes this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // SAFETY: as above, the whole group.
+        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub state: char,
+    pub uid: u32,
+    pub cmdline: String,
+}
+
+/// Every process now, from /proc.
+pub fn processes() -> Vec<Proc> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // After the command name in parentheses (which may hold spaces):
+        // state, ppid, pgrp.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let uid = std::fs::read_to_string(e.path().join("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            })
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(u32::MAX);
+        let cmdline = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if f.len() < 3 {
+            continue;
+        }
+        out.push(Proc {
+            pid,
+            ppid: f[1].parse().unwrap_or(0),
+            pgid: f[2].parse().unwrap_or(0),
+            state: f[0].chars().next().unwrap_or('?'),
+            uid,
+            cmdline: cmdline.trim_end().to_string(),
+        });
+    }
+    out
+}
+
+/// `GET /` over HTTP/1.0 on 127.0.0.1:`port`: the whole answer, or None
+/// when nothing answers (refused, reset, or no complete answer).
+pub fn http_get(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    Some(r)
+}
+
+/// Whether an HTTP answer is a 200.
+pub fn is_200(reply: &str) -> bool {
+    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+}
+
+/// nginx's configuration for a master and 2 workers in the foreground,
+/// every file it writes in `dir` (owned by nobody), serving `body` on
+/// 127.0.0.1:`port`. No `user`: it runs as nobody already.
+pub fn nginx_conf(dir: &Path, port: u16, body: &str) -> PathBuf {
+    let html = dir.join("html");
+    std::fs::create_dir_all(&html).unwrap();
+    std::fs::write(html.join("index.html"), body).unwrap();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log notice;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+             server {{\n    listen 127.0.0.1:{port};\n    root {d}/html;\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// nginx's arguments for [`nginx_conf`] in `dir` (`-e`: the error log
+/// before the configuration is read, which would be /var/log/nginx).
+pub fn nginx_args(nginx: &Path, dir: &Path) -> Vec<String> {
+    vec![
+        path_str(nginx),
+        "-c".into(),
+        path_str(&dir.join("nginx.conf")),
+        "-p".into(),
+        path_str(dir),
+        "-e".into(),
+        path_str(&dir.join("error.log")),
+    ]
+}
+
+/// A DNS query for `name` IN A, with id `id`.
+pub fn dns_query_id(name: &str, id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// A DNS query for `name` IN A, id 0x5350.
+pub fn dns_query(name: &str) -> Vec<u8> {
+    dns_query_id(name, 0x5350)
+}
+
+/// The A record's address of an answer to [`dns_query`] (its last record).
+pub fn dns_answer(reply: &[u8]) -> Option<[u8; 4]> {
+    let ok = reply.len() > 16
+        && reply[..2] == [0x53, 0x50]
+        && reply[3] & 0x0f == 0
+        && u16::from_be_bytes([reply[6], reply[7]]) >= 1;
+    ok.then(|| reply[reply.len() - 4..].try_into().unwrap())
+}
+
+/// The answer to `query` (one question, IN A) with one A record `addr`,
+/// as an upstream server gives it.
+pub fn dns_reply_a(query: &[u8], addr: [u8; 4]) -> Vec<u8> {
+    let mut r = query.to_vec();
+    r[2] = 0x81; // QR, RD
+    r[3] = 0x80; // RA, NOERROR
+    r[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
+    r[8..12].fill(0); // NSCOUNT, ARCOUNT (EDNS dropped)
+                      // The question ends 4 bytes after its name's root label.
+    let mut i = 12;
+    while query[i] != 0 {
+        i += query[i] as usize + 1;
+    }
+    r.truncate(i + 5);
+    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    r.extend_from_slice(&addr);
+    r
+}
+
+pub fn ask_udp(port: u16, q: &[u8]) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s.send_to(q, ("127.0.0.1", port)).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+pub fn ask_tcp(port: u16, q: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect over TCP");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+    s.write_all(q).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).expect("a TCP answer");
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut reply).unwrap();
+    reply
+}
