@@ -1,0 +1,427 @@
+//! Real daemons from Debian that bind their own sockets, unchanged, run by
+//! `sockpass run --catch-bind` as uid nobody on privileged ports of
+//! 127.0.0.1 that a root broker's policy grants them (issue 28): nginx (a
+//! master and 2 workers) and unbound (UDP and TCP, its outgoing-query
+//! ports left alone), and two nginx sharing one socket (`--share sameapp`)
+//! so the first stops under load without a refused connection. Skipped
+//! with a message when not root or a program is missing (in CI, where
+//! tests/lib/setup.sh installs them, a missing one fails).
+
+mod common;
+
+use common::*;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `sockpass run` arguments: the broker, `extra`, --catch-bind, then the
+/// program.
+fn catch_args(b: &Broker, extra: &[&str], program: Vec<String>) -> Vec<String> {
+    let mut v: Vec<String> = vec!["--socket".into(), path_str(&b.path)];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.push("--catch-bind".into());
+    v.push("--".into());
+    v.extend(program);
+    v
+}
+
+/// The broker's sockets on `port` held by nobody: (proto, socket inode).
+fn held_for_nobody(b: &Broker, port: u16) -> Vec<String> {
+    let st = b.status();
+    st.sockets
+        .iter()
+        .filter(|s| s.port == port && s.holders.iter().any(|h| h.uid == NOBODY))
+        .map(|s| format!("{s:?}"))
+        .collect()
+}
+
+/// Wait until the broker holds nothing on `port` (every holder gone).
+fn released(b: &Broker, port: u16) {
+    wait_for("the broker to release the port's sockets", || {
+        (!b.status().sockets.iter().any(|s| s.port == port)).then_some(())
+    });
+}
+
+#[test]
+fn nginx_master_and_two_workers_serve_a_privileged_port_as_nobody() {
+    let Some(nginx) = daemon_to_test("nginx") else {
+        return;
+    };
+    let Some((_one, port)) = privileged_port() else {
+        return;
+    };
+    let (dir, b) = broker_for_nobody(
+        "catch-nginx",
+        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
+    );
+    let ndir = nobody_dir(&dir, "nginx");
+    nginx_conf(&ndir, port, "hello from nginx\n");
+    let mut c = sockpass_run_as_nobody(
+        &catch_args(&b, &[], nginx_args(&nginx, &ndir)),
+        &dir.join("run.log"),
+        false,
+    );
+    let reply = c.until("nginx to answer", || http_get(port));
+    assert!(is_200(&reply), "{reply}\n{}", c.text());
+    assert!(reply.ends_with("hello from nginx\n"), "{reply}");
+    // Both workers' turn comes: more answers, all 200.
+    for _ in 0..20 {
+        let r = http_get(port).expect("nginx answers again");
+        assert!(is_200(&r), "{r}");
+    }
+
+    // A master and 2 workers, all as nobody, the workers the master's.
+    let masters = c.programs("nginx: master process");
+    assert_eq!(masters.len(), 1, "{masters:?}\n{}", c.text());
+    let master = &masters[0];
+    let workers = wait_for("nginx's 2 workers", || {
+        let w = c.programs("nginx: worker process");
+        (w.len() == 2).then_some(w)
+    });
+    for p in masters.iter().chain(&workers) {
+        assert_eq!(p.uid, NOBODY, "{p:?}");
+    }
+    assert!(workers.iter().all(|w| w.ppid == master.pid), "{workers:?}");
+
+    // The one socket listening on the port is the broker's, in nginx's
+    // master and workers: nginx bound nothing itself.
+    let listening = listening_on_port(port);
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    for p in masters.iter().chain(&workers) {
+        assert!(
+            socket_inodes(p.pid).contains(&listening[0]),
+            "{p:?} holds the listening socket"
+        );
+    }
+    let held = held_for_nobody(&b, port);
+    assert_eq!(held.len(), 1, "the broker made one socket: {held:?}");
+
+    let text = c.text();
+    assert_eq!(c.stop(), 0, "nginx stops on SIGTERM: {text}");
+    released(&b, port);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An upstream DNS server on an unprivileged port of 127.0.0.1 that
+/// answers every A query with `addr` and records the source port of each.
+struct Upstream {
+    port: u16,
+    sources: Arc<std::sync::Mutex<Vec<u16>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(addr: [u8; 4]) -> Upstream {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let port = s.local_addr().unwrap().port();
+        let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (src, st) = (sources.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = s.recv_from(&mut buf) else {
+                    continue;
+                };
+                src.lock().unwrap().push(from.port());
+                let _ = s.send_to(&dns_reply_a(&buf[..n], addr), from);
+            }
+        });
+        Upstream {
+            port,
+            sources,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn unbound_binds_udp_and_tcp_53_like_ports_and_its_query_ports_are_left_alone() {
+    let Some(unbound) = daemon_to_test("unbound") else {
+        return;
+    };
+    let Some((_one, port)) = privileged_port() else {
+        return;
+    };
+    let (dir, b) = broker_for_nobody(
+        "catch-unbound",
+        &[
+            format!("proto=udp addr=127.0.0.1/32 port={port}"),
+            format!("proto=tcp addr=127.0.0.1/32 port={port}"),
+        ],
+    );
+    // Names under upstream.example go to this upstream: unbound sends each query
+    // from a socket it binds to a random unprivileged port.
+    let upstream = Upstream::start([198, 51, 100, 9]);
+    let udir = nobody_dir(&dir, "unbound");
+    let conf = udir.join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  do-ip6: no\n  do-udp: yes\n  \
+             do-tcp: yes\n  do-daemonize: no\n  use-systemd: no\n  username: \"\"\n  \
+             chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  \
+             logfile: \"\"\n  use-syslog: no\n  verbosity: 1\n  num-threads: 1\n  \
+             module-config: \"iterator\"\n  access-control: 127.0.0.0/8 allow\n  \
+             do-not-query-localhost: no\n  outgoing-range: 64\n  \
+             local-zone: \"sockpass.test.\" static\n  \
+             local-data: \"hello.sockpass.test. A 192.0.2.7\"\n\
+             forward-zone:\n  name: \"upstream.example.\"\n  forward-addr: 127.0.0.1@{up}\n\
+             remote-control:\n  control-enable: no\n",
+            d = udir.display(),
+            up = upstream.port,
+        ),
+    )
+    .unwrap();
+    let mut c = sockpass_run_as_nobody(
+        &catch_args(
+            &b,
+            &[],
+            vec![
+                path_str(&unbound),
+                "-d".into(),
+                "-c".into(),
+                path_str(&conf),
+            ],
+        ),
+        &dir.join("run.log"),
+        false,
+    );
+    let q = dns_query("hello.sockpass.test");
+    let udp = c.until("unbound to answer over UDP", || ask_udp(port, &q));
+    assert_eq!(dns_answer(&udp), Some([192, 0, 2, 7]), "{}", c.text());
+    let tcp = ask_tcp(port, &q);
+    assert_eq!(dns_answer(&tcp), Some([192, 0, 2, 7]), "{}", c.text());
+
+    // Ten names it must ask upstream for: ten outgoing queries, each from
+    // a port unbound binds itself, which --catch-bind=privileged leaves
+    // to the kernel (they are unprivileged).
+    for k in 0..10 {
+        let q = dns_query(&format!("n{k}.upstream.example"));
+        let a = c.until("unbound to answer a forwarded name", || ask_udp(port, &q));
+        assert_eq!(dns_answer(&a), Some([198, 51, 100, 9]), "{}", c.text());
+    }
+    let sources = upstream.sources.lock().unwrap().clone();
+    let first_unprivileged: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    assert!(sources.len() >= 10, "{sources:?}");
+    assert!(
+        sources
+            .iter()
+            .all(|&p| p >= first_unprivileged && p != port),
+        "queries came from unprivileged ports of unbound's own: {sources:?}"
+    );
+    // The broker made the two sockets on the port and nothing else.
+    let st = b.status();
+    assert_eq!(st.sockets.len(), 2, "only UDP and TCP {port}: {st:?}");
+    assert!(st.sockets.iter().all(|s| s.port == port), "{st:?}");
+    assert_eq!(held_for_nobody(&b, port).len(), 2, "{st:?}");
+
+    let text = c.text();
+    assert_eq!(c.stop(), 0, "unbound stops on SIGTERM: {text}");
+    released(&b, port);
+    drop(upstream);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connections made one after another while it runs: answers (200),
+/// refused connections, and other failures.
+struct Load {
+    ok: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, r, f, bs, st) = (
+            ok.clone(),
+            refused.clone(),
+            failed.clone(),
+            bodies.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !st.load(Ordering::Relaxed) {
+                let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        r.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(_) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                let mut reply = String::new();
+                let done = s
+                    .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    .and_then(|_| s.read_to_string(&mut reply));
+                if done.is_ok() && is_200(&reply) {
+                    o.fetch_add(1, Ordering::Relaxed);
+                    let body = reply.rsplit("\r\n\r\n").next().unwrap_or("").to_string();
+                    bs.lock().unwrap().push(body);
+                } else {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Load {
+            ok,
+            refused,
+            failed,
+            bodies,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop and return (answers, refused, failed).
+    fn finish(mut self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn two_nginx_share_one_socket_and_the_first_stops_under_load_without_a_refusal() {
+    let Some(nginx) = daemon_to_test("nginx") else {
+        return;
+    };
+    let Some((_one, port)) = privileged_port() else {
+        return;
+    };
+    let (dir, b) = broker_for_nobody(
+        "catch-share",
+        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
+    );
+    let share = ["--share", "sameapp", "--app", "web"];
+    let start = |name: &str| {
+        let ndir = nobody_dir(&dir, name);
+        nginx_conf(&ndir, port, &format!("{name}\n"));
+        let run = sockpass_run_as_nobody(
+            &catch_args(&b, &share, nginx_args(&nginx, &ndir)),
+            &dir.join(format!("{name}.log")),
+            false,
+        );
+        (ndir, run)
+    };
+    let (_adir, mut a) = start("old");
+    let first = a.until("the first nginx to answer", || http_get(port));
+    assert!(first.ends_with("old\n"), "{first}\n{}", a.text());
+
+    let (_bdir, mut bb) = start("new");
+    // Both accept from the one queue: the new one's answer comes in time.
+    bb.until("the second nginx to answer too", || {
+        http_get(port).filter(|r| r.ends_with("new\n"))
+    });
+    let listening = listening_on_port(port);
+    assert_eq!(listening.len(), 1, "one listening socket: {listening:?}");
+    let (ma, mb) = (
+        a.programs("nginx: master process"),
+        bb.programs("nginx: master process"),
+    );
+    assert_eq!((ma.len(), mb.len()), (1, 1), "{ma:?} {mb:?}");
+    for m in [&ma[0], &mb[0]] {
+        assert!(
+            socket_inodes(m.pid).contains(&listening[0]),
+            "{m:?} holds inode {}",
+            listening[0]
+        );
+    }
+    assert_eq!(
+        held_for_nobody(&b, port).len(),
+        1,
+        "one socket in the broker"
+    );
+
+    // Under continuous connections, the old one stops gracefully (nginx's
+    // SIGQUIT: it closes its copy of the socket, finishes what it
+    // accepted): what it leaves in the queue, the new one accepts.
+    let load = Load::start(port);
+    let t0 = Instant::now();
+    while load.ok.load(Ordering::Relaxed) < 20 && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling the nginx master this test started.
+    unsafe { libc::kill(ma[0].pid, libc::SIGQUIT) };
+    let code = a.wait();
+    assert_eq!(code, 0, "the old nginx exits 0 after SIGQUIT: {}", a.text());
+    let after = load.ok.load(Ordering::Relaxed);
+    while load.ok.load(Ordering::Relaxed) < after + 50 && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let bodies = load.bodies.lock().unwrap().clone();
+    let (ok, refused, failed) = load.finish();
+    assert_eq!(
+        refused, 0,
+        "refused connections ({ok} answered, {failed} failed)"
+    );
+    assert_eq!(failed, 0, "failed requests ({ok} answered)");
+    assert!(
+        ok >= after + 50,
+        "the new one answered on: {ok} answers, {after} before the stop"
+    );
+    assert!(bodies.iter().rev().take(50).all(|b| b == "new\n"));
+    assert_eq!(
+        held_for_nobody(&b, port).len(),
+        1,
+        "the new one still holds it"
+    );
+    assert_eq!(
+        listening_on_port(port),
+        listening,
+        "the same socket listens on"
+    );
+    drop(a);
+
+    let text = bb.text();
+    assert_eq!(bb.stop(), 0, "the new nginx stops on SIGTERM: {text}");
+    released(&b, port);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
