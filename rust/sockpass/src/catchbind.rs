@@ -1,0 +1,98 @@
+//! Catching a spawned program's own `bind()` calls and answering them with
+//! broker sockets (`sockpass run --catch-bind`, [`crate::Spawn::catch_bind`]).
+//!
+//! The child installs a seccomp filter before `exec` that turns `bind` into
+//! a user notification ([`filter`]); its listener goes to the parent, where
+//! a thread per instance ([`supervisor`]) reads each caught bind
+//! ([`notify`]), reads the address and looks at the program's socket
+//! through `pidfd_getfd` ([`target`]), asks the broker for that socket
+//! (share mode and application name as for a request), installs it over
+//! the program's fd with `SECCOMP_IOCTL_NOTIF_ADDFD` (same number, the
+//! program's `O_NONBLOCK` and `FD_CLOEXEC`), and answers 0.
+//!
+//! **It grants, it never restricts.** A bind it does not catch (another
+//! family, port 0, a port outside [`BindPorts`], another syscall ABI, an
+//! io_uring bind) runs in the kernel as without sockpass
+//! (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`), and so does a bind the broker
+//! refuses (the program gets the kernel's own answer, `EACCES` for a
+//! privileged port) or one from a process the supervisor cannot read; each
+//! refusal is a line on stderr naming the reason (the policy's rule). A
+//! sharing conflict fails the bind with `EADDRINUSE`.
+//!
+//! **References.** The thread's broker connection is the instance's lease:
+//! it holds one reference a socket it installed, and closes (releasing
+//! them) when every filtered process is gone or the `Child` is dropped. A
+//! socket obtained for a program that dies before it is installed is
+//! released at once.
+//!
+//! **Limits.** The socket's `O_NONBLOCK` belongs to its open file
+//! description, which a shared socket shares: the last program to bind it
+//! sets it for all. `SO_RCVBUF`/`SO_SNDBUF` set before bind are not
+//! carried (the broker's socket has its defaults). If the supervisor goes
+//! away, later binds in the program fail with `ENOSYS` (the kernel's
+//! answer for a filter without a listener).
+
+mod filter;
+mod notify;
+mod ports;
+mod supervisor;
+mod target;
+
+pub(crate) use filter::install_and_send;
+pub use ports::BindPorts;
+pub(crate) use supervisor::{Prepared, Supervisor};
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::share::ShareMode;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a spawned program's binds are caught ([`crate::Spawn::catch_bind`]).
+#[derive(Clone, Debug)]
+pub struct CatchBind {
+    /// Which ports are caught (default: the privileged ones).
+    pub ports: BindPorts,
+    /// The broker's socket; `None`: where every client looks
+    /// ([`crate::default_socket_paths`]).
+    pub socket: Option<PathBuf>,
+    /// Share mode and application name of every request, as for
+    /// [`Client::request_socket`].
+    pub share: ShareMode,
+    pub app: String,
+    /// Bound on each broker call; a broker that does not answer in time
+    /// leaves the bind to the kernel.
+    pub timeout: Duration,
+}
+
+impl CatchBind {
+    pub fn new(ports: BindPorts) -> CatchBind {
+        CatchBind {
+            ports,
+            socket: None,
+            share: ShareMode::None,
+            app: String::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Before the fork: check the kernel can do it (a clear error, and no
+    /// program started, if not), connect to the broker.
+    pub(crate) fn prepare(&self) -> Result<Prepared> {
+        let notif_size = filter::probe()?;
+        let t = Some(self.timeout);
+        let client = match &self.socket {
+            Some(p) => Client::connect_timeout(p, t),
+            None => Client::connect_default_timeout(t),
+        }
+        .map_err(|e| e.context("--catch-bind: connect to the broker"))?;
+        let ranges = self.ports.resolve(ports::unprivileged_start());
+        Ok(Prepared::new(
+            client,
+            ranges,
+            self.share,
+            self.app.clone(),
+            notif_size,
+        ))
+    }
+}
