@@ -209,11 +209,13 @@ fn unbound_binds_udp_and_tcp_53_like_ports_and_its_query_ports_are_left_alone() 
 
     // Ten names it must ask upstream for: ten outgoing queries, each from
     // a port unbound binds itself, which --catch-bind=privileged leaves
-    // to the kernel (they are unprivileged).
+    // to the kernel (they are unprivileged). On a loaded machine an
+    // upstream answer can come late and unbound answer SERVFAIL: ask again.
     for k in 0..10 {
         let q = dns_query(&format!("n{k}.upstream.example"));
-        let a = c.until("unbound to answer a forwarded name", || ask_udp(port, &q));
-        assert_eq!(dns_answer(&a), Some([198, 51, 100, 9]), "{}", c.text());
+        c.until("unbound to answer a forwarded name", || {
+            ask_udp(port, &q).filter(|a| dns_answer(a) == Some([198, 51, 100, 9]))
+        });
     }
     let sources = upstream.sources.lock().unwrap().clone();
     let first_unprivileged: u16 =
@@ -397,6 +399,9 @@ fn two_nginx_share_one_socket_and_the_first_stops_under_load_without_a_refusal()
     }
     let bodies = load.bodies.lock().unwrap().clone();
     let (ok, refused, failed) = load.finish();
+    eprintln!(
+        "{ok} answers ({after} before the old one ended), {refused} refused, {failed} failed"
+    );
     assert_eq!(
         refused, 0,
         "refused connections ({ok} answered, {failed} failed)"

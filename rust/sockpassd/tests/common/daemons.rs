@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One daemon test at a time in a test binary: each takes the highest free
-/// privileged port, which must not be another's.
+/// One daemon test at a time in a test binary: a free privileged port
+/// picked by one is free until its daemon binds it, so another could pick
+/// it too.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The program's path, or None (skip) when it is not installed; in CI a

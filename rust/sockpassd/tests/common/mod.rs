@@ -496,13 +496,24 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathB
 
 /// A privileged port on 127.0.0.1 free for both UDP and TCP a moment ago,
 /// other than `not` (None when every one is taken). Needs root to bind.
+/// The search starts at a port that differs from run to run: test runs
+/// side by side (two worktrees, or helpers on one machine) that all took
+/// the highest free port met each other there.
 pub fn free_privileged_port(not: &[u16]) -> Option<u16> {
     let first_free = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
         .and_then(|s| s.trim().parse::<u16>().ok())
         .unwrap_or(1024)
         .min(1024);
-    (1..first_free)
-        .rev()
+    if first_free <= 1 {
+        return None;
+    }
+    let n = u32::from(first_free - 1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % n;
+    (0..n)
+        .map(|k| 1 + ((start + k) % n) as u16)
         .find(|p| !not.contains(p) && can_bind(true, *p) && can_bind(false, *p))
 }
