@@ -101,6 +101,18 @@ def b11_section(res, by_round, meta):
     L.append(f"| start to first answer, median | {ms(r['B11_start_root'])} | {ms(r['B11_start_catch'])} | {fr(sr)} |")
     L.append(f"| requests a second | {rps(r['B11_rps_root'])} | {rps(r['B11_rps_catch'])} | {fr(rr)} |")
     L.append("")
+    u = res.get(("unpinned", "B11_start_uncaught"))
+    if u and r["B11_start_root"] and r["B11_start_catch"]:
+        root, catch = r["B11_start_root"]["median_ns"], r["B11_start_catch"]["median_ns"]
+        un = u["median_ns"]
+        L.append(
+            f"Where the start's {(catch - root) / 1e6:.1f} ms go: the same `setpriv ... sockpass run --catch-bind -- nginx` "
+            f"with nginx on an unprivileged port, whose bind is not caught, answered first after {un / 1e6:.1f} ms: "
+            f"{(un - root) / 1e6:.1f} ms are `setpriv`, `sockpass run`'s start (connecting to the broker, checking that "
+            f"seccomp user notification works, the filter) and its fork, {(catch - un) / 1e6:.1f} ms the caught bind "
+            "(the supervisor reading the program's address and socket, the broker's round trip, installing the socket)."
+        )
+        L.append("")
     return L
 
 
