@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod nobody;
+#[allow(unused_imports)]
+pub use nobody::*;
+
 /// Generous bound for any wait on a condition in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
 
