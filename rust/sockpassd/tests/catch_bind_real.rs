@@ -57,7 +57,7 @@ fn nginx_master_and_two_workers_serve_a_privileged_port_as_nobody() {
     );
     let ndir = nobody_dir(&dir, "nginx");
     nginx_conf(&ndir, port, "hello from nginx\n");
-    let mut c = sockpass_run_as_nobody(
+    let mut c = supervise_as_nobody(
         &catch_args(&b, &[], nginx_args(&nginx, &ndir)),
         &dir.join("run.log"),
         false,
@@ -187,7 +187,7 @@ fn unbound_binds_udp_and_tcp_53_like_ports_and_its_query_ports_are_left_alone() 
         ),
     )
     .unwrap();
-    let mut c = sockpass_run_as_nobody(
+    let mut c = supervise_as_nobody(
         &catch_args(
             &b,
             &[],
@@ -345,7 +345,7 @@ fn two_nginx_share_one_socket_and_the_first_stops_under_load_without_a_refusal()
     let start = |name: &str| {
         let ndir = nobody_dir(&dir, name);
         nginx_conf(&ndir, port, &format!("{name}\n"));
-        let run = sockpass_run_as_nobody(
+        let run = supervise_as_nobody(
             &catch_args(&b, &share, nginx_args(&nginx, &ndir)),
             &dir.join(format!("{name}.log")),
             false,

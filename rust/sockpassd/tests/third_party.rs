@@ -70,7 +70,7 @@ fn unbound_answers_over_udp_and_tcp_on_a_privileged_port_as_nobody() {
     // unbound (sd_is_socket(fd, AF_INET, SOCK_STREAM, listening=1)) takes
     // both and answers, though it cannot bind the port itself.
     let log = dir.join("unbound.log");
-    let mut c = sockpass_run_as_nobody(&args(&[]), &log, true);
+    let mut c = supervise_as_nobody(&args(&[]), &log, true);
     let q = dns_query("hello.sockpass.test");
     let udp = c.until("unbound to answer over UDP", || ask_udp(port, &q));
     assert_eq!(dns_answer(&udp), Some([192, 0, 2, 7]), "{}", c.text());
@@ -93,7 +93,7 @@ fn unbound_answers_over_udp_and_tcp_on_a_privileged_port_as_nobody() {
         (!b.status().sockets.iter().any(|s| s.port == port)).then_some(())
     });
     let log2 = dir.join("unbound-no-listen.log");
-    let mut c = sockpass_run_as_nobody(&args(&["--no-listen"]), &log2, true);
+    let mut c = supervise_as_nobody(&args(&["--no-listen"]), &log2, true);
     let code = c.wait();
     let text2 = c.text();
     assert_ne!(code, 0, "{text2}");
@@ -136,7 +136,7 @@ fn gunicorn_serves_http_on_a_privileged_port_as_nobody() {
         "1".into(),
         "hello:app".into(),
     ];
-    let mut c = sockpass_run_as_nobody(&args, &log, false);
+    let mut c = supervise_as_nobody(&args, &log, false);
     let reply = c.until("gunicorn to answer", || http_get(port));
     assert!(is_200(&reply), "{reply}\n{}", c.text());
     assert!(

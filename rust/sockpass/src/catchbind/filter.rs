@@ -216,13 +216,12 @@ pub(crate) fn probe() -> Result<usize> {
     // allow-all filter with a listener and ask for ADDFD on a notification
     // that does not exist, which a kernel with ADDFD answers ENOENT.
     let allow = [stmt(RET, libc::SECCOMP_RET_ALLOW)];
-    let tried = std::thread::Builder::new()
-        .name("sockpass-probe".into())
-        // SAFETY: filters this short-lived thread only.
-        .spawn(move || unsafe { install(&allow, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER) })
-        .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EAGAIN), "probe thread"))?
-        .join()
-        .unwrap_or(Err(libc::EIO));
+    // SAFETY: filters this short-lived thread only.
+    let tried = super::supervisor::spawn_blocked("sockpass-probe", move || unsafe {
+        install(&allow, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER)
+    })?
+    .join()
+    .unwrap_or(Err(libc::EIO));
     let listener = match tried {
         // SAFETY: seccomp returned a new fd, ours now.
         Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },

@@ -64,20 +64,34 @@ impl Prepared {
             p: self,
             held: Vec::new(),
         };
-        let thread = std::thread::Builder::new()
-            .name("sockpass-catch-bind".into())
-            .spawn(move || st.serve(&listener, &stop_r))
-            .map_err(|e| {
-                Error::os(
-                    e.raw_os_error().unwrap_or(libc::EAGAIN),
-                    "catch-bind thread",
-                )
-            })?;
+        let thread = spawn_blocked("sockpass-catch-bind", move || st.serve(&listener, &stop_r))?;
         Ok(Supervisor {
             stop: Some(stop_w),
             thread: Some(thread),
         })
     }
+}
+
+/// Start a thread with every signal blocked: it never takes a signal meant
+/// for the caller's own handling (a signalfd, sigwait, a handler's thread).
+pub(crate) fn spawn_blocked<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>> {
+    // SAFETY: all-zero is a valid sigset_t; sigfillset initialises it.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: this thread's mask, restored below; the new thread inherits
+    // the full one.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let r = std::thread::Builder::new().name(name.into()).spawn(f);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r.map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EAGAIN), name))
 }
 
 /// The running thread; dropping it stops the thread and releases every
@@ -329,15 +343,17 @@ impl State {
     }
 
     /// Ask the broker for `spec`. A conflict with a reference of our own
-    /// (the program bound the address before, and with share mode none a
-    /// second request conflicts) releases ours and asks once more.
+    /// (the program bound the address before and has closed that socket,
+    /// and a second request conflicts with share mode none, or the old
+    /// socket's options differ and its bind is in the way) releases ours
+    /// and asks once more.
     fn request(&mut self, spec: &SocketSpec) -> Result<crate::client::Grant> {
         let r = self
             .p
             .client
             .request_socket(spec, self.p.share, &self.p.app);
         match r {
-            Err(e) if e.kind() == Kind::ShareConflict => {
+            Err(e) if matches!(e.kind(), Kind::ShareConflict | Kind::AddressInUse) => {
                 let mine: Vec<Token> = self
                     .held
                     .iter()

@@ -1,79 +1,15 @@
-//! Real daemons from Debian run by `sockpass run` as uid nobody through a
-//! root broker (third_party.rs, catch_bind_real.rs): finding them, the
-//! broker whose policy grants nobody, the supervised process tree (reaped
-//! whole, daemons that fork included), and small HTTP and DNS clients.
+//! Real daemons from Debian run by `sockpass run` as uid nobody (started
+//! as nobody.rs does) in third_party.rs and catch_bind_real.rs: the
+//! supervised process tree, reaped whole (daemons that fork included),
+//! nginx's configuration, and small HTTP and DNS clients.
 
-use super::{
-    free_privileged_port, is_root, path_str, sockpass_bin, temp_dir, Broker, NOBODY, WAIT,
-};
+use super::{path_str, sockpass_run_as_nobody_cmd, until, NOBODY, WAIT};
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
-
-/// One daemon test at a time in a test binary: a free privileged port
-/// picked by one is free until its daemon binds it, so another could pick
-/// it too.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The program's path, or None (skip) when it is not installed; in CI a
-/// missing program is a failure, since setup installs it.
-pub fn installed(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is not installed (tests/lib/setup.sh installs it)"
-        );
-        eprintln!("skipped: {name} is not installed (tests/lib/setup.sh installs it)");
-    }
-    found
-}
-
-/// The daemon's path when its test can run: as root, with it installed.
-pub fn daemon_to_test(name: &str) -> Option<PathBuf> {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the broker and switch to uid 65534");
-        return None;
-    }
-    installed(name)
-}
-
-/// A free privileged port, for this test alone while the guard lives.
-pub fn privileged_port() -> Option<(std::sync::MutexGuard<'static, ()>, u16)> {
-    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    match free_privileged_port(&[]) {
-        Some(port) => Some((one, port)),
-        None => {
-            eprintln!("skipped: no privileged port is free on 127.0.0.1");
-            None
-        }
-    }
-}
-
-/// A root broker in a temp directory uid nobody may enter (0755), whose
-/// policy grants nobody `grants`.
-pub fn broker_for_nobody(tag: &str, grants: &[String]) -> (PathBuf, Broker) {
-    let dir = temp_dir(tag);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pol = dir.join("policy.conf");
-    let rules: String = grants
-        .iter()
-        .map(|g| format!("allow uid={NOBODY} {g}\n"))
-        .collect();
-    std::fs::write(&pol, rules).unwrap();
-    let path = dir.join("sockpassd.sock");
-    let b = Broker::start_at(dir.clone(), path, &["--policy", &path_str(&pol)]);
-    (dir, b)
-}
 
 /// A directory uid nobody owns, for a daemon's files (its temp dirs, pid
 /// file, logs).
@@ -92,44 +28,16 @@ pub struct Supervised {
     pub log: PathBuf,
 }
 
-/// `sockpass run ARGS` as uid nobody (setpriv: no PAM session), its output
-/// in `log`. With `systemd_booted`, in a mount namespace of its own where
-/// /run/systemd/system exists: daemons such as unbound take socket
-/// activation only when sd_booted() says systemd runs. Each program in the
-/// chain execs the next, so the child's pid is sockpass run's.
-pub fn sockpass_run_as_nobody(args: &[String], log: &Path, systemd_booted: bool) -> Supervised {
-    let out = std::fs::File::create(log).unwrap();
-    let mut cmd = if systemd_booted {
-        let mut c = Command::new("unshare");
-        c.args([
-            "-m",
-            "sh",
-            "-c",
-            "mount --make-rprivate / && \
-             if [ -d /run/systemd ]; then d=/run/systemd; else d=/run; fi && \
-             mount -t tmpfs -o mode=755 tmpfs $d && mkdir -p /run/systemd/system && \
-             exec \"$@\"",
-            "sh",
-        ]);
-        c
-    } else {
-        Command::new("env")
-    };
-    cmd.args([
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ])
-    .arg(sockpass_bin())
-    .arg("run")
-    .args(args)
-    .process_group(0)
-    .stdin(Stdio::null())
-    .stdout(out.try_clone().unwrap())
-    .stderr(out);
+/// [`sockpass_run_as_nobody`] in a process group of its own, supervised:
+/// each program in its chain execs the next, so the child's pid is
+/// sockpass run's.
+pub fn supervise_as_nobody(args: &[String], log: &Path, systemd_booted: bool) -> Supervised {
+    let child = sockpass_run_as_nobody_cmd(args, log, systemd_booted)
+        .process_group(0)
+        .spawn()
+        .expect("start sockpass run");
     Supervised {
-        child: cmd.spawn().expect("start sockpass run"),
+        child,
         log: log.to_path_buf(),
     }
 }
@@ -146,26 +54,8 @@ impl Supervised {
 
     /// Wait, bounded, for `f` to give a value while sockpass run runs; an
     /// exit first or a wait that runs out fails with the log.
-    pub fn until<T>(&mut self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let t0 = Instant::now();
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!(
-                    "waiting for {what}: sockpass run exited ({st}):\n{}",
-                    self.text()
-                );
-            }
-            if t0.elapsed() > WAIT {
-                panic!(
-                    "timed out after {WAIT:?} waiting for {what}:\n{}",
-                    self.text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn until<T>(&mut self, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        until(&mut self.child, &self.log, what, f)
     }
 
     /// Wait (bounded) for sockpass run to exit; its exit code (-1: killed).

@@ -2,14 +2,18 @@
 //! free ports, and child client processes (this test binary re-executed).
 #![allow(dead_code)]
 
-mod daemons;
-pub use daemons::*;
-
 use sockpass::{Client, Status};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod daemons;
+mod nobody;
+#[allow(unused_imports)]
+pub use daemons::*;
+#[allow(unused_imports)]
+pub use nobody::*;
 
 /// Generous bound for any wait on a condition in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
