@@ -104,13 +104,47 @@ fn nginx_master_and_two_workers_serve_a_privileged_port_as_nobody() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A thread that runs `step` over and over until stopped; stopped and
+/// joined on drop.
+struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(mut step: impl FnMut() + Send + 'static) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                step();
+            }
+        });
+        Background {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // Its panic fails the test, unless the test is failing already.
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("the background thread panicked");
+            }
+        }
+    }
+}
+
 /// An upstream DNS server on an unprivileged port of 127.0.0.1 that
 /// answers every A query with `addr` and records the source port of each.
 struct Upstream {
     port: u16,
     sources: Arc<std::sync::Mutex<Vec<u16>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
 }
 
 impl Upstream {
@@ -119,14 +153,10 @@ impl Upstream {
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let port = s.local_addr().unwrap().port();
         let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (src, st) = (sources.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !st.load(Ordering::Relaxed) {
-                let Ok((n, from)) = s.recv_from(&mut buf) else {
-                    continue;
-                };
+        let src = sources.clone();
+        let mut buf = [0u8; 1500];
+        let server = Background::start(move || {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
                 src.lock().unwrap().push(from.port());
                 let _ = s.send_to(&dns_reply_a(&buf[..n], addr), from);
             }
@@ -134,17 +164,7 @@ impl Upstream {
         Upstream {
             port,
             sources,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _server: server,
         }
     }
 }
@@ -251,8 +271,7 @@ struct Load {
     refused: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     bodies: Arc<std::sync::Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    client: Background,
 }
 
 impl Load {
@@ -261,71 +280,51 @@ impl Load {
         let refused = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (o, r, f, bs, st) = (
-            ok.clone(),
-            refused.clone(),
-            failed.clone(),
-            bodies.clone(),
-            stop.clone(),
-        );
-        let thread = std::thread::spawn(move || {
+        let (o, r, f, bs) = (ok.clone(), refused.clone(), failed.clone(), bodies.clone());
+        let client = Background::start(move || {
             use std::io::{Read, Write};
-            while !st.load(Ordering::Relaxed) {
-                let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                    Ok(s) => s,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        r.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(_) => {
-                        f.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
-                s.set_read_timeout(Some(WAIT)).unwrap();
-                let mut reply = String::new();
-                let done = s
-                    .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                    .and_then(|_| s.read_to_string(&mut reply));
-                if done.is_ok() && is_200(&reply) {
-                    o.fetch_add(1, Ordering::Relaxed);
-                    let body = reply.rsplit("\r\n\r\n").next().unwrap_or("").to_string();
-                    bs.lock().unwrap().push(body);
-                } else {
-                    f.fetch_add(1, Ordering::Relaxed);
+            let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                Err(_) => {
+                    f.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut reply = String::new();
+            let done = s
+                .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .and_then(|_| s.read_to_string(&mut reply));
+            if done.is_ok() && is_200(&reply) {
+                o.fetch_add(1, Ordering::Relaxed);
+                let body = reply.rsplit("\r\n\r\n").next().unwrap_or("").to_string();
+                bs.lock().unwrap().push(body);
+            } else {
+                f.fetch_add(1, Ordering::Relaxed);
             }
+            std::thread::sleep(Duration::from_millis(2));
         });
         Load {
             ok,
             refused,
             failed,
             bodies,
-            stop,
-            thread: Some(thread),
+            client,
         }
     }
 
     /// Stop and return (answers, refused, failed).
-    fn finish(mut self) -> (u64, u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
+    fn finish(self) -> (u64, u64, u64) {
+        drop(self.client);
         (
             self.ok.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         )
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
