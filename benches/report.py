@@ -75,8 +75,10 @@ def b11_section(res, by_round, meta):
         "whose policy grants nobody the port. Start: from `fork` to the first `200` answer to `GET /` "
         "(`benches/c/firstanswer.c`, connecting every 0.2 ms until one is answered). Requests a second: "
         "`benches/c/httpload.c`, keep-alive connections each on a thread of its own, `GET /` of a 17-byte file, "
-        "after nginx's first answer. The two kinds take turns in each round; a figure is the median across rounds "
-        "(of each round's median for the start), a ratio the median of the rounds' ratios."
+        "after nginx's first answer. B11s: `benches/c/syscalls.c`, `getppid()` by `syscall(2)` in blocks of 10,000, "
+        "run plain and under `sockpass run --catch-bind` (as root), whose seccomp filter every syscall of the program "
+        "passes. The kinds take turns in each round, each first in every other round; a figure is the median across "
+        "rounds (of each round's median for the start), a ratio the median of the rounds' ratios."
     )
     L.append("")
     L.append(f"- {meta.get('b11', '?')}")
@@ -100,11 +102,24 @@ def b11_section(res, by_round, meta):
     rr = median_ratio(by_round, "unpinned", "B11_rps_catch", "B11_rps_root", "ops_per_s")
     L.append(f"| start to first answer, median | {ms(r['B11_start_root'])} | {ms(r['B11_start_catch'])} | {fr(sr)} |")
     L.append(f"| requests a second | {rps(r['B11_rps_root'])} | {rps(r['B11_rps_catch'])} | {fr(rr)} |")
+    sp, sc = res.get(("unpinned", "B11s_syscall_plain")), res.get(("unpinned", "B11s_syscall_catch"))
+    if sp or sc:
+        ns = lambda x: "n/a" if not x else f"{x['median_ns']:.0f} ns (p99 {x['p99_ns']:.0f})"  # noqa: E731
+        sr2 = median_ratio(by_round, "unpinned", "B11s_syscall_catch", "B11s_syscall_plain", "median_ns")
+        L.append(f"| B11s: `getppid()`, a call (blocks of 10,000): plain / under the filter | {ns(sp)} | {ns(sc)} | {fr(sr2)} |")
     L.append("")
     u = res.get(("unpinned", "B11_start_uncaught"))
     if u and r["B11_start_root"] and r["B11_start_catch"]:
         root, catch = r["B11_start_root"]["median_ns"], r["B11_start_catch"]["median_ns"]
         un = u["median_ns"]
+        if not root <= un <= catch:
+            L.append(
+                f"The reference start (the same `sockpass run --catch-bind -- nginx` on an unprivileged port, its bind "
+                f"not caught: {un / 1e6:.1f} ms) does not fall between the two in this run: the machine's noise is "
+                "larger than the parts of the difference."
+            )
+            L.append("")
+            return L
         L.append(
             f"Where the start's {(catch - root) / 1e6:.1f} ms go: the same `setpriv ... sockpass run --catch-bind -- nginx` "
             f"with nginx on an unprivileged port, whose bind is not caught, answered first after {un / 1e6:.1f} ms: "
