@@ -1,7 +1,8 @@
 //! Real daemons from Debian that bind their own sockets, unchanged, run by
 //! `sockpass run --catch-bind` as uid nobody on privileged ports of
 //! 127.0.0.1 that a root broker's policy grants them (issue 28): nginx (a
-//! master and 2 workers) and unbound (UDP and TCP, its outgoing-query
+//! master and 2 workers, and a reload that adds a port) and unbound (UDP
+//! and TCP, its outgoing-query
 //! ports left alone), and two nginx sharing one socket (`--share sameapp`)
 //! so the first stops under load without a refused connection. Skipped
 //! with a message when not root or a program is missing (in CI, where
@@ -51,12 +52,20 @@ fn nginx_master_and_two_workers_serve_a_privileged_port_as_nobody() {
     let Some((_one, port)) = privileged_port() else {
         return;
     };
+    // A second port, for a reload that adds it.
+    let Some(port2) = free_privileged_port(&[port]) else {
+        eprintln!("skipped: no second privileged port is free on 127.0.0.1");
+        return;
+    };
     let (dir, b) = broker_for_nobody(
         "catch-nginx",
-        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
+        &[
+            format!("proto=tcp addr=127.0.0.1/32 port={port}"),
+            format!("proto=tcp addr=127.0.0.1/32 port={port2}"),
+        ],
     );
     let ndir = nobody_dir(&dir, "nginx");
-    nginx_conf(&ndir, port, "hello from nginx\n");
+    nginx_conf(&ndir, &[port], "hello from nginx\n");
     let mut c = supervise_as_nobody(
         &catch_args(&b, &[], nginx_args(&nginx, &ndir)),
         &dir.join("run.log"),
@@ -96,6 +105,19 @@ fn nginx_master_and_two_workers_serve_a_privileged_port_as_nobody() {
     }
     let held = held_for_nobody(&b, port);
     assert_eq!(held.len(), 1, "the broker made one socket: {held:?}");
+
+    // A reload (SIGHUP) whose configuration adds a port: the running
+    // master binds it, caught as well, and keeps the first port's socket.
+    nginx_conf(&ndir, &[port, port2], "hello from nginx\n");
+    // SAFETY: signalling the nginx master this test started.
+    unsafe { libc::kill(master.pid, libc::SIGHUP) };
+    let r2 = c.until("nginx to answer on the port its reload added", || {
+        http_get(port2)
+    });
+    assert!(is_200(&r2), "{r2}\n{}", c.text());
+    assert_eq!(listening_on_port(port), listening, "the first socket stays");
+    assert_eq!(held_for_nobody(&b, port2).len(), 1, "{:?}", b.status());
+    assert_eq!(held_for_nobody(&b, port).len(), 1, "{:?}", b.status());
 
     let text = c.text();
     assert_eq!(c.stop(), 0, "nginx stops on SIGTERM: {text}");
@@ -343,7 +365,7 @@ fn two_nginx_share_one_socket_and_the_first_stops_under_load_without_a_refusal()
     let share = ["--share", "sameapp", "--app", "web"];
     let start = |name: &str| {
         let ndir = nobody_dir(&dir, name);
-        nginx_conf(&ndir, port, &format!("{name}\n"));
+        nginx_conf(&ndir, &[port], &format!("{name}\n"));
         let run = supervise_as_nobody(
             &catch_args(&b, &share, nginx_args(&nginx, &ndir)),
             &dir.join(format!("{name}.log")),

@@ -214,12 +214,16 @@ pub fn is_200(reply: &str) -> bool {
 
 /// nginx's configuration for a master and 2 workers in the foreground,
 /// every file it writes in `dir` (owned by nobody), serving `body` on
-/// 127.0.0.1:`port`. No `user`: it runs as nobody already.
-pub fn nginx_conf(dir: &Path, port: u16, body: &str) -> PathBuf {
+/// 127.0.0.1 at each of `ports`. No `user`: it runs as nobody already.
+pub fn nginx_conf(dir: &Path, ports: &[u16], body: &str) -> PathBuf {
     let html = dir.join("html");
     std::fs::create_dir_all(&html).unwrap();
     std::fs::write(html.join("index.html"), body).unwrap();
     let d = dir.display();
+    let listen: String = ports
+        .iter()
+        .map(|p| format!("    listen 127.0.0.1:{p};\n"))
+        .collect();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -229,7 +233,7 @@ pub fn nginx_conf(dir: &Path, port: u16, body: &str) -> PathBuf {
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
              uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    root {d}/html;\n  }}\n}}\n"
+             server {{\n{listen}    root {d}/html;\n  }}\n}}\n"
         ),
     )
     .unwrap();
