@@ -1,12 +1,12 @@
 //! Real daemons from Debian that bind their own sockets, unchanged, run by
 //! `sockpass run --catch-bind` as uid nobody on privileged ports of
 //! 127.0.0.1 that a root broker's policy grants them (issue 28): nginx (a
-//! master and 2 workers, and a reload that adds a port) and unbound (UDP
-//! and TCP, its outgoing-query
-//! ports left alone), and two nginx sharing one socket (`--share sameapp`)
-//! so the first stops under load without a refused connection. Skipped
-//! with a message when not root or a program is missing (in CI, where
-//! tests/lib/setup.sh installs them, a missing one fails).
+//! master and 2 workers, and a reload that adds a port), unbound (UDP and
+//! TCP, its outgoing-query ports left alone), and two nginx sharing one
+//! socket (`--share sameapp`) so the first stops under load without a
+//! refused connection. Skipped with a message when not root or a program
+//! is missing (in CI, where tests/lib/setup.sh installs them, a missing one
+//! fails).
 
 mod common;
 
