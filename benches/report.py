@@ -75,7 +75,10 @@ def b11_section(res, by_round, meta):
         "whose policy grants nobody the port. Start: from `fork` to the first `200` answer to `GET /` "
         "(`benches/c/firstanswer.c`, connecting every 0.2 ms until one is answered). Requests a second: "
         "`benches/c/httpload.c`, keep-alive connections each on a thread of its own, `GET /` of a 17-byte file, "
-        "after nginx's first answer. B11s: `benches/c/syscalls.c`, `getppid()` by `syscall(2)` in blocks of 10,000, "
+        "after nginx's first answer. B11b: `benches/c/binds.c`, a TCP socket with `SO_REUSEADDR` bound to the "
+        "port and closed, again and again, the `bind()` timed: by root in-process, and as nobody under "
+        "`sockpass run --catch-bind`, where each is caught, the supervisor's earlier reference to the same address "
+        "released, and the broker asked for the socket. B11s: `benches/c/syscalls.c`, `getppid()` by `syscall(2)` in blocks of 10,000, "
         "run plain and under `sockpass run --catch-bind` (as root), whose seccomp filter every syscall of the program "
         "passes. The kinds take turns in each round, each first in every other round; a figure is the median across "
         "rounds (of each round's median for the start), a ratio the median of the rounds' ratios."
@@ -96,15 +99,24 @@ def b11_section(res, by_round, meta):
         return "n/a" if not x else f"{x['ops_per_s']:.0f}"
 
     def fr(x):
-        return "n/a" if x is None else f"{x:.2f}×"
+        return "n/a" if x is None else f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
 
     sr = median_ratio(by_round, "unpinned", "B11_start_catch", "B11_start_root", "median_ns")
     rr = median_ratio(by_round, "unpinned", "B11_rps_catch", "B11_rps_root", "ops_per_s")
     L.append(f"| start to first answer, median | {ms(r['B11_start_root'])} | {ms(r['B11_start_catch'])} | {fr(sr)} |")
     L.append(f"| requests a second | {rps(r['B11_rps_root'])} | {rps(r['B11_rps_catch'])} | {fr(rr)} |")
+    def t(v):
+        return f"{v:.0f} ns" if v < 10000 else f"{v / 1000:.1f} µs"
+
+    def ns(x):
+        return "n/a" if not x else f"{t(x['median_ns'])} (p99 {t(x['p99_ns'])})"
+
+    br, bc = res.get(("unpinned", "B11b_bind_root")), res.get(("unpinned", "B11b_bind_catch"))
+    if br or bc:
+        rb = median_ratio(by_round, "unpinned", "B11b_bind_catch", "B11b_bind_root", "median_ns")
+        L.append(f"| B11b: one `bind()` to the port, by root itself / caught, as nobody | {ns(br)} | {ns(bc)} | {fr(rb)} |")
     sp, sc = res.get(("unpinned", "B11s_syscall_plain")), res.get(("unpinned", "B11s_syscall_catch"))
     if sp or sc:
-        ns = lambda x: "n/a" if not x else f"{x['median_ns']:.0f} ns (p99 {x['p99_ns']:.0f})"  # noqa: E731
         sr2 = median_ratio(by_round, "unpinned", "B11s_syscall_catch", "B11s_syscall_plain", "median_ns")
         L.append(f"| B11s: `getppid()`, a call (blocks of 10,000): plain / under the filter | {ns(sp)} | {ns(sc)} | {fr(sr2)} |")
     L.append("")

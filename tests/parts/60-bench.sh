@@ -44,6 +44,7 @@ else
   for k in root catch; do expect unpinned B11_start_$k median_ns; expect unpinned B11_rps_$k ops_per_s; done
   expect unpinned B11_start_uncaught median_ns
   for k in plain catch; do expect unpinned B11s_syscall_$k median_ns; done
+  for k in root catch; do expect unpinned B11b_bind_$k median_ns; done
   grep -q '^| requests a second | [0-9]' "$work/BENCHMARKS.md" || { echo "60-bench: report has no B11 table"; fail=1; }
 fi
 for f in "$work/plots/latency-vs-cached.png" "$work/plots/latency-vs-clients.png"; do
