@@ -88,6 +88,10 @@ def b11_section(res, by_round, meta):
     L.append(f"- date: {meta.get('date')}; commit {meta.get('commit')}; {meta.get('cpu')}, {meta.get('nproc')} CPUs, {meta.get('kernel')}")
     if meta.get("quick") == "1":
         L.append("- quick mode: small samples, numbers are rough")
+    L.append(
+        "- a shared machine: the load average above is the run's; the notes below (B11) give the spread of "
+        "several runs"
+    )
     L.append("")
     L.append("| | nginx as root, binding itself | nginx as nobody, `--catch-bind` | --catch-bind / root |")
     L.append("|---|---|---|---|")
