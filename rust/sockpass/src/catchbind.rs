@@ -25,6 +25,14 @@
 //! socket obtained for a program that dies before it is installed is
 //! released at once.
 //!
+//! **Sharing.** Requests are plain (not `PER_WORKER`): with `--share
+//! sameapp` an instance that binds an address another instance holds gets
+//! that very socket (one accept queue, so a restart refuses nothing), and
+//! so does a second bind of one address within an instance, `SO_REUSEPORT`
+//! or not. With share mode none a second bind of an address the instance
+//! holds (it closed its socket, or makes a reuseport group) releases the
+//! older reference and gets a new socket, as the kernel would.
+//!
 //! **Limits.** The socket's `O_NONBLOCK` belongs to its open file
 //! description, which a shared socket shares: the last program to bind it
 //! sets it for all. `SO_RCVBUF`/`SO_SNDBUF` set before bind are not
