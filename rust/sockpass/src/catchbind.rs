@@ -25,10 +25,23 @@
 //! socket obtained for a program that dies before it is installed is
 //! released at once.
 //!
+//! **Sharing.** Requests are plain (not `PER_WORKER`): with `--share
+//! sameapp` an instance that binds an address another instance holds gets
+//! that very socket (one accept queue, so a restart refuses nothing), and
+//! so does a second bind of one address within an instance, `SO_REUSEPORT`
+//! or not. With share mode none a second bind of an address the instance
+//! holds (it closed its socket, or makes a reuseport group) releases the
+//! older reference and gets a new socket, as the kernel would.
+//!
 //! **Limits.** The socket's `O_NONBLOCK` belongs to its open file
 //! description, which a shared socket shares: the last program to bind it
 //! sets it for all. `SO_RCVBUF`/`SO_SNDBUF` set before bind are not
-//! carried (the broker's socket has its defaults). If the supervisor goes
+//! carried (the broker's socket has its defaults). Without `CAP_SYS_ADMIN`
+//! the kernel installs a filter only under `no_new_privs`, so the program
+//! (and what it execs) gains nothing from setuid bits or file
+//! capabilities. The kernel allows one listener on a filter chain: a
+//! program already under one (a `--catch-bind` inside another, some
+//! container runtimes) cannot be caught again. If the supervisor goes
 //! away, later binds in the program fail with `ENOSYS` (the kernel's
 //! answer for a filter without a listener).
 
@@ -48,7 +61,17 @@ use crate::share::ShareMode;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How a spawned program's binds are caught ([`crate::Spawn::catch_bind`]).
+/// How a spawned program's binds are caught ([`crate::Spawn::catch_bind`]):
+/// the child runs under a seccomp filter that sends each `bind()` to a
+/// thread of the caller, which answers the TCP and UDP binds to
+/// [`CatchBind::ports`] with a socket from the broker, installed at the
+/// program's own fd number. Anything else, and whatever the broker refuses,
+/// the kernel judges as without sockpass (a line on stderr says why).
+/// Limits: the program runs with `no_new_privs` unless the caller has
+/// `CAP_SYS_ADMIN`; one listener per filter chain (no catch inside a
+/// catch); a shared socket's `O_NONBLOCK` is the last binder's;
+/// `SO_RCVBUF`/`SO_SNDBUF` set before bind are not carried; the catch ends
+/// with the [`crate::Child`] (later binds then fail with `ENOSYS`).
 #[derive(Clone, Debug)]
 pub struct CatchBind {
     /// Which ports are caught (default: the privileged ones).

@@ -253,7 +253,7 @@ impl Spawn {
     }
 
     /// Catch the program's own `bind()` calls and answer them with broker
-    /// sockets (see [`crate::catchbind`]). Checked at spawn: where the
+    /// sockets (see [`CatchBind`]). Checked at spawn: where the
     /// kernel cannot do it the spawn fails and nothing is started.
     pub fn catch_bind(&mut self, c: CatchBind) -> &mut Spawn {
         self.catch = Some(c);

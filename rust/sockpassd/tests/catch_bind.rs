@@ -519,3 +519,78 @@ fn where_the_catch_cannot_work_nothing_starts() {
     drop(b);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_program_binding_in_a_tight_loop_still_gets_its_signals() {
+    let Some((_one, port)) = setup() else { return };
+    let (dir, b) = broker_for_nobody(
+        "cb-loop",
+        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
+    );
+    let log = dir.join("run.log");
+    // Every bind is caught and answered (a new socket each time: the one
+    // before was closed, so its reference goes).
+    let prog = python(
+        &dir,
+        "loop.py",
+        port,
+        "n = 0\n\
+         while True:\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         \x20   s.bind(('127.0.0.1', PORT))\n\
+         \x20   s.close()\n\
+         \x20   n += 1\n\
+         \x20   if n == 20:\n\
+         \x20       print('looping', flush=True)\n",
+    );
+    let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
+    line_with(&mut c, &log, "looping");
+    // sockpass run forwards SIGTERM at once: its loop is not the one
+    // answering binds.
+    let t0 = std::time::Instant::now();
+    assert_eq!(stop(c), 128 + libc::SIGTERM, "{}", text(&log));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?} to end a program binding in a loop",
+        t0.elapsed()
+    );
+    assert!(!text(&log).contains("catch-bind:"), "{}", text(&log));
+    wait_references(&b, 0);
+    drop(b);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_program_that_made_itself_non_dumpable_is_left_to_the_kernel() {
+    let Some((_one, port)) = setup() else { return };
+    let (dir, b) = broker_for_nobody(
+        "cb-nondumpable",
+        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
+    );
+    let log = dir.join("run.log");
+    // PR_SET_DUMPABLE 0: its memory and fds are not the supervisor's to read
+    // (same uid, no CAP_SYS_PTRACE), so the kernel judges its bind.
+    let prog = python(
+        &dir,
+        "nondumpable.py",
+        port,
+        "import ctypes\n\
+         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)\n\
+         s = socket.socket()\n\
+         try:\n    s.bind(('127.0.0.1', PORT))\n    print('bound', flush=True)\n\
+         except OSError as e:\n    print('errno', e.errno, flush=True)\n",
+    );
+    let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
+    let st = wait_child(&mut c);
+    let out = text(&log);
+    assert!(st.success(), "{out}");
+    assert!(out.contains(&format!("errno {}", libc::EACCES)), "{out}");
+    assert!(
+        out.contains("catch-bind:") && out.contains("the kernel judges"),
+        "a line says why: {out}"
+    );
+    assert_eq!(b.status().sockets.len(), 0);
+    drop(b);
+    let _ = std::fs::remove_dir_all(dir);
+}

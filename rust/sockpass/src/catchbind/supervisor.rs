@@ -276,21 +276,24 @@ impl State {
         let grant = match self.request(&spec) {
             Ok(g) => g,
             Err(e) => {
+                // The broker's message names the spec and, for a refusal,
+                // the policy's rule.
+                let conflict = matches!(e.kind(), Kind::ShareConflict | Kind::AddressInUse);
                 say(format_args!(
-                    "pid {}: bind of {spec}: {e}; {}",
+                    "pid {}: bind to {ip} port {port}: {e}; {}",
                     proc_.tgid,
-                    match e.kind() {
-                        Kind::ShareConflict | Kind::AddressInUse =>
-                            "the bind fails with EADDRINUSE",
-                        _ => "the kernel judges the bind",
+                    if conflict {
+                        "the bind fails with EADDRINUSE"
+                    } else {
+                        "the kernel judges the bind"
                     }
                 ));
-                return Some(match e.kind() {
-                    Kind::ShareConflict | Kind::AddressInUse => {
-                        (Answer::Fail(libc::EADDRINUSE), None)
-                    }
-                    _ => (Answer::Continue, None),
-                });
+                let answer = if conflict {
+                    Answer::Fail(libc::EADDRINUSE)
+                } else {
+                    Answer::Continue
+                };
+                return Some((answer, None));
             }
         };
         if let Some(d) = self.p.delay {

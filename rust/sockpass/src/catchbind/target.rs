@@ -165,6 +165,13 @@ pub(crate) fn inspect(sock: &OwnedFd, ip: IpAddr, port: u16) -> Result<Wanted, S
     let proto = match (ty, protocol) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP) => Proto::Tcp,
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Proto::Udp,
+        // Go (1.24+) listens with MPTCP first and falls back to TCP when
+        // that fails: the fallback's bind is the one caught.
+        (libc::SOCK_STREAM, libc::IPPROTO_MPTCP) => {
+            return Err(Skip::Say(
+                "an MPTCP socket (the broker makes TCP and UDP ones)".into(),
+            ))
+        }
         _ => {
             return Err(Skip::Say(format!(
                 "socket type {ty} protocol {protocol} is neither TCP nor UDP"
