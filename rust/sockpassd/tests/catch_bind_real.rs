@@ -4,9 +4,9 @@
 //! master and 2 workers, and a reload that adds a port), unbound (UDP and
 //! TCP, its outgoing-query ports left alone), and two nginx sharing one
 //! socket (`--share sameapp`) so the first stops under load without a
-//! refused connection. Skipped with a message when not root or a program
-//! is missing (in CI, where tests/lib/setup.sh installs them, a missing one
-//! fails).
+//! refused connection, as does a SIGUSR2 restart where `sockpass run` has
+//! them. Skipped with a message when not root or a program is missing (in
+//! CI, where tests/lib/setup.sh installs them, a missing one fails).
 
 mod common;
 
@@ -339,6 +339,15 @@ impl Load {
         }
     }
 
+    /// Wait (bounded) until `n` answers came; how many there are.
+    fn wait_answers(&self, n: u64) -> u64 {
+        let t0 = Instant::now();
+        while self.ok.load(Ordering::Relaxed) < n && t0.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.ok.load(Ordering::Relaxed)
+    }
+
     /// Stop and return (answers, refused, failed).
     fn finish(self) -> (u64, u64, u64) {
         drop(self.client);
@@ -406,18 +415,13 @@ fn two_nginx_share_one_socket_and_the_first_stops_under_load_without_a_refusal()
     // SIGQUIT: it closes its copy of the socket, finishes what it
     // accepted): what it leaves in the queue, the new one accepts.
     let load = Load::start(port);
-    let t0 = Instant::now();
-    while load.ok.load(Ordering::Relaxed) < 20 && t0.elapsed() < WAIT {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    load.wait_answers(20);
     // SAFETY: signalling the nginx master this test started.
     unsafe { libc::kill(ma[0].pid, libc::SIGQUIT) };
     let code = a.wait();
     assert_eq!(code, 0, "the old nginx exits 0 after SIGQUIT: {}", a.text());
     let after = load.ok.load(Ordering::Relaxed);
-    while load.ok.load(Ordering::Relaxed) < after + 50 && t0.elapsed() < WAIT {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    load.wait_answers(after + 50);
     let bodies = load.bodies.lock().unwrap().clone();
     let (ok, refused, failed) = load.finish();
     eprintln!(
@@ -447,6 +451,99 @@ fn two_nginx_share_one_socket_and_the_first_stops_under_load_without_a_refusal()
 
     let text = bb.text();
     assert_eq!(bb.stop(), 0, "the new nginx stops on SIGTERM: {text}");
+    released(&b, port);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether this `sockpass run` restarts its program on SIGUSR2 (the
+/// restart feature, issue 28 item 4's second half).
+fn run_restarts_on_sigusr2() -> bool {
+    let help = std::process::Command::new(sockpass_bin())
+        .args(["run", "--help"])
+        .output()
+        .expect("sockpass run --help");
+    String::from_utf8_lossy(&help.stdout).contains("SIGUSR2")
+}
+
+#[test]
+fn nginx_restarts_on_sigusr2_under_catch_bind_without_a_refusal() {
+    let Some(nginx) = daemon_to_test("nginx") else {
+        return;
+    };
+    if !run_restarts_on_sigusr2() {
+        eprintln!(
+            "skipped: this sockpass run has no SIGUSR2 restarts (the restart branch is not merged)"
+        );
+        return;
+    }
+    let Some((_one, port)) = privileged_port() else {
+        return;
+    };
+    let (dir, b) = broker_for_nobody(
+        "catch-usr2",
+        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
+    );
+    let ndir = nobody_dir(&dir, "nginx");
+    nginx_conf(&ndir, &[port], "hello\n");
+    // The new instance binds what the old one holds: sameapp gives it the
+    // same socket. nginx drains on SIGQUIT.
+    let extra = [
+        "--share",
+        "sameapp",
+        "--app",
+        "web",
+        "--stop-signal",
+        "QUIT",
+    ];
+    let mut c = supervise_as_nobody(
+        &catch_args(&b, &extra, nginx_args(&nginx, &ndir)),
+        &dir.join("run.log"),
+        false,
+    );
+    c.until("nginx to answer", || http_get(port));
+    let old = c.programs("nginx: master process");
+    assert_eq!(old.len(), 1, "{old:?}");
+    let listening = listening_on_port(port);
+    assert_eq!(listening.len(), 1, "{listening:?}");
+
+    let load = Load::start(port);
+    load.wait_answers(20);
+    // SAFETY: signalling the sockpass run this test started.
+    unsafe { libc::kill(c.pid(), libc::SIGUSR2) };
+    let log = c.log.clone();
+    c.until("the restart to be done", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!text.contains("restart 1 failed"), "{text}");
+        text.contains("restart 1: done").then_some(())
+    });
+    let after = load.ok.load(Ordering::Relaxed);
+    load.wait_answers(after + 50);
+    let (ok, refused, failed) = load.finish();
+    eprintln!(
+        "{ok} answers ({after} before the restart was done), {refused} refused, {failed} failed"
+    );
+    assert_eq!(
+        refused, 0,
+        "refused connections ({ok} answered, {failed} failed)"
+    );
+    assert_eq!(failed, 0, "failed requests ({ok} answered)");
+    let new = c.programs("nginx: master process");
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new[0].pid, old[0].pid, "a new nginx serves");
+    assert!(
+        socket_inodes(new[0].pid).contains(&listening[0]),
+        "the new nginx holds the same socket"
+    );
+    assert_eq!(
+        listening_on_port(port),
+        listening,
+        "the same socket listens on"
+    );
+    assert_eq!(held_for_nobody(&b, port).len(), 1, "{:?}", b.status());
+
+    let text = c.text();
+    assert_eq!(c.stop(), 0, "nginx stops on SIGTERM: {text}");
     released(&b, port);
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
