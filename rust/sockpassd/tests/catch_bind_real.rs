@@ -12,6 +12,7 @@ mod common;
 
 use common::*;
 use std::net::UdpSocket;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,47 @@ fn catch_args(b: &Broker, extra: &[&str], program: Vec<String>) -> Vec<String> {
     v.push("--".into());
     v.extend(program);
     v
+}
+
+/// What a daemon test needs: the daemon's path, `n` free privileged ports
+/// (this test's alone while `_one` lives), and a root broker in `dir`
+/// whose policy grants nobody each of `protos` on each port.
+struct Setup {
+    daemon: PathBuf,
+    ports: Vec<u16>,
+    dir: PathBuf,
+    b: Broker,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+/// [`Setup`], or None when the test cannot run here (it says why).
+fn setup(daemon: &str, tag: &str, protos: &[&str], n: usize) -> Option<Setup> {
+    let daemon = daemon_to_test(daemon)?;
+    let (one, port) = privileged_port()?;
+    let mut ports = vec![port];
+    while ports.len() < n {
+        let Some(p) = free_privileged_port(&ports) else {
+            eprintln!("skipped: not {n} privileged ports free on 127.0.0.1");
+            return None;
+        };
+        ports.push(p);
+    }
+    let grants: Vec<String> = ports
+        .iter()
+        .flat_map(|p| {
+            protos
+                .iter()
+                .map(move |proto| format!("proto={proto} addr=127.0.0.1/32 port={p}"))
+        })
+        .collect();
+    let (dir, b) = broker_for_nobody(tag, &grants);
+    Some(Setup {
+        daemon,
+        ports,
+        dir,
+        b,
+        _one: one,
+    })
 }
 
 /// The broker's sockets on `port` held by nobody: (proto, socket inode).
@@ -46,24 +88,18 @@ fn released(b: &Broker, port: u16) {
 
 #[test]
 fn nginx_master_and_two_workers_serve_a_privileged_port_as_nobody() {
-    let Some(nginx) = daemon_to_test("nginx") else {
-        return;
-    };
-    let Some((_one, port)) = privileged_port() else {
-        return;
-    };
     // A second port, for a reload that adds it.
-    let Some(port2) = free_privileged_port(&[port]) else {
-        eprintln!("skipped: no second privileged port is free on 127.0.0.1");
+    let Some(Setup {
+        daemon: nginx,
+        ports,
+        dir,
+        b,
+        _one,
+    }) = setup("nginx", "catch-nginx", &["tcp"], 2)
+    else {
         return;
     };
-    let (dir, b) = broker_for_nobody(
-        "catch-nginx",
-        &[
-            format!("proto=tcp addr=127.0.0.1/32 port={port}"),
-            format!("proto=tcp addr=127.0.0.1/32 port={port2}"),
-        ],
-    );
+    let (port, port2) = (ports[0], ports[1]);
     let ndir = nobody_dir(&dir, "nginx");
     nginx_conf(&ndir, &[port], "hello from nginx\n");
     let mut c = supervise_as_nobody(
@@ -193,19 +229,17 @@ impl Upstream {
 
 #[test]
 fn unbound_binds_udp_and_tcp_53_like_ports_and_its_query_ports_are_left_alone() {
-    let Some(unbound) = daemon_to_test("unbound") else {
+    let Some(Setup {
+        daemon: unbound,
+        ports,
+        dir,
+        b,
+        _one,
+    }) = setup("unbound", "catch-unbound", &["udp", "tcp"], 1)
+    else {
         return;
     };
-    let Some((_one, port)) = privileged_port() else {
-        return;
-    };
-    let (dir, b) = broker_for_nobody(
-        "catch-unbound",
-        &[
-            format!("proto=udp addr=127.0.0.1/32 port={port}"),
-            format!("proto=tcp addr=127.0.0.1/32 port={port}"),
-        ],
-    );
+    let port = ports[0];
     // Names under upstream.example go to this upstream: unbound sends each query
     // from a socket it binds to a random unprivileged port.
     let upstream = Upstream::start([198, 51, 100, 9]);
@@ -361,16 +395,17 @@ impl Load {
 
 #[test]
 fn two_nginx_share_one_socket_and_the_first_stops_under_load_without_a_refusal() {
-    let Some(nginx) = daemon_to_test("nginx") else {
+    let Some(Setup {
+        daemon: nginx,
+        ports,
+        dir,
+        b,
+        _one,
+    }) = setup("nginx", "catch-share", &["tcp"], 1)
+    else {
         return;
     };
-    let Some((_one, port)) = privileged_port() else {
-        return;
-    };
-    let (dir, b) = broker_for_nobody(
-        "catch-share",
-        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
-    );
+    let port = ports[0];
     let share = ["--share", "sameapp", "--app", "web"];
     let start = |name: &str| {
         let ndir = nobody_dir(&dir, name);
@@ -468,22 +503,23 @@ fn run_restarts_on_sigusr2() -> bool {
 
 #[test]
 fn nginx_restarts_on_sigusr2_under_catch_bind_without_a_refusal() {
-    let Some(nginx) = daemon_to_test("nginx") else {
-        return;
-    };
     if !run_restarts_on_sigusr2() {
         eprintln!(
             "skipped: this sockpass run has no SIGUSR2 restarts (the restart branch is not merged)"
         );
         return;
     }
-    let Some((_one, port)) = privileged_port() else {
+    let Some(Setup {
+        daemon: nginx,
+        ports,
+        dir,
+        b,
+        _one,
+    }) = setup("nginx", "catch-usr2", &["tcp"], 1)
+    else {
         return;
     };
-    let (dir, b) = broker_for_nobody(
-        "catch-usr2",
-        &[format!("proto=tcp addr=127.0.0.1/32 port={port}")],
-    );
+    let port = ports[0];
     let ndir = nobody_dir(&dir, "nginx");
     nginx_conf(&ndir, &[port], "hello\n");
     // The new instance binds what the old one holds: sameapp gives it the
