@@ -35,8 +35,10 @@
 //!
 //! **Limits.** The socket's `O_NONBLOCK` belongs to its open file
 //! description, which a shared socket shares: the last program to bind it
-//! sets it for all. `SO_RCVBUF`/`SO_SNDBUF` set before bind are not
-//! carried (the broker's socket has its defaults). Without `CAP_SYS_ADMIN`
+//! sets it for all. Options the spec has no word for (`TCP_FASTOPEN`,
+//! `IP_TOS`, ...) set before bind are not carried, nor is a buffer size
+//! set to exactly the kernel's default (it cannot be told from none).
+//! Without `CAP_SYS_ADMIN`
 //! the kernel installs a filter only under `no_new_privs`, so the program
 //! (and what it execs) gains nothing from setuid bits or file
 //! capabilities. The kernel allows one listener on a filter chain: a
@@ -70,7 +72,7 @@ use std::time::Duration;
 /// Limits: the program runs with `no_new_privs` unless the caller has
 /// `CAP_SYS_ADMIN`; one listener per filter chain (no catch inside a
 /// catch); a shared socket's `O_NONBLOCK` is the last binder's;
-/// `SO_RCVBUF`/`SO_SNDBUF` set before bind are not carried; the catch ends
+/// options a socket spec has no word for are not carried; the catch ends
 /// with the [`crate::Child`] (later binds then fail with `ENOSYS`).
 #[derive(Clone, Debug)]
 pub struct CatchBind {

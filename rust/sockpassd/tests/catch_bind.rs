@@ -411,7 +411,8 @@ fn threads_bind_at_once_and_fd_flags_and_options_carry_over() {
     );
     let log = dir.join("run.log");
     // Two threads bind at once: TCP non-blocking, CLOEXEC (python's
-    // default) with SO_REUSEPORT; UDP blocking and inheritable. Each
+    // default) with SO_REUSEPORT; UDP blocking, inheritable, with SO_RCVBUF
+    // set. Each
     // prints what its fd says after the bind, and serves once.
     let prog = python(
         &dir,
@@ -435,9 +436,11 @@ fn threads_bind_at_once_and_fd_flags_and_options_carry_over() {
          def udp():\n\
          \x20   u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          \x20   os.set_inheritable(u.fileno(), True)\n\
+         \x20   u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\n\
          \x20   u.bind(('127.0.0.1', PORT))\n\
          \x20   n = u.fileno()\n\
-         \x20   print('udp', os.get_blocking(n), os.get_inheritable(n), flush=True)\n\
+         \x20   print('udp', os.get_blocking(n), os.get_inheritable(n),\n\
+         \x20         u.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), flush=True)\n\
          \x20   d, a = u.recvfrom(100)\n\
          \x20   u.sendto(b'udp ' + d, a)\n\
          ts = [threading.Thread(target=f) for f in (tcp, udp)]\n\
@@ -453,9 +456,9 @@ fn threads_bind_at_once_and_fd_flags_and_options_carry_over() {
         "{}",
         text(&log)
     );
-    // Blocking, inheritable.
+    // Blocking, inheritable, SO_RCVBUF 65536 (the kernel reports it doubled).
     assert!(
-        line_with(&mut c, &log, "udp ").ends_with("udp True True"),
+        line_with(&mut c, &log, "udp ").ends_with("udp True True 131072"),
         "{}",
         text(&log)
     );
@@ -479,6 +482,13 @@ fn threads_bind_at_once_and_fd_flags_and_options_carry_over() {
         .find(|s| s.spec.proto == sockpass::Proto::Tcp)
         .unwrap();
     assert_eq!(tcp.spec.options.reuseport, Some(true), "{st:?}");
+    assert_eq!(tcp.spec.options.rcvbuf, None, "{st:?}");
+    let udp = st
+        .sockets
+        .iter()
+        .find(|s| s.spec.proto == sockpass::Proto::Udp)
+        .unwrap();
+    assert_eq!(udp.spec.options.rcvbuf, Some(65536), "{st:?}");
     done(c, b, dir);
 }
 

@@ -166,8 +166,21 @@ pub(crate) unsafe fn install_and_send(chan: RawFd) -> std::result::Result<(), i3
 /// catch binds: seccomp user notification with `SECCOMP_IOCTL_NOTIF_ADDFD`
 /// (Linux 5.9), `seccomp()` allowed (a container's own filter may forbid
 /// it), and no listener already on our filters. Returns the size of
-/// `struct seccomp_notif` the kernel writes.
+/// `struct seccomp_notif` the kernel writes. A success is kept for the
+/// process: the kernel does not change, and a restart loop need not pay a
+/// thread and a filter each time (should a listener appear on our filters
+/// later, the child's install fails, and nothing starts). A failure is
+/// probed again next time.
 pub(crate) fn probe() -> Result<usize> {
+    static DONE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&n) = DONE.get() {
+        return Ok(n);
+    }
+    let n = probe_now()?;
+    Ok(*DONE.get_or_init(|| n))
+}
+
+fn probe_now() -> Result<usize> {
     let cannot = |e: i32, why: &str| {
         Error::with_errno(
             Kind::Os,
