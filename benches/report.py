@@ -1,6 +1,9 @@
 """Turn benches/run's results file into docs/BENCHMARKS.md and PNG plots.
 
-usage: report.py RESULTS OUT.md PLOTDIR
+usage: report.py [--section b11] RESULTS OUT.md PLOTDIR
+With --section b11 (benches/run --only b11), only B11's section of an
+existing OUT.md is replaced (added if missing), and the notes at its end
+are refreshed from benches/notes.md; the other sections are kept.
 Result lines: "MODE NAME key=value ..." (MODE pinned/unpinned/rss) and
 "meta KEY VALUE...". benches/notes.md, if present, is appended (the
 analysis, written by hand, of what the numbers mean and what was fixed)."""
@@ -43,7 +46,151 @@ class Figure(float):
         return f
 
 
+B11_TITLE = "## nginx behind `sockpass run --catch-bind` (B11)"
+NOTES_TITLE = "## What the numbers mean"
+
+
+def median_ratio(by_round, mode, num, den, key):
+    """The median across rounds of num/den within each round."""
+    a, b = by_round.get((mode, num)), by_round.get((mode, den))
+    if not a or not b or len(a) != len(b):
+        return None
+    vals = sorted(x[key] / y[key] for x, y in zip(a, b) if y[key])
+    return vals[len(vals) // 2] if vals else None
+
+
+def b11_section(res, by_round, meta):
+    """B11: nginx started as root against nginx as nobody behind
+    --catch-bind: start to first answer, requests a second."""
+    L = [B11_TITLE, ""]
+    names = ("B11_start_root", "B11_start_catch", "B11_rps_root", "B11_rps_catch")
+    r = {n: res.get(("unpinned", n)) for n in names}
+    if not any(r.values()):
+        L += ["Not measured (nginx not installed, or `sockpass run` without `--catch-bind`).", ""]
+        return L
+    L.append(
+        "nginx (a master and 2 workers, `daemon off`) on the same privileged port of 127.0.0.1: started as root, "
+        "binding the port itself (`user nobody nogroup`: its workers as nobody), against started as nobody by "
+        "`setpriv ... sockpass run --catch-bind -- nginx`, its `bind()` caught and the socket made by a root broker "
+        "whose policy grants nobody the port. Start: from `fork` to the first `200` answer to `GET /` "
+        "(`benches/c/firstanswer.c`, connecting every 0.2 ms until one is answered). Requests a second: "
+        "`benches/c/httpload.c`, keep-alive connections each on a thread of its own, `GET /` of a 17-byte file, "
+        "after nginx's first answer. B11b: `benches/c/binds.c`, a TCP socket with `SO_REUSEADDR` bound to the "
+        "port and closed, again and again, the `bind()` timed: by root in-process, and as nobody under "
+        "`sockpass run --catch-bind`, where each is caught, the supervisor's earlier reference to the same address "
+        "released, and the broker asked for the socket. B11s: `benches/c/syscalls.c`, `getppid()` by `syscall(2)` in blocks of 10,000, "
+        "run plain and under `sockpass run --catch-bind` (as root), whose seccomp filter every syscall of the program "
+        "passes. The kinds take turns in each round, each first in every other round; a figure is the median across "
+        "rounds (of each round's median for the start), a ratio the median of the rounds' ratios."
+    )
+    L.append("")
+    L.append(f"- {meta.get('b11', '?')}")
+    L.append(f"- date: {meta.get('date')}; commit {meta.get('commit')}; {meta.get('cpu')}, {meta.get('nproc')} CPUs, {meta.get('kernel')}")
+    if meta.get("quick") == "1":
+        L.append("- quick mode: small samples, numbers are rough")
+    L.append(
+        "- a shared machine: the load average above is the run's; the notes below (B11) give the spread of "
+        "several runs"
+    )
+    L.append("")
+    L.append("| | nginx as root, binding itself | nginx as nobody, `--catch-bind` | --catch-bind / root |")
+    L.append("|---|---|---|---|")
+
+    def ms(x):
+        return "n/a" if not x else f"{x['median_ns'] / 1e6:.1f} ms (p99 {x['p99_ns'] / 1e6:.1f})"
+
+    def rps(x):
+        return "n/a" if not x else f"{x['ops_per_s']:.0f}"
+
+    def fr(x):
+        return "n/a" if x is None else f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+
+    sr = median_ratio(by_round, "unpinned", "B11_start_catch", "B11_start_root", "median_ns")
+    rr = median_ratio(by_round, "unpinned", "B11_rps_catch", "B11_rps_root", "ops_per_s")
+    L.append(f"| start to first answer, median | {ms(r['B11_start_root'])} | {ms(r['B11_start_catch'])} | {fr(sr)} |")
+    L.append(f"| requests a second | {rps(r['B11_rps_root'])} | {rps(r['B11_rps_catch'])} | {fr(rr)} |")
+    def t(v):
+        return f"{v:.0f} ns" if v < 10000 else f"{v / 1000:.1f} µs"
+
+    def ns(x):
+        return "n/a" if not x else f"{t(x['median_ns'])} (p99 {t(x['p99_ns'])})"
+
+    br, bc = res.get(("unpinned", "B11b_bind_root")), res.get(("unpinned", "B11b_bind_catch"))
+    if br or bc:
+        rb = median_ratio(by_round, "unpinned", "B11b_bind_catch", "B11b_bind_root", "median_ns")
+        L.append(f"| B11b: one `bind()` to the port, by root itself / caught, as nobody | {ns(br)} | {ns(bc)} | {fr(rb)} |")
+    sp, sc = res.get(("unpinned", "B11s_syscall_plain")), res.get(("unpinned", "B11s_syscall_catch"))
+    if sp or sc:
+        sr2 = median_ratio(by_round, "unpinned", "B11s_syscall_catch", "B11s_syscall_plain", "median_ns")
+        L.append(f"| B11s: `getppid()`, a call (blocks of 10,000): plain / under the filter | {ns(sp)} | {ns(sc)} | {fr(sr2)} |")
+    L.append("")
+    u = res.get(("unpinned", "B11_start_uncaught"))
+    if u and r["B11_start_root"] and r["B11_start_catch"]:
+        root, catch = r["B11_start_root"]["median_ns"], r["B11_start_catch"]["median_ns"]
+        un = u["median_ns"]
+        if not root <= un <= catch:
+            L.append(
+                f"The reference start (the same `sockpass run --catch-bind -- nginx` on an unprivileged port, its bind "
+                f"not caught: {un / 1e6:.1f} ms) does not fall between the two in this run: the machine's noise is "
+                "larger than the parts of the difference."
+            )
+            L.append("")
+            return L
+        L.append(
+            f"Where the start's {(catch - root) / 1e6:.1f} ms go: the same `setpriv ... sockpass run --catch-bind -- nginx` "
+            f"with nginx on an unprivileged port, whose bind is not caught, answered first after {un / 1e6:.1f} ms: "
+            f"{(un - root) / 1e6:.1f} ms are `setpriv`, `sockpass run`'s start (connecting to the broker, checking that "
+            f"seccomp user notification works, the filter) and its fork, {(catch - un) / 1e6:.1f} ms the caught bind "
+            "(the supervisor reading the program's address and socket, the broker's round trip, installing the socket)."
+        )
+        L.append("")
+    return L
+
+
+def replace_section(text, title, lines):
+    """`text` with the section headed `title` (to the next `## `) replaced by
+    `lines`, or `lines` inserted before the plots or the notes, or at the end."""
+    parts = text.split("\n## ")
+    head, secs = parts[0], ["## " + p for p in parts[1:]]
+    new = "\n".join(lines).rstrip("\n") + "\n"
+    for i, sec in enumerate(secs):
+        if sec.startswith(title):
+            secs[i] = new
+            break
+    else:
+        at = next((i for i, sec in enumerate(secs) if sec.startswith(("## Plots", NOTES_TITLE))), len(secs))
+        secs.insert(at, new)
+    return "\n".join([head.rstrip("\n") + "\n"] + [sec.rstrip("\n") + "\n" for sec in secs])
+
+
+def notes_text():
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
+    if not os.path.exists(notes):
+        return None
+    with open(notes) as f:
+        return f.read().rstrip()
+
+
+def section_only(results, out):
+    res, by_round, meta, _ = parse(results)
+    with open(out) as f:
+        text = f.read()
+    text = replace_section(text, B11_TITLE, b11_section(res, by_round, meta))
+    notes = notes_text()
+    if notes is not None:
+        if NOTES_TITLE in text:
+            text = text[: text.index(NOTES_TITLE)] + notes + "\n\n"
+        else:
+            text = text.rstrip("\n") + "\n\n" + notes + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+
+
 def main():
+    if sys.argv[1] == "--section":
+        if sys.argv[2] != "b11":
+            sys.exit("report.py: --section takes b11")
+        return section_only(sys.argv[3], sys.argv[4])
     results, out, plots = sys.argv[1:4]
     res, by_round, meta, failed = parse(results)
     L = []
@@ -288,6 +435,7 @@ def main():
             extra = ", ".join(f"{k}={int(v)}" for k, v in r.items() if k not in ("kb", "rounds"))
             L.append(f"- {name}: {int(r['kb'])} kB {('(' + extra + ')') if extra else ''}")
     L.append("")
+    L += b11_section(res, by_round, meta)
 
     # ---- plots
     if shutil.which("gnuplot"):
@@ -341,10 +489,9 @@ plot '{dat5}' u 1:2 w lp t 'sockpass, pinned', '' u 1:3 w lp t 's6-fdholder, pin
         L.append("")
         L.append(f"![time per request vs clients]({rel}/latency-vs-clients.png)")
         L.append("")
-    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
-    if os.path.exists(notes):
-        with open(notes) as f:
-            L.append(f.read().rstrip())
+    notes = notes_text()
+    if notes is not None:
+        L.append(notes)
         L.append("")
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")

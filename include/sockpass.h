@@ -793,6 +793,26 @@ int sockpass_spawn_set_listen_env(sockpass_spawn *spawn,
 int sockpass_spawn_set_paused(sockpass_spawn *spawn,
                               int on);
 
+// Catch the program's own `bind()` calls and answer them with sockets
+// from the broker (seccomp user notification; see `sockpass run
+// --catch-bind`). `ports` (borrowed; NULL or "": `privileged`) is
+// `privileged` (ports below `ip_unprivileged_port_start`), `inet` (every
+// non-zero port) or ports and ranges such as `53,80,8000-8099`;
+// `socket_path` (NULL: the default broker paths), `share`
+// (`SOCKPASS_SHARE_*`) and `app` (NULL or "": the executable's name) are
+// those of every request. Binds not caught, and those the broker refuses,
+// are the kernel's to judge (a log line on stderr says why). The
+// process's filter and the thread that answers it live as long as the
+// `sockpass_child`. Whether the kernel can do it, and the broker
+// connection, are checked by `sockpass_spawn_start`, which fails (and
+// starts nothing) if not. Returns 0. Errors: `-EFAULT`, `-EINVAL` (bad
+// `ports` or `share`), `-ENAMETOOLONG`.
+int sockpass_spawn_catch_bind(sockpass_spawn *spawn,
+                              const char *ports,
+                              const char *socket_path,
+                              int share,
+                              const char *app);
+
 // Start the child inside the namespaces of process `pid`, as named by
 // `namespaces` (borrowed): a comma-separated list of `user`, `ipc`, `uts`,
 // `net`, `pid`, `cgroup`, `mnt` (or `all`); NULL: all but `user`. They are

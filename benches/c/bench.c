@@ -27,31 +27,13 @@
 #include <s6/fdholder.h>
 #include <skalibs/tai.h>
 
-static uint64_t now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
+#include "samples.h"
 
 static void die(const char *what, int code) {
   fprintf(stderr, "bench: %s: %d (%s) %s\n", what, code,
           code < 0 ? sockpass_strerror(code) : strerror(code),
           code < 0 ? sockpass_last_error_message() : "");
   exit(1);
-}
-
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-static void report(const char *name, uint64_t *s, size_t n) {
-  qsort(s, n, sizeof *s, cmp_u64);
-  size_t p99 = n * 99 / 100;
-  if (p99 >= n) p99 = n - 1;
-  printf("RESULT %s median_ns=%llu p99_ns=%llu n=%zu\n", name,
-         (unsigned long long)s[n / 2], (unsigned long long)s[p99], n);
-  fflush(stdout);
 }
 
 static void raise_nofile(void) {

@@ -17,16 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
+#include "samples.h"
 
 int main(int argc, char **argv) {
   if (argc < 5) {
@@ -63,10 +54,6 @@ int main(int argc, char **argv) {
     }
     s[i] = now_ns() - t0;
   }
-  qsort(s, n, sizeof *s, cmp_u64);
-  size_t p99 = n * 99 / 100;
-  if (p99 >= n) p99 = n - 1;
-  printf("RESULT %s median_ns=%llu p99_ns=%llu n=%zu\n", argv[1], (unsigned long long)s[n / 2],
-         (unsigned long long)s[p99], n);
+  report(argv[1], s, n);
   return 0;
 }

@@ -164,6 +164,7 @@ def spawn(
     join_pid: int | None,
     namespaces: str | None,
     paused: bool,
+    catch: tuple[str, str | None, int, str] | None = None,
 ) -> Child: ...
 @final
 class Child:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final, Literal, Protocol, TypeAlias
 
 from . import _sockpass
+from ._share import Share
 
 __all__ = ["INHERIT", "Child", "spawn"]
 
@@ -95,6 +96,10 @@ def spawn(
     join_pid: int | None = None,
     namespaces: str | None = None,
     paused: bool = False,
+    catch_bind: str | bool | None = None,
+    catch_socket: str | os.PathLike[str] | None = None,
+    catch_share: Share | int = Share.NONE,
+    catch_app: str = "",
 ) -> Child:
     """Start ``argv`` with ``fds`` placed at ``start``, ``start + 1``, ...
     (socket activation: ``LISTEN_FDS``/``LISTEN_PID``/``LISTEN_FDNAMES`` set
@@ -117,8 +122,24 @@ def spawn(
     ``"net,mnt"``; default all but user); ``namespaces`` without
     ``join_pid`` is an error. ``paused`` stops it before exec until
     ``resume()``. Set-up or exec failures raise ``OSError`` errno 2008,
-    and leave no process behind."""
-    native = _sockpass.spawn(*_plan_args(argv, fds, env, setenv, start, listen_env, join_pid, namespaces), paused)
+    and leave no process behind.
+
+    ``catch_bind`` catches the program's own ``bind()`` calls (seccomp user
+    notification) and answers them with sockets from the broker, as
+    ``sockpass run --catch-bind`` does: ``"privileged"`` (or ``True``: ports
+    below ``ip_unprivileged_port_start``), ``"inet"`` (every non-zero port)
+    or ports and ranges such as ``"53,80,8000-8099"``. ``catch_socket`` is
+    the broker's socket (default: where every client looks),
+    ``catch_share`` and ``catch_app`` the share mode and application name
+    of each request. Binds not caught, and those the broker refuses, are
+    the kernel's to judge (a line on stderr says why). Where the kernel
+    cannot catch binds, or the broker cannot be reached, ``spawn`` raises
+    and starts nothing. The catch lasts as long as the returned ``Child``."""
+    native = _sockpass.spawn(
+        *_plan_args(argv, fds, env, setenv, start, listen_env, join_pid, namespaces),
+        paused,
+        _catch(catch_bind, catch_socket, catch_share, catch_app),
+    )
     return Child(native)
 
 
@@ -142,4 +163,20 @@ def _plan_args(
         listen_env,
         join_pid,
         namespaces,
+    )
+
+
+def _catch(
+    ports: str | bool | None,
+    socket: str | os.PathLike[str] | None,
+    share: Share | int,
+    app: str,
+) -> tuple[str, str | None, int, str] | None:
+    if ports is None or ports is False:
+        return None
+    return (
+        "privileged" if ports is True else ports,
+        None if socket is None else os.fsdecode(socket),
+        int(share),
+        app,
     )

@@ -5,10 +5,11 @@
 use crate::{closed, timeout_arg, to_pyerr};
 use pyo3::prelude::*;
 use sockpass::Error;
-use sockpass::{Child, EnvBase, Slot, Spawn};
+use sockpass::{CatchBind, Child, EnvBase, ShareMode, Slot, Spawn};
 use sockpass::{Namespaces, NsSet};
 use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// One slot as the Python side hands it over: (fd or None for an empty
@@ -28,6 +29,10 @@ pub(crate) type PlanArgs = (
     Option<String>,
 );
 
+/// `catch_bind=` as the Python side hands it over: (ports, broker socket,
+/// share mode, application name).
+type PyCatch = (String, Option<OsString>, i64, String);
+
 /// Build the plan. The fds are duplicated now, so the caller keeps its own.
 /// `env` replaces the environment; `setenv` sets (or, with None, unsets)
 /// variables over that base or the inherited one.
@@ -42,6 +47,7 @@ pub(crate) fn plan(
     join_pid: Option<i32>,
     namespaces: Option<String>,
     paused: bool,
+    catch: Option<PyCatch>,
 ) -> sockpass::Result<Spawn> {
     let mut it = argv.into_iter();
     let program = it
@@ -93,12 +99,19 @@ pub(crate) fn plan(
         };
         s.join(Namespaces::open(pid, set)?);
     }
+    if let Some((ports, socket, share, app)) = catch {
+        let mut c = CatchBind::new(ports.parse()?);
+        c.socket = socket.map(PathBuf::from);
+        c.share = ShareMode::from_int(share)?;
+        c.app = app;
+        s.catch_bind(c);
+    }
     Ok(s)
 }
 
 /// Start a process; see `sockpass.spawn` for the arguments.
 #[pyfunction]
-#[pyo3(signature = (argv, slots, env, setenv, start, listen_env, join_pid, namespaces, paused))]
+#[pyo3(signature = (argv, slots, env, setenv, start, listen_env, join_pid, namespaces, paused, catch=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     py: Python<'_>,
@@ -111,11 +124,12 @@ pub fn spawn(
     join_pid: Option<i32>,
     namespaces: Option<String>,
     paused: bool,
+    catch: Option<PyCatch>,
 ) -> PyResult<PyChild> {
     let child = py
         .detach(|| {
             plan(
-                argv, slots, env, setenv, start, listen_env, join_pid, namespaces, paused,
+                argv, slots, env, setenv, start, listen_env, join_pid, namespaces, paused, catch,
             )?
             .spawn()
         })

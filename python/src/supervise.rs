@@ -40,7 +40,7 @@ pub fn supervise(
         .detach(|| {
             let (argv, slots, env, setenv, start, listen_env, join_pid, namespaces) = plan_args;
             let recipe = plan(
-                argv, slots, env, setenv, start, listen_env, join_pid, namespaces, false,
+                argv, slots, env, setenv, start, listen_env, join_pid, namespaces, false, None,
             )?;
             Supervisor::start(recipe, opts)
         })

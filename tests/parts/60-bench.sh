@@ -36,6 +36,17 @@ for n in 1 64 1000; do
   [ -f rust/sockpassd/examples/spawn_fds.rs ] && expect unpinned B8_sockpass_$n median_ns
   expect unpinned B8_systemd_$n median_ns
 done
+# B11 (nginx behind --catch-bind against nginx as root) needs nginx, which
+# tests/lib/setup.sh installs: only its absence excuses missing numbers
+if grep -q '^benches/run: B11: nginx is not installed' "$work/log"; then
+  echo "60-bench: B11 not measured: nginx is not installed"
+else
+  for k in root catch; do expect unpinned B11_start_$k median_ns; expect unpinned B11_rps_$k ops_per_s; done
+  expect unpinned B11_start_uncaught median_ns
+  for k in plain catch; do expect unpinned B11s_syscall_$k median_ns; done
+  for k in root catch; do expect unpinned B11b_bind_$k median_ns; done
+  grep -q '^| requests a second | [0-9]' "$work/BENCHMARKS.md" || { echo "60-bench: report has no B11 table"; fail=1; }
+fi
 for f in "$work/plots/latency-vs-cached.png" "$work/plots/latency-vs-clients.png"; do
   [ -s "$f" ] || { echo "60-bench: plot $f missing"; fail=1; }
 done

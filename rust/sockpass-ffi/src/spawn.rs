@@ -2,14 +2,15 @@
 //! module): a `sockpass_spawn` builder, consumed by `sockpass_spawn_start`,
 //! which gives a `sockpass_child`.
 
-use crate::boundary::{c_os_str, c_str, call, fault};
-use sockpass::{Child, EnvBase, Slot, Spawn};
+use crate::boundary::{c_os_str, c_str, call, fault, opt_c_os_str, opt_c_str};
+use sockpass::{CatchBind, Child, EnvBase, Slot, Spawn};
 use sockpass::{Error, Kind};
 use sockpass::{Namespaces, NsSet};
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -364,6 +365,43 @@ pub unsafe extern "C" fn sockpass_spawn_set_listen_env(
 pub unsafe extern "C" fn sockpass_spawn_set_paused(spawn: *mut sockpass_spawn, on: c_int) -> c_int {
     call(|| {
         lock(&spawn_ref(spawn)?.inner).s.paused(on != 0);
+        Ok(0)
+    })
+}
+
+/// Catch the program's own `bind()` calls and answer them with sockets
+/// from the broker (seccomp user notification; see `sockpass run
+/// --catch-bind`). `ports` (borrowed; NULL or "": `privileged`) is
+/// `privileged` (ports below `ip_unprivileged_port_start`), `inet` (every
+/// non-zero port) or ports and ranges such as `53,80,8000-8099`;
+/// `socket_path` (NULL: the default broker paths), `share`
+/// (`SOCKPASS_SHARE_*`) and `app` (NULL or "": the executable's name) are
+/// those of every request. Binds not caught, and those the broker refuses,
+/// are the kernel's to judge (a log line on stderr says why). The
+/// process's filter and the thread that answers it live as long as the
+/// `sockpass_child`. Whether the kernel can do it, and the broker
+/// connection, are checked by `sockpass_spawn_start`, which fails (and
+/// starts nothing) if not. Returns 0. Errors: `-EFAULT`, `-EINVAL` (bad
+/// `ports` or `share`), `-ENAMETOOLONG`.
+#[no_mangle]
+pub unsafe extern "C" fn sockpass_spawn_catch_bind(
+    spawn: *mut sockpass_spawn,
+    ports: *const c_char,
+    socket_path: *const c_char,
+    share: c_int,
+    app: *const c_char,
+) -> c_int {
+    call(|| {
+        let s = spawn_ref(spawn)?;
+        let ports = opt_c_str(ports, "ports", crate::SOCKPASS_MAX_STRING)?.unwrap_or("");
+        let mut c = CatchBind::new(ports.parse()?);
+        c.socket = opt_c_os_str(socket_path, "socket_path", crate::SOCKPASS_MAX_STRING)?
+            .map(PathBuf::from);
+        c.share = crate::client::share_mode(share)?;
+        c.app = opt_c_str(app, "app", crate::SOCKPASS_MAX_APP_NAME)?
+            .unwrap_or("")
+            .to_string();
+        lock(&s.inner).s.catch_bind(c);
         Ok(0)
     })
 }

@@ -16,6 +16,8 @@
 //! - `supervise`: one program across restarts (old and new instance
 //!   overlapping on the same sockets);
 //! - `readiness`: waiting for a child to be ready (pipe, sd_notify, s6 fd);
+//! - `catchbind`: answering a spawned program's own `bind()` calls with
+//!   broker sockets (seccomp user notification);
 //! - `dbus_address`: D-Bus addresses of unix sockets;
 //! - `error`: typed errors shared by every layer.
 
@@ -23,6 +25,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod activation;
+mod catchbind;
 mod client;
 mod dbus_address;
 mod error;
@@ -63,6 +66,7 @@ pub use token::{TokenBuildHasher, TokenSource};
 pub use activation::{adopt_listen_socket, listen_fds, LISTEN_FDS_START};
 #[doc(hidden)]
 pub use activation::{listen_count, take_listen_fd};
+pub use catchbind::{BindPorts, CatchBind};
 pub use client::path::{candidates as default_socket_paths, SYSTEM_SOCKET};
 pub use client::shared::default_client;
 pub use client::{

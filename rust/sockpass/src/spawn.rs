@@ -38,6 +38,7 @@
 //! `ChildFailed` (errno set) for a step the child failed at. Waiting on a
 //! paused child, or dropping it, resumes it first.
 
+use crate::catchbind::CatchBind;
 use crate::error::{Error, Kind, Result};
 use crate::forking::{reap, wait_pid, ChildMask};
 use crate::ns::Namespaces;
@@ -47,6 +48,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod close;
+use close::close_between;
 
 /// One slot of the fd plan.
 #[derive(Debug)]
@@ -95,10 +99,11 @@ pub struct Spawn {
     listen_env: bool,
     join: Option<Namespaces>,
     paused: bool,
+    catch: Option<CatchBind>,
 }
 
 /// Steps the child reports failures at.
-const STEP_NAMES: [&str; 8] = [
+const STEP_NAMES: [&str; 9] = [
     "join a namespace",
     "fork into the pid namespace",
     "place an fd",
@@ -107,6 +112,7 @@ const STEP_NAMES: [&str; 8] = [
     "wait to be resumed",
     "exec",
     "reset signals",
+    "install the seccomp filter that catches bind()",
 ];
 /// Namespace steps are STEP_NS + the index the namespace code reports.
 const STEP_NS: i32 = 100;
@@ -117,6 +123,7 @@ const STEP_CLOSE: i32 = 4;
 const STEP_RESUME: i32 = 5;
 const STEP_EXEC: i32 = 6;
 const STEP_SIGNALS: i32 = 7;
+const STEP_CATCH: i32 = 8;
 
 /// Records on the report pipe: tag, a, b (native-endian i32s).
 const TAG_PID: i32 = 1;
@@ -162,6 +169,7 @@ impl Spawn {
             listen_env: true,
             join: None,
             paused: false,
+            catch: None,
         }
     }
 
@@ -244,6 +252,14 @@ impl Spawn {
         self
     }
 
+    /// Catch the program's own `bind()` calls and answer them with broker
+    /// sockets (see [`CatchBind`]). Checked at spawn: where the
+    /// kernel cannot do it the spawn fails and nothing is started.
+    pub fn catch_bind(&mut self, c: CatchBind) -> &mut Spawn {
+        self.catch = Some(c);
+        self
+    }
+
     /// Stop the child before `exec` until [`Child::resume`].
     pub fn paused(&mut self, on: bool) -> &mut Spawn {
         self.paused = on;
@@ -268,8 +284,9 @@ impl Spawn {
     /// Start the process. On return the child runs (or, paused, waits for
     /// [`Child::resume`]); an error means no process is left behind.
     pub fn spawn(mut self) -> Result<Child> {
+        let catch = self.catch.as_ref().map(CatchBind::prepare).transpose()?;
         let plan = Plan::prepare(&mut self)?;
-        plan.run(self)
+        plan.run(self, catch)
     }
 }
 
@@ -525,7 +542,7 @@ impl Plan {
         })
     }
 
-    fn run(self, s: Spawn) -> Result<Child> {
+    fn run(self, s: Spawn, catch: Option<crate::catchbind::Prepared>) -> Result<Child> {
         // Sync channel: the child reports on `report`; a paused child waits
         // on `go`. Both above every planned number, CLOEXEC.
         let above = self.top;
@@ -537,13 +554,14 @@ impl Plan {
         let (gr, gw) = (move_above(gr, above)?, move_above(gw, above)?);
         let ns = s.join.as_ref();
         let pid_ns = ns.is_some_and(|n| n.joins_pid());
+        let catching = catch.is_some();
 
         let (report_raw, go_raw) = (rw.as_raw_fd(), gr.as_raw_fd());
         // SAFETY: the child runs only `child_main` (async-signal-safe
         // syscalls on `self`, prepared above) and never returns.
         let pid = unsafe {
             crate::forking::fork(ChildMask::Empty, |reset| {
-                self.child_main(reset, ns, pid_ns, report_raw, go_raw)
+                self.child_main(reset, ns, pid_ns, catching, report_raw, go_raw)
             })
         }?;
         drop(rw);
@@ -559,10 +577,23 @@ impl Plan {
             go: Some(gw),
             status: None,
             intermediate: pid_ns.then_some(pid),
+            catch: None,
         };
         if let Err(e) = child.read_pid() {
             child.kill_and_reap();
             return Err(e);
+        }
+        if let Some(p) = catch {
+            // The child sent its filter's listener before its pid record.
+            let go = child.go.as_ref().expect("go channel");
+            let started = crate::fdpass::recv_fd(go, &mut [0u8; 1]).and_then(|(_, l)| p.start(l));
+            match started {
+                Ok(s) => child.catch = Some(s),
+                Err(e) => {
+                    child.kill_and_reap();
+                    return Err(e.context("--catch-bind: the filter's listener"));
+                }
+            }
         }
         if !paused {
             child.resume()?;
@@ -578,6 +609,7 @@ impl Plan {
         reset: std::result::Result<(), i32>,
         ns: Option<&Namespaces>,
         pid_ns: bool,
+        catch: bool,
         report: RawFd,
         go: RawFd,
     ) -> ! {
@@ -649,6 +681,13 @@ impl Plan {
         }
         close_between(lo, RawFd::MAX, [report, go], self.limit)
             .unwrap_or_else(|e| fail(STEP_CLOSE, e));
+        // Last before exec's wait: the filter catches binds from here on,
+        // and its listener goes to the parent on the go channel.
+        if catch {
+            if let Err(e) = crate::catchbind::install_and_send(go) {
+                fail(STEP_CATCH, e);
+            }
+        }
         let me = libc::getpid();
         if let Some(i) = self.listen_pid {
             // Write our pid over the blanks of "LISTEN_PID=           ".
@@ -691,63 +730,6 @@ impl Plan {
     }
 }
 
-/// Close every fd in `lo..=hi` except `skip`, with close_range where the
-/// kernel has it, else one by one up to the fd limit. Async-signal-safe.
-fn close_between(
-    lo: RawFd,
-    hi: RawFd,
-    skip: [RawFd; 2],
-    limit: RawFd,
-) -> std::result::Result<(), i32> {
-    let (a, b) = if skip[0] < skip[1] {
-        (skip[0], skip[1])
-    } else {
-        (skip[1], skip[0])
-    };
-    let mut from = lo;
-    for s in [a, b, RawFd::MAX] {
-        let to = if s == RawFd::MAX { hi } else { hi.min(s - 1) };
-        if s != RawFd::MAX && (s < from || s > hi) {
-            continue;
-        }
-        if to >= from {
-            close_range(from, to, limit)?;
-        }
-        if s == RawFd::MAX {
-            break;
-        }
-        from = s + 1;
-    }
-    Ok(())
-}
-
-fn close_range(lo: RawFd, hi: RawFd, limit: RawFd) -> std::result::Result<(), i32> {
-    // SAFETY: close_range only closes fds; the caller keeps what it needs.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            lo as libc::c_uint,
-            hi as libc::c_uint,
-            0 as libc::c_uint,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = errno();
-    if e != libc::ENOSYS {
-        return Err(e);
-    }
-    let end = hi.min(limit.saturating_sub(1));
-    let mut fd = lo;
-    while fd <= end {
-        // SAFETY: closing numbers the plan does not keep.
-        unsafe { libc::close(fd) };
-        fd += 1;
-    }
-    Ok(())
-}
-
 /// A started process. Dropping it neither kills nor reaps a running process
 /// (call [`Child::wait`]); a paused one is resumed first, as by
 /// [`Child::resume`] (which waits until it has exec'd; an exec failure is
@@ -761,6 +743,8 @@ pub struct Child {
     status: Option<i32>,
     /// With a pid namespace: the first child, which forks the real one.
     intermediate: Option<i32>,
+    /// With [`Spawn::catch_bind`]: the thread answering its binds.
+    catch: Option<crate::catchbind::Supervisor>,
 }
 
 fn read_record(fd: &OwnedFd) -> Result<Option<[i32; 3]>> {

@@ -48,6 +48,8 @@ impl Spawn {
             start: self.start,
             listen_env: self.listen_env,
             join: self.join.as_ref().map(|n| n.try_clone()).transpose()?,
+            // Each instance gets its own catch (filter, thread, broker lease).
+            catch: self.catch.clone(),
             paused: self.paused,
         })
     }

@@ -82,13 +82,13 @@ pub fn share_args() -> [Arg; 2] {
             .long("share")
             .value_name("MODE")
             .value_parser(|s: &str| s.parse::<sockpass::ShareMode>().map_err(|e| e.to_string()))
-            .help("Who else may get the same socket: none, uid, app or any (docs/POLICY.md)"),
+            .help("Who else may get the same socket: none, sameapp (the same uid and --app) or any (docs/POLICY.md)"),
         Arg::new("app")
             .long("app")
             .value_name("NAME")
             .default_value("")
             .hide_default_value(true)
-            .help("The application name the share mode app compares"),
+            .help("The application name share mode sameapp compares"),
     ]
 }
 

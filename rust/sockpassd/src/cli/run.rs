@@ -17,7 +17,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use sockpass::Client;
 use sockpass::Method;
 use sockpass::SocketSpec;
-use sockpass::{EnvBase, Slot, Spawn};
+use sockpass::{BindPorts, CatchBind, EnvBase, Slot, Spawn};
 use sockpass::{Namespaces, NsSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -126,6 +126,22 @@ pub fn command() -> Command {
                      slot; a count mismatch only warns; --fd N:NAME keeps its own",
                 ),
         )
+        .arg(
+            Arg::new("catch-bind")
+                .long("catch-bind")
+                .value_name("WHICH")
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("privileged")
+                .value_parser(|v: &str| v.parse::<BindPorts>().map_err(|e| e.to_string()))
+                .help(
+                    "Catch PROGRAM's own bind() calls (seccomp) and answer them with sockets from \
+                     the broker (--share and --app apply): WHICH is privileged (the default: \
+                     ports below ip_unprivileged_port_start), inet (every non-zero port) or \
+                     ports and ranges (53,80,8000-8099). Other binds, and those the broker \
+                     refuses, are the kernel's to judge",
+                ),
+        )
         .arg(socket_arg())
         .args(share_args())
         .arg(
@@ -193,6 +209,7 @@ pub fn command() -> Command {
         ))
         .after_help(format!(
             "Examples:\n  sockpass run --request tcp:0.0.0.0:80 -- gunicorn app:app\n  \
+             sockpass run --catch-bind -- busybox httpd -f -p 80\n  \
              sockpass run -l 8080 --accept --inetd -- cat\n\n{}",
             exit::HELP
         ))
@@ -362,6 +379,7 @@ pub struct Plan {
     clear_env: bool,
     env: Vec<(OsString, Option<OsString>)>,
     join: Option<(i32, NsSet)>,
+    catch: Option<CatchBind>,
 }
 
 impl Plan {
@@ -403,6 +421,13 @@ impl Plan {
             clear_env: m.get_flag("clear-env"),
             env,
             join,
+            catch: m.get_one::<BindPorts>("catch-bind").map(|p| {
+                let mut c = CatchBind::new(p.clone());
+                c.socket = m.get_one::<std::path::PathBuf>("socket").cloned();
+                c.share = super::share(m);
+                c.app = super::app(m).to_string();
+                c
+            }),
         }
     }
 
@@ -424,6 +449,9 @@ impl Plan {
             let ns = Namespaces::open(*pid, *set)
                 .map_err(|e| e.context(format_args!("join process {pid}")))?;
             sp.join(ns);
+        }
+        if let Some(c) = &self.catch {
+            sp.catch_bind(c.clone());
         }
         Ok(sp)
     }

@@ -2,7 +2,7 @@
 //! without letting up (HTTP over TCP, DNS over UDP and TCP, each on a new
 //! connection or a fresh query id) and count how each one ended.
 
-use super::daemons::{ask_tcp_on, dns_answer_id, dns_query_id};
+use super::restartd::{ask_tcp_on, dns_answer_id, dns_query_id};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -220,7 +220,7 @@ fn tcp_error(what: &str, e: std::io::Error) -> Outcome {
 /// time (gunicorn's sync worker closes every connection after one
 /// response), the whole response read (Content-Length bytes of body),
 /// within `timeout`. Tagged with what follows "pid " in the body (see
-/// [`super::daemons::wsgi_app`]).
+/// [`super::restartd::wsgi_app`]).
 pub fn http_probe(port: u16, path: &'static str, timeout: Duration) -> Probe {
     Box::new(move || {
         let mut s = match TcpStream::connect_timeout(&loopback(port), timeout) {

@@ -2,14 +2,21 @@
 //! free ports, and child client processes (this test binary re-executed).
 #![allow(dead_code)]
 
-pub mod daemons;
 pub mod load;
+pub mod restartd;
 
 use sockpass::{Client, Status};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod daemons;
+mod nobody;
+#[allow(unused_imports)]
+pub use daemons::*;
+#[allow(unused_imports)]
+pub use nobody::*;
 
 /// Generous bound for any wait on a condition in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -408,6 +415,25 @@ pub fn socket_inodes(pid: i32) -> std::collections::HashSet<u64> {
 /// Inodes of the sockets in this network namespace bound to local `port`
 /// (from /proc/net/{tcp,tcp6,udp,udp6}).
 pub fn sockets_on_port(udp: bool, port: u16) -> Vec<u64> {
+    proc_net_sockets(udp, port)
+        .into_iter()
+        .map(|(_, inode)| inode)
+        .collect()
+}
+
+/// Inodes of the TCP sockets listening on local `port` in this network
+/// namespace (accepted connections share the port; they are left out).
+pub fn listening_on_port(port: u16) -> Vec<u64> {
+    const TCP_LISTEN: u8 = 0x0a;
+    proc_net_sockets(false, port)
+        .into_iter()
+        .filter(|&(state, _)| state == TCP_LISTEN)
+        .map(|(_, inode)| inode)
+        .collect()
+}
+
+/// (state, inode) of each socket on local `port`, from /proc/net.
+fn proc_net_sockets(udp: bool, port: u16) -> Vec<(u8, u64)> {
     let mut v = Vec::new();
     let files: [&str; 2] = if udp {
         ["/proc/net/udp", "/proc/net/udp6"]
@@ -424,8 +450,10 @@ pub fn sockets_on_port(udp: bool, port: u16) -> Vec<u64> {
             let p = local
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if p == Some(port) {
-                v.extend(cols.get(9).and_then(|i| i.parse::<u64>().ok()));
+            let state = cols.get(3).and_then(|s| u8::from_str_radix(s, 16).ok());
+            let inode = cols.get(9).and_then(|i| i.parse::<u64>().ok());
+            if let (true, Some(state), Some(inode)) = (p == Some(port), state, inode) {
+                v.push((state, inode));
             }
         }
     }
@@ -475,13 +503,24 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathB
 
 /// A privileged port on 127.0.0.1 free for both UDP and TCP a moment ago,
 /// other than `not` (None when every one is taken). Needs root to bind.
+/// The search starts at a port that differs from run to run: test runs
+/// side by side (two worktrees, or helpers on one machine) that all took
+/// the highest free port met each other there.
 pub fn free_privileged_port(not: &[u16]) -> Option<u16> {
     let first_free = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
         .and_then(|s| s.trim().parse::<u16>().ok())
         .unwrap_or(1024)
         .min(1024);
-    (1..first_free)
-        .rev()
+    if first_free <= 1 {
+        return None;
+    }
+    let n = u32::from(first_free - 1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % n;
+    (0..n)
+        .map(|k| 1 + ((start + k) % n) as u16)
         .find(|p| !not.contains(p) && can_bind(true, *p) && can_bind(false, *p))
 }
