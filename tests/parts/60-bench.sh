@@ -36,6 +36,11 @@ for n in 1 64 1000; do
   [ -f rust/sockpassd/examples/spawn_fds.rs ] && expect unpinned B8_sockpass_$n median_ns
   expect unpinned B8_systemd_$n median_ns
 done
+if [ "$(nproc)" -ge 2 ]; then
+  for w in same cross; do
+    for b in X_floor X_floor_spin X_s6 X_B2 X_B2_spin; do expect xcpu ${b}_$w median_ns; done
+  done
+fi
 for f in "$work/plots/latency-vs-cached.png" "$work/plots/latency-vs-clients.png"; do
   [ -s "$f" ] || { echo "60-bench: plot $f missing"; fail=1; }
 done
