@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 
 APT_PACKAGES=(pkg-config gcc g++ valgrind iproute2 util-linux procps
   s6 libs6-dev skalibs-dev libsystemd-dev systemd python3-venv gnuplot-nox
-  unbound gunicorn)
+  unbound gunicorn nginx-light busybox-static)
 CBINDGEN_VERSION=0.29.4
 
 missing=()
@@ -20,8 +20,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "setup: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # The servers installed for the tests (unbound, nginx) must not start as
+    # root on their default ports: without a policy-rc.d, hold one while
+    # installing so their services are not started.
+    policy=/usr/sbin/policy-rc.d held=
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && held=1
+    fi
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+      { [ -z "$held" ] || rm -f "$policy"; exit 1; }
+    [ -z "$held" ] || rm -f "$policy"
   fi
 fi
 
