@@ -246,6 +246,15 @@ int sockpass_client_reconnect(sockpass_client *client);
 int sockpass_client_set_timeout(sockpass_client *client,
                                 int timeout_ms);
 
+// Poll for each reply up to `us` microseconds before blocking on it (0,
+// the default unless the environment variable `SOCKPASS_SPIN_US` says
+// otherwise: block at once; at most 1000). When the broker runs on another
+// CPU, a reply caught by the poll saves the cross-CPU wake-up of the
+// waiting client (tens of µs on VMs); the poll yields the CPU between
+// tries. Returns 0. Errors: `-EFAULT` (`client` NULL).
+int sockpass_client_set_reply_spin(sockpass_client *client,
+                                   unsigned int us);
+
 // `sockpass_client_set_timeout` for the process-wide default client (the
 // `sockpass_*_default` calls). After a timeout its next call connects anew.
 // Returns 0. Errors: `-EINVAL` (0).

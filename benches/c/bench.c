@@ -6,6 +6,7 @@
  * Usage: bench MODE ARGS... (see main). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <signal.h>
@@ -295,6 +296,43 @@ static void floor_bench(size_t n) {
   report("B1_floor", s, n);
 }
 
+/* ---- Same CPU and across CPUs (issue 25 item 4): B1e's floor with its
+ * server pinned to CPU `scpu` (the client stays where taskset put it);
+ * with `spin_us` the client first polls for the reply (recvmsg
+ * MSG_DONTWAIT, sched_yield between tries) for up to that long, as the
+ * library's clients do with SOCKPASS_SPIN_US. */
+static void xcpu_floor(int scpu, size_t n, int spin_us, const char *name) {
+  pid_t pid;
+  cpu_set_t mine, srv;
+  if (sched_getaffinity(0, sizeof mine, &mine)) die("sched_getaffinity", errno);
+  CPU_ZERO(&srv);
+  CPU_SET(scpu, &srv);
+  /* the forked server inherits the CPU it is to run on */
+  if (sched_setaffinity(0, sizeof srv, &srv)) die("sched_setaffinity", errno);
+  int fl = floor_server(1, &pid);
+  if (sched_setaffinity(0, sizeof mine, &mine)) die("sched_setaffinity", errno);
+  uint64_t *s = malloc(n * sizeof *s);
+  for (size_t i = 0; i < n + n / 10; i++) {
+    uint64_t t0 = now_ns();
+    char b = 'r';
+    ssize_t got = -1;
+    int fd = -1;
+    if (send(fl, &b, 1, 0) != 1) die("send", errno);
+    while (spin_us > 0) {
+      fd = recv_msg_fd(fl, &b, 1, &got, MSG_DONTWAIT);
+      if (got >= 0 || errno != EAGAIN || now_ns() - t0 >= (uint64_t)spin_us * 1000) break;
+      sched_yield();
+    }
+    if (got < 0) fd = recv_msg_fd(fl, &b, 1, &got, 0);
+    if (fd < 0 || got != 1) die("xcpu recv", errno);
+    close(fd);
+    if (i >= n / 10) s[i - n / 10] = now_ns() - t0;
+  }
+  close(fl);
+  waitpid(pid, NULL, 0);
+  report(name, s, n);
+}
+
 /* ---- in-process socket()+setsockopt()+bind() (B4's comparison) */
 static void inproc_bench(size_t n) {
   uint64_t *s = malloc(n * sizeof *s);
@@ -565,7 +603,7 @@ static void s6_store(const char *path, const char *id) {
   s6_fdholder_end(&a);
 }
 
-static void s6_kept(const char *path, const char *id, size_t n) {
+static void s6_kept(const char *path, const char *id, size_t n, const char *name) {
   s6_fdholder_t a = S6_FDHOLDER_ZERO;
   s6_start(&a, path);
   uint64_t *s = malloc(n * sizeof *s);
@@ -577,7 +615,7 @@ static void s6_kept(const char *path, const char *id, size_t n) {
     if (i >= n / 10) s[i - n / 10] = now_ns() - t0;
   }
   s6_fdholder_end(&a);
-  report("s6_retrieve_kept", s, n);
+  report(name, s, n);
 }
 
 static void s6_connect_bench(const char *path, const char *id, size_t n) {
@@ -1050,9 +1088,10 @@ int main(int argc, char **argv) {
     fprintf(stderr,
             "usage: bench floor N | inproc N | kept SOCK PORT N [CACHED NAME] |\n"
             "  connect SOCK PORT N | uncached SOCK PORT N [CACHED NAME] |\n"
-            "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N |\n"
+            "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N [NAME] |\n"
             "  s6connect S6SOCK ID N | tput sp|s6|floor|uring SOCK PORT|ID K SECS |\n"
-            "  mixed SOCK PORT UPORT S6SOCK ID N | mixedconnect SOCK PORT S6SOCK ID N\n");
+            "  mixed SOCK PORT UPORT S6SOCK ID N | mixedconnect SOCK PORT S6SOCK ID N |\n"
+            "  xfloor SERVER_CPU N SPIN_US NAME\n");
     return 2;
   }
   const char *m = argv[1];
@@ -1068,7 +1107,9 @@ int main(int argc, char **argv) {
   else if (!strcmp(m, "batch") && argc == 5) batch_bench(argv[2], atoi(argv[3]), atol(argv[4]));
   else if (!strcmp(m, "hold") && argc == 6) hold(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   else if (!strcmp(m, "s6store") && argc == 4) s6_store(argv[2], argv[3]);
-  else if (!strcmp(m, "s6kept") && argc == 5) s6_kept(argv[2], argv[3], atol(argv[4]));
+  else if (!strcmp(m, "s6kept") && argc >= 5)
+    s6_kept(argv[2], argv[3], atol(argv[4]), argc > 5 ? argv[5] : "s6_retrieve_kept");
+  else if (!strcmp(m, "xfloor") && argc == 6) xcpu_floor(atoi(argv[2]), atol(argv[3]), atoi(argv[4]), argv[5]);
   else if (!strcmp(m, "s6connect") && argc == 5) s6_connect_bench(argv[2], argv[3], atol(argv[4]));
   else if (!strcmp(m, "mixed") && argc == 8)
     mixed(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], argv[6], atol(argv[7]));

@@ -201,6 +201,13 @@ class Client:
     def gettimeout(self) -> float | None:
         return self._native.gettimeout()
 
+    def set_reply_spin(self, us: int) -> None:
+        """Poll for each reply up to ``us`` microseconds before blocking (0,
+        the default unless ``SOCKPASS_SPIN_US`` is set: block at once; at
+        most 1000). It saves a cross-CPU wake-up when the broker answers
+        from another CPU within the spin."""
+        self._native.set_reply_spin(us)
+
     def request_socket(
         self,
         address: str,

@@ -472,6 +472,12 @@ impl PyClient {
         self.inner.timeout().map(|d| d.as_secs_f64())
     }
 
+    /// Poll for each reply up to `us` microseconds before blocking (0:
+    /// block at once; at most 1000).
+    fn set_reply_spin(&self, us: u64) {
+        self.inner.set_reply_spin(us);
+    }
+
     /// Does this client hold the reference of `fd_or_token`?
     fn holds(&self, py: Python<'_>, fd_or_token: &Bound<'_, PyAny>) -> PyResult<bool> {
         let r = release_arg(fd_or_token)?;

@@ -9,7 +9,8 @@
  * - timeouts against a socket that accepts and never answers (explicit and
  *   default client), after which the connection is closed and reconnect
  *   works;
- * - EMFILE at RLIMIT_NOFILE leaves no reference on the broker;
+ * - EMFILE at RLIMIT_NOFILE leaves no reference on the broker (with a
+ *   reply spin, which also ends in the timeout against the mute socket);
  *   ENAMETOOLONG for a too-long path; sockpass_strerror(INT_MIN).
  * Run by meson test (and under ASan/UBSan). */
 #define _GNU_SOURCE
@@ -264,6 +265,10 @@ static void timeouts(void) {
     EXPECT(sockpass_last_error_errno(), ENOTCONN);
     EXPECT(sockpass_client_reconnect(c), 0);
     EXPECT(sockpass_client_hello(c), -ETIMEDOUT);
+    /* A reply spin is bounded: past it the wait blocks, and times out. */
+    EXPECT(sockpass_client_reconnect(c), 0);
+    EXPECT(sockpass_client_set_reply_spin(c, 1000000), 0);
+    EXPECT(sockpass_client_hello(c), -ETIMEDOUT);
     sockpass_client_free(c);
 
     /* The default client, in a child pointed at the mute socket. */
@@ -291,6 +296,8 @@ static void emfile(void) {
     struct rlimit old, lim;
     int fd, fillers[64], n = 0, i;
     EXPECT(sockpass_client_new(NULL, &c), 0);
+    /* Replies caught by the spin are received as blocking ones are. */
+    EXPECT(sockpass_client_set_reply_spin(c, 50), 0);
     fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_ANY,
                                         "fork", tok, sizeof tok);
     EXPECT(fd >= 0, 1);
@@ -332,6 +339,7 @@ static void bad_paths_and_codes(void) {
     EXPECT(sockpass_client_new("/nonexistent/sockpassd.sock", &c), -SOCKPASS_E_BROKER_UNAVAILABLE);
     EXPECT(sockpass_last_error_errno(), ENOENT);
     EXPECT(sockpass_client_set_timeout(NULL, 5), -EFAULT);
+    EXPECT(sockpass_client_set_reply_spin(NULL, 5), -EFAULT);
     EXPECT(sockpass_client_reconnect(NULL), -EFAULT);
 }
 

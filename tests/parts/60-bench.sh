@@ -47,6 +47,11 @@ else
   for k in root catch; do expect unpinned B11b_bind_$k median_ns; done
   grep -q '^| requests a second | [0-9]' "$work/BENCHMARKS.md" || { echo "60-bench: report has no B11 table"; fail=1; }
 fi
+if [ "$(nproc)" -ge 2 ]; then
+  for w in same cross; do
+    for b in X_floor X_floor_spin X_s6 X_B2 X_B2_spin; do expect xcpu ${b}_$w median_ns; done
+  done
+fi
 for f in "$work/plots/latency-vs-cached.png" "$work/plots/latency-vs-clients.png"; do
   [ -s "$f" ] || { echo "60-bench: plot $f missing"; fail=1; }
 done

@@ -81,3 +81,21 @@ def test_the_module_function_uses_the_default_client(default_broker: Broker) -> 
     for fd, token in got:
         assert sockpass.release_socket(token) == 0
         os.close(fd)
+
+
+def test_a_reply_spin_receives_as_blocking(broker: Broker, no_fd_leak: None) -> None:
+    """Issue 25 item 4: a client polling for its replies first gets them as
+    a blocking one does (fds, a batch, errors)."""
+    ports = free_ports(3)
+    with broker.client() as c, broker.client() as other:
+        c.set_reply_spin(50)
+        other.set_reply_spin(5_000_000)  # capped at 1000 µs
+        got = c.request_sockets([f"udp:127.0.0.1:{p}" for p in ports], sockpass.SHARE_NONE, "spin")
+        assert len(got) == 3
+        with pytest.raises(sockpass.ShareError):
+            other.request_socket("127.0.0.1", ports[0], "udp", sockpass.SHARE_ANY, "x")
+        for fd, token in got:
+            assert c.release(token) == 0
+            os.close(fd)
+        with pytest.raises(OverflowError):
+            c.set_reply_spin(-1)

@@ -709,66 +709,113 @@ impl FromStr for SocketSpec {
 
     /// `PROTO:ADDR:PORT[?opt=val&...]`, ADDR an IPv4 literal or `[IPv6]`.
     fn from_str(s: &str) -> Result<SocketSpec> {
-        let (main, query) = match s.split_once('?') {
-            Some((m, q)) => (m, Some(q)),
-            None => (s, None),
-        };
-        let (proto, rest) = main.split_once(':').ok_or_else(|| {
+        if let Some(spec) = plain_ipv4(s.as_bytes()) {
+            spec.validate()?;
+            return Ok(spec);
+        }
+        parse_spec(s)
+    }
+}
+
+/// The common spec `udp:A.B.C.D:PORT` or `tcp:…` (no options), read in one
+/// pass over its bytes: a batch of 64 specs from C spent 60 % of the
+/// client's instructions in the general parser. None for anything else
+/// (also what it would refuse): [`parse_spec`] then decides and words the
+/// error, so the two agree on every spec this accepts.
+fn plain_ipv4(b: &[u8]) -> Option<SocketSpec> {
+    let proto = match b.get(..4)? {
+        b"udp:" => Proto::Udp,
+        b"tcp:" => Proto::Tcp,
+        _ => return None,
+    };
+    let mut rest = &b[4..];
+    let mut ip = [0u8; 4];
+    for (i, octet) in ip.iter_mut().enumerate() {
+        let end = if i == 3 { b':' } else { b'.' };
+        let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        // One to three digits, no leading zero (as Ipv4Addr's parser).
+        if digits == 0 || digits > 3 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let v = rest[..digits]
+            .iter()
+            .fold(0u32, |v, c| v * 10 + u32::from(c - b'0'));
+        *octet = u8::try_from(v).ok()?;
+        if rest.get(digits) != Some(&end) {
+            return None;
+        }
+        rest = &rest[digits + 1..];
+    }
+    if rest.is_empty() || rest.len() > 5 || !rest.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let port = rest.iter().fold(0u32, |v, c| v * 10 + u32::from(c - b'0'));
+    let port = u16::try_from(port).ok()?;
+    Some(SocketSpec::new(proto, IpAddr::V4(Ipv4Addr::from(ip)), port))
+}
+
+/// The general spec parser (`SocketSpec::from_str`).
+fn parse_spec(s: &str) -> Result<SocketSpec> {
+    let (main, query) = match s.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (s, None),
+    };
+    let (proto, rest) = main.split_once(':').ok_or_else(|| {
             Error::bad_request(format!(
                 "invalid socket spec {s:?} (expected PROTO:ADDRESS:PORT, raw:PROTO:ADDRESS or unix:/PATH)"
             ))
         })?;
-        let proto: Proto = proto.parse()?;
-        let mut spec = if proto.is_unix() {
-            SocketSpec::unix(proto, rest)
+    let proto: Proto = proto.parse()?;
+    let mut spec = if proto.is_unix() {
+        SocketSpec::unix(proto, rest)
+    } else {
+        let (addr, last) = rest.rsplit_once(':').ok_or_else(|| {
+            Error::bad_request(format!("invalid socket spec {s:?}: missing port"))
+        })?;
+        // raw:PROTO:ADDRESS puts the protocol first; udp/tcp end with the port.
+        let (addr, last) = if proto == Proto::Raw {
+            rest.split_once(':').ok_or_else(|| {
+                Error::bad_request(format!(
+                    "invalid socket spec {s:?} (expected raw:icmp|icmpv6|N:ADDRESS)"
+                ))
+            })?
         } else {
-            let (addr, last) = rest.rsplit_once(':').ok_or_else(|| {
-                Error::bad_request(format!("invalid socket spec {s:?}: missing port"))
-            })?;
-            // raw:PROTO:ADDRESS puts the protocol first; udp/tcp end with the port.
-            let (addr, last) = if proto == Proto::Raw {
-                rest.split_once(':').ok_or_else(|| {
+            (addr, last)
+        };
+        if addr.contains(':') && !(addr.starts_with('[') && addr.ends_with(']')) {
+            return Err(Error::bad_request(format!(
+                "invalid socket spec {s:?}: write IPv6 addresses in brackets, [::1]"
+            )));
+        }
+        if proto == Proto::Raw {
+            let (ipproto, addr) = (addr, last);
+            let n = match ipproto.to_ascii_lowercase().as_str() {
+                "icmp" => IPPROTO_ICMP,
+                "icmpv6" | "ipv6-icmp" => IPPROTO_ICMPV6,
+                x => x.parse::<u8>().map_err(|_| {
                     Error::bad_request(format!(
-                        "invalid socket spec {s:?} (expected raw:icmp|icmpv6|N:ADDRESS)"
+                        "invalid IP protocol {ipproto:?} (expected icmp, icmpv6 or 1..=255)"
                     ))
-                })?
-            } else {
-                (addr, last)
+                })?,
             };
             if addr.contains(':') && !(addr.starts_with('[') && addr.ends_with(']')) {
                 return Err(Error::bad_request(format!(
                     "invalid socket spec {s:?}: write IPv6 addresses in brackets, [::1]"
                 )));
             }
-            if proto == Proto::Raw {
-                let (ipproto, addr) = (addr, last);
-                let n = match ipproto.to_ascii_lowercase().as_str() {
-                    "icmp" => IPPROTO_ICMP,
-                    "icmpv6" | "ipv6-icmp" => IPPROTO_ICMPV6,
-                    x => x.parse::<u8>().map_err(|_| {
-                        Error::bad_request(format!(
-                            "invalid IP protocol {ipproto:?} (expected icmp, icmpv6 or 1..=255)"
-                        ))
-                    })?,
-                };
-                if addr.contains(':') && !(addr.starts_with('[') && addr.ends_with(']')) {
-                    return Err(Error::bad_request(format!(
-                        "invalid socket spec {s:?}: write IPv6 addresses in brackets, [::1]"
-                    )));
-                }
-                SocketSpec::raw(parse_addr(addr)?, n)
-            } else {
-                let port = last
-                    .parse::<i64>()
-                    .map_err(|_| Error::bad_request(format!("invalid port {last:?}")))?;
-                SocketSpec::new(proto, parse_addr(addr)?, check_port(port)?)
-            }
-        };
-        if let Some(q) = query {
-            for kv in q.split('&').filter(|x| !x.is_empty()) {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
-                let o = &mut spec.options;
-                let dup = match k {
+            SocketSpec::raw(parse_addr(addr)?, n)
+        } else {
+            let port = last
+                .parse::<i64>()
+                .map_err(|_| Error::bad_request(format!("invalid port {last:?}")))?;
+            SocketSpec::new(proto, parse_addr(addr)?, check_port(port)?)
+        }
+    };
+    if let Some(q) = query {
+        for kv in q.split('&').filter(|x| !x.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            let o = &mut spec.options;
+            let dup = match k {
                     "reuseaddr" => o.reuseaddr.replace(parse_bool(k, v)?).is_some(),
                     "reuseport" => o.reuseport.replace(parse_bool(k, v)?).is_some(),
                     "v6only" => o.v6only.replace(parse_bool(k, v)?).is_some(),
@@ -792,14 +839,13 @@ impl FromStr for SocketSpec {
                         )))
                     }
                 };
-                if dup {
-                    return Err(Error::bad_request(format!("option {k} given twice")));
-                }
+            if dup {
+                return Err(Error::bad_request(format!("option {k} given twice")));
             }
         }
-        spec.validate()?;
-        Ok(spec)
     }
+    spec.validate()?;
+    Ok(spec)
 }
 
 impl fmt::Display for SocketSpec {

@@ -214,6 +214,67 @@ fn a_batch_refused_by_sharing_leaves_nothing() {
     assert_nothing_left(&b, (2, 2), fds, &[p]);
 }
 
+/// A batch whose spec bytes all hit the cache before is answered without
+/// decoding them again (the broker's fast path); it is granted as any
+/// batch, and a refusal in it still leaves nothing and names the spec.
+#[test]
+fn a_batch_of_cached_specs_by_their_bytes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-bytes");
+    let ps = free_ports(3, &[]);
+    let (a, s, x) = (udp(ps[0]), udp(ps[1]), udp(ps[2]));
+    let mut anchor = b.client();
+    let _a = anchor.request_socket(&a, ShareMode::Any, "other").unwrap();
+    let _s = anchor.request_socket(&s, ShareMode::Any, "other").unwrap();
+    // Twice, so that its bytes hit the cache: only "other" may share it.
+    let x2 = [
+        (x.clone(), ShareMode::SameApp, "other"),
+        (x.clone(), ShareMode::SameApp, "other"),
+    ];
+    let _x = anchor.request_many(&x2).expect("x twice, same application");
+    let mut c = b.client();
+    let ok = batch(&[a.clone(), s.clone()], ShareMode::Any);
+    for round in 0..3 {
+        let grants = c.request_many(&ok).expect("cached batch");
+        assert!(grants.iter().all(|g| g.cached), "round {round}");
+        assert_eq!(
+            (grants[0].port, grants[1].port),
+            (a.port, s.port),
+            "in order"
+        );
+        assert_eq!(b.status().counters.references, 6, "round {round}");
+        drop(grants);
+        assert_eq!(c.release_all().unwrap(), 2);
+    }
+    let fds = my_fds();
+    let specs = batch(&[a.clone(), s.clone(), x.clone()], ShareMode::Any);
+    let e = c
+        .request_many(&specs)
+        .expect_err("x is shared by application other only");
+    assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+    assert!(
+        e.message().starts_with("spec 2 of 3: "),
+        "names the spec: {e}"
+    );
+    assert_nothing_left(&b, (3, 4), fds, &[]);
+    // Bytes that hit, twice in one batch with share NONE: the second
+    // conflicts with the first, as on the full path.
+    let e = c
+        .request_many(&batch(&[s.clone(), a.clone(), a.clone()], ShareMode::Any))
+        .map(|g| g.len());
+    assert_eq!(e.unwrap(), 3, "any shares with any");
+    c.release_all().unwrap();
+    let e = c
+        .request_many(&[
+            (a.clone(), ShareMode::None, "other"),
+            (s.clone(), ShareMode::Any, "x"),
+        ])
+        .expect_err("a is held by others");
+    assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+    assert!(e.message().starts_with("spec 0 of 2: "), "{e}");
+    assert_nothing_left(&b, (3, 4), fds, &[]);
+}
+
 #[test]
 fn the_cli_requests_several_specs_in_one_batch() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

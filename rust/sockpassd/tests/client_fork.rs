@@ -332,6 +332,55 @@ fn a_timeout_closes_the_connection_and_reconnect_recovers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// This thread's CPU time (user and system).
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
+}
+
+/// Issue 25 item 4: a client that polls for its reply before blocking gets
+/// every kind of reply as a blocking one does (fds, errors, a batch), and
+/// its spin is bounded: against a broker that never answers it blocks
+/// after the spin and times out, having spent little CPU.
+#[test]
+fn a_reply_spin_receives_as_blocking_and_is_bounded() {
+    let b = Broker::start("reply-spin");
+    let mut c = b.client();
+    assert_eq!(c.reply_spin(), None, "off by default");
+    c.set_reply_spin(Some(Duration::from_secs(5)));
+    assert_eq!(c.reply_spin(), Some(Duration::from_micros(1000)), "capped");
+    c.set_reply_spin(Some(Duration::from_micros(50)));
+    let s = spec(free_port(true));
+    let g = c.request_socket(&s, ShareMode::None, "spin").unwrap();
+    assert!(sockpass::sys::is_cloexec(g.fd.as_raw_fd()));
+    let mut other = b.client();
+    other.set_reply_spin(Some(Duration::from_micros(50)));
+    let e = other.request_socket(&s, ShareMode::Any, "x").unwrap_err();
+    assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
+    let many: Vec<_> = (0..40)
+        .map(|_| (spec(0), ShareMode::None, "spin"))
+        .collect();
+    assert_eq!(other.request_many(&many).unwrap().len(), 40);
+    assert_eq!(other.release_all().unwrap(), 40);
+    assert_eq!(c.release(&g.token).unwrap(), 0);
+
+    let dir = temp_dir("spin-mute");
+    let (_l, p) = mute_listener(&dir);
+    let mut m = Client::connect_timeout(&p, Some(Duration::from_millis(300))).unwrap();
+    m.set_reply_spin(Some(Duration::from_micros(1000)));
+    let before = thread_cpu();
+    assert_eq!(m.hello().unwrap_err().kind(), Kind::Timeout);
+    let spent = thread_cpu() - before;
+    assert!(
+        spent < Duration::from_millis(150),
+        "a 1 ms spin then blocking spent {spent:?} of CPU in a 300 ms wait"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_too_long_path_is_enametoolong_at_connect() {
     let long = format!("/tmp/{}", "a".repeat(200));

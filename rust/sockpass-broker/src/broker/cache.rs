@@ -158,7 +158,9 @@ impl Sockets {
         // Bounded: entries that went leave their keys behind until the
         // table outgrows the cache and starts over.
         if self.hits.len() >= 2 * self.cache.len() + 64 && !self.hits.contains_key(&w) {
-            self.hits.clear();
+            // A new table, not a cleared one: a cleared table keeps its
+            // size, and lookups all over it miss the CPU's caches.
+            self.hits = HashMap::default();
         }
         self.hits.insert(w, (es, e.id));
     }

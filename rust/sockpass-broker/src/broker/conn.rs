@@ -209,10 +209,10 @@ impl Broker {
             // the broker's instructions per request).
             let msg = std::mem::take(&mut self.rbuf);
             let payload = &msg[proto::HEADER_LEN..msg_len];
-            let known = if header.ty == ty::REQUEST {
-                self.request_by_wire(slot, header.id, payload)
-            } else {
-                None
+            let known = match header.ty {
+                ty::REQUEST => self.request_by_wire(slot, header.id, payload),
+                ty::REQUEST_MANY => self.request_many_by_wire(slot, header.id, payload),
+                _ => None,
             };
             match known {
                 Some(res) => self.answer(slot, header.id, res),

@@ -123,18 +123,85 @@ impl Broker {
                 }
             }
         }
+        Ok(self.encode_sockets(id, &got, plain))
+    }
+
+    /// The SOCKETS reply to a batch: an entry per grant, in order, and the
+    /// fds of the `plain` (not reserved) ones.
+    fn encode_sockets(&mut self, id: u32, got: &[Granted], plain: usize) -> Reply {
         proto::begin(&mut self.wbuf, ty::SOCKETS, id);
-        self.wbuf.extend_from_slice(&(n as u16).to_le_bytes());
+        self.wbuf
+            .extend_from_slice(&(got.len() as u16).to_le_bytes());
         let mut fds = Vec::with_capacity(plain);
-        for g in &got {
+        for g in got {
             proto::encode_grant_entry(&mut self.wbuf, &g.token, g.port, g.cached, g.reserve);
             if !g.reserve {
                 fds.push((g.es, g.eid));
             }
         }
-        Ok(Reply {
+        Reply {
             attach: Some(Attach::Entries(fds)),
-        })
+        }
+    }
+
+    /// A REQUEST_MANY whose specs are all plain (no flags) and whose spec
+    /// bytes each hit the cache before, answered as `request_many` would
+    /// without decoding a spec again: bytes that hit were decoded and
+    /// validated when they first did, and the policy is checked once a
+    /// spec (against the cached spec, as for a single request by wire).
+    /// None when any spec does not qualify or anything would be refused,
+    /// references made so far dropped again: the full path then decides,
+    /// and words any refusal as it always does.
+    pub(super) fn request_many_by_wire(
+        &mut self,
+        slot: usize,
+        id: u32,
+        payload: &[u8],
+    ) -> Option<Result<Reply>> {
+        let [lo, hi, body @ ..] = payload else {
+            return None;
+        };
+        let mut rest: &[u8] = body;
+        let n = usize::from(u16::from_le_bytes([*lo, *hi]));
+        if n == 0 || n > proto::MAX_REQUEST_BATCH {
+            return None;
+        }
+        let creds = self.conns.get(slot)?.creds;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let [share, 0, alen, tail @ ..] = rest else {
+                return None;
+            };
+            let (app, tail) = tail.split_at_checked(usize::from(*alen))?;
+            let [slo, shi, tail @ ..] = tail else {
+                return None;
+            };
+            let slen = usize::from(u16::from_le_bytes([*slo, *shi]));
+            let (wire, tail) = tail.split_at_checked(slen)?;
+            rest = tail;
+            let share = ShareMode::from_wire(*share).ok()?;
+            let app = proto::app_name(app).ok()?;
+            let (es, eid) = self.sockets.hit(wire)?;
+            let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
+            self.cfg.policy.check(&creds, &e.spec, share).ok()?;
+            items.push((share, app, es));
+        }
+        if !rest.is_empty() || self.refs_room_for(slot, n).is_err() {
+            return None;
+        }
+        let mut got: Vec<Granted> = Vec::with_capacity(n);
+        for (share, app, es) in items {
+            match self.grant_cached(slot, es, share, app) {
+                Some(Ok(g)) => got.push(g),
+                _ => {
+                    for g in got.iter().rev() {
+                        self.drop_reference(&g.token);
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(Ok(self.encode_sockets(id, &got, n)))
     }
 
     /// Serve one socket request: policy, sharing, the cache or a new
@@ -360,11 +427,25 @@ impl Broker {
     ) -> Option<Result<Granted>> {
         let (es, eid) = self.sockets.hit(wire)?;
         let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
-        let c = self.conns.get(slot)?;
-        let (creds, conn_id, user) = (c.creds, c.id, c.user);
+        let creds = self.conns.get(slot)?.creds;
         if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
             return None;
         }
+        self.grant_cached(slot, es, share, app)
+    }
+
+    /// [`Broker::grant_hit`] for the entry its bytes hit, once the policy
+    /// and the reference bounds were checked (a batch checks them for all
+    /// its specs first).
+    fn grant_cached(
+        &mut self,
+        slot: usize,
+        es: usize,
+        share: ShareMode,
+        app: &str,
+    ) -> Option<Result<Granted>> {
+        let c = self.conns.get(slot)?;
+        let (creds, conn_id, user) = (c.creds, c.id, c.user);
         // Sharing is judged on the name the reference will carry (an empty
         // one is the client's executable's), as on the full path.
         let app = self.app_for(slot, app);

@@ -117,12 +117,18 @@ fn orphan(p: *mut Slot) {
 /// No timeout, in [`SharedClient::timeout`]'s field.
 const NO_TIMEOUT: u64 = u64::MAX;
 
+/// No reply spin set, in [`SharedClient`]'s field: the process's default.
+const SPIN_UNSET: u64 = u64::MAX;
+
 pub struct SharedClient {
     slot: AtomicPtr<Slot>,
     target: Target,
     auto: bool,
     /// Nanoseconds, or [`NO_TIMEOUT`].
     timeout: AtomicU64,
+    /// The reply spin in µs ([`Client::set_reply_spin`]), or [`SPIN_UNSET`]
+    /// (the process's default, `SOCKPASS_SPIN_US`).
+    spin: AtomicU64,
     /// The process-wide default client, whose fd the fork handler closes.
     is_default: bool,
 }
@@ -132,6 +138,7 @@ static DEFAULT: SharedClient = SharedClient {
     target: Target::Default,
     auto: true,
     timeout: AtomicU64::new(NO_TIMEOUT),
+    spin: AtomicU64::new(SPIN_UNSET),
     is_default: true,
 };
 
@@ -181,6 +188,7 @@ impl SharedClient {
             target,
             auto,
             timeout: AtomicU64::new(encode_timeout(timeout)),
+            spin: AtomicU64::new(SPIN_UNSET),
             is_default: false,
         }
     }
@@ -278,6 +286,10 @@ impl SharedClient {
                 unreachable!("connected above")
             };
             c.set_timeout(t)?;
+            match self.spin.load(Ordering::Relaxed) {
+                SPIN_UNSET => {}
+                us => c.set_reply_spin(Some(Duration::from_micros(us))),
+            }
             let res = f(c);
             if res.is_ok() || !self.auto || c.is_usable() {
                 return res;
@@ -358,6 +370,13 @@ impl SharedClient {
             NO_TIMEOUT => None,
             n => Some(Duration::from_nanos(n)),
         }
+    }
+
+    /// Poll for each reply up to `us` µs before blocking (0: block at
+    /// once; see [`Client::set_reply_spin`]).
+    pub fn set_reply_spin(&self, us: u64) {
+        let us = us.min(super::MAX_SPIN_US);
+        self.spin.store(us, Ordering::Relaxed);
     }
 }
 

@@ -159,3 +159,41 @@ fn canonical_resolves_defaults() {
     assert!(SocketSpec::from_parts("UDP", "::1", 70000).is_err());
     assert!(SocketSpec::from_parts("Tcp", "[::1]", 80).is_ok());
 }
+
+#[test]
+fn plain_ipv4_agrees_with_the_general_parser() {
+    // Taken by the fast path, with the general parser's result.
+    for s in [
+        "udp:127.0.0.1:53",
+        "tcp:0.0.0.0:0",
+        "tcp:255.255.255.255:65535",
+        "udp:1.2.3.4:080",
+    ] {
+        let fast = plain_ipv4(s.as_bytes()).expect(s);
+        assert_eq!(fast, parse_spec(s).unwrap(), "{s}");
+    }
+    // Left to the general parser, which accepts or words the refusal.
+    for s in [
+        "udp:10.0.0.1:65536",
+        "udp:256.0.0.1:53",
+        "udp:01.0.0.1:53",
+        "udp:1.2.3:53",
+        "udp:1.2.3.4.5:53",
+        "udp:1.2.3.4:",
+        "udp:1.2.3.4:+53",
+        "udp:1.2.3.4:53?reuseport=1",
+        "UDP:1.2.3.4:53",
+        "udp:1..3.4:53",
+        "udp:1.2.3.4:123456",
+        "udp:1.2.3.4:-1",
+        "tcp:[::1]:80",
+    ] {
+        assert!(plain_ipv4(s.as_bytes()).is_none(), "{s}");
+        let parsed: Result<SocketSpec> = s.parse();
+        assert_eq!(
+            parsed.map_err(|e| e.message().to_string()),
+            parse_spec(s).map_err(|e| e.message().to_string()),
+            "{s}"
+        );
+    }
+}
