@@ -334,8 +334,9 @@ fn a_timeout_closes_the_connection_and_reconnect_recovers() {
 
 /// This thread's CPU time (user and system).
 fn thread_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct.
+    // SAFETY: rusage is plain integers, all-zero valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
