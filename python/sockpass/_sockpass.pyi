@@ -195,6 +195,7 @@ def supervise(
     grace: float,
     stop_signal: int,
     drain_timeout: float,
+    catch: tuple[str, str | None, int, str] | None = None,
 ) -> Supervisor: ...
 @final
 class Supervisor:

@@ -8,7 +8,8 @@ import signal
 from collections.abc import Mapping, Sequence
 
 from . import _sockpass
-from ._spawn import _Arg, _Fd, _plan_args
+from ._share import Share
+from ._spawn import _Arg, _catch, _Fd, _plan_args
 
 __all__ = ["Supervisor"]
 
@@ -26,6 +27,11 @@ class Supervisor:
     that exits or is not ready in time is stopped and reaped, the old one
     serves on, and the exception (``ChildFailedError``, ``TimeoutError``)
     carries its raw wait status as ``status`` (None if it never started).
+
+    ``catch_bind``, ``catch_socket``, ``catch_share`` and ``catch_app`` are
+    ``sockpass.spawn``'s: every instance gets its own catch (with
+    ``catch_share=Share.SAMEAPP`` and an app name, old and new instance bind
+    the same socket).
 
     Instances are neither stopped nor reaped by ``close()``: call
     ``terminate()`` and ``wait()`` first."""
@@ -46,6 +52,10 @@ class Supervisor:
         grace: float = 1.0,
         stop_signal: int = signal.SIGTERM,
         drain_timeout: float = 30.0,
+        catch_bind: str | bool | None = None,
+        catch_socket: str | os.PathLike[str] | None = None,
+        catch_share: Share | int = Share.NONE,
+        catch_app: str = "",
     ) -> None:
         self._native = _sockpass.supervise(
             _plan_args(argv, fds, env, setenv, start, listen_env, join_pid, namespaces),
@@ -54,6 +64,7 @@ class Supervisor:
             float(grace),
             int(stop_signal),
             float(drain_timeout),
+            _catch(catch_bind, catch_socket, catch_share, catch_app),
         )
         self.returncode: int | None = None
 

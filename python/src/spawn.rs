@@ -31,7 +31,7 @@ pub(crate) type PlanArgs = (
 
 /// `catch_bind=` as the Python side hands it over: (ports, broker socket,
 /// share mode, application name).
-type PyCatch = (String, Option<OsString>, i64, String);
+pub(crate) type PyCatch = (String, Option<OsString>, i64, String);
 
 /// Build the plan. The fds are duplicated now, so the caller keeps its own.
 /// `env` replaces the environment; `setenv` sets (or, with None, unsets)

@@ -2,7 +2,7 @@
 //! instance overlapping on the same fds. A translation of
 //! `sockpass::supervise` only.
 
-use crate::spawn::{plan, PlanArgs};
+use crate::spawn::{plan, PlanArgs, PyCatch};
 use crate::{closed, timeout_arg, to_pyerr};
 use pyo3::prelude::*;
 use sockpass::{SuperviseOptions, Supervisor};
@@ -19,7 +19,8 @@ fn secs(v: f64, what: &str) -> PyResult<Duration> {
 
 /// Start the first instance; see `sockpass.Supervisor` for the arguments.
 #[pyfunction]
-#[pyo3(signature = (plan_args, ready, ready_timeout, grace, stop_signal, drain_timeout))]
+#[pyo3(signature = (plan_args, ready, ready_timeout, grace, stop_signal, drain_timeout, catch=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn supervise(
     py: Python<'_>,
     plan_args: PlanArgs,
@@ -28,6 +29,7 @@ pub fn supervise(
     grace: f64,
     stop_signal: i32,
     drain_timeout: f64,
+    catch: Option<PyCatch>,
 ) -> PyResult<PySupervisor> {
     let opts = SuperviseOptions {
         ready: ready.map(|m| m.parse()).transpose().map_err(to_pyerr)?,
@@ -40,7 +42,7 @@ pub fn supervise(
         .detach(|| {
             let (argv, slots, env, setenv, start, listen_env, join_pid, namespaces) = plan_args;
             let recipe = plan(
-                argv, slots, env, setenv, start, listen_env, join_pid, namespaces, false, None,
+                argv, slots, env, setenv, start, listen_env, join_pid, namespaces, false, catch,
             )?;
             Supervisor::start(recipe, opts)
         })

@@ -75,3 +75,52 @@ def test_bad_ports_and_no_broker_start_nothing(broker: Broker, tmp_path: object)
     with pytest.raises(sockpass.BrokerUnavailableError):
         sockpass.spawn(argv, catch_bind=True, catch_socket=os.path.join(str(tmp_path), "none.sock"))
     assert not os.path.exists(marker)
+
+
+# Binds TCP 127.0.0.1:argv[1], reports "pid inode" on fd 3, serves until
+# stopped.
+SERVING = textwrap.dedent(
+    """
+    import os, socket, sys
+    s = socket.socket()
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(16)
+    os.write(3, b"%d %d\\n" % (os.getpid(), os.fstat(s.fileno()).st_ino))
+    while True:
+        c, _ = s.accept()
+        c.sendall(b"pid %d" % os.getpid())
+        c.close()
+    """
+)
+
+
+def test_a_supervisor_restarts_a_program_that_binds_itself(broker: Broker) -> None:
+    port = free_port(socket.SOCK_STREAM)
+    r, w = os.pipe()
+    sup = sockpass.Supervisor(
+        [sys.executable, "-c", SERVING, str(port)],
+        fds=[w],
+        grace=0.5,
+        drain_timeout=TIMEOUT,
+        catch_bind="inet",
+        catch_socket=broker.path,
+        catch_share=sockpass.Share.SAMEAPP,
+        catch_app="pytest-restart",
+    )
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as rf:
+            old_pid, inode = map(int, rf.readline().split())
+            new_pid = sup.restart()
+            # The new instance bound the same address: sameapp gave it the
+            # old instance's socket, so nothing was refused in between.
+            pid, new_inode = map(int, rf.readline().split())
+        assert (pid, new_inode) == (new_pid, inode)
+        assert new_pid != old_pid and sup.pid == new_pid
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+            assert conn.recv(100) == b"pid %d" % new_pid
+    finally:
+        sup.terminate()
+        sup.wait()
+        sup.close()
+    wait_for("the broker to hold no reference", lambda: broker.refs() == 0)
