@@ -9,38 +9,6 @@ use super::*;
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 
-/// One test at a time in a binary: each takes the highest free privileged
-/// port, which must not be the other's.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The program's path, or None (skip) when it is not installed; in CI a
-/// missing program is a failure, since setup installs it.
-pub fn installed(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is not installed (tests/lib/setup.sh installs it)"
-        );
-        eprintln!("skipped: {name} is not installed (tests/lib/setup.sh installs it)");
-    }
-    found
-}
-
-/// The daemon's path when its test can run: as root, with it installed.
-pub fn daemon_to_test(name: &str) -> Option<PathBuf> {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the broker and switch to uid 65534");
-        return None;
-    }
-    installed(name)
-}
-
 /// Whether this test may make a mount namespace (unbound needs one to see
 /// a booted systemd, see [`sockpass_run_as_nobody`]); says why not.
 pub fn mount_namespace_possible() -> bool {
@@ -54,35 +22,6 @@ pub fn mount_namespace_possible() -> bool {
         );
     }
     ok
-}
-
-/// A free privileged port, for this test alone while the guard lives.
-pub fn privileged_port() -> Option<(std::sync::MutexGuard<'static, ()>, u16)> {
-    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    match free_privileged_port(&[]) {
-        Some(port) => Some((one, port)),
-        None => {
-            eprintln!("skipped: no privileged port is free on 127.0.0.1");
-            None
-        }
-    }
-}
-
-/// A root broker in a temp directory uid nobody may enter (0755), whose
-/// policy grants nobody `grants`.
-pub fn broker_for_nobody(tag: &str, grants: &[String]) -> (PathBuf, Broker) {
-    let dir = temp_dir(tag);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pol = dir.join("policy.conf");
-    let rules: String = grants
-        .iter()
-        .map(|g| format!("allow uid={NOBODY} {g}\n"))
-        .collect();
-    std::fs::write(&pol, rules).unwrap();
-    let path = dir.join("sockpassd.sock");
-    let b = Broker::start_at(dir.clone(), path, &["--policy", &path_str(&pol)]);
-    (dir, b)
 }
 
 /// A running `sockpass run` (as nobody) and everything it started: its own
@@ -101,38 +40,9 @@ pub fn sockpass_run_as_nobody(args: &[String], log: &Path, systemd_booted: bool)
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl on this process; orphans of the group come back to us.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let out = std::fs::File::create(log).unwrap();
-    let mut cmd = if systemd_booted {
-        let mut c = Command::new("unshare");
-        c.args([
-            "-m",
-            "sh",
-            "-c",
-            "mount --make-rprivate / && \
-             if [ -d /run/systemd ]; then d=/run/systemd; else d=/run; fi && \
-             mount -t tmpfs -o mode=755 tmpfs $d && mkdir -p /run/systemd/system && \
-             exec \"$@\"",
-            "sh",
-        ]);
-        c
-    } else {
-        Command::new("env")
-    };
     // unshare, sh, env and setpriv exec: the pid is sockpass run's.
-    let child = cmd
-        .args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ])
-        .arg(sockpass_bin())
-        .arg("run")
-        .args(args)
+    let child = sockpass_run_as_nobody_cmd(args, log, systemd_booted)
         .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
         .spawn()
         .expect("start sockpass run");
     Run {
