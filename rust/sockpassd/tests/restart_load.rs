@@ -10,10 +10,8 @@
 
 mod common;
 
-use common::restartd::*;
-// Named: common also re-exports clients of these names (daemons.rs).
 use common::load::*;
-use common::restartd::{ask_udp, dns_query, http_get};
+use common::restartd::*;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -2,7 +2,8 @@
 //! without letting up (HTTP over TCP, DNS over UDP and TCP, each on a new
 //! connection or a fresh query id) and count how each one ended.
 
-use super::restartd::{ask_tcp_on, dns_answer_id, dns_query_id};
+use super::dns_query_id;
+use super::restartd::{ask_tcp_on, dns_answer_id};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -271,7 +272,7 @@ pub fn dns_udp_probe(port: u16, name: &'static str, want: [u8; 4], timeout: Dura
     let mut id: u16 = 0;
     Box::new(move || {
         id = id.wrapping_add(1);
-        if let Err(e) = s.send(&dns_query_id(id, name)) {
+        if let Err(e) = s.send(&dns_query_id(name, id)) {
             return match e.kind() {
                 ErrorKind::ConnectionRefused => Outcome::Refused,
                 _ => Outcome::Other(format!("send: {e}")),
@@ -318,7 +319,7 @@ pub fn dns_tcp_probe(port: u16, name: &'static str, want: [u8; 4], timeout: Dura
         };
         s.set_read_timeout(Some(timeout)).unwrap();
         s.set_write_timeout(Some(timeout)).unwrap();
-        match ask_tcp_on(&mut s, &dns_query_id(id, name)) {
+        match ask_tcp_on(&mut s, &dns_query_id(name, id)) {
             Ok(r) if dns_answer_id(id, &r) == Some(want) => Outcome::Ok(String::new()),
             Ok(_) => Outcome::Other(format!("wrong answer to query {id}")),
             Err(e) => tcp_error("query", e),

@@ -7,7 +7,7 @@
 
 use super::*;
 use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 
 /// Whether this test may make a mount namespace (unbound needs one to see
 /// a booted systemd, see [`sockpass_run_as_nobody`]); says why not.
@@ -254,23 +254,6 @@ def app(environ, start_response):
     .unwrap();
 }
 
-/// A DNS query for `name` IN A with id `id`.
-pub fn dns_query_id(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
-/// A DNS query for `name` IN A, id 0x5350.
-pub fn dns_query(name: &str) -> Vec<u8> {
-    dns_query_id(0x5350, name)
-}
-
 /// The A record's address of a successful answer to a query with id `id`
 /// (its last record).
 pub fn dns_answer_id(id: u16, reply: &[u8]) -> Option<[u8; 4]> {
@@ -280,21 +263,6 @@ pub fn dns_answer_id(id: u16, reply: &[u8]) -> Option<[u8; 4]> {
         && reply[3] & 0x0f == 0
         && u16::from_be_bytes([reply[6], reply[7]]) >= 1;
     ok.then(|| reply[reply.len() - 4..].try_into().unwrap())
-}
-
-/// The A record's address of an answer to [`dns_query`].
-pub fn dns_answer(reply: &[u8]) -> Option<[u8; 4]> {
-    dns_answer_id(0x5350, reply)
-}
-
-pub fn ask_udp(port: u16, q: &[u8]) -> Option<Vec<u8>> {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    s.send_to(q, ("127.0.0.1", port)).ok()?;
-    let mut buf = [0u8; 512];
-    let n = s.recv(&mut buf).ok()?;
-    Some(buf[..n].to_vec())
 }
 
 /// A DNS query over TCP on a connection of its own (length-prefixed).
@@ -307,23 +275,6 @@ pub fn ask_tcp_on(s: &mut TcpStream, q: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
     s.read_exact(&mut reply)?;
     Ok(reply)
-}
-
-pub fn ask_tcp(port: u16, q: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect over TCP");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    ask_tcp_on(&mut s, q).expect("a TCP answer")
-}
-
-/// One HTTP/1.0 GET / on a connection of its own: the whole response.
-pub fn http_get(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    Some(r)
 }
 
 /// A daemon's test set up: the program, a privileged port for this test
