@@ -312,6 +312,50 @@ fn seqpacket_and_inetd_as_systemd_socket_activate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With --accept, SIGHUP reaches the running connections' programs and
+/// SIGUSR2 (run's restart) is ignored with a line, not run's death.
+#[test]
+fn accept_forwards_hup_and_ignores_usr2() {
+    let port = free_port(false);
+    let c = run_bg(&[
+        "-l",
+        &format!("127.0.0.1:{port}"),
+        "--accept",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo hup >&3; exit 0' HUP; echo ready >&3; while :; do sleep 0.05; done",
+    ]);
+    let connect = || {
+        let s = wait_for("run to accept", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        BufReader::new(s)
+    };
+    let read_line = |r: &mut BufReader<TcpStream>| {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        l
+    };
+    let mut first = connect();
+    assert_eq!(read_line(&mut first), "ready\n");
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGUSR2) };
+    // Still accepting after SIGUSR2, and the first program still runs.
+    let mut second = connect();
+    assert_eq!(read_line(&mut second), "ready\n");
+    // SAFETY: as above.
+    unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
+    assert_eq!(read_line(&mut first), "hup\n");
+    assert_eq!(read_line(&mut second), "hup\n");
+    // SAFETY: as above.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let (code, _, err) = finish(c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("SIGUSR2 ignored"), "{err}");
+}
+
 #[test]
 fn accept_starts_a_program_per_connection() {
     let port = free_port(false);

@@ -3,9 +3,13 @@
 //! (`LISTEN_FDS=1`, named `connection` unless named otherwise) or, with
 //! `--inetd`, as its stdin and stdout; as `systemd-socket-activate --accept`.
 //! SIGTERM and SIGINT stop accepting and are forwarded to the running
-//! children, which are waited for.
+//! children, which are waited for. SIGHUP, SIGQUIT, SIGUSR1 and SIGWINCH go
+//! to every running child, as `run` forwards them to its one program.
+//! SIGUSR2, `run`'s restart, has nothing to restart here (each connection
+//! already starts PROGRAM afresh): it is logged and ignored rather than
+//! left to its default action, which would end `run` and every connection.
 
-use super::run::{as_inetd, blocked_signals, forward_fd, read_signal, spawn_failed, unblock, Plan};
+use super::run::{as_inetd, read_signal, spawn_failed, take_signals, unblock, Plan};
 use sockpass::Child;
 use sockpass::Client;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -26,8 +30,8 @@ pub fn serve(
         eprintln!("sockpass: run: --accept needs a listening stream socket");
         return super::exit::FAILURE;
     }
-    let set = blocked_signals();
-    let sfd = match forward_fd() {
+    let (set, sfd) = take_signals();
+    let sfd = match sfd {
         Ok(s) => s,
         Err(e) => {
             unblock(&set);
@@ -62,13 +66,24 @@ pub fn serve(
             code = super::exit::FAILURE;
             break;
         }
+        let mut stop = false;
         if pfd[1].revents != 0 {
-            if let Some(sig) = read_signal(&sfd) {
+            while let Some(sig) = read_signal(&sfd) {
+                if sig == libc::SIGUSR2 {
+                    eprintln!(
+                        "sockpass: run: SIGUSR2 ignored: with --accept each connection \
+                         already starts PROGRAM anew"
+                    );
+                    continue;
+                }
                 for c in &children {
                     let _ = c.kill(sig);
                 }
-                break;
+                stop |= sig == libc::SIGTERM || sig == libc::SIGINT;
             }
+        }
+        if stop {
+            break;
         }
         if pfd[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
             eprintln!("sockpass: run: the listening socket failed");

@@ -620,33 +620,36 @@ pub fn spawn_failed(e: &sockpass::Error) -> i32 {
     code
 }
 
-pub(super) fn blocked_signals() -> libc::sigset_t {
+/// Signals `run` takes itself, blocked and read from a signalfd: SIGTERM
+/// and SIGINT end the run, SIGUSR2 restarts, the others are forwarded.
+const TAKEN: [i32; 7] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// Block [`TAKEN`] in this (single-threaded) process and open a signalfd
+/// for them; the set is for [`unblock`]. Children start with an empty mask
+/// (spawn resets it).
+pub(super) fn take_signals() -> (libc::sigset_t, std::io::Result<OwnedFd>) {
     // SAFETY: sigset manipulation on a local set; sigprocmask on this
-    // single-threaded process.
+    // single-threaded process; signalfd returns a new fd, owned at once.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+        for s in TAKEN {
             libc::sigaddset(&mut set, s);
         }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// A signalfd for the forwarded signals (blocked by [`blocked_signals`]).
-pub(super) fn forward_fd() -> std::io::Result<OwnedFd> {
-    // SAFETY: sigset manipulation on a local set; signalfd returns a new fd.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         if fd < 0 {
-            return Err(std::io::Error::last_os_error());
+            return (set, Err(std::io::Error::last_os_error()));
         }
-        Ok(OwnedFd::from_raw_fd(fd))
+        (set, Ok(OwnedFd::from_raw_fd(fd)))
     }
 }
 
@@ -666,7 +669,7 @@ pub(super) fn read_signal(sfd: &OwnedFd) -> Option<i32> {
 }
 
 pub(super) fn unblock(set: &libc::sigset_t) {
-    // SAFETY: restores what blocked_signals blocked.
+    // SAFETY: restores what take_signals blocked.
     unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
 }
 

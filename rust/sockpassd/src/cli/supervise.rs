@@ -8,44 +8,11 @@
 use super::restart::{self, Endpoint};
 use sockpass::{describe_status, Client, Spawn, SuperviseEvent as Event, SuperviseOptions};
 use sockpass::{exit_code, Supervisor};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
-
-/// Signals `run` takes itself (blocked, read from a signalfd).
-const TAKEN: [i32; 7] = [
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-];
 
 /// At most this many `sockpass restart` clients wait for an outcome.
 const MAX_WAITERS: usize = 64;
-
-fn sigset() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in TAKEN {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-fn signalfd(set: &libc::sigset_t) -> std::io::Result<OwnedFd> {
-    // SAFETY: signalfd on a valid set returns a new fd (owned at once).
-    let fd = unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
@@ -141,15 +108,9 @@ pub fn run_child(
             return super::exit::USAGE;
         }
     };
-    let set = sigset();
-    // SAFETY: blocks the taken signals in this (single-threaded) process;
-    // children start with an empty mask (spawn resets it).
-    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let unblock = || {
-        // SAFETY: undoes the block above.
-        unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    };
-    let sfd = match signalfd(&set) {
+    let (set, sfd) = super::run::take_signals();
+    let unblock = || super::run::unblock(&set);
+    let sfd = match sfd {
         Ok(s) => s,
         Err(e) => {
             unblock();
