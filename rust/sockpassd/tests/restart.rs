@@ -61,6 +61,10 @@ impl Run {
     }
 
     fn start_named(dir: PathBuf, name: &str, extra: &[&str]) -> Run {
+        Run::start_in(dir, name, extra, &[])
+    }
+
+    fn start_in(dir: PathBuf, name: &str, extra: &[&str], env: &[(&str, &Path)]) -> Run {
         std::fs::write(dir.join("server.py"), SERVER).unwrap();
         std::fs::write(dir.join("mode"), "ok").unwrap();
         let err = std::fs::File::create(dir.join("err")).unwrap();
@@ -70,6 +74,7 @@ impl Run {
             .args(["--", "python3", "-S"])
             .arg(dir.join("server.py"))
             .arg(&dir)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -225,6 +230,60 @@ fn sigusr2_restart_keeps_the_socket_and_replaces_the_process() {
     // run's exit status is the current instance's (SIGUSR1 makes it exit 42).
     assert_eq!(r.finish(libc::SIGUSR1), 42);
     assert!(!r.dir.join("ctl").exists(), "the control socket is removed");
+}
+
+/// `run --wait-ready` took `$NOTIFY_SOCKET` from its program, so it tells
+/// its own manager (systemd with Type=notify) what the program would have:
+/// READY=1 with run's pid as MAINPID once the first instance is ready, each
+/// restart as STATUS=, and STOPPING=1 on SIGTERM.
+#[test]
+fn the_service_manager_hears_ready_restarts_and_stopping() {
+    let dir = temp_dir("manager");
+    let sock = dir.join("manager");
+    let mgr = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    mgr.set_read_timeout(Some(WAIT)).unwrap();
+    let ctl = path_str(&dir.join("ctl"));
+    let mut r = Run::start_in(
+        dir,
+        &ctl,
+        &["--wait-ready", "notify"],
+        &[("NOTIFY_SOCKET", sock.as_path())],
+    );
+    let next = || {
+        let mut b = [0u8; 4096];
+        let n = mgr.recv(&mut b).expect("a message to the manager");
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    let (first, _) = r.ask();
+    let m = next();
+    assert!(m.starts_with("READY=1\n"), "{m}");
+    assert!(m.contains(&format!("MAINPID={}\n", r.pid())), "{m}");
+    assert!(
+        m.contains(&format!("STATUS=instance {first} serves")),
+        "{m}"
+    );
+    r.signal(libc::SIGUSR2);
+    r.wait_err("restart 1: done");
+    let (second, _) = r.ask();
+    let m = next();
+    assert_eq!(
+        m,
+        format!("STATUS=restart 1: new instance {second} ready, stopping {first}")
+    );
+    let m = next();
+    assert_eq!(
+        m,
+        format!("STATUS=instance {second} serves (restart 1 done)")
+    );
+    // The program's own READY=1 went to run, not to the manager.
+    r.signal(libc::SIGTERM);
+    assert_eq!(next(), "STOPPING=1");
+    let mut c = r.child.take().unwrap();
+    wait_child(&mut c);
+    gone(second);
+    mgr.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    assert!(mgr.recv(&mut b).is_err(), "nothing more");
 }
 
 #[test]

@@ -192,7 +192,10 @@ pub fn command() -> Command {
                 .value_name("notify|fd:N|pipe")
                 .value_parser(|m: &str| m.parse::<Method>().map_err(|e| e.to_string()))
                 .conflicts_with("accept")
-                .help("Print PROGRAM's pid once it reports ready this way"),
+                .help(
+                    "Print PROGRAM's pid once it reports ready this way (and, if \
+                     $NOTIFY_SOCKET is set, send READY=1 there for PROGRAM)",
+                ),
         )
         .arg(
             Arg::new("ready-timeout")

@@ -19,11 +19,56 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "sockpass: {line}");
 }
 
+/// `run`'s own service manager (systemd with `Type=notify`, or anything
+/// that reads `$NOTIFY_SOCKET`), when `run` waits for its program's
+/// readiness: it took that channel from the program, so it passes on what
+/// the manager needs (READY=1 with its own pid as MAINPID, each restart as
+/// STATUS=, STOPPING=1). A manager that cannot be reached costs a line.
+struct Manager(Option<std::ffi::OsString>);
+
+impl Manager {
+    fn tell(&self, msg: std::fmt::Arguments<'_>) {
+        if let Some(addr) = &self.0 {
+            let msg = msg.to_string();
+            if let Err(e) = sockpass::send_notify(addr, msg.as_bytes()) {
+                say(format_args!("could not tell the service manager: {e}"));
+            }
+        }
+    }
+
+    fn status(&self, ev: &Event, sup: &Supervisor) {
+        match ev {
+            Event::HandedOver {
+                id,
+                old_pid,
+                new_pid,
+            } => self.tell(format_args!(
+                "STATUS=restart {id}: new instance {new_pid} ready, stopping {old_pid}"
+            )),
+            Event::Restarted(r) => self.tell(format_args!(
+                "STATUS=instance {} serves (restart {} done)",
+                r.new_pid, r.id
+            )),
+            Event::RestartFailed(f) => self.tell(format_args!(
+                "STATUS=restart {} failed: {}; {}",
+                f.id,
+                f.error.message(),
+                match sup.pid() {
+                    Some(p) => format!("instance {p} keeps serving"),
+                    None => "no instance is left".into(),
+                }
+            )),
+            Event::Exited(_) => {}
+        }
+    }
+}
+
 /// What `run` does with one signal once the first instance runs.
-fn on_signal(sup: &mut Supervisor, sig: i32, why: &str) -> Option<u64> {
+fn on_signal(sup: &mut Supervisor, mgr: &Manager, sig: i32, why: &str) -> Option<u64> {
     match sig {
         libc::SIGUSR2 => request(sup, why),
         libc::SIGTERM | libc::SIGINT => {
+            mgr.tell(format_args!("STOPPING=1"));
             sup.terminate(sig);
             None
         }
@@ -119,6 +164,13 @@ pub fn run_child(
         }
     };
     let waits_ready = opts.ready.is_some();
+    // Without --wait-ready the program keeps $NOTIFY_SOCKET and speaks to
+    // the manager itself.
+    let mgr = Manager(
+        waits_ready
+            .then(|| std::env::var_os("NOTIFY_SOCKET"))
+            .flatten(),
+    );
     let mut sup = match Supervisor::start(sp, opts) {
         Ok(s) => s,
         Err(e) => {
@@ -149,6 +201,10 @@ pub fn run_child(
                 let mut out = std::io::stdout();
                 let _ = writeln!(out, "{pid}");
                 let _ = out.flush();
+                mgr.tell(format_args!(
+                    "READY=1\nMAINPID={}\nSTATUS=instance {pid} serves",
+                    std::process::id()
+                ));
             }
             Err(e) if e.kind() == sockpass::Kind::Timeout => {
                 // A supervisor waiting for readiness treats this as failure:
@@ -164,7 +220,7 @@ pub fn run_child(
     if early_restart {
         request(&mut sup, "SIGUSR2");
     }
-    let status = supervise(&mut sup, &sfd, endpoint.as_ref(), client.as_ref());
+    let status = supervise(&mut sup, &mgr, &sfd, endpoint.as_ref(), client.as_ref());
     drop(endpoint);
     drop(client);
     unblock();
@@ -174,6 +230,7 @@ pub fn run_child(
 /// The loop: events, signals, control requests, the broker connection.
 fn supervise(
     sup: &mut Supervisor,
+    mgr: &Manager,
     sfd: &OwnedFd,
     endpoint: Option<&Endpoint>,
     client: Option<&Client>,
@@ -185,6 +242,7 @@ fn supervise(
     loop {
         for ev in sup.advance() {
             log_event(sup, &ev);
+            mgr.status(&ev, sup);
             if let Event::Exited(st) = ev {
                 for (_, w) in waiters.drain(..) {
                     let _ = restart::send(&w, b"failed 0 0 - 1 the supervisor ended");
@@ -221,7 +279,7 @@ fn supervise(
         unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
         if p[0].revents != 0 {
             while let Some(sig) = read_signal(sfd) {
-                on_signal(sup, sig, "SIGUSR2");
+                on_signal(sup, mgr, sig, "SIGUSR2");
             }
         }
         if let (Some(ep), true) = (endpoint, p[1].revents != 0) {
