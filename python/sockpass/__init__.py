@@ -59,7 +59,7 @@ from ._share import Proto, Share
 from ._listen import ListenFd, listen_fds
 from ._spawn import INHERIT, Child, spawn
 from ._supervise import Supervisor
-from ._status import Counters, HolderStatus, SocketStatus, _from_rows
+from ._status import Counters, HolderStatus, SocketStatus, UidCounts, UidQuota, UidStatus, _from_rows, _users_from_rows
 
 __all__ = [
     "INHERIT",
@@ -81,6 +81,9 @@ __all__ = [
     "Share",
     "ShareError",
     "SocketStatus",
+    "UidCounts",
+    "UidQuota",
+    "UidStatus",
     "Supervisor",
     "TokenError",
     "Reservation",
@@ -313,13 +316,19 @@ class Client:
 
     def status(self) -> list[SocketStatus]:
         """Every socket the broker holds, and who holds it."""
-        rows, _ = self._native.status()
+        rows, _, _ = self._native.status()
         return _from_rows(rows)
 
     def counters(self) -> Counters:
         """The broker's totals (sockets, references, connections, ...)."""
-        _, c = self._native.status()
+        _, c, _ = self._native.status()
         return Counters(*c)
+
+    def users(self) -> list[UidStatus]:
+        """Each uid that uses the broker, what it holds and its quota, as
+        ``sockpass status`` shows them (a quota of ``None``: no limit)."""
+        _, _, u = self._native.status()
+        return _users_from_rows(u)
 
     def upgrade(self, exe: _Path | None = None) -> int:
         """Ask the broker to re-execute itself in place (``exe``, or its own
@@ -500,5 +509,5 @@ def release_socket(fd_or_token: int | str, *, socket_path: _Path | None = None, 
 
 def status(*, socket_path: _Path | None = None, timeout: _Timeout = _DEFAULT) -> list[SocketStatus]:
     """Every socket the broker holds, and who holds it."""
-    rows, _ = _native_for(socket_path).status(timeout=_module.call_timeout(timeout))
+    rows, _, _ = _native_for(socket_path).status(timeout=_module.call_timeout(timeout))
     return _from_rows(rows)

@@ -310,8 +310,23 @@ type HolderRow = (u64, i32, u32, u32, u8, bool, String);
 type SocketRow = (u64, String, u16, u32, Vec<HolderRow>);
 /// (sockets, references, connections, reservations, broker_fds).
 type CountersRow = (u32, u32, u32, u32, u32);
+/// One uid's counts: (connections, sockets, references, reservations,
+/// status tables); `u32::MAX` in a quota is "no limit".
+type UidCountsRow = (u32, u32, u32, u32, u32);
+/// One uid: (uid, used, quota).
+type UidRow = (u32, UidCountsRow, UidCountsRow);
 
-fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow) {
+fn uid_counts(c: sockpass::UidCounts) -> UidCountsRow {
+    (
+        c.connections,
+        c.sockets,
+        c.references,
+        c.reservations,
+        c.status,
+    )
+}
+
+fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow, Vec<UidRow>) {
     let sockets = s
         .sockets
         .into_iter()
@@ -335,6 +350,11 @@ fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow) {
         })
         .collect();
     let c = s.counters;
+    let users = s
+        .users
+        .into_iter()
+        .map(|u| (u.uid, uid_counts(u.used), uid_counts(u.quota)))
+        .collect();
     (
         sockets,
         (
@@ -344,6 +364,7 @@ fn status_rows(s: Status) -> (Vec<SocketRow>, CountersRow) {
             c.reservations,
             c.broker_fds,
         ),
+        users,
     )
 }
 
@@ -622,7 +643,7 @@ impl PyClient {
         &self,
         py: Python<'_>,
         timeout: CallTimeout<'_>,
-    ) -> PyResult<(Vec<SocketRow>, CountersRow)> {
+    ) -> PyResult<(Vec<SocketRow>, CountersRow, Vec<UidRow>)> {
         self.with_timeout(py, timeout, |c| c.status())
             .map(status_rows)
     }

@@ -241,3 +241,33 @@ def test_unix_datagram_socket(tmp_path: pathlib.Path, no_fd_leak: None) -> None:
             assert s.recv(16) == b"hi"
     finally:
         broker.stop()
+
+
+def test_users_rows(tmp_path: pathlib.Path) -> None:
+    # The per-uid section of the status: what each uid uses and its quota.
+    b = Broker(tmp_path)
+    try:
+        with b.client() as c:
+            fd, _ = c.request_socket("127.0.0.1", 0, "udp")
+            [me] = [u for u in c.users() if u.uid == os.getuid()]
+            assert isinstance(me, sockpass.UidStatus)
+            assert isinstance(me.used, sockpass.UidCounts)
+            assert (me.used.references, me.used.sockets) == (1, 1)
+            assert me.used.connections >= 1
+            # Root has no quota: every limit is None (the per-uid flags
+            # bound the other uids).
+            assert me.quota == sockpass.UidQuota(None, None, None, None, None)
+            c.release(fd)
+            os.close(fd)
+            [me] = [u for u in c.users() if u.uid == os.getuid()]
+            assert me.used.references == 0
+    finally:
+        b.stop()
+
+
+def test_users_rows_map_the_wire_quota() -> None:
+    # u32::MAX on the wire is "no limit"; anything else is the limit.
+    from sockpass._status import _users_from_rows
+
+    [u] = _users_from_rows([(65534, (1, 2, 3, 0, 1), (128, 0xFFFFFFFF, 7, 16, 4))])
+    assert u == sockpass.UidStatus(65534, sockpass.UidCounts(1, 2, 3, 0, 1), sockpass.UidQuota(128, None, 7, 16, 4))
