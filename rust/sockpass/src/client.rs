@@ -786,8 +786,9 @@ impl Client {
     }
 
     /// Release many references: up to [`proto::MAX_RELEASE_BATCH`] tokens a
-    /// message (RELEASE_MANY; 42 to a broker that takes 1024-byte packets,
-    /// or before the handshake), and up to [`PIPELINE_WINDOW`] messages in
+    /// message (RELEASE_MANY; 42 to a broker that takes 1024-byte packets;
+    /// more than 42 on a connection that has not said HELLO say it first,
+    /// once, to learn the broker's limit), and up to [`PIPELINE_WINDOW`] messages in
     /// flight, not one round trip each. Returns one result per token, in
     /// order; a lost connection or a timeout ends the call with `Err`.
     pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
@@ -814,6 +815,10 @@ impl Client {
     }
 
     fn release_batches(&mut self, tokens: &[Token], out: &mut Vec<Result<u32>>) -> Result<()> {
+        if self.broker_max_msg == 0 && tokens.len() > proto::release_batch_for(proto::MIN_MSG) {
+            // As for a batch request: learn the broker's limit, once.
+            self.hello_inner()?;
+        }
         let per = proto::release_batch_for(self.packet_limit());
         let batches: Vec<&[Token]> = tokens.chunks(per).collect();
         let (mut sent, mut read) = (0, 0);

@@ -471,7 +471,7 @@ impl Relay {
 /// message and one reply with this broker, after one HELLO on a new
 /// connection to learn it; in messages of 36 at most 1024 bytes when the
 /// broker says 1024, as older ones did. A batch that fits in 1024 bytes
-/// needs no HELLO.
+/// needs no HELLO. Releases are packed alike.
 #[test]
 fn a_batch_is_packed_to_the_packet_limit_the_broker_said() {
     use sockpass::proto::ty;
@@ -540,4 +540,15 @@ fn a_batch_is_packed_to_the_packet_limit_the_broker_said() {
     let sent = to_broker(&r.take());
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, ty::REQUEST_MANY);
+    // Releases likewise: 64 references held by single requests are
+    // released after one HELLO in one message.
+    let mut singles = Vec::new();
+    for s in &specs[3..] {
+        singles.push(c.request_socket(s, ShareMode::Any, "batch").unwrap());
+    }
+    r.take();
+    drop((g, singles));
+    assert_eq!(c.release_all().unwrap(), 64);
+    let sent = to_broker(&r.take());
+    assert_eq!(sent, [(ty::HELLO, 16), (ty::RELEASE_MANY, 10 + 64 * 24)]);
 }
