@@ -19,7 +19,8 @@ use std::os::raw::{c_char, c_int};
 /// digits and a NUL) at `tokens_out + i * SOCKPASS_TOKEN_SIZE`; `tokens_size`
 /// must then be at least `n * SOCKPASS_TOKEN_SIZE`. Nothing is written on
 /// failure. Up to 145 sockets travel in one message (36 to a broker that
-/// takes 1024-byte packets), more in several, all in flight at once. Errors: `-EFAULT` (`client`, `specs`, `shares` or
+/// takes 1024-byte packets), more in several, all in flight at once.
+/// Errors: `-EFAULT` (`client`, `specs`, `shares` or
 /// `fds_out` NULL with `n` > 0, a NULL spec), `-EINVAL` (a malformed spec or
 /// share mode, `n` > `INT_MAX`), `-ENOBUFS` (token buffer too small), and
 /// those of `sockpass_client_request_spec` for the refused spec.
