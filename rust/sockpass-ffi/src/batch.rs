@@ -2,7 +2,7 @@
 
 use crate::boundary::{c_str, call, fault, opt_c_str};
 use crate::client::{client_ref, share_mode, sockpass_client, write_token, SOCKPASS_TOKEN_SIZE};
-use sockpass::{Error, Kind, SocketSpec};
+use sockpass::{Error, Kind};
 use std::os::fd::IntoRawFd;
 use std::os::raw::{c_char, c_int};
 
@@ -70,8 +70,8 @@ pub unsafe extern "C" fn sockpass_client_request_many(
         let mut batch = Vec::with_capacity(n);
         for i in 0..n {
             let item = (|| {
-                let spec: SocketSpec =
-                    c_str(spec_ptrs[i], "spec", crate::SOCKPASS_MAX_STRING)?.parse()?;
+                // Parsed (and so checked) by the client as it packs.
+                let spec = c_str(spec_ptrs[i], "spec", crate::SOCKPASS_MAX_STRING)?;
                 let share = share_mode(share_vals[i])?;
                 let app = match app_ptrs {
                     Some(a) => opt_c_str(a[i], "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or(""),
@@ -82,7 +82,7 @@ pub unsafe extern "C" fn sockpass_client_request_many(
             .map_err(|e: Error| e.context(format_args!("spec {i} of {n}")))?;
             batch.push(item);
         }
-        let grants = c.with(|c| c.request_many(&batch))?;
+        let grants = c.with(|c| c.request_many_text(&batch))?;
         for (i, g) in grants.into_iter().enumerate() {
             if !tokens_out.is_null() {
                 write_token(tokens_out.add(i * SOCKPASS_TOKEN_SIZE), &g.token);

@@ -19,22 +19,56 @@ struct Message {
 /// What one SOCKETS reply brought: its grants with their fds, or why not.
 type Answer = Result<Vec<(GrantEntry, OwnedFd)>>;
 
+/// The specs of one call, as given: parsed (checked when packed), or as
+/// text (parsed when packed, which checks them: a spec from C is not
+/// checked twice).
+#[derive(Clone, Copy)]
+enum Specs<'a> {
+    Parsed(&'a [(SocketSpec, ShareMode, &'a str)]),
+    Text(&'a [(&'a str, ShareMode, &'a str)]),
+}
+
+impl Specs<'_> {
+    fn len(self) -> usize {
+        match self {
+            Specs::Parsed(v) => v.len(),
+            Specs::Text(v) => v.len(),
+        }
+    }
+
+    /// Append spec `i`'s REQUEST_MANY item to `out`.
+    fn encode(self, i: usize, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            Specs::Parsed(v) => {
+                let (spec, share, app) = &v[i];
+                spec.validate()?;
+                proto::encode_request_item(out, spec, *share, app, 0)
+            }
+            Specs::Text(v) => {
+                let (text, share, app) = v[i];
+                let spec: SocketSpec = text.parse()?;
+                proto::encode_request_item(out, &spec, share, app, 0)
+            }
+        }
+    }
+}
+
 /// Pack the specs into messages of at most `max_msg` bytes (the broker's
 /// packet limit), each with no more specs than its SOCKETS reply of at most
 /// `max_msg` bytes holds ([`proto::request_batch_for`]).
 fn pack(
-    specs: &[(SocketSpec, ShareMode, &str)],
+    specs: Specs<'_>,
     max_msg: usize,
     mut id: impl FnMut() -> Result<u32>,
 ) -> Result<Vec<Message>> {
     let per = proto::request_batch_for(max_msg);
     let mut msgs: Vec<Message> = Vec::new();
     let mut item = Vec::new();
-    for (i, (spec, share, app)) in specs.iter().enumerate() {
-        spec.validate()
-            .map_err(|e| e.context(format_args!("spec {i} of {}", specs.len())))?;
+    for i in 0..specs.len() {
         item.clear();
-        proto::encode_request_item(&mut item, spec, *share, app, 0)?;
+        specs
+            .encode(i, &mut item)
+            .map_err(|e| e.context(format_args!("spec {i} of {}", specs.len())))?;
         let fits = msgs
             .last()
             .is_some_and(|m| m.count < per && m.bytes.len() + item.len() <= max_msg);
@@ -97,17 +131,25 @@ impl Client {
     /// that has not said HELLO says it first, once, to learn the broker's
     /// limit.
     pub fn request_many(&mut self, specs: &[(SocketSpec, ShareMode, &str)]) -> Result<Vec<Grant>> {
-        if specs.is_empty() {
+        self.request_specs(Specs::Parsed(specs))
+    }
+
+    /// [`Client::request_many`] with each spec as text, parsed here (a
+    /// spec that does not parse is refused before anything is sent, named
+    /// `spec I of N: …`).
+    pub fn request_many_text(&mut self, specs: &[(&str, ShareMode, &str)]) -> Result<Vec<Grant>> {
+        self.request_specs(Specs::Text(specs))
+    }
+
+    fn request_specs(&mut self, specs: Specs<'_>) -> Result<Vec<Grant>> {
+        if specs.len() == 0 {
             return Ok(Vec::new());
         }
         let r = self.request_many_inner(specs);
         self.settle(r)
     }
 
-    fn request_many_inner(
-        &mut self,
-        specs: &[(SocketSpec, ShareMode, &str)],
-    ) -> Result<Vec<Grant>> {
+    fn request_many_inner(&mut self, specs: Specs<'_>) -> Result<Vec<Grant>> {
         let limit = self.packet_limit();
         let mut msgs = pack(specs, limit, || self.take_id())?;
         if msgs.len() > 1 && self.broker_max_msg == 0 {
@@ -276,11 +318,26 @@ mod tests {
     /// limit and its reply against the same limit; return the counts.
     fn counts(specs: &[(SocketSpec, ShareMode, &str)], limit: usize) -> Vec<usize> {
         let mut next = 0;
-        let msgs = pack(specs, limit, || {
+        let msgs = pack(Specs::Parsed(specs), limit, || {
             next += 1;
             Ok(next)
         })
         .unwrap();
+        // The same specs as text pack to the same bytes.
+        let texts: Vec<String> = specs.iter().map(|(s, _, _)| s.to_string()).collect();
+        let text: Vec<(&str, ShareMode, &str)> = specs
+            .iter()
+            .zip(&texts)
+            .map(|((_, share, app), t)| (t.as_str(), *share, *app))
+            .collect();
+        let mut next = 0;
+        let again = pack(Specs::Text(&text), limit, || {
+            next += 1;
+            Ok(next)
+        })
+        .unwrap();
+        assert!(msgs.iter().zip(&again).all(|(a, b)| a.bytes == b.bytes));
+        assert_eq!(msgs.len(), again.len());
         let mut first = 0;
         for m in &msgs {
             assert!(
@@ -321,5 +378,27 @@ mod tests {
         assert!(c.len() > 2 && c.iter().all(|&n| n < 36), "{c:?}");
         let c = counts(&s, proto::MAX_MSG);
         assert!(c.len() < 64 / 3, "{c:?}");
+    }
+
+    /// A spec as text that does not parse, or a built spec that is not
+    /// valid, is refused before anything is packed, and named.
+    #[test]
+    fn a_bad_spec_is_named_before_packing() {
+        let text = [
+            ("udp:127.0.0.1:53", ShareMode::Any, ""),
+            ("udp:nowhere", ShareMode::Any, ""),
+        ];
+        let e = pack(Specs::Text(&text), proto::MAX_MSG, || Ok(1))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), Kind::BadRequest);
+        assert!(e.message().starts_with("spec 1 of 2: "), "{e}");
+        let mut built: SocketSpec = "udp:127.0.0.1:53".parse().unwrap();
+        built.options.backlog = Some(4);
+        let parsed = [(built, ShareMode::Any, "")];
+        let e = pack(Specs::Parsed(&parsed), proto::MAX_MSG, || Ok(1))
+            .err()
+            .unwrap();
+        assert!(e.message().starts_with("spec 0 of 1: "), "{e}");
     }
 }
