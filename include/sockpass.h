@@ -56,7 +56,8 @@
 // Longest string any argument may be, in bytes (a longer one is
 // `-ENAMETOOLONG`). The broker bounds requests further: an application
 // name is at most `SOCKPASS_MAX_APP_NAME` bytes, a whole request message
-// 1024 bytes (address, options and name together), and a unix socket path
+// 4096 bytes (address, options and name together; 1024 for brokers before
+// the 4 KiB packet limit), and a unix socket path
 // 107 bytes.
 #define SOCKPASS_MAX_STRING 4095
 
@@ -351,9 +352,10 @@ int sockpass_client_release(sockpass_client *client,
 int sockpass_client_release_fd(sockpass_client *client,
                                int fd);
 
-// Release many references by token (each borrowed): up to 42 tokens a
-// message, several messages in flight, so `n_tokens` releases cost about
-// `n_tokens / 42` round trips, not `n_tokens`. Every
+// Release many references by token (each borrowed): up to 170 tokens a
+// message (42 to a broker that takes 1024-byte packets), several messages
+// in flight, so `n_tokens` releases cost a round trip or a few, not
+// `n_tokens`. Every
 // token is checked before anything is sent: a NULL or malformed one fails
 // the whole call. `results` is NULL or room for `n_tokens` ints, written on
 // success only: for each token, the references left on its socket or a
@@ -445,8 +447,9 @@ int sockpass_release_fd_default(int fd);
 // caller) to `fds_out[i]` and, if `tokens_out` is not NULL, its token (48 hex
 // digits and a NUL) at `tokens_out + i * SOCKPASS_TOKEN_SIZE`; `tokens_size`
 // must then be at least `n * SOCKPASS_TOKEN_SIZE`. Nothing is written on
-// failure. Up to 36 sockets travel in one message, more in several, all in
-// flight at once. Errors: `-EFAULT` (`client`, `specs`, `shares` or
+// failure. Up to 145 sockets travel in one message (36 to a broker that
+// takes 1024-byte packets), more in several, all in flight at once.
+// Errors: `-EFAULT` (`client`, `specs`, `shares` or
 // `fds_out` NULL with `n` > 0, a NULL spec), `-EINVAL` (a malformed spec or
 // share mode, `n` > `INT_MAX`), `-ENOBUFS` (token buffer too small), and
 // those of `sockpass_client_request_spec` for the refused spec.

@@ -243,8 +243,8 @@ class Client:
         share_mode: Share | int = Share.NONE,
         app_name: str | None = None,
     ) -> list[tuple[int, str]]:
-        """Many sockets in one batch (one round trip for up to 36, their fds
-        in one message; more pipelined). Each item is a spec string, which
+        """Many sockets in one batch (one round trip for up to 145, their
+        fds in one message; more pipelined). Each item is a spec string, which
         takes ``share_mode`` and ``app_name``, or a tuple ``(spec,
         share_mode[, app_name])``. All or nothing: returns ``(fd, token)`` for
         each, in order, or raises (naming the refused spec, ``spec I of N``)
@@ -295,7 +295,7 @@ class Client:
         return self._native.release(fd_or_token)
 
     def release_many(self, tokens: Iterable[str]) -> list[int | OSError]:
-        """Release many references by token, up to 42 a message and several
+        """Release many references by token, up to 170 a message and several
         messages in flight: far fewer round trips than one ``release`` a
         token. Returns one result per token, in
         order: the references left on its socket, or the exception for that

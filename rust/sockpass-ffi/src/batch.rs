@@ -2,7 +2,7 @@
 
 use crate::boundary::{c_str, call, fault, opt_c_str};
 use crate::client::{client_ref, share_mode, sockpass_client, write_token, SOCKPASS_TOKEN_SIZE};
-use sockpass::{Error, Kind, SocketSpec};
+use sockpass::{Error, Kind};
 use std::os::fd::IntoRawFd;
 use std::os::raw::{c_char, c_int};
 
@@ -18,8 +18,9 @@ use std::os::raw::{c_char, c_int};
 /// caller) to `fds_out[i]` and, if `tokens_out` is not NULL, its token (48 hex
 /// digits and a NUL) at `tokens_out + i * SOCKPASS_TOKEN_SIZE`; `tokens_size`
 /// must then be at least `n * SOCKPASS_TOKEN_SIZE`. Nothing is written on
-/// failure. Up to 36 sockets travel in one message, more in several, all in
-/// flight at once. Errors: `-EFAULT` (`client`, `specs`, `shares` or
+/// failure. Up to 145 sockets travel in one message (36 to a broker that
+/// takes 1024-byte packets), more in several, all in flight at once.
+/// Errors: `-EFAULT` (`client`, `specs`, `shares` or
 /// `fds_out` NULL with `n` > 0, a NULL spec), `-EINVAL` (a malformed spec or
 /// share mode, `n` > `INT_MAX`), `-ENOBUFS` (token buffer too small), and
 /// those of `sockpass_client_request_spec` for the refused spec.
@@ -69,8 +70,8 @@ pub unsafe extern "C" fn sockpass_client_request_many(
         let mut batch = Vec::with_capacity(n);
         for i in 0..n {
             let item = (|| {
-                let spec: SocketSpec =
-                    c_str(spec_ptrs[i], "spec", crate::SOCKPASS_MAX_STRING)?.parse()?;
+                // Parsed (and so checked) by the client as it packs.
+                let spec = c_str(spec_ptrs[i], "spec", crate::SOCKPASS_MAX_STRING)?;
                 let share = share_mode(share_vals[i])?;
                 let app = match app_ptrs {
                     Some(a) => opt_c_str(a[i], "app", crate::SOCKPASS_MAX_STRING)?.unwrap_or(""),
@@ -81,7 +82,7 @@ pub unsafe extern "C" fn sockpass_client_request_many(
             .map_err(|e: Error| e.context(format_args!("spec {i} of {n}")))?;
             batch.push(item);
         }
-        let grants = c.with(|c| c.request_many(&batch))?;
+        let grants = c.with(|c| c.request_many_text(&batch))?;
         for (i, g) in grants.into_iter().enumerate() {
             if !tokens_out.is_null() {
                 write_token(tokens_out.add(i * SOCKPASS_TOKEN_SIZE), &g.token);

@@ -35,7 +35,8 @@ pub const SOCKPASS_TOKEN_SIZE: usize = 49;
 /// Longest string any argument may be, in bytes (a longer one is
 /// `-ENAMETOOLONG`). The broker bounds requests further: an application
 /// name is at most `SOCKPASS_MAX_APP_NAME` bytes, a whole request message
-/// 1024 bytes (address, options and name together), and a unix socket path
+/// 4096 bytes (address, options and name together; 1024 for brokers before
+/// the 4 KiB packet limit), and a unix socket path
 /// 107 bytes.
 pub const SOCKPASS_MAX_STRING: usize = 4095;
 
@@ -478,9 +479,10 @@ pub unsafe extern "C" fn sockpass_client_release_fd(
     })
 }
 
-/// Release many references by token (each borrowed): up to 42 tokens a
-/// message, several messages in flight, so `n_tokens` releases cost about
-/// `n_tokens / 42` round trips, not `n_tokens`. Every
+/// Release many references by token (each borrowed): up to 170 tokens a
+/// message (42 to a broker that takes 1024-byte packets), several messages
+/// in flight, so `n_tokens` releases cost a round trip or a few, not
+/// `n_tokens`. Every
 /// token is checked before anything is sent: a NULL or malformed one fails
 /// the whole call. `results` is NULL or room for `n_tokens` ints, written on
 /// success only: for each token, the references left on its socket or a

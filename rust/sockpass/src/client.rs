@@ -107,6 +107,9 @@ pub struct Client {
     published: Option<Arc<AtomicI32>>,
     next_id: u32,
     broker_pid: u32,
+    /// The largest packet the broker said it accepts (HELLO_OK), within
+    /// [`proto::MIN_MSG`]..=[`proto::MAX_MSG`]; 0 before the handshake.
+    broker_max_msg: usize,
     fd_tokens: HashMap<RawFd, Token, KeyedState>,
     /// References still held whose fd number a later grant reused (the
     /// caller had closed that fd): released by token or by `release_all`.
@@ -247,6 +250,7 @@ impl Client {
             published: None,
             next_id: 1,
             broker_pid: 0,
+            broker_max_msg: 0,
             fd_tokens: HashMap::default(),
             unmapped: HashSet::default(),
             // Grown by the first message encoded here (a request by parts
@@ -281,7 +285,7 @@ impl Client {
         self.publish(self.as_raw_fd());
         self.gen = crate::forkgen::at_connect();
         self.closed_by = None;
-        (self.next_id, self.broker_pid) = (1, 0);
+        (self.next_id, self.broker_pid, self.broker_max_msg) = (1, 0, 0);
         Ok(())
     }
 
@@ -364,9 +368,20 @@ impl Client {
         let mut r = Reader::new(&self.rbuf[proto::HEADER_LEN..n]);
         let _version = r.u8()?;
         r.bytes(3)?;
-        let _max = r.u32()?;
+        let max = r.u32()?;
         self.broker_pid = r.u32()?;
+        // Every version-1 broker takes MIN_MSG; below that it misspoke.
+        self.broker_max_msg = (max as usize).clamp(proto::MIN_MSG, proto::MAX_MSG);
         Ok(self.broker_pid)
+    }
+
+    /// The largest packet to send this broker: what it said it accepts, or,
+    /// before the handshake, what every version-1 broker accepts.
+    fn packet_limit(&self) -> usize {
+        match self.broker_max_msg {
+            0 => proto::MIN_MSG,
+            n => n,
+        }
     }
 
     /// The broker's socket path.
@@ -771,7 +786,9 @@ impl Client {
     }
 
     /// Release many references: up to [`proto::MAX_RELEASE_BATCH`] tokens a
-    /// message (RELEASE_MANY), and up to [`PIPELINE_WINDOW`] messages in
+    /// message (RELEASE_MANY; 42 to a broker that takes 1024-byte packets;
+    /// more than 42 on a connection that has not said HELLO say it first,
+    /// once, to learn the broker's limit), and up to [`PIPELINE_WINDOW`] messages in
     /// flight, not one round trip each. Returns one result per token, in
     /// order; a lost connection or a timeout ends the call with `Err`.
     pub fn release_many(&mut self, tokens: &[Token]) -> Result<Vec<Result<u32>>> {
@@ -798,7 +815,12 @@ impl Client {
     }
 
     fn release_batches(&mut self, tokens: &[Token], out: &mut Vec<Result<u32>>) -> Result<()> {
-        let batches: Vec<&[Token]> = tokens.chunks(proto::MAX_RELEASE_BATCH).collect();
+        if self.broker_max_msg == 0 && tokens.len() > proto::release_batch_for(proto::MIN_MSG) {
+            // As for a batch request: learn the broker's limit, once.
+            self.hello_inner()?;
+        }
+        let per = proto::release_batch_for(self.packet_limit());
+        let batches: Vec<&[Token]> = tokens.chunks(per).collect();
         let (mut sent, mut read) = (0, 0);
         let mut id = self.next_id;
         while read < batches.len() {

@@ -11,8 +11,14 @@ use crate::token::Token;
 
 pub const VERSION: u8 = 1;
 pub const MAGIC: [u8; 4] = *b"SPAS";
-/// Largest packet either side sends or accepts.
-pub const MAX_MSG: usize = 1024;
+/// Largest packet this side sends or accepts (a page). A broker advertises
+/// its own in HELLO_OK; a client packs its batches to the smaller of the two.
+pub const MAX_MSG: usize = 4096;
+/// The packet every version-1 broker accepts (brokers before the 4 KiB
+/// limit took 1024 bytes), and the most any reply a client did not size
+/// itself takes (an ERROR's message is cut to fit it), so every version-1
+/// client reads every reply whole.
+pub const MIN_MSG: usize = 1024;
 pub const HEADER_LEN: usize = 8;
 /// Longest application name.
 pub const MAX_APP: usize = 255;
@@ -38,8 +44,13 @@ pub mod ty {
     pub const ERROR: u8 = 0xFF;
 }
 
-/// Most tokens one RELEASE_MANY carries: as many as fit in a packet.
-pub const MAX_RELEASE_BATCH: usize = (MAX_MSG - HEADER_LEN - 2) / Token::LEN;
+/// Most tokens one RELEASE_MANY carries: as many as fit in a packet (170).
+pub const MAX_RELEASE_BATCH: usize = release_batch_for(MAX_MSG);
+
+/// Most tokens a RELEASE_MANY of at most `max_msg` bytes carries.
+pub const fn release_batch_for(max_msg: usize) -> usize {
+    (max_msg - HEADER_LEN - 2) / Token::LEN
+}
 /// Bytes per token in a RELEASED_MANY reply.
 pub const RELEASED_ENTRY_LEN: usize = 8;
 
@@ -150,8 +161,20 @@ impl<'a> Reader<'a> {
 /// One grant in a SOCKETS reply: token, port, cached, reserved.
 pub const GRANT_ENTRY_LEN: usize = Token::LEN + 4;
 /// Most specs one REQUEST_MANY carries: as many grants as fit in the reply
-/// (36; their fds are far below the kernel's 253 a message).
-pub const MAX_REQUEST_BATCH: usize = (MAX_MSG - HEADER_LEN - 2) / GRANT_ENTRY_LEN;
+/// (145; their fds within the kernel's 253 a message).
+pub const MAX_REQUEST_BATCH: usize = request_batch_for(MAX_MSG);
+
+/// Most specs a REQUEST_MANY carries whose SOCKETS reply is at most
+/// `max_msg` bytes (36 for the 1024 of older brokers), never more fds than
+/// one `SCM_RIGHTS` message holds.
+pub const fn request_batch_for(max_msg: usize) -> usize {
+    let n = (max_msg - HEADER_LEN - 2) / GRANT_ENTRY_LEN;
+    if n < crate::fdpass::MAX_FDS {
+        n
+    } else {
+        crate::fdpass::MAX_FDS
+    }
+}
 
 /// A decoded request (client → broker).
 #[derive(Debug, PartialEq, Eq)]
@@ -521,9 +544,10 @@ pub fn encode_error(out: &mut Vec<u8>, id: u32, e: &Error) {
     out.extend_from_slice(&e.kind().wire().to_le_bytes());
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&e.errno().to_le_bytes());
-    // Keep the message within the packet limit, on a char boundary.
+    // Keep the message within the packet every version-1 client reads
+    // whole (older ones receive into 1024 bytes), on a char boundary.
     let mut m = e.message();
-    let room = MAX_MSG - out.len() - 2;
+    let room = MIN_MSG - out.len() - 2;
     if m.len() > room {
         let mut cut = room;
         while !m.is_char_boundary(cut) {
@@ -830,6 +854,11 @@ mod tests {
         assert!(v[1].reserved && !v[1].cached);
         assert!(decode_sockets(&out[..out.len() - 1]).is_err());
         const { assert!(HEADER_LEN + 2 + MAX_REQUEST_BATCH * GRANT_ENTRY_LEN <= MAX_MSG) };
+        const { assert!(MAX_REQUEST_BATCH <= crate::fdpass::MAX_FDS) };
+        // What older brokers (1024-byte packets) took, and what a page takes.
+        assert_eq!(request_batch_for(MIN_MSG), 36);
+        assert_eq!(release_batch_for(MIN_MSG), 42);
+        assert_eq!((MAX_REQUEST_BATCH, MAX_RELEASE_BATCH), (145, 170));
     }
 
     #[test]
@@ -921,7 +950,7 @@ mod tests {
         let e = Error::with_errno(Kind::AddressInUse, libc::EADDRINUSE, "é".repeat(2000));
         let mut out = Vec::new();
         encode_error(&mut out, 1, &e);
-        assert!(out.len() <= MAX_MSG);
+        assert!(out.len() <= MIN_MSG);
         let back = decode_error(&out[HEADER_LEN..]).unwrap();
         assert_eq!(back.kind(), Kind::AddressInUse);
         assert_eq!(back.errno(), libc::EADDRINUSE);

@@ -148,9 +148,10 @@ fn a_batch_refused_by_policy_leaves_nothing() {
     let mut c = b.client();
     let before = (1, 1);
     let fds = my_fds();
-    // Small: refused before anything is made. Large: the policy refusal is
+    // Small, 64, and the most one message carries: refused before anything
+    // is made, or what was made dropped again. Larger: the policy refusal is
     // in the last of several messages, the earlier ones are given back.
-    for n in [3, 100] {
+    for n in [3, 64, sockpass::proto::MAX_REQUEST_BATCH, 200] {
         let new = free_ports(n - 2, &[denied, shared.port]);
         let mut specs: Vec<SocketSpec> = new.iter().map(|p| udp(*p)).collect();
         specs.push(shared.clone());
@@ -185,7 +186,7 @@ fn a_batch_refused_by_sharing_leaves_nothing() {
         .unwrap();
     let mut c = b.client();
     let fds = my_fds();
-    for n in [4, 90] {
+    for n in [4, 64, sockpass::proto::MAX_REQUEST_BATCH, 200] {
         let new = free_ports(n - 2, &[exclusive.port, shared.port]);
         let mut specs: Vec<SocketSpec> = new.iter().map(|p| udp(*p)).collect();
         specs.insert(1, shared.clone());
@@ -381,4 +382,173 @@ fn a_client_out_of_fds_releases_the_batch() {
         0,
         "the batch's sockets are closed"
     );
+}
+
+/// What passed a [`Relay`]: per packet, whether it went to the broker, its
+/// type, length and fds.
+type Seen = std::sync::Arc<Mutex<Vec<(bool, u8, usize, usize)>>>;
+
+/// A relay between one client and the real broker, at a path of its own:
+/// it passes every packet (and its fds) on as it is and notes it, and can
+/// rewrite the HELLO_OK's packet limit to `limit`, as an older broker that
+/// took 1024-byte packets said.
+struct Relay {
+    path: std::path::PathBuf,
+    seen: Seen,
+    _dir: std::path::PathBuf,
+}
+
+impl Relay {
+    fn start(b: &Broker, tag: &str, limit: Option<u32>) -> Relay {
+        use sockpass::fdpass::{recv_fds, send_fds};
+        use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+        let dir = temp_dir(tag);
+        let path = dir.join("relay.sock");
+        let l = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+        sockpass::sys::bind_unix(&l, path_str(&path).as_bytes()).unwrap();
+        // SAFETY: listen on our socket.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 1) }, 0);
+        let seen = Seen::default();
+        let (log, broker) = (seen.clone(), path_str(&b.path));
+        std::thread::spawn(move || {
+            // SAFETY: accept on our listener; the fd returned is ours.
+            let c = unsafe {
+                libc::accept4(
+                    l.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            assert!(c >= 0);
+            // SAFETY: just accepted, owned here.
+            let c = unsafe { OwnedFd::from_raw_fd(c) };
+            let up = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+            sockpass::sys::connect_unix(&up, broker.as_bytes()).unwrap();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let mut p = [c.as_raw_fd(), up.as_raw_fd()].map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                // SAFETY: two valid pollfds.
+                unsafe { libc::poll(p.as_mut_ptr(), 2, -1) };
+                for (i, (from, to)) in [(&c, &up), (&up, &c)].into_iter().enumerate() {
+                    if p[i].revents == 0 {
+                        continue;
+                    }
+                    let r = match recv_fds(from.as_fd(), &mut buf, sockpass::fdpass::MAX_FDS, 0) {
+                        Ok(r) if r.len > 0 => r,
+                        _ => return,
+                    };
+                    let ty = buf[1];
+                    if let (Some(n), sockpass::proto::ty::HELLO_OK) = (limit, ty) {
+                        buf[12..16].copy_from_slice(&n.to_le_bytes());
+                    }
+                    log.lock().unwrap().push((i == 0, ty, r.len, r.fds.len()));
+                    let fds: Vec<_> = r.fds.iter().map(|f| f.as_fd()).collect();
+                    if send_fds(to.as_fd(), &buf[..r.len], &fds, 0).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Relay {
+            path,
+            seen,
+            _dir: dir,
+        }
+    }
+
+    /// The packets seen since the last call.
+    fn take(&self) -> Vec<(bool, u8, usize, usize)> {
+        std::mem::take(&mut self.seen.lock().unwrap())
+    }
+}
+
+/// The client packs a batch to the broker's packet limit: 64 specs in one
+/// message and one reply with this broker, after one HELLO on a new
+/// connection to learn it; in messages of 36 at most 1024 bytes when the
+/// broker says 1024, as older ones did. A batch that fits in 1024 bytes
+/// needs no HELLO. Releases are packed alike.
+#[test]
+fn a_batch_is_packed_to_the_packet_limit_the_broker_said() {
+    use sockpass::proto::ty;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-limit");
+    let specs: Vec<SocketSpec> = free_ports(64, &[]).into_iter().map(udp).collect();
+    let to_broker = |seen: &[(bool, u8, usize, usize)]| -> Vec<(u8, usize)> {
+        seen.iter().filter(|s| s.0).map(|s| (s.1, s.2)).collect()
+    };
+    let from_broker = |seen: &[(bool, u8, usize, usize)]| -> Vec<(u8, usize)> {
+        seen.iter().filter(|s| !s.0).map(|s| (s.1, s.3)).collect()
+    };
+
+    // This broker: HELLO, then one message each way, twice.
+    let r = Relay::start(&b, "relay-page", None);
+    let mut c = sockpass::Client::connect(&r.path).unwrap();
+    for round in 0..2 {
+        let g = c.request_many(&batch(&specs, ShareMode::Any)).unwrap();
+        assert_eq!(g.len(), 64);
+        let seen = r.take();
+        let want_hello = round == 0;
+        let sent = to_broker(&seen);
+        let got = from_broker(&seen);
+        let k = usize::from(want_hello);
+        assert_eq!(sent.len(), 1 + k, "round {round}: {sent:?}");
+        assert_eq!(sent[k].0, ty::REQUEST_MANY);
+        assert!(sent[k].1 > 1024, "{sent:?}");
+        assert_eq!(got[k..], [(ty::SOCKETS, 64)], "round {round}: {got:?}");
+        drop(g);
+        assert_eq!(c.release_all().unwrap(), 64);
+        assert_eq!(to_broker(&r.take()), [(ty::RELEASE_MANY, 10 + 64 * 24)]);
+    }
+
+    // A broker that says 1024: messages of at most 1024 bytes, 36 grants.
+    let r = Relay::start(&b, "relay-1024", Some(1024));
+    let mut c = sockpass::Client::connect(&r.path).unwrap();
+    let g = c.request_many(&batch(&specs, ShareMode::Any)).unwrap();
+    assert_eq!(g.len(), 64);
+    let seen = r.take();
+    let sent = to_broker(&seen);
+    assert_eq!(sent[0].0, ty::HELLO);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(
+        sent[1..]
+            .iter()
+            .all(|(t, n)| *t == ty::REQUEST_MANY && *n <= 1024),
+        "{sent:?}"
+    );
+    assert_eq!(
+        from_broker(&seen)[1..],
+        [(ty::SOCKETS, 36), (ty::SOCKETS, 28)]
+    );
+    drop(g);
+    assert_eq!(c.release_all().unwrap(), 64);
+    let sent = to_broker(&r.take());
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent
+        .iter()
+        .all(|(t, n)| *t == ty::RELEASE_MANY && *n <= 1024));
+
+    // A small batch on a new connection: no HELLO, one message.
+    let r = Relay::start(&b, "relay-small", None);
+    let mut c = sockpass::Client::connect(&r.path).unwrap();
+    let g = c.request_many(&batch(&specs[..3], ShareMode::Any)).unwrap();
+    assert_eq!(g.len(), 3);
+    let sent = to_broker(&r.take());
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, ty::REQUEST_MANY);
+    // Releases likewise: 64 references held by single requests are
+    // released after one HELLO in one message.
+    let mut singles = Vec::new();
+    for s in &specs[3..] {
+        singles.push(c.request_socket(s, ShareMode::Any, "batch").unwrap());
+    }
+    r.take();
+    drop((g, singles));
+    assert_eq!(c.release_all().unwrap(), 64);
+    let sent = to_broker(&r.take());
+    assert_eq!(sent, [(ty::HELLO, 16), (ty::RELEASE_MANY, 10 + 64 * 24)]);
 }

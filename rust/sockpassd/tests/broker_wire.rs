@@ -75,7 +75,11 @@ fn the_protocol_document_drives_the_broker() {
     assert_eq!((r.len, r.fds.len()), (20, 0));
     assert_eq!(&buf[..8], &[1, 0x81, 0, 0, 1, 0, 0, 0], "HELLO_OK, id 1");
     assert_eq!(buf[8], 1, "version");
-    assert_eq!(u32::from_le_bytes(buf[12..16].try_into().unwrap()), 1024);
+    assert_eq!(
+        u32::from_le_bytes(buf[12..16].try_into().unwrap()),
+        4096,
+        "the packet limit, a page"
+    );
     assert_eq!(
         u32::from_le_bytes(buf[16..20].try_into().unwrap()),
         b.pid() as u32
@@ -225,6 +229,24 @@ fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
             "oversized",
             vec![1u8; proto::MAX_MSG * 4],
             Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "one byte over the packet limit",
+            {
+                let mut v = valid.clone();
+                v.resize(proto::MAX_MSG + 1, 0);
+                v
+            },
+            Outcome::Error(Kind::Protocol),
+        ),
+        (
+            "a packet of the limit, trailing bytes",
+            {
+                let mut v = valid.clone();
+                v.resize(proto::MAX_MSG, 0);
+                v
+            },
+            Outcome::Error(Kind::BadRequest),
         ),
         (
             "unknown share mode",
@@ -413,7 +435,13 @@ fn bad_input_gets_an_error_or_a_disconnect_and_disturbs_nobody() {
         ("PICKUP with a short token", pickup_short),
         ("STATUS with trailing bytes", status_trailing),
         ("RELEASE_MANY of 0 tokens", release_many(0, 0)),
-        ("RELEASE_MANY saying 43 tokens", release_many(43, 42)),
+        (
+            "RELEASE_MANY saying one token more than the most",
+            release_many(
+                proto::MAX_RELEASE_BATCH as u16 + 1,
+                proto::MAX_RELEASE_BATCH,
+            ),
+        ),
         ("RELEASE_MANY count past its tokens", release_many(3, 2)),
         ("RELEASE_MANY with bytes past its tokens", {
             let mut v = release_many(2, 2);
@@ -634,4 +662,262 @@ fn known_spec_bytes_are_answered_as_the_full_path_answers() {
         assert_eq!(inode(&g.fd), inode(&g4.fd));
     }
     assert_eq!(b.status().sockets.len(), 2);
+}
+
+/// One REQUEST_MANY of `items` (spec, share), application "batch", id `id`.
+fn request_many_bytes(id: u32, items: &[(SocketSpec, ShareMode)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    proto::begin_request_many(&mut out, id);
+    for (s, share) in items {
+        proto::encode_request_item(&mut out, s, *share, "batch", 0).unwrap();
+    }
+    proto::finish_request_many(&mut out, items.len());
+    out
+}
+
+/// Send one message and receive one reply, with room for a packet of the
+/// limit and every fd one `SCM_RIGHTS` message can carry; then check that
+/// no second message follows it.
+fn one_round_trip(fd: &OwnedFd, msg: &[u8]) -> (proto::Header, Vec<u8>, Vec<OwnedFd>) {
+    send_fds(fd.as_fd(), msg, &[], 0).unwrap();
+    let mut buf = vec![0u8; proto::MAX_MSG];
+    let r = recv_fds(fd.as_fd(), &mut buf, sockpass::fdpass::MAX_FDS, 0).expect("a reply");
+    let h = proto::Header::parse(&buf[..r.len]).unwrap();
+    assert_eq!(
+        recv_fds(fd.as_fd(), &mut buf, 1, libc::MSG_DONTWAIT).unwrap_err(),
+        sockpass::fdpass::RecvError::Os(libc::EAGAIN),
+        "one reply message, nothing after it"
+    );
+    (h, buf[proto::HEADER_LEN..r.len].to_vec(), r.fds)
+}
+
+/// The grants of a SOCKETS reply to the specs `ports` (0: any), each fd a
+/// distinct UDP socket bound to its grant's port, which is the spec's.
+fn check_grants(payload: &[u8], fds: &[OwnedFd], ports: &[u16]) -> Vec<u64> {
+    let grants = proto::decode_sockets(payload).unwrap();
+    assert_eq!((grants.len(), fds.len()), (ports.len(), ports.len()));
+    let mut inodes = Vec::new();
+    for ((g, fd), want) in grants.iter().zip(fds).zip(ports) {
+        assert!(!g.reserved);
+        assert!(*want == 0 || g.port == *want, "{} for {want}", g.port);
+        let udp = UdpSocket::from(fd.try_clone().unwrap());
+        assert_eq!(udp.local_addr().unwrap().port(), g.port);
+        inodes.push(inode(fd));
+    }
+    let distinct: std::collections::HashSet<_> = inodes.iter().collect();
+    assert_eq!(distinct.len(), ports.len(), "distinct sockets");
+    inodes
+}
+
+/// `n` distinct UDP ports on 127.0.0.1 free now, below the kernel's
+/// ephemeral range (32768 up), so no port-0 socket made meanwhile, by the
+/// other tests here or anyone, takes one before the broker binds it.
+fn free_low_ports(n: usize) -> Vec<u16> {
+    let mut x = std::process::id() as u64 ^ (time_seed() << 16);
+    let mut out: Vec<u16> = Vec::new();
+    while out.len() < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let p = 10_000 + ((x >> 33) % 22_000) as u16;
+        if !out.contains(&p) && can_bind(true, p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Some bits that differ between runs.
+fn time_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+/// 64 specs travel in one REQUEST_MANY (more than the 1024 bytes of older
+/// brokers) and come back in one SOCKETS message with 64 grants and 64
+/// fds; a second connection gets the same 64 sockets from the cache, again
+/// in one message each way.
+#[test]
+fn a_batch_of_64_is_one_message_each_way() {
+    let b = Broker::start("batch64");
+    let ports = free_low_ports(64);
+    let items: Vec<_> = ports
+        .iter()
+        .map(|p| (spec(&format!("udp:127.0.0.1:{p}")), ShareMode::Any))
+        .collect();
+    let msg = request_many_bytes(7, &items);
+    assert!(msg.len() > 1024, "{} bytes: past the old limit", msg.len());
+    let first = raw_conn(&b);
+    let (h, payload, fds) = one_round_trip(&first, &msg);
+    assert_eq!((h.ty, h.id), (proto::ty::SOCKETS, 7));
+    assert!(payload.len() > 1024 - proto::HEADER_LEN, "the reply too");
+    let made = check_grants(&payload, &fds, &ports);
+    assert!(proto::decode_sockets(&payload)
+        .unwrap()
+        .iter()
+        .all(|g| !g.cached));
+
+    let second = raw_conn(&b);
+    let (h, payload, fds2) = one_round_trip(&second, &msg);
+    assert_eq!(h.ty, proto::ty::SOCKETS);
+    assert_eq!(
+        check_grants(&payload, &fds2, &ports),
+        made,
+        "the same sockets"
+    );
+    assert!(proto::decode_sockets(&payload)
+        .unwrap()
+        .iter()
+        .all(|g| g.cached));
+    let st = b.status();
+    assert_eq!((st.counters.sockets, st.counters.references), (64, 128));
+    drop((first, second));
+    wait_for("the references dropped with the connections", || {
+        (b.status().counters.sockets == 0).then_some(())
+    });
+}
+
+/// The most specs one message carries are granted in one reply; one more is
+/// refused as a whole, clearly; and at the most, one refused spec among
+/// them leaves nothing: no fd sent, no reference or socket kept.
+#[test]
+fn the_largest_batch_is_one_message_and_all_or_nothing() {
+    let b = Broker::start("batchmax");
+    let max = proto::MAX_REQUEST_BATCH;
+    assert!((64..=sockpass::fdpass::MAX_FDS).contains(&max));
+    let any = || (spec("udp:127.0.0.1:0"), ShareMode::None);
+    let fd = raw_conn(&b);
+    let msg = request_many_bytes(1, &vec![any(); max]);
+    let (h, payload, fds) = one_round_trip(&fd, &msg);
+    assert_eq!(h.ty, proto::ty::SOCKETS);
+    check_grants(&payload, &fds, &vec![0; max]);
+    assert_eq!(b.status().counters.references, max as u32);
+    drop(fds);
+
+    // One more: refused, the connection kept.
+    let msg = request_many_bytes(2, &vec![any(); max + 1]);
+    assert!(msg.len() <= proto::MAX_MSG);
+    let (h, payload, fds) = one_round_trip(&fd, &msg);
+    assert_eq!((h.ty, fds.len()), (proto::ty::ERROR, 0));
+    let e = proto::decode_error(&payload).unwrap();
+    assert_eq!(e.kind(), Kind::BadRequest);
+    assert!(
+        e.message()
+            .contains(&format!("carries 1 to {max} specs, not {}", max + 1)),
+        "{e}"
+    );
+
+    // The most, one of them held exclusively by another client.
+    let mut other = b.client();
+    let x = other
+        .request_socket(
+            &spec(&format!("udp:127.0.0.1:{}", free_low_ports(1)[0])),
+            ShareMode::None,
+            "other",
+        )
+        .unwrap();
+    let before = b.status().counters;
+    let ports: Vec<u16> = free_low_ports(max + 1)
+        .into_iter()
+        .filter(|p| *p != x.port)
+        .take(max)
+        .collect();
+    let mut items: Vec<_> = ports
+        .iter()
+        .map(|p| (spec(&format!("udp:127.0.0.1:{p}")), ShareMode::None))
+        .collect();
+    items[max / 2] = (spec(&format!("udp:127.0.0.1:{}", x.port)), ShareMode::Any);
+    let (h, payload, fds) = one_round_trip(&fd, &request_many_bytes(3, &items));
+    assert_eq!((h.ty, fds.len()), (proto::ty::ERROR, 0));
+    let e = proto::decode_error(&payload).unwrap();
+    assert_eq!(e.kind(), Kind::ShareConflict);
+    assert!(
+        e.message()
+            .starts_with(&format!("spec {} of {max}: ", max / 2)),
+        "{e}"
+    );
+    let after = b.status().counters;
+    assert_eq!(
+        (after.sockets, after.references),
+        (before.sockets, before.references),
+        "nothing kept of the refused batch"
+    );
+    // The sockets made for the specs before the refused one are closed.
+    for p in &ports {
+        assert!(can_bind(true, *p), "port {p} is free again");
+    }
+}
+
+/// Child, as nobody: on one connection, send packets of the limit (a
+/// REQUEST_MANY whose count is past its items) and past it (one byte, and
+/// 64 KiB), reading each answer; print the error kinds in order.
+#[test]
+#[ignore]
+fn child_sends_page_sized_and_larger_packets() {
+    if !is_child() {
+        return;
+    }
+    let sock = std::env::var("SOCK").unwrap();
+    let fd = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::connect_unix(&fd, sock.as_bytes()).unwrap();
+    let mut full = Vec::new();
+    proto::begin_request_many(&mut full, 1);
+    full.resize(proto::MAX_MSG, 0xaa);
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        for len in [proto::MAX_MSG, proto::MAX_MSG + 1, 65536] {
+            let mut m = full.clone();
+            m.resize(len, 0xaa);
+            send_fds(fd.as_fd(), &m, &[], 0).unwrap();
+            let mut buf = vec![0u8; proto::MAX_MSG];
+            let r = recv_fds(fd.as_fd(), &mut buf, 1, 0).unwrap();
+            assert!(r.fds.is_empty());
+            assert_eq!(
+                proto::Header::parse(&buf[..r.len]).unwrap().ty,
+                proto::ty::ERROR
+            );
+            let e = proto::decode_error(&buf[proto::HEADER_LEN..r.len]).unwrap();
+            kinds.push(format!("{:?}", e.kind()));
+        }
+    }
+    kinds.dedup();
+    println!("@@ {}", kinds.join(" "));
+}
+
+/// A nobody client sending packets of the limit and larger gets a clear
+/// error for each, keeps its connection, and disturbs nobody: root's client
+/// is served throughout, and the broker holds no more fds after.
+#[test]
+fn page_sized_and_larger_packets_from_nobody_disturb_nobody() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a child as nobody");
+        return;
+    }
+    let (_dir, b) = broker_with_policy("bigpackets", "allow uid=0 ops=all\n");
+    let mut good = b.client();
+    let fds_before = b.fd_count();
+    let mut child = spawn_child_as(
+        NOBODY,
+        "child_sends_page_sized_and_larger_packets",
+        &[("SOCK", path_str(&b.path))],
+        std::process::Stdio::null(),
+    );
+    let mut served = 0;
+    while child.try_wait().unwrap().is_none() && served < 10_000 {
+        let g = good
+            .request_socket(&spec("udp:127.0.0.1:0"), ShareMode::None, "good")
+            .unwrap();
+        good.release(&g.token).unwrap();
+        served += 1;
+    }
+    let line = read_line(&mut child);
+    assert!(wait_child(&mut child).success());
+    // A page: a bad request (its count is past its items); larger: truncated.
+    assert_eq!(line, vec!["BadRequest Protocol"; 50].join(" "));
+    assert!(served > 0);
+    wait_for("the broker's fds back to before", || {
+        (b.fd_count() == fds_before).then_some(())
+    });
 }

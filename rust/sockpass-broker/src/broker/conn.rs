@@ -254,7 +254,7 @@ impl Broker {
     }
 
     /// Send a reply now, or queue it if the client's buffer is full.
-    pub(super) fn send(&mut self, slot: usize, bytes: Vec<u8>, attach: Option<Attach>) {
+    pub(super) fn send(&mut self, slot: usize, mut bytes: Vec<u8>, attach: Option<Attach>) {
         let Some(c) = self.conns.get(slot) else {
             self.wbuf = bytes;
             return;
@@ -273,17 +273,26 @@ impl Broker {
                 }
                 Err(libc::EAGAIN) => {}
                 Err(e) => {
-                    self.wbuf = Vec::with_capacity(proto::MAX_MSG);
+                    self.wbuf = bytes;
+                    self.wbuf.clear();
                     let why = format!("send failed: {}", sockpass::strerror(e));
                     self.drop_conn(slot, &why);
                     return;
                 }
             }
         }
-        self.wbuf = Vec::with_capacity(proto::MAX_MSG);
+        // Queue a copy of just the reply's bytes and keep the page-long
+        // buffer: a client that does not read holds its replies' bytes, not
+        // a packet limit's worth of memory for each.
+        let queued = bytes.as_slice().to_vec();
+        bytes.clear();
+        self.wbuf = bytes;
         let max = self.cfg.limits.max_queued_replies;
         let c = self.conns.get_mut(slot).unwrap();
-        c.outq.push_back(Outgoing { bytes, attach });
+        c.outq.push_back(Outgoing {
+            bytes: queued,
+            attach,
+        });
         let raw = c.fd.as_raw_fd();
         let mut ev = libc::EPOLLOUT | libc::EPOLLRDHUP;
         if c.outq.len() >= max {

@@ -19,26 +19,63 @@ struct Message {
 /// What one SOCKETS reply brought: its grants with their fds, or why not.
 type Answer = Result<Vec<(GrantEntry, OwnedFd)>>;
 
-/// Pack the specs into messages of at most [`proto::MAX_REQUEST_BATCH`]
-/// specs and [`proto::MAX_MSG`] bytes.
+/// The specs of one call, as given: parsed (checked when packed), or as
+/// text (parsed when packed, which checks them: a spec from C is not
+/// checked twice).
+#[derive(Clone, Copy)]
+enum Specs<'a> {
+    Parsed(&'a [(SocketSpec, ShareMode, &'a str)]),
+    Text(&'a [(&'a str, ShareMode, &'a str)]),
+}
+
+impl Specs<'_> {
+    fn len(self) -> usize {
+        match self {
+            Specs::Parsed(v) => v.len(),
+            Specs::Text(v) => v.len(),
+        }
+    }
+
+    /// Append spec `i`'s REQUEST_MANY item to `out`.
+    fn encode(self, i: usize, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            Specs::Parsed(v) => {
+                let (spec, share, app) = &v[i];
+                spec.validate()?;
+                proto::encode_request_item(out, spec, *share, app, 0)
+            }
+            Specs::Text(v) => {
+                let (text, share, app) = v[i];
+                let spec: SocketSpec = text.parse()?;
+                proto::encode_request_item(out, &spec, share, app, 0)
+            }
+        }
+    }
+}
+
+/// Pack the specs into messages of at most `max_msg` bytes (the broker's
+/// packet limit), each with no more specs than its SOCKETS reply of at most
+/// `max_msg` bytes holds ([`proto::request_batch_for`]).
 fn pack(
-    specs: &[(SocketSpec, ShareMode, &str)],
+    specs: Specs<'_>,
+    max_msg: usize,
     mut id: impl FnMut() -> Result<u32>,
 ) -> Result<Vec<Message>> {
+    let per = proto::request_batch_for(max_msg);
     let mut msgs: Vec<Message> = Vec::new();
     let mut item = Vec::new();
-    for (i, (spec, share, app)) in specs.iter().enumerate() {
-        spec.validate()
-            .map_err(|e| e.context(format_args!("spec {i} of {}", specs.len())))?;
+    for i in 0..specs.len() {
         item.clear();
-        proto::encode_request_item(&mut item, spec, *share, app, 0)?;
-        let fits = msgs.last().is_some_and(|m| {
-            m.count < proto::MAX_REQUEST_BATCH && m.bytes.len() + item.len() <= proto::MAX_MSG
-        });
+        specs
+            .encode(i, &mut item)
+            .map_err(|e| e.context(format_args!("spec {i} of {}", specs.len())))?;
+        let fits = msgs
+            .last()
+            .is_some_and(|m| m.count < per && m.bytes.len() + item.len() <= max_msg);
         if !fits {
-            let mut bytes = Vec::with_capacity(proto::MAX_MSG);
+            let mut bytes = Vec::with_capacity(max_msg);
             proto::begin_request_many(&mut bytes, id()?);
-            if bytes.len() + item.len() > proto::MAX_MSG {
+            if bytes.len() + item.len() > max_msg {
                 return Err(Error::bad_request(format!(
                     "spec {i} of {}: too long for one message",
                     specs.len()
@@ -87,21 +124,43 @@ impl Client {
     /// [`Client::request_socket`] would. All or nothing: on any refusal no
     /// reference is kept and no fd is left open, and the error names the
     /// spec (`spec I of N: …`). Up to [`proto::MAX_REQUEST_BATCH`] specs
-    /// travel in one message, their fds in one `SCM_RIGHTS` message; more
-    /// are pipelined, still about one round trip.
+    /// (as many as fit in the broker's packet limit: 36 to a broker that
+    /// takes 1024-byte packets) travel in one message, their fds in one
+    /// `SCM_RIGHTS` message; more are pipelined, still about one round trip.
+    /// A batch that does not fit in one 1024-byte message on a connection
+    /// that has not said HELLO says it first, once, to learn the broker's
+    /// limit.
     pub fn request_many(&mut self, specs: &[(SocketSpec, ShareMode, &str)]) -> Result<Vec<Grant>> {
-        if specs.is_empty() {
+        self.request_specs(Specs::Parsed(specs))
+    }
+
+    /// [`Client::request_many`] with each spec as text, parsed here (a
+    /// spec that does not parse is refused before anything is sent, named
+    /// `spec I of N: …`).
+    pub fn request_many_text(&mut self, specs: &[(&str, ShareMode, &str)]) -> Result<Vec<Grant>> {
+        self.request_specs(Specs::Text(specs))
+    }
+
+    fn request_specs(&mut self, specs: Specs<'_>) -> Result<Vec<Grant>> {
+        if specs.len() == 0 {
             return Ok(Vec::new());
         }
         let r = self.request_many_inner(specs);
         self.settle(r)
     }
 
-    fn request_many_inner(
-        &mut self,
-        specs: &[(SocketSpec, ShareMode, &str)],
-    ) -> Result<Vec<Grant>> {
-        let msgs = pack(specs, || self.take_id())?;
+    fn request_many_inner(&mut self, specs: Specs<'_>) -> Result<Vec<Grant>> {
+        let limit = self.packet_limit();
+        let mut msgs = pack(specs, limit, || self.take_id())?;
+        if msgs.len() > 1 && self.broker_max_msg == 0 {
+            // Packed to the 1024 bytes every version-1 broker takes: ask
+            // this one's limit (a round trip, once a connection) rather than
+            // pay for a message more on every batch after.
+            self.hello_inner()?;
+            if self.packet_limit() > limit {
+                msgs = pack(specs, self.packet_limit(), || self.take_id())?;
+            }
+        }
         let mut answers: Vec<Answer> = Vec::with_capacity(msgs.len());
         let (mut sent, mut read) = (0, 0);
         let mut lost = None;
@@ -238,5 +297,108 @@ impl Client {
             )));
         }
         Ok(entries.into_iter().zip(fds).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` specs `udp:127.0.0.1:PORT` with the application name `app`.
+    fn specs(n: usize, app: &str) -> Vec<(SocketSpec, ShareMode, &str)> {
+        (0..n)
+            .map(|i| {
+                let s = format!("udp:127.0.0.1:{}", 40000 + i).parse().unwrap();
+                (s, ShareMode::Any, app)
+            })
+            .collect()
+    }
+
+    /// Pack to `limit` with ids from 1; check every message against the
+    /// limit and its reply against the same limit; return the counts.
+    fn counts(specs: &[(SocketSpec, ShareMode, &str)], limit: usize) -> Vec<usize> {
+        let mut next = 0;
+        let msgs = pack(Specs::Parsed(specs), limit, || {
+            next += 1;
+            Ok(next)
+        })
+        .unwrap();
+        // The same specs as text pack to the same bytes.
+        let texts: Vec<String> = specs.iter().map(|(s, _, _)| s.to_string()).collect();
+        let text: Vec<(&str, ShareMode, &str)> = specs
+            .iter()
+            .zip(&texts)
+            .map(|((_, share, app), t)| (t.as_str(), *share, *app))
+            .collect();
+        let mut next = 0;
+        let again = pack(Specs::Text(&text), limit, || {
+            next += 1;
+            Ok(next)
+        })
+        .unwrap();
+        assert!(msgs.iter().zip(&again).all(|(a, b)| a.bytes == b.bytes));
+        assert_eq!(msgs.len(), again.len());
+        let mut first = 0;
+        for m in &msgs {
+            assert!(
+                m.bytes.len() <= limit,
+                "{} bytes over {limit}",
+                m.bytes.len()
+            );
+            let reply = proto::HEADER_LEN + 2 + m.count * proto::GRANT_ENTRY_LEN;
+            assert!(reply <= limit, "a reply of {reply} bytes over {limit}");
+            assert_eq!(m.first, first);
+            first += m.count;
+            // Each message decodes as the broker would, count and all.
+            let h = Header::parse(&m.bytes).unwrap();
+            match proto::decode_request(&h, &m.bytes[proto::HEADER_LEN..]).unwrap() {
+                proto::Request::SocketMany(v) => assert_eq!(v.len(), m.count),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(first, specs.len());
+        msgs.iter().map(|m| m.count).collect()
+    }
+
+    /// 64 specs go in one message to a broker that takes a page, in two to
+    /// one that said 1024 (a broker before the page limit): its replies
+    /// (28 bytes a grant) hold 36.
+    #[test]
+    fn a_batch_is_packed_to_the_brokers_limit() {
+        let s = specs(64, "bench");
+        assert_eq!(counts(&s, proto::MAX_MSG), [64]);
+        assert_eq!(counts(&s, proto::MIN_MSG), [36, 28]);
+        // The most one message carries, and one more.
+        let s = specs(proto::MAX_REQUEST_BATCH + 1, "");
+        assert_eq!(counts(&s, proto::MAX_MSG), [proto::MAX_REQUEST_BATCH, 1]);
+        // Long names fill the request before the reply: bytes decide.
+        let long = "a".repeat(proto::MAX_APP);
+        let s = specs(64, &long);
+        let c = counts(&s, proto::MIN_MSG);
+        assert!(c.len() > 2 && c.iter().all(|&n| n < 36), "{c:?}");
+        let c = counts(&s, proto::MAX_MSG);
+        assert!(c.len() < 64 / 3, "{c:?}");
+    }
+
+    /// A spec as text that does not parse, or a built spec that is not
+    /// valid, is refused before anything is packed, and named.
+    #[test]
+    fn a_bad_spec_is_named_before_packing() {
+        let text = [
+            ("udp:127.0.0.1:53", ShareMode::Any, ""),
+            ("udp:nowhere", ShareMode::Any, ""),
+        ];
+        let e = pack(Specs::Text(&text), proto::MAX_MSG, || Ok(1))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), Kind::BadRequest);
+        assert!(e.message().starts_with("spec 1 of 2: "), "{e}");
+        let mut built: SocketSpec = "udp:127.0.0.1:53".parse().unwrap();
+        built.options.backlog = Some(4);
+        let parsed = [(built, ShareMode::Any, "")];
+        let e = pack(Specs::Parsed(&parsed), proto::MAX_MSG, || Ok(1))
+            .err()
+            .unwrap();
+        assert!(e.message().starts_with("spec 0 of 1: "), "{e}");
     }
 }
