@@ -709,32 +709,6 @@ fn check_grants(payload: &[u8], fds: &[OwnedFd], ports: &[u16]) -> Vec<u64> {
     inodes
 }
 
-/// `n` distinct UDP ports on 127.0.0.1 free now, below the kernel's
-/// ephemeral range (32768 up), so no port-0 socket made meanwhile, by the
-/// other tests here or anyone, takes one before the broker binds it.
-fn free_low_ports(n: usize) -> Vec<u16> {
-    let mut x = std::process::id() as u64 ^ (time_seed() << 16);
-    let mut out: Vec<u16> = Vec::new();
-    while out.len() < n {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let p = 10_000 + ((x >> 33) % 22_000) as u16;
-        if !out.contains(&p) && can_bind(true, p) {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// Some bits that differ between runs.
-fn time_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-}
-
 /// 64 specs travel in one REQUEST_MANY (more than the 1024 bytes of older
 /// brokers) and come back in one SOCKETS message with 64 grants and 64
 /// fds; a second connection gets the same 64 sockets from the cache, again
@@ -742,7 +716,7 @@ fn time_seed() -> u64 {
 #[test]
 fn a_batch_of_64_is_one_message_each_way() {
     let b = Broker::start("batch64");
-    let ports = free_low_ports(64);
+    let ports = free_low_ports(true, 64);
     let items: Vec<_> = ports
         .iter()
         .map(|p| (spec(&format!("udp:127.0.0.1:{p}")), ShareMode::Any))
@@ -813,13 +787,13 @@ fn the_largest_batch_is_one_message_and_all_or_nothing() {
     let mut other = b.client();
     let x = other
         .request_socket(
-            &spec(&format!("udp:127.0.0.1:{}", free_low_ports(1)[0])),
+            &spec(&format!("udp:127.0.0.1:{}", free_low_ports(true, 1)[0])),
             ShareMode::None,
             "other",
         )
         .unwrap();
     let before = b.status().counters;
-    let ports: Vec<u16> = free_low_ports(max + 1)
+    let ports: Vec<u16> = free_low_ports(true, max + 1)
         .into_iter()
         .filter(|p| *p != x.port)
         .take(max)

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn soak() -> bool {
@@ -343,7 +343,10 @@ fn concurrent_clients_keep_exact_reference_counts() {
     let threads = 64usize;
     let cycles = if soak() { 10_000 } else { 300 };
     let checkpoint_every = if soak() { 1000 } else { 100 };
-    let ports: Vec<u16> = (0..3).map(|_| free_port(true)).collect();
+    // Below the ephemeral range: the threads' port-0 sockets cannot take
+    // one of these while it is free between holders.
+    let low = free_low_ports(true, 4);
+    let ports: Vec<u16> = low[..3].to_vec();
     let specs: Vec<SocketSpec> = ports
         .iter()
         .map(|p| format!("udp:127.0.0.1:{p}").parse().unwrap())
@@ -351,7 +354,7 @@ fn concurrent_clients_keep_exact_reference_counts() {
     // Unshared contention: every thread also asks for one of two fixed
     // ports with share mode NONE. One holder at a time; the others get a
     // sharing conflict.
-    let excl_ports = [free_port(true), free_port(false)];
+    let excl_ports = [low[3], free_low_ports(false, 1)[0]];
     let excl: Vec<SocketSpec> = [
         format!("udp:127.0.0.1:{}", excl_ports[0]),
         format!("tcp:127.0.0.1:{}", excl_ports[1]),
@@ -362,7 +365,9 @@ fn concurrent_clients_keep_exact_reference_counts() {
     let excl_held: Arc<Vec<AtomicU32>> =
         Arc::new((0..excl.len()).map(|_| AtomicU32::new(0)).collect());
     let (excl_got, excl_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let barrier = Arc::new(Barrier::new(threads + 1));
+    // Bounded: a thread that fails fails the test instead of hanging it.
+    let barrier = Arc::new(Rendezvous::new(threads + 1));
+    let turn = WAIT * 4;
     let path = b.path.clone();
     let mut handles = Vec::new();
     for t in 0..threads {
@@ -373,6 +378,7 @@ fn concurrent_clients_keep_exact_reference_counts() {
         let mine = excl[k].clone();
         let (held, got, refused) = (excl_held.clone(), excl_got.clone(), excl_refused.clone());
         handles.push(std::thread::spawn(move || {
+            let _party = barrier.party();
             let mut c = Client::connect(&path).unwrap();
             let unshared: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
             for i in 1..=cycles {
@@ -403,8 +409,8 @@ fn concurrent_clients_keep_exact_reference_counts() {
                 }
                 if i % checkpoint_every == 0 {
                     // Everyone holds exactly one shared + one unshared now.
-                    barrier.wait();
-                    barrier.wait();
+                    barrier.wait(turn);
+                    barrier.wait(turn);
                 }
                 // Our fds first (the last release closes a socket whose
                 // port, SO_REUSEADDR off for UDP, another thread may ask
@@ -444,8 +450,9 @@ fn concurrent_clients_keep_exact_reference_counts() {
         })
     };
     let mut snapshots = 0;
+    let _main = barrier.party();
     for _ in 0..cycles / checkpoint_every {
-        barrier.wait();
+        barrier.wait(turn);
         let st = b.status();
         check_consistent(&st);
         assert_eq!(
@@ -463,7 +470,7 @@ fn concurrent_clients_keep_exact_reference_counts() {
             assert_eq!(got, Some(want as u32), "exact references on {sp}");
         }
         snapshots += 1;
-        barrier.wait();
+        barrier.wait(turn);
     }
     for h in handles {
         h.join().unwrap();

@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 mod daemons;
 mod nobody;
+mod rendezvous;
 #[allow(unused_imports)]
 pub use daemons::*;
 #[allow(unused_imports)]
 pub use nobody::*;
+#[allow(unused_imports)]
+pub use rendezvous::Rendezvous;
 
 /// Generous bound for any wait on a condition in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -232,6 +235,29 @@ pub fn free_port(udp: bool) -> u16 {
             .unwrap()
             .port()
     }
+}
+
+/// `n` distinct ports on 127.0.0.1 free now for `udp` (else TCP), below the
+/// kernel's ephemeral range (32768 up), so no port-0 socket made meanwhile,
+/// by the broker for another test or by anyone, takes one before the test
+/// asks for it.
+pub fn free_low_ports(udp: bool, n: usize) -> Vec<u16> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut x = std::process::id() as u64 ^ (seed << 16);
+    let mut out: Vec<u16> = Vec::new();
+    while out.len() < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let p = 10_000 + ((x >> 33) % 22_000) as u16;
+        if !out.contains(&p) && can_bind(udp, p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Can this port be bound on 127.0.0.1 right now, by a socket without
