@@ -117,7 +117,7 @@ impl Broker {
                 Ok(g) => got.push(g),
                 Err(e) => {
                     for g in got.iter().rev() {
-                        self.drop_reference(&g.token);
+                        self.drop_token(&g.token);
                     }
                     return Err(at(i, e));
                 }
@@ -195,7 +195,7 @@ impl Broker {
                 Some(Ok(g)) => got.push(g),
                 _ => {
                     for g in got.iter().rev() {
-                        self.drop_reference(&g.token);
+                        self.drop_token(&g.token);
                     }
                     return None;
                 }
@@ -244,6 +244,7 @@ impl Broker {
         };
         let holder = |token| Holder {
             token,
+            rslot: 0,
             owner,
             share: r.share,
             app: app.clone(),
@@ -355,14 +356,13 @@ impl Broker {
         reserve: bool,
         cached: bool,
     ) -> Result<Granted> {
-        let token = match self.token_src.make() {
+        let token = match self.add_ref(es, mk, user) {
             Ok(t) => t,
             Err(e) => {
                 self.close_if_unheld(es);
                 return Err(e);
             }
         };
-        self.add_ref(es, mk(token), user);
         let e = self.sockets.get(es).unwrap();
         Ok(Granted {
             token,
@@ -458,6 +458,7 @@ impl Broker {
         }
         let holder = |token| Holder {
             token,
+            rslot: 0,
             owner: Owner::Conn(slot),
             share,
             app,
