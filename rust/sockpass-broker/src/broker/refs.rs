@@ -271,7 +271,7 @@ impl References {
         }
         if self.slots.len() > SHRINK_ABOVE
             && self.len * 8 < self.slots.len()
-            && self.len < self.shrink_below
+            && (self.len < self.shrink_below || self.len == 0)
         {
             self.shrink();
         }
@@ -282,7 +282,7 @@ impl References {
     /// grew to, and its memory with it. The free list then hands out the
     /// lowest slots first, so the live ones gather low for the next cut.
     /// Amortized O(1): a try scans the table, and the next waits until
-    /// half the references left are gone (or the table grows).
+    /// half the references left are gone, the table grows, or it empties.
     fn shrink(&mut self) {
         self.shrink_below = self.len / 2;
         let keep = self
@@ -851,13 +851,28 @@ mod tests {
         assert_eq!(r, 0);
         assert!(refs.gens[200] > 0, "a cut slot's generation was lost");
         let again: Vec<(u32, Token)> = (0..200).map(|i| refs.issue(info(i)).unwrap()).collect();
-        for (r, t) in again {
-            assert_eq!(refs.find(&t), Some(r));
-            assert!(all.iter().all(|(_, o)| *o != t));
+        for (r, t) in &again {
+            assert_eq!(refs.find(t), Some(*r));
+            assert!(all.iter().all(|(_, o)| o != t));
             assert!(all
                 .iter()
                 .all(|(_, o)| o.as_bytes()[16..] != t.as_bytes()[16..]));
         }
+        // Grown again and emptied, in any order: nothing is kept.
+        let more: Vec<(u32, Token)> = (0..5000).map(|i| refs.issue(info(i)).unwrap()).collect();
+        let live: Vec<u32> = again.iter().chain(&more).map(|(r, _)| *r).collect();
+        for i in 0..live.len() {
+            let r = live[(i * 7919) % live.len()];
+            refs.remove(r).unwrap_or_else(|| panic!("slot {r}"));
+        }
+        refs.remove(0).unwrap();
+        refs.remove(all[3].0).unwrap();
+        refs.remove(all[40].0).unwrap();
+        assert_eq!(refs.len(), 0);
+        // Cut back to the last live slot once empty (a table this small
+        // is not cut further).
+        assert!(refs.slots.len() <= 41, "{} slots", refs.slots.len());
+        assert!(refs.slots.capacity() <= SHRINK_ABOVE);
     }
 
     /// Across an upgrade: every live token keeps working (in its own slot,
