@@ -793,8 +793,7 @@ fn reused_slots_give_new_tokens_and_old_ones_stay_unknown_across_upgrades() {
     let mut c = b.client();
     let port = free_port(true);
     let s = spec(&format!("udp:127.0.0.1:{port}"));
-    let mut get =
-        |c: &mut sockpass::Client| c.request_socket(&s, ShareMode::Any, "a").unwrap().token;
+    let get = |c: &mut sockpass::Client| c.request_socket(&s, ShareMode::Any, "a").unwrap().token;
     let unknown = |c: &mut sockpass::Client, t: &sockpass::Token| {
         let e = c.release(t).unwrap_err();
         assert_eq!(e.kind(), Kind::UnknownToken, "{e}");

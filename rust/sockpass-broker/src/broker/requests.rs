@@ -12,6 +12,7 @@ use sockpass::ShareMode;
 use sockpass::SocketSpec;
 use sockpass::Token;
 use sockpass::{Error, Kind, Result};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -183,7 +184,9 @@ impl Broker {
             let app = proto::app_name(app).ok()?;
             let (es, eid) = self.sockets.hit(wire)?;
             let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
-            self.cfg.policy.check(&creds, &e.spec, share).ok()?;
+            if !e.allows(&self.cfg.policy, &creds, share) {
+                return None;
+            }
             items.push((share, app, es));
         }
         if !rest.is_empty() || self.refs_room_for(slot, n).is_err() {
@@ -333,6 +336,7 @@ impl Broker {
                     store_name: None,
                     adopted: false,
                     user,
+                    allowed: Cell::new(None),
                 });
                 self.users.get_mut(user).sockets += 1;
                 if keyed {
@@ -428,7 +432,7 @@ impl Broker {
         let (es, eid) = self.sockets.hit(wire)?;
         let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
         let creds = self.conns.get(slot)?.creds;
-        if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
+        if self.refs_room(slot).is_err() || !e.allows(&self.cfg.policy, &creds, share) {
             return None;
         }
         self.grant_cached(slot, es, share, app)

@@ -10,6 +10,7 @@ use crate::log::Level;
 use sockpass::sys::{self, Creds};
 use sockpass::ShareMode;
 use sockpass::SocketSpec;
+use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
@@ -111,6 +112,7 @@ impl Broker {
                 store_name: Some(name),
                 adopted: true,
                 user: root,
+                allowed: Cell::new(None),
             });
             self.users.get_mut(root).sockets += 1;
             // A reserved holder: `add_ref` counts the reservation.

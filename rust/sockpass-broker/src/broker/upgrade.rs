@@ -15,6 +15,7 @@ use sockpass::proto::{self, ty};
 use sockpass::ShareMode;
 use sockpass::SocketSpec;
 use sockpass::{Error, Kind, Result};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -271,6 +272,7 @@ impl Broker {
                     store_name: e.store_name,
                     adopted: e.adopted,
                     user: owner_user,
+                    allowed: Cell::new(None),
                 },
             );
         }
