@@ -18,6 +18,7 @@ pub struct Token([u8; Token::LEN]);
 /// Three word compares, not a call to `memcmp` (the broker compares a
 /// token on every lookup).
 impl PartialEq for Token {
+    #[inline]
     fn eq(&self, other: &Token) -> bool {
         let w = |t: &Token, i: usize| u64::from_ne_bytes(t.0[i..i + 8].try_into().unwrap());
         (w(self, 0) ^ w(other, 0)) | (w(self, 8) ^ w(other, 8)) | (w(self, 16) ^ w(other, 16)) == 0
