@@ -1,8 +1,9 @@
 //! Tokens name one reference to a socket held by the broker.
 //!
 //! A token is 24 bytes: 16 from the kernel's random source (getrandom) and an
-//! 8-byte sequence number that the broker never repeats while it runs, so a
-//! token is unguessable and never reused. The sequence is enciphered with a
+//! 8-byte block that the broker never repeats while it runs (a sequence
+//! number, or the broker's own numbering: see [`TokenSource::make_for`]), so
+//! a token is unguessable and never reused. The block is enciphered with a
 //! per-broker random key (Speck64/128, a permutation of 64-bit blocks), so it
 //! stays unique but does not tell a client how many tokens were issued. Its
 //! text form is 48 lowercase hex digits.
