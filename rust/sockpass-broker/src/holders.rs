@@ -35,6 +35,8 @@ pub(crate) enum Owner {
 #[derive(Debug)]
 pub(crate) struct Holder {
     pub token: Token,
+    /// Its slot in the broker's reference table (set when it joins).
+    pub rslot: u32,
     pub owner: Owner,
     pub share: ShareMode,
     pub app: Rc<str>,
@@ -177,8 +179,9 @@ impl Holders {
     }
 
     /// Remove the holder at `pos`. The last holder moves into its place:
-    /// the second value is that holder's token, whose position is now `pos`.
-    pub fn swap_remove(&mut self, pos: usize) -> Option<(Holder, Option<Token>)> {
+    /// the second value is that holder's reference slot, whose position is
+    /// now `pos`.
+    pub fn swap_remove(&mut self, pos: usize) -> Option<(Holder, Option<u32>)> {
         if pos >= self.list.len() {
             return None;
         }
@@ -201,7 +204,7 @@ impl Holders {
                 self.apps.swap_remove(p);
             }
         }
-        let moved = self.list.get(pos).map(|m| m.token);
+        let moved = self.list.get(pos).map(|m| m.rslot);
         Some((h, moved))
     }
 }
@@ -224,6 +227,7 @@ mod tests {
         b[0] = n;
         Holder {
             token: Token::from_bytes(b),
+            rslot: u32::from(n),
             owner: Owner::Conn(0),
             share,
             app: Rc::from(app),
@@ -301,7 +305,7 @@ mod tests {
             let (h, moved) = hs.swap_remove(p).unwrap();
             assert_eq!(h.token.as_bytes()[0], i);
             if let Some(m) = moved {
-                at.insert(m.as_bytes()[0], p);
+                at.insert(m as u8, p);
             }
         }
         assert!(hs.swap_remove(hs.len()).is_none());

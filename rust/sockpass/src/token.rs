@@ -1,8 +1,9 @@
 //! Tokens name one reference to a socket held by the broker.
 //!
 //! A token is 24 bytes: 16 from the kernel's random source (getrandom) and an
-//! 8-byte sequence number that the broker never repeats while it runs, so a
-//! token is unguessable and never reused. The sequence is enciphered with a
+//! 8-byte block that the broker never repeats while it runs (a sequence
+//! number, or the broker's own numbering: see [`TokenSource::make_for`]), so
+//! a token is unguessable and never reused. The block is enciphered with a
 //! per-broker random key (Speck64/128, a permutation of 64-bit blocks), so it
 //! stays unique but does not tell a client how many tokens were issued. Its
 //! text form is 48 lowercase hex digits.
@@ -12,13 +13,23 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::str::FromStr;
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Eq, PartialOrd, Ord)]
 pub struct Token([u8; Token::LEN]);
+
+/// Three word compares, not a call to `memcmp` (the broker compares a
+/// token on every lookup).
+impl PartialEq for Token {
+    #[inline]
+    fn eq(&self, other: &Token) -> bool {
+        let w = |t: &Token, i: usize| u64::from_ne_bytes(t.0[i..i + 8].try_into().unwrap());
+        (w(self, 0) ^ w(other, 0)) | (w(self, 8) ^ w(other, 8)) | (w(self, 16) ^ w(other, 16)) == 0
+    }
+}
 
 impl Token {
     pub const LEN: usize = 24;
 
-    pub fn from_bytes(b: [u8; Token::LEN]) -> Token {
+    pub const fn from_bytes(b: [u8; Token::LEN]) -> Token {
         Token(b)
     }
 
@@ -227,6 +238,15 @@ impl TokenSource {
     }
 
     pub fn make(&mut self) -> Result<Token> {
+        let t = self.make_for(self.next_seq)?;
+        self.next_seq += 1;
+        Ok(t)
+    }
+
+    /// A token whose last 8 bytes encipher `block` under this source's
+    /// key: the broker's own numbering (a slot and its generation), which
+    /// it must never repeat, and reads back with [`TokenSource::block_of`].
+    pub fn make_for(&mut self, block: u64) -> Result<Token> {
         if self.used + 16 > self.pool.len() {
             crate::sys::fill_random(&mut self.pool[..]).map_err(|e| Error::os(e, "getrandom"))?;
             self.used = 0;
@@ -236,10 +256,18 @@ impl TokenSource {
         // Random bytes are used once: wipe them from the pool.
         self.pool[self.used..self.used + 16].fill(0);
         self.used += 16;
-        // A permutation: distinct sequence numbers give distinct bytes.
-        b[16..].copy_from_slice(&speck_encrypt(&self.rounds, self.next_seq).to_le_bytes());
-        self.next_seq += 1;
+        // A permutation: distinct blocks give distinct bytes.
+        b[16..].copy_from_slice(&speck_encrypt(&self.rounds, block).to_le_bytes());
         Ok(Token(b))
+    }
+
+    /// The block a token of this source's key was made for (any 8 bytes
+    /// decipher to some block: the caller checks the whole token).
+    pub fn block_of(&self, t: &Token) -> u64 {
+        speck_decrypt(
+            &self.rounds,
+            u64::from_le_bytes(t.0[16..].try_into().unwrap()),
+        )
     }
 }
 
@@ -276,6 +304,15 @@ fn speck_encrypt(rk: &[u32; SPECK_ROUNDS], block: u64) -> u64 {
     (u64::from(x) << 32) | u64::from(y)
 }
 
+fn speck_decrypt(rk: &[u32; SPECK_ROUNDS], block: u64) -> u64 {
+    let (mut x, mut y) = ((block >> 32) as u32, block as u32);
+    for &k in rk.iter().rev() {
+        y = (y ^ x).rotate_right(3);
+        x = (x ^ k).wrapping_sub(y).rotate_left(8);
+    }
+    (u64::from(x) << 32) | u64::from(y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +324,19 @@ mod tests {
         let key = [0x0b0a0908_03020100u64, 0x1b1a1918_13121110u64];
         let rk = speck_schedule(key);
         assert_eq!(speck_encrypt(&rk, 0x3b726574_7475432d), 0x8c6fa548_454e028b);
+        assert_eq!(speck_decrypt(&rk, 0x8c6fa548_454e028b), 0x3b726574_7475432d);
+    }
+
+    /// A token made for a block gives that block back, under its key only.
+    #[test]
+    fn block_round_trip() {
+        let mut a = TokenSource::new();
+        let b = TokenSource::new();
+        for block in [0, 1, 1 << 63, u64::MAX, 0x8000_0001_0000_0002] {
+            let t = a.make_for(block).unwrap();
+            assert_eq!(a.block_of(&t), block);
+            assert_ne!(b.block_of(&t), block);
+        }
     }
 
     /// The visible sequence bytes are not the count, differ between

@@ -782,3 +782,51 @@ fn the_service_manager_sees_reloading_then_ready_around_an_upgrade() {
     child.0.kill().unwrap();
     child.0.wait().unwrap();
 }
+
+/// A token names its slot in the broker's reference table: a released
+/// token stays unknown after its slot is reused (by the same image or the
+/// next), a token differing in its random bytes or in its slot part is
+/// unknown, and tokens made before an upgrade keep working after it.
+#[test]
+fn reused_slots_give_new_tokens_and_old_ones_stay_unknown_across_upgrades() {
+    let b = Broker::start("upgrade-slots");
+    let mut c = b.client();
+    let port = free_port(true);
+    let s = spec(&format!("udp:127.0.0.1:{port}"));
+    let get = |c: &mut sockpass::Client| c.request_socket(&s, ShareMode::Any, "a").unwrap().token;
+    let unknown = |c: &mut sockpass::Client, t: &sockpass::Token| {
+        let e = c.release(t).unwrap_err();
+        assert_eq!(e.kind(), Kind::UnknownToken, "{e}");
+    };
+    let (t1, t2, t3) = (get(&mut c), get(&mut c), get(&mut c));
+    assert_eq!(c.release(&t2).unwrap(), 2);
+    let t4 = get(&mut c);
+    assert!(![t1, t2, t3].contains(&t4));
+    unknown(&mut c, &t2);
+    // t4's slot and generation with other random bytes; t2's random bytes
+    // with t4's slot part: neither is anything.
+    let mut forged = *t4.as_bytes();
+    forged[0] ^= 0x80;
+    unknown(&mut c, &sockpass::Token::from_bytes(forged));
+    let mut forged = *t2.as_bytes();
+    forged[16..].copy_from_slice(&t4.as_bytes()[16..]);
+    unknown(&mut c, &sockpass::Token::from_bytes(forged));
+    assert_eq!(b.status().counters.references, 3);
+    assert_eq!(c.upgrade(None).unwrap() as i32, b.pid());
+    // Made before the upgrade: still good, once.
+    assert_eq!(c.release(&t1).unwrap(), 2);
+    unknown(&mut c, &t1);
+    unknown(&mut c, &t2);
+    let t5 = get(&mut c);
+    assert!(![t1, t2, t3, t4].contains(&t5));
+    unknown(&mut c, &t1);
+    assert_eq!(c.upgrade(None).unwrap() as i32, b.pid());
+    for (t, left) in [(&t3, 2), (&t5, 1), (&t4, 0)] {
+        assert_eq!(c.release(t).unwrap(), left);
+        unknown(&mut c, t);
+    }
+    assert_eq!(b.status().counters.references, 0);
+    let t6 = get(&mut c);
+    assert!(![t1, t2, t3, t4, t5].contains(&t6));
+    assert_eq!(c.release(&t6).unwrap(), 0);
+}

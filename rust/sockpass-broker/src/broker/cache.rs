@@ -5,8 +5,12 @@
 use super::slab::Slab;
 use crate::closer::OffLoopFd;
 use crate::holders::Holders;
+use crate::policy::Policy;
 use sockpass::keyhash::KeyedState;
+use sockpass::sys::Creds;
+use sockpass::ShareMode;
 use sockpass::SocketSpec;
+use std::cell::Cell;
 use std::collections::HashMap;
 
 #[derive(Debug)]
@@ -34,6 +38,9 @@ pub(super) struct Entry {
     /// The uid row of the request that created it, charged for it while it
     /// lives (root's for one adopted from the fd store).
     pub(super) user: usize,
+    /// The last (uid, gid, share) the policy allowed a request of this
+    /// spec for; see [`Entry::allows`].
+    pub(super) allowed: Cell<Option<(u32, u32, ShareMode)>>,
 }
 
 /// Every socket the broker holds, by slot, and the indexes over them. An
@@ -252,6 +259,22 @@ impl std::hash::Hash for WireSpec {
 }
 
 impl Entry {
+    /// Does `policy` allow `creds` to request this spec with `share`? The
+    /// broker's policy is fixed for its life and judges a request by uid,
+    /// gid, spec and share mode only, so the last triple allowed needs no
+    /// second look (a cache hit by bytes asked it on every request).
+    pub(super) fn allows(&self, policy: &Policy, creds: &Creds, share: ShareMode) -> bool {
+        let key = (creds.uid, creds.gid, share);
+        if self.allowed.get() == Some(key) {
+            return true;
+        }
+        let ok = policy.check(creds, &self.spec, share).is_ok();
+        if ok {
+            self.allowed.set(Some(key));
+        }
+        ok
+    }
+
     fn spec_key(&self) -> SocketSpec {
         // The cache key is the canonical spec as requested (port as asked).
         self.spec.clone()
@@ -281,6 +304,7 @@ mod tests {
             store_name: None,
             adopted: false,
             user: 0,
+            allowed: Cell::new(None),
         });
         for i in 0..1000u32 {
             b.remember_hit(&i.to_le_bytes(), es);

@@ -9,7 +9,6 @@ use sockpass::fdpass::{recv_fds_keeping, send_fds, RecvError};
 use sockpass::proto::{self, ty, Header};
 use sockpass::sys::Creds;
 use sockpass::Error;
-use sockpass::Token;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
@@ -72,9 +71,10 @@ pub(super) struct Conn {
     pub(super) user: usize,
     pub(super) default_app: Option<Rc<str>>,
     pub(super) last_app: Rc<str>,
-    /// The references this connection holds; each token's `TokenInfo`
-    /// knows its place here, so a release takes it out in O(1).
-    pub(super) refs: Vec<Token>,
+    /// The references this connection holds, by reference slot; each
+    /// one's `TokenInfo` knows its place here, so a release takes it out
+    /// in O(1).
+    pub(super) refs: Vec<u32>,
     pub(super) outq: VecDeque<Outgoing>,
     /// EPOLLIN is off because the queue is full.
     pub(super) paused: bool,
@@ -355,8 +355,8 @@ impl Broker {
         };
         let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, c.fd.as_raw_fd(), 0, 0);
         let n = c.refs.len();
-        for t in &c.refs {
-            self.drop_reference(t);
+        for &r in &c.refs {
+            self.drop_reference(r);
         }
         self.users.get_mut(c.user).conns -= 1;
         self.users.forget_if_idle(c.user);

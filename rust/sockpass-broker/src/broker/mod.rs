@@ -46,7 +46,6 @@ use slab::Slab;
 use sockpass::proto;
 use sockpass::sys;
 use sockpass::Result;
-use sockpass::{Token, TokenSource};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
@@ -62,7 +61,6 @@ pub struct Broker {
     sockets: Sockets,
     /// Every reference by token, and the reservations among them.
     refs: References,
-    token_src: TokenSource,
     next_conn_id: u64,
     next_entry_id: u64,
     /// Scratch buffers reused on the hot path.
@@ -76,7 +74,7 @@ pub struct Broker {
     /// Emptied `Conn::refs` vectors of closed connections, for new ones
     /// (at most [`limits::SPARE_REFS`], each at most that long): a client
     /// that connects, asks once and goes allocates nothing for its references.
-    spare_refs: Vec<Vec<Token>>,
+    spare_refs: Vec<Vec<u32>>,
     /// Connections refused since the last log line about it.
     refused_conns: u64,
     last_refusal_log: Option<Instant>,
@@ -122,7 +120,6 @@ impl Broker {
             conns: Slab::new(),
             sockets: Sockets::new(),
             refs: References::new(),
-            token_src: TokenSource::new(),
             next_conn_id: 1,
             next_entry_id: 1,
             rbuf: vec![0u8; proto::MAX_MSG],
@@ -299,7 +296,8 @@ mod tests {
     fn spare_reference_vectors_are_bounded() {
         let (listener, _peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
         let mut b = Broker::new(listener, Config::default()).unwrap();
-        let t = Token::from_hex(&[b'a'; 48]).unwrap();
+        // Slots no reference is in: dropping them does nothing.
+        let t = 7u32;
         let mut peers = Vec::new();
         let mut open = |b: &mut Broker, n: usize| {
             let (fd, peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
@@ -322,7 +320,7 @@ mod tests {
             assert!(b.spare_refs.len() <= SPARE_REFS);
         }
         assert_eq!(b.spare_refs.len(), SPARE_REFS);
-        let fits = |v: &Vec<Token>| v.is_empty() && v.capacity() <= SPARE_REFS;
+        let fits = |v: &Vec<u32>| v.is_empty() && v.capacity() <= SPARE_REFS;
         assert!(b.spare_refs.iter().all(fits));
         for i in 1..=4 {
             open(&mut b, 1);

@@ -12,6 +12,7 @@ use sockpass::ShareMode;
 use sockpass::SocketSpec;
 use sockpass::Token;
 use sockpass::{Error, Kind, Result};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -117,7 +118,7 @@ impl Broker {
                 Ok(g) => got.push(g),
                 Err(e) => {
                     for g in got.iter().rev() {
-                        self.drop_reference(&g.token);
+                        self.drop_token(&g.token);
                     }
                     return Err(at(i, e));
                 }
@@ -183,7 +184,9 @@ impl Broker {
             let app = proto::app_name(app).ok()?;
             let (es, eid) = self.sockets.hit(wire)?;
             let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
-            self.cfg.policy.check(&creds, &e.spec, share).ok()?;
+            if !e.allows(&self.cfg.policy, &creds, share) {
+                return None;
+            }
             items.push((share, app, es));
         }
         if !rest.is_empty() || self.refs_room_for(slot, n).is_err() {
@@ -195,7 +198,7 @@ impl Broker {
                 Some(Ok(g)) => got.push(g),
                 _ => {
                     for g in got.iter().rev() {
-                        self.drop_reference(&g.token);
+                        self.drop_token(&g.token);
                     }
                     return None;
                 }
@@ -244,6 +247,7 @@ impl Broker {
         };
         let holder = |token| Holder {
             token,
+            rslot: 0,
             owner,
             share: r.share,
             app: app.clone(),
@@ -332,6 +336,7 @@ impl Broker {
                     store_name: None,
                     adopted: false,
                     user,
+                    allowed: Cell::new(None),
                 });
                 self.users.get_mut(user).sockets += 1;
                 if keyed {
@@ -355,14 +360,13 @@ impl Broker {
         reserve: bool,
         cached: bool,
     ) -> Result<Granted> {
-        let token = match self.token_src.make() {
+        let token = match self.add_ref(es, mk, user) {
             Ok(t) => t,
             Err(e) => {
                 self.close_if_unheld(es);
                 return Err(e);
             }
         };
-        self.add_ref(es, mk(token), user);
         let e = self.sockets.get(es).unwrap();
         Ok(Granted {
             token,
@@ -428,7 +432,7 @@ impl Broker {
         let (es, eid) = self.sockets.hit(wire)?;
         let e = self.sockets.get(es).filter(|e| e.id == eid && !e.adopted)?;
         let creds = self.conns.get(slot)?.creds;
-        if self.refs_room(slot).is_err() || self.cfg.policy.check(&creds, &e.spec, share).is_err() {
+        if self.refs_room(slot).is_err() || !e.allows(&self.cfg.policy, &creds, share) {
             return None;
         }
         self.grant_cached(slot, es, share, app)
@@ -458,6 +462,7 @@ impl Broker {
         }
         let holder = |token| Holder {
             token,
+            rslot: 0,
             owner: Owner::Conn(slot),
             share,
             app,

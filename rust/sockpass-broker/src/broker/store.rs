@@ -10,7 +10,7 @@ use crate::log::Level;
 use sockpass::sys::{self, Creds};
 use sockpass::ShareMode;
 use sockpass::SocketSpec;
-use sockpass::Token;
+use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
@@ -81,16 +81,15 @@ impl Broker {
             } else {
                 sys::local_port(&fd).unwrap_or(spec.port)
             };
-            let Ok(token) = self.token_src.make() else {
-                continue;
-            };
             let eid = self.next_entry_id;
             self.next_entry_id += 1;
             // Held by the broker: charged to root.
             let root = self.users.slot(0, &self.cfg, self.broker_uid);
-            let holder = Holder {
+            let until = Instant::now() + self.cfg.limits.reservation_ttl;
+            let holder = |token| Holder {
                 token,
-                owner: Owner::Reserved(Instant::now() + self.cfg.limits.reservation_ttl),
+                rslot: 0,
+                owner: Owner::Reserved(until),
                 share: ShareMode::Any,
                 app: Rc::from("(fd store)"),
                 creds: Creds::default(),
@@ -113,10 +112,16 @@ impl Broker {
                 store_name: Some(name),
                 adopted: true,
                 user: root,
+                allowed: Cell::new(None),
             });
             self.users.get_mut(root).sockets += 1;
             // A reserved holder: `add_ref` counts the reservation.
-            self.add_ref(es, holder, root);
+            if self.add_ref(es, holder, root).is_err() {
+                // No token: not adopted (its name stays in the store).
+                self.sockets.remove(es);
+                self.users.get_mut(root).sockets -= 1;
+                continue;
+            }
             n += 1;
         }
         if n > 0 {
@@ -144,15 +149,15 @@ impl Broker {
             return;
         }
         e.adopted = false;
-        let mine: Vec<Token> = e
+        let mine: Vec<u32> = e
             .holders
             .iter()
             .filter(|h| h.conn_id == 0 && matches!(h.owner, Owner::Reserved(_)))
-            .map(|h| h.token)
+            .map(|h| h.rslot)
             .collect();
         // Each was reserved: `remove_ref` ends the reservation.
-        for t in mine {
-            self.remove_ref(&t);
+        for r in mine {
+            self.remove_ref(r);
         }
     }
 }

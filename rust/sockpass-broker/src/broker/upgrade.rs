@@ -6,7 +6,7 @@ use super::config::Config;
 use super::conn::{Attach, Conn, Outgoing};
 use super::dispatch::Reply;
 use super::event_loop::{set_nonblock, EV_CONN_BASE};
-use super::refs::{TokenInfo, NO_CONN};
+use super::refs::{References, TokenInfo, NO_CONN};
 use super::Broker;
 use crate::closer::OffLoopFd;
 use crate::handoff;
@@ -14,8 +14,8 @@ use crate::holders::{Holder, Holders, Owner};
 use sockpass::proto::{self, ty};
 use sockpass::ShareMode;
 use sockpass::SocketSpec;
-use sockpass::TokenSource;
 use sockpass::{Error, Kind, Result};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -191,7 +191,7 @@ impl Broker {
                 creds: c.creds,
                 default_app: c.default_app.map(|a| a.to_string()),
                 last_app: c.last_app.to_string(),
-                tokens: c.refs,
+                tokens: c.refs.iter().map(|&r| self.refs.token(r)).collect(),
                 outq,
                 pipelining: c.pipelining,
             });
@@ -201,8 +201,8 @@ impl Broker {
             activated,
             next_conn_id: self.next_conn_id,
             next_entry_id: self.next_entry_id,
-            next_token_seq: self.token_src.next_sequence(),
-            token_key: self.token_src.key(),
+            next_token_seq: self.refs.handoff_seq(),
+            token_key: self.refs.key(),
             conns,
             entries,
             expired: self.refs.expired().copied().collect(),
@@ -217,7 +217,7 @@ impl Broker {
         let mut b = Broker::new(st.listener, cfg)?;
         b.next_conn_id = st.next_conn_id;
         b.next_entry_id = st.next_entry_id;
-        b.token_src = TokenSource::resume(st.next_token_seq, st.token_key);
+        b.refs = References::resume(st.next_token_seq, st.token_key);
         b.refs.set_expired(st.expired);
         let now = Instant::now();
         for e in st.entries {
@@ -238,7 +238,7 @@ impl Broker {
                     None => Owner::Reserved(now + Duration::from_millis(h.reserved_ms)),
                 };
                 let pos = holders.len() as u32;
-                b.refs.insert(
+                let rslot = b.refs.adopt(
                     h.token,
                     TokenInfo {
                         entry: e.slot as usize,
@@ -250,6 +250,7 @@ impl Broker {
                 );
                 holders.push(Holder {
                     token: h.token,
+                    rslot,
                     owner,
                     share: ShareMode::from_wire(h.share)?,
                     app: Rc::from(h.app.as_str()),
@@ -271,6 +272,7 @@ impl Broker {
                     store_name: e.store_name,
                     adopted: e.adopted,
                     user: owner_user,
+                    allowed: Cell::new(None),
                 },
             );
         }
@@ -325,15 +327,15 @@ impl Broker {
             )?;
         }
         b.sockets.rebuild_free();
+        b.refs.adopted();
         b.conns.rebuild_free();
         // Each connection's list, from its holders (positions in slot order).
         for (_, e) in b.sockets.iter() {
             for h in &e.holders {
                 if let Owner::Conn(slot) = h.owner {
-                    if let (Some(c), Some(info)) = (b.conns.get_mut(slot), b.refs.get_mut(&h.token))
-                    {
-                        info.conn_pos = c.refs.len() as u32;
-                        c.refs.push(h.token);
+                    if let Some(c) = b.conns.get_mut(slot) {
+                        b.refs.info_mut(h.rslot).conn_pos = c.refs.len() as u32;
+                        c.refs.push(h.rslot);
                     }
                 }
             }
