@@ -198,21 +198,28 @@ pub fn wait_child(c: &mut Child) -> std::process::ExitStatus {
 }
 
 /// `N` different free ports: each is held until all are picked (two
-/// separate picks can return the same port).
+/// separate picks can return the same port), none given to another test of
+/// this binary before.
 pub fn free_ports<const N: usize>(udp: bool) -> [u16; N] {
-    let held: Vec<HeldPort> = (0..N)
-        .map(|_| {
-            if udp {
-                HeldPort::Udp(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-            } else {
-                HeldPort::Tcp(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            }
-        })
-        .collect();
-    std::array::from_fn(|k| match &held[k] {
-        HeldPort::Udp(s) => s.local_addr().unwrap().port(),
-        HeldPort::Tcp(s) => s.local_addr().unwrap().port(),
-    })
+    let mut held: Vec<HeldPort> = Vec::new();
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < N {
+        let h = if udp {
+            HeldPort::Udp(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        } else {
+            HeldPort::Tcp(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        };
+        let p = match &h {
+            HeldPort::Udp(s) => s.local_addr().unwrap().port(),
+            HeldPort::Tcp(s) => s.local_addr().unwrap().port(),
+        };
+        // A port given before stays held meanwhile, so the next pick differs.
+        if first_time(udp, p) {
+            ports.push(p);
+        }
+        held.push(h);
+    }
+    std::array::from_fn(|k| ports[k])
 }
 
 enum HeldPort {
@@ -220,21 +227,39 @@ enum HeldPort {
     Tcp(std::net::TcpListener),
 }
 
-/// A port that was free a moment ago for `proto` on 127.0.0.1.
+/// A port that was free a moment ago for `proto` on 127.0.0.1, and that no
+/// other test of this binary was given: tests run in parallel threads, and
+/// two that got the same port raced for it.
 pub fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    loop {
+        let p = if udp {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        } else {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        if first_time(udp, p) {
+            return p;
+        }
     }
+}
+
+/// Whether `port` was never handed out before in this process.
+fn first_time(udp: bool, port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<Vec<(bool, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut g = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if g.contains(&(udp, port)) {
+        return false;
+    }
+    g.push((udp, port));
+    true
 }
 
 /// `n` distinct ports on 127.0.0.1 free now for `udp` (else TCP), below the
@@ -253,7 +278,7 @@ pub fn free_low_ports(udp: bool, n: usize) -> Vec<u16> {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let p = 10_000 + ((x >> 33) % 22_000) as u16;
-        if !out.contains(&p) && can_bind(udp, p) {
+        if !out.contains(&p) && can_bind(udp, p) && first_time(udp, p) {
             out.push(p);
         }
     }
