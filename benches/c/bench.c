@@ -789,7 +789,9 @@ static int connect_path(const char *path) {
 }
 
 /* B2c's minimal broker: serves one connection on a listening path; a REQUEST
- * gets a SOCKET reply with one fd, a RELEASE_MANY has every token released. */
+ * gets a SOCKET reply with one fd, a RELEASE_MANY has every token released,
+ * a HELLO (which the client says before releasing more than 42 tokens) says
+ * it takes 1024-byte packets, as the first brokers did. */
 static pid_t min_broker(struct sockaddr_un *a) {
   int l = listen_tmp(a, "b2c", 0, 8);
   pid_t pid = fork_server();
@@ -806,6 +808,14 @@ static pid_t min_broker(struct sockaddr_un *a) {
       int in = recv_msg_fd(c, q, sizeof q, &n, MSG_DONTWAIT);
       if (in >= 0) close(in);
       if (n < 8) _exit(0);
+      if (q[1] == 0x01) { /* HELLO: version 1, packets of 1024 bytes, pid */
+        unsigned char h[20] = {1, 0x81, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x00, 0x04, 0, 0};
+        int32_t me = (int32_t)getpid();
+        memcpy(h + 4, q + 4, 4);
+        memcpy(h + 16, &me, 4);
+        if (send(c, h, sizeof h, MSG_NOSIGNAL) < 0) _exit(0);
+        continue;
+      }
       if (q[1] == 0x07 && n >= 10) { /* RELEASE_MANY: every token released */
         unsigned char rm[8 + 2 + 42 * 8] = {1, 0x87};
         size_t k = q[8] | q[9] << 8;
