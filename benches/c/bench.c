@@ -694,7 +694,7 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
                                             SOCKPASS_TOKEN_SIZE);
         if (fd < 0) die("request", fd);
         close(fd);
-        /* every BATCH requests, release them (release_many: 42 tokens a
+        /* every BATCH requests, release them (release_many: 170 tokens a
          * message), on the clock: a sustained rate pays for its releases,
          * which s6 does not have */
         if (++held == BATCH) {
