@@ -49,15 +49,7 @@ impl Manager {
                 "STATUS=instance {} serves (restart {} done)",
                 r.new_pid, r.id
             )),
-            Event::RestartFailed(f) => self.tell(format_args!(
-                "STATUS=restart {} failed: {}; {}",
-                f.id,
-                f.error.message(),
-                match sup.pid() {
-                    Some(p) => format!("instance {p} keeps serving"),
-                    None => "no instance is left".into(),
-                }
-            )),
+            Event::RestartFailed(f) => self.tell(format_args!("STATUS={}", failure(f, sup))),
             Event::Exited(_) => {}
         }
     }
@@ -102,6 +94,19 @@ fn request(sup: &mut Supervisor, why: &str) -> Option<u64> {
     }
 }
 
+/// A failed restart in words, with who serves now.
+fn failure(f: &sockpass::RestartFailure, sup: &Supervisor) -> String {
+    format!(
+        "restart {} failed: {}; {}",
+        f.id,
+        f.error.message(),
+        match sup.pid() {
+            Some(p) => format!("instance {p} keeps serving"),
+            None => "no instance is left".into(),
+        }
+    )
+}
+
 fn log_event(sup: &Supervisor, ev: &Event) {
     let stop = sup.options().stop_signal;
     match ev {
@@ -120,15 +125,7 @@ fn log_event(sup: &Supervisor, ev: &Event) {
             describe_status(r.old_status),
             r.new_pid
         )),
-        Event::RestartFailed(f) => say(format_args!(
-            "restart {} failed: {}; {}",
-            f.id,
-            f.error.message(),
-            match sup.pid() {
-                Some(p) => format!("instance {p} keeps serving"),
-                None => "no instance is left".into(),
-            }
-        )),
+        Event::RestartFailed(f) => say(format_args!("{}", failure(f, sup))),
         Event::Exited(_) => {}
     }
 }
