@@ -324,7 +324,9 @@ fn accept_forwards_hup_and_ignores_usr2() {
         "--",
         "sh",
         "-c",
-        "trap 'echo hup >&3; exit 0' HUP; echo ready >&3; while :; do sleep 0.05; done",
+        // Bounded (60 s), so a program whose run died cannot outlive the test.
+        "trap 'echo hup >&3; exit 0' HUP; echo ready >&3; \
+         for _ in $(seq 1200); do sleep 0.05; done",
     ]);
     let connect = || {
         let s = wait_for("run to accept", || {
