@@ -409,10 +409,17 @@ impl Client {
     /// Time out every wait for the broker (a reply, a send, a reconnect's
     /// connect) after `t`; None waits forever, the default. A call that
     /// times out fails with [`Kind::Timeout`] and closes the connection.
+    #[inline]
     pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<()> {
+        // Inlined: shared clients set theirs before every call, and it has
+        // mostly not changed.
         if t == self.timeout {
             return Ok(());
         }
+        self.change_timeout(t)
+    }
+
+    fn change_timeout(&mut self, t: Option<Duration>) -> Result<()> {
         if let Some(fd) = &self.fd {
             if self.gen == crate::forkgen::current() {
                 connection::set_timeouts(fd, t)?;
