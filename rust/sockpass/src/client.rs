@@ -22,7 +22,7 @@ use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys;
 use crate::token::Token;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,6 @@ use std::time::Duration;
 
 mod batch;
 mod connection;
-mod fdmap;
 mod parts;
 pub mod path;
 pub mod shared;
@@ -41,7 +40,6 @@ mod status;
 
 pub use spin::MAX_SPIN_US;
 
-use fdmap::FdTokens;
 use parts::LastParts;
 pub use parts::Parts;
 pub use shared::{with_default, SharedClient};
@@ -112,7 +110,7 @@ pub struct Client {
     /// The largest packet the broker said it accepts (HELLO_OK), within
     /// [`proto::MIN_MSG`]..=[`proto::MAX_MSG`]; 0 before the handshake.
     broker_max_msg: usize,
-    fd_tokens: FdTokens,
+    fd_tokens: HashMap<RawFd, Token, KeyedState>,
     /// References still held whose fd number a later grant reused (the
     /// caller had closed that fd): released by token or by `release_all`.
     unmapped: HashSet<WholeToken, KeyedState>,
@@ -253,7 +251,7 @@ impl Client {
             next_id: 1,
             broker_pid: 0,
             broker_max_msg: 0,
-            fd_tokens: FdTokens::default(),
+            fd_tokens: HashMap::default(),
             unmapped: HashSet::default(),
             // Grown by the first message encoded here (a request by parts
             // is encoded in `last`, so a one-request client has none).
@@ -817,7 +815,8 @@ impl Client {
             }
         }
         if !mapped.is_empty() {
-            self.fd_tokens.retain(|t| !mapped.contains(&WholeToken(*t)));
+            self.fd_tokens
+                .retain(|_, t| !mapped.contains(&WholeToken(*t)));
         }
         res.map(|()| out)
     }
@@ -880,7 +879,7 @@ impl Client {
         }
         // Not "unknown fd" when the connection, and its map, are gone.
         self.usable()?;
-        let token = self.fd_tokens.get(fd).ok_or_else(|| {
+        let token = *self.fd_tokens.get(&fd).ok_or_else(|| {
             Error::with_errno(
                 Kind::UnknownToken,
                 libc::ENOENT,
@@ -892,15 +891,14 @@ impl Client {
 
     /// The token of a socket fd this client received and has not released.
     pub fn token_of(&self, fd: RawFd) -> Option<Token> {
-        self.fd_tokens.get(fd)
+        self.fd_tokens.get(&fd).copied()
     }
 
     /// The references this client holds, by the fd each came with; -1 where
     /// the caller closed that fd and a later grant got its number.
     pub fn held(&self) -> impl Iterator<Item = (RawFd, Token)> + '_ {
-        self.fd_tokens
-            .iter()
-            .chain(self.unmapped.iter().map(|t| (-1, t.0)))
+        let by_fd = self.fd_tokens.iter().map(|(f, t)| (*f, *t));
+        by_fd.chain(self.unmapped.iter().map(|t| (-1, t.0)))
     }
 
     /// Note a grant's token under its fd. A token already there came with an
@@ -914,7 +912,7 @@ impl Client {
 
     fn forget(&mut self, token: &Token) {
         if !self.unmapped.remove(&WholeToken(*token)) {
-            self.fd_tokens.retain(|t| t != token);
+            self.fd_tokens.retain(|_, t| t != token);
         }
     }
 
@@ -923,9 +921,9 @@ impl Client {
     pub fn release_all(&mut self) -> Result<usize> {
         let tokens: Vec<Token> = self
             .fd_tokens
-            .iter()
-            .map(|(_, t)| t)
-            .chain(self.unmapped.iter().map(|t| t.0))
+            .values()
+            .chain(self.unmapped.iter().map(|t| &t.0))
+            .copied()
             .collect();
         let res = self.release_many(&tokens)?;
         Ok(res.iter().filter(|r| r.is_ok()).count())
