@@ -21,10 +21,13 @@
 //! A broker socket's port should be free when the client reads RELEASED, so
 //! for those the loop waits for the closer, at most [`SETTLE`]; a closer
 //! that overstays is left alone (no more waits) until it has caught up, so
-//! a stalled closer costs the loop one such wait, not one per close.
+//! a stalled closer costs the loop one such wait, not one per close. The
+//! wait is taken once for all the closes a request or a hang-up made
+//! ([`settle_pending`], before the next reply goes out and after each
+//! event): a release of 64 sockets is one hand-over and one wait, not 64.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
@@ -91,6 +94,9 @@ struct Closer {
 static CLOSER: OnceLock<Mutex<Closer>> = OnceLock::new();
 /// Batches the closer thread has closed, and its signal for [`settle`].
 static CLOSED: AtomicU64 = AtomicU64::new(0);
+/// Broker sockets were dropped since the last [`settle`]: parked, not yet
+/// handed over or waited for.
+static PENDING: AtomicBool = AtomicBool::new(false);
 static DONE: OnceLock<(Mutex<()>, Condvar)> = OnceLock::new();
 
 fn done() -> &'static (Mutex<()>, Condvar) {
@@ -164,11 +170,22 @@ fn hand_over(c: &mut Closer) -> bool {
     }
 }
 
-/// Wait (at most [`SETTLE`]) until the closer has closed everything handed
-/// to it, unless it is behind from an earlier wait that timed out.
+/// [`settle`] if a broker socket was dropped since the last one (an atomic
+/// load otherwise: this runs before every reply).
+pub fn settle_pending() {
+    if PENDING.load(Ordering::Relaxed) {
+        settle();
+    }
+}
+
+/// Hand over what is parked, then wait (at most [`SETTLE`]) until the
+/// closer has closed everything handed to it, unless it is behind from an
+/// earlier wait that timed out.
 pub fn settle() {
     let target = {
         let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
+        PENDING.store(false, Ordering::Relaxed);
+        hand_over(&mut c);
         let closed = CLOSED.load(Ordering::Acquire);
         if c.behind && closed < c.sent {
             return;
@@ -190,8 +207,9 @@ pub fn settle() {
 }
 
 /// An fd a client could have touched (a broker socket it shares): dropping
-/// it closes it through [`close_off_loop`] and waits for that within
-/// [`settle`]'s bound, so the port is free when the release is answered.
+/// it parks it for the closer (linger off) and [`settle_pending`] hands it
+/// over and waits for it within [`settle`]'s bound, so the port is free
+/// when the release is answered.
 #[derive(Debug)]
 pub struct OffLoopFd(Option<OwnedFd>);
 
@@ -225,9 +243,13 @@ impl AsRawFd for OffLoopFd {
 impl Drop for OffLoopFd {
     fn drop(&mut self) {
         if let Some(fd) = self.0.take() {
-            if close_off_loop(vec![fd]) {
-                settle();
-            }
+            linger_off(&fd);
+            closer()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .parked
+                .push(fd);
+            PENDING.store(true, Ordering::Relaxed);
         }
     }
 }

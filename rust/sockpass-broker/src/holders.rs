@@ -78,24 +78,104 @@ impl Holder {
     }
 }
 
+/// Distinct keys with their counts. The first needs no allocation: nearly
+/// every socket has one application name and one uid among its holders, and
+/// a new socket's tables were four of the six allocations of its request.
+#[derive(Debug)]
+struct Tally<K> {
+    first: Option<(K, u32)>,
+    more: Vec<(K, u32)>,
+}
+
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Tally {
+            first: None,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl<K: PartialEq> Tally<K> {
+    fn add(&mut self, k: K) {
+        let Some((f, n)) = &mut self.first else {
+            self.first = Some((k, 1));
+            return;
+        };
+        if *f == k {
+            *n += 1;
+            return;
+        }
+        match self.more.iter_mut().find(|(m, _)| *m == k) {
+            Some((_, n)) => *n += 1,
+            None => self.more.push((k, 1)),
+        }
+    }
+
+    fn remove(&mut self, k: &K) {
+        if let Some((f, n)) = &mut self.first {
+            if f == k {
+                *n -= 1;
+                if *n == 0 {
+                    self.first = self.more.pop();
+                }
+                return;
+            }
+        }
+        if let Some(p) = self.more.iter().position(|(m, _)| m == k) {
+            self.more[p].1 -= 1;
+            if self.more[p].1 == 0 {
+                self.more.swap_remove(p);
+            }
+        }
+    }
+
+    /// The key, when there is exactly one.
+    fn only(&self) -> Option<&K> {
+        self.more
+            .is_empty()
+            .then_some(self.first.as_ref().map(|(k, _)| k))
+            .flatten()
+    }
+
+    /// Some key (None when empty).
+    fn any_key(&self) -> Option<&K> {
+        self.first.as_ref().map(|(k, _)| k)
+    }
+
+    fn has_other_than(&self, k: &K) -> bool {
+        self.first.iter().chain(&self.more).any(|(m, _)| m != k)
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+/// A holder and the uid it joined as (its `creds` change when a
+/// reservation is picked up; sharing stays judged on the joining uid).
+#[derive(Debug)]
+pub(crate) struct Member {
+    h: Holder,
+    uid: u32,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
-    list: Vec<Holder>,
+    list: Vec<Member>,
     nones: u32,
     sameapps: u32,
     /// Distinct application names with their reference counts.
-    apps: Vec<(Rc<str>, u32)>,
-    /// The uid each holder joined as, by position (kept beside `list`).
-    uid_of: Vec<u32>,
+    apps: Tally<Rc<str>>,
     /// Distinct uids with their reference counts.
-    uids: Vec<(u32, u32)>,
+    uids: Tally<u32>,
 }
 
 impl Holders {
     pub fn with_capacity(n: usize) -> Holders {
         Holders {
             list: Vec::with_capacity(n),
-            uid_of: Vec::with_capacity(n),
             ..Holders::default()
         }
     }
@@ -108,8 +188,8 @@ impl Holders {
         self.list.is_empty()
     }
 
-    pub fn iter(&self) -> std::slice::Iter<'_, Holder> {
-        self.list.iter()
+    pub fn iter(&self) -> HolderIter<'_> {
+        self.list.iter().map(|m| &m.h)
     }
 
     /// A holder (and the uid it joined as) that would refuse to share with
@@ -123,17 +203,19 @@ impl Holders {
         uid: u32,
         across: bool,
     ) -> Option<(&Holder, u32)> {
-        let first = (self.list.first()?, self.uid_of[0]);
-        let others = self.uids.iter().any(|&(u, _)| u != uid);
+        let first = self.list.first().map(|m| (&m.h, m.uid))?;
+        let others = self.uids.has_other_than(&uid);
         let ok = match share {
             ShareMode::None => false,
             _ if self.nones > 0 => false,
             // Another uid holds it: only `any` on every side, with consent.
             _ if others => share == ShareMode::Any && across && self.sameapps == 0,
             // Every holder must carry this name.
-            ShareMode::SameApp => self.apps.len() == 1 && &*self.apps[0].0 == app,
+            ShareMode::SameApp => self.apps.only().is_some_and(|a| &**a == app),
             // A sameapp holder means one name for all; it must be ours.
-            ShareMode::Any => self.sameapps == 0 || &*self.apps[0].0 == app,
+            ShareMode::Any => {
+                self.sameapps == 0 || self.apps.any_key().is_some_and(|a| &**a == app)
+            }
         };
         if ok {
             return None;
@@ -141,11 +223,10 @@ impl Holders {
         // Refused: name a witness (the error path may scan).
         self.list
             .iter()
-            .zip(&self.uid_of)
-            .find(|(h, &hu)| {
-                !sockpass::compatible_users(share, app, uid, h.share, &h.app, hu, across)
+            .find(|m| {
+                !sockpass::compatible_users(share, app, uid, m.h.share, &m.h.app, m.uid, across)
             })
-            .map(|(h, &hu)| (h, hu))
+            .map(|m| (&m.h, m.uid))
             .or(Some(first))
     }
 
@@ -156,26 +237,19 @@ impl Holders {
             ShareMode::SameApp => self.sameapps += 1,
             ShareMode::Any => {}
         }
-        match self.apps.iter_mut().find(|(a, _)| *a == h.app) {
-            Some((_, n)) => *n += 1,
-            None => self.apps.push((h.app.clone(), 1)),
-        }
+        self.apps.add(h.app.clone());
         let uid = h.creds.uid;
-        match self.uids.iter_mut().find(|(u, _)| *u == uid) {
-            Some((_, n)) => *n += 1,
-            None => self.uids.push((uid, 1)),
-        }
-        self.uid_of.push(uid);
-        self.list.push(h);
+        self.uids.add(uid);
+        self.list.push(Member { h, uid });
         self.list.len() - 1
     }
 
     pub fn get(&self, pos: usize) -> Option<&Holder> {
-        self.list.get(pos)
+        self.list.get(pos).map(|m| &m.h)
     }
 
     pub fn get_mut(&mut self, pos: usize) -> Option<&mut Holder> {
-        self.list.get_mut(pos)
+        self.list.get_mut(pos).map(|m| &mut m.h)
     }
 
     /// Remove the holder at `pos`. The last holder moves into its place:
@@ -185,33 +259,26 @@ impl Holders {
         if pos >= self.list.len() {
             return None;
         }
-        let h = self.list.swap_remove(pos);
-        let uid = self.uid_of.swap_remove(pos);
-        if let Some(p) = self.uids.iter().position(|&(u, _)| u == uid) {
-            self.uids[p].1 -= 1;
-            if self.uids[p].1 == 0 {
-                self.uids.swap_remove(p);
-            }
-        }
+        let Member { h, uid } = self.list.swap_remove(pos);
+        self.uids.remove(&uid);
         match h.share {
             ShareMode::None => self.nones -= 1,
             ShareMode::SameApp => self.sameapps -= 1,
             ShareMode::Any => {}
         }
-        if let Some(p) = self.apps.iter().position(|(a, _)| *a == h.app) {
-            self.apps[p].1 -= 1;
-            if self.apps[p].1 == 0 {
-                self.apps.swap_remove(p);
-            }
-        }
-        let moved = self.list.get(pos).map(|m| m.rslot);
+        self.apps.remove(&h.app);
+        let moved = self.list.get(pos).map(|m| m.h.rslot);
         Some((h, moved))
     }
 }
 
+/// The holders of a socket, in position order.
+pub(crate) type HolderIter<'a> =
+    std::iter::Map<std::slice::Iter<'a, Member>, fn(&Member) -> &Holder>;
+
 impl<'a> IntoIterator for &'a Holders {
     type Item = &'a Holder;
-    type IntoIter = std::slice::Iter<'a, Holder>;
+    type IntoIter = HolderIter<'a>;
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
     }

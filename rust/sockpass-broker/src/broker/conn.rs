@@ -255,6 +255,9 @@ impl Broker {
 
     /// Send a reply now, or queue it if the client's buffer is full.
     pub(super) fn send(&mut self, slot: usize, mut bytes: Vec<u8>, attach: Option<Attach>) {
+        // The sockets this request released are closed before it is
+        // answered: their ports are free when the client reads the reply.
+        crate::closer::settle_pending();
         let Some(c) = self.conns.get(slot) else {
             self.wbuf = bytes;
             return;

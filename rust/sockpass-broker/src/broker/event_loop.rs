@@ -89,8 +89,12 @@ impl Broker {
                     EV_STATUS_GONE => self.tables_gone(),
                     d => self.conn_event((d - EV_CONN_BASE) as usize, flags),
                 }
+                // Sockets a hang-up dropped are closed before the next
+                // event, as a request for their address may be in it.
+                crate::closer::settle_pending();
             }
             self.expire_reservations();
+            crate::closer::settle_pending();
             if self.upgrade.is_some() {
                 // Hand over between events: every request read so far is
                 // answered or queued; the rest wait in the kernel for the

@@ -5,7 +5,7 @@ use super::conn::Attach;
 use super::dispatch::Reply;
 use super::{Broker, Limits};
 use crate::closer::OffLoopFd;
-use crate::create::create_socket;
+use crate::create::create_canonical;
 use crate::holders::{Holder, Holders, Owner};
 use sockpass::proto::{self, ty, SocketRequest};
 use sockpass::ShareMode;
@@ -312,27 +312,29 @@ impl Broker {
                     ));
                 }
                 u.room("sockets", u.sockets, u.quota.sockets)?;
-                let created = create_socket(&spec)?;
+                // A socket this request dropped may hold the address.
+                crate::closer::settle_pending();
+                let created = create_canonical(&spec)?;
                 let eid = self.next_entry_id;
                 self.next_entry_id += 1;
+                let keyed = !spec.is_ephemeral() && !per_worker;
+                let unix_ino = spec
+                    .proto
+                    .is_unix()
+                    .then(|| crate::unixsock::path_ino(&spec.path))
+                    .flatten();
                 // The spec stays as requested (port 0 for an ephemeral
                 // socket), so status never shows an ephemeral socket under
                 // the identity of a cached one the kernel's pick collides with.
-                let stored = spec.clone();
-                let keyed = !spec.is_ephemeral() && !per_worker;
                 let es = self.sockets.insert(Entry {
                     id: eid,
-                    spec: stored,
+                    spec,
                     fd: OffLoopFd::new(created.fd),
                     port: created.port,
                     holders: Holders::with_capacity(1),
                     keyed,
                     per_worker,
-                    unix_ino: spec
-                        .proto
-                        .is_unix()
-                        .then(|| crate::unixsock::path_ino(&spec.path))
-                        .flatten(),
+                    unix_ino,
                     store_name: None,
                     adopted: false,
                     user,
