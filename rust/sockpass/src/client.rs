@@ -113,7 +113,12 @@ pub struct Client {
     fd_tokens: HashMap<RawFd, Token, KeyedState>,
     /// References still held whose fd number a later grant reused (the
     /// caller had closed that fd): released by token or by `release_all`.
-    unmapped: HashSet<WholeToken, KeyedState>,
+    /// A list, not a set: a client that closes each fd before its next
+    /// request (a worker that hands its socket on) adds one here a request,
+    /// and a push is a store where a set's insert missed the cache (0.4 µs
+    /// of a request under B5); a release scans it, as one of a mapped token
+    /// scans the fd map.
+    unmapped: Vec<Token>,
     buf: Vec<u8>,
     /// The last message received: room for [`proto::MAX_MSG`] bytes, its
     /// length the message's.
@@ -252,7 +257,7 @@ impl Client {
             broker_pid: 0,
             broker_max_msg: 0,
             fd_tokens: HashMap::default(),
-            unmapped: HashSet::default(),
+            unmapped: Vec::new(),
             // Grown by the first message encoded here (a request by parts
             // is encoded in `last`, so a one-request client has none).
             buf: Vec::new(),
@@ -807,16 +812,21 @@ impl Client {
         let res = self.release_batches(tokens, &mut out);
         let res = self.settle(res);
         // Forget what was released, also when the call ends early: one pass
-        // over the fd map, not one per token (release_all of n held fds).
-        let mut mapped = HashSet::with_hasher(KeyedState::default());
-        for (t, r) in tokens.iter().zip(&out) {
-            if r.is_ok() && !self.unmapped.remove(&WholeToken(*t)) {
-                mapped.insert(WholeToken(*t));
+        // over each table, not one per token (release_all of n held fds).
+        let released: HashSet<WholeToken, KeyedState> = tokens
+            .iter()
+            .zip(&out)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(t, _)| WholeToken(*t))
+            .collect();
+        if !released.is_empty() {
+            let before = self.unmapped.len();
+            self.unmapped
+                .retain(|t| !released.contains(&WholeToken(*t)));
+            if before - self.unmapped.len() < released.len() {
+                self.fd_tokens
+                    .retain(|_, t| !released.contains(&WholeToken(*t)));
             }
-        }
-        if !mapped.is_empty() {
-            self.fd_tokens
-                .retain(|_, t| !mapped.contains(&WholeToken(*t)));
         }
         res.map(|()| out)
     }
@@ -898,7 +908,7 @@ impl Client {
     /// the caller closed that fd and a later grant got its number.
     pub fn held(&self) -> impl Iterator<Item = (RawFd, Token)> + '_ {
         let by_fd = self.fd_tokens.iter().map(|(f, t)| (*f, *t));
-        by_fd.chain(self.unmapped.iter().map(|t| (-1, t.0)))
+        by_fd.chain(self.unmapped.iter().map(|t| (-1, *t)))
     }
 
     /// Note a grant's token under its fd. A token already there came with an
@@ -906,13 +916,16 @@ impl Client {
     /// reference is still held, so keep it for `release_all`.
     fn track(&mut self, fd: RawFd, token: Token) {
         if let Some(old) = self.fd_tokens.insert(fd, token) {
-            self.unmapped.insert(WholeToken(old));
+            self.unmapped.push(old);
         }
     }
 
     fn forget(&mut self, token: &Token) {
-        if !self.unmapped.remove(&WholeToken(*token)) {
-            self.fd_tokens.retain(|_, t| t != token);
+        match self.unmapped.iter().position(|t| t == token) {
+            Some(p) => {
+                self.unmapped.swap_remove(p);
+            }
+            None => self.fd_tokens.retain(|_, t| t != token),
         }
     }
 
@@ -922,7 +935,7 @@ impl Client {
         let tokens: Vec<Token> = self
             .fd_tokens
             .values()
-            .chain(self.unmapped.iter().map(|t| &t.0))
+            .chain(self.unmapped.iter())
             .copied()
             .collect();
         let res = self.release_many(&tokens)?;
