@@ -147,6 +147,42 @@ fn release_all_also_releases_references_whose_fd_was_closed() {
     assert_eq!(c.release_fd(g4.fd.as_raw_fd()).unwrap(), 0);
 }
 
+/// References whose fds the caller closed, released one by one by token in
+/// every order (oldest, newest, from the middle): each leaves the client's
+/// table and the broker's, the others stay, and release_all gets the rest.
+#[test]
+fn unmapped_references_are_released_by_token_in_any_order() {
+    let b = Broker::start("unmapped");
+    let sp = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let mut c = b.client();
+    // Each fd closed at once: its number goes to the next grant, and every
+    // reference but the last is held without an fd.
+    let mut tokens: Vec<_> = (0..40)
+        .map(|_| c.request_socket(&sp, ShareMode::Any, "a").unwrap().token)
+        .collect();
+    assert_eq!(c.held().count(), 40);
+    assert!(c.held().filter(|(fd, _)| *fd < 0).count() >= 30);
+    let mut order = Vec::new();
+    for pick in [0, usize::MAX, 10, 0, usize::MAX, 7, 20, 3] {
+        let i = pick.min(tokens.len() - 1);
+        order.push(tokens.remove(i));
+    }
+    for (k, t) in order.iter().enumerate() {
+        c.release(t).unwrap();
+        let held: Vec<_> = c.held().map(|(_, t)| t).collect();
+        assert!(!held.contains(t), "released {k} still held");
+        let rest = tokens.iter().chain(&order[k + 1..]);
+        assert!(rest.clone().all(|t| held.contains(t)), "after {k}");
+        assert_eq!(held.len(), rest.clone().count());
+        assert_eq!(b.status().sockets[0].refs as usize, rest.count());
+        // A second release of the same token is refused, nothing else moves.
+        assert_eq!(c.release(t).unwrap_err().kind(), Kind::UnknownToken);
+    }
+    assert_eq!(c.release_all().unwrap(), tokens.len());
+    assert_eq!(c.held().count(), 0);
+    assert!(b.status().sockets.is_empty());
+}
+
 #[test]
 fn release_many_pipelines_thousands_of_releases_in_order() {
     // Sending every release before reading a reply deadlocked at about 500:
