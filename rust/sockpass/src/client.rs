@@ -5,7 +5,10 @@
 //! reconnects by itself: after a lost connection, a protocol error or a
 //! timeout it closes its connection (a reply may still come, and the next
 //! one would be out of step), and every later call fails with
-//! [`Kind::BrokerUnavailable`] until [`Client::reconnect`].
+//! [`Kind::BrokerUnavailable`] until [`Client::reconnect`]. One protocol
+//! error does not close it: a batch or a release refused as longer than the
+//! broker takes (one rolled back in place to an older image) is sent once
+//! more, repacked to [`proto::MIN_MSG`].
 //!
 //! Fork: a client made before `fork()` is its parent's. In the child every
 //! call fails with [`Kind::BrokerUnavailable`] (errno `ECHILD`) without
@@ -24,6 +27,7 @@ use crate::sys;
 use crate::token::Token;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -150,6 +154,14 @@ fn unavailable(errno: i32, what: impl std::fmt::Display) -> Error {
 
 fn timed_out(what: &str) -> Error {
     Error::with_errno(Kind::Timeout, libc::ETIMEDOUT, what)
+}
+
+/// Add `r` to `ranges`, joined to the last one if it follows it.
+fn add_range(ranges: &mut Vec<Range<usize>>, r: Range<usize>) {
+    match ranges.last_mut() {
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => ranges.push(r),
+    }
 }
 
 /// Does `e` leave the connection out of step or gone? Then it is closed: a
@@ -388,6 +400,29 @@ impl Client {
             0 => proto::MIN_MSG,
             n => n,
         }
+    }
+
+    /// Was `e` the broker's refusal of our message `id` of `sent` bytes as
+    /// longer than it takes? Then this connection's limit becomes
+    /// [`proto::MIN_MSG`], as if the broker had said so in HELLO_OK, and
+    /// the caller sends again, repacked. A broker rolled back in place to an
+    /// older image (connections carry over an upgrade) takes MIN_MSG bytes
+    /// whatever this one said, answers a longer packet with an ERROR of kind
+    /// Protocol under its id, and keeps the connection: breaking off (as
+    /// for any other protocol error) would close it, and the broker would
+    /// drop every reference it holds. Told by type and size, not by text:
+    /// the message just received (`rbuf`) is an ERROR of kind Protocol
+    /// answering `id`, and `sent` is over what every broker takes.
+    fn limit_lowered_by(&mut self, e: &Error, id: u32, sent: usize) -> bool {
+        let refused = e.kind() == Kind::Protocol
+            && sent > proto::MIN_MSG
+            && Header::parse(&self.rbuf).is_ok_and(|h| h.ty == ty::ERROR && h.id == id)
+            && proto::decode_error(&self.rbuf[proto::HEADER_LEN..])
+                .is_ok_and(|e| e.kind() == Kind::Protocol);
+        if refused {
+            self.broker_max_msg = proto::MIN_MSG;
+        }
+        refused
     }
 
     /// The broker's socket path.
@@ -837,33 +872,62 @@ impl Client {
             // As for a batch request: learn the broker's limit, once.
             self.hello_inner()?;
         }
+        for r in self.release_pass(tokens, out)? {
+            // Refused as too long (see `Client::limit_lowered_by`): once
+            // more, repacked to the MIN_MSG the limit is now. A refusal
+            // again is these tokens' result.
+            let mut again = Vec::with_capacity(r.len());
+            self.release_pass(&tokens[r.clone()], &mut again)?;
+            out.splice(r, again);
+        }
+        Ok(())
+    }
+
+    /// Send `tokens` in RELEASE_MANY messages packed to the packet limit,
+    /// pipelined, and add one result per token to `out`. Returns the ranges
+    /// of `tokens` to send again: those of messages the broker refused as
+    /// too long (their results here are that refusal), and of those not
+    /// sent after one.
+    fn release_pass(
+        &mut self,
+        tokens: &[Token],
+        out: &mut Vec<Result<u32>>,
+    ) -> Result<Vec<Range<usize>>> {
         let per = proto::release_batch_for(self.packet_limit());
         let batches: Vec<&[Token]> = tokens.chunks(per).collect();
+        let mut redo: Vec<Range<usize>> = Vec::new();
+        let mut refused: Option<Error> = None;
         let (mut sent, mut read) = (0, 0);
         let mut id = self.next_id;
         while read < batches.len() {
-            while sent < batches.len() && sent - read < PIPELINE_WINDOW {
+            // After a refusal as too long nothing more is sent.
+            while sent < batches.len() && sent - read < PIPELINE_WINDOW && refused.is_none() {
                 let rid = self.take_id()?;
                 proto::encode_release_many(&mut self.buf, rid, batches[sent])?;
                 self.send()?;
                 sent += 1;
             }
+            if read == sent {
+                break;
+            }
             let batch = batches[read];
+            let at = read * per;
             let this = id;
             read += 1;
             id = id.wrapping_add(1).max(1);
             let (h, n, _) = match self.recv_reply(this, 0) {
                 Ok(r) => r,
+                Err(e) if self.limit_lowered_by(&e, this, proto::release_many_len(batch.len())) => {
+                    add_range(&mut redo, at..at + batch.len());
+                    out.extend(batch.iter().map(|_| Err(e.clone())));
+                    refused = Some(e);
+                    continue;
+                }
                 // The broker refused this message as a whole (say, one that
                 // predates RELEASE_MANY): every token in it fails alike, and
                 // the replies still in flight are read, so the connection
                 // stays in step.
-                Err(e)
-                    if !matches!(
-                        e.kind(),
-                        Kind::BrokerUnavailable | Kind::Protocol | Kind::Timeout
-                    ) =>
-                {
+                Err(e) if !closes_connection(&e) => {
                     out.extend(batch.iter().map(|_| Err(e.clone())));
                     continue;
                 }
@@ -880,7 +944,12 @@ impl Client {
                 batch,
             )?);
         }
-        Ok(())
+        if let (Some(e), true) = (refused, read < batches.len()) {
+            let at = read * per;
+            add_range(&mut redo, at..tokens.len());
+            out.extend(tokens[at..].iter().map(|_| Err(e.clone())));
+        }
+        Ok(redo)
     }
 
     /// Release the reference that came with the socket `fd` from this client.

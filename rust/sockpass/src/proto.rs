@@ -51,6 +51,11 @@ pub const MAX_RELEASE_BATCH: usize = release_batch_for(MAX_MSG);
 pub const fn release_batch_for(max_msg: usize) -> usize {
     (max_msg - HEADER_LEN - 2) / Token::LEN
 }
+/// The length of a RELEASE_MANY of `n` tokens.
+pub const fn release_many_len(n: usize) -> usize {
+    HEADER_LEN + 2 + n * Token::LEN
+}
+
 /// Bytes per token in a RELEASED_MANY reply.
 pub const RELEASED_ENTRY_LEN: usize = 8;
 

@@ -391,10 +391,18 @@ type Seen = std::sync::Arc<Mutex<Vec<(bool, u8, usize, usize)>>>;
 /// A relay between one client and the real broker, at a path of its own:
 /// it passes every packet (and its fds) on as it is and notes it, and can
 /// rewrite the HELLO_OK's packet limit to `limit`, as an older broker that
-/// took 1024-byte packets said.
+/// took 1024-byte packets said. Once rolled back ([`Relay::roll_back`]) it
+/// plays the broker replaced in place by such an older image, connections
+/// carried over: a packet from the client longer than 1024 bytes is not
+/// passed on but answered as that image answers it (and noted in
+/// `refused`). The answer goes out at once, so it is in order only if no
+/// earlier request is still with the broker, as in the calls below (a
+/// call's messages are full but for its last).
 struct Relay {
     path: std::path::PathBuf,
     seen: Seen,
+    rolled_back: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<Mutex<Vec<(u8, usize)>>>,
     _dir: std::path::PathBuf,
 }
 
@@ -410,6 +418,9 @@ impl Relay {
         assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 1) }, 0);
         let seen = Seen::default();
         let (log, broker) = (seen.clone(), path_str(&b.path));
+        let rolled_back = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
+        let refused = std::sync::Arc::<Mutex<Vec<(u8, usize)>>>::default();
+        let (old, refusals) = (rolled_back.clone(), refused.clone());
         std::thread::spawn(move || {
             // SAFETY: accept on our listener; the fd returned is ours.
             let c = unsafe {
@@ -443,6 +454,23 @@ impl Relay {
                         _ => return,
                     };
                     let ty = buf[1];
+                    let old_image = old.load(std::sync::atomic::Ordering::Relaxed);
+                    if i == 0 && old_image && r.len > sockpass::proto::MIN_MSG {
+                        // The old image reads 1024 bytes (MSG_TRUNC) and
+                        // answers with the id from their header.
+                        let h = sockpass::proto::Header::parse(&buf[..r.len]).unwrap();
+                        let e = sockpass::Error::protocol(format!(
+                            "message larger than {} bytes",
+                            sockpass::proto::MIN_MSG
+                        ));
+                        let mut out = Vec::new();
+                        sockpass::proto::encode_error(&mut out, h.id, &e);
+                        refusals.lock().unwrap().push((ty, r.len));
+                        if send_fds(from.as_fd(), &out, &[], 0).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     if let (Some(n), sockpass::proto::ty::HELLO_OK) = (limit, ty) {
                         buf[12..16].copy_from_slice(&n.to_le_bytes());
                     }
@@ -457,14 +485,38 @@ impl Relay {
         Relay {
             path,
             seen,
+            rolled_back,
+            refused,
             _dir: dir,
         }
+    }
+
+    /// From now on, answer as the broker rolled back to an image that takes
+    /// 1024-byte packets.
+    fn roll_back(&self) {
+        self.rolled_back
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The packets refused as the old image since the last call: type, length.
+    fn take_refused(&self) -> Vec<(u8, usize)> {
+        std::mem::take(&mut self.refused.lock().unwrap())
     }
 
     /// The packets seen since the last call.
     fn take(&self) -> Vec<(bool, u8, usize, usize)> {
         std::mem::take(&mut self.seen.lock().unwrap())
     }
+}
+
+/// The packets a relay passed to the broker: type and length.
+fn to_broker(seen: &[(bool, u8, usize, usize)]) -> Vec<(u8, usize)> {
+    seen.iter().filter(|s| s.0).map(|s| (s.1, s.2)).collect()
+}
+
+/// The packets a relay passed from the broker: type and fds.
+fn from_broker(seen: &[(bool, u8, usize, usize)]) -> Vec<(u8, usize)> {
+    seen.iter().filter(|s| !s.0).map(|s| (s.1, s.3)).collect()
 }
 
 /// The client packs a batch to the broker's packet limit: 64 specs in one
@@ -478,12 +530,6 @@ fn a_batch_is_packed_to_the_packet_limit_the_broker_said() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = Broker::start("batch-limit");
     let specs: Vec<SocketSpec> = free_ports(64, &[]).into_iter().map(udp).collect();
-    let to_broker = |seen: &[(bool, u8, usize, usize)]| -> Vec<(u8, usize)> {
-        seen.iter().filter(|s| s.0).map(|s| (s.1, s.2)).collect()
-    };
-    let from_broker = |seen: &[(bool, u8, usize, usize)]| -> Vec<(u8, usize)> {
-        seen.iter().filter(|s| !s.0).map(|s| (s.1, s.3)).collect()
-    };
 
     // This broker: HELLO, then one message each way, twice.
     let r = Relay::start(&b, "relay-page", None);
@@ -551,4 +597,154 @@ fn a_batch_is_packed_to_the_packet_limit_the_broker_said() {
     assert_eq!(c.release_all().unwrap(), 64);
     let sent = to_broker(&r.take());
     assert_eq!(sent, [(ty::HELLO, 16), (ty::RELEASE_MANY, 10 + 64 * 24)]);
+}
+
+/// The connections holding the socket on `port`, by the broker's status.
+fn holders(b: &Broker, port: u16) -> Vec<u64> {
+    let st = b.status();
+    let s = st.sockets.iter().find(|s| s.port == port);
+    s.map_or(Vec::new(), |s| {
+        s.holders.iter().map(|h| h.conn_id).collect()
+    })
+}
+
+/// A datagram sent to `port` arrives on `fd`: the socket still works.
+fn receives(fd: &std::os::fd::OwnedFd, port: u16) {
+    let s = std::net::UdpSocket::from(fd.try_clone().unwrap());
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    tx.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+    assert_eq!(s.recv(&mut [0; 8]).unwrap(), 4, "port {port}");
+}
+
+/// The broker is rolled back in place to an image that takes 1024-byte
+/// packets, its connections carried over (the relay plays it): a message
+/// longer than that is refused with a protocol error and the connection
+/// kept. The client lowers its limit to 1024, reads every reply in flight,
+/// gives back what the call got, and sends again, repacked; the connection
+/// and every reference it held stay. Each case needs a connection of its
+/// own: after one refusal it packs to 1024.
+#[test]
+fn a_client_keeps_its_connection_when_its_broker_is_rolled_back_to_1024_bytes() {
+    use sockpass::proto::{ty, MIN_MSG};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Broker::start("batch-rollback");
+    let short = |sent: &[(u8, usize)], t: u8| sent.iter().all(|&(ty, n)| ty == t && n <= MIN_MSG);
+
+    // References held by single requests, then a batch of 64: one message
+    // refused, two of at most 1024 bytes served.
+    let r = Relay::start(&b, "relay-rollback", None);
+    let mut c = sockpass::Client::connect(&r.path).unwrap();
+    c.hello().unwrap();
+    let ports = free_ports(3 + 64, &[]);
+    let kept: Vec<_> = ports[..3]
+        .iter()
+        .map(|p| c.request_socket(&udp(*p), ShareMode::Any, "batch").unwrap())
+        .collect();
+    let conn = holders(&b, kept[0].port);
+    assert_eq!(conn.len(), 1);
+    let conns = b.status().counters.connections;
+    r.roll_back();
+    r.take();
+    let specs: Vec<SocketSpec> = ports[3..].iter().map(|p| udp(*p)).collect();
+    let g = c
+        .request_many(&batch(&specs, ShareMode::Any))
+        .expect("64 specs after the rollback");
+    assert_eq!(g.len(), 64);
+    assert!(g.iter().zip(&specs).all(|(g, s)| g.port == s.port));
+    let refused = r.take_refused();
+    assert!(
+        matches!(refused[..], [(ty::REQUEST_MANY, n)] if n > MIN_MSG),
+        "{refused:?}"
+    );
+    let seen = r.take();
+    let sent = to_broker(&seen);
+    assert!(
+        sent.len() == 2 && short(&sent, ty::REQUEST_MANY),
+        "{sent:?}"
+    );
+    assert_eq!(from_broker(&seen), [(ty::SOCKETS, 36), (ty::SOCKETS, 28)]);
+    // The references held before are held still, by the same connection.
+    for k in &kept {
+        assert_eq!(holders(&b, k.port), conn, "port {}", k.port);
+        receives(&k.fd, k.port);
+    }
+    let st = b.status();
+    assert_eq!(st.counters.references, 3 + 64);
+    assert_eq!(st.counters.connections, conns, "no connection dropped");
+    // The limit stays at 1024: the release is not refused.
+    drop(g);
+    assert_eq!(c.release_all().unwrap(), 3 + 64);
+    assert_eq!(r.take_refused(), []);
+    let sent = to_broker(&r.take());
+    assert!(
+        sent.len() == 2 && short(&sent, ty::RELEASE_MANY),
+        "{sent:?}"
+    );
+    assert_eq!(b.status().counters.references, 0);
+    drop(kept);
+
+    // A release of 180: the first message (170 tokens) refused, the second
+    // (10) served; the 170 sent again, repacked, each released once.
+    let r = Relay::start(&b, "relay-rollback-release", None);
+    let mut c = sockpass::Client::connect(&r.path).unwrap();
+    let specs: Vec<SocketSpec> = (0..180).map(|_| udp(0)).collect();
+    let g = c.request_many(&batch(&specs, ShareMode::None)).unwrap();
+    let conn = holders(&b, g[0].port);
+    let conns = b.status().counters.connections;
+    r.roll_back();
+    r.take();
+    drop(g);
+    assert_eq!(c.release_all().expect("release after the rollback"), 180);
+    let refused = r.take_refused();
+    assert_eq!(refused, [(ty::RELEASE_MANY, 10 + 170 * 24)]);
+    let sent = to_broker(&r.take());
+    assert_eq!(sent[0], (ty::RELEASE_MANY, 10 + 10 * 24), "{sent:?}");
+    assert!(
+        sent.len() == 6 && short(&sent, ty::RELEASE_MANY),
+        "{sent:?}"
+    );
+    let st = b.status();
+    assert_eq!((st.counters.references, st.counters.sockets), (0, 0));
+    assert_eq!(st.counters.connections, conns, "no connection dropped");
+    let g = c.request_socket(&udp(0), ShareMode::None, "batch").unwrap();
+    assert_eq!(holders(&b, g.port), conn, "the same connection");
+    drop(g);
+    c.release_all().unwrap();
+
+    // A batch of 300: two messages refused, the third (10 specs) served
+    // and given back, then all 300 in messages of at most 1024 bytes.
+    let r = Relay::start(&b, "relay-rollback-back", None);
+    let mut c = sockpass::Client::connect(&r.path).unwrap();
+    c.hello().unwrap();
+    let conns = b.status().counters.connections;
+    r.roll_back();
+    r.take();
+    let specs: Vec<SocketSpec> = (0..300).map(|_| udp(0)).collect();
+    let g = c
+        .request_many(&batch(&specs, ShareMode::None))
+        .expect("300 specs after the rollback");
+    assert_eq!(g.len(), 300);
+    let refused = r.take_refused();
+    assert!(
+        refused.len() == 2
+            && refused
+                .iter()
+                .all(|&(t, n)| t == ty::REQUEST_MANY && n > MIN_MSG),
+        "{refused:?}"
+    );
+    let sent = to_broker(&r.take());
+    assert_eq!(sent[1], (ty::RELEASE_MANY, 10 + 10 * 24), "{sent:?}");
+    assert!(short(&sent[..1], ty::REQUEST_MANY), "{sent:?}");
+    assert!(
+        sent.len() == 11 && short(&sent[2..], ty::REQUEST_MANY),
+        "{sent:?}"
+    );
+    let st = b.status();
+    assert_eq!((st.counters.references, st.counters.sockets), (300, 300));
+    assert_eq!(st.counters.connections, conns, "no connection dropped");
+    drop(g);
+    assert_eq!(c.release_all().unwrap(), 300);
+    assert_eq!(r.take_refused(), []);
 }

@@ -19,6 +19,10 @@ struct Message {
 /// What one SOCKETS reply brought: its grants with their fds, or why not.
 type Answer = Result<Vec<(GrantEntry, OwnedFd)>>;
 
+/// A try at a batch whose messages the broker refused as too long (the
+/// refusal): nothing of it is held, and the connection is in step.
+struct TooLong(Error);
+
 /// The specs of one call, as given: parsed (checked when packed), or as
 /// text (parsed when packed, which checks them: a spec from C is not
 /// checked twice).
@@ -150,6 +154,21 @@ impl Client {
     }
 
     fn request_many_inner(&mut self, specs: Specs<'_>) -> Result<Vec<Grant>> {
+        match self.request_many_once(specs)? {
+            Ok(grants) => Ok(grants),
+            // Refused as too long (see `Client::limit_lowered_by`): nothing
+            // of it is held, the connection is in step, and the limit is
+            // MIN_MSG now: once more, repacked. A refusal again is the call's.
+            Err(TooLong(_)) => self.request_many_once(specs)?.map_err(|TooLong(e)| e),
+        }
+    }
+
+    /// One try at a batch: its messages packed to the packet limit and
+    /// pipelined, all or nothing.
+    fn request_many_once(
+        &mut self,
+        specs: Specs<'_>,
+    ) -> Result<std::result::Result<Vec<Grant>, TooLong>> {
         let limit = self.packet_limit();
         let mut msgs = pack(specs, limit, || self.take_id())?;
         if msgs.len() > 1 && self.broker_max_msg == 0 {
@@ -164,8 +183,11 @@ impl Client {
         let mut answers: Vec<Answer> = Vec::with_capacity(msgs.len());
         let (mut sent, mut read) = (0, 0);
         let mut lost = None;
+        let mut too_long = None;
+        let mut broke_off = false;
         while read < msgs.len() {
-            while sent < msgs.len() && sent - read < PIPELINE_WINDOW {
+            // After a refusal as too long nothing more is sent.
+            while sent < msgs.len() && sent - read < PIPELINE_WINDOW && too_long.is_none() {
                 let r = send_fds(self.sock(), &msgs[sent].bytes, &[], 0);
                 if let Err(e) = self.sent(r) {
                     lost = Some(e);
@@ -173,19 +195,30 @@ impl Client {
                 }
                 sent += 1;
             }
-            if lost.is_some() && read == sent {
+            if read == sent {
                 break;
             }
             let m = &msgs[read];
             let id = Header::parse(&m.bytes)?.id;
             let a = self.sockets_reply(id, m.count);
             read += 1;
+            if let Err(e) = &a {
+                if self.limit_lowered_by(e, id, m.bytes.len()) {
+                    // Not fatal: the replies in flight are still read.
+                    too_long = Some(e.clone());
+                    answers.push(a);
+                    continue;
+                }
+            }
             let fatal = matches!(&a, Err(e) if matches!(e.kind(), Kind::BrokerUnavailable | Kind::Timeout | Kind::Protocol) && !e.message().contains("MSG_CTRUNC"));
             answers.push(a.map_err(|e| renumber(e, m.first, specs.len())));
             if fatal {
+                broke_off = true;
                 break;
             }
         }
+        // Sent again only if every reply was read.
+        let again = too_long.filter(|_| lost.is_none() && !broke_off);
         let failed = lost.or_else(|| answers.iter().find_map(|a| a.as_ref().err().cloned()));
         let grants = answers.into_iter().filter_map(|a| a.ok()).flatten();
         match failed {
@@ -200,7 +233,7 @@ impl Client {
                         cached: g.cached,
                     });
                 }
-                Ok(out)
+                Ok(Ok(out))
             }
             Some(e) => {
                 // All or nothing: give back what the other messages got.
@@ -208,7 +241,10 @@ impl Client {
                 if !tokens.is_empty() {
                     let _ = self.release_many(&tokens);
                 }
-                Err(e)
+                match again {
+                    Some(t) => Ok(Err(TooLong(t))),
+                    None => Err(e),
+                }
             }
         }
     }
