@@ -12,7 +12,9 @@
  * - EMFILE at RLIMIT_NOFILE leaves no reference on the broker (with a
  *   reply spin, which also ends in the timeout against the mute socket);
  *   ENAMETOOLONG for a too-long path; sockpass_strerror(INT_MIN).
- * Run by meson test (and under ASan/UBSan). */
+ * Run by meson test, under ASan/UBSan and under valgrind (where the forked
+ * children are checked too; valgrind keeps the kernel's RLIMIT_NOFILE, so
+ * the EMFILE case is checked only outside it). */
 #define _GNU_SOURCE
 #include <sockpass.h>
 
@@ -88,6 +90,8 @@ static int refs_settle(sockpass_client *c, int want) {
 static int worker(sockpass_client *inherited, const char *parent_tok) {
     int k, fd;
     char tok[SOCKPASS_TOKEN_SIZE];
+    /* A child reports its own failures (the parent reports the parent's). */
+    failures = 0;
     alarm(120);
     for (k = 0; k < ROUNDS; k++) {
         fd = sockpass_request_socket_default(SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_ANY,
@@ -206,7 +210,7 @@ static void fork_during_calls(void) {
         pid = fork();
         if (pid == 0) {
             int fd;
-            alarm(30);
+            alarm(120);
             fd = sockpass_request_socket_default(SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_ANY,
                                                  "fork", NULL, 0);
             if (bound_port(fd) != port) {
@@ -274,7 +278,8 @@ static void timeouts(void) {
     /* The default client, in a child pointed at the mute socket. */
     pid = fork();
     if (pid == 0) {
-        alarm(30);
+        failures = 0;
+        alarm(120);
         setenv("SOCKPASS_SOCKET", path, 1);
         EXPECT(sockpass_set_default_timeout(200), 0);
         EXPECT(sockpass_request_socket_default(SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_ANY,
@@ -288,6 +293,26 @@ static void timeouts(void) {
     unlink(path);
 }
 
+/* The kernel's soft RLIMIT_NOFILE for this process, or -1. Under valgrind
+ * it is higher than what setrlimit() set: valgrind keeps the kernel's limit
+ * (its own fds live above the one it shows us) and refuses only the fds it
+ * makes itself, not those received with SCM_RIGHTS. */
+static long kernel_nofile(void) {
+    char line[256];
+    long cur = -1;
+    FILE *f = fopen("/proc/self/limits", "re");
+    if (!f) {
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "Max open files %ld", &cur) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return cur;
+}
+
 /* At RLIMIT_NOFILE the reply's fd cannot be received: -EMFILE, and the
  * reference is given back (the count afterwards is the one we hold). */
 static void emfile(void) {
@@ -295,6 +320,7 @@ static void emfile(void) {
     char tok[SOCKPASS_TOKEN_SIZE];
     struct rlimit old, lim;
     int fd, fillers[64], n = 0, i;
+    long kernel;
     EXPECT(sockpass_client_new(NULL, &c), 0);
     /* Replies caught by the spin are received as blocking ones are. */
     EXPECT(sockpass_client_set_reply_spin(c, 50), 0);
@@ -304,22 +330,30 @@ static void emfile(void) {
     getrlimit(RLIMIT_NOFILE, &old);
     lim = old;
     lim.rlim_cur = (rlim_t)count_fds() + 40;
-    setrlimit(RLIMIT_NOFILE, &lim);
-    while (n < 64) {
-        int f = dup(0);
-        if (f < 0) {
-            break;
+    EXPECT(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    /* Skipped only where the kernel's limit is not the one set (valgrind). */
+    kernel = kernel_nofile();
+    if (kernel <= (long)lim.rlim_cur) {
+        while (n < 64) {
+            int f = dup(0);
+            if (f < 0) {
+                break;
+            }
+            fillers[n++] = f;
         }
-        fillers[n++] = f;
+        EXPECT(n < 64, 1);
+        EXPECT(sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                              SOCKPASS_SHARE_ANY, "fork", NULL, 0),
+               -EMFILE);
+        for (i = 0; i < n; i++) {
+            close(fillers[i]);
+        }
+    } else {
+        printf("fork: EMFILE not checked here: the kernel's RLIMIT_NOFILE is %ld, not the %ld set "
+               "(valgrind?)\n",
+               kernel, (long)lim.rlim_cur);
     }
-    EXPECT(n < 64, 1);
-    EXPECT(sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port, SOCKPASS_SHARE_ANY,
-                                          "fork", NULL, 0),
-           -EMFILE);
-    for (i = 0; i < n; i++) {
-        close(fillers[i]);
-    }
-    setrlimit(RLIMIT_NOFILE, &old);
+    EXPECT(setrlimit(RLIMIT_NOFILE, &old), 0);
     /* The client still works, and only our first reference is held. */
     EXPECT(refs_settle(c, 1), 1);
     EXPECT(sockpass_client_release(c, tok), 0);

@@ -122,16 +122,20 @@ ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_
   python3 tests/c/run-example.py "$work/build/sockpassd" plain "$work/consumer-asan/consumer"
 
 step "valgrind (errors and definite/indirect leaks fail)"
+# A forked child stays under valgrind and is checked at its own exit (fork's
+# children too); tests/c/valgrind.supp says what it suppresses and why.
 vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
-    --show-leak-kinds=definite,indirect)
+    --show-leak-kinds=definite,indirect --suppressions="$ROOT/tests/c/valgrind.supp")
 b=$work/build
 runs=("udp-echo $b/c-examples/udp-echo" "tcp-shared $b/c-examples/tcp-shared"
   "plain $b/c-examples/activated-server" "plain $b/tests/c/bad_input" "plain $b/tests/c/server_notify"
   "plain $b/tests/c/spawn" "plain $b/tests/c/threads" "plain $b/tests/c/handover" "plain $b/tests/c/batch" "limit2 $b/tests/c/limits"
-  "plain $b/tests/c/readiness" "plain $b/tests/c/supervise" "plain $work/consumer/consumer")
+  "plain $b/tests/c/readiness" "plain $b/tests/c/supervise" "plain $b/tests/c/fork" "plain $work/consumer/consumer")
+# Not catch_bind: valgrind has no seccomp() (ENOSYS), so --catch-bind refuses to start at all.
 # valgrind is single-threaded: $(nproc) at a time, each with its own log,
 # shown in order. valgrind has no pidfd_open: readiness then skips only its
-# wait_child checks (run above under ASan).
+# wait_child checks, and it keeps the kernel's RLIMIT_NOFILE: fork skips only
+# its EMFILE check (both run above, also under ASan).
 vg_failed=0
 for ((i = 0; i < ${#runs[@]}; i += $(nproc))); do
   pids=()
