@@ -402,8 +402,17 @@ fn concurrent_clients_keep_exact_reference_counts() {
                         drop(x.fd);
                         c.release(&x.token).unwrap();
                     }
+                    // AddressInUse: the last holder's socket was released
+                    // but is still open somewhere for a moment (another
+                    // test of this binary spawning a process holds a copy
+                    // of every fd between its fork and exec; the broker's
+                    // closer may lag on a loaded machine), so the broker
+                    // could not bind it anew. Still one holder at most.
                     Err(e) => {
-                        assert_eq!(e.kind(), Kind::ShareConflict, "{mine}: {e}");
+                        assert!(
+                            matches!(e.kind(), Kind::ShareConflict | Kind::AddressInUse),
+                            "{mine}: {e}"
+                        );
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
