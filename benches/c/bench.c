@@ -667,7 +667,12 @@ static void tput(const char *kind, const char *path, const char *arg, int k, dou
     int fc = -1;
     if (isfloor) fc = connect_un(&fa);
     else if (s6) s6_start(&a, path);
-    else c = sp_connect(path);
+    else {
+      c = sp_connect(path);
+      /* sp0: B5 with the reply spin off, for reference against sp's
+       * default (a spin while replies come quickly) */
+      if (!strcmp(kind, "sp0")) sockpass_client_set_reply_spin(c, 0);
+    }
     char b = 'c';
     /* connected: say so, and let go of the pipe, so that the parent's read
      * ends once every child has either said so or died */
@@ -1099,7 +1104,7 @@ int main(int argc, char **argv) {
             "usage: bench floor N | inproc N | kept SOCK PORT N [CACHED NAME] |\n"
             "  connect SOCK PORT N | uncached SOCK PORT N [CACHED NAME] |\n"
             "  hold SOCK BASE SOCKETS CONNS | s6store S6SOCK ID | s6kept S6SOCK ID N [NAME] |\n"
-            "  s6connect S6SOCK ID N | tput sp|s6|floor|uring SOCK PORT|ID K SECS |\n"
+            "  s6connect S6SOCK ID N | tput sp|sp0|s6|floor|uring SOCK PORT|ID K SECS |\n"
             "  mixed SOCK PORT UPORT S6SOCK ID N | mixedconnect SOCK PORT S6SOCK ID N |\n"
             "  xfloor SERVER_CPU N SPIN_US NAME\n");
     return 2;

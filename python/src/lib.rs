@@ -493,8 +493,8 @@ impl PyClient {
         self.inner.timeout().map(|d| d.as_secs_f64())
     }
 
-    /// Poll for each reply up to `us` microseconds before blocking (0:
-    /// block at once; at most 1000).
+    /// Poll for each reply up to `us` microseconds before blocking, while
+    /// replies come quickly (0: block at once; at most 1000).
     fn set_reply_spin(&self, us: u64) {
         self.inner.set_reply_spin(us);
     }

@@ -32,7 +32,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod batch;
 mod connection;
@@ -42,7 +42,7 @@ pub mod shared;
 mod spin;
 mod status;
 
-pub use spin::MAX_SPIN_US;
+pub use spin::{DEFAULT_SPIN_US, MAX_SPIN_US};
 
 use parts::LastParts;
 pub use parts::Parts;
@@ -102,6 +102,8 @@ pub struct Client {
     timeout: Option<Duration>,
     /// Poll for a reply this long before blocking ([`Client::set_reply_spin`]).
     spin: Option<Duration>,
+    /// Which replies to spin on ([`spin::Pacing`]).
+    pacing: spin::Pacing,
     /// Why the connection was closed, for the calls that follow.
     closed_by: Option<String>,
     /// The last send failed: the broker got nothing of that call.
@@ -263,6 +265,7 @@ impl Client {
             gen: crate::forkgen::at_connect(),
             timeout: None,
             spin: spin::default_spin(),
+            pacing: spin::Pacing::default(),
             closed_by: None,
             send_failed: false,
             published: None,
@@ -475,9 +478,11 @@ impl Client {
 
     /// Poll for each reply for up to `spin` before blocking on it (None or
     /// zero: block at once). It saves the cross-CPU wake-up when the broker
-    /// answers from another CPU within the spin, at the cost of the CPU
-    /// spent polling; the default comes from `SOCKPASS_SPIN_US`. At most
-    /// [`MAX_SPIN_US`] µs.
+    /// answers from another CPU within the spin. The client spins only
+    /// while its recent replies came within the spin and a wake-up; when
+    /// they wait behind other clients' it blocks at once. The default is
+    /// [`DEFAULT_SPIN_US`] µs, or `SOCKPASS_SPIN_US` (0: no spin). At
+    /// most [`MAX_SPIN_US`] µs.
     pub fn set_reply_spin(&mut self, spin: Option<Duration>) {
         self.spin = spin
             .filter(|d| !d.is_zero())
@@ -590,15 +595,20 @@ impl Client {
         let fds = &mut self.fds;
         let mut recv =
             |flags| recv_fds_into_uninit_or_lost(sock.as_fd(), buf, max_fds, flags, fds, lost);
-        let spun = match self.spin {
+        let n = match self.spin {
             Some(d) if flags & libc::MSG_DONTWAIT == 0 => {
-                spin::spin_recv(d, || recv(flags | libc::MSG_DONTWAIT))
+                // Every wait is timed, spun or not: the pacing learns from
+                // blocking waits when replies come quickly again.
+                let start = Instant::now();
+                let spun = match self.pacing.spin_now(d) {
+                    true => spin::spin_recv(d, || recv(flags | libc::MSG_DONTWAIT)),
+                    false => None,
+                };
+                let r = spun.unwrap_or_else(|| recv(flags));
+                self.pacing.record(start.elapsed());
+                r?
             }
-            _ => None,
-        };
-        let n = match spun {
-            Some(r) => r?,
-            None => recv(flags)?,
+            _ => recv(flags)?,
         };
         // SAFETY: the kernel wrote the n bytes it reported (n <= capacity).
         unsafe { self.rbuf.set_len(n) };

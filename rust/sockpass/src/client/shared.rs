@@ -387,8 +387,8 @@ impl SharedClient {
         }
     }
 
-    /// Poll for each reply up to `us` µs before blocking (0: block at
-    /// once; see [`Client::set_reply_spin`]).
+    /// Poll for each reply up to `us` µs before blocking, while replies
+    /// come quickly (0: block at once; see [`Client::set_reply_spin`]).
     pub fn set_reply_spin(&self, us: u64) {
         let us = us.min(super::MAX_SPIN_US);
         self.spin.store(us, Ordering::Relaxed);
