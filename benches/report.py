@@ -321,8 +321,8 @@ def main():
     for k in (64, 1000):
         bar("B5", f"B5 / B5f at {k} clients ≥ 0.9", lambda m, k=k: rr(m, f"B5_sp_c{k}", f"B5_floor_c{k}", "ops_per_s"), 0.9, ge=True)
     for k in (64, 1000):
-        L.append(f"| (B5, no spin) | B5 with the client's reply spin off (`SOCKPASS_SPIN_US=0`) / B5f at {k} clients, for reference | "
-                 f"{fr(rr('pinned', f'B5_sp0_c{k}', f'B5_floor_c{k}', 'ops_per_s'))} | {fr(rr('unpinned', f'B5_sp0_c{k}', f'B5_floor_c{k}', 'ops_per_s'))} | |")
+        L.append(f"| (B5, spin) | B5 with the clients' reply spin on (50 µs, paced) / B5f at {k} clients, for reference | "
+                 f"{fr(rr('pinned', f'B5_sp50_c{k}', f'B5_floor_c{k}', 'ops_per_s'))} | {fr(rr('unpinned', f'B5_sp50_c{k}', f'B5_floor_c{k}', 'ops_per_s'))} | |")
     L.append(f"| (B5 / s6) | B5 throughput / s6 at 64 clients, for reference | {fr(b5('pinned', 'sp'))} | {fr(b5('unpinned', 'sp'))} | |")
     L.append(f"| (B5f, B5u) | the floors / s6 at 64 clients, for reference: epoll (B5f), io_uring (B5u) | {fr(b5('pinned', 'floor'))}, {fr(b5('pinned', 'uring'))} | {fr(b5('unpinned', 'floor'))}, {fr(b5('unpinned', 'uring'))} | |")
     bar("B6", "B6 at 10,000 cached / at 10 ≤ 1.1", lambda m: rr(m, "B6_cached_10000", "B6_cached_10"), 1.1)
@@ -415,8 +415,8 @@ def main():
     xs = [("X_floor", "floor (B1e's: 1-byte request, 1 fd, the server in epoll_wait)"),
           ("X_floor_spin", "the floor, the client polling up to 50 µs before blocking"),
           ("X_s6", "s6 retrieve, kept connection"),
-          ("X_B2", "sockpass B2 (cached request, kept connection; the client's default spin, 50 µs while replies come quickly)"),
-          ("X_B2_nospin", "sockpass B2, no spin (`SOCKPASS_SPIN_US=0`)")]
+          ("X_B2", "sockpass B2 (cached request, kept connection)"),
+          ("X_B2_spin", "sockpass B2, `SOCKPASS_SPIN_US=50` (paced: only while round trips are quick)")]
     if any(res.get(("xcpu", f"{k}_same")) for k, _ in xs):
         L.append("## Same CPU and across CPUs (µs)")
         L.append("")

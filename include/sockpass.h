@@ -247,13 +247,14 @@ int sockpass_client_reconnect(sockpass_client *client);
 int sockpass_client_set_timeout(sockpass_client *client,
                                 int timeout_ms);
 
-// Poll for each reply up to `us` microseconds before blocking on it (0:
-// block at once; at most 1000; the default is 50, or the environment
-// variable `SOCKPASS_SPIN_US`). When the broker runs on another CPU, a
-// reply caught by the poll saves the cross-CPU wake-up of the waiting
-// client (tens of µs on VMs); the poll yields the CPU between tries, and
-// the client polls only while its recent replies came quickly (under
-// load it blocks at once). Returns 0. Errors: `-EFAULT` (`client` NULL).
+// Poll for each reply up to `us` microseconds before blocking on it (0,
+// the default unless the environment variable `SOCKPASS_SPIN_US` says
+// otherwise: block at once; at most 1000). When the broker runs on another
+// CPU, a reply caught by the poll saves the cross-CPU wake-up of the
+// waiting client (tens of µs on VMs); the poll yields the CPU between
+// tries, and the client polls only while its recent round trips were
+// quick (under load it blocks at once). Returns 0. Errors: `-EFAULT`
+// (`client` NULL).
 int sockpass_client_set_reply_spin(sockpass_client *client,
                                    unsigned int us);
 

@@ -205,12 +205,11 @@ class Client:
         return self._native.gettimeout()
 
     def set_reply_spin(self, us: int) -> None:
-        """Poll for each reply up to ``us`` microseconds before blocking (0:
-        block at once; at most 1000; the default is 50, or
-        ``SOCKPASS_SPIN_US``). It saves a cross-CPU wake-up when the broker
-        answers from another CPU within the spin; the client polls only
-        while its recent replies came quickly, and under load blocks at
-        once."""
+        """Poll for each reply up to ``us`` microseconds before blocking (0,
+        the default unless ``SOCKPASS_SPIN_US`` is set: block at once; at
+        most 1000). It saves a cross-CPU wake-up when the broker answers
+        from another CPU within the spin; the client polls only while its
+        recent round trips were quick, and under load blocks at once."""
         self._native.set_reply_spin(us)
 
     def request_socket(

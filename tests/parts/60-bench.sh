@@ -22,7 +22,7 @@ for m in pinned unpinned; do
     expect $m $b median_ns
   done
   for k in 1 8 64 1000; do expect $m B5_sp_c$k ops_per_s; expect $m B5_floor_c$k ops_per_s; done
-  for k in 64 1000; do expect $m B5_sp0_c$k ops_per_s; done
+  for k in 64 1000; do expect $m B5_sp50_c$k ops_per_s; done
   # the io_uring floor, unless bench said io_uring does not work here
   # (kernel.io_uring_disabled, seccomp): then it must have said why
   if ! grep -q '^bench: io_uring: .* not measured$' "$work/log"; then
@@ -50,7 +50,7 @@ else
 fi
 if [ "$(nproc)" -ge 2 ]; then
   for w in same cross; do
-    for b in X_floor X_floor_spin X_s6 X_B2 X_B2_nospin; do expect xcpu ${b}_$w median_ns; done
+    for b in X_floor X_floor_spin X_s6 X_B2 X_B2_spin; do expect xcpu ${b}_$w median_ns; done
   done
 fi
 for f in "$work/plots/latency-vs-cached.png" "$work/plots/latency-vs-clients.png"; do

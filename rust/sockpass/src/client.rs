@@ -42,7 +42,7 @@ pub mod shared;
 mod spin;
 mod status;
 
-pub use spin::{DEFAULT_SPIN_US, MAX_SPIN_US};
+pub use spin::MAX_SPIN_US;
 
 use parts::LastParts;
 pub use parts::Parts;
@@ -104,6 +104,10 @@ pub struct Client {
     spin: Option<Duration>,
     /// Which replies to spin on ([`spin::Pacing`]).
     pacing: spin::Pacing,
+    /// When the last request went out (with a spin only): a reply's wait
+    /// counts from there, so a client that was preempted after its send
+    /// and found the reply waiting still sees how long the broker took.
+    sent_at: Option<Instant>,
     /// Why the connection was closed, for the calls that follow.
     closed_by: Option<String>,
     /// The last send failed: the broker got nothing of that call.
@@ -266,6 +270,7 @@ impl Client {
             timeout: None,
             spin: spin::default_spin(),
             pacing: spin::Pacing::default(),
+            sent_at: None,
             closed_by: None,
             send_failed: false,
             published: None,
@@ -479,10 +484,10 @@ impl Client {
     /// Poll for each reply for up to `spin` before blocking on it (None or
     /// zero: block at once). It saves the cross-CPU wake-up when the broker
     /// answers from another CPU within the spin. The client spins only
-    /// while its recent replies came within the spin and a wake-up; when
-    /// they wait behind other clients' it blocks at once. The default is
-    /// [`DEFAULT_SPIN_US`] µs, or `SOCKPASS_SPIN_US` (0: no spin). At
-    /// most [`MAX_SPIN_US`] µs.
+    /// while its recent round trips came within the spin and a wake-up;
+    /// when they wait behind other clients' it blocks at once. The default
+    /// comes from `SOCKPASS_SPIN_US` (unset: no spin). At most
+    /// [`MAX_SPIN_US`] µs.
     pub fn set_reply_spin(&mut self, spin: Option<Duration>) {
         self.spin = spin
             .filter(|d| !d.is_zero())
@@ -540,7 +545,12 @@ impl Client {
     /// The outcome of sending a message.
     fn sent(&mut self, r: std::result::Result<usize, i32>) -> Result<()> {
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if self.spin.is_some() {
+                    self.sent_at = Some(Instant::now());
+                }
+                Ok(())
+            }
             Err(libc::EAGAIN) => Err(timed_out("sockpassd did not take the request in time")),
             Err(e) => {
                 self.send_failed = true;
@@ -597,15 +607,18 @@ impl Client {
             |flags| recv_fds_into_uninit_or_lost(sock.as_fd(), buf, max_fds, flags, fds, lost);
         let n = match self.spin {
             Some(d) if flags & libc::MSG_DONTWAIT == 0 => {
-                // Every wait is timed, spun or not: the pacing learns from
-                // blocking waits when replies come quickly again.
-                let start = Instant::now();
-                let spun = match self.pacing.spin_now(d) {
-                    true => spin::spin_recv(d, || recv(flags | libc::MSG_DONTWAIT)),
-                    false => None,
+                // Every round trip is timed, spun or not: the pacing learns
+                // from blocking ones when replies come quickly again.
+                let start = self.sent_at.take().unwrap_or_else(Instant::now);
+                let (got, spun) = match self.pacing.spin_now(d) {
+                    true => {
+                        let (got, how) = spin::spin_recv(d, || recv(flags | libc::MSG_DONTWAIT));
+                        (got, Some(how))
+                    }
+                    false => (None, None),
                 };
-                let r = spun.unwrap_or_else(|| recv(flags));
-                self.pacing.record(start.elapsed());
+                let r = got.unwrap_or_else(|| recv(flags));
+                self.pacing.record(start.elapsed(), spun);
                 r?
             }
             _ => recv(flags)?,

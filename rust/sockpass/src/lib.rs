@@ -71,7 +71,7 @@ pub use client::path::{candidates as default_socket_paths, SYSTEM_SOCKET};
 pub use client::shared::default_client;
 pub use client::{
     default_socket_path, with_default, Client, Grant, HolderStatus, Parts, Reservation,
-    SharedClient, SocketStatus, Status, DEFAULT_SPIN_US, MAX_SPIN_US, PIPELINE_WINDOW,
+    SharedClient, SocketStatus, Status, MAX_SPIN_US, PIPELINE_WINDOW,
 };
 pub use dbus_address::{
     escape_value as dbus_escape_value, unescape_value as dbus_unescape_value,
