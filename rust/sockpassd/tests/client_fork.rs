@@ -357,11 +357,19 @@ fn a_reply_spin_receives_as_blocking_and_is_bounded() {
     c.set_reply_spin(Some(Duration::from_secs(5)));
     assert_eq!(c.reply_spin(), Some(Duration::from_micros(1000)), "capped");
     c.set_reply_spin(Some(Duration::from_micros(50)));
+    // A new client blocks on its first reply and spins once round trips
+    // prove quick: a few hellos first, so the replies below are polled for.
+    for _ in 0..3 {
+        c.hello().unwrap();
+    }
     let s = spec(free_port(true));
     let g = c.request_socket(&s, ShareMode::None, "spin").unwrap();
     assert!(sockpass::sys::is_cloexec(g.fd.as_raw_fd()));
     let mut other = b.client();
     other.set_reply_spin(Some(Duration::from_micros(50)));
+    for _ in 0..3 {
+        other.hello().unwrap();
+    }
     let e = other.request_socket(&s, ShareMode::Any, "x").unwrap_err();
     assert_eq!(e.kind(), Kind::ShareConflict, "{e}");
     let many: Vec<_> = (0..40)
