@@ -96,6 +96,12 @@ pub fn command() -> Command {
                 .help("Log nothing but fatal errors"),
         )
         .arg(
+            Arg::new("no-io-uring")
+                .long("no-io-uring")
+                .action(ArgAction::SetTrue)
+                .help("Send each reply with its own sendmsg, not a loop turn's replies together by io_uring"),
+        )
+        .arg(
             Arg::new("handoff-version")
                 .long("handoff-version")
                 .action(ArgAction::SetTrue)
@@ -184,6 +190,9 @@ fn parse(m: &ArgMatches) -> Result<Opts, String> {
     }
     if m.get_flag("quiet") {
         o.cfg.log = false;
+    }
+    if m.get_flag("no-io-uring") {
+        o.cfg.io_uring = false;
     }
     if o.policy_file.is_none() {
         if let Some(f) = default_policy_file() {

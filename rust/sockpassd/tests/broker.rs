@@ -983,3 +983,67 @@ fn request_parts_sends_what_the_parts_say() {
         .sum();
     assert_eq!(named_c, 2);
 }
+
+/// Whether the broker holds an io_uring instance (`anon_inode:[io_uring]`).
+fn has_io_uring(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|l| l.to_string_lossy() == "anon_inode:[io_uring]")
+}
+
+#[test]
+fn concurrent_clients_get_their_own_replies_sent_together_or_one_by_one() {
+    // 16 clients at once, each asking for its own socket and checking that
+    // every fd it gets is that socket: the replies of a loop turn go out
+    // together (io_uring) by default, one by one with --no-io-uring.
+    let allowed = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map_or(true, |v| v.trim() == "0");
+    const CLIENTS: usize = 16;
+    for extra in [&[][..], &["--no-io-uring"][..]] {
+        let b = Broker::start_with("outbox", extra);
+        let ring = has_io_uring(b.pid());
+        if extra.is_empty() && !allowed {
+            eprintln!("NOTE: kernel.io_uring_disabled is set: replies are sent one by one here");
+        } else {
+            assert_eq!(ring, extra.is_empty(), "io_uring in use with {extra:?}");
+        }
+        if extra.is_empty() && !ring {
+            assert!(b.log_text().contains("replies are sent one by one"));
+        }
+        // A status table the broker keeps (the one built last) counts in both.
+        assert!(b.status().sockets.is_empty());
+        let before = b.fd_count();
+        let ports = free_ports::<CLIENTS>(true);
+        let threads: Vec<_> = ports
+            .iter()
+            .map(|&port| {
+                let mut c = b.client();
+                std::thread::spawn(move || {
+                    let sp = spec(&format!("udp:127.0.0.1:{port}"));
+                    for round in 0..20 {
+                        let got: Vec<_> = (0..25)
+                            .map(|_| c.request_socket(&sp, ShareMode::Any, "t").unwrap())
+                            .collect();
+                        for g in &got {
+                            let s = UdpSocket::from(g.fd.try_clone().unwrap());
+                            assert_eq!(s.local_addr().unwrap().port(), port, "round {round}");
+                        }
+                        let tokens: Vec<_> = got.iter().map(|g| g.token).collect();
+                        let left = c.release_many(&tokens).unwrap();
+                        assert!(left.iter().all(|r| r.is_ok()));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        wait_for("the broker to close the sockets", || {
+            b.status().sockets.is_empty().then_some(())
+        });
+        wait_for("the broker to close the connections", || {
+            (b.fd_count() <= before).then_some(())
+        });
+    }
+}

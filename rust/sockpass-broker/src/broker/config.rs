@@ -14,6 +14,9 @@ pub struct Config {
     pub socket_group: Option<u32>,
     /// Write one line per event that matters to stderr.
     pub log: bool,
+    /// Send the replies of a loop turn together, by io_uring where the
+    /// kernel allows it (`--no-io-uring`: one `sendmsg` each).
+    pub io_uring: bool,
 }
 
 impl Default for Config {
@@ -24,6 +27,7 @@ impl Default for Config {
             socket_mode: 0o666,
             socket_group: None,
             log: true,
+            io_uring: true,
         }
     }
 }

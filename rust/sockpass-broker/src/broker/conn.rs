@@ -3,6 +3,7 @@
 
 use super::event_loop::EV_CONN_BASE;
 use super::limits::{PIPELINE_PROBE_EVERY, SPARE_REFS};
+use super::outbox;
 use super::{Broker, Noisy};
 use crate::log::Level;
 use sockpass::fdpass::{recv_fds_keeping, send_fds, RecvError};
@@ -253,47 +254,80 @@ impl Broker {
         }
     }
 
-    /// Send a reply now, or queue it if the client's buffer is full.
+    /// Send a reply: held for the end of the loop's turn (see
+    /// [`super::outbox`]), sent now, or queued if the client's buffer is full.
     pub(super) fn send(&mut self, slot: usize, mut bytes: Vec<u8>, attach: Option<Attach>) {
         // The sockets this request released are closed before it is
         // answered: their ports are free when the client reads the reply.
         crate::closer::settle_pending();
+        let holdable = matches!(attach, None | Some(Attach::Entry(..)))
+            && bytes.len() <= outbox::MAX_HELD_BYTES;
+        if let Some(ob) = &self.outbox {
+            // What is held goes first (a client's replies keep their
+            // order), and a full outbox makes room.
+            if (!holdable && !ob.is_empty()) || ob.is_full() {
+                self.flush_outbox();
+            }
+        }
         let Some(c) = self.conns.get(slot) else {
             self.wbuf = bytes;
             return;
         };
         if c.outq.is_empty() {
-            let own = own_description(&attach);
-            let fds = match &own {
-                Some(f) => AttachedFds::One(Some(f.as_fd())),
-                None => self.attached_fds(&attach),
-            };
-            match send_fds(c.fd.as_fd(), &bytes, fds.as_slice(), libc::MSG_DONTWAIT) {
-                Ok(_) => {
+            if let (true, Some(ob)) = (holdable, self.outbox.as_mut().filter(|o| o.holding)) {
+                let entry = match attach {
+                    Some(Attach::Entry(es, eid)) => Some((es, eid)),
+                    _ => None,
+                };
+                ob.hold(slot, c.id, &bytes, entry);
+                bytes.clear();
+                self.wbuf = bytes;
+                return;
+            }
+            match self.send_now(slot, &bytes, &attach) {
+                Ok(()) => {
+                    bytes.clear();
                     self.wbuf = bytes;
-                    self.wbuf.clear();
                     return;
                 }
                 Err(libc::EAGAIN) => {}
                 Err(e) => {
+                    bytes.clear();
                     self.wbuf = bytes;
-                    self.wbuf.clear();
                     let why = format!("send failed: {}", sockpass::strerror(e));
                     self.drop_conn(slot, &why);
                     return;
                 }
             }
         }
-        // Queue a copy of just the reply's bytes and keep the page-long
-        // buffer: a client that does not read holds its replies' bytes, not
-        // a packet limit's worth of memory for each.
-        let queued = bytes.as_slice().to_vec();
+        self.enqueue(slot, &bytes, attach);
         bytes.clear();
         self.wbuf = bytes;
+    }
+
+    /// One `sendmsg` of a reply to a client that exists; the errno.
+    fn send_now(&self, slot: usize, bytes: &[u8], attach: &Option<Attach>) -> Result<(), i32> {
+        let Some(c) = self.conns.get(slot) else {
+            return Ok(());
+        };
+        let own = own_description(attach);
+        let fds = match &own {
+            Some(f) => AttachedFds::One(Some(f.as_fd())),
+            None => self.attached_fds(attach),
+        };
+        send_fds(c.fd.as_fd(), bytes, fds.as_slice(), libc::MSG_DONTWAIT).map(|_| ())
+    }
+
+    /// Queue a reply for when the client's buffer has room: a copy of just
+    /// the reply's bytes (a client that does not read holds its replies'
+    /// bytes, not a packet limit's worth of memory for each).
+    fn enqueue(&mut self, slot: usize, bytes: &[u8], attach: Option<Attach>) {
         let max = self.cfg.limits.max_queued_replies;
-        let c = self.conns.get_mut(slot).unwrap();
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
         c.outq.push_back(Outgoing {
-            bytes: queued,
+            bytes: bytes.to_vec(),
             attach,
         });
         let raw = c.fd.as_raw_fd();
@@ -309,6 +343,75 @@ impl Broker {
             ev as u32,
             EV_CONN_BASE + slot as u64,
         );
+    }
+
+    /// Send the replies held for the end of the turn: one by `sendmsg`,
+    /// more by one io_uring submission. Those that find a client's buffer
+    /// full are queued, in order; a client whose send fails is dropped.
+    pub(super) fn flush_outbox(&mut self) {
+        let Some(mut ob) = self.outbox.take() else {
+            return;
+        };
+        if ob.is_empty() {
+            self.outbox = Some(ob);
+            return;
+        }
+        let conns = &self.conns;
+        let sockets = &self.sockets;
+        ob.arrange(|h| outbox::Target {
+            sock: conns
+                .get(h.slot)
+                .filter(|c| c.id == h.conn)
+                .map(|c| c.fd.as_raw_fd()),
+            fd: h.entry.and_then(|(es, eid)| {
+                sockets
+                    .get(es)
+                    .filter(|e| e.id == eid)
+                    .map(|e| e.fd.as_raw_fd())
+            }),
+        });
+        let attach = |h: &outbox::Held| h.entry.map(|(es, eid)| Attach::Entry(es, eid));
+        if ob.held().nth(1).is_none() {
+            // One reply: a sendmsg costs what a submission does.
+            let h = ob.held().next().unwrap();
+            let alive = self.conns.get(h.slot).is_some_and(|c| c.id == h.conn);
+            let r = alive.then(|| match self.send_now(h.slot, ob.bytes_of(h), &attach(h)) {
+                Ok(()) => 0,
+                Err(e) => -e,
+            });
+            ob.sent_one(r);
+        } else if let Err(why) = ob.send() {
+            // The kernel may still read the outbox: it is leaked, replies
+            // go out one by one from now on, and the clients whose
+            // replies' fate is unknown are dropped.
+            self.log_at(
+                Level::Error,
+                format_args!("{why}; sending replies one by one from now on"),
+            );
+            let gone: Vec<(usize, u64)> = ob.held().map(|h| (h.slot, h.conn)).collect();
+            std::mem::forget(ob);
+            for (slot, id) in gone {
+                if self.conns.get(slot).is_some_and(|c| c.id == id) {
+                    self.drop_conn(slot, "reply lost to io_uring");
+                }
+            }
+            return;
+        }
+        for (h, r) in ob.results() {
+            if self.conns.get(h.slot).is_none_or(|c| c.id != h.conn) {
+                continue;
+            }
+            match r {
+                outbox::Outcome::Sent | outbox::Outcome::Gone => {}
+                outbox::Outcome::Full => self.enqueue(h.slot, ob.bytes_of(h), attach(h)),
+                outbox::Outcome::Failed(e) => {
+                    let why = format!("send failed: {}", sockpass::strerror(e));
+                    self.drop_conn(h.slot, &why);
+                }
+            }
+        }
+        ob.clear();
+        self.outbox = Some(ob);
     }
 
     /// Send queued replies; returns false if the connection was dropped.
@@ -353,6 +456,8 @@ impl Broker {
     }
 
     pub(super) fn drop_conn(&mut self, slot: usize, why: &str) {
+        // Replies held for it (an error that explains the drop) go first.
+        self.flush_outbox();
         let Some(c) = self.conns.remove(slot) else {
             return;
         };

@@ -70,16 +70,23 @@ impl Broker {
         }
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
+            // Replies made outside a turn (an upgrade's answer) go out
+            // before the loop sleeps.
+            self.flush_outbox();
             let timeout = self.next_timeout_ms();
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(libc::EINTR) => continue,
                 Err(e) => return Err(Error::os(e, "epoll_wait")),
             };
+            if let Some(ob) = &mut self.outbox {
+                ob.turn(self.conns.len());
+            }
             for ev in &events[..n] {
                 let (data, flags) = (ev.u64, ev.events);
                 match data {
                     EV_STOP => {
+                        self.flush_outbox();
                         if let Some(s) = stop {
                             let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
                         }
@@ -93,6 +100,8 @@ impl Broker {
                 // event, as a request for their address may be in it.
                 crate::closer::settle_pending();
             }
+            // The turn's replies, together.
+            self.flush_outbox();
             self.expire_reservations();
             crate::closer::settle_pending();
             if self.upgrade.is_some() {

@@ -114,7 +114,9 @@ impl Broker {
     }
 
     /// Flatten the broker for [`handoff::exec`] (or a rebuild in place).
-    pub fn into_state(self, activated: bool) -> (handoff::State, Config) {
+    pub fn into_state(mut self, activated: bool) -> (handoff::State, Config) {
+        // Held replies are sent, not handed over (the new image has none).
+        self.flush_outbox();
         let upgrade_from = self
             .upgrade
             .as_ref()

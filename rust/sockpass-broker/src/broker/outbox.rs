@@ -1,0 +1,309 @@
+//! The replies of one loop turn sent together, by one `io_uring_enter`.
+//!
+//! With many clients each `sendmsg` wakes one, and its return to user space
+//! is where that client can take the broker's CPU; one submission sends
+//! every reply of the turn before any of them runs. The epoll floor server
+//! of B5 (64 clients) served 1.15x as many requests so, pinned and
+//! unpinned (benches/notes.md, "Issue 25, fifth pass").
+//!
+//! Held here: replies with at most one fd (a cached socket), to a client
+//! whose queue is empty, until the turn ends or something could change
+//! what they name (a connection dropped, a reply that cannot wait here: a
+//! status table, a batch's fds; the broker flushes first). Each is looked
+//! up again when sent, its connection by id and its socket by entry id, as
+//! a queued reply is. The replies of one client are linked in order: one
+//! that finds the client's buffer full (`EAGAIN`) cancels the rest, and
+//! they all go to its queue in order. Where io_uring is refused (the
+//! sysctl `kernel.io_uring_disabled`, seccomp, a kernel before 5.11) or
+//! `--no-io-uring` is given, each reply is sent at once, as before.
+
+use io_uring::{opcode, squeue, types, IoUring};
+use std::os::fd::RawFd;
+
+/// Replies held at most; a full outbox is sent before one more is held.
+pub(super) const CAPACITY: usize = 128;
+/// Replies are held while at most this many clients are connected. With
+/// more, each reply is sent as it is made: B5 (each client a process) at
+/// 512 and 1,000 clients lost a tenth to holding (0.79 against 0.89-0.94
+/// of the floor, pinned; 0.75 against 0.89 unpinned at 1,000), even 8 at a
+/// time, where 64 to 256 clients gained a tenth or more; 384 was even.
+/// Sent at once, a reply goes out while its client's socket is still in
+/// the cache, which the state of hundreds of clients evicts.
+pub(super) const HOLD_MAX_CONNS: usize = 384;
+/// The longest reply held (a SOCKET reply is 48 bytes; longer ones, error
+/// texts, are sent at once).
+pub(super) const MAX_HELD_BYTES: usize = 256;
+
+/// One held reply: its client (slot and connection id), its bytes in the
+/// outbox's buffer, and the cached socket it carries (slot, entry id).
+pub(super) struct Held {
+    pub(super) slot: usize,
+    pub(super) conn: u64,
+    start: usize,
+    len: usize,
+    pub(super) entry: Option<(usize, u64)>,
+}
+
+/// `SCM_RIGHTS` with one fd, laid out as `CMSG_SPACE(sizeof(int))`.
+#[repr(C)]
+struct OneFd {
+    hdr: libc::cmsghdr,
+    fd: libc::c_int,
+}
+
+/// What one `sendmsg` submission points at; lives in a boxed slice that
+/// does not move while the kernel reads it.
+#[repr(C)]
+struct Wire {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    cmsg: OneFd,
+}
+
+/// How one held reply went.
+pub(super) enum Outcome {
+    Sent,
+    /// The client's buffer was full (or an earlier reply of its was):
+    /// queue it.
+    Full,
+    /// The send failed (the errno): drop the client.
+    Failed(i32),
+    /// Its client is gone: nothing to do.
+    Gone,
+}
+
+/// What the broker tells the outbox about a held reply at send time.
+pub(super) struct Target {
+    /// The client's socket, or None if the client is gone.
+    pub(super) sock: Option<RawFd>,
+    /// The cached socket's fd, or None if it is gone (sent without).
+    pub(super) fd: Option<RawFd>,
+}
+
+pub(super) struct Outbox {
+    ring: IoUring,
+    held: Vec<Held>,
+    bytes: Vec<u8>,
+    wire: Box<[Wire]>,
+    /// Indexes into `held`, grouped by client (in order within each).
+    order: Vec<usize>,
+    targets: Vec<Target>,
+    outcomes: Vec<Option<i32>>,
+    /// Replies are held this turn.
+    pub(super) holding: bool,
+}
+
+impl Outbox {
+    /// An outbox, or None where io_uring cannot serve (the reason).
+    pub(super) fn new() -> Result<Outbox, String> {
+        let entries = CAPACITY as u32;
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries)) // before Linux 6.1
+            .map_err(|e| format!("io_uring_setup: {e}"))?;
+        if !ring.params().is_feature_ext_arg() {
+            return Err("io_uring without IORING_FEAT_EXT_ARG (Linux 5.11)".into());
+        }
+        let mut probe = io_uring::Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| format!("io_uring probe: {e}"))?;
+        if !probe.is_supported(opcode::SendMsg::CODE) {
+            return Err("io_uring without SENDMSG".into());
+        }
+        // SAFETY: an all-zero msghdr, iovec and cmsghdr are valid values
+        // (null pointers, zero lengths); each is filled before it is used.
+        let blank = || unsafe { std::mem::zeroed::<Wire>() };
+        Ok(Outbox {
+            ring,
+            held: Vec::with_capacity(CAPACITY),
+            bytes: Vec::with_capacity(CAPACITY * 64),
+            wire: (0..CAPACITY).map(|_| blank()).collect(),
+            order: Vec::with_capacity(CAPACITY),
+            targets: Vec::with_capacity(CAPACITY),
+            outcomes: Vec::with_capacity(CAPACITY),
+            holding: true,
+        })
+    }
+
+    /// A loop turn starts, with `conns` clients connected.
+    pub(super) fn turn(&mut self, conns: usize) {
+        self.holding = conns <= HOLD_MAX_CONNS;
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.held.len() >= CAPACITY
+    }
+
+    /// Hold a reply (the caller checked there is room).
+    pub(super) fn hold(
+        &mut self,
+        slot: usize,
+        conn: u64,
+        bytes: &[u8],
+        entry: Option<(usize, u64)>,
+    ) {
+        debug_assert!(!self.is_full() && bytes.len() <= MAX_HELD_BYTES);
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        self.held.push(Held {
+            slot,
+            conn,
+            start,
+            len: bytes.len(),
+            entry,
+        });
+    }
+
+    /// The replies held, in the order they go out (a client's in order).
+    pub(super) fn held(&self) -> impl Iterator<Item = &Held> {
+        self.order.iter().map(|&i| &self.held[i])
+    }
+
+    /// A held reply's bytes.
+    pub(super) fn bytes_of(&self, h: &Held) -> &[u8] {
+        &self.bytes[h.start..h.start + h.len]
+    }
+
+    /// Put the held replies in sending order (by client, each client's in
+    /// the order held) and ask `target` where each goes.
+    pub(super) fn arrange(&mut self, mut target: impl FnMut(&Held) -> Target) {
+        self.order.clear();
+        self.order.extend(0..self.held.len());
+        let held = &self.held;
+        self.order.sort_unstable_by_key(|&i| (held[i].slot, i));
+        self.targets.clear();
+        for &i in &self.order {
+            self.targets.push(target(&self.held[i]));
+        }
+    }
+
+    /// Send every held reply where [`Outbox::arrange`] said, and return how
+    /// each went, in the order of [`Outbox::held`].
+    /// Err: the ring failed; the replies' fate is unknown and the outbox
+    /// must not be used again (the caller leaks it: the kernel may still
+    /// read its buffers).
+    pub(super) fn send(&mut self) -> Result<(), String> {
+        let targets = &self.targets;
+        self.outcomes.clear();
+        self.outcomes.resize(self.order.len(), None);
+        let mut submitted = 0usize;
+        for (k, (&i, t)) in self.order.iter().zip(targets).enumerate() {
+            let Some(sock) = t.sock else { continue };
+            let h = &self.held[i];
+            let w = &mut self.wire[k];
+            w.iov = libc::iovec {
+                iov_base: self.bytes[h.start..].as_ptr() as *mut libc::c_void,
+                iov_len: h.len,
+            };
+            w.msg.msg_name = std::ptr::null_mut();
+            w.msg.msg_namelen = 0;
+            w.msg.msg_iov = &mut w.iov;
+            w.msg.msg_iovlen = 1;
+            w.msg.msg_flags = 0;
+            match t.fd {
+                Some(fd) => {
+                    w.cmsg.hdr.cmsg_level = libc::SOL_SOCKET;
+                    w.cmsg.hdr.cmsg_type = libc::SCM_RIGHTS;
+                    // SAFETY: CMSG_LEN only computes a length.
+                    w.cmsg.hdr.cmsg_len = unsafe { libc::CMSG_LEN(4) } as _;
+                    w.cmsg.fd = fd;
+                    w.msg.msg_control = (&mut w.cmsg as *mut OneFd).cast();
+                    // SAFETY: as above.
+                    w.msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+                }
+                None => {
+                    w.msg.msg_control = std::ptr::null_mut();
+                    w.msg.msg_controllen = 0;
+                }
+            }
+            // The next one to the same client waits for this one; a failure
+            // cancels it (ECANCELED), so a client's replies never overtake.
+            let same_next = self
+                .order
+                .get(k + 1)
+                .is_some_and(|&j| self.held[j].slot == h.slot && targets[k + 1].sock.is_some());
+            let mut sqe = opcode::SendMsg::new(types::Fd(sock), &w.msg)
+                .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
+                .build()
+                .user_data(k as u64);
+            if same_next {
+                sqe = sqe.flags(squeue::Flags::IO_LINK);
+            }
+            // SAFETY: the msghdr, its iovec, control data and bytes live in
+            // this outbox, unmoved and unchanged until every submission is
+            // complete (waited for below; on a failure the outbox is leaked).
+            // The fds are open: the broker holds the client's connection and
+            // the cached socket (a reference in this reply keeps it) until
+            // this returns. The queue has room: CAPACITY entries, drained.
+            unsafe { self.ring.submission().push(&sqe) }
+                .map_err(|_| "io_uring submission queue full".to_string())?;
+            submitted += 1;
+        }
+        let mut done = 0usize;
+        // MSG_DONTWAIT: every send completes within the enter (sent, or
+        // EAGAIN); the timeout only guards against a kernel that would not.
+        let ts = types::Timespec::new().sec(1);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        while done < submitted {
+            match self
+                .ring
+                .submitter()
+                .submit_with_args(submitted - done, &args)
+            {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                    return Err(format!(
+                        "io_uring: {} of {submitted} sends not complete after 1 s",
+                        submitted - done
+                    ));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(format!("io_uring_enter: {e}")),
+            }
+            for cqe in self.ring.completion() {
+                if let Some(o) = self.outcomes.get_mut(cqe.user_data() as usize) {
+                    *o = Some(cqe.result());
+                    done += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How the one held reply went, when the broker sent it itself.
+    pub(super) fn sent_one(&mut self, result: Option<i32>) {
+        self.outcomes.clear();
+        self.outcomes.push(result);
+    }
+
+    /// The held replies in sending order, each with how it went.
+    pub(super) fn results(&self) -> impl Iterator<Item = (&Held, Outcome)> {
+        self.held().zip(self.outcomes.iter().map(|&r| outcome(r)))
+    }
+
+    /// Forget what was held (after [`Outbox::send`]).
+    pub(super) fn clear(&mut self) {
+        self.held.clear();
+        self.bytes.clear();
+        self.order.clear();
+        self.targets.clear();
+    }
+}
+
+/// How a held reply went, from its send's result.
+fn outcome(result: Option<i32>) -> Outcome {
+    match result {
+        None => Outcome::Gone,
+        Some(r) if r >= 0 => Outcome::Sent,
+        Some(r) if -r == libc::EAGAIN || -r == libc::ECANCELED => Outcome::Full,
+        Some(r) => Outcome::Failed(-r),
+    }
+}
