@@ -142,6 +142,7 @@ impl Broker {
             paused: false,
             pipelining: false,
             wakeups: 0,
+            seen: 0,
         }
     }
 

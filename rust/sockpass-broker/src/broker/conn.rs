@@ -82,6 +82,8 @@ pub(super) struct Conn {
     /// Seen to send requests without waiting for replies: read in batches.
     pub(super) pipelining: bool,
     pub(super) wakeups: u32,
+    /// The outbox's activity window this client last woke the broker in.
+    pub(super) seen: u32,
 }
 
 impl Broker {
@@ -109,6 +111,9 @@ impl Broker {
         let limit = match self.conns.get_mut(slot) {
             Some(c) => {
                 c.wakeups = c.wakeups.wrapping_add(1);
+                if let Some(ob) = &mut self.outbox {
+                    ob.active(&mut c.seen);
+                }
                 if c.pipelining || c.wakeups % PIPELINE_PROBE_EVERY == 0 {
                     self.cfg.limits.batch
                 } else {

@@ -80,7 +80,7 @@ impl Broker {
                 Err(e) => return Err(Error::os(e, "epoll_wait")),
             };
             if let Some(ob) = &mut self.outbox {
-                ob.turn(self.conns.len());
+                ob.turn();
             }
             for ev in &events[..n] {
                 let (data, flags) = (ev.u64, ev.events);

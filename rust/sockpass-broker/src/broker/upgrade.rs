@@ -319,6 +319,7 @@ impl Broker {
                     paused,
                     pipelining: c.pipelining,
                     wakeups: 0,
+                    seen: 0,
                 },
             );
             b.epoll.ctl(
