@@ -590,3 +590,110 @@ fn a_supervisor_notices_the_broker_going_away() {
     unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
     wait_child(&mut run);
 }
+
+/// Child for the outbox test: 8 connections pipeline socket requests (each
+/// reply carries an fd) and never read, until their buffers stay full;
+/// then 4 threads ask HELLO as fast as they can, so every loop turn holds
+/// replies for the end of the turn, until stdin closes.
+#[test]
+#[ignore]
+fn child_fills_the_outbox_and_never_reads() {
+    if !is_child() {
+        return;
+    }
+    let path = std::env::var("SOCK").unwrap();
+    let spec: SocketSpec = format!("udp:127.0.0.1:{}", std::env::var("PORT").unwrap())
+        .parse()
+        .unwrap();
+    let mut conns = Vec::new();
+    let mut sent = 0u64;
+    let mut id = 0u32;
+    let mut msg = Vec::new();
+    for _ in 0..8 {
+        let conn = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+        sockpass::sys::connect_unix(&conn, path.as_bytes()).unwrap();
+        sockpass::sys::set_nonblocking(conn.as_fd()).unwrap();
+        loop {
+            loop {
+                id += 1;
+                sockpass::proto::encode_request(&mut msg, id, &spec, ShareMode::Any, "greedy", 0)
+                    .unwrap();
+                match send_fds(conn.as_fd(), &msg, &[], libc::MSG_DONTWAIT) {
+                    Ok(_) => sent += 1,
+                    Err(_) => break,
+                }
+            }
+            let writable = sockpass::sys::poll_one(conn.as_fd(), libc::POLLOUT, 300).unwrap();
+            if writable == 0 {
+                break;
+            }
+        }
+        conns.push(conn);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammers: Vec<_> = (0..4)
+        .map(|_| {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&path).unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.hello().unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    println!("@@ {sent}");
+    hold_until_stdin_closes();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let hellos: u64 = hammers.into_iter().map(|h| h.join().unwrap()).sum();
+    eprintln!("outbox attacker: {sent} requests never read, {hellos} hellos");
+    drop(conns);
+}
+
+/// The replies of a loop turn are held and sent together (broker/outbox.rs):
+/// a client that fills its connections and never reads, while it keeps the
+/// broker's turns full of replies, delays no one else. Root is answered
+/// promptly; the attacker's references go when it does; no fd is left.
+#[test]
+fn a_client_that_keeps_the_outbox_full_and_never_reads_delays_no_one() {
+    if !need_root("a_client_that_keeps_the_outbox_full_and_never_reads_delays_no_one") {
+        return;
+    }
+    let b = Broker::start("outbox-attack");
+    let uring = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|l| l.to_string_lossy() == "anon_inode:[io_uring]");
+    if !uring {
+        eprintln!("NOTE: io_uring is off here: replies are sent one by one");
+    }
+    let _ = b.status();
+    let base = b.fd_count();
+    let port = free_port(true);
+    let mut child = spawn_nobody(
+        "child_fills_the_outbox_and_never_reads",
+        &[("SOCK", path_str(&b.path)), ("PORT", port.to_string())],
+    );
+    let sent: u64 = read_line(&mut child).parse().unwrap();
+    assert!(sent > 0);
+    let st = b.status();
+    eprintln!(
+        "attacker sent {sent} requests it never reads; broker holds {} references",
+        st.counters.references
+    );
+    assert!(
+        u64::from(st.counters.references) < sent,
+        "the broker stopped reading the attacker's full connections"
+    );
+    root_is_served_promptly(&b.path);
+    finish(child);
+    wait_for("the attacker's references dropped", || {
+        (b.status().counters.references == 0).then_some(())
+    });
+    wait_for("the broker's fds back to where they were", || {
+        (b.fd_count() <= base).then_some(())
+    });
+}
