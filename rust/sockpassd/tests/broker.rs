@@ -984,14 +984,6 @@ fn request_parts_sends_what_the_parts_say() {
     assert_eq!(named_c, 2);
 }
 
-/// Whether the broker holds an io_uring instance (`anon_inode:[io_uring]`).
-fn has_io_uring(pid: i32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .any(|l| l.to_string_lossy() == "anon_inode:[io_uring]")
-}
-
 #[test]
 fn concurrent_clients_get_their_own_replies_sent_together_or_one_by_one() {
     // 16 clients at once, each asking for its own socket and checking that
@@ -1002,7 +994,7 @@ fn concurrent_clients_get_their_own_replies_sent_together_or_one_by_one() {
     const CLIENTS: usize = 16;
     for extra in [&[][..], &["--no-io-uring"][..]] {
         let b = Broker::start_with("outbox", extra);
-        let ring = has_io_uring(b.pid());
+        let ring = b.uses_io_uring();
         if extra.is_empty() && !allowed {
             eprintln!("NOTE: kernel.io_uring_disabled is set: replies are sent one by one here");
         } else {

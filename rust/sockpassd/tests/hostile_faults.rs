@@ -663,11 +663,7 @@ fn a_client_that_keeps_the_outbox_full_and_never_reads_delays_no_one() {
         return;
     }
     let b = Broker::start("outbox-attack");
-    let uring = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .any(|l| l.to_string_lossy() == "anon_inode:[io_uring]");
-    if !uring {
+    if !b.uses_io_uring() {
         eprintln!("NOTE: io_uring is off here: replies are sent one by one");
     }
     let _ = b.status();

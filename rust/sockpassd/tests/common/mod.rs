@@ -137,6 +137,15 @@ impl Broker {
         self.client().status().expect("status")
     }
 
+    /// Whether the broker holds an io_uring instance (its outbox:
+    /// `anon_inode:[io_uring]` among its fds).
+    pub fn uses_io_uring(&self) -> bool {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|l| l.to_string_lossy() == "anon_inode:[io_uring]")
+    }
+
     /// Open fds of the broker process, from /proc.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
