@@ -1013,6 +1013,11 @@ fn concurrent_clients_get_their_own_replies_sent_together_or_one_by_one() {
                 let mut c = b.client();
                 std::thread::spawn(move || {
                     let sp = spec(&format!("udp:127.0.0.1:{port}"));
+                    // One reference kept throughout: the socket stays
+                    // cached, so no round waits on the close of the last
+                    // round's socket (the broker waits at most 20 ms for
+                    // it before it answers; a loaded machine can take longer).
+                    let keep = c.request_socket(&sp, ShareMode::Any, "t").unwrap();
                     for round in 0..20 {
                         let got: Vec<_> = (0..25)
                             .map(|_| c.request_socket(&sp, ShareMode::Any, "t").unwrap())
@@ -1025,6 +1030,7 @@ fn concurrent_clients_get_their_own_replies_sent_together_or_one_by_one() {
                         let left = c.release_many(&tokens).unwrap();
                         assert!(left.iter().all(|r| r.is_ok()));
                     }
+                    c.release(&keep.token).unwrap();
                 })
             })
             .collect();
