@@ -350,7 +350,7 @@ mod tests {
     /// dropped meanwhile gets what was held for it first, then its end.
     #[test]
     fn held_replies_go_out_in_order_and_a_full_client_gets_the_rest_queued() {
-        use std::os::fd::{AsFd, AsRawFd};
+        use std::os::fd::AsFd;
         let (listener, _peer) = sockpass::fdpass::socketpair(libc::SOCK_SEQPACKET).unwrap();
         let mut b = Broker::new(listener, Config::default()).unwrap();
         if b.outbox.is_none() {
@@ -369,19 +369,8 @@ mod tests {
             peers.push(peer);
         }
         // Client 0's socket takes few replies: its buffer fills midway.
-        let small: libc::c_int = 4096;
-        let fd0 = b.conns.get(slots[0]).unwrap().fd.as_raw_fd();
-        // SAFETY: a valid int option value for this socket.
-        let r = unsafe {
-            libc::setsockopt(
-                fd0,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&small as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0);
+        let fd0 = &b.conns.get(slots[0]).unwrap().fd;
+        sockpass::sys::setsockopt_int(fd0, libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
         let n = 40usize;
         for i in 0..n {
             for (c, &slot) in slots.iter().enumerate() {
