@@ -15,27 +15,30 @@
 //! bounded queue. Linger is still switched off first ([`linger_off`]), so
 //! winning that race is the only way to stall the closer, and a stalled
 //! closer delays only other closes. When the queue is full the fds are
-//! parked and handed over on a later call ([`flush`]); nothing is ever
+//! parked and handed over on a later call ([`settle`]); nothing is ever
 //! closed on the loop.
 //!
 //! A broker socket's port should be free when the client reads RELEASED, so
-//! for those the loop waits for the closer, at most [`SETTLE`]; a closer
-//! that overstays is left alone (no more waits) until it has caught up, so
-//! a stalled closer costs the loop one such wait, not one per close. The
-//! wait is taken once for all the closes a request or a hang-up made
+//! for those the loop waits for the closer, at most [`SETTLE`]. The wait is
+//! taken once for all the closes a request or a hang-up made
 //! ([`settle_pending`], before the next reply goes out and after each
 //! event): a release of 64 sockets is one hand-over and one wait, not 64.
+//! The closer takes the newest batch first, one fd at a time, so the
+//! closes a wait is for overtake a backlog (the thousands of sockets of a
+//! client that went): a release is answered with its port free even then.
+//! A closer stuck in one close is left alone: a wait that timed out is not
+//! taken again until the closer has closed another fd, so a stuck closer
+//! costs the loop one wait, not one per reply.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// How long the loop waits for a broker socket's close (see the module doc).
 pub const SETTLE: Duration = Duration::from_millis(20);
 
-/// Batches of fds waiting for the closer thread, at most.
+/// Batches of fds waiting for the closer thread, at most (then parked).
 const QUEUE: usize = 4096;
 
 /// `SO_PASSRIGHTS` (Linux 6.16+, `include/uapi/asm-generic/socket.h`):
@@ -81,52 +84,110 @@ pub fn linger_off(fd: &impl AsRawFd) {
     }
 }
 
+/// The loop's side: what it has handed over and waited for.
 struct Closer {
-    tx: Option<SyncSender<Vec<OwnedFd>>>,
-    /// Fds the queue had no room for, handed over on a later call.
+    /// The closer thread is running.
+    started: bool,
+    /// Fds not handed over yet (the queue was full, or a drop waits for
+    /// the next [`settle`]).
     parked: Vec<OwnedFd>,
-    /// Batches handed to the closer thread.
+    /// The id of the last batch handed over.
     sent: u64,
-    /// A wait for the closer timed out: no more waits until it caught up.
-    behind: bool,
+    /// Batches up to this id were waited for, or given up on, by a settle.
+    settled: u64,
+    /// A wait timed out when the closer had closed this many fds: no more
+    /// waits until it closes another.
+    stalled_at: Option<u64>,
+}
+
+struct Batch {
+    id: u64,
+    fds: Vec<OwnedFd>,
+}
+
+/// What the closer thread has to close, shared with the loop.
+struct Lane {
+    /// Batches not closed yet, newest last: the closer works from the end.
+    /// A batch stays here until its last fd is closed.
+    stack: Vec<Batch>,
+    /// Fds closed since the start (tells a busy closer from a stuck one).
+    closed: u64,
+}
+
+struct Shared {
+    lane: Mutex<Lane>,
+    /// The loop handed over a batch.
+    work: Condvar,
+    /// The closer finished a batch.
+    done: Condvar,
 }
 
 static CLOSER: OnceLock<Mutex<Closer>> = OnceLock::new();
-/// Batches the closer thread has closed, and its signal for [`settle`].
-static CLOSED: AtomicU64 = AtomicU64::new(0);
+static SHARED: OnceLock<Shared> = OnceLock::new();
 /// Broker sockets were dropped since the last [`settle`]: parked, not yet
 /// handed over or waited for.
 static PENDING: AtomicBool = AtomicBool::new(false);
-static DONE: OnceLock<(Mutex<()>, Condvar)> = OnceLock::new();
 
-fn done() -> &'static (Mutex<()>, Condvar) {
-    DONE.get_or_init(|| (Mutex::new(()), Condvar::new()))
+/// A poisoned lock still guards consistent data here (no code panics while
+/// holding one), so it is used as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| Shared {
+        lane: Mutex::new(Lane {
+            stack: Vec::new(),
+            closed: 0,
+        }),
+        work: Condvar::new(),
+        done: Condvar::new(),
+    })
 }
 
 fn closer() -> &'static Mutex<Closer> {
     CLOSER.get_or_init(|| {
-        let (tx, rx) = sync_channel::<Vec<OwnedFd>>(QUEUE);
         let started = std::thread::Builder::new()
             .name("sockpassd-close".into())
-            .spawn(move || {
+            .spawn(|| {
                 crate::log::block_signals();
-                // Each batch is dropped (closed) here, off the loop.
-                for batch in rx {
-                    drop(batch);
-                    let (m, cv) = done();
-                    let _g = m.lock().unwrap_or_else(|p| p.into_inner());
-                    CLOSED.fetch_add(1, Ordering::Release);
-                    cv.notify_all();
-                }
+                close_forever(shared());
             })
             .is_ok();
         Mutex::new(Closer {
-            tx: started.then_some(tx),
+            started,
             parked: Vec::new(),
             sent: 0,
-            behind: false,
+            settled: 0,
+            stalled_at: None,
         })
     })
+}
+
+/// The closer thread: the newest batch's fds one by one, so a batch handed
+/// over later overtakes the rest of an older one.
+fn close_forever(sh: &Shared) -> ! {
+    let mut lane = lock(&sh.lane);
+    loop {
+        let Some(top) = lane.stack.last_mut() else {
+            lane = sh.work.wait(lane).unwrap_or_else(|p| p.into_inner());
+            continue;
+        };
+        let id = top.id;
+        let fd = top.fds.pop();
+        let last = top.fds.is_empty();
+        drop(lane);
+        drop(fd);
+        lane = lock(&sh.lane);
+        lane.closed += 1;
+        if last {
+            // Newer batches may sit above it by now.
+            if let Some(i) = lane.stack.iter().rposition(|b| b.id == id) {
+                lane.stack.remove(i);
+            }
+            sh.done.notify_all();
+        }
+    }
 }
 
 /// Close `fds` on the closer thread, with linger switched off first.
@@ -137,37 +198,33 @@ pub fn close_off_loop(fds: Vec<OwnedFd>) -> bool {
     for fd in &fds {
         linger_off(fd);
     }
-    let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = lock(closer());
     c.parked.extend(fds);
     hand_over(&mut c)
 }
 
-/// Hand parked fds to the closer; true if none are left parked.
-pub fn flush() -> bool {
-    let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
-    hand_over(&mut c)
-}
-
+/// Hand parked fds to the closer as one batch; true if none are left parked.
 fn hand_over(c: &mut Closer) -> bool {
     if c.parked.is_empty() {
         return true;
     }
-    let Some(tx) = &c.tx else {
+    if !c.started {
         // No closer thread could be started: keep them (bounded by the fd
         // limit) rather than block.
         return false;
-    };
-    let batch = std::mem::take(&mut c.parked);
-    match tx.try_send(batch) {
-        Ok(()) => {
-            c.sent += 1;
-            true
-        }
-        Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
-            c.parked = b;
-            false
-        }
     }
+    let sh = shared();
+    let mut lane = lock(&sh.lane);
+    if lane.stack.len() >= QUEUE {
+        return false;
+    }
+    c.sent += 1;
+    lane.stack.push(Batch {
+        id: c.sent,
+        fds: std::mem::take(&mut c.parked),
+    });
+    sh.work.notify_one();
+    true
 }
 
 /// [`settle`] if a broker socket was dropped since the last one (an atomic
@@ -179,30 +236,38 @@ pub fn settle_pending() {
 }
 
 /// Hand over what is parked, then wait (at most [`SETTLE`]) until the
-/// closer has closed everything handed to it, unless it is behind from an
-/// earlier wait that timed out.
+/// closer has closed every batch handed over since the last settle, unless
+/// it is stuck in a close since an earlier wait timed out.
 pub fn settle() {
-    let target = {
-        let mut c = closer().lock().unwrap_or_else(|p| p.into_inner());
+    let sh = shared();
+    let from = {
+        let mut c = lock(closer());
         PENDING.store(false, Ordering::Relaxed);
         hand_over(&mut c);
-        let closed = CLOSED.load(Ordering::Acquire);
-        if c.behind && closed < c.sent {
-            return;
-        }
-        c.behind = false;
+        let from = c.settled;
+        c.settled = c.sent;
         if !c.parked.is_empty() {
+            // The queue is full: far behind, waiting would not help.
             return;
         }
-        c.sent
+        let lane = lock(&sh.lane);
+        if let Some(at) = c.stalled_at {
+            if lane.closed == at && !lane.stack.is_empty() {
+                return;
+            }
+            c.stalled_at = None;
+        }
+        from
     };
-    let (m, cv) = done();
-    let g = m.lock().unwrap_or_else(|p| p.into_inner());
-    let (_g, r) = cv
-        .wait_timeout_while(g, SETTLE, |_| CLOSED.load(Ordering::Acquire) < target)
+    let lane = lock(&sh.lane);
+    let (lane, r) = sh
+        .done
+        .wait_timeout_while(lane, SETTLE, |l| l.stack.iter().any(|b| b.id > from))
         .unwrap_or_else(|p| p.into_inner());
     if r.timed_out() {
-        closer().lock().unwrap_or_else(|p| p.into_inner()).behind = true;
+        let closed = lane.closed;
+        drop(lane);
+        lock(closer()).stalled_at = Some(closed);
     }
 }
 
@@ -244,11 +309,7 @@ impl Drop for OffLoopFd {
     fn drop(&mut self) {
         if let Some(fd) = self.0.take() {
             linger_off(&fd);
-            closer()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .parked
-                .push(fd);
+            lock(closer()).parked.push(fd);
             PENDING.store(true, Ordering::Relaxed);
         }
     }

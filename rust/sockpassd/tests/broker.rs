@@ -1045,3 +1045,41 @@ fn concurrent_clients_get_their_own_replies_sent_together_or_one_by_one() {
         });
     }
 }
+
+/// A release is answered once its port is free, even while the closer
+/// thread works through thousands of sockets a client that went left
+/// behind: the release's own close overtakes that backlog. (Before, the
+/// broker stopped waiting for closes once one wait had timed out, and a
+/// request for the port just released got EADDRINUSE.)
+#[test]
+fn a_released_port_is_free_while_a_mass_close_is_under_way() {
+    let b = Broker::start("massclose");
+    // A privileged uid may hold them all; others get an eighth of 65,536.
+    let n = if is_root() { 10_000 } else { 8_000 };
+    let mut holder = b.client();
+    let specs: Vec<_> = (0..n)
+        .map(|_| (spec("udp:127.0.0.1:0"), ShareMode::None, "holder"))
+        .collect();
+    for chunk in specs.chunks(1000) {
+        // Only the references matter: the fds close here at once.
+        drop(holder.request_many(chunk).expect("holder batch"));
+    }
+    assert_eq!(b.status().sockets.len(), n);
+    let mut c = b.client();
+    let sp = spec(&format!("udp:127.0.0.1:{}", free_port(true)));
+    let g = c.request_socket(&sp, ShareMode::None, "again").unwrap();
+    drop(g.fd);
+    assert_eq!(c.release(&g.token).unwrap(), 0);
+    // The holder goes: its n sockets are handed to the closer at once.
+    drop(holder);
+    for i in 0..200 {
+        let g = c
+            .request_socket(&sp, ShareMode::None, "again")
+            .unwrap_or_else(|e| panic!("request {i} after the release: {e}"));
+        drop(g.fd);
+        assert_eq!(c.release(&g.token).unwrap(), 0);
+    }
+    wait_for("the holder's sockets to go", || {
+        (b.status().sockets.is_empty()).then_some(())
+    });
+}
