@@ -26,9 +26,15 @@
 //! The closer takes the newest batch first, one fd at a time, so the
 //! closes a wait is for overtake a backlog (the thousands of sockets of a
 //! client that went): a release is answered with its port free even then.
-//! A closer stuck in one close is left alone: a wait that timed out is not
-//! taken again until the closer has closed another fd, so a stuck closer
-//! costs the loop one wait, not one per reply.
+//! A closer stuck in one close is left alone: after a wait in which it
+//! closed nothing, no wait is taken until it has closed another fd, so a
+//! stuck closer costs the loop one wait, not one per reply.
+//!
+//! A new socket whose bind finds its port taken may be waiting for a
+//! socket still in that backlog (a supervisor restarting a daemon that held
+//! thousands): [`hurry`] moves the queued sockets bound to that port to the
+//! top and waits for them, within the same bounds, before the bind is
+//! tried again.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,7 +96,7 @@ struct Closer {
     started: bool,
     /// Fds not handed over yet (the queue was full, or a drop waits for
     /// the next [`settle`]).
-    parked: Vec<OwnedFd>,
+    parked: Vec<Queued>,
     /// The id of the last batch handed over.
     sent: u64,
     /// Batches up to this id were waited for, or given up on, by a settle.
@@ -100,9 +106,25 @@ struct Closer {
     stalled_at: Option<u64>,
 }
 
+/// A queued fd and the port it is bound to ([`port_key`]; 0: unknown).
+type Queued = (OwnedFd, u32);
+
 struct Batch {
     id: u64,
-    fds: Vec<OwnedFd>,
+    fds: Vec<Queued>,
+}
+
+/// The key [`hurry`] finds a queued broker socket by: its type and port
+/// (TCP and UDP on a fixed port; 0, never found, for anything else).
+/// Sockets on the same port but another address match too: closing them
+/// early is harmless.
+pub fn port_key(spec: &sockpass::SocketSpec, port: u16) -> u32 {
+    match spec.proto {
+        sockpass::Proto::Udp | sockpass::Proto::Tcp if port != 0 => {
+            ((spec.proto.sock_type() as u32) << 16) | u32::from(port)
+        }
+        _ => 0,
+    }
 }
 
 /// What the closer thread has to close, shared with the loop.
@@ -174,12 +196,14 @@ fn close_forever(sh: &Shared) -> ! {
             continue;
         };
         let id = top.id;
+        // Empty when [`hurry`] took its fds.
         let fd = top.fds.pop();
         let last = top.fds.is_empty();
         drop(lane);
+        let closed_one = fd.is_some();
         drop(fd);
         lane = lock(&sh.lane);
-        lane.closed += 1;
+        lane.closed += u64::from(closed_one);
         if last {
             // Newer batches may sit above it by now.
             if let Some(i) = lane.stack.iter().rposition(|b| b.id == id) {
@@ -199,7 +223,7 @@ pub fn close_off_loop(fds: Vec<OwnedFd>) -> bool {
         linger_off(fd);
     }
     let mut c = lock(closer());
-    c.parked.extend(fds);
+    c.parked.extend(fds.into_iter().map(|fd| (fd, 0)));
     hand_over(&mut c)
 }
 
@@ -259,16 +283,72 @@ pub fn settle() {
         }
         from
     };
+    wait(|l| l.stack.iter().any(|b| b.id > from));
+}
+
+/// Wait (at most [`SETTLE`]) while `busy` holds. A closer that closed
+/// nothing in all that time is stuck in one close: no more waits until it
+/// closes another fd. (One that closed some is busy, or short of CPU on a
+/// loaded machine: later waits are still taken, and with the newest
+/// closes first they are short.)
+fn wait(busy: impl FnMut(&mut Lane) -> bool) -> bool {
+    let sh = shared();
     let lane = lock(&sh.lane);
+    let before = lane.closed;
     let (lane, r) = sh
         .done
-        .wait_timeout_while(lane, SETTLE, |l| l.stack.iter().any(|b| b.id > from))
+        .wait_timeout_while(lane, SETTLE, busy)
         .unwrap_or_else(|p| p.into_inner());
-    if r.timed_out() {
-        let closed = lane.closed;
+    if r.timed_out() && lane.closed == before {
         drop(lane);
-        lock(closer()).stalled_at = Some(closed);
+        lock(closer()).stalled_at = Some(before);
     }
+    !r.timed_out()
+}
+
+/// A bind found its port taken: have the closer close the queued broker
+/// sockets with this [`port_key`] next, and wait for them (at most
+/// [`SETTLE`], not while the closer is stuck). True if there were some and
+/// they are closed: the bind is worth trying again. One pass over the
+/// queue, so a request costs the loop at most that.
+pub fn hurry(key: u32) -> bool {
+    if key == 0 {
+        return false;
+    }
+    let sh = shared();
+    let id = {
+        let mut c = lock(closer());
+        hand_over(&mut c);
+        if !c.parked.is_empty() {
+            return false;
+        }
+        let mut lane = lock(&sh.lane);
+        if c.stalled_at == Some(lane.closed) && !lane.stack.is_empty() {
+            return false;
+        }
+        let mut found = Vec::new();
+        for b in lane.stack.iter_mut() {
+            let mut i = 0;
+            while i < b.fds.len() {
+                if b.fds[i].1 == key {
+                    found.push(b.fds.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if found.is_empty() {
+            return false;
+        }
+        c.sent += 1;
+        lane.stack.push(Batch {
+            id: c.sent,
+            fds: found,
+        });
+        sh.work.notify_one();
+        c.sent
+    };
+    wait(|l| l.stack.iter().any(|b| b.id == id))
 }
 
 /// An fd a client could have touched (a broker socket it shares): dropping
@@ -276,11 +356,12 @@ pub fn settle() {
 /// over and waits for it within [`settle`]'s bound, so the port is free
 /// when the release is answered.
 #[derive(Debug)]
-pub struct OffLoopFd(Option<OwnedFd>);
+pub struct OffLoopFd(Option<OwnedFd>, u32);
 
 impl OffLoopFd {
-    pub fn new(fd: OwnedFd) -> OffLoopFd {
-        OffLoopFd(Some(fd))
+    /// `key`: the port it is bound to ([`port_key`]), 0 if none.
+    pub fn new(fd: OwnedFd, key: u32) -> OffLoopFd {
+        OffLoopFd(Some(fd), key)
     }
 
     /// The fd itself, no longer closed off the loop (handed over in an
@@ -309,7 +390,7 @@ impl Drop for OffLoopFd {
     fn drop(&mut self) {
         if let Some(fd) = self.0.take() {
             linger_off(&fd);
-            lock(closer()).parked.push(fd);
+            lock(closer()).parked.push((fd, self.1));
             PENDING.store(true, Ordering::Relaxed);
         }
     }

@@ -295,7 +295,7 @@ mod tests {
         let es = b.insert(Entry {
             id: 7,
             spec,
-            fd: OffLoopFd::new(std::fs::File::open("/dev/null").unwrap().into()),
+            fd: OffLoopFd::new(std::fs::File::open("/dev/null").unwrap().into(), 0),
             port: 9,
             holders: Holders::default(),
             keyed: true,

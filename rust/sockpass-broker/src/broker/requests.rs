@@ -314,7 +314,18 @@ impl Broker {
                 u.room("sockets", u.sockets, u.quota.sockets)?;
                 // A socket this request dropped may hold the address.
                 crate::closer::settle_pending();
-                let created = create_canonical(&spec)?;
+                let created = match create_canonical(&spec) {
+                    // Perhaps taken by a socket still queued for the
+                    // closer (a holder of thousands that just went).
+                    Err(e)
+                        if e.errno() == libc::EADDRINUSE
+                            && crate::closer::hurry(crate::closer::port_key(&spec, spec.port)) =>
+                    {
+                        create_canonical(&spec)?
+                    }
+                    r => r?,
+                };
+                let key = crate::closer::port_key(&spec, created.port);
                 let eid = self.next_entry_id;
                 self.next_entry_id += 1;
                 let keyed = !spec.is_ephemeral() && !per_worker;
@@ -329,7 +340,7 @@ impl Broker {
                 let es = self.sockets.insert(Entry {
                     id: eid,
                     spec,
-                    fd: OffLoopFd::new(created.fd),
+                    fd: OffLoopFd::new(created.fd, key),
                     port: created.port,
                     holders: Holders::with_capacity(1),
                     keyed,

@@ -100,10 +100,11 @@ impl Broker {
                 .is_unix()
                 .then(|| crate::unixsock::path_ino(&spec.path))
                 .flatten();
+            let key = crate::closer::port_key(&spec, port);
             let es = self.sockets.insert(Entry {
                 id: eid,
                 spec,
-                fd: OffLoopFd::new(fd),
+                fd: OffLoopFd::new(fd, key),
                 port,
                 holders: Holders::with_capacity(1),
                 keyed: true,

@@ -260,12 +260,13 @@ impl Broker {
                     conn_id: h.conn_id,
                 });
             }
+            let key = crate::closer::port_key(&spec, e.port);
             b.sockets.insert_at(
                 e.slot as usize,
                 Entry {
                     id: e.id,
                     spec,
-                    fd: OffLoopFd::new(e.fd),
+                    fd: OffLoopFd::new(e.fd, key),
                     port: e.port,
                     holders,
                     keyed: e.keyed,

@@ -138,8 +138,10 @@ impl Broker {
     }
 
     /// Whether the broker holds an io_uring instance (its outbox:
-    /// `anon_inode:[io_uring]` among its fds).
+    /// `anon_inode:[io_uring]` among its fds). After a handshake: the
+    /// listener takes connections before the loop (and its ring) exists.
     pub fn uses_io_uring(&self) -> bool {
+        drop(self.client());
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .unwrap()
             .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
