@@ -263,12 +263,22 @@ pub fn settle_pending() {
 /// closer has closed every batch handed over since the last settle, unless
 /// it is stuck in a close since an earlier wait timed out.
 pub fn settle() {
+    settle_from(None);
+}
+
+/// [`settle`], waiting for the whole queue (an older backlog too): before
+/// the broker counts its open fds.
+pub fn settle_all() {
+    settle_from(Some(0));
+}
+
+fn settle_from(from: Option<u64>) {
     let sh = shared();
     let from = {
         let mut c = lock(closer());
         PENDING.store(false, Ordering::Relaxed);
         hand_over(&mut c);
-        let from = c.settled;
+        let from = from.unwrap_or(c.settled);
         c.settled = c.sent;
         if !c.parked.is_empty() {
             // The queue is full: far behind, waiting would not help.

@@ -274,7 +274,7 @@ impl Noisy {
 /// The broker's open fds. Closes handed to the closer thread count as done
 /// (it is not stalled) once it has caught up, within its bound.
 fn broker_fds() -> u32 {
-    crate::closer::settle();
+    crate::closer::settle_all();
     sys::count_open_fds() as u32
 }
 
