@@ -333,7 +333,8 @@ pub fn hurry(key: u32) -> bool {
             return false;
         }
         let mut lane = lock(&sh.lane);
-        if c.stalled_at == Some(lane.closed) && !lane.stack.is_empty() {
+        if c.stalled_at == Some(lane.closed) && !lane.stack.is_empty() || lane.stack.len() >= QUEUE
+        {
             return false;
         }
         let mut found = Vec::new();
