@@ -7,26 +7,8 @@
 use sockpass_broker::closer::{self, OffLoopFd};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
-
-fn set_linger(fd: &impl AsRawFd, secs: i32) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: secs,
-    };
-    // SAFETY: setsockopt with a valid linger struct.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-}
 
 fn key(proto: &str, port: u16) -> u32 {
     closer::port_key(&format!("{proto}:127.0.0.1:{port}").parse().unwrap(), port)
@@ -60,7 +42,7 @@ fn a_stuck_closer_costs_one_wait_then_none_until_it_moves() {
     // client then switches linger back on through its own copy and closes
     // that, so the broker's close is the last and would wait 5 s.
     drop(OffLoopFd::new(OwnedFd::from(s), key("tcp", port)));
-    set_linger(&ours, 5);
+    rustix::net::sockopt::set_socket_linger(&ours, Some(Duration::from_secs(5))).unwrap();
     drop(ours);
 
     let t0 = Instant::now();
