@@ -147,5 +147,44 @@ mod tests {
         assert!(msg.to_str().unwrap().contains("panic"), "{msg:?}");
         // The next successful call clears it.
         assert_eq!(call(|| Ok(7)), 7);
+        // SAFETY: as above.
+        let msg = unsafe { std::ffi::CStr::from_ptr(crate::errors::sockpass_last_error_message()) };
+        assert_eq!(msg.to_bytes(), b"");
+    }
+
+    /// A success leaves "" and errno 0 in its thread: before any error was
+    /// recorded (the thread-locals are not touched then), and after one, in
+    /// this thread or another.
+    #[test]
+    fn a_success_clears_the_last_error_of_its_thread() {
+        use crate::errors::{sockpass_last_error_errno, sockpass_last_error_message};
+        let last = || {
+            // SAFETY: the last error is a NUL-terminated string owned by this thread.
+            let m = unsafe { std::ffi::CStr::from_ptr(sockpass_last_error_message()) };
+            (
+                m.to_string_lossy().into_owned(),
+                sockpass_last_error_errno(),
+            )
+        };
+        let fail = || call(|| Err(Error::with_errno(Kind::Os, libc::EBADF, "bad fd")));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(call(|| Ok(1)), 1);
+                assert_eq!(last(), (String::new(), 0));
+                assert!(fail() < 0);
+                assert_eq!(last(), ("bad fd".to_owned(), libc::EBADF));
+                assert_eq!(call(|| Ok(2)), 2);
+                assert_eq!(last(), (String::new(), 0));
+            })
+            .join()
+            .unwrap();
+            // Another thread, after an error was recorded elsewhere.
+            s.spawn(|| {
+                assert_eq!(last(), (String::new(), 0));
+                assert!(fail() < 0);
+                assert_eq!(call(|| Ok(3)), 3);
+                assert_eq!(last(), (String::new(), 0));
+            });
+        });
     }
 }

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// A socket is held under a share mode that does not admit this request.
@@ -36,11 +37,26 @@ thread_local! {
 /// Record this thread's last error: its message and the OS errno behind it
 /// (0 if none).
 pub(crate) fn set_last_error_errno(msg: Option<&str>, errno: c_int) {
+    if errno != 0 {
+        ANY_RECORDED.store(true, Ordering::Relaxed);
+    }
     set_last_error(msg);
     let _ = LAST_ERRNO.try_with(|e| e.set(errno));
 }
 
+/// Has any thread recorded an error? Until one has, every thread's last
+/// error is already "" and errno 0, and a success leaves the thread-locals
+/// alone: their page is one more a request touches, which costs more than
+/// the code once hundreds of client processes share a CPU (B5 at 1,000).
+static ANY_RECORDED: AtomicBool = AtomicBool::new(false);
+
 pub(crate) fn set_last_error(msg: Option<&str>) {
+    if msg.is_none() && !ANY_RECORDED.load(Ordering::Relaxed) {
+        return;
+    }
+    // Before this thread's own record: its later calls see the flag set
+    // (program order), whatever other threads see.
+    ANY_RECORDED.store(true, Ordering::Relaxed);
     let c = msg.map(|m| CString::new(m.replace('\0', " ")).unwrap_or_default());
     // try_with: during thread teardown there is nothing left to record into.
     let _ = LAST.try_with(|l| {

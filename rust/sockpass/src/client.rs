@@ -25,7 +25,7 @@ use crate::share::ShareMode;
 use crate::spec::SocketSpec;
 use crate::sys;
 use crate::token::Token;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 mod batch;
 mod connection;
+mod fdmap;
 mod parts;
 pub mod path;
 pub mod shared;
@@ -44,6 +45,7 @@ mod status;
 
 pub use spin::MAX_SPIN_US;
 
+use fdmap::FdTokens;
 use parts::LastParts;
 pub use parts::Parts;
 pub use shared::{with_default, SharedClient};
@@ -120,7 +122,7 @@ pub struct Client {
     /// The largest packet the broker said it accepts (HELLO_OK), within
     /// [`proto::MIN_MSG`]..=[`proto::MAX_MSG`]; 0 before the handshake.
     broker_max_msg: usize,
-    fd_tokens: HashMap<RawFd, Token, KeyedState>,
+    fd_tokens: FdTokens,
     /// References still held whose fd number a later grant reused (the
     /// caller had closed that fd): released by token or by `release_all`.
     /// A queue in the order they came, not a set: a client that closes each
@@ -277,7 +279,7 @@ impl Client {
             next_id: 1,
             broker_pid: 0,
             broker_max_msg: 0,
-            fd_tokens: HashMap::default(),
+            fd_tokens: FdTokens::default(),
             unmapped: VecDeque::new(),
             // Grown by the first message encoded here (a request by parts
             // is encoded in `last`, so a one-request client has none).
@@ -884,7 +886,7 @@ impl Client {
                 .retain(|t| !released.contains(&WholeToken(*t)));
             if before - self.unmapped.len() < released.len() {
                 self.fd_tokens
-                    .retain(|_, t| !released.contains(&WholeToken(*t)));
+                    .retain(|t| !released.contains(&WholeToken(*t)));
             }
         }
         res.map(|()| out)
@@ -982,7 +984,7 @@ impl Client {
         }
         // Not "unknown fd" when the connection, and its map, are gone.
         self.usable()?;
-        let token = *self.fd_tokens.get(&fd).ok_or_else(|| {
+        let token = *self.fd_tokens.get(fd).ok_or_else(|| {
             Error::with_errno(
                 Kind::UnknownToken,
                 libc::ENOENT,
@@ -994,14 +996,15 @@ impl Client {
 
     /// The token of a socket fd this client received and has not released.
     pub fn token_of(&self, fd: RawFd) -> Option<Token> {
-        self.fd_tokens.get(&fd).copied()
+        self.fd_tokens.get(fd).copied()
     }
 
     /// The references this client holds, by the fd each came with; -1 where
     /// the caller closed that fd and a later grant got its number.
     pub fn held(&self) -> impl Iterator<Item = (RawFd, Token)> + '_ {
-        let by_fd = self.fd_tokens.iter().map(|(f, t)| (*f, *t));
-        by_fd.chain(self.unmapped.iter().map(|t| (-1, *t)))
+        self.fd_tokens
+            .iter()
+            .chain(self.unmapped.iter().map(|t| (-1, *t)))
     }
 
     /// Note a grant's token under its fd. A token already there came with an
@@ -1025,7 +1028,7 @@ impl Client {
             Some(p) => {
                 self.unmapped.remove(p);
             }
-            None => self.fd_tokens.retain(|_, t| t != token),
+            None => self.fd_tokens.retain(|t| t != token),
         }
     }
 
