@@ -46,8 +46,8 @@ pub(crate) fn set_last_error_errno(msg: Option<&str>, errno: c_int) {
 
 /// Has any thread recorded an error? Until one has, every thread's last
 /// error is already "" and errno 0, and a success leaves the thread-locals
-/// alone: their page is one more a request touches, which costs more than
-/// the code once hundreds of client processes share a CPU (B5 at 1,000).
+/// alone: their page is one more a request touches, a cold one after each
+/// wake-up once hundreds of client processes share a CPU.
 static ANY_RECORDED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn set_last_error(msg: Option<&str>) {
