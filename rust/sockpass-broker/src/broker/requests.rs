@@ -76,6 +76,8 @@ impl Broker {
         id: u32,
         r: SocketRequest<'_>,
     ) -> Result<Reply> {
+        let creds = self.conns.get(slot).unwrap().creds;
+        self.cfg.policy.check(&creds, &r.spec, r.share)?;
         let g = self.obtain(slot, r)?;
         Ok(self.encode_grant(id, &g))
     }
@@ -207,11 +209,12 @@ impl Broker {
         Some(Ok(self.encode_sockets(id, &got, n)))
     }
 
-    /// Serve one socket request: policy, sharing, the cache or a new
-    /// socket, and the reference made (not yet encoded).
+    /// Serve one socket request the policy allowed: sharing, the cache or
+    /// a new socket, and the reference made (not yet encoded). The policy
+    /// is the caller's to check: a batch checks every spec before serving
+    /// any, and once is enough (the policy is fixed for the broker's life).
     fn obtain(&mut self, slot: usize, r: SocketRequest<'_>) -> Result<Granted> {
         let creds = self.conns.get(slot).unwrap().creds;
-        self.cfg.policy.check(&creds, &r.spec, r.share)?;
         let reserve = r.flags & proto::REQ_RESERVE != 0;
         let per_worker = r.flags & proto::REQ_PER_WORKER != 0;
         let user = self.conns.get(slot).unwrap().user;
