@@ -710,7 +710,8 @@ impl FromStr for SocketSpec {
     /// `PROTO:ADDR:PORT[?opt=val&...]`, ADDR an IPv4 literal or `[IPv6]`.
     fn from_str(s: &str) -> Result<SocketSpec> {
         if let Some(spec) = plain_ipv4(s.as_bytes()) {
-            spec.validate()?;
+            // No options, no path: nothing for `validate` to refuse.
+            debug_assert!(spec.validate().is_ok());
             return Ok(spec);
         }
         parse_spec(s)
@@ -719,37 +720,51 @@ impl FromStr for SocketSpec {
 
 /// The common spec `udp:A.B.C.D:PORT` or `tcp:…` (no options), read in one
 /// pass over its bytes: a batch of 64 specs from C spent 60 % of the
-/// client's instructions in the general parser. None for anything else
-/// (also what it would refuse): [`parse_spec`] then decides and words the
-/// error, so the two agree on every spec this accepts.
+/// client's instructions in the general parser, and a third of what was
+/// left in this one written with iterators. None for anything else (also
+/// what it would refuse): [`parse_spec`] then decides and words the error,
+/// so the two agree on every spec this accepts.
 fn plain_ipv4(b: &[u8]) -> Option<SocketSpec> {
     let proto = match b.get(..4)? {
         b"udp:" => Proto::Udp,
         b"tcp:" => Proto::Tcp,
         _ => return None,
     };
-    let mut rest = &b[4..];
-    let mut ip = [0u8; 4];
-    for (i, octet) in ip.iter_mut().enumerate() {
-        let end = if i == 3 { b':' } else { b'.' };
-        let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-        // One to three digits, no leading zero (as Ipv4Addr's parser).
-        if digits == 0 || digits > 3 || (digits > 1 && rest[0] == b'0') {
-            return None;
+    // A decimal number of at most `max` digits at `*i`: (value, digit
+    // count), and `*i` moves past it.
+    fn number(b: &[u8], i: &mut usize, max: usize) -> Option<(u32, usize)> {
+        let start = *i;
+        let mut v = 0u32;
+        while let Some(&c) = b.get(*i) {
+            if !c.is_ascii_digit() || *i - start == max {
+                break;
+            }
+            v = v * 10 + u32::from(c - b'0');
+            *i += 1;
         }
-        let v = rest[..digits]
-            .iter()
-            .fold(0u32, |v, c| v * 10 + u32::from(c - b'0'));
-        *octet = u8::try_from(v).ok()?;
-        if rest.get(digits) != Some(&end) {
-            return None;
-        }
-        rest = &rest[digits + 1..];
+        let n = *i - start;
+        (n > 0).then_some((v, n))
     }
-    if rest.is_empty() || rest.len() > 5 || !rest.iter().all(u8::is_ascii_digit) {
+    let mut i = 4;
+    let mut ip = [0u8; 4];
+    for (k, octet) in ip.iter_mut().enumerate() {
+        let start = i;
+        let (v, n) = number(b, &mut i, 3)?;
+        // No leading zero (as Ipv4Addr's parser).
+        if n > 1 && b[start] == b'0' {
+            return None;
+        }
+        *octet = u8::try_from(v).ok()?;
+        let end = if k == 3 { b':' } else { b'.' };
+        if b.get(i) != Some(&end) {
+            return None;
+        }
+        i += 1;
+    }
+    let (port, _) = number(b, &mut i, 5)?;
+    if i != b.len() {
         return None;
     }
-    let port = rest.iter().fold(0u32, |v, c| v * 10 + u32::from(c - b'0'));
     let port = u16::try_from(port).ok()?;
     Some(SocketSpec::new(proto, IpAddr::V4(Ipv4Addr::from(ip)), port))
 }

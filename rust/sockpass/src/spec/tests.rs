@@ -186,6 +186,9 @@ fn plain_ipv4_agrees_with_the_general_parser() {
         "udp:1..3.4:53",
         "udp:1.2.3.4:123456",
         "udp:1.2.3.4:-1",
+        "udp:1234.0.0.1:53",
+        "udp:1.2.3.4:53x",
+        "udp:1.2.3.4:0000053",
         "tcp:[::1]:80",
     ] {
         assert!(plain_ipv4(s.as_bytes()).is_none(), "{s}");
