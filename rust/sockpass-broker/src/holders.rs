@@ -161,6 +161,10 @@ pub(crate) struct Member {
     uid: u32,
 }
 
+/// The memory of an empty set of holders, kept for another.
+#[derive(Debug)]
+pub(crate) struct Allocation(Vec<Member>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
     list: Vec<Member>,
@@ -178,6 +182,23 @@ impl Holders {
             list: Vec::with_capacity(n),
             ..Holders::default()
         }
+    }
+
+    /// An empty set that holds its first members in `list`'s allocation
+    /// (one a set that went left behind: [`Holders::take_allocation`]).
+    pub fn in_allocation(mut list: Allocation) -> Holders {
+        list.0.clear();
+        Holders {
+            list: list.0,
+            ..Holders::default()
+        }
+    }
+
+    /// The allocation of an empty set, for a new set to reuse; None when
+    /// there is none, or one a large set grew (not worth keeping).
+    pub fn take_allocation(&mut self) -> Option<Allocation> {
+        (self.list.is_empty() && (1..=4).contains(&self.list.capacity()))
+            .then(|| Allocation(std::mem::take(&mut self.list)))
     }
 
     pub fn len(&self) -> usize {

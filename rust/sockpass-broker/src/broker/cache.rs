@@ -4,7 +4,7 @@
 
 use super::slab::Slab;
 use crate::closer::OffLoopFd;
-use crate::holders::Holders;
+use crate::holders::{Allocation, Holders};
 use crate::policy::Policy;
 use sockpass::keyhash::KeyedState;
 use sockpass::sys::Creds;
@@ -60,7 +60,14 @@ pub(super) struct Sockets {
     /// Keyed and per-worker entries by bound port, so a cache miss on a
     /// port nobody holds skips the scan in `same_address`.
     held_ports: HashMap<u16, u32, KeyedState>,
+    /// The holder lists of entries that went, for new entries: a batch
+    /// of 64 new sockets otherwise pays 64 allocations, and glibc's
+    /// per-thread cache keeps only 7 blocks of a size. Bounded.
+    spare: Vec<Allocation>,
 }
+
+/// How many holder lists [`Sockets`] keeps for reuse.
+const SPARE_LISTS: usize = 64;
 
 impl Sockets {
     pub(super) fn new() -> Sockets {
@@ -70,6 +77,15 @@ impl Sockets {
             hits: HashMap::default(),
             per_worker: 0,
             held_ports: HashMap::default(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// An empty holder set for a new entry.
+    pub(super) fn new_holders(&mut self) -> Holders {
+        match self.spare.pop() {
+            Some(a) => Holders::in_allocation(a),
+            None => Holders::with_capacity(1),
         }
     }
 
@@ -123,7 +139,10 @@ impl Sockets {
 
     /// Take an entry out, and out of the indexes.
     pub(super) fn remove(&mut self, es: usize) -> Option<Entry> {
-        let e = self.slab.remove(es)?;
+        let mut e = self.slab.remove(es)?;
+        if self.spare.len() < SPARE_LISTS {
+            self.spare.extend(e.holders.take_allocation());
+        }
         if e.keyed {
             self.cache.remove(&e.spec_key());
         }
@@ -285,6 +304,44 @@ impl Entry {
 mod tests {
     use super::*;
 
+    fn entry(id: u64, holders: Holders) -> Entry {
+        Entry {
+            id,
+            spec: "udp:127.0.0.1:0".parse().unwrap(),
+            fd: OffLoopFd::new(std::fs::File::open("/dev/null").unwrap().into(), 0),
+            port: 0,
+            holders,
+            keyed: false,
+            per_worker: false,
+            unix_ino: None,
+            store_name: None,
+            adopted: false,
+            user: 0,
+            allowed: Cell::new(None),
+        }
+    }
+
+    /// The holder lists of entries that went serve new entries, empty;
+    /// at most SPARE_LISTS are kept, however many entries go at once.
+    #[test]
+    fn holder_lists_are_reused_and_bounded() {
+        let mut b = Sockets::new();
+        let slots: Vec<usize> = (0..100)
+            .map(|i| {
+                let h = b.new_holders();
+                b.insert(entry(i, h))
+            })
+            .collect();
+        assert!(b.spare.is_empty());
+        for es in slots {
+            b.remove(es).unwrap();
+        }
+        assert_eq!(b.spare.len(), SPARE_LISTS);
+        let h = b.new_holders();
+        assert!(h.is_empty());
+        assert_eq!(b.spare.len(), SPARE_LISTS - 1);
+    }
+
     /// However many spec encodings clients make the table remember, `hits`
     /// stays within twice the cache plus 64, and what it remembers last
     /// leads to its entry.
@@ -292,20 +349,11 @@ mod tests {
     fn remembered_hits_are_bounded() {
         let mut b = Sockets::new();
         let spec: SocketSpec = "udp:127.0.0.1:9".parse().unwrap();
-        let es = b.insert(Entry {
-            id: 7,
-            spec,
-            fd: OffLoopFd::new(std::fs::File::open("/dev/null").unwrap().into(), 0),
-            port: 9,
-            holders: Holders::default(),
-            keyed: true,
-            per_worker: false,
-            unix_ino: None,
-            store_name: None,
-            adopted: false,
-            user: 0,
-            allowed: Cell::new(None),
-        });
+        let mut e = entry(7, Holders::default());
+        e.spec = spec;
+        e.port = 9;
+        e.keyed = true;
+        let es = b.insert(e);
         for i in 0..1000u32 {
             b.remember_hit(&i.to_le_bytes(), es);
             assert!(b.hits.len() <= 2 * b.cache.len() + 64, "{i}");

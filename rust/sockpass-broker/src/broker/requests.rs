@@ -6,7 +6,7 @@ use super::dispatch::Reply;
 use super::{Broker, Limits};
 use crate::closer::OffLoopFd;
 use crate::create::create_canonical;
-use crate::holders::{Holder, Holders, Owner};
+use crate::holders::{Holder, Owner};
 use sockpass::proto::{self, ty, SocketRequest};
 use sockpass::ShareMode;
 use sockpass::SocketSpec;
@@ -340,12 +340,13 @@ impl Broker {
                 // The spec stays as requested (port 0 for an ephemeral
                 // socket), so status never shows an ephemeral socket under
                 // the identity of a cached one the kernel's pick collides with.
+                let holders = self.sockets.new_holders();
                 let es = self.sockets.insert(Entry {
                     id: eid,
                     spec,
                     fd: OffLoopFd::new(created.fd, key),
                     port: created.port,
-                    holders: Holders::with_capacity(1),
+                    holders,
                     keyed,
                     per_worker,
                     unix_ino,

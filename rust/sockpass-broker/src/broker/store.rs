@@ -5,7 +5,7 @@ use super::cache::Entry;
 use super::{Broker, Noisy};
 use crate::closer::OffLoopFd;
 use crate::fdstore::{self, FdStore};
-use crate::holders::{Holder, Holders, Owner};
+use crate::holders::{Holder, Owner};
 use crate::log::Level;
 use sockpass::sys::{self, Creds};
 use sockpass::ShareMode;
@@ -101,12 +101,13 @@ impl Broker {
                 .then(|| crate::unixsock::path_ino(&spec.path))
                 .flatten();
             let key = crate::closer::port_key(&spec, port);
+            let holders = self.sockets.new_holders();
             let es = self.sockets.insert(Entry {
                 id: eid,
                 spec,
                 fd: OffLoopFd::new(fd, key),
                 port,
-                holders: Holders::with_capacity(1),
+                holders,
                 keyed: true,
                 per_worker: false,
                 unix_ino,
