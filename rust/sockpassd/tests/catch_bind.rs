@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
 /// Root, a free privileged port (held for this test alone) and python3;
@@ -32,15 +32,21 @@ fn catch_run(
     program: &[String],
     log: &Path,
     env: &[(&str, &str)],
-) -> Child {
+) -> Supervised {
     let mut args: Vec<String> = vec!["--socket".into(), path_str(&b.path)];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push("--".into());
     args.extend(program.iter().cloned());
-    sockpass_run_as_nobody_cmd(&args, log, false)
+    // A group of its own: a test that fails still kills the whole tree.
+    let child = sockpass_run_as_nobody_cmd(&args, log, false)
         .envs(env.iter().copied())
+        .process_group(0)
         .spawn()
-        .expect("start sockpass run")
+        .expect("start sockpass run");
+    Supervised {
+        child,
+        log: log.to_path_buf(),
+    }
 }
 
 /// A python3 program `body` (with `PORT` set) in `dir`, as argv.
@@ -59,8 +65,8 @@ fn text(log: &Path) -> String {
 }
 
 /// Wait (bounded) for `marker` in the log while `c` runs; the line.
-fn line_with(c: &mut Child, log: &Path, marker: &str) -> String {
-    until(c, log, marker, || {
+fn line_with(c: &mut Supervised, log: &Path, marker: &str) -> String {
+    c.until(marker, || {
         text(log)
             .lines()
             .find(|l| l.contains(marker))
@@ -104,8 +110,8 @@ fn wait_references(b: &Broker, n: u64) {
     });
 }
 
-fn done(c: Child, b: Broker, dir: PathBuf) {
-    stop(c);
+fn done(c: Supervised, b: Broker, dir: PathBuf) {
+    c.stop();
     wait_references(&b, 0);
     drop(b);
     let _ = std::fs::remove_dir_all(dir);
@@ -131,9 +137,7 @@ fn python_http_server_serves_on_a_privileged_port_as_nobody() {
         ])
         .collect();
     let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
-    let reply = until(&mut c, &log, "http.server to answer", || {
-        http_get(port, "/hello.txt")
-    });
+    let reply = c.until("http.server to answer", || http_get(port, "/hello.txt"));
     assert!(reply.starts_with("HTTP/1.0 200"), "{reply}\n{}", text(&log));
     assert!(reply.ends_with("hello over a caught bind\n"), "{reply}");
     // The socket it serves on is the broker's, held for nobody.
@@ -169,9 +173,7 @@ fn static_busybox_httpd_serves_on_a_privileged_port_as_nobody() {
         path_str(&www),
     ];
     let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
-    let reply = until(&mut c, &log, "busybox httpd to answer", || {
-        http_get(port, "/index.html")
-    });
+    let reply = c.until("busybox httpd to answer", || http_get(port, "/index.html"));
     assert!(reply.contains(" 200 "), "{reply}\n{}", text(&log));
     assert!(reply.ends_with("hello from busybox\n"), "{reply}");
     assert_eq!(references(&b), 1);
@@ -198,7 +200,7 @@ fn a_port_the_policy_refuses_fails_with_eacces_and_the_log_names_the_rule() {
          except OSError as e:\n    print('errno', e.errno, flush=True)\n",
     );
     let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
-    let st = wait_child(&mut c);
+    let st = wait_child(&mut c.child);
     let out = text(&log);
     assert!(st.success(), "{out}");
     assert!(out.contains(&format!("errno {}", libc::EACCES)), "{out}");
@@ -240,7 +242,7 @@ fn two_instances_with_share_sameapp_hold_one_socket() {
     // One accept queue: a connection is accepted by whichever asks.
     TcpStream::connect(("127.0.0.1", port)).expect("connect");
     // The first instance goes; the second keeps the socket.
-    stop(c1);
+    c1.stop();
     wait_references(&b, 1);
     TcpStream::connect(("127.0.0.1", port)).expect("connect after the first left");
     done(c2, b, dir);
@@ -294,7 +296,7 @@ fn a_program_killed_mid_bind_leaves_no_reference() {
     // The supervisor sees it gone and releases what it got for it, while
     // the program (and sockpass run) still run.
     wait_references(&b, 0);
-    assert!(c.try_wait().unwrap().is_none(), "{}", text(&log));
+    assert!(c.child.try_wait().unwrap().is_none(), "{}", text(&log));
     assert!(!text(&log).contains("child bound"), "{}", text(&log));
     // The address is free for the next bind.
     std::fs::write(dir.join("go"), "").unwrap();
@@ -381,7 +383,7 @@ fn other_families_port_zero_and_other_ports_continue_untouched() {
         ),
     );
     let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
-    let st = wait_child(&mut c);
+    let st = wait_child(&mut c.child);
     let out = text(&log);
     assert!(st.success(), "{out}");
     for l in [
@@ -412,13 +414,14 @@ fn threads_bind_at_once_and_fd_flags_and_options_carry_over() {
     let log = dir.join("run.log");
     // Two threads bind at once: TCP non-blocking, CLOEXEC (python's
     // default) with SO_REUSEPORT; UDP blocking, inheritable, with SO_RCVBUF
-    // set. Each
-    // prints what its fd says after the bind, and serves once.
+    // set. Each prints what its fd says after the bind (under one lock:
+    // print() from two threads interleaves its pieces), and serves once.
     let prog = python(
         &dir,
         "threads.py",
         port,
         "import threading, select\n\
+         out = threading.Lock()\n\
          def tcp():\n\
          \x20   s = socket.socket()\n\
          \x20   s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
@@ -426,8 +429,9 @@ fn threads_bind_at_once_and_fd_flags_and_options_carry_over() {
          \x20   n = s.fileno()\n\
          \x20   s.bind(('127.0.0.1', PORT))\n\
          \x20   s.listen(1)\n\
-         \x20   print('tcp', n == s.fileno(), os.get_blocking(n), os.get_inheritable(n),\n\
-         \x20         s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), flush=True)\n\
+         \x20   with out:\n\
+         \x20       print('tcp', n == s.fileno(), os.get_blocking(n), os.get_inheritable(n),\n\
+         \x20             s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), flush=True)\n\
          \x20   select.select([s], [], [])\n\
          \x20   c, _ = s.accept()\n\
          \x20   c.setblocking(True)\n\
@@ -439,8 +443,9 @@ fn threads_bind_at_once_and_fd_flags_and_options_carry_over() {
          \x20   u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\n\
          \x20   u.bind(('127.0.0.1', PORT))\n\
          \x20   n = u.fileno()\n\
-         \x20   print('udp', os.get_blocking(n), os.get_inheritable(n),\n\
-         \x20         u.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), flush=True)\n\
+         \x20   with out:\n\
+         \x20       print('udp', os.get_blocking(n), os.get_inheritable(n),\n\
+         \x20             u.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), flush=True)\n\
          \x20   d, a = u.recvfrom(100)\n\
          \x20   u.sendto(b'udp ' + d, a)\n\
          ts = [threading.Thread(target=f) for f in (tcp, udp)]\n\
@@ -515,7 +520,7 @@ fn where_the_catch_cannot_work_nothing_starts() {
         format!("open({:?}, 'w')", path_str(&marker)),
     ];
     let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
-    let st = wait_child(&mut c);
+    let st = wait_child(&mut c.child);
     let out = text(&log);
     assert!(!st.success(), "{out}");
     assert!(
@@ -559,7 +564,7 @@ fn a_program_binding_in_a_tight_loop_still_gets_its_signals() {
     // sockpass run forwards SIGTERM at once: its loop is not the one
     // answering binds.
     let t0 = std::time::Instant::now();
-    assert_eq!(stop(c), 128 + libc::SIGTERM, "{}", text(&log));
+    assert_eq!(c.stop(), 128 + libc::SIGTERM, "{}", text(&log));
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "SIGTERM took {:?} to end a program binding in a loop",
@@ -592,7 +597,7 @@ fn a_program_that_made_itself_non_dumpable_is_left_to_the_kernel() {
          except OSError as e:\n    print('errno', e.errno, flush=True)\n",
     );
     let mut c = catch_run(&b, &["--catch-bind"], &prog, &log, &[]);
-    let st = wait_child(&mut c);
+    let st = wait_child(&mut c.child);
     let out = text(&log);
     assert!(st.success(), "{out}");
     assert!(out.contains(&format!("errno {}", libc::EACCES)), "{out}");
