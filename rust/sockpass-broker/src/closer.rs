@@ -362,29 +362,61 @@ pub fn hurry(key: u32) -> bool {
     wait(|l| l.stack.iter().any(|b| b.id == id))
 }
 
+/// Whether the last close of a `proto` socket can wait on `SO_LINGER`.
+/// Only TCP's does: UDP's and raw sockets' close ignores the linger time,
+/// and unix sockets have none.
+pub fn lingers(proto: sockpass::Proto) -> bool {
+    use sockpass::Proto::*;
+    match proto {
+        Tcp => true,
+        Udp | Raw | UnixStream | UnixDgram | UnixSeqpacket => false,
+    }
+}
+
 /// An fd a client could have touched (a broker socket it shares): dropping
 /// it parks it for the closer (linger off) and [`settle_pending`] hands it
 /// over and waits for it within [`settle`]'s bound, so the port is free
 /// when the release is answered.
 #[derive(Debug)]
-pub struct OffLoopFd(Option<OwnedFd>, u32);
+pub struct OffLoopFd {
+    fd: Option<OwnedFd>,
+    key: u32,
+    /// Switch linger off when it goes (false only where closing cannot
+    /// linger: one `setsockopt` less a release).
+    lingers: bool,
+}
 
 impl OffLoopFd {
-    /// `key`: the port it is bound to ([`port_key`]), 0 if none.
+    /// `key`: the port it is bound to ([`port_key`]), 0 if none. Linger
+    /// is switched off when it goes, whatever it is.
     pub fn new(fd: OwnedFd, key: u32) -> OffLoopFd {
-        OffLoopFd(Some(fd), key)
+        OffLoopFd {
+            fd: Some(fd),
+            key,
+            lingers: true,
+        }
+    }
+
+    /// A socket the broker made itself for `proto` (so of that type):
+    /// linger is switched off when it goes only if it [`lingers`].
+    pub fn made(fd: OwnedFd, key: u32, proto: sockpass::Proto) -> OffLoopFd {
+        OffLoopFd {
+            fd: Some(fd),
+            key,
+            lingers: lingers(proto),
+        }
     }
 
     /// The fd itself, no longer closed off the loop (handed over in an
     /// upgrade).
     pub fn into_inner(mut self) -> OwnedFd {
-        self.0.take().expect("OffLoopFd holds its fd until taken")
+        self.fd.take().expect("OffLoopFd holds its fd until taken")
     }
 }
 
 impl AsFd for OffLoopFd {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.0
+        self.fd
             .as_ref()
             .expect("OffLoopFd holds its fd until taken")
             .as_fd()
@@ -399,9 +431,11 @@ impl AsRawFd for OffLoopFd {
 
 impl Drop for OffLoopFd {
     fn drop(&mut self) {
-        if let Some(fd) = self.0.take() {
-            linger_off(&fd);
-            lock(closer()).parked.push((fd, self.1));
+        if let Some(fd) = self.fd.take() {
+            if self.lingers {
+                linger_off(&fd);
+            }
+            lock(closer()).parked.push((fd, self.key));
             PENDING.store(true, Ordering::Relaxed);
         }
     }

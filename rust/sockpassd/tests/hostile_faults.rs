@@ -291,6 +291,57 @@ fn a_lingering_broker_socket_released_by_its_client_does_not_block_the_broker() 
     finish(child);
 }
 
+/// Child (nobody): take a UDP broker socket, set SO_LINGER on it (the
+/// broker's socket shares the file description: the broker leaves linger
+/// as it is for UDP, whose close ignores it), close our copy and release,
+/// so the broker does the last close. Holds until stdin closes.
+#[test]
+#[ignore]
+fn child_lingers_a_udp_broker_socket() {
+    if !is_child() {
+        return;
+    }
+    let mut c = Client::connect(std::env::var("SOCK").unwrap()).unwrap();
+    let g = c
+        .request_socket(
+            &"udp:127.0.0.1:0".parse().unwrap(),
+            ShareMode::None,
+            "lingerer",
+        )
+        .unwrap();
+    let port = sockpass::sys::local_port(&g.fd).unwrap();
+    set_linger(g.fd.as_raw_fd(), 1000);
+    drop(g.fd);
+    let left = c.release(&g.token).unwrap();
+    println!("@@ port {port} released, {left} references left");
+    hold_until_stdin_closes();
+}
+
+/// 1c: a UDP broker socket a client set SO_LINGER on is closed by the
+/// time its release is answered (its port is free), and nobody waits.
+#[test]
+fn a_lingering_udp_broker_socket_is_closed_by_its_release() {
+    if !need_root("a_lingering_udp_broker_socket_is_closed_by_its_release") {
+        return;
+    }
+    let mut b = Broker::start("linger-udp");
+    let mut child = spawn_nobody(
+        "child_lingers_a_udp_broker_socket",
+        &[("SOCK", path_str(&b.path))],
+    );
+    let line = read_line(&mut child);
+    eprintln!("attack: {line}");
+    assert!(line.ends_with("released, 0 references left"), "{line}");
+    let port: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        can_bind_addr(true, "127.0.0.1".parse().unwrap(), port),
+        "port {port} still bound after RELEASED"
+    );
+    root_is_served_promptly(&b.path);
+    stops_promptly(&mut b);
+    finish(child);
+}
+
 /// A broker whose stderr is `err` (its fd), other things as `Broker::start`.
 fn start_with_stderr(tag: &str, err: OwnedFd, env: &[(&str, String)]) -> Broker {
     let dir = temp_dir(tag);

@@ -329,6 +329,7 @@ impl Broker {
                     r => r?,
                 };
                 let key = crate::closer::port_key(&spec, created.port);
+                let proto = spec.proto;
                 let eid = self.next_entry_id;
                 self.next_entry_id += 1;
                 let keyed = !spec.is_ephemeral() && !per_worker;
@@ -344,7 +345,7 @@ impl Broker {
                 let es = self.sockets.insert(Entry {
                     id: eid,
                     spec,
-                    fd: OffLoopFd::new(created.fd, key),
+                    fd: OffLoopFd::made(created.fd, key, proto),
                     port: created.port,
                     holders,
                     keyed,
