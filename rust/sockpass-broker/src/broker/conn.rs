@@ -254,7 +254,12 @@ impl Broker {
         match a {
             Some(Attach::Entry(es, eid)) => AttachedFds::One(entry(&(*es, *eid))),
             Some(Attach::Table(t)) => AttachedFds::One(Some(t.as_fd())),
-            Some(Attach::Entries(v)) => AttachedFds::Many(v.iter().filter_map(entry).collect()),
+            Some(Attach::Entries(v)) => {
+                // Sized up front (a filter's collect grows from empty).
+                let mut fds = Vec::with_capacity(v.len());
+                fds.extend(v.iter().filter_map(entry));
+                AttachedFds::Many(fds)
+            }
             None => AttachedFds::One(None),
         }
     }
@@ -354,13 +359,13 @@ impl Broker {
     /// more by one io_uring submission. Those that find a client's buffer
     /// full are queued, in order; a client whose send fails is dropped.
     pub(super) fn flush_outbox(&mut self) {
+        // Most calls (each turn's end, each drop) find it empty.
+        if self.outbox.as_ref().is_none_or(|ob| ob.is_empty()) {
+            return;
+        }
         let Some(mut ob) = self.outbox.take() else {
             return;
         };
-        if ob.is_empty() {
-            self.outbox = Some(ob);
-            return;
-        }
         let conns = &self.conns;
         let sockets = &self.sockets;
         ob.arrange(|h| outbox::Target {

@@ -103,8 +103,9 @@ pub struct Broker {
     /// binary runs in this process).
     pid: u32,
     /// The replies of a loop turn, sent together at its end (None: each
-    /// is sent at once; io_uring off or refused).
-    outbox: Option<outbox::Outbox>,
+    /// is sent at once; io_uring off or refused). Boxed: it is taken out
+    /// and put back each flush, and a ring is hundreds of bytes to move.
+    outbox: Option<Box<outbox::Outbox>>,
 }
 
 impl Broker {
@@ -119,7 +120,7 @@ impl Broker {
         let epoll = Epoll::new()?;
         let (outbox, no_outbox) = if cfg.io_uring {
             match outbox::Outbox::new() {
-                Ok(o) => (Some(o), None),
+                Ok(o) => (Some(Box::new(o)), None),
                 Err(why) => (None, Some(why)),
             }
         } else {
