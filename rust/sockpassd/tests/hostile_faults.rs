@@ -342,6 +342,71 @@ fn a_lingering_udp_broker_socket_is_closed_by_its_release() {
     finish(child);
 }
 
+/// Child (nobody): for $SECS seconds, rounds of: 64 UDP broker sockets in
+/// one batch, each receive queue filled with 1-byte datagrams (the most
+/// memory a close frees: a datagram's buffer is charged whole), then all
+/// released in one message, so the broker closes the 64 on its loop at
+/// that release's settle. Prints the totals.
+#[test]
+#[ignore]
+fn child_fills_and_releases_udp_broker_sockets() {
+    if !is_child() {
+        return;
+    }
+    let mut c = Client::connect(std::env::var("SOCK").unwrap()).unwrap();
+    let secs: u64 = std::env::var("SECS").unwrap().parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
+    let specs = vec![(spec, ShareMode::None, "filler"); 64];
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    tx.set_nonblocking(true).unwrap();
+    let (mut rounds, mut sent) = (0u64, 0u64);
+    loop {
+        let got = c.request_many(&specs).unwrap();
+        for g in &got {
+            let port = sockpass::sys::local_port(&g.fd).unwrap();
+            // A full queue drops the rest silently: 2,000 is past full
+            // at the default rmem_max (212,992 bytes).
+            for _ in 0..2000 {
+                sent += u64::from(tx.send_to(&[0], ("127.0.0.1", port)).is_ok());
+            }
+        }
+        drop(got);
+        assert_eq!(c.release_all().unwrap(), 64);
+        rounds += 1;
+        if Instant::now() >= until {
+            break;
+        }
+    }
+    println!("@@ {rounds} rounds, {sent} datagrams");
+    hold_until_stdin_closes();
+}
+
+/// 1d: the broker closes UDP sockets it made on its loop (at most 64 at a
+/// settle, within the 20 ms a wait for the closer had): a client that
+/// fills their queues before it releases them, round after round, makes
+/// each close free the most it can, and a root client is still served
+/// promptly meanwhile.
+#[test]
+fn udp_broker_sockets_filled_then_released_do_not_block_the_broker() {
+    if !need_root("udp_broker_sockets_filled_then_released_do_not_block_the_broker") {
+        return;
+    }
+    let mut b = Broker::start("fill-udp");
+    let mut child = spawn_nobody(
+        "child_fills_and_releases_udp_broker_sockets",
+        &[("SOCK", path_str(&b.path)), ("SECS", "3".into())],
+    );
+    // Measured while the rounds go on (they last 3 s; this, about 0.5 s).
+    std::thread::sleep(Duration::from_millis(300));
+    root_is_served_promptly(&b.path);
+    let line = read_line(&mut child);
+    eprintln!("attack: {line}");
+    assert!(line.ends_with("datagrams"), "{line}");
+    stops_promptly(&mut b);
+    finish(child);
+}
+
 /// A broker whose stderr is `err` (its fd), other things as `Broker::start`.
 fn start_with_stderr(tag: &str, err: OwnedFd, env: &[(&str, String)]) -> Broker {
     let dir = temp_dir(tag);
