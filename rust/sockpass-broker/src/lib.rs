@@ -10,8 +10,7 @@
 //! - [`fdstore`]: sockets kept in systemd's fd store;
 //! - [`create`]: turn a spec into a bound socket (unix ones in [`unixsock`]);
 //! - [`log`]: log lines that never block the loop, rate limits;
-//! - [`closer`]: closing fds a client could have touched off the loop
-//!   (UDP and raw sockets the broker made, whose close cannot wait, on it).
+//! - [`closer`]: closing fds a client could have touched off the loop.
 
 // Every unsafe block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -18,8 +18,7 @@ pub(super) struct Entry {
     pub(super) id: u64,
     pub(super) spec: SocketSpec,
     /// Closed off the loop, linger off: the clients that hold it share its
-    /// file description and could make a close on the loop block (but
-    /// for UDP and raw, see [`crate::closer::closes_at_once`]).
+    /// file description and could make a close on the loop block.
     pub(super) fd: OffLoopFd,
     pub(super) port: u16,
     /// One per reference.
