@@ -15,17 +15,8 @@
 //! bounded queue. Linger is still switched off first ([`linger_off`]), so
 //! winning that race is the only way to stall the closer, and a stalled
 //! closer delays only other closes. When the queue is full the fds are
-//! parked and handed over on a later call ([`settle`]).
-//!
-//! The one exception: UDP and raw sockets the broker made itself, a few at
-//! a time ([`AT_ONCE`]), are closed on the loop at the [`settle`] the
-//! reply waits for anyway. Their last close cannot wait: no linger, no
-//! fds in their queues, and whoever else could hold their lock holds the
-//! file, so ours is not the last close. Handing them over cost two
-//! wake-ups a release, and when the closer sat on another CPU it drew the
-//! loop after it (benches/notes.md, "Issue 25, tenth pass"). Unix sockets
-//! are not among them: an fd queued in one's buffer is released by its
-//! close, and that fd's own close could linger.
+//! parked and handed over on a later call ([`settle`]); nothing is ever
+//! closed on the loop.
 //!
 //! A broker socket's port should be free when the client reads RELEASED, so
 //! for those the loop waits for the closer, at most [`SETTLE`]. The wait is
@@ -48,18 +39,13 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the loop waits for a broker socket's close (see the module doc).
 pub const SETTLE: Duration = Duration::from_millis(20);
 
 /// Batches of fds waiting for the closer thread, at most (then parked).
 const QUEUE: usize = 4096;
-
-/// Sockets that cannot linger closed on the loop at one settle, at most
-/// (about 3.5 µs each): more, the hang-up of a client that held
-/// thousands, go to the closer as before.
-pub const AT_ONCE: usize = 64;
 
 /// `SO_PASSRIGHTS` (Linux 6.16+, `include/uapi/asm-generic/socket.h`):
 /// 0 makes the kernel refuse `SCM_RIGHTS` sent to this socket (the sender
@@ -111,9 +97,6 @@ struct Closer {
     /// Fds not handed over yet (the queue was full, or a drop waits for
     /// the next [`settle`]).
     parked: Vec<Queued>,
-    /// Dropped sockets whose close cannot wait ([`closes_at_once`]), to
-    /// close at the next [`settle`] (on the loop, if at most [`AT_ONCE`]).
-    quick: Vec<Queued>,
     /// The id of the last batch handed over.
     sent: u64,
     /// Batches up to this id were waited for, or given up on, by a settle.
@@ -196,7 +179,6 @@ fn closer() -> &'static Mutex<Closer> {
         Mutex::new(Closer {
             started,
             parked: Vec::new(),
-            quick: Vec::new(),
             sent: 0,
             settled: 0,
             stalled_at: None,
@@ -292,25 +274,9 @@ pub fn settle_all() {
 
 fn settle_from(from: Option<u64>) {
     let sh = shared();
-    let spent;
     let from = {
         let mut c = lock(closer());
         PENDING.store(false, Ordering::Relaxed);
-        let quick = std::mem::take(&mut c.quick);
-        let t0 = Instant::now();
-        let mut rest = quick.into_iter();
-        if rest.len() <= AT_ONCE {
-            // Within the bound a wait for the closer has: a close frees
-            // the socket's queue, which its client may have filled.
-            for fd in rest.by_ref() {
-                drop(fd);
-                if t0.elapsed() >= SETTLE {
-                    break;
-                }
-            }
-        }
-        c.parked.extend(rest);
-        spent = t0.elapsed();
         hand_over(&mut c);
         let from = from.unwrap_or(c.settled);
         c.settled = c.sent;
@@ -327,28 +293,23 @@ fn settle_from(from: Option<u64>) {
         }
         from
     };
-    if let Some(left) = SETTLE.checked_sub(spent).filter(|d| !d.is_zero()) {
-        wait(left, |l| l.stack.iter().any(|b| b.id > from));
-    }
+    wait(|l| l.stack.iter().any(|b| b.id > from));
 }
 
-/// Wait (at most `limit`: [`SETTLE`], or what is left of it) while `busy`
-/// holds. A closer that closed nothing in a wait of at least half
-/// [`SETTLE`] is stuck in one close: no more waits until it
+/// Wait (at most [`SETTLE`]) while `busy` holds. A closer that closed
+/// nothing in all that time is stuck in one close: no more waits until it
 /// closes another fd. (One that closed some is busy, or short of CPU on a
 /// loaded machine: later waits are still taken, and with the newest
 /// closes first they are short.)
-fn wait(limit: Duration, busy: impl FnMut(&mut Lane) -> bool) -> bool {
+fn wait(busy: impl FnMut(&mut Lane) -> bool) -> bool {
     let sh = shared();
     let lane = lock(&sh.lane);
     let before = lane.closed;
     let (lane, r) = sh
         .done
-        .wait_timeout_while(lane, limit, busy)
+        .wait_timeout_while(lane, SETTLE, busy)
         .unwrap_or_else(|p| p.into_inner());
-    // Stuck only if it closed nothing in most of a whole wait (a shorter
-    // one is what was left after closes on the loop).
-    if r.timed_out() && lane.closed == before && limit >= SETTLE / 2 {
+    if r.timed_out() && lane.closed == before {
         drop(lane);
         lock(closer()).stalled_at = Some(before);
     }
@@ -398,7 +359,7 @@ pub fn hurry(key: u32) -> bool {
         sh.work.notify_one();
         c.sent
     };
-    wait(SETTLE, |l| l.stack.iter().any(|b| b.id == id))
+    wait(|l| l.stack.iter().any(|b| b.id == id))
 }
 
 /// Whether the last close of a `proto` socket can wait on `SO_LINGER`.
@@ -412,14 +373,6 @@ pub fn lingers(proto: sockpass::Proto) -> bool {
     }
 }
 
-/// Whether the broker's close of a `proto` socket it made can never wait,
-/// so the loop may do it (see the module doc): UDP and raw. Not TCP (it
-/// can linger) nor unix sockets (their queues can hold fds, which their
-/// close releases).
-pub fn closes_at_once(proto: sockpass::Proto) -> bool {
-    matches!(proto, sockpass::Proto::Udp | sockpass::Proto::Raw)
-}
-
 /// An fd a client could have touched (a broker socket it shares): dropping
 /// it parks it for the closer (linger off) and [`settle_pending`] hands it
 /// over and waits for it within [`settle`]'s bound, so the port is free
@@ -431,8 +384,6 @@ pub struct OffLoopFd {
     /// Switch linger off when it goes (false only where closing cannot
     /// linger: one `setsockopt` less a release).
     lingers: bool,
-    /// Its close cannot wait: the loop may close it ([`closes_at_once`]).
-    at_once: bool,
 }
 
 impl OffLoopFd {
@@ -443,19 +394,16 @@ impl OffLoopFd {
             fd: Some(fd),
             key,
             lingers: true,
-            at_once: false,
         }
     }
 
     /// A socket the broker made itself for `proto` (so of that type):
-    /// linger is switched off when it goes only if it [`lingers`], and it
-    /// is closed on the loop if it [`closes_at_once`].
+    /// linger is switched off when it goes only if it [`lingers`].
     pub fn made(fd: OwnedFd, key: u32, proto: sockpass::Proto) -> OffLoopFd {
         OffLoopFd {
             fd: Some(fd),
             key,
             lingers: lingers(proto),
-            at_once: closes_at_once(proto),
         }
     }
 
@@ -487,12 +435,7 @@ impl Drop for OffLoopFd {
             if self.lingers {
                 linger_off(&fd);
             }
-            let mut c = lock(closer());
-            if self.at_once {
-                c.quick.push((fd, self.key));
-            } else {
-                c.parked.push((fd, self.key));
-            }
+            lock(closer()).parked.push((fd, self.key));
             PENDING.store(true, Ordering::Relaxed);
         }
     }
