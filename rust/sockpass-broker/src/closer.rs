@@ -16,7 +16,12 @@
 //! winning that race is the only way to stall the closer, and a stalled
 //! closer delays only other closes. When the queue is full the fds are
 //! parked and handed over on a later call ([`settle`]); nothing is ever
-//! closed on the loop.
+//! closed on the loop. Not even the UDP and raw sockets the broker made,
+//! whose close ignores linger: a client can join multicast groups on one
+//! (no privilege needed), and the last close then leaves them under
+//! `rtnl_lock`, which anyone can keep busy from a network namespace of
+//! their own. Closing those on the loop made a release 32 -> 12 µs and
+//! was undone for that (benches/notes.md, "Issue 25, tenth pass").
 //!
 //! A broker socket's port should be free when the client reads RELEASED, so
 //! for those the loop waits for the closer, at most [`SETTLE`]. The wait is
