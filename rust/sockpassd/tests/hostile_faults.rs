@@ -232,6 +232,16 @@ fn kernel_version() -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
+/// A child's connection to the broker at $SOCK and a socket of `spec`
+/// taken on it (share mode none, application "lingerer").
+fn take_as_lingerer(spec: &str) -> (Client, sockpass::Grant) {
+    let mut c = Client::connect(std::env::var("SOCK").unwrap()).unwrap();
+    let g = c
+        .request_socket(&spec.parse().unwrap(), ShareMode::None, "lingerer")
+        .unwrap();
+    (c, g)
+}
+
 /// Child (nobody): get an unconnected TCP socket from the broker at $SOCK,
 /// connect it to a listener we own and never read, set SO_LINGER (the
 /// broker's socket shares the file description), fill it, close our copy
@@ -244,14 +254,7 @@ fn child_lingers_a_broker_socket() {
     }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let mut c = Client::connect(std::env::var("SOCK").unwrap()).unwrap();
-    let g = c
-        .request_socket(
-            &"tcp:127.0.0.1:0".parse().unwrap(),
-            ShareMode::None,
-            "lingerer",
-        )
-        .unwrap();
+    let (mut c, g) = take_as_lingerer("tcp:127.0.0.1:0");
     let fd = g.fd.as_raw_fd();
     let (sa, len) = sockpass::sys::sockaddr_from("127.0.0.1".parse().unwrap(), port);
     // SAFETY: connect with a sockaddr sockaddr_from filled in.
@@ -301,14 +304,7 @@ fn child_lingers_a_udp_broker_socket() {
     if !is_child() {
         return;
     }
-    let mut c = Client::connect(std::env::var("SOCK").unwrap()).unwrap();
-    let g = c
-        .request_socket(
-            &"udp:127.0.0.1:0".parse().unwrap(),
-            ShareMode::None,
-            "lingerer",
-        )
-        .unwrap();
+    let (mut c, g) = take_as_lingerer("udp:127.0.0.1:0");
     let port = sockpass::sys::local_port(&g.fd).unwrap();
     set_linger(g.fd.as_raw_fd(), 1000);
     drop(g.fd);
