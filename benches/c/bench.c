@@ -534,7 +534,9 @@ static void batch_bench(const char *path, int base, size_t n) {
   if (got < B10N) die("b10: not enough free ports", -EADDRINUSE);
   size_t warm = n / 10;
   uint64_t *sc = malloc(n * sizeof *sc), *su = malloc(n * sizeof *su), *ss = malloc(n * sizeof *ss);
-  uint64_t *sf = malloc(n * sizeof *sf);
+  uint64_t *sf = malloc(n * sizeof *sf), *si = malloc(n * sizeof *si);
+  struct sockaddr_in ia = {.sin_family = AF_INET, .sin_port = 0};
+  ia.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   for (size_t i = 0; i < n + warm; i++) {
     uint64_t f0 = now_ns();
     floor64_turn(fl);
@@ -550,6 +552,20 @@ static void batch_bench(const char *path, int base, size_t n) {
     for (int j = 0; j < B10N; j++) close(fds[j]);
     t3 = now_ns();
     if ((r = sockpass_client_release_all(c)) != B10N) die("b10 release_all", r < 0 ? r : -EPROTO);
+    /* B10i: what a daemon pays making the 64 sockets itself, as the broker
+     * does for the batch above: socket+setsockopt+bind (B4's comparison) 64
+     * times in a row, all held; closed untimed. */
+    uint64_t i0 = now_ns();
+    for (int j = 0; j < B10N; j++) {
+      int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      int one = 1;
+      if (fd < 0) die("b10i socket", errno);
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (bind(fd, (struct sockaddr *)&ia, sizeof ia)) die("b10i bind", errno);
+      fds[j] = fd;
+    }
+    uint64_t i1 = now_ns();
+    for (int j = 0; j < B10N; j++) close(fds[j]);
     uint64_t t4 = now_ns();
     for (int j = 0; j < B10N; j++) {
       int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", ports[j],
@@ -564,6 +580,7 @@ static void batch_bench(const char *path, int base, size_t n) {
       su[i - warm] = t3 - t2;
       ss[i - warm] = t5 - t4;
       sf[i - warm] = t0 - f0;
+      si[i - warm] = i1 - i0;
     }
   }
   close(fl);
@@ -572,6 +589,7 @@ static void batch_bench(const char *path, int base, size_t n) {
   report("B10_cached_64", sc, n);
   report("B10_uncached_64", su, n);
   report("B10s_cached_64_singles", ss, n);
+  report("B10i_inproc_64", si, n);
   sockpass_client_free(c);
   sockpass_client_free(holder);
 }
