@@ -340,7 +340,7 @@ def main():
              f"{fr(per_round('pinned', ('B10i_inproc_64', 'inproc_socket_bind'), lambda a, b: ratio(a, 64 * b)))} | "
              f"{fr(per_round('unpinned', ('B10i_inproc_64', 'inproc_socket_bind'), lambda a, b: ratio(a, 64 * b)))} | |")
     L.append(f"| (B10f) | the floor: 64 fds in one SCM_RIGHTS message, received and closed / B1, for reference | {fr(rr('pinned', 'B10f_floor_64', 'B1_floor'))} | {fr(rr('unpinned', 'B10f_floor_64', 'B1_floor'))} | |")
-    # The bar above is below its own floor (B10f is 4.5-4.8 × B1 here):
+    # The bar above is below its own floor (B10f is 4.1-4.8 × B1 in the runs here):
     # the bar proposed instead, measured against the 64-fd floor.
     bar("B10", "(proposed) B10 64 cached in one batch / B10f ≤ 2", lambda m: rr(m, "B10_cached_64", "B10f_floor_64"), 2.0)
 
