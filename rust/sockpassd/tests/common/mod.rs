@@ -529,7 +529,10 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathB
 /// other than `not` (None when every one is taken). Needs root to bind.
 /// The search starts at a port that differs from run to run: test runs
 /// side by side (two worktrees, or helpers on one machine) that all took
-/// the highest free port met each other there.
+/// the highest free port met each other there. Never 443: unbound serves
+/// DNS over HTTPS there by default (`https-port`) and closes every plain
+/// DNS-over-TCP connection on it (the port is one of 1,023 a test could
+/// draw: restart_load's unbound test drew it in a CI run).
 pub fn free_privileged_port(not: &[u16]) -> Option<u16> {
     let first_free = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
@@ -546,5 +549,5 @@ pub fn free_privileged_port(not: &[u16]) -> Option<u16> {
     let start = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % n;
     (0..n)
         .map(|k| 1 + ((start + k) % n) as u16)
-        .find(|p| !not.contains(p) && can_bind(true, *p) && can_bind(false, *p))
+        .find(|p| *p != 443 && !not.contains(p) && can_bind(true, *p) && can_bind(false, *p))
 }
