@@ -102,7 +102,7 @@ fn restart(run: &mut Run, n: usize, held: &[Held], tallies: &[&Tally]) -> Vec<i3
         for t in tallies {
             assert!(
                 t.progress(BETWEEN, WAIT),
-                "no answers after restart {i}: {:?}\n{}",
+                "no answers after restart {i} (sockets {held:?}): {:?}\n{}",
                 t.counts(),
                 run.text()
             );
