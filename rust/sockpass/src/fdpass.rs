@@ -226,9 +226,18 @@ unsafe fn recv_raw_lost(
     msg.msg_control = cbuf.as_mut_ptr().cast::<libc::c_void>();
     msg.msg_controllen = rustix::cmsg_space!(ScmRights(room));
     let n = loop {
+        // The syscall itself: rustix's `recvmsg` wants initialised buffers
+        // (`buf` may not be), and glibc's is a cancellation point, which
+        // costs every message two calls into pthread (nothing here cancels).
         // SAFETY: msg points at live buffers of the stated sizes.
-        let r =
-            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_recvmsg,
+                sock.as_raw_fd(),
+                &mut msg as *mut libc::msghdr,
+                flags | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
         if r >= 0 {
             break r as usize;
         }

@@ -20,38 +20,34 @@ pub(super) fn open_reserve() -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Accepted connections: CLOEXEC, and non-blocking for the loop.
+const ACCEPT_FLAGS: rustix::net::SocketFlags =
+    rustix::net::SocketFlags::CLOEXEC.union(rustix::net::SocketFlags::NONBLOCK);
+
 impl Broker {
     pub(super) fn accept_client(&mut self) {
         // Refused clients (the connection limit, no fds) do not count.
         for _ in 0..64 {
-            // SAFETY: accept4 returns a new fd we own, or -1.
-            let r = unsafe {
-                libc::accept4(
-                    self.listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                )
-            };
-            if r < 0 {
-                let e = sys::errno();
-                match e {
+            // Through rustix, a plain accept4: glibc's is a cancellation
+            // point, two calls into pthread a connection in this threaded
+            // broker (which never cancels).
+            let fd = match rustix::net::accept_with(&self.listener, ACCEPT_FLAGS) {
+                Ok(fd) => fd,
+                Err(e) => match e.raw_os_error() {
                     libc::EAGAIN | libc::EINTR | libc::ECONNABORTED => return,
-                    libc::EMFILE | libc::ENFILE => {
+                    e @ (libc::EMFILE | libc::ENFILE) => {
                         self.note_refusal("out of file descriptors");
                         if !self.shed_one_connection(e) {
                             return;
                         }
                         continue;
                     }
-                    _ => {
+                    e => {
                         self.note_refusal(&format!("accept failed: {}", sockpass::strerror(e)));
                         return;
                     }
-                }
-            }
-            // SAFETY: r is a new fd.
-            let fd = unsafe { OwnedFd::from_raw_fd(r) };
+                },
+            };
             let creds = sys::peer_creds(&fd);
             if !self.admit(fd, creds) {
                 // Refused: the next waiting client may be served.
@@ -179,18 +175,11 @@ impl Broker {
             return false;
         };
         drop(r);
-        // SAFETY: accept4 returns a new fd we own, or -1.
-        let a = unsafe {
-            libc::accept4(
-                self.listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            )
-        };
-        if a >= 0 {
-            // SAFETY: a is a new fd.
-            let fd = unsafe { OwnedFd::from_raw_fd(a) };
+        let accepted = rustix::net::accept_with(&self.listener, ACCEPT_FLAGS).ok();
+        let got = accepted.is_some();
+        // Closed at the end of this block, before the reserve is reopened
+        // in its number.
+        if let Some(fd) = accepted {
             let e = Error::with_errno(
                 Kind::LimitReached,
                 errno,
@@ -201,7 +190,7 @@ impl Broker {
             let _ = send_fds(fd.as_fd(), &msg, &[], libc::MSG_DONTWAIT);
         }
         self.reserve = open_reserve();
-        a >= 0 && self.reserve.is_some()
+        got && self.reserve.is_some()
     }
 
     pub(super) fn note_refusal(&mut self, why: &str) {

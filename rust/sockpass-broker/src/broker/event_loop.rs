@@ -2,6 +2,8 @@
 //! What an event does is the broker's (accept, connection I/O, expiry).
 
 use super::Broker;
+use rustix::event::epoll::{self, Event, EventData, EventFlags};
+use rustix::event::Timespec;
 use sockpass::{Error, Result};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Instant;
@@ -29,25 +31,15 @@ impl Epoll {
         Ok(())
     }
 
-    /// Wait for events; the count, or the errno.
-    fn wait(
-        &self,
-        events: &mut [libc::epoll_event],
-        timeout: i32,
-    ) -> std::result::Result<usize, i32> {
-        // SAFETY: events has room for its length.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                timeout,
-            )
-        };
-        if n < 0 {
-            return Err(sockpass::sys::errno());
-        }
-        Ok(n as usize)
+    /// Wait for events; the count, or the errno. Through rustix, a plain
+    /// `epoll_pwait`: glibc's `epoll_wait` is a cancellation point, which
+    /// costs every turn two calls into pthread (the broker never cancels).
+    fn wait(&self, events: &mut [Event], timeout: i32) -> std::result::Result<usize, i32> {
+        let timeout = (timeout >= 0).then(|| Timespec {
+            tv_sec: i64::from(timeout / 1000),
+            tv_nsec: i64::from(timeout % 1000) * 1_000_000,
+        });
+        epoll::wait(&self.0, events, timeout.as_ref()).map_err(|e| e.raw_os_error())
     }
 }
 
@@ -68,7 +60,11 @@ impl Broker {
                 EV_STOP,
             )?;
         }
-        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let none = Event {
+            flags: EventFlags::empty(),
+            data: EventData::new_u64(0),
+        };
+        let mut events = vec![none; 256];
         loop {
             // Replies made outside a turn (an upgrade's answer) go out
             // before the loop sleeps.
@@ -82,8 +78,9 @@ impl Broker {
             if let Some(ob) = &mut self.outbox {
                 ob.turn();
             }
-            for ev in &events[..n] {
-                let (data, flags) = (ev.u64, ev.events);
+            for &ev in &events[..n] {
+                // Copied out: the event is packed on x86_64.
+                let (data, flags) = ({ ev.data }.u64(), { ev.flags }.bits());
                 match data {
                     EV_STOP => {
                         self.flush_outbox();
