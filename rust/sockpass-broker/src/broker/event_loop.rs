@@ -76,7 +76,7 @@ impl Broker {
                 Err(e) => return Err(Error::os(e, "epoll_wait")),
             };
             if let Some(ob) = &mut self.outbox {
-                ob.turn();
+                ob.turn(n);
             }
             for &ev in &events[..n] {
                 // Copied out: the event is packed on x86_64.
