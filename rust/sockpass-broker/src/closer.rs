@@ -75,6 +75,27 @@ pub fn refuse_passed_fds(fd: &impl AsRawFd) -> bool {
     }
 }
 
+/// Does the kernel refuse fds sent to `fd`, and has it since the socket was
+/// made (`SO_PASSRIGHTS` reads 0)? A connection takes the flag from its
+/// listener when the client connects, not when it is accepted: one queued
+/// before the listener refused (socket activation) may hold fds already.
+/// False on kernels without the option.
+pub fn refuses_passed_fds(fd: &impl AsRawFd) -> bool {
+    let mut v: libc::c_int = 1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live int of the stated size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && v == 0
+}
+
 /// Switch `SO_LINGER` off (`l_onoff = 0`): close returns at once and the
 /// kernel finishes the connection in the background. Harmless on fds that
 /// are not sockets (ENOTSOCK) or not TCP.

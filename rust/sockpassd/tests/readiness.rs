@@ -385,6 +385,64 @@ fn sockpassd_with_listen_fds_by_hand() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A connection takes `SO_PASSRIGHTS` from its listener when the client
+/// connects, not when it is accepted: a client that connected to an
+/// activated listener before sockpassd made it refuse fds could send fds,
+/// and the broker, which reads every connection that refuses fds with a
+/// plain `recv`, must see those and refuse them itself: the request is
+/// answered with a clear error, the fd is closed (its peer sees EOF once
+/// ours goes too), and the connection serves on.
+#[test]
+fn fds_sent_before_the_broker_took_the_listener_are_refused_and_closed() {
+    let dir = temp_dir("queuedfds");
+    let path = dir.join("s");
+    let l = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::bind_unix(&l, path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: listen on our socket.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 16) }, 0);
+    // Connected and sent while nobody serves: the request and its fd wait
+    // in the connection's queue.
+    let early = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+    sockpass::sys::connect_unix(&early, path.as_os_str().as_encoded_bytes()).unwrap();
+    let (x, peer) = sockpass::fdpass::socketpair(libc::SOCK_STREAM).unwrap();
+    let mut hello = Vec::new();
+    sockpass::proto::encode_hello(&mut hello, 7);
+    sockpass::fdpass::send_fds(early.as_fd(), &hello, &[x.as_fd()], 0)
+        .expect("fds are allowed before the broker runs");
+    let (mut r, c) = start(Method::Fd(5), &mut activated(l, "--ready-fd 5"));
+    r.wait_child(c.0.id() as i32, Some(WAIT)).unwrap();
+    let answer = |fd: &OwnedFd| {
+        let mut buf = [0u8; sockpass::proto::MAX_MSG];
+        let got = sockpass::fdpass::recv_fds(fd.as_fd(), &mut buf, 1, 0).expect("a reply");
+        assert!(got.fds.is_empty());
+        let h = sockpass::proto::Header::parse(&buf[..got.len]).unwrap();
+        (h, buf[sockpass::proto::HEADER_LEN..got.len].to_vec())
+    };
+    let (h, body) = answer(&early);
+    assert_eq!((h.ty, h.id), (sockpass::proto::ty::ERROR, 7));
+    let e = sockpass::proto::decode_error(&body).unwrap();
+    assert_eq!(e.kind(), Kind::BadRequest, "{e}");
+    assert!(e.message().contains("not accepted"), "{e}");
+    // The broker holds no copy: with ours gone, the peer sees EOF.
+    drop(x);
+    let ready = sockpass::sys::poll_one(peer.as_fd(), libc::POLLIN, WAIT.as_millis() as i32);
+    assert!(
+        matches!(ready, Ok(ev) if ev & libc::POLLIN != 0),
+        "the broker kept the fd it refused ({ready:?})"
+    );
+    // SAFETY: a read into a live 1-byte buffer.
+    let n = unsafe { libc::read(peer.as_raw_fd(), [0u8; 1].as_mut_ptr().cast(), 1) };
+    assert_eq!(n, 0, "EOF");
+    // The connection serves on.
+    let mut again = Vec::new();
+    sockpass::proto::encode_hello(&mut again, 8);
+    sockpass::fdpass::send_fds(early.as_fd(), &again, &[], 0).unwrap();
+    let (h, _) = answer(&early);
+    assert_eq!((h.ty, h.id), (sockpass::proto::ty::HELLO_OK, 8));
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn readiness_fd_is_pollable() {
     let (r, _w) = Readiness::new(Method::Notify).unwrap();

@@ -127,6 +127,7 @@ impl Broker {
     /// and a spare reference list (neither allocates).
     pub(super) fn new_conn(&mut self, fd: OwnedFd, id: u64, creds: Creds, user: usize) -> Conn {
         Conn {
+            refuses_fds: crate::closer::refuses_passed_fds(&fd),
             fd,
             id,
             creds,

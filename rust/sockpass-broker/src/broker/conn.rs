@@ -6,7 +6,7 @@ use super::limits::{PIPELINE_PROBE_EVERY, SPARE_REFS};
 use super::outbox;
 use super::{Broker, Noisy};
 use crate::log::Level;
-use sockpass::fdpass::{recv_fds_keeping, send_fds, RecvError};
+use sockpass::fdpass::{recv_fds_keeping, recv_refusing_fds, send_fds, RecvError};
 use sockpass::proto::{self, ty, Header};
 use sockpass::sys::Creds;
 use sockpass::Error;
@@ -84,6 +84,10 @@ pub(super) struct Conn {
     pub(super) wakeups: u32,
     /// The outbox's activity window this client last woke the broker in.
     pub(super) seen: u32,
+    /// The kernel has refused fds sent here since the connection was made
+    /// ([`crate::closer::refuses_passed_fds`]): requests are read with a
+    /// plain `recv`, as none can carry an fd.
+    pub(super) refuses_fds: bool,
 }
 
 impl Broker {
@@ -134,15 +138,20 @@ impl Broker {
             if c.paused {
                 return;
             }
-            // Fds that arrive anyway (kernels without SO_PASSRIGHTS) are
+            // Fds that arrive anyway (kernels without SO_PASSRIGHTS, or a
+            // client that connected before the listener refused them) are
             // closed on the closer thread: their close can block.
             let mut fds = Vec::new();
-            let res = recv_fds_keeping(
-                c.fd.as_fd(),
-                &mut self.rbuf[..],
-                libc::MSG_DONTWAIT,
-                &mut fds,
-            );
+            let res = if c.refuses_fds {
+                recv_refusing_fds(c.fd.as_fd(), &mut self.rbuf[..], libc::MSG_DONTWAIT)
+            } else {
+                recv_fds_keeping(
+                    c.fd.as_fd(),
+                    &mut self.rbuf[..],
+                    libc::MSG_DONTWAIT,
+                    &mut fds,
+                )
+            };
             let unexpected_fds = fds.len();
             if unexpected_fds > 0 && !crate::closer::close_off_loop(fds) {
                 // The closer is behind (a close that blocks): take no more

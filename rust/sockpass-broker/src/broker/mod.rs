@@ -114,8 +114,9 @@ impl Broker {
     pub fn new(listener: OwnedFd, cfg: Config) -> Result<Broker> {
         set_nonblock(&listener)?;
         // Clients send no fds: the kernel refuses them (EPERM to the
-        // sender) on every socket accepted from here on. Older kernels
-        // deliver them, and conn.rs closes them off the loop.
+        // sender) on every connection made from here on (one queued
+        // already keeps what it had). Older kernels deliver them, and
+        // conn.rs closes them off the loop.
         let refused_at_kernel = crate::closer::refuse_passed_fds(&listener);
         let epoll = Epoll::new()?;
         let (outbox, no_outbox) = if cfg.io_uring {

@@ -308,6 +308,7 @@ impl Broker {
             b.conns.insert_at(
                 slot,
                 Conn {
+                    refuses_fds: crate::closer::refuses_passed_fds(&c.fd),
                     fd: c.fd,
                     id: c.id,
                     creds: c.creds,
