@@ -337,14 +337,20 @@ fn activated(listener: OwnedFd, extra: &str) -> Command {
     cmd
 }
 
-#[test]
-fn sockpassd_with_listen_fds_by_hand() {
-    let dir = temp_dir("listenfds");
-    let path = dir.join("s");
+/// A `SOCK_SEQPACKET` listener bound at `path`, as an activator makes one.
+fn listening(path: &std::path::Path) -> OwnedFd {
     let l = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
     sockpass::sys::bind_unix(&l, path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: listen on our socket.
     assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 16) }, 0);
+    l
+}
+
+#[test]
+fn sockpassd_with_listen_fds_by_hand() {
+    let dir = temp_dir("listenfds");
+    let path = dir.join("s");
+    let l = listening(&path);
     let ino = inode(&l);
     let (mut r, c) = start(Method::Fd(5), &mut activated(l, "--ready-fd 5"));
     r.wait_child(c.0.id() as i32, Some(WAIT)).unwrap();
@@ -396,10 +402,7 @@ fn sockpassd_with_listen_fds_by_hand() {
 fn fds_sent_before_the_broker_took_the_listener_are_refused_and_closed() {
     let dir = temp_dir("queuedfds");
     let path = dir.join("s");
-    let l = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
-    sockpass::sys::bind_unix(&l, path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: listen on our socket.
-    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 16) }, 0);
+    let l = listening(&path);
     // Connected and sent while nobody serves: the request and its fd wait
     // in the connection's queue.
     let early = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
