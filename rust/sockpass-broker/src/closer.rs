@@ -61,18 +61,8 @@ const SO_PASSRIGHTS: libc::c_int = 83;
 /// Refuse fds sent to `fd` (a listening socket) and to every socket
 /// accepted from it. False on kernels without `SO_PASSRIGHTS`: fds still
 /// arrive there and are closed through [`close_off_loop`].
-pub fn refuse_passed_fds(fd: &impl AsRawFd) -> bool {
-    let off: libc::c_int = 0;
-    // SAFETY: setsockopt with a valid int option value.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSRIGHTS,
-            (&off as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
-    }
+pub fn refuse_passed_fds(fd: &impl AsFd) -> bool {
+    sockpass::sys::setsockopt_int(fd, libc::SOL_SOCKET, SO_PASSRIGHTS, 0).is_ok()
 }
 
 /// Does the kernel refuse fds sent to `fd`, and has it since the socket was
@@ -80,20 +70,8 @@ pub fn refuse_passed_fds(fd: &impl AsRawFd) -> bool {
 /// listener when the client connects, not when it is accepted: one queued
 /// before the listener refused (socket activation) may hold fds already.
 /// False on kernels without the option.
-pub fn refuses_passed_fds(fd: &impl AsRawFd) -> bool {
-    let mut v: libc::c_int = 1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a live int of the stated size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSRIGHTS,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && v == 0
+pub fn refuses_passed_fds(fd: &impl AsFd) -> bool {
+    sockpass::sys::getsockopt_int(fd, libc::SOL_SOCKET, SO_PASSRIGHTS) == Ok(0)
 }
 
 /// Switch `SO_LINGER` off (`l_onoff = 0`): close returns at once and the
