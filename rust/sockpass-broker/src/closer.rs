@@ -58,9 +58,9 @@ const QUEUE: usize = 4096;
 /// here because the libc crate does not have it yet.
 const SO_PASSRIGHTS: libc::c_int = 83;
 
-/// Refuse fds sent to `fd` (a listening socket) and to every socket
-/// accepted from it. False on kernels without `SO_PASSRIGHTS`: fds still
-/// arrive there and are closed through [`close_off_loop`].
+/// Refuse fds sent to `fd` (a listening socket) and to every connection
+/// made to it from now on. False on kernels without `SO_PASSRIGHTS`: fds
+/// still arrive there and are closed through [`close_off_loop`].
 pub fn refuse_passed_fds(fd: &impl AsFd) -> bool {
     sockpass::sys::setsockopt_int(fd, libc::SOL_SOCKET, SO_PASSRIGHTS, 0).is_ok()
 }
