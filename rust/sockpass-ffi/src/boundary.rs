@@ -33,6 +33,7 @@ pub(crate) fn fault(what: &str) -> Error {
 }
 
 /// A NUL-terminated string of at most `max` bytes, as UTF-8.
+#[link_section = ".text.hot.sockpass"]
 pub(crate) unsafe fn c_str<'a>(
     p: *const c_char,
     what: &str,
@@ -50,6 +51,7 @@ pub(crate) unsafe fn c_str<'a>(
 
 /// A NUL-terminated string of at most `max` bytes, as bytes (for inputs
 /// the core checks byte by byte anyway, such as tokens).
+#[link_section = ".text.hot.sockpass"]
 pub(crate) unsafe fn c_bytes<'a>(
     p: *const c_char,
     what: &str,

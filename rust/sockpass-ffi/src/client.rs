@@ -67,9 +67,19 @@ pub struct sockpass_client {
 }
 
 impl sockpass_client {
-    /// A new handle for C (freed by `sockpass_client_free`).
-    fn boxed(inner: SharedClient) -> *mut sockpass_client {
-        Box::into_raw(Box::new(sockpass_client { inner }))
+    /// A new handle for C (freed by `sockpass_client_free`) around the
+    /// client `make` returns. The handle's memory is taken first, so that
+    /// what `make` allocates for the connection's state follows it on the
+    /// heap, most often on the same page: every call reads the handle, then
+    /// that state, and a page fewer is one TLB miss fewer per call when many
+    /// client processes take turns on a CPU.
+    fn boxed(
+        make: impl FnOnce() -> sockpass::Result<SharedClient>,
+    ) -> sockpass::Result<*mut sockpass_client> {
+        let mut b = Box::<sockpass_client>::new_uninit();
+        b.write(sockpass_client { inner: make()? });
+        // SAFETY: written just above.
+        Ok(Box::into_raw(unsafe { b.assume_init() }))
     }
 
     pub(crate) fn with<R>(
@@ -129,6 +139,7 @@ fn check_token_buf(buf: *mut c_char, size: usize) -> sockpass::Result<()> {
     Ok(())
 }
 
+#[link_section = ".text.hot.sockpass"]
 pub(crate) unsafe fn write_token(buf: *mut c_char, t: &Token) {
     if buf.is_null() {
         return;
@@ -165,8 +176,9 @@ pub unsafe extern "C" fn sockpass_client_new(
             return Err(fault("client_out"));
         }
         let path = opt_c_os_str(path, "path", crate::SOCKPASS_MAX_STRING)?;
-        let c = SharedClient::connect(path.map(std::path::Path::new), None, false)?;
-        *client_out = sockpass_client::boxed(c);
+        *client_out = sockpass_client::boxed(|| {
+            SharedClient::connect(path.map(std::path::Path::new), None, false)
+        })?;
         Ok(0)
     })
 }
@@ -191,8 +203,8 @@ pub unsafe extern "C" fn sockpass_client_from_fd(
             return Err(fault("client_out"));
         }
         let fd = sockpass::inherited_fd(fd)?;
-        let c = Client::from_fd(fd)?;
-        *client_out = sockpass_client::boxed(SharedClient::from_client(c));
+        *client_out =
+            sockpass_client::boxed(|| Ok(SharedClient::from_client(Client::from_fd(fd)?)))?;
         Ok(0)
     })
 }
@@ -312,6 +324,7 @@ pub unsafe extern "C" fn sockpass_client_free(client: *mut sockpass_client) {
 /// `-SOCKPASS_E_BROKER_UNAVAILABLE` (the last three close the connection:
 /// see `sockpass_client`).
 #[no_mangle]
+#[link_section = ".text.hot.sockpass"]
 pub unsafe extern "C" fn sockpass_client_request_socket(
     client: *mut sockpass_client,
     proto: c_int,

@@ -50,6 +50,7 @@ pub(crate) fn set_last_error_errno(msg: Option<&str>, errno: c_int) {
 /// wake-up once hundreds of client processes share a CPU.
 static ANY_RECORDED: AtomicBool = AtomicBool::new(false);
 
+#[link_section = ".text.hot.sockpass"]
 pub(crate) fn set_last_error(msg: Option<&str>) {
     if msg.is_none() && !ANY_RECORDED.load(Ordering::Relaxed) {
         return;

@@ -545,6 +545,9 @@ impl Client {
     }
 
     /// The outcome of sending a message.
+    // `.text.hot.sockpass`: the functions of the cached request's path,
+    // placed together by the linker (docs/ARCHITECTURE.md, "hot path").
+    #[link_section = ".text.hot.sockpass"]
     fn sent(&mut self, r: std::result::Result<usize, i32>) -> Result<()> {
         match r {
             Ok(_) => {
@@ -593,6 +596,7 @@ impl Client {
     }
 
     /// [`Client::recv_msg`]; `lost` is set when its fd was lost to `RLIMIT_NOFILE`.
+    #[link_section = ".text.hot.sockpass"]
     fn recv_msg_lost(
         &mut self,
         max_fds: usize,
@@ -639,6 +643,7 @@ impl Client {
 
     /// [`Client::recv_reply`]; a reply whose fd was lost to
     /// `RLIMIT_NOFILE` sets `lost` and comes without it.
+    #[link_section = ".text.hot.sockpass"]
     fn recv_reply_lost(
         &mut self,
         id: u32,
@@ -723,6 +728,7 @@ impl Client {
 
     /// Receive the SOCKET reply to `what` (message `id`) and keep its
     /// reference.
+    #[link_section = ".text.hot.sockpass"]
     fn socket_reply(&mut self, id: u32, what: &str) -> Result<Grant> {
         let mut lost = false;
         let (h, n, fd) = self.recv_reply_lost(id, 1, &mut lost)?;
@@ -762,6 +768,7 @@ impl Client {
     /// errors [`Client::request_parts`] would give), before the caller
     /// checks its other arguments. The spec is kept for the request that
     /// follows, and the parts of the last request are not parsed again.
+    #[link_section = ".text.hot.sockpass"]
     pub fn check_parts(&mut self, proto: i64, address: &str, port: i64) -> Result<()> {
         if !self.last.made_of(proto, address, port) {
             self.last.parse(proto, address, port)?;
@@ -772,11 +779,13 @@ impl Client {
     /// [`Client::request_with_flags`] from the parts as C passes them. The
     /// last request is kept encoded, and the same parts again are sent as
     /// they were (a C daemon that asks for its socket again pays no parsing).
+    #[link_section = ".text.hot.sockpass"]
     pub fn request_parts(&mut self, p: Parts<'_>) -> Result<Grant> {
         let r = self.request_parts_inner(p);
         self.settle(r)
     }
 
+    #[link_section = ".text.hot.sockpass"]
     fn request_parts_inner(&mut self, p: Parts<'_>) -> Result<Grant> {
         let id = self.take_id()?;
         if self.last.matches(&p) {
@@ -1015,6 +1024,7 @@ impl Client {
     /// Note a grant's token under its fd. A token already there came with an
     /// fd the caller has closed since (the kernel reused its number): its
     /// reference is still held, so keep it for `release_all`.
+    #[link_section = ".text.hot.sockpass"]
     fn track(&mut self, fd: RawFd, token: Token) {
         if let Some(old) = self.fd_tokens.insert(fd, token) {
             self.unmapped.push_back(old);

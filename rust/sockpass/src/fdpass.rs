@@ -6,16 +6,23 @@
 
 use crate::error::{Error, Kind, Result};
 use rustix::io::Errno;
-use rustix::net::{
-    AncillaryDrain, RecvAncillaryMessage, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Most fds one message may carry in either direction (the kernel's SCM_MAX_FD
 /// is 253).
 pub const MAX_FDS: usize = 253;
+
+/// Messages with at most this many fds (a request's reply carries one) are
+/// sent and received with a control buffer this small on the stack; more
+/// take a separate frame with room for `MAX_FDS`. A 1-2 KiB buffer in every
+/// call's frame put the frames below it, and the control message the
+/// kernel writes, on a stack page of their own: one more page for the TLB
+/// to find on every request, a cold one whenever many client processes
+/// take turns on a CPU.
+const FEW_FDS: usize = 4;
 
 /// Control-buffer room for `n` fds, 8-byte aligned as cmsg requires.
 const fn cmsg_words(n: usize) -> usize {
@@ -62,21 +69,48 @@ impl RecvError {
 /// `flags` is or-ed in (e.g. `MSG_DONTWAIT`). Returns the errno on failure.
 /// Async-signal-safe (no allocation, raw syscalls): a forked child may
 /// send its report with it.
+#[link_section = ".text.hot.sockpass"]
 pub fn send_fds(
     sock: BorrowedFd<'_>,
     data: &[u8],
     fds: &[BorrowedFd<'_>],
     flags: i32,
 ) -> std::result::Result<usize, i32> {
-    assert!(fds.len() <= MAX_FDS);
+    if fds.len() > FEW_FDS {
+        assert!(fds.len() <= MAX_FDS);
+        return in_own_frame::<u8, { rustix::cmsg_space!(ScmRights(MAX_FDS)) }, _>(|space| {
+            send_with(sock, data, fds, flags, space)
+        });
+    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(FEW_FDS))];
+    send_with(sock, data, fds, flags, &mut space)
+}
+
+/// `f` with an uninitialised buffer of `N` `T`s in a stack frame of its
+/// own: the control buffers for more than `FEW_FDS` fds, kept out of the
+/// common calls' frames.
+#[inline(never)]
+fn in_own_frame<T: Copy, const N: usize, R>(f: impl FnOnce(&mut [MaybeUninit<T>]) -> R) -> R {
+    let mut buf = [MaybeUninit::<T>::uninit(); N];
+    f(&mut buf)
+}
+
+/// [`send_fds`] with `space` for the control message (room for `fds`).
+#[inline(always)]
+fn send_with(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: i32,
+    space: &mut [MaybeUninit<u8>],
+) -> std::result::Result<usize, i32> {
     let flags = SendFlags::from_bits_retain(flags as u32) | SendFlags::NOSIGNAL;
     // Not zeroed: only the header and fds pushed are written and sent, and
     // zeroing 1 KiB on every call was a tenth of the hot path's instructions.
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
+    let mut control = SendAncillaryBuffer::new(space);
     if !fds.is_empty() {
         let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
-        debug_assert!(pushed, "room for MAX_FDS");
+        debug_assert!(pushed, "room for the fds");
     }
     loop {
         // Without fds, send(2): the kernel then copies no msghdr in.
@@ -202,7 +236,8 @@ unsafe fn recv_raw(
     fds: &mut Vec<OwnedFd>,
     keep_on_error: bool,
 ) -> std::result::Result<usize, RecvError> {
-    recv_raw_lost(
+    let mut lost = false;
+    recv_raw_lost(RecvCall {
         sock,
         buf,
         len,
@@ -210,32 +245,57 @@ unsafe fn recv_raw(
         flags,
         fds,
         keep_on_error,
-        false,
-        &mut false,
-    )
+        lost_ok: false,
+        lost: &mut lost,
+    })
 }
 
-/// # Safety
-/// `buf` must be valid for writes of `len` bytes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn recv_raw_lost(
-    sock: BorrowedFd<'_>,
+/// One receive's arguments: into `buf` (`len` bytes), at most `max_fds` fds
+/// appended to `fds` (kept on an error if `keep_on_error`); with `lost_ok`,
+/// fds lost to `RLIMIT_NOFILE` set `lost` instead of failing.
+struct RecvCall<'a, 'f> {
+    sock: BorrowedFd<'a>,
     buf: *mut u8,
     len: usize,
     max_fds: usize,
     flags: i32,
-    fds: &mut Vec<OwnedFd>,
+    fds: &'f mut Vec<OwnedFd>,
     keep_on_error: bool,
     lost_ok: bool,
-    lost: &mut bool,
-) -> std::result::Result<usize, RecvError> {
-    let max_fds = max_fds.min(MAX_FDS);
+    lost: &'f mut bool,
+}
+
+/// # Safety
+/// `r.buf` must be valid for writes of `r.len` bytes.
+#[link_section = ".text.hot.sockpass"]
+unsafe fn recv_raw_lost(mut r: RecvCall<'_, '_>) -> std::result::Result<usize, RecvError> {
+    r.max_fds = r.max_fds.min(MAX_FDS);
+    if r.max_fds > FEW_FDS {
+        return in_own_frame::<u64, { cmsg_words(MAX_FDS) }, _>(|cbuf| {
+            // SAFETY: as this function's; cbuf has room for MAX_FDS.
+            unsafe { recv_with_control(r, cbuf) }
+        });
+    }
     // Not zeroed: the kernel writes what it reports in msg_controllen, and
     // only that is read.
-    let mut cbuf = std::mem::MaybeUninit::<[u64; cmsg_words(MAX_FDS)]>::uninit();
+    let mut cbuf = [MaybeUninit::<u64>::uninit(); cmsg_words(FEW_FDS)];
+    // SAFETY: as this function's; cbuf has room for max_fds (<= FEW_FDS).
+    unsafe { recv_with_control(r, &mut cbuf) }
+}
+
+/// [`recv_raw_lost`] with `cbuf` for the control message.
+///
+/// # Safety
+/// `call.buf` must be valid for writes of `call.len` bytes, and `cbuf` must
+/// have room for the control message of `call.max_fds.max(1)` fds.
+#[inline(always)]
+unsafe fn recv_with_control(
+    call: RecvCall<'_, '_>,
+    cbuf: &mut [MaybeUninit<u64>],
+) -> std::result::Result<usize, RecvError> {
     let mut iov = libc::iovec {
-        iov_base: buf.cast(),
-        iov_len: len,
+        iov_base: call.buf.cast(),
+        iov_len: call.len,
     };
     // SAFETY: zeroed msghdr, then pointers to live locals.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -244,9 +304,14 @@ unsafe fn recv_raw_lost(
     // Room for max_fds, or the smallest buffer if none are expected, so that
     // unexpected fds still arrive here (and are closed) rather than being
     // silently dropped by the kernel without our knowing.
-    let room = max_fds.max(1);
+    let room = call.max_fds.max(1);
     msg.msg_control = cbuf.as_mut_ptr().cast::<libc::c_void>();
-    msg.msg_controllen = rustix::cmsg_space!(ScmRights(room));
+    // CMSG_SPACE exactly (rustix's cmsg_space! adds room to align a
+    // buffer, which cbuf already is): never more than cbuf holds.
+    // SAFETY: CMSG_SPACE is arithmetic.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE((room * std::mem::size_of::<libc::c_int>()) as u32) } as usize;
+    assert!(msg.msg_controllen <= std::mem::size_of_val(cbuf));
     let n = loop {
         // The syscall itself: rustix's `recvmsg` wants initialised buffers
         // (`buf` may not be), and glibc's is a cancellation point, which
@@ -255,9 +320,9 @@ unsafe fn recv_raw_lost(
         let r = unsafe {
             libc::syscall(
                 libc::SYS_recvmsg,
-                sock.as_raw_fd(),
+                call.sock.as_raw_fd(),
                 &mut msg as *mut libc::msghdr,
-                flags | libc::MSG_CMSG_CLOEXEC,
+                call.flags | libc::MSG_CMSG_CLOEXEC,
             )
         };
         if r >= 0 {
@@ -268,36 +333,57 @@ unsafe fn recv_raw_lost(
             return Err(RecvError::Os(e));
         }
     };
-    let before = fds.len();
-    // SAFETY: the kernel wrote msg_controllen bytes of control messages at
-    // the start of cbuf (at most its size), so they are initialised.
-    let control = unsafe {
-        std::slice::from_raw_parts_mut(cbuf.as_mut_ptr().cast::<u8>(), msg.msg_controllen)
-    };
-    // SAFETY: as above: the control messages the kernel wrote.
-    for m in unsafe { AncillaryDrain::parse(control) } {
-        if let RecvAncillaryMessage::ScmRights(arrived) = m {
-            fds.extend(arrived);
+    let before = call.fds.len();
+    // Every fd of every SCM_RIGHTS message is owned from here (closed unless
+    // kept); nothing else is asked for. libc's CMSG_* walk, inlined, rather
+    // than rustix's generic drain: that was two code pages and 99
+    // instructions on each request's path, for the one message of one fd.
+    // SAFETY: msg describes cbuf, where the kernel wrote msg_controllen bytes
+    // of control messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay within them.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: c points at a whole cmsghdr inside the kernel's messages
+        // (cbuf is 8-byte aligned, as is every header in it).
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: the data of an SCM_RIGHTS message is cmsg_len -
+            // CMSG_LEN(0) bytes of ints (no more than the kernel wrote),
+            // each an fd now this process's.
+            unsafe {
+                let data = libc::CMSG_DATA(c);
+                let written = cbuf.as_ptr().cast::<u8>().add(msg.msg_controllen);
+                let bytes = (h.cmsg_len as usize)
+                    .saturating_sub(libc::CMSG_LEN(0) as usize)
+                    .min(written.offset_from(data).max(0) as usize);
+                let data = data.cast::<libc::c_int>();
+                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    call.fds
+                        .push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
         }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() - before > max_fds {
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || call.fds.len() - before > call.max_fds {
         // Lost to the rlimit (fewer arrived than there was room for), not
         // sent in excess (which fills the room): the message still counts.
-        let lost_only = fds.len() - before < max_fds && msg.msg_flags & libc::MSG_TRUNC == 0;
+        let lost_only =
+            call.fds.len() - before < call.max_fds && msg.msg_flags & libc::MSG_TRUNC == 0;
         // Truncating closes every fd that did arrive.
-        if !keep_on_error {
-            fds.truncate(before);
+        if !call.keep_on_error {
+            call.fds.truncate(before);
         }
-        if lost_ok && lost_only {
-            fds.truncate(before);
-            *lost = true;
+        if call.lost_ok && lost_only {
+            call.fds.truncate(before);
+            *call.lost = true;
             return Ok(n);
         }
         return Err(RecvError::TruncatedFds);
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
-        if !keep_on_error {
-            fds.truncate(before);
+        if !call.keep_on_error {
+            call.fds.truncate(before);
         }
         return Err(RecvError::TruncatedPayload);
     }
@@ -309,6 +395,7 @@ unsafe fn recv_raw_lost(
 /// message is returned with `fds_lost` set (and no fd), so the receiver can
 /// still read what the message says (say, the token of a reference it must
 /// now give back). Any fd that did arrive is closed.
+#[link_section = ".text.hot.sockpass"]
 pub fn recv_fds_into_uninit_or_lost(
     sock: BorrowedFd<'_>,
     buf: &mut [std::mem::MaybeUninit<u8>],
@@ -320,17 +407,17 @@ pub fn recv_fds_into_uninit_or_lost(
     *fds_lost = false;
     // SAFETY: as in recv_fds_into_uninit.
     unsafe {
-        recv_raw_lost(
+        recv_raw_lost(RecvCall {
             sock,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
+            buf: buf.as_mut_ptr().cast(),
+            len: buf.len(),
             max_fds,
             flags,
             fds,
-            false,
-            true,
-            fds_lost,
-        )
+            keep_on_error: false,
+            lost_ok: true,
+            lost: fds_lost,
+        })
     }
 }
 

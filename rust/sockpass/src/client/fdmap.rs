@@ -23,6 +23,7 @@ pub(super) struct FdTokens {
 
 impl FdTokens {
     /// Map `fd` to `token`; returns the token `fd` had.
+    #[link_section = ".text.hot.sockpass"]
     pub(super) fn insert(&mut self, fd: RawFd, token: Token) -> Option<Token> {
         match &mut self.recent {
             Some((f, t)) if *f == fd => Some(std::mem::replace(t, token)),

@@ -291,11 +291,7 @@ impl SharedClient {
         let mut retried = false;
         loop {
             if st.client.is_none() {
-                if !self.auto || st.why == Why::Closed {
-                    return Err(not_connected(st.why));
-                }
-                let c = self.open()?;
-                self.install(slot, &mut st, c);
+                self.connect_for_call(slot, &mut st)?;
             }
             let Some(c) = st.client.as_mut() else {
                 unreachable!("connected above")
@@ -311,12 +307,27 @@ impl SharedClient {
             }
             // Dropped (its Drop unpublishes the fd first): a new lease next.
             let retry = c.send_failed() && !retried;
-            st.client = None;
+            drop_client(&mut st);
             if !retry {
                 return res;
             }
             retried = true;
         }
+    }
+
+    /// A call's connection when the slot has none: made now if this client
+    /// reconnects by itself. Out of line, as is [`drop_client`]: a `Client`
+    /// held by value in the caller's frame made every call's stack frame
+    /// over 1 KiB deeper, a stack page more for each request to touch.
+    #[cold]
+    #[inline(never)]
+    fn connect_for_call(&self, slot: &Slot, st: &mut State) -> Result<()> {
+        if !self.auto || st.why == Why::Closed {
+            return Err(not_connected(st.why));
+        }
+        let c = self.open()?;
+        self.install(slot, st, c);
+        Ok(())
     }
 
     /// `f` on the client if it has one, without connecting or calling the
@@ -420,6 +431,13 @@ impl std::fmt::Debug for SharedClient {
             .field("auto", &self.auto)
             .finish()
     }
+}
+
+/// Let the slot's client go (see [`SharedClient::connect_for_call`]).
+#[cold]
+#[inline(never)]
+fn drop_client(st: &mut State) {
+    st.client = None;
 }
 
 #[inline]
