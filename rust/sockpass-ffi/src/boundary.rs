@@ -28,6 +28,7 @@ pub(crate) fn call(f: impl FnOnce() -> sockpass::Result<c_int>) -> c_int {
     }
 }
 
+#[cold]
 pub(crate) fn fault(what: &str) -> Error {
     Error::with_errno(Kind::Os, libc::EFAULT, format!("{what} is NULL"))
 }
@@ -46,6 +47,13 @@ pub(crate) unsafe fn c_str<'a>(
         // SAFETY: ASCII bytes are valid UTF-8.
         return Ok(std::str::from_utf8_unchecked(b));
     }
+    utf8(b, what)
+}
+
+/// [`c_str`]'s bytes that are not all ASCII, checked as UTF-8 (out of line:
+/// addresses and names are ASCII).
+#[cold]
+fn utf8<'a>(b: &'a [u8], what: &str) -> sockpass::Result<&'a str> {
     std::str::from_utf8(b).map_err(|_| Error::bad_request(format!("{what} is not UTF-8")))
 }
 
@@ -60,17 +68,29 @@ pub(crate) unsafe fn c_bytes<'a>(
     if p.is_null() {
         return Err(fault(what));
     }
-    // Look no further than max + 1 bytes for the NUL.
-    let n = libc::strnlen(p, max + 1);
-    if n > max {
-        return Err(Error::with_errno(
-            Kind::Os,
-            libc::ENAMETOOLONG,
-            format!("{what} is longer than {max} bytes (or not NUL-terminated)"),
-        ));
+    // The NUL within max + 1 bytes, by a loop kept inline: these strings
+    // are short, and libc's strnlen is one more code page for every request
+    // to touch (a cold one when many client processes share a CPU).
+    let mut n = 0;
+    // SAFETY: p is NUL-terminated (the caller's promise): every byte up to
+    // and including the NUL is readable, and the loop stops at the NUL.
+    while n <= max && unsafe { *p.add(n) } != 0 {
+        n += 1;
     }
-    // strnlen found the NUL at n: no second strlen.
+    if n > max {
+        return Err(too_long(what, max));
+    }
+    // The NUL is at n: no second strlen.
     Ok(std::slice::from_raw_parts(p.cast::<u8>(), n))
+}
+
+#[cold]
+fn too_long(what: &str, max: usize) -> Error {
+    Error::with_errno(
+        Kind::Os,
+        libc::ENAMETOOLONG,
+        format!("{what} is longer than {max} bytes (or not NUL-terminated)"),
+    )
 }
 
 /// A NUL-terminated byte string of at most `max` bytes, not necessarily

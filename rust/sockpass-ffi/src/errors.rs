@@ -50,11 +50,19 @@ pub(crate) fn set_last_error_errno(msg: Option<&str>, errno: c_int) {
 /// wake-up once hundreds of client processes share a CPU.
 static ANY_RECORDED: AtomicBool = AtomicBool::new(false);
 
-#[link_section = ".text.hot.sockpass"]
+#[inline]
 pub(crate) fn set_last_error(msg: Option<&str>) {
     if msg.is_none() && !ANY_RECORDED.load(Ordering::Relaxed) {
         return;
     }
+    record_last_error(msg);
+}
+
+/// [`set_last_error`] once there is something to record or clear: out of
+/// line, off the request path's pages.
+#[cold]
+#[inline(never)]
+fn record_last_error(msg: Option<&str>) {
     // Before this thread's own record: its later calls see the flag set
     // (program order), whatever other threads see.
     ANY_RECORDED.store(true, Ordering::Relaxed);
