@@ -284,10 +284,14 @@ impl Client {
             // Grown by the first message encoded here (a request by parts
             // is encoded in `last`, so a one-request client has none).
             buf: Vec::new(),
+            // Before the receive buffer: the kept request's bytes and the
+            // received fds then sit beside this client's state rather than
+            // past the buffer's 4 KiB, on a page of their own that every
+            // request touches.
+            last: LastParts::with_room(),
+            fds: Vec::with_capacity(1),
             // Received into as it is, never zeroed (see `Client::recv_msg`).
             rbuf: Vec::with_capacity(proto::MAX_MSG),
-            fds: Vec::with_capacity(1),
-            last: LastParts::default(),
         }
     }
 

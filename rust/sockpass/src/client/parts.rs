@@ -33,6 +33,15 @@ pub(super) struct LastParts {
 }
 
 impl LastParts {
+    /// With the room [`LastParts::parse`] takes for an IPv4 address,
+    /// allocated now.
+    pub(super) fn with_room() -> LastParts {
+        LastParts {
+            bytes: Vec::with_capacity("255.255.255.255".len() + BEYOND_ADDRESS),
+            ..LastParts::default()
+        }
+    }
+
     /// Was the kept spec made of these parts?
     pub(super) fn made_of(&self, proto: i64, address: &str, port: i64) -> bool {
         self.spec.is_some()
@@ -66,7 +75,7 @@ impl LastParts {
         self.bytes.clear();
         // Room for a short message and name too: one allocation, not one
         // per part (and small enough for malloc's per-thread cache).
-        self.bytes.reserve(address.len() + 96);
+        self.bytes.reserve(address.len() + BEYOND_ADDRESS);
         self.bytes.extend_from_slice(address.as_bytes());
         (self.msg_end, self.addr_end) = (0, self.bytes.len());
         Ok(())
@@ -100,6 +109,9 @@ impl LastParts {
         Ok(())
     }
 }
+
+/// Room kept beyond the address for the message and the name.
+const BEYOND_ADDRESS: usize = 96;
 
 /// `a == b` for the short strings of a request, compared inline: a slice
 /// `==` calls libc's memcmp, one more code page for every request to touch.
