@@ -68,14 +68,21 @@ pub(crate) unsafe fn c_bytes<'a>(
     if p.is_null() {
         return Err(fault(what));
     }
-    // The NUL within max + 1 bytes, by a loop kept inline: these strings
-    // are short, and libc's strnlen is one more code page for every request
-    // to touch (a cold one when many client processes share a CPU).
+    // The NUL within max + 1 bytes. The first 16 by a loop kept inline:
+    // addresses and names are that short, and libc's strnlen is one more
+    // code page for a request to touch (a cold one when many client
+    // processes share a CPU); longer strings (specs, paths) by strnlen.
+    const INLINE: usize = 16;
+    let inline_end = (max + 1).min(INLINE);
     let mut n = 0;
     // SAFETY: p is NUL-terminated (the caller's promise): every byte up to
     // and including the NUL is readable, and the loop stops at the NUL.
-    while n <= max && unsafe { *p.add(n) } != 0 {
+    while n < inline_end && unsafe { *p.add(n) } != 0 {
         n += 1;
+    }
+    if n == inline_end && n <= max {
+        // SAFETY: as above; the NUL is further on.
+        n += unsafe { libc::strnlen(p.add(n), max + 1 - n) };
     }
     if n > max {
         return Err(too_long(what, max));
@@ -153,6 +160,25 @@ mod tests {
         assert_eq!(e.kind(), sockpass::Kind::BadRequest);
         assert!(e.message().contains("name is not UTF-8"), "{e}");
         assert_eq!(ok(&[b'a'; 65]).unwrap_err().errno(), libc::ENAMETOOLONG);
+        // Around the 16 bytes looked at inline, and the limit among them.
+        for n in [15, 16, 17, 64] {
+            assert_eq!(ok(&vec![b'a'; n]).unwrap().len(), n);
+        }
+        let short = |b: &[u8], max| {
+            let c = std::ffi::CString::new(b).unwrap();
+            // SAFETY: c is a NUL-terminated string that outlives the call.
+            unsafe { c_str(c.as_ptr(), "name", max).map(str::len) }
+        };
+        assert_eq!(short(&[b'a'; 15], 15).unwrap(), 15);
+        assert_eq!(
+            short(&[b'a'; 16], 15).unwrap_err().errno(),
+            libc::ENAMETOOLONG
+        );
+        assert_eq!(short(&[b'a'; 16], 16).unwrap(), 16);
+        assert_eq!(
+            short(&[b'a'; 17], 16).unwrap_err().errno(),
+            libc::ENAMETOOLONG
+        );
     }
 
     /// A panic inside an exported function's body is an error code and a

@@ -275,6 +275,17 @@ pub fn encode_request_item(
     app: &str,
     flags: u8,
 ) -> Result<()> {
+    encode_request_item_with(out, |o| spec.encode(o), share, app, flags)
+}
+
+/// [`encode_request_item`] with the spec's bytes written by `spec`.
+pub(crate) fn encode_request_item_with(
+    out: &mut Vec<u8>,
+    spec: impl FnOnce(&mut Vec<u8>),
+    share: ShareMode,
+    app: &str,
+    flags: u8,
+) -> Result<()> {
     if app.len() > MAX_APP {
         return Err(Error::bad_request(format!(
             "application name is {} bytes, the limit is {MAX_APP}",
@@ -285,7 +296,7 @@ pub fn encode_request_item(
     out.extend_from_slice(app.as_bytes());
     let at = out.len();
     out.extend_from_slice(&[0, 0]);
-    spec.encode(out);
+    spec(out);
     let n = (out.len() - at - 2) as u16;
     out[at..at + 2].copy_from_slice(&n.to_le_bytes());
     Ok(())

@@ -447,7 +447,6 @@ impl SocketSpec {
 
     /// Append the wire encoding (docs/PROTOCOL.md, "socket spec").
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.proto.wire());
         // Raw sockets carry their IP protocol number in the port field.
         let port = if self.proto == Proto::Raw {
             self.ipproto as u16
@@ -456,16 +455,14 @@ impl SocketSpec {
         };
         match self.addr {
             _ if self.proto.is_unix() => {
+                out.push(self.proto.wire());
                 out.push(FAM_UNIX);
                 out.extend_from_slice(&(self.path.len() as u16).to_le_bytes());
                 out.extend_from_slice(self.path.as_bytes());
             }
-            IpAddr::V4(a) => {
-                out.push(4);
-                out.extend_from_slice(&port.to_le_bytes());
-                out.extend_from_slice(&a.octets());
-            }
+            IpAddr::V4(a) => encode_ipv4_head(out, self.proto, port, a),
             IpAddr::V6(a) => {
+                out.push(self.proto.wire());
                 out.push(6);
                 out.extend_from_slice(&port.to_le_bytes());
                 out.extend_from_slice(&a.octets());
@@ -725,48 +722,83 @@ impl FromStr for SocketSpec {
 /// what it would refuse): [`parse_spec`] then decides and words the error,
 /// so the two agree on every spec this accepts.
 fn plain_ipv4(b: &[u8]) -> Option<SocketSpec> {
-    let proto = match b.get(..4)? {
-        b"udp:" => Proto::Udp,
-        b"tcp:" => Proto::Tcp,
-        _ => return None,
-    };
-    // A decimal number of at most `max` digits at `*i`: (value, digit
-    // count), and `*i` moves past it.
-    fn number(b: &[u8], i: &mut usize, max: usize) -> Option<(u32, usize)> {
-        let start = *i;
-        let mut v = 0u32;
-        while let Some(&c) = b.get(*i) {
-            if !c.is_ascii_digit() || *i - start == max {
-                break;
+    let PlainIpv4 { proto, addr, port } = PlainIpv4::parse(b)?;
+    Some(SocketSpec::new(proto, IpAddr::V4(addr), port))
+}
+
+/// The parts of a plain spec `udp:A.B.C.D:PORT` or `tcp:…` (no options):
+/// all a batch from C needs to encode it, without making a [`SocketSpec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PlainIpv4 {
+    pub(crate) proto: Proto,
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) port: u16,
+}
+
+impl PlainIpv4 {
+    /// What [`SocketSpec::encode`] writes for the spec these parts make.
+    pub(crate) fn encode(self, out: &mut Vec<u8>) {
+        encode_ipv4_head(out, self.proto, self.port, self.addr);
+        // No options.
+        out.push(0);
+    }
+
+    /// `b` as a plain spec, or None (see [`plain_ipv4`]).
+    pub(crate) fn parse(b: &[u8]) -> Option<PlainIpv4> {
+        let proto = match b.get(..4)? {
+            b"udp:" => Proto::Udp,
+            b"tcp:" => Proto::Tcp,
+            _ => return None,
+        };
+        // A decimal number of at most `max` digits at `*i`: (value, digit
+        // count), and `*i` moves past it.
+        fn number(b: &[u8], i: &mut usize, max: usize) -> Option<(u32, usize)> {
+            let start = *i;
+            let mut v = 0u32;
+            while let Some(&c) = b.get(*i) {
+                if !c.is_ascii_digit() || *i - start == max {
+                    break;
+                }
+                v = v * 10 + u32::from(c - b'0');
+                *i += 1;
             }
-            v = v * 10 + u32::from(c - b'0');
-            *i += 1;
+            let n = *i - start;
+            (n > 0).then_some((v, n))
         }
-        let n = *i - start;
-        (n > 0).then_some((v, n))
-    }
-    let mut i = 4;
-    let mut ip = [0u8; 4];
-    for (k, octet) in ip.iter_mut().enumerate() {
-        let start = i;
-        let (v, n) = number(b, &mut i, 3)?;
-        // No leading zero (as Ipv4Addr's parser).
-        if n > 1 && b[start] == b'0' {
+        let mut i = 4;
+        let mut ip = [0u8; 4];
+        for (k, octet) in ip.iter_mut().enumerate() {
+            let start = i;
+            let (v, n) = number(b, &mut i, 3)?;
+            // No leading zero (as Ipv4Addr's parser).
+            if n > 1 && b[start] == b'0' {
+                return None;
+            }
+            *octet = u8::try_from(v).ok()?;
+            let end = if k == 3 { b':' } else { b'.' };
+            if b.get(i) != Some(&end) {
+                return None;
+            }
+            i += 1;
+        }
+        let (port, _) = number(b, &mut i, 5)?;
+        if i != b.len() {
             return None;
         }
-        *octet = u8::try_from(v).ok()?;
-        let end = if k == 3 { b':' } else { b'.' };
-        if b.get(i) != Some(&end) {
-            return None;
-        }
-        i += 1;
+        let port = u16::try_from(port).ok()?;
+        Some(PlainIpv4 {
+            proto,
+            addr: Ipv4Addr::from(ip),
+            port,
+        })
     }
-    let (port, _) = number(b, &mut i, 5)?;
-    if i != b.len() {
-        return None;
-    }
-    let port = u16::try_from(port).ok()?;
-    Some(SocketSpec::new(proto, IpAddr::V4(Ipv4Addr::from(ip)), port))
+}
+
+/// A spec's wire encoding up to its options, for an IPv4 address.
+fn encode_ipv4_head(out: &mut Vec<u8>, proto: Proto, port: u16, a: Ipv4Addr) {
+    let p = port.to_le_bytes();
+    let o = a.octets();
+    out.extend_from_slice(&[proto.wire(), 4, p[0], p[1], o[0], o[1], o[2], o[3]]);
 }
 
 /// The general spec parser (`SocketSpec::from_str`).

@@ -6,7 +6,7 @@ use crate::error::{Error, Kind, Result};
 use crate::fdpass::{send_fds, RecvError};
 use crate::proto::{self, ty, GrantEntry, Header};
 use crate::share::ShareMode;
-use crate::spec::SocketSpec;
+use crate::spec::{PlainIpv4, SocketSpec};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// One REQUEST_MANY to send: its bytes, and which specs it carries.
@@ -50,6 +50,18 @@ impl Specs<'_> {
             }
             Specs::Text(v) => {
                 let (text, share, app) = v[i];
+                // The common `udp:A.B.C.D:PORT` encoded from its parts: a
+                // SocketSpec made and dropped for each was half the
+                // client's instructions on a batch from C.
+                if let Some(plain) = PlainIpv4::parse(text.as_bytes()) {
+                    return proto::encode_request_item_with(
+                        out,
+                        |o| plain.encode(o),
+                        share,
+                        app,
+                        0,
+                    );
+                }
                 let spec: SocketSpec = text.parse()?;
                 proto::encode_request_item(out, &spec, share, app, 0)
             }

@@ -171,6 +171,11 @@ fn plain_ipv4_agrees_with_the_general_parser() {
     ] {
         let fast = plain_ipv4(s.as_bytes()).expect(s);
         assert_eq!(fast, parse_spec(s).unwrap(), "{s}");
+        // Its parts encode as the spec does.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        PlainIpv4::parse(s.as_bytes()).unwrap().encode(&mut a);
+        fast.encode(&mut b);
+        assert_eq!(a, b, "{s}");
     }
     // Left to the general parser, which accepts or words the refusal.
     for s in [
