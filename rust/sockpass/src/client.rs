@@ -152,6 +152,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
+#[cold]
 fn unavailable(errno: i32, what: impl std::fmt::Display) -> Error {
     Error::with_errno(
         Kind::BrokerUnavailable,
@@ -160,6 +161,7 @@ fn unavailable(errno: i32, what: impl std::fmt::Display) -> Error {
     )
 }
 
+#[cold]
 fn timed_out(what: &str) -> Error {
     Error::with_errno(Kind::Timeout, libc::ETIMEDOUT, what)
 }
@@ -608,34 +610,60 @@ impl Client {
         lost: &mut bool,
     ) -> std::result::Result<usize, RecvError> {
         self.rbuf.clear();
-        let Some(sock) = &self.fd else {
+        if self.fd.is_none() {
             return Err(RecvError::Os(libc::ENOTCONN));
-        };
-        let buf = &mut self.rbuf.spare_capacity_mut()[..proto::MAX_MSG];
-        let fds = &mut self.fds;
-        let mut recv =
-            |flags| recv_fds_into_uninit_or_lost(sock.as_fd(), buf, max_fds, flags, fds, lost);
+        }
         let n = match self.spin {
             Some(d) if flags & libc::MSG_DONTWAIT == 0 => {
-                // Every round trip is timed, spun or not: the pacing learns
-                // from blocking ones when replies come quickly again.
-                let start = self.sent_at.take().unwrap_or_else(Instant::now);
-                let (got, spun) = match self.pacing.spin_now(d) {
-                    true => {
-                        let (got, how) = spin::spin_recv(d, || recv(flags | libc::MSG_DONTWAIT));
-                        (got, Some(how))
-                    }
-                    false => (None, None),
-                };
-                let r = got.unwrap_or_else(|| recv(flags));
-                self.pacing.record(start.elapsed(), spun);
-                r?
+                self.recv_spun(d, max_fds, flags, lost)?
             }
-            _ => recv(flags)?,
+            _ => self.recv_once(max_fds, flags, lost)?,
         };
         // SAFETY: the kernel wrote the n bytes it reported (n <= capacity).
         unsafe { self.rbuf.set_len(n) };
         Ok(n)
+    }
+
+    /// One receive into `rbuf`'s spare capacity (see [`Client::recv_msg_lost`]).
+    #[inline(always)]
+    fn recv_once(
+        &mut self,
+        max_fds: usize,
+        flags: i32,
+        lost: &mut bool,
+    ) -> std::result::Result<usize, RecvError> {
+        let Some(sock) = &self.fd else {
+            return Err(RecvError::Os(libc::ENOTCONN));
+        };
+        let buf = &mut self.rbuf.spare_capacity_mut()[..proto::MAX_MSG];
+        recv_fds_into_uninit_or_lost(sock.as_fd(), buf, max_fds, flags, &mut self.fds, lost)
+    }
+
+    /// [`Client::recv_once`] with the reply spin on: out of line, as the
+    /// spin is off unless asked for.
+    #[inline(never)]
+    fn recv_spun(
+        &mut self,
+        d: Duration,
+        max_fds: usize,
+        flags: i32,
+        lost: &mut bool,
+    ) -> std::result::Result<usize, RecvError> {
+        // Every round trip is timed, spun or not: the pacing learns from
+        // blocking ones when replies come quickly again.
+        let start = self.sent_at.take().unwrap_or_else(Instant::now);
+        let (got, spun) = match self.pacing.spin_now(d) {
+            true => {
+                let (got, how) = spin::spin_recv(d, || {
+                    self.recv_once(max_fds, flags | libc::MSG_DONTWAIT, lost)
+                });
+                (got, Some(how))
+            }
+            false => (None, None),
+        };
+        let r = got.unwrap_or_else(|| self.recv_once(max_fds, flags, lost));
+        self.pacing.record(start.elapsed(), spun);
+        r
     }
 
     /// Receive the reply to `id`; returns its header, length and fd (`max_fds`
@@ -747,16 +775,7 @@ impl Client {
         let port = r.u16()?;
         let cached = r.u8()? != 0;
         if lost {
-            // The kernel could not give us the fd (RLIMIT_NOFILE), but the
-            // broker counted the reference: give it back, so nothing stays
-            // held that nobody can use.
-            let e = Error::with_errno(
-                Kind::Os,
-                libc::EMFILE,
-                format!("{what}: the socket could not be received: this process is at RLIMIT_NOFILE (the reference was released)"),
-            );
-            self.release_inner(&token)?;
-            return Err(e);
+            return Err(self.give_back_lost(&token, what));
         }
         let fd = fd.ok_or_else(|| Error::protocol("SOCKET reply carried no file descriptor"))?;
         self.track(fd.as_raw_fd(), token);
@@ -766,6 +785,22 @@ impl Client {
             port,
             cached,
         })
+    }
+
+    /// The kernel could not give us a reply's fd (RLIMIT_NOFILE), but the
+    /// broker counted the reference: give it back, so nothing stays held
+    /// that nobody can use. The error to return.
+    #[cold]
+    fn give_back_lost(&mut self, token: &Token, what: &str) -> Error {
+        let e = Error::with_errno(
+            Kind::Os,
+            libc::EMFILE,
+            format!("{what}: the socket could not be received: this process is at RLIMIT_NOFILE (the reference was released)"),
+        );
+        match self.release_inner(token) {
+            Ok(_) => e,
+            Err(r) => r,
+        }
     }
 
     /// Check that a protocol number, an address and a port make a spec (the

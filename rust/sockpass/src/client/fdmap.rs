@@ -31,8 +31,15 @@ impl FdTokens {
                 self.recent = Some((fd, token));
                 None
             }
-            _ => self.rest.insert(fd, token),
+            _ => self.insert_rest(fd, token),
         }
+    }
+
+    /// [`FdTokens::insert`] into the table: out of line, off the request
+    /// path of a process that closes each socket before its next request.
+    #[inline(never)]
+    fn insert_rest(&mut self, fd: RawFd, token: Token) -> Option<Token> {
+        self.rest.insert(fd, token)
     }
 
     pub(super) fn get(&self, fd: RawFd) -> Option<&Token> {
