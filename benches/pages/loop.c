@@ -1,0 +1,106 @@
+/* The B5 client's loop, for counting the pages and cache lines one
+ * request touches (benches/pages/run): a cached request, close, and
+ * release_many every 1,000, with a store to a marker page between
+ * requests so that the trace can be cut into requests. With "floor" the
+ * floor's client instead (B5f: a 1-byte request, one fd back by
+ * SCM_RIGHTS from a forked server). Prints the marker's address. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include "sockpass.h"
+
+static volatile char marker[8192] __attribute__((aligned(4096)));
+static char tok[1000][SOCKPASS_TOKEN_SIZE];
+
+static unsigned long long now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+
+static int recv_fd(int s) {
+  char b;
+  struct iovec v = {&b, 1};
+  union { struct cmsghdr h; char c[CMSG_SPACE(sizeof(int))]; } u;
+  struct msghdr m = {0};
+  m.msg_iov = &v;
+  m.msg_iovlen = 1;
+  m.msg_control = u.c;
+  m.msg_controllen = sizeof u.c;
+  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof fd);
+  return fd;
+}
+
+static void send_fd(int s, int fd) {
+  char b = 'x';
+  struct iovec v = {&b, 1};
+  union { struct cmsghdr h; char c[CMSG_SPACE(sizeof(int))]; } u;
+  struct msghdr m = {0};
+  m.msg_iov = &v;
+  m.msg_iovlen = 1;
+  m.msg_control = u.c;
+  m.msg_controllen = sizeof u.c;
+  struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+  h->cmsg_level = SOL_SOCKET;
+  h->cmsg_type = SCM_RIGHTS;
+  h->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(h), &fd, sizeof fd);
+  sendmsg(s, &m, 0);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: loop SOCK PORT N | loop floor - N\n");
+    return 2;
+  }
+  int n = atoi(argv[3]);
+  unsigned long long t = 0;
+  if (!strcmp(argv[1], "floor")) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) return 1;
+    if (fork() == 0) {
+      close(sv[0]);
+      int h = socket(AF_INET, SOCK_DGRAM, 0);
+      char b;
+      while (recv(sv[1], &b, 1, 0) == 1) send_fd(sv[1], h);
+      _exit(0);
+    }
+    close(sv[1]);
+    for (int i = 0; i < n; i++) {
+      marker[4096] = 1;
+      t += now_ns();
+      char r = 'r';
+      if (send(sv[0], &r, 1, 0) != 1) return 1;
+      close(recv_fd(sv[0]));
+    }
+  } else {
+    sockpass_client *c = NULL;
+    if (sockpass_client_new(argv[1], &c)) return 1;
+    int port = atoi(argv[2]);
+    size_t held = 0;
+    for (int i = 0; i < n; i++) {
+      marker[4096] = 1;
+      t += now_ns();
+      int fd = sockpass_client_request_socket(c, SOCKPASS_PROTO_UDP, "127.0.0.1", port,
+                                              SOCKPASS_SHARE_ANY, "bench", tok[held],
+                                              SOCKPASS_TOKEN_SIZE);
+      if (fd < 0) return 1;
+      close(fd);
+      if (++held == 1000) {
+        static const char *p[1000];
+        for (size_t j = 0; j < held; j++) p[j] = tok[j];
+        sockpass_client_release_many(c, p, held, NULL);
+        held = 0;
+      }
+    }
+    sockpass_client_free(c);
+  }
+  printf("%llu %p\n", t, (void *)&marker[4096]);
+  return 0;
+}
