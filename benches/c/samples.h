@@ -3,24 +3,26 @@
 #ifndef SOCKPASS_BENCH_SAMPLES_H
 #define SOCKPASS_BENCH_SAMPLES_H
 
+/* unused: not every program that includes this calls everything. */
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
-static uint64_t now_ns(void) {
+static __attribute__((unused)) uint64_t now_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-static int cmp_u64(const void *a, const void *b) {
+static __attribute__((unused)) int cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return x < y ? -1 : x > y;
 }
 
 /* Sorts `s`. Prints: RESULT NAME median_ns=.. p99_ns=.. n=.. */
-static void report(const char *name, uint64_t *s, size_t n) {
+static __attribute__((unused)) void report(const char *name, uint64_t *s, size_t n) {
   qsort(s, n, sizeof *s, cmp_u64);
   size_t p99 = n * 99 / 100;
   if (p99 >= n) p99 = n - 1;

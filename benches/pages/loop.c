@@ -9,50 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+#include "fdmsg.h"
+#include "samples.h"
 #include "sockpass.h"
 
 static volatile char marker[8192] __attribute__((aligned(4096)));
 static char tok[1000][SOCKPASS_TOKEN_SIZE];
-
-static unsigned long long now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1000000000ull + t.tv_nsec;
-}
-
-static int recv_fd(int s) {
-  char b;
-  struct iovec v = {&b, 1};
-  union { struct cmsghdr h; char c[CMSG_SPACE(sizeof(int))]; } u;
-  struct msghdr m = {0};
-  m.msg_iov = &v;
-  m.msg_iovlen = 1;
-  m.msg_control = u.c;
-  m.msg_controllen = sizeof u.c;
-  if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1) return -1;
-  int fd;
-  memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof fd);
-  return fd;
-}
-
-static void send_fd(int s, int fd) {
-  char b = 'x';
-  struct iovec v = {&b, 1};
-  union { struct cmsghdr h; char c[CMSG_SPACE(sizeof(int))]; } u;
-  struct msghdr m = {0};
-  m.msg_iov = &v;
-  m.msg_iovlen = 1;
-  m.msg_control = u.c;
-  m.msg_controllen = sizeof u.c;
-  struct cmsghdr *h = CMSG_FIRSTHDR(&m);
-  h->cmsg_level = SOL_SOCKET;
-  h->cmsg_type = SCM_RIGHTS;
-  h->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(h), &fd, sizeof fd);
-  sendmsg(s, &m, 0);
-}
 
 int main(int argc, char **argv) {
   if (argc != 4) {
@@ -60,7 +23,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   int n = atoi(argv[3]);
-  unsigned long long t = 0;
+  uint64_t t = 0;
   if (!strcmp(argv[1], "floor")) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) return 1;
@@ -101,6 +64,6 @@ int main(int argc, char **argv) {
     }
     sockpass_client_free(c);
   }
-  printf("%llu %p\n", t, (void *)&marker[4096]);
+  printf("%llu %p\n", (unsigned long long)t, (void *)&marker[4096]);
   return 0;
 }
