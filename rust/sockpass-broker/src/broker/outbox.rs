@@ -431,7 +431,7 @@ mod tests {
             eprintln!("SKIP: io_uring is not available here");
             return;
         };
-        let mut turn = |ob: &mut Outbox, slots: &[usize]| -> Vec<(usize, u8)> {
+        let turn = |ob: &mut Outbox, slots: &[usize]| -> Vec<(usize, u8)> {
             for (i, &s) in slots.iter().enumerate() {
                 ob.hold(s, s as u64, &[i as u8], None);
             }
