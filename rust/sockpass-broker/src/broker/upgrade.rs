@@ -239,6 +239,10 @@ impl Broker {
                     Some(c) => Owner::Conn(c as usize),
                     None => Owner::Reserved(now + Duration::from_millis(h.reserved_ms)),
                 };
+                let due = match owner {
+                    Owner::Reserved(d) => Some(d),
+                    Owner::Conn(_) => None,
+                };
                 let pos = holders.len() as u32;
                 let rslot = b.refs.adopt(
                     h.token,
@@ -248,7 +252,7 @@ impl Broker {
                         conn_pos: NO_CONN,
                         user: user as u32,
                     },
-                    h.conn_slot.is_none(),
+                    due,
                 );
                 holders.push(Holder {
                     token: h.token,
