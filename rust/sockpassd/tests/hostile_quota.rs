@@ -591,12 +591,6 @@ fn child_churn_reservations() {
     hold_until_told();
 }
 
-/// CPU time `pid` has run, from /proc/PID/schedstat (nanoseconds).
-fn cpu_time(pid: i32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
-    Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
-}
-
 /// A reservation made or ended used to make the broker scan every holder
 /// of every socket for the next deadline: nobody, reserving and releasing
 /// in a loop while root holds 100,000 references, made the broker do that

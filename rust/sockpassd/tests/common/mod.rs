@@ -41,6 +41,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// The CPU time `pid`'s main thread has run, from /proc/PID/schedstat (to
+/// the nanosecond, where /proc/PID/stat counts clock ticks).
+pub fn cpu_time(pid: i32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
+}
+
 /// Poll `f` until it returns Some, or panic after `WAIT`.
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let t0 = Instant::now();
