@@ -432,12 +432,55 @@ def main():
                  f"{meta.get('rounds', '1')} round(s), medians across rounds. A spin polls the socket (`recvmsg` with "
                  "`MSG_DONTWAIT`, `sched_yield` between tries) for up to 50 µs before the blocking receive.")
         L.append("")
-        L.append("| | same CPU median | p99 | across CPUs median | p99 | across / same |")
-        L.append("|---|---|---|---|---|---|")
+        hp = any(res.get(("xcpu", f"{k}_crosshp")) for k, _ in xs)
+        head = "| | same CPU median | p99 | across CPUs median | p99 | across / same |"
+        rule = "|---|---|---|---|---|---|"
+        if hp:
+            head += " across CPUs, idle vCPUs polling 200 µs: median | p99 |"
+            rule += "---|---|"
+        L.append(head)
+        L.append(rule)
         for k, text in xs:
             a, b = res.get(("xcpu", f"{k}_same")), res.get(("xcpu", f"{k}_cross"))
             g = lambda r, f: us(r[f]) if r else "n/a"  # noqa: E731
-            L.append(f"| {text} | {g(a, 'median_ns')} | {g(a, 'p99_ns')} | {g(b, 'median_ns')} | {g(b, 'p99_ns')} | {fr(rr('xcpu', k + '_cross', k + '_same'))} |")
+            row = f"| {text} | {g(a, 'median_ns')} | {g(a, 'p99_ns')} | {g(b, 'median_ns')} | {g(b, 'p99_ns')} | {fr(rr('xcpu', k + '_cross', k + '_same'))} |"
+            if hp:
+                c = res.get(("xcpu", f"{k}_crosshp"))
+                row += f" {g(c, 'median_ns')} | {g(c, 'p99_ns')} |"
+            L.append(row)
+        L.append("")
+        if hp:
+            L.append(
+                "The last two columns: the same across CPUs while an idle vCPU polls for up to 200 µs before it halts "
+                "(`/sys/module/haltpoll/parameters/guest_halt_poll_ns`, the kernel's default; this machine runs with "
+                f"{meta.get('haltpoll', '?')} ns), set for these runs only and put back after.")
+            L.append("")
+    # ---- unpinned with the guest's halt polling on (issue 25 item 4)
+    if any(k[0] == "unpinned_hp" for k in res):
+        L.append("## Unpinned, idle vCPUs polling before they halt")
+        L.append("")
+        L.append(
+            "The bars that placement decides, unpinned as above, and unpinned once more in each round while an idle vCPU "
+            "polls for up to 200 µs before it halts (the haltpoll cpuidle driver's `guest_halt_poll_ns` at the kernel's "
+            f"default; this machine boots with {meta.get('haltpoll', '?')} ns, so every wake-up of an idle vCPU exits to the "
+            "host). Ratios as in the bars: the median across rounds of each round's ratio, with the rounds' range.")
+        L.append("")
+        L.append("| | unpinned | unpinned, idle vCPUs polling 200 µs |")
+        L.append("|---|---|---|")
+        hprows = [
+            ("B2 / B1e (bar ≤ 1.15)", lambda m: rr(m, "B2_cached_kept", "B1e_floor_epoll")),
+            ("B2 / B1 (bar ≤ 1.25)", lambda m: rr(m, "B2_cached_kept", "B1_floor")),
+            ("B2 / s6 retrieve (kept)", lambda m: rr(m, "B2_cached_kept", "s6_retrieve_kept")),
+            ("B3 / s6 connect+retrieve+end (bar ≤ 0.5)", lambda m: rr(m, "B3_connect_request_close", "s6_connect_retrieve_end")),
+            ("B4 / (socket+setsockopt+bind + B1) (bar ≤ 1.3)", b4),
+            ("B5 / B5f at 64 clients (bar ≥ 0.9)", lambda m: rr(m, "B5_sp_c64", "B5_floor_c64", "ops_per_s")),
+            ("B5 / B5f at 1000 clients (bar ≥ 0.9)", lambda m: rr(m, "B5_sp_c1000", "B5_floor_c1000", "ops_per_s")),
+        ]
+        for text, f in hprows:
+            L.append(f"| {text} | {fr_rounds(f('unpinned'))} | {fr_rounds(f('unpinned_hp'))} |")
+        for name, text in (("B1e_floor_epoll", "B1e, µs"), ("B2_cached_kept", "B2, µs"), ("s6_retrieve_kept", "s6 retrieve (kept), µs"),
+                           ("B3_connect_request_close", "B3, µs"), ("s6_connect_retrieve_end", "s6 connect+retrieve+end, µs")):
+            L.append(f"| {text} | {us(med('unpinned', name))} | {us(med('unpinned_hp', name))} |")
         L.append("")
     L.append("## Throughput (B5): requests per second, each client a process on its own kept connection")
     L.append("")
