@@ -20,6 +20,7 @@
 //! and in a turn of one event (one client: nothing to send together).
 
 use io_uring::{opcode, squeue, types, IoUring};
+use sockpass::fdpass::OneFdCmsg;
 use std::os::fd::RawFd;
 
 /// Replies held at most; a full outbox is sent before one more is held.
@@ -52,20 +53,13 @@ pub(super) struct Held {
     pub(super) entry: Option<(usize, u64)>,
 }
 
-/// `SCM_RIGHTS` with one fd, laid out as `CMSG_SPACE(sizeof(int))`.
-#[repr(C)]
-struct OneFd {
-    hdr: libc::cmsghdr,
-    fd: libc::c_int,
-}
-
 /// What one `sendmsg` submission points at; lives in a boxed slice that
 /// does not move while the kernel reads it.
 #[repr(C)]
 struct Wire {
     msg: libc::msghdr,
     iov: libc::iovec,
-    cmsg: OneFd,
+    cmsg: OneFdCmsg,
 }
 
 /// How one held reply went.
@@ -276,15 +270,9 @@ impl Outbox {
             w.msg.msg_flags = 0;
             match t.fd {
                 Some(fd) => {
-                    w.cmsg.hdr.cmsg_level = libc::SOL_SOCKET;
-                    w.cmsg.hdr.cmsg_type = libc::SCM_RIGHTS;
-                    let one = std::mem::size_of::<libc::c_int>() as u32;
-                    // SAFETY: CMSG_LEN only computes a length.
-                    w.cmsg.hdr.cmsg_len = unsafe { libc::CMSG_LEN(one) } as _;
-                    w.cmsg.fd = fd;
-                    w.msg.msg_control = (&mut w.cmsg as *mut OneFd).cast();
-                    // SAFETY: as above.
-                    w.msg.msg_controllen = unsafe { libc::CMSG_SPACE(one) } as _;
+                    w.cmsg = OneFdCmsg::new(fd);
+                    w.msg.msg_control = (&mut w.cmsg as *mut OneFdCmsg).cast();
+                    w.msg.msg_controllen = std::mem::size_of::<OneFdCmsg>() as _;
                 }
                 None => {
                     w.msg.msg_control = std::ptr::null_mut();
