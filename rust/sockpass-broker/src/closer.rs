@@ -213,7 +213,11 @@ fn close_forever(sh: &Shared) -> ! {
             if let Some(i) = lane.stack.iter().rposition(|b| b.id == id) {
                 lane.stack.remove(i);
             }
+            // Woken with the lock free, the loop need not block on it (and
+            // switch back here) before it sees the batch gone.
+            drop(lane);
             sh.done.notify_all();
+            lane = lock(&sh.lane);
         }
     }
 }
@@ -251,6 +255,9 @@ fn hand_over(c: &mut Closer) -> bool {
         id: c.sent,
         fds: std::mem::take(&mut c.parked),
     });
+    // Notified after the unlock: on one CPU the closer runs at once, and
+    // would otherwise find the lock held and switch straight back.
+    drop(lane);
     sh.work.notify_one();
     true
 }
@@ -360,6 +367,7 @@ pub fn hurry(key: u32) -> bool {
             id: c.sent,
             fds: found,
         });
+        drop(lane);
         sh.work.notify_one();
         c.sent
     };
