@@ -393,6 +393,7 @@ def main():
         ("B3f_connect_floor", "B3f floor: connect, accept + SO_PEERCRED, 1 fd, close"),
         ("B3b_broker_raw_client", "B3b sockpassd alone: B3's request from a raw C client"),
         ("B4_uncached", "B4 uncached request (create, bind, hand over)"),
+        ("B4r_release_uncached", "B4r release of B4's socket (closed, its port free at the reply)"),
         ("inproc_socket_bind", "socket()+setsockopt()+bind() in-process"),
     ]
     for c in (10, 1000, 10000):

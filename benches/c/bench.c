@@ -851,7 +851,7 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
   s6_start(&a, s6path);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  uint64_t *smp[M_COUNT], *rel = malloc((n + BLOCK) * sizeof *rel);
+  uint64_t *smp[M_COUNT], *rel = malloc((n + BLOCK) * sizeof *rel), *urel = malloc((n + BLOCK) * sizeof *urel);
   uint64_t *relp = malloc((n / BLOCK + 1) * sizeof *relp);
   for (int m = 0; m < M_COUNT; m++) smp[m] = malloc((n + BLOCK) * sizeof(uint64_t));
   static char tok[BLOCK][SOCKPASS_TOKEN_SIZE];
@@ -915,7 +915,10 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
             if (fd < 0) die("request", fd);
             close(fd);
             t1 = now_ns();
+            /* B4r: the release closes the socket (off the loop, waited
+             * for, so its port is free when the reply comes) */
             if ((x = sockpass_client_release(cu, utok)) < 0) die("release", x);
+            if (block > 0) urel[done + i] = now_ns() - t1;
         }
         if (block > 0) smp[m][done + i] = t1 - t0; /* block 0 warms up */
       }
@@ -949,6 +952,7 @@ static void mixed(const char *path, int port, int uport, const char *s6path, con
     if (m != M_FLOOR_URING || usv >= 0) report(mixed_names[m], smp[m], done);
   report("B2r_release", rel, nrel);
   report("B2rp_release_many", relp, nrelp);
+  report("B4r_release_uncached", urel, done);
   /* the last forked first: each server holds the client ends made before it */
   if (usv >= 0) {
     close(usv);

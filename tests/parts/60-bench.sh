@@ -22,7 +22,7 @@ expect() { # expect MODE NAME KEY
 for m in pinned unpinned; do
   for b in B1_floor B1e_floor_epoll B2_cached_kept B2r_release B2rp_release_many B2b_broker_raw_client \
     B2c_client_min_broker s6_retrieve_kept B3_connect_request_close B3f_connect_floor B3b_broker_raw_client \
-    s6_connect_retrieve_end B4_uncached inproc_socket_bind B6_cached_10 B6_cached_1000 \
+    s6_connect_retrieve_end B4_uncached B4r_release_uncached inproc_socket_bind B6_cached_10 B6_cached_1000 \
     B6_cached_10000 B6u_uncached_10 B6u_uncached_1000 B6u_uncached_10000 B6g_cached_after_10000_gone B9_python_kept \
     B10_cached_64 B10_uncached_64 B10s_cached_64_singles B10f_floor_64 B10i_inproc_64; do
     expect $m $b median_ns
