@@ -28,6 +28,9 @@
 //! taken once for all the closes a request or a hang-up made
 //! ([`settle_pending`], before the next reply goes out and after each
 //! event): a release of 64 sockets is one hand-over and one wait, not 64.
+//! The wait yields the CPU for its first 50 µs (`YIELDING`) and sleeps only
+//! after: on one CPU the closer's close and its going back to sleep then
+//! both come before the reply, not after it in the client's next request.
 //! The closer takes the newest batch first, one fd at a time, so the
 //! closes a wait is for overtake a backlog (the thousands of sockets of a
 //! client that went): a release is answered with its port free even then.
@@ -138,6 +141,8 @@ struct Lane {
     stack: Vec<Batch>,
     /// Fds closed since the start (tells a busy closer from a stuck one).
     closed: u64,
+    /// The loop sleeps on `done` (past its yielding): the closer wakes it.
+    sleeping: bool,
 }
 
 struct Shared {
@@ -165,6 +170,7 @@ fn shared() -> &'static Shared {
         lane: Mutex::new(Lane {
             stack: Vec::new(),
             closed: 0,
+            sleeping: false,
         }),
         work: Condvar::new(),
         done: Condvar::new(),
@@ -213,11 +219,14 @@ fn close_forever(sh: &Shared) -> ! {
             if let Some(i) = lane.stack.iter().rposition(|b| b.id == id) {
                 lane.stack.remove(i);
             }
-            // Woken with the lock free, the loop need not block on it (and
-            // switch back here) before it sees the batch gone.
-            drop(lane);
-            sh.done.notify_all();
-            lane = lock(&sh.lane);
+            // A loop still yielding (see [`wait`]) sees the batch gone when
+            // this thread sleeps; one asleep is woken, with the lock free
+            // so it need not block on it and switch straight back.
+            if lane.sleeping {
+                drop(lane);
+                sh.done.notify_all();
+                lane = lock(&sh.lane);
+            }
         }
     }
 }
@@ -312,20 +321,40 @@ fn settle_from(from: Option<u64>) {
 /// closes another fd. (One that closed some is busy, or short of CPU on a
 /// loaded machine: later waits are still taken, and with the newest
 /// closes first they are short.)
-fn wait(busy: impl FnMut(&mut Lane) -> bool) -> bool {
+fn wait(mut busy: impl FnMut(&mut Lane) -> bool) -> bool {
     let sh = shared();
-    let lane = lock(&sh.lane);
+    let start = std::time::Instant::now();
+    let mut lane = lock(&sh.lane);
     let before = lane.closed;
-    let (lane, r) = sh
-        .done
-        .wait_timeout_while(lane, SETTLE, busy)
-        .unwrap_or_else(|p| p.into_inner());
-    if r.timed_out() && lane.closed == before {
+    // Yield first: on the loop's CPU the closer then runs its close and
+    // goes back to sleep before the loop goes on, where a wake-up would
+    // have switched back to it after the reply (into the client's next
+    // request); on another CPU the loop sees the close without a second
+    // wake-up.
+    while busy(&mut lane) {
+        if start.elapsed() >= YIELDING {
+            lane.sleeping = true;
+            let left = SETTLE.saturating_sub(start.elapsed());
+            let (mut lane, r) = sh
+                .done
+                .wait_timeout_while(lane, left, &mut busy)
+                .unwrap_or_else(|p| p.into_inner());
+            lane.sleeping = false;
+            if r.timed_out() && lane.closed == before {
+                drop(lane);
+                lock(closer()).stalled_at = Some(before);
+            }
+            return !r.timed_out();
+        }
         drop(lane);
-        lock(closer()).stalled_at = Some(before);
+        std::thread::yield_now();
+        lane = lock(&sh.lane);
     }
-    !r.timed_out()
+    true
 }
+
+/// How long [`wait`] yields before it sleeps.
+const YIELDING: Duration = Duration::from_micros(50);
 
 /// A bind found its port taken: have the closer close the queued broker
 /// sockets with this [`port_key`] next, and wait for them (at most
