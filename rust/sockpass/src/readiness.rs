@@ -671,7 +671,10 @@ mod tests {
 
         let (mut r, w) = Readiness::new(Method::Fd(3)).unwrap();
         drop(w);
-        assert_eq!(r.check().unwrap_err().kind(), Kind::NotReady);
+        // Waited, not checked once: a test forking on another thread can
+        // hold a copy of the write end until its child execs or exits.
+        let e = r.wait(Some(Duration::from_secs(30))).unwrap_err();
+        assert_eq!(e.kind(), Kind::NotReady);
     }
 
     #[test]
@@ -687,8 +690,10 @@ mod tests {
         fdpass::send_fds(c.as_fd(), b"BARRIER=1", &[bw.as_fd()], 0).unwrap();
         drop(bw);
         assert!(!r.check().unwrap());
+        // Bounded rather than 0: a child forked by another test thread may
+        // hold a copy of bw for a moment. Were ours kept, this would time out.
         assert_ne!(
-            sys::poll_one(br.as_fd(), libc::POLLIN, 0).unwrap() & libc::POLLHUP,
+            sys::poll_one(br.as_fd(), libc::POLLIN, 30_000).unwrap() & libc::POLLHUP,
             0
         );
         send_notify(&env, b"STATUS=x\nREADY=1").unwrap();
