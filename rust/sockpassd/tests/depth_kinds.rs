@@ -268,13 +268,15 @@ fn stale_socket_file_is_replaced_a_live_one_is_not() {
     let stale = dir.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    let g = c
-        .request_socket(
-            &spec(&format!("unix:{}?backlog=1", stale.display())),
-            ShareMode::None,
-            "s",
-        )
-        .unwrap();
+    // A child another test thread forks may hold a copy of that listener
+    // until it execs, so the file can read as live for a moment: bounded.
+    let stale_spec = spec(&format!("unix:{}?backlog=1", stale.display()));
+    let g = wait_for("the stale socket file to read as stale", || {
+        match c.request_socket(&stale_spec, ShareMode::None, "s") {
+            Err(e) if e.kind() == Kind::AddressInUse => None,
+            r => Some(r.unwrap()),
+        }
+    });
     // The path now answers: the broker's socket replaced the stale file.
     UnixStream::connect(&stale).unwrap();
     drop(g);

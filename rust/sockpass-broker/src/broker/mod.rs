@@ -429,10 +429,13 @@ mod tests {
         );
         let mut gone = want(2, 0, n);
         gone.push("EOF".into());
-        assert_eq!(
-            read_all(&peers[2]),
-            gone,
-            "client 2: its replies, then its end"
-        );
+        let mut got = read_all(&peers[2]);
+        if got.last().map(String::as_str) != Some("EOF") {
+            // A child another test forks may hold a copy of the broker's
+            // end until it execs: its end comes then.
+            sockpass::sys::poll_one(peers[2].as_fd(), libc::POLLIN, 30_000).unwrap();
+            got.extend(read_all(&peers[2]));
+        }
+        assert_eq!(got, gone, "client 2: its replies, then its end");
     }
 }
