@@ -45,27 +45,32 @@ fn hold_until_stdin_closes() {
     while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
 }
 
+/// `n` tries, 20 ms apart, of a root client's fresh connect + request +
+/// release (a new socket each, so nothing is cached); how long each took.
+fn root_tries(path: &std::path::Path, n: usize) -> Vec<Duration> {
+    let spec: SocketSpec = "udp:127.0.0.1:0".parse().unwrap();
+    (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            let mut c = Client::connect(path).expect("root connects");
+            c.set_timeout(Some(Duration::from_secs(3))).unwrap();
+            let g = c
+                .request_socket(&spec, ShareMode::None, "root")
+                .expect("root is answered");
+            c.release(&g.token).unwrap();
+            let took = t0.elapsed();
+            std::thread::sleep(Duration::from_millis(20));
+            took
+        })
+        .collect()
+}
+
 /// A root client's fresh connect + request + release, timed over ten
 /// tries. Fails only when clearly blocked: over 50 ms every time, or over
 /// 1 s once (the machine is noisy, and a flooding client competes for its
 /// two cores; a blocked loop waits for seconds).
 fn root_is_served_promptly(path: &std::path::Path) {
-    let mut times = Vec::new();
-    for _ in 0..10 {
-        let t0 = Instant::now();
-        let mut c = Client::connect(path).expect("root connects");
-        c.set_timeout(Some(Duration::from_secs(3))).unwrap();
-        let g = c
-            .request_socket(
-                &"udp:127.0.0.1:0".parse::<SocketSpec>().unwrap(),
-                ShareMode::None,
-                "root",
-            )
-            .expect("root is answered");
-        c.release(&g.token).unwrap();
-        times.push(t0.elapsed());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let times = root_tries(path, 10);
     eprintln!("root connect + request + release: {times:?}");
     let slow = Duration::from_millis(50);
     assert!(
@@ -373,6 +378,18 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
 }
 
+/// Until `until`: connect to the broker at `sock`, send a bad header (the
+/// broker logs the client as gone) and hang up; count each in `made`.
+fn connect_and_hang_up(sock: &str, until: Instant, made: &std::sync::atomic::AtomicU64) {
+    while Instant::now() < until {
+        let fd = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
+        if sockpass::sys::connect_unix(&fd, sock.as_bytes()).is_ok() {
+            let _ = send_fds(fd.as_fd(), b"garbage!", &[], libc::MSG_DONTWAIT);
+            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Child (nobody, or this uid without root): for $SECS seconds, cause log
 /// lines at the broker at $SOCK: connections that send a bad header (each
 /// logged as gone), and releases of unknown tokens (each a refusal).
@@ -398,19 +415,75 @@ fn child_floods_log_lines() {
                 sent.fetch_add(42, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        {
-            s.spawn(|| {
-                while Instant::now() < until {
-                    let fd = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
-                    if sockpass::sys::connect_unix(&fd, sock.as_bytes()).is_ok() {
-                        let _ = send_fds(fd.as_fd(), b"garbage!", &[], libc::MSG_DONTWAIT);
-                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            });
-        }
+        s.spawn(|| connect_and_hang_up(&sock, until, &sent));
     });
     println!("@@ {}", sent.into_inner());
+}
+
+/// Child (nobody): for $SECS seconds, on $THREADS threads, connect to the
+/// broker at $SOCK, send a bad header and hang up, as fast as the broker
+/// accepts: its listen backlog stays full. Prints how many connections it
+/// made.
+#[test]
+#[ignore]
+fn child_floods_connections() {
+    if !is_child() {
+        return;
+    }
+    let sock = std::env::var("SOCK").unwrap();
+    let secs: u64 = std::env::var("SECS").unwrap().parse().unwrap();
+    let threads: usize = std::env::var("THREADS").unwrap().parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let made = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| connect_and_hang_up(&sock, until, &made));
+        }
+    });
+    println!("@@ {}", made.into_inner());
+}
+
+/// A flood of connections (two nobody processes of two threads each,
+/// connecting and hanging up as fast as the broker accepts) keeps the
+/// broker's listen backlog full: a new client waits behind every
+/// connection queued there. With the backlog at 64 (`LISTEN_BACKLOG`) a
+/// root client's fresh connect + request + release took 3-6 ms at the
+/// median in this debug build; at 1,024 it took 45-62 ms.
+#[test]
+fn a_connection_flood_delays_a_new_client_only_by_a_short_backlog() {
+    if !need_root("the connection flood") {
+        return;
+    }
+    let mut b = Broker::start("connflood");
+    let env = [
+        ("SOCK", path_str(&b.path)),
+        ("SECS", "4".to_string()),
+        ("THREADS", "2".to_string()),
+    ];
+    let mut floods: Vec<Child> = (0..2)
+        .map(|_| spawn_nobody("child_floods_connections", &env))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut times = root_tries(&b.path, 15);
+    let made: u64 = floods
+        .iter_mut()
+        .map(|c| read_line(c).parse::<u64>().unwrap())
+        .sum();
+    for c in floods {
+        finish(c);
+    }
+    eprintln!("root connect + request + release during {made} flood connections: {times:?}");
+    assert!(
+        made > 2000,
+        "the flood was too slow to mean anything: {made}"
+    );
+    times.sort();
+    let median = times[times.len() / 2];
+    assert!(
+        median <= Duration::from_millis(20),
+        "a new client waited {median:?} at the median behind the flood: {times:?}"
+    );
+    stops_promptly(&mut b);
 }
 
 fn flood(b: &Broker, secs: u64) -> Child {
