@@ -2,7 +2,7 @@
 //! I/O (read requests, send replies, flush the queue, drop it).
 
 use super::event_loop::EV_CONN_BASE;
-use super::limits::{PIPELINE_PROBE_EVERY, SPARE_REFS};
+use super::limits::{PIPELINE_PROBE_EVERY, SPARE_REFS, TURN_SHARE};
 use super::outbox;
 use super::{Broker, Noisy};
 use crate::log::Level;
@@ -119,7 +119,9 @@ impl Broker {
                     ob.active(&mut c.seen);
                 }
                 if c.pipelining || c.wakeups % PIPELINE_PROBE_EVERY == 0 {
-                    self.cfg.limits.batch
+                    // Its share of the turn (see TURN_SHARE).
+                    self.users
+                        .turn_share(c.user, self.turn, TURN_SHARE, self.cfg.limits.batch)
                 } else {
                     1
                 }

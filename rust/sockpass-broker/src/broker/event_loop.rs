@@ -50,6 +50,21 @@ pub(super) const EV_STATUS_GONE: u64 = 2;
 pub(super) const EV_CONN_BASE: u64 = 16;
 
 impl Broker {
+    /// A new turn: count each uid's connections with requests waiting in
+    /// it, whose reads share the uid's part of the turn
+    /// ([`TURN_SHARE`](super::limits::TURN_SHARE)).
+    fn count_ready(&mut self, events: &[Event]) {
+        self.turn += 1;
+        for ev in events {
+            let (data, flags) = ({ ev.data }.u64(), { ev.flags }.bits());
+            if data >= EV_CONN_BASE && flags & libc::EPOLLIN as u32 != 0 {
+                if let Some(c) = self.conns.get((data - EV_CONN_BASE) as usize) {
+                    self.users.count_ready(c.user, self.turn);
+                }
+            }
+        }
+    }
+
     /// Serve until `stop` polls readable (a signalfd, an eventfd, a pipe).
     pub fn run(&mut self, stop: Option<BorrowedFd<'_>>) -> Result<()> {
         if let Some(s) = stop {
@@ -78,6 +93,7 @@ impl Broker {
             if let Some(ob) = &mut self.outbox {
                 ob.turn(n);
             }
+            self.count_ready(&events[..n]);
             for &ev in &events[..n] {
                 // Copied out: the event is packed on x86_64.
                 let (data, flags) = ({ ev.data }.u64(), { ev.flags }.bits());

@@ -270,3 +270,13 @@ pub(super) const SPARE_REFS: usize = 16;
 
 /// A client not known to pipeline gets a batch read every this many wakeups.
 pub(super) const PIPELINE_PROBE_EVERY: u32 = 16;
+
+/// Requests a loop turn reads for one uid, shared among its connections
+/// ready in that turn (each reads at least one, at most `batch`): a uid
+/// whose many connections all pipeline cannot make a turn 32 times the
+/// events it has, with everyone else's requests waiting behind it (root
+/// waited 88-101 ms at the median behind 256 such connections of nobody,
+/// 6 ms with the share; `hostile_faults.rs`). As many as a turn has events
+/// (`event_loop`'s 256), so clients that do not pipeline (one request a
+/// wakeup) are never held back.
+pub(super) const TURN_SHARE: usize = 256;

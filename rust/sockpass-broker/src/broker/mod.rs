@@ -63,6 +63,9 @@ pub struct Broker {
     /// Every reference by token, and the reservations among them.
     refs: References,
     next_conn_id: u64,
+    /// Loop turns (`epoll_wait`s) so far: what a uid's share of a turn
+    /// counts in (`users::Users::turn_share`).
+    turn: u64,
     next_entry_id: u64,
     /// Scratch buffers reused on the hot path.
     /// Receive buffer, `MAX_MSG` long (empty while lent to a request).
@@ -135,6 +138,7 @@ impl Broker {
             sockets: Sockets::new(),
             refs: References::new(),
             next_conn_id: 1,
+            turn: 0,
             next_entry_id: 1,
             rbuf: vec![0u8; proto::MAX_MSG],
             wbuf: Vec::with_capacity(proto::MAX_MSG),

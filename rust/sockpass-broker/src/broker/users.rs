@@ -28,6 +28,10 @@ pub(super) struct UserUse {
     pub(super) reservations: usize,
     /// Status tables made for it that are still open anywhere.
     pub(super) status: usize,
+    /// The loop turn `ready` counts for.
+    turn: u64,
+    /// Its connections with requests waiting in that turn.
+    ready: u32,
 }
 
 impl UserUse {
@@ -93,6 +97,8 @@ impl Users {
             refs: 0,
             reservations: 0,
             status: 0,
+            turn: 0,
+            ready: 0,
         });
         self.by_uid.insert(uid, s);
         s
@@ -104,6 +110,28 @@ impl Users {
 
     pub(super) fn get_mut(&mut self, s: usize) -> &mut UserUse {
         self.slab.get_mut(s).expect("a charged uid has a row")
+    }
+
+    /// Count one of row `s`'s connections as ready in loop turn `turn`.
+    pub(super) fn count_ready(&mut self, s: usize, turn: u64) {
+        if let Some(u) = self.slab.get_mut(s) {
+            if u.turn != turn {
+                u.turn = turn;
+                u.ready = 0;
+            }
+            u.ready += 1;
+        }
+    }
+
+    /// How many requests one of row `s`'s connections may read in loop
+    /// turn `turn`: its share of `share` among the uid's connections ready
+    /// then, at least one, at most `batch`.
+    pub(super) fn turn_share(&self, s: usize, turn: u64, share: usize, batch: usize) -> usize {
+        let ready = match self.slab.get(s) {
+            Some(u) if u.turn == turn => u.ready.max(1) as usize,
+            _ => 1,
+        };
+        (share / ready).clamp(1, batch.max(1))
     }
 
     /// Drop the row if nothing is charged to it any more.
@@ -119,5 +147,31 @@ impl Users {
         let mut v: Vec<&UserUse> = self.slab.iter().map(|(_, u)| u).collect();
         v.sort_by_key(|u| u.uid);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A uid's connections ready in a turn share it: at least one request
+    /// each, at most a batch; a count from an earlier turn does not hold.
+    #[test]
+    fn a_turn_is_shared_among_a_uids_ready_connections() {
+        let mut u = Users::new();
+        let cfg = crate::broker::Config::default();
+        let s = u.slot(65534, &cfg, 0);
+        assert_eq!(u.turn_share(s, 1, 256, 32), 32, "not counted: one ready");
+        for _ in 0..64 {
+            u.count_ready(s, 1);
+        }
+        assert_eq!(u.turn_share(s, 1, 256, 32), 4);
+        for _ in 0..1000 {
+            u.count_ready(s, 1);
+        }
+        assert_eq!(u.turn_share(s, 1, 256, 32), 1, "at least one each");
+        assert_eq!(u.turn_share(s, 2, 256, 32), 32, "a new turn");
+        u.count_ready(s, 2);
+        assert_eq!(u.turn_share(s, 2, 256, 32), 32);
     }
 }
