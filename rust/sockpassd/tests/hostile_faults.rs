@@ -467,9 +467,10 @@ fn a_connection_flood_delays_a_new_client_only_by_a_short_backlog() {
 }
 
 /// Child (nobody): open $CONNS connections to the broker at $SOCK and, for
-/// $SECS seconds on two threads, keep 32 HELLOs in flight on each (as many
-/// as the broker reads from a pipelining client per wakeup), reading the
-/// replies as fast as they come. Prints how many replies it read.
+/// $SECS seconds on two threads, keep 32 HELLOs (with $KIND=release:
+/// RELEASE_MANY of 170 unknown tokens) in flight on each (as many as the
+/// broker reads from a pipelining client per wakeup), reading the replies
+/// as fast as they come. Prints how many replies it read.
 #[test]
 #[ignore]
 fn child_pipelines_on_many_connections() {
@@ -482,7 +483,14 @@ fn child_pipelines_on_many_connections() {
     let until = Instant::now() + Duration::from_secs(secs);
     let read = std::sync::atomic::AtomicU64::new(0);
     let mut hello = Vec::new();
-    sockpass::proto::encode_hello(&mut hello, 1);
+    if std::env::var("KIND").as_deref() == Ok("release") {
+        let tokens: Vec<sockpass::Token> = (0..sockpass::proto::MAX_RELEASE_BATCH)
+            .map(|i| sockpass::Token::from_bytes([i as u8; 24]))
+            .collect();
+        sockpass::proto::encode_release_many(&mut hello, 1, &tokens).unwrap();
+    } else {
+        sockpass::proto::encode_hello(&mut hello, 1);
+    }
     let fds: Vec<OwnedFd> = (0..conns)
         .map(|_| {
             let fd = sockpass::sys::unix_socket(libc::SOCK_SEQPACKET, false).unwrap();
@@ -507,7 +515,7 @@ fn child_pipelines_on_many_connections() {
                         revents: 0,
                     })
                     .collect();
-                let mut buf = [0u8; 256];
+                let mut buf = vec![0u8; 65536];
                 while Instant::now() < until {
                     // SAFETY: a valid pollfd array.
                     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
@@ -540,8 +548,8 @@ fn child_pipelines_on_many_connections() {
 /// most the broker reads from one connection in a wakeup) made every loop
 /// turn 32 requests a connection, and root waited behind them all: 88-101
 /// ms at the median, up to 234 ms, in this debug build. Now a uid's
-/// connections ready in a turn share 256 requests (`TURN_SHARE`, at least
-/// one each): 6 ms at the median, at most 12 ms.
+/// connections ready in a turn share 256 requests' worth (`TURN_SHARE`, at
+/// least one each): 6 ms at the median, at most 12 ms.
 #[test]
 fn a_uid_pipelining_on_many_connections_delays_root_little() {
     if !need_root("the pipelining flood") {
@@ -557,6 +565,29 @@ fn a_uid_pipelining_on_many_connections_delays_root_little() {
         1000,
         50_000,
         30,
+    );
+}
+
+/// The same with batches: 32 RELEASE_MANY of 170 unknown tokens (4 KiB
+/// each, every token looked up and answered) in flight on each of 64
+/// connections. With the share counted in messages, root waited 235 ms at
+/// the median (debug build); now a message costs its connection's credit
+/// by its size, a batch what 64 single requests do (`message_cost`), and
+/// root waits 10-16 ms.
+#[test]
+fn a_uid_pipelining_batches_on_many_connections_delays_root_little() {
+    if !need_root("the pipelining flood of batches") {
+        return;
+    }
+    let extra = [("CONNS", "64".to_string()), ("KIND", "release".to_string())];
+    root_median_during(
+        "pipebatches",
+        "child_pipelines_on_many_connections",
+        1,
+        &extra,
+        1000,
+        5_000,
+        50,
     );
 }
 

@@ -139,6 +139,7 @@ impl Broker {
             paused: false,
             pipelining: false,
             wakeups: 0,
+            credit: 0,
             seen: 0,
         }
     }

@@ -82,12 +82,24 @@ pub(super) struct Conn {
     /// Seen to send requests without waiting for replies: read in batches.
     pub(super) pipelining: bool,
     pub(super) wakeups: u32,
+    /// What it may still read in the loop's turns, in `message_cost`
+    /// units: its uid's share of a turn is added at each wakeup (capped at
+    /// one share), each message read takes its cost; at zero or below the
+    /// connection waits for later turns (see `TURN_SHARE`).
+    pub(super) credit: i64,
     /// The outbox's activity window this client last woke the broker in.
     pub(super) seen: u32,
     /// The kernel has refused fds sent here since the connection was made
     /// ([`crate::closer::refuses_passed_fds`]): requests are read with a
     /// plain `recv`, as none can carry an fd.
     pub(super) refuses_fds: bool,
+}
+
+/// What reading a message of `len` bytes takes from its connection's
+/// credit: one, and one more for each 64 bytes, so a batch of 145 specs or
+/// 170 tokens (about 4 KiB) costs what 64 single requests do.
+fn message_cost(len: usize) -> i64 {
+    1 + (len / 64) as i64
 }
 
 impl Broker {
@@ -114,14 +126,20 @@ impl Broker {
         // and then to notice when it starts.
         let limit = match self.conns.get_mut(slot) {
             Some(c) => {
+                // Its uid's share of the turn (see TURN_SHARE), at most one
+                // share saved up; a connection that spent beyond it waits
+                // for later turns (level-triggered epoll reports it again).
+                let share = self.users.turn_share(c.user, self.turn, TURN_SHARE) as i64;
+                c.credit = (c.credit + share).min(share);
+                if c.credit <= 0 {
+                    return;
+                }
                 c.wakeups = c.wakeups.wrapping_add(1);
                 if let Some(ob) = &mut self.outbox {
                     ob.active(&mut c.seen);
                 }
                 if c.pipelining || c.wakeups % PIPELINE_PROBE_EVERY == 0 {
-                    // Its share of the turn (see TURN_SHARE).
-                    self.users
-                        .turn_share(c.user, self.turn, TURN_SHARE, self.cfg.limits.batch)
+                    self.cfg.limits.batch
                 } else {
                     1
                 }
@@ -139,6 +157,10 @@ impl Broker {
             };
             if c.paused {
                 return;
+            }
+            if c.credit <= 0 {
+                // Its part of this turn is spent: the rest waits.
+                break;
             }
             // Fds that arrive anyway (kernels without SO_PASSRIGHTS, or a
             // client that connected before the listener refused them) are
@@ -179,6 +201,7 @@ impl Broker {
                     return;
                 }
                 Err(RecvError::TruncatedPayload) => {
+                    self.charge(slot, proto::MAX_MSG);
                     let id = Header::parse(&self.rbuf[..]).map(|h| h.id).unwrap_or(0);
                     let e =
                         Error::protocol(format!("message larger than {} bytes", proto::MAX_MSG));
@@ -186,6 +209,7 @@ impl Broker {
                     continue;
                 }
                 Err(RecvError::TruncatedFds) => {
+                    self.charge(slot, proto::MAX_MSG);
                     let id = Header::parse(&self.rbuf[..]).map(|h| h.id).unwrap_or(0);
                     let e = Error::bad_request("file descriptors attached to a request are not accepted (closed; some were lost to MSG_CTRUNC)");
                     self.reply_error(slot, id, &e);
@@ -193,6 +217,7 @@ impl Broker {
                 }
             };
             got += 1;
+            self.charge(slot, len);
             // Any fds that came with the request are on their way to the
             // closer; the request is refused as a whole.
             let msg_len = len;
@@ -245,6 +270,13 @@ impl Broker {
             if let Some(c) = self.conns.get_mut(slot) {
                 c.pipelining = true;
             }
+        }
+    }
+
+    /// Take a message of `len` bytes from the connection's credit.
+    fn charge(&mut self, slot: usize, len: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.credit -= message_cost(len);
         }
     }
 

@@ -271,12 +271,17 @@ pub(super) const SPARE_REFS: usize = 16;
 /// A client not known to pipeline gets a batch read every this many wakeups.
 pub(super) const PIPELINE_PROBE_EVERY: u32 = 16;
 
-/// Requests a loop turn reads for one uid, shared among its connections
-/// ready in that turn (each reads at least one, at most `batch`): a uid
-/// whose many connections all pipeline cannot make a turn 32 times the
-/// events it has, with everyone else's requests waiting behind it (root
-/// waited 88-101 ms at the median behind 256 such connections of nobody,
-/// 6 ms with the share; `hostile_faults.rs`). As many as a turn has events
-/// (`event_loop`'s 256), so clients that do not pipeline (one request a
-/// wakeup) are never held back.
+/// What a loop turn reads for one uid, in message costs (one for a
+/// single request, one more per 64 bytes: `conn.rs`'s `message_cost`),
+/// shared among the uid's connections ready in that turn (at least one
+/// each). A connection adds its part at each wakeup (saving at most one
+/// part), pays for each message it reads, and once at zero waits for later
+/// turns. So a uid whose many connections all pipeline cannot make a turn
+/// 32 requests, or 32 batches of 170 tokens, a connection, with everyone
+/// else's requests behind it: root waited 88-101 ms at the median (debug
+/// build) behind 256 connections of nobody pipelining HELLOs, 25-29 ms
+/// (release build) behind 64 or 256 pipelining RELEASE_MANY of 170
+/// tokens; 6 ms and 1.0-1.3 ms now (`hostile_faults.rs`). As many as a
+/// turn has events (`event_loop`'s 256), so clients that send one request
+/// per wakeup are never held back.
 pub(super) const TURN_SHARE: usize = 256;

@@ -325,6 +325,7 @@ impl Broker {
                     paused,
                     pipelining: c.pipelining,
                     wakeups: 0,
+                    credit: 0,
                     seen: 0,
                 },
             );

@@ -123,15 +123,15 @@ impl Users {
         }
     }
 
-    /// How many requests one of row `s`'s connections may read in loop
-    /// turn `turn`: its share of `share` among the uid's connections ready
-    /// then, at least one, at most `batch`.
-    pub(super) fn turn_share(&self, s: usize, turn: u64, share: usize, batch: usize) -> usize {
+    /// What one of row `s`'s connections may read in loop turn `turn`:
+    /// its part of `share` among the uid's connections ready then, at
+    /// least one.
+    pub(super) fn turn_share(&self, s: usize, turn: u64, share: usize) -> usize {
         let ready = match self.slab.get(s) {
             Some(u) if u.turn == turn => u.ready.max(1) as usize,
             _ => 1,
         };
-        (share / ready).clamp(1, batch.max(1))
+        (share / ready).max(1)
     }
 
     /// Drop the row if nothing is charged to it any more.
@@ -154,24 +154,24 @@ impl Users {
 mod tests {
     use super::*;
 
-    /// A uid's connections ready in a turn share it: at least one request
-    /// each, at most a batch; a count from an earlier turn does not hold.
+    /// A uid's connections ready in a turn share it, at least one each; a
+    /// count from an earlier turn does not hold.
     #[test]
     fn a_turn_is_shared_among_a_uids_ready_connections() {
         let mut u = Users::new();
         let cfg = crate::broker::Config::default();
         let s = u.slot(65534, &cfg, 0);
-        assert_eq!(u.turn_share(s, 1, 256, 32), 32, "not counted: one ready");
+        assert_eq!(u.turn_share(s, 1, 256), 256, "not counted: one ready");
         for _ in 0..64 {
             u.count_ready(s, 1);
         }
-        assert_eq!(u.turn_share(s, 1, 256, 32), 4);
+        assert_eq!(u.turn_share(s, 1, 256), 4);
         for _ in 0..1000 {
             u.count_ready(s, 1);
         }
-        assert_eq!(u.turn_share(s, 1, 256, 32), 1, "at least one each");
-        assert_eq!(u.turn_share(s, 2, 256, 32), 32, "a new turn");
+        assert_eq!(u.turn_share(s, 1, 256), 1, "at least one each");
+        assert_eq!(u.turn_share(s, 2, 256), 256, "a new turn");
         u.count_ready(s, 2);
-        assert_eq!(u.turn_share(s, 2, 256, 32), 32);
+        assert_eq!(u.turn_share(s, 2, 256), 256);
     }
 }
