@@ -455,14 +455,16 @@ fn a_connection_flood_delays_a_new_client_only_by_a_short_backlog() {
         return;
     }
     let extra = [("THREADS", "2".to_string())];
+    // Its connections, each dropped for a bad header, are in the log.
+    let started = |b: &Broker| b.log_text().contains("without a valid header");
     root_median_during(
         "connflood",
         "child_floods_connections",
         2,
         &extra,
-        500,
+        &started,
         2000,
-        20,
+        30,
     );
 }
 
@@ -555,16 +557,17 @@ fn a_uid_pipelining_on_many_connections_delays_root_little() {
     if !need_root("the pipelining flood") {
         return;
     }
-    // Its connections open and fill before root measures.
     let extra = [("CONNS", "256".to_string())];
+    // Its connections are open (the status query's own is one more).
+    let started = |b: &Broker| b.status().counters.connections > 256;
     root_median_during(
         "pipeflood",
         "child_pipelines_on_many_connections",
         1,
         &extra,
-        1000,
+        &started,
         50_000,
-        30,
+        50,
     );
 }
 
@@ -580,12 +583,13 @@ fn a_uid_pipelining_batches_on_many_connections_delays_root_little() {
         return;
     }
     let extra = [("CONNS", "64".to_string()), ("KIND", "release".to_string())];
+    let started = |b: &Broker| b.status().counters.connections > 64;
     root_median_during(
         "pipebatches",
         "child_pipelines_on_many_connections",
         1,
         &extra,
-        1000,
+        &started,
         5_000,
         50,
     );
@@ -593,7 +597,7 @@ fn a_uid_pipelining_batches_on_many_connections_delays_root_little() {
 
 /// Start a broker, then `procs` nobody children running the child test
 /// `child` for 4 s with $SOCK, $SECS and `extra` in their environment;
-/// after `warmup_ms`, time 15 root tries; check the children counted more
+/// once `started` says the flood reached the broker, time 15 root tries; check the children counted more
 /// than `min_count` between them (the flood was real) and root's median
 /// is at most `max_median_ms`.
 fn root_median_during(
@@ -601,7 +605,7 @@ fn root_median_during(
     child: &str,
     procs: usize,
     extra: &[(&str, String)],
-    warmup_ms: u64,
+    started: &dyn Fn(&Broker) -> bool,
     min_count: u64,
     max_median_ms: u64,
 ) {
@@ -609,7 +613,9 @@ fn root_median_during(
     let mut env = vec![("SOCK", path_str(&b.path)), ("SECS", "4".to_string())];
     env.extend(extra.iter().cloned());
     let mut floods: Vec<Child> = (0..procs).map(|_| spawn_nobody(child, &env)).collect();
-    std::thread::sleep(Duration::from_millis(warmup_ms));
+    wait_for("the flood to reach the broker", || {
+        started(&b).then_some(())
+    });
     let mut times = root_tries(&b.path, 15);
     let count: u64 = floods
         .iter_mut()
